@@ -1,0 +1,112 @@
+package policy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+)
+
+// Message is the message view rules read and edit at the preq and postq
+// stages. The header is parsed and editable; the body stays where it is
+// stored (a spool file) and is streamed on demand, so a 50 MiB message costs
+// no more memory than a small one.
+//
+// A Message is not safe for concurrent use; the chain runs the rules of one
+// message one at a time.
+type Message struct {
+	// Header is the header block; edits show in Reader and WriteTo.
+	Header *Header
+
+	src     io.ReaderAt // the stored message, header included
+	bodyOff int64       // where the body starts in src
+	bodyLen int64
+	sep     bool // the stored header ended with an empty line
+	closers []io.Closer
+}
+
+// MaxHeaderBytes bounds the header block NewMessage parses.
+const MaxHeaderBytes = 1 << 20
+
+// NewMessage parses the header of the message stored in src (size bytes) and
+// keeps the body in place. src must stay readable until the Message is
+// closed; closer, if not nil, is closed with it (the spool file).
+func NewMessage(src io.ReaderAt, size int64, closer io.Closer) (*Message, error) {
+	m := &Message{}
+	if err := m.load(src, size); err != nil {
+		return nil, err
+	}
+	if closer != nil {
+		m.closers = append(m.closers, closer)
+	}
+	return m, nil
+}
+
+func (m *Message) load(src io.ReaderAt, size int64) error {
+	br := bufio.NewReaderSize(io.NewSectionReader(src, 0, size), 64<<10)
+	h, n, sep, err := ReadHeader(br, MaxHeaderBytes)
+	if err != nil {
+		return err
+	}
+	m.Header, m.src, m.bodyOff, m.bodyLen, m.sep = h, src, n, size-n, sep
+	return nil
+}
+
+// Body returns a reader of the body from its start; each call gives a new,
+// independent reader.
+func (m *Message) Body() io.Reader { return io.NewSectionReader(m.src, m.bodyOff, m.bodyLen) }
+
+// BodySize returns the size of the body in bytes.
+func (m *Message) BodySize() int64 { return m.bodyLen }
+
+// Size returns the size of the whole message as Reader would produce it.
+func (m *Message) Size() int64 {
+	n := m.Header.Size() + m.bodyLen
+	if m.sep || m.bodyLen == 0 {
+		n += 2
+	}
+	return n
+}
+
+// Reader returns a reader of the whole message with the current header.
+// Each call gives a new reader; the header is copied, so later edits do not
+// show in a reader already returned.
+func (m *Message) Reader() io.Reader {
+	var hb []byte
+	for _, f := range m.Header.fields {
+		hb = append(hb, f.Raw...)
+	}
+	if m.sep || m.bodyLen == 0 {
+		hb = append(hb, '\r', '\n')
+	}
+	return io.MultiReader(bytes.NewReader(hb), m.Body())
+}
+
+// WriteTo writes the whole message with the current header to w.
+func (m *Message) WriteTo(w io.Writer) (int64, error) {
+	return io.Copy(w, m.Reader())
+}
+
+// Replace makes the message the one stored in src, for example the copy a
+// content filter sent back. The old storage is kept open until Close, as a
+// reader returned earlier may still use it; closer is closed with the
+// message.
+func (m *Message) Replace(src io.ReaderAt, size int64, closer io.Closer) error {
+	if err := m.load(src, size); err != nil {
+		return err
+	}
+	if closer != nil {
+		m.closers = append(m.closers, closer)
+	}
+	return nil
+}
+
+// Close releases the storage of the message.
+func (m *Message) Close() error {
+	var errs []error
+	for _, c := range m.closers {
+		errs = append(errs, c.Close())
+	}
+	m.closers = nil
+	return errors.Join(errs...)
+}

@@ -1,0 +1,190 @@
+package policy
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"net/netip"
+	"time"
+)
+
+// Conn is what is known of one client connection. The smtp package fills it
+// and keeps it for the life of the connection; STARTTLS clears what was
+// learned before it (HELO name, AUTH), as RFC 3207 requires.
+type Conn struct {
+	ID       string         // unique per connection, for logs
+	Listener string         // name of the listener that accepted it ("mta", "submission")
+	Remote   netip.AddrPort // the client's address
+	Local    netip.AddrPort // our address it connected to
+
+	// ReverseName is the client's verified reverse DNS name (PTR whose name
+	// resolves back to Remote), or "" when none was found or resolution is
+	// off.
+	ReverseName string
+
+	Helo  string               // HELO/EHLO argument; "" before it
+	ESMTP bool                 // the client said EHLO
+	TLS   *tls.ConnectionState // nil on a plaintext connection
+
+	// AuthUser is the identity the client authenticated as; "" when it has
+	// not. AuthMechanism is the SASL mechanism used.
+	AuthUser      string
+	AuthMechanism string
+
+	Started time.Time
+
+	state connState
+}
+
+// connState is the part of a connection's policy state that later stages
+// inherit (force-accept and quarantine given before MAIL).
+type connState struct {
+	forceAccepted bool
+	quarantine    string
+}
+
+// Authenticated reports whether the client has authenticated.
+func (c *Conn) Authenticated() bool { return c.AuthUser != "" }
+
+// ResetTLS forgets what the client said before STARTTLS (RFC 3207 section
+// 4.2) and records the new TLS state.
+func (c *Conn) ResetTLS(st *tls.ConnectionState) {
+	c.TLS = st
+	c.Helo, c.ESMTP = "", false
+	c.AuthUser, c.AuthMechanism = "", ""
+}
+
+// AuthInfo is what the auth stage sees: the mechanism and the identity whose
+// credentials the Authenticator has just verified.
+type AuthInfo struct {
+	Mechanism string
+	Identity  string
+}
+
+// MailParams are the parameters of MAIL FROM.
+type MailParams struct {
+	Size       int64  // SIZE=, 0 when absent
+	Body       string // BODY=7BIT, 8BITMIME or BINARYMIME; "" when absent
+	SMTPUTF8   bool
+	RequireTLS bool
+	Ret        string // DSN RET=FULL or HDRS
+	EnvID      string // DSN ENVID=, decoded
+	Auth       string // AUTH= (RFC 4954), "<>" when given as such
+}
+
+// Recipient is one RCPT TO with its parameters.
+type Recipient struct {
+	Addr   Address
+	Notify []string // DSN NOTIFY=: NEVER, or any of SUCCESS, FAILURE, DELAY
+	ORCPT  string   // DSN ORCPT=, as "rfc822;addr"
+}
+
+// Transaction is one mail transaction: MAIL, its RCPTs and DATA. A new one
+// starts at every MAIL; it is what the mail, rcpt, preq, postq and delivery
+// stages see. After queueing it is rebuilt from the queue's envelope.
+type Transaction struct {
+	Conn *Conn
+
+	ID       string // queue ID, assigned at MAIL; appears in Received and logs
+	From     Address
+	Params   MailParams
+	Rcpts    []Recipient // recipients accepted so far
+	Received time.Time
+
+	// Header holds fields rules add before DATA (for example Received-SPF
+	// at mail); the smtp package prepends them to the message.
+	Header Header
+
+	forceAccepted bool
+	quarantine    string
+	values        map[any]any
+}
+
+// NewTransaction starts a transaction on conn, inheriting the force-accept
+// and quarantine decided for the connection.
+func NewTransaction(conn *Conn, id string) *Transaction {
+	tx := &Transaction{Conn: conn, ID: id, Received: time.Now()}
+	if conn != nil {
+		tx.forceAccepted = conn.state.forceAccepted
+		tx.quarantine = conn.state.quarantine
+	}
+	return tx
+}
+
+// ForceAccepted reports whether a rule force-accepted the transaction.
+func (tx *Transaction) ForceAccepted() bool { return tx.forceAccepted }
+
+// SetForceAccepted marks the transaction force-accepted; the queue uses it
+// when it rebuilds a transaction from its envelope.
+func (tx *Transaction) SetForceAccepted(v bool) { tx.forceAccepted = v }
+
+// Quarantine returns the quarantine queue chosen for the transaction, or "".
+func (tx *Transaction) Quarantine() string { return tx.quarantine }
+
+// SetQuarantine chooses a quarantine queue for the transaction.
+func (tx *Transaction) SetQuarantine(q string) { tx.quarantine = q }
+
+// Key is a typed key for values rules attach to a transaction, so a rule can
+// leave a result for a later one (the SPF result for DMARC). Values live in
+// memory with the transaction; what must survive queueing belongs in a
+// header.
+type Key[T any] struct{ name string }
+
+// NewKey returns a key; name is for debugging only, keys are compared by
+// identity.
+func NewKey[T any](name string) *Key[T] { return &Key[T]{name: name} }
+
+// Get returns the value stored under k in tx.
+func (k *Key[T]) Get(tx *Transaction) (T, bool) {
+	v, ok := tx.values[k]
+	if !ok {
+		var zero T
+		return zero, false
+	}
+	return v.(T), true
+}
+
+// Set stores v under k in tx.
+func (k *Key[T]) Set(tx *Transaction, v T) {
+	if tx.values == nil {
+		tx.values = make(map[any]any)
+	}
+	tx.values[k] = v
+}
+
+func (k *Key[T]) String() string { return k.name }
+
+// Route is where a delivery rule sends one recipient. Transport names a
+// transport the queue knows ("maildir", "mbox", "lmtp", "smtp", "drop");
+// Target is its argument (a mailbox name, a host:port). The zero Route means
+// the queue's default transport.
+type Route struct {
+	Transport string
+	Target    string
+}
+
+// Resolver is the DNS a rule may use. *net.Resolver satisfies it, and so does
+// any resolver the blitiri SPF library accepts. Rules take it as a parameter
+// so that tests point them at a DNS server on loopback.
+type Resolver interface {
+	LookupTXT(ctx context.Context, name string) ([]string, error)
+	LookupMX(ctx context.Context, name string) ([]*net.MX, error)
+	LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error)
+	LookupAddr(ctx context.Context, addr string) ([]string, error)
+}
+
+// ResolverAt returns a *net.Resolver that sends every query to the DNS server
+// at addr (host:port), never to the system's. With addr "" it returns
+// net.DefaultResolver.
+func ResolverAt(addr string) *net.Resolver {
+	if addr == "" {
+		return net.DefaultResolver
+	}
+	return &net.Resolver{
+		PreferGo: true,
+		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		},
+	}
+}
