@@ -10,6 +10,7 @@ require (
 	github.com/emersion/go-smtp v0.25.1 // indirect
 	github.com/miekg/dns v1.1.68 // indirect
 	github.com/stretchr/testify v1.12.1 // indirect
+	go.yaml.in/yaml/v3 v3.0.5
 	golang.org/x/crypto v0.55.0 // indirect
 	golang.org/x/mod v0.38.0 // indirect
 	golang.org/x/net v0.58.0 // indirect
