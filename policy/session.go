@@ -184,7 +184,16 @@ func ResolverAt(addr string) *net.Resolver {
 		PreferGo: true,
 		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
 			var d net.Dialer
-			return d.DialContext(ctx, network, addr)
+			c, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			// The Go resolver does not stop a UDP read when ctx ends; a
+			// deadline makes a rule's timeout cut a lookup short.
+			if dl, ok := ctx.Deadline(); ok {
+				c.SetDeadline(dl)
+			}
+			return c, nil
 		},
 	}
 }
