@@ -51,7 +51,8 @@ var ErrHeaderTooLarge = errors.New("policy: header block too large")
 // that ends it, and returns it with the number of bytes consumed. A line that
 // is neither a field nor a continuation ends the header without being
 // consumed (hasSep is then false and the line belongs to the body), as
-// Postfix does; so does the end of input. max bounds the bytes read (0: 1 MiB).
+// Postfix does; so does the end of input. max bounds the bytes read (0: 1 MiB);
+// a single line longer than r's buffer also gives ErrHeaderTooLarge.
 func ReadHeader(r *bufio.Reader, max int) (h *Header, n int64, hasSep bool, err error) {
 	if max <= 0 {
 		max = 1 << 20
@@ -103,7 +104,10 @@ func peekLine(r *bufio.Reader, max int) ([]byte, error) {
 			}
 			return b[:i+1], nil
 		}
-		if len(b) > max || (len(b) == r.Size() && err == bufio.ErrBufferFull) {
+		// A full buffer without a LF is a line longer than r can hold:
+		// Peek(r.Size()) then returns a nil error, and asking again would
+		// loop forever.
+		if len(b) > max || len(b) == r.Size() {
 			return nil, errLineTooLong
 		}
 		if err != nil && err != bufio.ErrBufferFull {
@@ -181,6 +185,12 @@ func (h *Header) Add(key, value string) {
 
 // Append adds a field at the end of the header.
 func (h *Header) Append(key, value string) {
+	if n := len(h.fields); n > 0 && !bytes.HasSuffix(h.fields[n-1].Raw, []byte("\n")) {
+		// The last field read had no line end (end of input): end it,
+		// or the new field would be glued to its value.
+		last := &h.fields[n-1]
+		last.Raw = append(last.Raw[:len(last.Raw):len(last.Raw)], '\r', '\n')
+	}
 	h.fields = append(h.fields, newField(key, value))
 }
 
@@ -269,7 +279,15 @@ func (h *Header) Clone() *Header {
 // newField formats "Key: value\r\n", folding at white space so that lines
 // stay under 78 characters where possible.
 func newField(key, value string) Field {
-	key = textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(key))
+	// A field name is printable ASCII without colon (RFC 5322 section
+	// 2.2); anything else is dropped so a key cannot inject lines either.
+	key = strings.Map(func(r rune) rune {
+		if r <= ' ' || r >= 0x7f || r == ':' {
+			return -1
+		}
+		return r
+	}, key)
+	key = textproto.CanonicalMIMEHeaderKey(key)
 	value = strings.Map(func(r rune) rune {
 		if r == '\r' || r == '\n' {
 			return ' '
@@ -282,7 +300,9 @@ func newField(key, value string) Field {
 	lineLen := len(key) + 1
 	for i, word := range strings.Fields(value) {
 		if i > 0 && lineLen+1+len(word) > 78 {
-			b.WriteString("\r\n\t")
+			// Fold with a space, the separator it replaces, so that
+			// the unfolded value is the value that was set.
+			b.WriteString("\r\n ")
 			lineLen = 1
 		} else {
 			b.WriteByte(' ')
