@@ -1,0 +1,550 @@
+package auth
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/mtakit/mtakit/policy"
+)
+
+// Authenticator verifies the credentials of SMTP AUTH. The smtp package
+// calls it for every AUTH attempt with the client's address.
+//
+// A nil error means the credentials are good. An error wrapping
+// ErrInvalidCredentials means they are not (535 5.7.8). An error whose
+// chain has a method Temporary() bool returning true (such as a
+// *RateLimitError) means "try again later" (454 4.7.0). Any other error is a
+// failure of ours and is answered with a 454 as well.
+type Authenticator interface {
+	Authenticate(ctx context.Context, remote netip.Addr, username, password string) error
+}
+
+// ErrInvalidCredentials is returned for an unknown user or a wrong
+// password; the two are not told apart, not even by timing.
+var ErrInvalidCredentials = errors.New("auth: invalid credentials")
+
+// ErrTooManyFailures is wrapped by *RateLimitError.
+var ErrTooManyFailures = errors.New("auth: too many failed authentication attempts")
+
+// RateLimitError is returned while a client address is refused after too
+// many failed attempts. It is temporary: the client may try again after
+// RetryAfter.
+type RateLimitError struct {
+	Remote     netip.Addr    // the client address (an IPv6 address is limited by its /64)
+	RetryAfter time.Duration // time left in the cool-down
+}
+
+func (e *RateLimitError) Error() string {
+	return fmt.Sprintf("auth: too many failed authentication attempts from %s, retry in %s", e.Remote, e.RetryAfter.Round(time.Second))
+}
+
+// Temporary reports true: the refusal ends with the cool-down.
+func (e *RateLimitError) Temporary() bool { return true }
+
+// Unwrap returns ErrTooManyFailures.
+func (e *RateLimitError) Unwrap() error { return ErrTooManyFailures }
+
+// HashPassword returns the bcrypt hash of pw at bcrypt's default cost, in
+// the form a credential file line expects after the colon.
+func HashPassword(pw string) (string, error) {
+	if pw == "" {
+		return "", errors.New("auth: empty password")
+	}
+	h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.DefaultCost)
+	if err != nil {
+		return "", fmt.Errorf("auth: %w", err)
+	}
+	return string(h), nil
+}
+
+// CredentialError reports a bad line of a credential file.
+type CredentialError struct {
+	Path string // "" when parsing a reader
+	Line int    // 1-based
+	Msg  string
+}
+
+func (e *CredentialError) Error() string {
+	if e.Path == "" {
+		return fmt.Sprintf("auth: credentials line %d: %s", e.Line, e.Msg)
+	}
+	return fmt.Sprintf("auth: %s:%d: %s", e.Path, e.Line, e.Msg)
+}
+
+// maxCredentialLine bounds one line of a credential file.
+const maxCredentialLine = 4096
+
+// ParseCredentials reads credential lines from r: "address:bcrypt-hash",
+// one per line. Blank lines and lines starting with "#" are ignored;
+// white space around the address and the hash is trimmed. The address is
+// normalized with policy.ParseAddress (the domain lower-cased, in A-label
+// form) and is the key of the returned map; the local part keeps its case.
+// The split is at the last colon, so a quoted local part may contain one.
+//
+// Every bad line is reported, as a *CredentialError with its line number,
+// joined with errors.Join; the map then holds the good lines.
+func ParseCredentials(r io.Reader) (map[string][]byte, error) {
+	users := make(map[string][]byte)
+	firstLine := make(map[string]int)
+	var errs []error
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 512), maxCredentialLine)
+	n := 0
+	bad := func(msg string, args ...any) {
+		errs = append(errs, &CredentialError{Line: n, Msg: fmt.Sprintf(msg, args...)})
+	}
+	for sc.Scan() {
+		n++
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ':')
+		if i < 0 {
+			bad("want address:bcrypt-hash")
+			continue
+		}
+		addr, hash := strings.TrimSpace(line[:i]), strings.TrimSpace(line[i+1:])
+		key, err := identityKey(addr)
+		if err != nil {
+			bad("bad address %q: %v", addr, err)
+			continue
+		}
+		if _, err := bcrypt.Cost([]byte(hash)); err != nil || !strings.HasPrefix(hash, "$2") {
+			bad("bad bcrypt hash for %s", key)
+			continue
+		}
+		if prev, dup := firstLine[key]; dup {
+			bad("duplicate address %s (first on line %d)", key, prev)
+			continue
+		}
+		firstLine[key] = n
+		users[key] = []byte(hash)
+	}
+	if err := sc.Err(); err != nil {
+		if errors.Is(err, bufio.ErrTooLong) {
+			n++
+			bad("line longer than %d bytes", maxCredentialLine)
+		} else {
+			errs = append(errs, fmt.Errorf("auth: reading credentials: %w", err))
+		}
+	}
+	return users, errors.Join(errs...)
+}
+
+// identityKey normalizes a login name: an address whose domain compares
+// case-insensitively (and IDNA-normalized), local part exact.
+func identityKey(s string) (string, error) {
+	if strings.ContainsAny(s, "<>") {
+		return "", errors.New("angle brackets not allowed")
+	}
+	a, err := policy.ParseAddress(s)
+	if err != nil {
+		return "", err
+	}
+	if a.IsNull() {
+		return "", errors.New("empty address")
+	}
+	if a.Domain == "" {
+		return "", errors.New("no domain")
+	}
+	return a.String(), nil
+}
+
+// CredentialOption configures a CredentialFile.
+type CredentialOption func(*CredentialFile)
+
+// WithLimiter replaces the default failure limiter (NewFailureLimiter()).
+// A nil limiter turns limiting off.
+func WithLimiter(l *FailureLimiter) CredentialOption {
+	return func(f *CredentialFile) { f.limiter = l }
+}
+
+// WithCredentialLogger sets the logger for reloads and refused attempts
+// (default slog.Default()). Passwords are never logged.
+func WithCredentialLogger(l *slog.Logger) CredentialOption {
+	return func(f *CredentialFile) { f.log = l }
+}
+
+// CredentialFile is an Authenticator backed by a file of
+// "address:bcrypt-hash" lines (see ParseCredentials). It is safe for
+// concurrent use; Reload and Watch swap in a new set of users atomically.
+//
+// An unknown user costs the same bcrypt comparison as a known one (against
+// a dummy hash of the same cost), so response times do not reveal which
+// addresses exist. Failed attempts are counted per client address by a
+// FailureLimiter (on by default).
+type CredentialFile struct {
+	path    string
+	limiter *FailureLimiter
+	log     *slog.Logger
+
+	reloadMu sync.Mutex // serializes Reload
+	mu       sync.RWMutex
+	users    map[string][]byte
+	dummy    []byte
+	stamp    fileStamp
+}
+
+type fileStamp struct {
+	mod  time.Time
+	size int64
+}
+
+// LoadCredentialFile reads the credential file at path. Any bad line makes
+// it fail, with every bad line reported (see ParseCredentials).
+func LoadCredentialFile(path string, opts ...CredentialOption) (*CredentialFile, error) {
+	f := &CredentialFile{path: path, limiter: NewFailureLimiter(), log: slog.Default()}
+	for _, o := range opts {
+		o(f)
+	}
+	if err := f.Reload(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// Path returns the file's path.
+func (f *CredentialFile) Path() string { return f.path }
+
+// Len returns the number of users loaded.
+func (f *CredentialFile) Len() int {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return len(f.users)
+}
+
+// Reload reads the file again. On any error (unreadable file, a bad line)
+// the users loaded before stay in force and the error is returned.
+func (f *CredentialFile) Reload() error {
+	f.reloadMu.Lock()
+	defer f.reloadMu.Unlock()
+	fh, err := os.Open(f.path)
+	if err != nil {
+		return fmt.Errorf("auth: %w", err)
+	}
+	defer fh.Close()
+	st, err := fh.Stat()
+	if err != nil {
+		return fmt.Errorf("auth: %w", err)
+	}
+	users, err := ParseCredentials(fh)
+	if err != nil {
+		return withPath(err, f.path)
+	}
+	if st.Mode().Perm()&0o004 != 0 {
+		f.log.Warn("credential file is world-readable", slog.String("path", f.path))
+	}
+	// The dummy hash has the cost of the real ones, so an unknown user
+	// takes as long as a known one.
+	cost := bcrypt.DefaultCost
+	for _, h := range users {
+		if c, err := bcrypt.Cost(h); err == nil {
+			cost = c
+			break
+		}
+	}
+	f.mu.RLock()
+	dummy := f.dummy
+	f.mu.RUnlock()
+	if c, err := bcrypt.Cost(dummy); err != nil || c != cost {
+		dummy, err = bcrypt.GenerateFromPassword([]byte("mtakit-dummy-password"), cost)
+		if err != nil {
+			return fmt.Errorf("auth: dummy hash: %w", err)
+		}
+	}
+	f.mu.Lock()
+	f.users, f.dummy = users, dummy
+	f.stamp = fileStamp{mod: st.ModTime(), size: st.Size()}
+	f.mu.Unlock()
+	f.log.Info("credentials loaded", slog.String("path", f.path), slog.Int("users", len(users)))
+	return nil
+}
+
+func withPath(err error, path string) error {
+	var list []error
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		list = j.Unwrap()
+	} else {
+		list = []error{err}
+	}
+	for _, e := range list {
+		var ce *CredentialError
+		if errors.As(e, &ce) {
+			ce.Path = path
+		}
+	}
+	return err
+}
+
+// Watch reloads the file whenever its modification time or size changes,
+// checking every interval, until ctx is done; it then returns nil. A failed
+// reload is logged and the previous users stay in force.
+func (f *CredentialFile) Watch(ctx context.Context, interval time.Duration) error {
+	if interval <= 0 {
+		return errors.New("auth: Watch interval must be positive")
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		st, err := os.Stat(f.path)
+		if err != nil {
+			f.log.Error("credential file", slog.String("path", f.path), slog.String("error", err.Error()))
+			continue
+		}
+		f.mu.RLock()
+		same := f.stamp == fileStamp{mod: st.ModTime(), size: st.Size()}
+		f.mu.RUnlock()
+		if same {
+			continue
+		}
+		if err := f.Reload(); err != nil {
+			f.log.Error("credential reload failed, keeping previous users", slog.String("path", f.path), slog.String("error", err.Error()))
+			// Do not retry the same broken version every tick.
+			f.mu.Lock()
+			f.stamp = fileStamp{mod: st.ModTime(), size: st.Size()}
+			f.mu.Unlock()
+		}
+	}
+}
+
+// Authenticate implements Authenticator. username is an address; its
+// domain is compared case-insensitively, its local part exactly.
+func (f *CredentialFile) Authenticate(ctx context.Context, remote netip.Addr, username, password string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if f.limiter != nil {
+		if err := f.limiter.Wait(ctx, remote); err != nil {
+			var rl *RateLimitError
+			if errors.As(err, &rl) {
+				f.log.Warn("authentication refused: too many failures", slog.String("remote", remote.String()), slog.Duration("retry_after", rl.RetryAfter))
+			}
+			return err
+		}
+	}
+	f.mu.RLock()
+	hash, known := f.users[normalizeLogin(username)]
+	dummy := f.dummy
+	f.mu.RUnlock()
+	if !known {
+		hash = dummy
+	}
+	err := bcrypt.CompareHashAndPassword(hash, []byte(password))
+	if err == nil && known && password != "" {
+		return nil
+	}
+	if f.limiter != nil {
+		f.limiter.Fail(remote)
+	}
+	return ErrInvalidCredentials
+}
+
+func normalizeLogin(username string) string {
+	k, err := identityKey(strings.TrimSpace(username))
+	if err != nil {
+		return ""
+	}
+	return k
+}
+
+// FailureLimiter counts failed authentications per client address (an
+// IPv6 address by its /64) and slows, then refuses, addresses that fail too
+// often:
+//
+//   - Failures older than Window are forgotten.
+//   - Once an address has MaxFailures failures in the window, each further
+//     attempt waits Delay before it is checked (Wait honours ctx).
+//   - Once it has RefuseAfter failures, every attempt is refused at once,
+//     unchecked, with a *RateLimitError (temporary) until Cooldown has
+//     passed since the last failure; the count then starts again from zero.
+//
+// A success does not reset the count, so one known password cannot be used
+// to keep guessing others. Set the fields before first use.
+type FailureLimiter struct {
+	MaxFailures int           // failures before attempts are slowed; default 5
+	RefuseAfter int           // failures before attempts are refused; default 2*MaxFailures
+	Window      time.Duration // default 15 minutes
+	Delay       time.Duration // default 2 seconds; negative: no slowing down
+	Cooldown    time.Duration // default 15 minutes
+	MaxTracked  int           // addresses tracked at most; default 100000
+
+	now func() time.Time // for tests
+
+	mu      sync.Mutex
+	clients map[netip.Addr]*failures
+}
+
+type failures struct {
+	times        []time.Time // recent failures, oldest first
+	blockedUntil time.Time
+}
+
+// NewFailureLimiter returns a limiter with the default settings.
+func NewFailureLimiter() *FailureLimiter {
+	return &FailureLimiter{MaxFailures: 5, Window: 15 * time.Minute, Delay: 2 * time.Second, Cooldown: 15 * time.Minute}
+}
+
+func (l *FailureLimiter) params() (slow, refuse int, window, cooldown time.Duration, max int) {
+	slow, refuse, window, cooldown, max = l.MaxFailures, l.RefuseAfter, l.Window, l.Cooldown, l.MaxTracked
+	if slow <= 0 {
+		slow = 5
+	}
+	if refuse <= 0 {
+		refuse = 2 * slow
+	}
+	if window <= 0 {
+		window = 15 * time.Minute
+	}
+	if cooldown <= 0 {
+		cooldown = 15 * time.Minute
+	}
+	if max <= 0 {
+		max = 100000
+	}
+	return
+}
+
+func (l *FailureLimiter) clock() time.Time {
+	if l.now != nil {
+		return l.now()
+	}
+	return time.Now()
+}
+
+func limitKey(a netip.Addr) netip.Addr {
+	a = a.Unmap()
+	if a.Is6() {
+		if p, err := a.Prefix(64); err == nil {
+			return p.Addr()
+		}
+	}
+	return a
+}
+
+// prune drops failures older than the window. l.mu held.
+func (f *failures) prune(now time.Time, window time.Duration) {
+	i := 0
+	for i < len(f.times) && now.Sub(f.times[i]) > window {
+		i++
+	}
+	f.times = f.times[i:]
+}
+
+// Wait is called before checking credentials from remote. It returns a
+// *RateLimitError while remote is refused, sleeps Delay (or until ctx is
+// done, returning ctx's error) while it is slowed, and returns nil at once
+// otherwise.
+func (l *FailureLimiter) Wait(ctx context.Context, remote netip.Addr) error {
+	slow, _, window, _, _ := l.params()
+	key := limitKey(remote)
+	now := l.clock()
+	l.mu.Lock()
+	f := l.clients[key]
+	var n int
+	if f != nil {
+		if now.Before(f.blockedUntil) {
+			left := f.blockedUntil.Sub(now)
+			l.mu.Unlock()
+			return &RateLimitError{Remote: remote, RetryAfter: left}
+		}
+		if !f.blockedUntil.IsZero() {
+			// Cool-down over: start counting again.
+			delete(l.clients, key)
+		} else {
+			f.prune(now, window)
+			n = len(f.times)
+		}
+	}
+	l.mu.Unlock()
+	delay := l.Delay
+	if delay == 0 {
+		delay = 2 * time.Second
+	}
+	if n < slow || delay < 0 {
+		return nil
+	}
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// Fail records a failed attempt from remote.
+func (l *FailureLimiter) Fail(remote netip.Addr) {
+	_, refuse, window, cooldown, max := l.params()
+	key := limitKey(remote)
+	now := l.clock()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.clients == nil {
+		l.clients = make(map[netip.Addr]*failures)
+	}
+	f := l.clients[key]
+	if f == nil {
+		if len(l.clients) >= max {
+			l.sweep(now, window)
+		}
+		if len(l.clients) >= max {
+			// Still full of active offenders: forget an arbitrary one
+			// rather than grow without bound.
+			for k := range l.clients {
+				delete(l.clients, k)
+				break
+			}
+		}
+		f = &failures{}
+		l.clients[key] = f
+	}
+	f.prune(now, window)
+	f.times = append(f.times, now)
+	if len(f.times) >= refuse && f.blockedUntil.IsZero() {
+		f.blockedUntil = now.Add(cooldown)
+	}
+	if len(f.times) > refuse {
+		f.times = f.times[len(f.times)-refuse:]
+	}
+}
+
+// sweep drops addresses with nothing left to remember. l.mu held.
+func (l *FailureLimiter) sweep(now time.Time, window time.Duration) {
+	for k, f := range l.clients {
+		f.prune(now, window)
+		if len(f.times) == 0 && !now.Before(f.blockedUntil) {
+			delete(l.clients, k)
+		}
+	}
+}
+
+// Failures returns the number of failures remembered for remote.
+func (l *FailureLimiter) Failures(remote netip.Addr) int {
+	_, _, window, _, _ := l.params()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f := l.clients[limitKey(remote)]
+	if f == nil {
+		return 0
+	}
+	f.prune(l.clock(), window)
+	return len(f.times)
+}

@@ -1,0 +1,54 @@
+// Package auth holds the ready-made rules and helpers that authenticate
+// mail and its senders: SMTP AUTH credentials, SPF, DKIM signing and
+// verification, DMARC, and Authentication-Results.
+//
+// Every rule here depends on package policy only; DNS always goes through a
+// policy.Resolver the caller passes in, so tests can point it at a DNS
+// server on loopback.
+//
+// # SMTP AUTH
+//
+// Authenticator is the interface the smtp server calls for each AUTH
+// attempt. CredentialFile implements it over a file of
+// "address:bcrypt-hash" lines (HashPassword makes a hash), reloadable by
+// Reload or automatically by Watch. Unknown users cost the same bcrypt
+// comparison as known ones. A FailureLimiter counts failures per client
+// address (IPv6 by /64): after MaxFailures failures attempts are slowed
+// down, after RefuseAfter they are refused for a cool-down with a
+// *RateLimitError, whose Temporary method makes the server answer 454
+// 4.7.0. A wrong password is ErrInvalidCredentials (535 5.7.8).
+//
+// # SPF
+//
+// CheckSPF returns a mail-stage rule that evaluates SPF (RFC 7208) with
+// blitiri.com.ar/go/spf for the HELO identity, the MAIL FROM identity or
+// both, in soft or strict mode:
+//
+//	mode    fail       softfail   permerror  temperror  none, neutral, pass
+//	soft    550 5.7.23 accept     accept     accept     accept
+//	strict  550 5.7.23 550 5.7.23 550 5.7.23 451 4.7.24 accept
+//
+// The rule adds a Received-SPF field (RFC 7208 section 9.1) to the
+// transaction's header and stores an SPFResult under SPFResultKey for
+// later rules (DMARC). After queueing, ParseReceivedSPF reads the result
+// back from the message header. Sessions that authenticated are skipped by
+// default (SPFOptions.SkipAuthenticated).
+//
+// The SPF library tells a temporary DNS error from a permanent one by a
+// type assertion on *net.DNSError, so a resolver that wraps its errors, or
+// returns context.DeadlineExceeded, would turn a temperror into a
+// permerror. CheckSPF therefore always queries through a Resolver, which
+// wraps any policy.Resolver, applies a per-lookup timeout and turns every
+// error into a plain *net.DNSError with IsNotFound, IsTimeout and
+// IsTemporary set right. Other rules may use it for the same reason.
+//
+// # DKIM, DMARC and Authentication-Results
+//
+// The DKIM rules sign outgoing mail of local senders (postq) and verify
+// incoming signatures, recording each result in Authentication-Results (RFC
+// 8601) and for later rules. The DMARC rule evaluates the alignment of the
+// SPF and DKIM results with the From domain, falling back to the
+// organizational domain, and applies the domain's policy as a verdict the
+// user can override. Authentication-Results fields that claim our own
+// authserv-id are removed from incoming mail before ours is added.
+package auth
