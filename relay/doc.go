@@ -1,0 +1,53 @@
+// Package relay holds the anti-open-relay rules and the outbound transports
+// of mtakit.
+//
+// # Relay control
+//
+// CheckRelay is the rcpt rule a mail server registers so that it is never an
+// open relay: a client outside the internal networks may only send to the
+// local domains, unless it authenticated as an account of a local domain;
+// internal clients may send anywhere. CheckMailRelay and CheckRcptRelay are
+// the same policy split over the mail and rcpt stages; Policy gives both
+// from one configuration.
+//
+//	internal, _ := relay.ParsePrefixes("127.0.0.0/8, ::1, 192.168.1.0/24")
+//	chain.Rcpt("relay", relay.CheckRelay(internal, "example.com"))
+//
+// Local domains match exactly after normalization (lower case, A-label, no
+// trailing dot). The relay tricks get these answers:
+//
+//   - percent hack "user%other.test@local": a local recipient whose local
+//     part is the literal string "user%other.test"; accepted as local and
+//     routed by its domain only (no transport here interprets "%").
+//   - bang path "other.test!user@local": likewise local and literal;
+//     "other.test!user" without a domain is a syntax error, refused.
+//   - source route "@local:user@other.test": the route is dropped (RFC 5321
+//     section 4.1.1.3 / 3.6.1), the recipient is user@other.test, relay
+//     denied.
+//   - quoted local part with "@", "\"user@other.test\"@local": local.
+//   - trailing dot "user@local.": normalized to local, accepted.
+//   - IP literal "user@[127.0.0.1]": never local by name, relay denied.
+//   - look-alikes "local.other.test", "otherlocal", "xlocal": not local.
+//   - a local MAIL FROM from outside without AUTH: 550 5.7.1 (spoofing our
+//     own domain), at mail with CheckMailRelay, at every rcpt with
+//     CheckRelay.
+//   - an authenticated identity outside the local domains (or a bare user
+//     name) does not grant relaying; it may still send to local domains.
+//
+// A refused recipient gets 554 5.7.1 "Relay access denied". The chain's rcpt
+// default already denies a recipient no rule accepted; the rules here return
+// Accept for the allowed cases, which ends the rcpt stage, so rules that
+// must see every recipient (mailbox checks) are registered before them.
+//
+// # Transports
+//
+// MX, Smarthost and LMTP deliver a policy.Delivery and return one
+// policy.Reply per recipient (2xx delivered, 4xx try again later, 5xx
+// failed), which is the transport interface the queue consumes. They speak
+// SMTP through a small client of this package rather than go-smtp's, which
+// cannot do opportunistic STARTTLS, takes no context and stops at the first
+// refused recipient. Every blocking step honours the context and the RFC
+// 5321 timeouts of Timeouts. The message is streamed from
+// policy.Message.Reader, dot-stuffed, with every line ending in CRLF: a bare
+// CR or LF is sent as CRLF, so no bare line end ever leaves.
+package relay

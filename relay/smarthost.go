@@ -1,0 +1,76 @@
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"net"
+
+	"github.com/mtakit/mtakit/policy"
+)
+
+// Smarthost delivers every recipient through one fixed server (an ISP's
+// relay, a mail service), optionally authenticating with AUTH PLAIN.
+type Smarthost struct {
+	// Addr is the server's "host:port". A non-empty Route.Target of the
+	// delivery overrides it.
+	Addr string
+	// Hostname is our name in EHLO; default os.Hostname().
+	Hostname string
+	// TLS is TLSOpportunistic (the default), TLSRequired, TLSImplicit
+	// (port 465) or TLSNone.
+	TLS TLSMode
+	// TLSConfig is used for TLS (cloned, ServerName set to Addr's host when
+	// empty). With nil, TLSRequired and TLSImplicit verify the certificate
+	// against the system roots, TLSOpportunistic does not verify.
+	TLSConfig *tls.Config
+	// Username and Password, when Username is set, are sent with AUTH
+	// PLAIN, only over TLS unless AllowInsecureAuth. A refused login
+	// defers the mail (4.7.8).
+	Username, Password string
+	AllowInsecureAuth  bool
+	// Dial opens the connection; default net.Dialer.
+	Dial     DialFunc
+	Timeouts Timeouts
+	Logger   *slog.Logger
+}
+
+// Deliver sends d through the smarthost in one session and returns one
+// reply per recipient, in order.
+func (h *Smarthost) Deliver(ctx context.Context, d *policy.Delivery) []policy.Reply {
+	addr := h.Addr
+	if d.Route.Target != "" {
+		addr = d.Route.Target
+	}
+	log := orDefault(h.Logger).With(slog.String("transport", "smarthost"), slog.String("addr", addr))
+	if d.Tx != nil {
+		log = log.With(slog.String("tx", d.Tx.ID))
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		log.Error("bad smarthost address", slog.String("error", err.Error()))
+		return sameReply(len(d.Rcpts), policy.Reply{Code: 451, Enhanced: "4.3.5", Text: "Bad smarthost address"})
+	}
+	s := &session{
+		hostname: h.Hostname, tlsMode: h.TLS, tlsConfig: h.TLSConfig,
+		user: h.Username, pass: h.Password, insecure: h.AllowInsecureAuth,
+		timeouts: h.Timeouts, log: log,
+	}
+	for attempt := 0; attempt < 2; attempt++ {
+		conn, err := dial(ctx, h.Dial, h.Timeouts, "tcp", addr)
+		if err != nil {
+			log.Info("connect failed", slog.String("error", err.Error()))
+			return sameReply(len(d.Rcpts), failReply(reply{}, err, "connect to "+addr))
+		}
+		o := s.run(ctx, conn, host, d, d.Rcpts, attempt > 0)
+		if o.replies != nil {
+			return o.replies
+		}
+		if !o.tlsFail {
+			log.Info("session failed", slog.String("reply", o.fail.String()))
+			return sameReply(len(d.Rcpts), o.fail)
+		}
+		log.Info("retrying in plaintext after a failed TLS handshake")
+	}
+	return sameReply(len(d.Rcpts), replyTLSFailed)
+}
