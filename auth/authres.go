@@ -1,0 +1,340 @@
+package auth
+
+import (
+	"bytes"
+	"os"
+	"strings"
+
+	"github.com/emersion/go-msgauth/authres"
+	"github.com/mtakit/mtakit/policy"
+)
+
+// Authentication-Results (RFC 8601) plumbing shared by the DKIM and DMARC
+// rules.
+//
+// Each rule adds its own Authentication-Results field at the top of the
+// header, under the authserv-id of this server (its host name by default);
+// RFC 8601 section 4 allows several fields with the same authserv-id, and
+// readers such as MUAs and DMARC reporters merge them.
+//
+// Before trusting or adding results, the rules remove Authentication-Results
+// fields that claim our authserv-id but were not written by us (RFC 8601
+// section 5): a sender could otherwise forge "dkim=pass" in our name. A field
+// with our authserv-id counts as ours, and is kept, when
+//
+//   - it is above the first Received field of the message (the smtp package
+//     prepends our Received field and the fields rules added before DATA, so
+//     everything a client sent is below it), or
+//   - its bytes equal a field in tx.Header (added by a rule before DATA), or
+//   - a rule of this package added it during this transaction.
+//
+// Every other field with our authserv-id is removed. A message with no
+// Received field at all is treated as entirely foreign.
+
+// AuthResultsField is the name of the Authentication-Results header field.
+const AuthResultsField = "Authentication-Results"
+
+// DefaultAuthServID returns the authserv-id used when an option leaves it
+// empty: the host name of this machine, or "localhost" when it is unknown.
+func DefaultAuthServID() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "localhost"
+	}
+	return strings.ToLower(h)
+}
+
+// FormatAuthResults returns the value of an Authentication-Results field for
+// authservID and results (go-msgauth's authres.Format), without the field
+// name. No results give "<id>; none".
+func FormatAuthResults(authservID string, results ...authres.Result) string {
+	return authres.Format(authservID, results)
+}
+
+// AddAuthResults adds an Authentication-Results field with results at the top
+// of h, folded between result clauses and parameters so lines stay short.
+func AddAuthResults(h *policy.Header, authservID string, results ...authres.Result) {
+	h.AddRaw(arFold(AuthResultsField, FormatAuthResults(authservID, results...)))
+}
+
+// StripAuthResults removes every Authentication-Results field of h whose
+// authserv-id is authservID (compared case-insensitively) and returns how
+// many it removed. Use it before any rule writes results, for example as
+// the first preq rule; the rules of this package use a finer test that
+// keeps the fields this server wrote (see the package's Authentication-Results
+// notes).
+func StripAuthResults(h *policy.Header, authservID string) int {
+	return h.DelFunc(func(f policy.Field) bool {
+		return strings.EqualFold(f.Name(), AuthResultsField) && strings.EqualFold(AuthServIDOf(f.Value()), authservID)
+	})
+}
+
+// AuthServIDOf returns the authserv-id of an Authentication-Results value:
+// the first token or quoted string, after any comments. It returns "" when
+// the value does not start with one.
+func AuthServIDOf(v string) string {
+	i := arSkipCFWS(v, 0)
+	id, _ := arReadValue(v, i)
+	return id
+}
+
+// ParseAuthResults parses an Authentication-Results value into its
+// authserv-id and results. Comments are removed first (go-msgauth's parser
+// does not understand them), so "dkim=pass (good signature) header.d=a.example"
+// parses. Unknown methods come back as *authres.GenericResult.
+func ParseAuthResults(v string) (authservID string, results []authres.Result, err error) {
+	return authres.Parse(arStripComments(v))
+}
+
+// arAddedKey remembers the fields this package added during a transaction,
+// so a later rule does not take them for forgeries.
+var arAddedKey = policy.NewKey[[][]byte]("auth.authres-added")
+
+// arAdd adds an Authentication-Results field to m's header and remembers it
+// as ours for the rest of the transaction.
+func arAdd(tx *policy.Transaction, h *policy.Header, authservID string, results ...authres.Result) {
+	raw := arFold(AuthResultsField, FormatAuthResults(authservID, results...))
+	h.AddRaw(raw)
+	if tx != nil {
+		prev, _ := arAddedKey.Get(tx)
+		arAddedKey.Set(tx, append(prev, raw))
+	}
+}
+
+// arTrusted returns a function telling whether the field at index i of h was
+// written at our hop (see the package notes above).
+func arTrusted(tx *policy.Transaction, h *policy.Header) func(i int, f policy.Field) bool {
+	firstReceived := -1
+	for i, f := range h.Fields() {
+		if strings.EqualFold(f.Name(), "Received") {
+			firstReceived = i
+			break
+		}
+	}
+	var known [][]byte
+	if tx != nil {
+		for _, f := range tx.Header.Fields() {
+			known = append(known, f.Raw)
+		}
+		added, _ := arAddedKey.Get(tx)
+		known = append(known, added...)
+	}
+	return func(i int, f policy.Field) bool {
+		if firstReceived >= 0 && i < firstReceived {
+			return true
+		}
+		for _, k := range known {
+			if bytes.Equal(k, f.Raw) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// arStripForged removes the Authentication-Results fields of h that claim
+// authservID and were not written at our hop. It returns how many it
+// removed.
+func arStripForged(tx *policy.Transaction, h *policy.Header, authservID string) int {
+	trusted := arTrusted(tx, h)
+	i := -1
+	return h.DelFunc(func(f policy.Field) bool {
+		i++
+		if !strings.EqualFold(f.Name(), AuthResultsField) {
+			return false
+		}
+		if !strings.EqualFold(AuthServIDOf(f.Value()), authservID) {
+			return false
+		}
+		return !trusted(i, f)
+	})
+}
+
+// arOurResults returns the results of every trusted Authentication-Results
+// field of h that carries authservID, in header order (newest first).
+func arOurResults(tx *policy.Transaction, h *policy.Header, authservID string) []authres.Result {
+	trusted := arTrusted(tx, h)
+	var out []authres.Result
+	for i, f := range h.Fields() {
+		if !strings.EqualFold(f.Name(), AuthResultsField) || !trusted(i, f) {
+			continue
+		}
+		id, rs, _ := ParseAuthResults(f.Value())
+		if !strings.EqualFold(id, authservID) {
+			continue
+		}
+		out = append(out, rs...)
+	}
+	return out
+}
+
+// arIsSpecial reports whether c is a MIME tspecial (RFC 2045), which ends a
+// token.
+func arIsSpecial(c byte) bool {
+	return strings.IndexByte(`()<>@,;:\"/[]?=`, c) >= 0
+}
+
+// arSkipCFWS skips white space, line breaks and (nested) comments from
+// s[i:] and returns the index of the next other byte.
+func arSkipCFWS(s string, i int) int {
+	depth := 0
+	for i < len(s) {
+		c := s[i]
+		switch {
+		case c == '\\' && depth > 0:
+			i += 2
+			continue
+		case c == '(':
+			depth++
+		case c == ')' && depth > 0:
+			depth--
+		case depth > 0:
+		case c == ' ' || c == '\t' || c == '\r' || c == '\n':
+		default:
+			return i
+		}
+		i++
+	}
+	return len(s)
+}
+
+// arReadValue reads a token or quoted-string at s[i:] and returns it
+// (unquoted) with the index after it; ("", i) when there is none.
+func arReadValue(s string, i int) (string, int) {
+	if i >= len(s) {
+		return "", i
+	}
+	if s[i] == '"' {
+		var b strings.Builder
+		for j := i + 1; j < len(s); j++ {
+			switch s[j] {
+			case '\\':
+				if j+1 < len(s) {
+					j++
+					b.WriteByte(s[j])
+				}
+			case '"':
+				return b.String(), j + 1
+			default:
+				b.WriteByte(s[j])
+			}
+		}
+		return "", i // unterminated
+	}
+	j := i
+	for j < len(s) && s[j] > ' ' && s[j] < 0x7f && !arIsSpecial(s[j]) {
+		j++
+	}
+	return s[i:j], j
+}
+
+// arStripComments removes comments (outside quoted strings) from a
+// structured field value, replacing each with a space.
+func arStripComments(s string) string {
+	var b strings.Builder
+	depth, inQuote := 0, false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case inQuote:
+			b.WriteByte(c)
+			if c == '\\' && i+1 < len(s) {
+				i++
+				b.WriteByte(s[i])
+			} else if c == '"' {
+				inQuote = false
+			}
+		case depth > 0:
+			switch c {
+			case '\\':
+				i++
+			case '(':
+				depth++
+			case ')':
+				depth--
+				if depth == 0 {
+					b.WriteByte(' ')
+				}
+			}
+		case c == '(':
+			depth++
+		case c == '"':
+			inQuote = true
+			b.WriteByte(c)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+// arFold formats "Name: value\r\n", breaking lines at white space outside
+// quoted strings and comments so that they stay under 78 characters where
+// possible; a break before each result clause after the first keeps
+// fields readable. CR and LF in value become spaces.
+func arFold(name, value string) []byte {
+	value = strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' {
+			return ' '
+		}
+		return r
+	}, value)
+	// Split into words at spaces outside quotes and comments.
+	var words []string
+	var cur strings.Builder
+	depth, inQuote := 0, false
+	flush := func() {
+		if cur.Len() > 0 {
+			words = append(words, cur.String())
+			cur.Reset()
+		}
+	}
+	for i := 0; i < len(value); i++ {
+		c := value[i]
+		switch {
+		case inQuote:
+			cur.WriteByte(c)
+			if c == '\\' && i+1 < len(value) {
+				i++
+				cur.WriteByte(value[i])
+			} else if c == '"' {
+				inQuote = false
+			}
+			continue
+		case c == '"':
+			inQuote = true
+		case c == '(':
+			depth++
+		case c == ')' && depth > 0:
+			depth--
+		case c == '\\' && depth > 0 && i+1 < len(value):
+			cur.WriteByte(c)
+			i++
+			c = value[i]
+		case (c == ' ' || c == '\t') && depth == 0:
+			flush()
+			continue
+		}
+		cur.WriteByte(c)
+	}
+	flush()
+
+	var b bytes.Buffer
+	b.WriteString(name)
+	b.WriteByte(':')
+	lineLen := len(name) + 1
+	for i, w := range words {
+		clauseStart := i > 1 && strings.HasSuffix(words[i-1], ";")
+		if i > 0 && (lineLen+1+len(w) > 78 || clauseStart) {
+			b.WriteString("\r\n\t")
+			lineLen = 1
+		} else {
+			b.WriteByte(' ')
+			lineLen++
+		}
+		b.WriteString(w)
+		lineLen += len(w)
+	}
+	b.WriteString("\r\n")
+	return b.Bytes()
+}

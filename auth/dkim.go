@@ -1,0 +1,665 @@
+package auth
+
+import (
+	"context"
+	"crypto"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-msgauth/authres"
+	"github.com/emersion/go-msgauth/dkim"
+	"github.com/mtakit/mtakit/policy"
+)
+
+// MinRSAKeyBits is the smallest RSA key LoadDKIMKey and NewDKIMSigner
+// accept (RFC 8301 requires verifiers to accept 1024 bits but signers
+// should use at least 2048).
+const MinRSAKeyBits = 2048
+
+// dkSigField is the name of the DKIM signature field.
+const dkSigField = "DKIM-Signature"
+
+// DefaultDKIMHeaders are the header fields a DKIMSigner signs when they are
+// present (RFC 6376 section 5.4.1's list). Each is signed as many times as
+// it occurs; From is also oversigned (listed once more than it occurs), so
+// a second From field added in transit breaks the signature.
+var DefaultDKIMHeaders = []string{
+	"From", "Reply-To", "Subject", "Date", "To", "Cc",
+	"Resent-Date", "Resent-From", "Resent-To", "Resent-Cc",
+	"In-Reply-To", "References", "Message-ID", "Sender",
+	"MIME-Version", "Content-Type", "Content-Transfer-Encoding",
+	"Content-ID", "Content-Description",
+	"List-Id", "List-Help", "List-Unsubscribe", "List-Unsubscribe-Post",
+	"List-Subscribe", "List-Post", "List-Owner", "List-Archive",
+}
+
+// LoadDKIMKey reads a private key from a PEM file: RSA in PKCS#1 ("RSA
+// PRIVATE KEY") or PKCS#8 ("PRIVATE KEY") form, of at least MinRSAKeyBits,
+// or Ed25519 in PKCS#8 form.
+func LoadDKIMKey(path string) (crypto.Signer, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("auth: DKIM key: %w", err)
+	}
+	k, err := ParseDKIMKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("auth: DKIM key %s: %w", path, err)
+	}
+	return k, nil
+}
+
+// ParseDKIMKey parses a PEM-encoded private key as LoadDKIMKey does.
+func ParseDKIMKey(pemBytes []byte) (crypto.Signer, error) {
+	block, _ := pem.Decode(pemBytes)
+	if block == nil {
+		return nil, errors.New("no PEM block found")
+	}
+	var key any
+	var err error
+	switch block.Type {
+	case "RSA PRIVATE KEY":
+		key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
+	case "PRIVATE KEY":
+		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
+	default:
+		return nil, fmt.Errorf("unsupported PEM block %q (want RSA PRIVATE KEY or PRIVATE KEY)", block.Type)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return dkCheckKey(key)
+}
+
+func dkCheckKey(key any) (crypto.Signer, error) {
+	switch k := key.(type) {
+	case *rsa.PrivateKey:
+		if bits := k.N.BitLen(); bits < MinRSAKeyBits {
+			return nil, fmt.Errorf("RSA key of %d bits is too small (minimum %d)", bits, MinRSAKeyBits)
+		}
+		return k, nil
+	case ed25519.PrivateKey:
+		return k, nil
+	case *ed25519.PrivateKey:
+		return *k, nil
+	}
+	return nil, fmt.Errorf("unsupported key type %T (want RSA or Ed25519)", key)
+}
+
+// DKIMSigner signs messages for one domain with one selector and key.
+// Build it with NewDKIMSigner; the exported fields may be changed before
+// first use. It is safe for concurrent use.
+type DKIMSigner struct {
+	Domain   string        // the d= tag: the signing domain, normalized
+	Selector string        // the s= tag
+	Key      crypto.Signer // RSA (2048+ bits) or Ed25519
+
+	// Headers lists the fields to sign when present; nil means
+	// DefaultDKIMHeaders. From is always signed and oversigned.
+	Headers []string
+
+	// Expiration, when positive, sets x= to the signing time plus it.
+	Expiration time.Duration
+}
+
+// NewDKIMSigner returns a signer for domain and selector with key (from
+// LoadDKIMKey). Canonicalization is relaxed/relaxed and the hash SHA-256.
+func NewDKIMSigner(domain, selector string, key crypto.Signer) (*DKIMSigner, error) {
+	d, err := policy.NormalizeDomain(domain)
+	if err != nil || strings.HasPrefix(d, "[") {
+		return nil, fmt.Errorf("auth: DKIM signing domain %q: invalid", domain)
+	}
+	if selector == "" || strings.ContainsAny(selector, "; \t\r\n=") {
+		return nil, fmt.Errorf("auth: DKIM selector %q: invalid", selector)
+	}
+	if key == nil {
+		return nil, errors.New("auth: DKIM signer needs a key")
+	}
+	k, err := dkCheckKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("auth: DKIM key: %w", err)
+	}
+	return &DKIMSigner{Domain: d, Selector: selector, Key: k}, nil
+}
+
+// DNSName returns the name of the key's TXT record:
+// "<selector>._domainkey.<domain>".
+func (s *DKIMSigner) DNSName() string { return s.Selector + "._domainkey." + s.Domain }
+
+// DNSRecord returns the TXT record to publish at DNSName for the signer's
+// key ("v=DKIM1; k=rsa; p=...").
+func (s *DKIMSigner) DNSRecord() string {
+	switch pub := s.Key.Public().(type) {
+	case ed25519.PublicKey:
+		return "v=DKIM1; k=ed25519; p=" + base64.StdEncoding.EncodeToString(pub)
+	default:
+		der, err := x509.MarshalPKIXPublicKey(pub)
+		if err != nil {
+			return ""
+		}
+		return "v=DKIM1; k=rsa; p=" + base64.StdEncoding.EncodeToString(der)
+	}
+}
+
+// headerKeys returns the h= list for header h: every configured field once
+// per occurrence, and From once more than it occurs.
+func (s *DKIMSigner) headerKeys(h *policy.Header) []string {
+	names := s.Headers
+	if names == nil {
+		names = DefaultDKIMHeaders
+	}
+	count := map[string]int{}
+	for _, f := range h.Fields() {
+		count[strings.ToLower(f.Name())]++
+	}
+	keys := []string{}
+	seen := map[string]bool{}
+	for _, n := range names {
+		ln := strings.ToLower(n)
+		if seen[ln] || ln == "from" {
+			continue
+		}
+		seen[ln] = true
+		for i := 0; i < count[ln]; i++ {
+			keys = append(keys, n)
+		}
+	}
+	from := make([]string, count["from"]+1)
+	for i := range from {
+		from[i] = "From"
+	}
+	return append(from, keys...)
+}
+
+// Sign computes a DKIM-Signature for m as it is now (current header, body
+// streamed from storage) and returns the complete field, ending in CRLF,
+// ready for m.Header.AddRaw. The bytes signed are those m.Reader gives,
+// which are the bytes transports send.
+func (s *DKIMSigner) Sign(ctx context.Context, m *policy.Message) ([]byte, error) {
+	opts := &dkim.SignOptions{
+		Domain:                 s.Domain,
+		Selector:               s.Selector,
+		Signer:                 s.Key,
+		Hash:                   crypto.SHA256,
+		HeaderCanonicalization: dkim.CanonicalizationRelaxed,
+		BodyCanonicalization:   dkim.CanonicalizationRelaxed,
+		HeaderKeys:             s.headerKeys(m.Header),
+	}
+	if s.Expiration > 0 {
+		opts.Expiration = time.Now().Add(s.Expiration)
+	}
+	signer, err := dkim.NewSigner(opts)
+	if err != nil {
+		return nil, fmt.Errorf("auth: DKIM: %w", err)
+	}
+	if _, err := io.Copy(signer, dkCtxReader{ctx, m.Reader()}); err != nil {
+		signer.Close()
+		return nil, fmt.Errorf("auth: DKIM signing: %w", err)
+	}
+	if err := signer.Close(); err != nil {
+		return nil, fmt.Errorf("auth: DKIM signing: %w", err)
+	}
+	sig := signer.Signature()
+	if !strings.HasSuffix(sig, "\r\n") {
+		sig += "\r\n"
+	}
+	return []byte(sig), nil
+}
+
+// dkCtxReader stops reading once ctx is done, so a rule's deadline bounds
+// the work on a large message.
+type dkCtxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r dkCtxReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
+}
+
+// dkFromDomain returns the domain of the single address of the From field
+// of h, normalized. It fails when there is not exactly one From field with
+// exactly one address.
+func dkFromDomain(h *policy.Header) (string, error) {
+	froms := h.Values("From")
+	if len(froms) != 1 {
+		return "", fmt.Errorf("%d From fields", len(froms))
+	}
+	addrs, err := dmParseFrom(froms[0])
+	if err != nil {
+		return "", err
+	}
+	if len(addrs) != 1 {
+		return "", fmt.Errorf("%d From addresses", len(addrs))
+	}
+	return addrs[0], nil
+}
+
+// dkInDomains reports whether domain is one of domains (normalized).
+func dkInDomains(domain string, domains []string) bool {
+	for _, d := range domains {
+		if nd, err := policy.NormalizeDomain(d); err == nil && nd == domain {
+			return true
+		}
+	}
+	return false
+}
+
+// dkUnder reports whether from is domain or a subdomain of it.
+func dkUnder(from, domain string) bool {
+	return from == domain || strings.HasSuffix(from, "."+domain)
+}
+
+// dkShouldSign decides whether signer signs the message: its From header
+// domain must be the signer's domain or a subdomain of it, and the
+// envelope sender must be local (in localDomains, or the signer's domain
+// when none are given); a null sender counts as local when the From
+// header is ours, so our own bounces get signed.
+func dkShouldSign(signer *DKIMSigner, localDomains []string, tx *policy.Transaction, m *policy.Message) (bool, string) {
+	from, err := dkFromDomain(m.Header)
+	if err != nil {
+		return false, "From header: " + err.Error()
+	}
+	if !dkUnder(from, signer.Domain) {
+		return false, "From domain " + from + " is not " + signer.Domain
+	}
+	if tx == nil || tx.From.IsNull() {
+		return true, ""
+	}
+	if dkSenderLocal(signer, localDomains, tx) {
+		return true, ""
+	}
+	return false, "sender " + tx.From.String() + " is not local"
+}
+
+func dkSenderLocal(signer *DKIMSigner, localDomains []string, tx *policy.Transaction) bool {
+	if tx == nil || tx.From.IsNull() || tx.From.IsLiteral() {
+		return false
+	}
+	if len(localDomains) == 0 {
+		return dkUnder(tx.From.Domain, signer.Domain)
+	}
+	return dkInDomains(tx.From.Domain, localDomains)
+}
+
+// dkAlreadySigned reports whether h carries a DKIM-Signature with the
+// signer's d= and s= (a postq rule that runs again after a restart must not
+// sign twice).
+func dkAlreadySigned(signer *DKIMSigner, h *policy.Header) bool {
+	for _, v := range h.Values(dkSigField) {
+		tags, err := ParseDKIMTags(v)
+		if err != nil {
+			continue
+		}
+		if strings.EqualFold(tags["d"], signer.Domain) && tags["s"] == signer.Selector {
+			return true
+		}
+	}
+	return false
+}
+
+// SignDKIM returns a postq rule that signs outgoing mail with signer and
+// adds the DKIM-Signature field at the top of the header.
+//
+// A message is signed when its From header has exactly one address, in the
+// signer's domain or a subdomain of it (so the signature aligns for DMARC),
+// and its envelope sender is local: in one of localDomains (the signer's
+// domain and its subdomains when none are given), or the null sender (our
+// own bounces). Other messages pass untouched. The rule relies on the relay
+// rules to refuse a local envelope sender from an unauthenticated outside
+// client; with them, "local sender" means "our user".
+//
+// A message already carrying a signature with the signer's d= and s= is not
+// signed again. A failure (the spool unreadable, the context ended) gives
+// Fail, so the queue retries later; the rule never denies.
+func SignDKIM(signer *DKIMSigner, localDomains ...string) policy.MessageRule {
+	return func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
+		if ok, _ := dkShouldSign(signer, localDomains, tx, m); !ok {
+			return policy.Next
+		}
+		if dkAlreadySigned(signer, m.Header) {
+			return policy.Next
+		}
+		sig, err := signer.Sign(ctx, m)
+		if err != nil {
+			return policy.Fail(err)
+		}
+		m.Header.AddRaw(sig)
+		return policy.Next
+	}
+}
+
+// SignOrVerifyDKIM is the combined form: when the envelope sender is local
+// (in localDomains, or the signer's domain when none are given) the message
+// is signed as SignDKIM does; otherwise its signatures are verified as
+// VerifyDKIM(verify) does.
+func SignOrVerifyDKIM(signer *DKIMSigner, verify DKIMVerifyOptions, localDomains ...string) policy.MessageRule {
+	sign := SignDKIM(signer, localDomains...)
+	check := VerifyDKIM(verify)
+	return func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
+		if dkSenderLocal(signer, localDomains, tx) {
+			return sign(ctx, tx, m)
+		}
+		if tx != nil && tx.From.IsNull() {
+			if ok, _ := dkShouldSign(signer, localDomains, tx, m); ok {
+				return sign(ctx, tx, m)
+			}
+		}
+		return check(ctx, tx, m)
+	}
+}
+
+// TXTResolver is the DNS the DKIM and DMARC rules need. *net.Resolver and
+// every policy.Resolver satisfy it.
+type TXTResolver interface {
+	LookupTXT(ctx context.Context, name string) ([]string, error)
+}
+
+// DefaultLookupTimeout bounds one DNS lookup of the DKIM and DMARC rules
+// when their options leave LookupTimeout zero.
+const DefaultLookupTimeout = 10 * time.Second
+
+// dkLookupTXT adapts r to the context-free lookup go-msgauth takes: each
+// lookup runs under ctx and timeout, and every error comes back as a
+// *net.DNSError, since go-msgauth tells temporary from permanent failures
+// by net.Error.Temporary: a timeout or a foreign error type is temporary,
+// NXDOMAIN and NODATA permanent.
+func dkLookupTXT(ctx context.Context, r TXTResolver, timeout time.Duration) func(string) ([]string, error) {
+	if r == nil {
+		r = net.DefaultResolver
+	}
+	if timeout <= 0 {
+		timeout = DefaultLookupTimeout
+	}
+	return func(name string) ([]string, error) {
+		lctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		fqdn := name
+		if !strings.HasSuffix(fqdn, ".") {
+			fqdn += "."
+		}
+		txts, err := r.LookupTXT(lctx, fqdn)
+		return txts, dnsError(name, err)
+	}
+}
+
+// dnsError returns err as a *net.DNSError whose Temporary method tells the
+// truth (see dkLookupTXT).
+func dnsError(name string, err error) error {
+	if err == nil {
+		return nil
+	}
+	timeout := errors.Is(err, context.DeadlineExceeded)
+	var de *net.DNSError
+	if errors.As(err, &de) {
+		if timeout && !de.IsTimeout {
+			c := *de
+			c.IsTimeout, c.IsTemporary = true, true
+			return &c
+		}
+		return de
+	}
+	return &net.DNSError{
+		Err:         err.Error(),
+		Name:        name,
+		IsTimeout:   timeout,
+		IsTemporary: true,
+	}
+}
+
+// DKIMResult is the outcome of verifying one DKIM-Signature.
+type DKIMResult struct {
+	// Result is the RFC 8601 result: pass, fail (bad signature or body
+	// hash), permerror (unusable signature or key: syntax, no key, revoked,
+	// expired), temperror (key lookup failed for now), or none (the message
+	// had no signature; then the other fields are empty).
+	Result     authres.ResultValue
+	Domain     string // d=
+	Selector   string // s=
+	Identifier string // i=, or "@"+d= when absent
+	Algorithm  string // a=
+	Signature  string // the first 12 characters of b=, for header.b
+	Err        error  // why it did not pass; nil on pass
+}
+
+// DKIMResultsKey holds the DKIM results of a message, one per signature
+// verified, for later rules such as CheckDMARC.
+var DKIMResultsKey = policy.NewKey[[]DKIMResult]("auth.dkim")
+
+// DKIMVerifyOptions configure VerifyDKIM.
+type DKIMVerifyOptions struct {
+	// Resolver looks up the keys; nil means net.DefaultResolver.
+	Resolver TXTResolver
+	// LookupTimeout bounds each key lookup (default DefaultLookupTimeout);
+	// the rule's context bounds them all.
+	LookupTimeout time.Duration
+	// AuthServID names this server in Authentication-Results; "" means
+	// DefaultAuthServID().
+	AuthServID string
+	// MaxVerifications caps the signatures verified (default 5); the
+	// others are ignored, as RFC 6376 section 6.1 allows.
+	MaxVerifications int
+	// DenyOnFail denies (550 5.7.20) a message that has signatures of
+	// which none passed and at least one failed or was unusable. Off by
+	// default: results are recorded and DMARC decides.
+	DenyOnFail bool
+	// Logger receives one debug line per message; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// VerifyDKIM returns a preq or postq rule that verifies the DKIM signatures
+// of incoming mail (at most MaxVerifications), records every signature's
+// result in one Authentication-Results field (dkim=none when there is none)
+// and stores them under DKIMResultsKey.
+//
+// Before that it removes Authentication-Results fields that claim our
+// authserv-id but come from outside (RFC 8601 section 5).
+//
+// It never denies unless DenyOnFail is set; a failure of ours (the message
+// unreadable, the context ended while reading) gives Fail.
+func VerifyDKIM(opts DKIMVerifyOptions) policy.MessageRule {
+	if opts.AuthServID == "" {
+		opts.AuthServID = DefaultAuthServID()
+	}
+	if opts.MaxVerifications <= 0 {
+		opts.MaxVerifications = 5
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
+		arStripForged(tx, m.Header, opts.AuthServID)
+		results, err := verifyDKIM(ctx, opts, m)
+		if err != nil {
+			return policy.Fail(err)
+		}
+		if tx != nil {
+			DKIMResultsKey.Set(tx, results)
+		}
+		ar := make([]authres.Result, 0, len(results))
+		for _, r := range results {
+			ar = append(ar, r.authres())
+		}
+		arAdd(tx, m.Header, opts.AuthServID, ar...)
+		if log.Enabled(ctx, slog.LevelDebug) {
+			attrs := []any{}
+			for _, r := range results {
+				attrs = append(attrs, slog.String("dkim."+r.Domain, string(r.Result)))
+			}
+			log.DebugContext(ctx, "dkim verified", attrs...)
+		}
+		if opts.DenyOnFail && dkDeserveDeny(results) {
+			return policy.Deny(550, "5.7.20", "No passing DKIM signature found")
+		}
+		return policy.Next
+	}
+}
+
+func dkDeserveDeny(results []DKIMResult) bool {
+	failed := false
+	for _, r := range results {
+		switch r.Result {
+		case authres.ResultPass:
+			return false
+		case authres.ResultFail, authres.ResultPermError:
+			failed = true
+		}
+	}
+	return failed
+}
+
+// verifyDKIM verifies m's signatures. It returns an error only for our own
+// failures (reading the message).
+func verifyDKIM(ctx context.Context, opts DKIMVerifyOptions, m *policy.Message) ([]DKIMResult, error) {
+	var sigs []map[string]string
+	for _, v := range m.Header.Values(dkSigField) {
+		tags, _ := ParseDKIMTags(v)
+		sigs = append(sigs, tags)
+	}
+	if len(sigs) == 0 {
+		return []DKIMResult{{Result: authres.ResultNone}}, nil
+	}
+	src := &dkErrReader{r: dkCtxReader{ctx, m.Reader()}}
+	verifs, err := dkim.VerifyWithOptions(src, &dkim.VerifyOptions{
+		LookupTXT:        dkLookupTXT(ctx, opts.Resolver, opts.LookupTimeout),
+		MaxVerifications: opts.MaxVerifications,
+	})
+	if src.err != nil {
+		return nil, fmt.Errorf("auth: DKIM verification: reading message: %w", src.err)
+	}
+	if err != nil && !errors.Is(err, dkim.ErrTooManySignatures) && len(verifs) == 0 {
+		// The header could not be parsed: every signature is unusable.
+		verifs = nil
+		for range sigs {
+			verifs = append(verifs, &dkim.Verification{Err: err})
+		}
+	}
+	out := make([]DKIMResult, 0, len(verifs))
+	for i, v := range verifs {
+		if v == nil {
+			continue
+		}
+		r := DKIMResult{Domain: v.Domain, Identifier: v.Identifier, Err: v.Err}
+		if i < len(sigs) && sigs[i] != nil {
+			t := sigs[i]
+			r.Selector = dkStripWS(t["s"])
+			r.Algorithm = dkStripWS(t["a"])
+			if r.Domain == "" {
+				r.Domain = dkStripWS(t["d"])
+			}
+			b := dkStripWS(t["b"])
+			if len(b) > 12 {
+				b = b[:12]
+			}
+			r.Signature = b
+		}
+		r.Domain = strings.ToLower(r.Domain)
+		switch {
+		case v.Err == nil:
+			r.Result = authres.ResultPass
+		case dkim.IsTempFail(v.Err):
+			r.Result = authres.ResultTempError
+		case dkim.IsPermFail(v.Err):
+			r.Result = authres.ResultPermError
+		default:
+			r.Result = authres.ResultFail
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// authres returns r as an Authentication-Results result.
+func (r DKIMResult) authres() authres.Result {
+	if r.Result == authres.ResultNone {
+		return &authres.DKIMResult{Value: authres.ResultNone}
+	}
+	params := map[string]string{
+		"header.d": r.Domain,
+		"header.i": r.Identifier,
+		"header.s": r.Selector,
+		"header.a": r.Algorithm,
+		"header.b": r.Signature,
+	}
+	if r.Err != nil {
+		params["reason"] = strings.TrimPrefix(r.Err.Error(), "dkim: ")
+	}
+	return &authres.GenericResult{Method: "dkim", Value: r.Result, Params: params}
+}
+
+// dkErrReader records the first error of the underlying reader, to tell
+// our own failures from verification results.
+type dkErrReader struct {
+	r   io.Reader
+	err error
+}
+
+func (e *dkErrReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF && e.err == nil {
+		e.err = err
+	}
+	return n, err
+}
+
+func dkStripWS(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == ' ' || r == '\t' || r == '\r' || r == '\n' {
+			return -1
+		}
+		return r
+	}, s)
+}
+
+// ParseDKIMTags parses a DKIM tag list (RFC 6376 section 3.2), the value of
+// a DKIM-Signature field or of a key record, into a map of tag names to
+// values with surrounding white space removed. A duplicate tag or a
+// malformed tag-spec is an error (RFC 6376 section 3.2: the signature is
+// then invalid).
+func ParseDKIMTags(s string) (map[string]string, error) {
+	tags := map[string]string{}
+	for _, spec := range strings.Split(s, ";") {
+		if strings.Trim(spec, " \t\r\n") == "" {
+			continue
+		}
+		name, value, ok := strings.Cut(spec, "=")
+		if !ok {
+			return tags, fmt.Errorf("auth: DKIM tag-spec %q without '='", spec)
+		}
+		name = strings.Trim(name, " \t\r\n")
+		if name == "" || !dkValidTagName(name) {
+			return tags, fmt.Errorf("auth: bad DKIM tag name %q", name)
+		}
+		if _, dup := tags[name]; dup {
+			return tags, fmt.Errorf("auth: duplicate DKIM tag %q", name)
+		}
+		tags[name] = strings.Trim(value, " \t\r\n")
+	}
+	return tags, nil
+}
+
+func dkValidTagName(n string) bool {
+	for i := 0; i < len(n); i++ {
+		c := n[i]
+		alpha := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+		if !alpha && (i == 0 || !(c >= '0' && c <= '9' || c == '_')) {
+			return false
+		}
+	}
+	return true
+}
+
