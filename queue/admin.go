@@ -1,0 +1,187 @@
+package queue
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/mtakit/mtakit/policy"
+)
+
+// Entry is one message of a queue as List reports it. Envelope is nil and
+// Err set when the envelope cannot be read.
+type Entry struct {
+	ID       string
+	Queue    string
+	Envelope *Envelope
+	Err      error
+}
+
+// List returns the messages of queue q, oldest first.
+func (s *Spool) List(q string) ([]Entry, error) {
+	ids, err := s.listIDs(q)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Entry, 0, len(ids))
+	for _, id := range ids {
+		env, err := s.readEnvelope(q, id)
+		if errors.Is(err, ErrNotFound) {
+			continue // moved meanwhile
+		}
+		out = append(out, Entry{ID: id, Queue: q, Envelope: env, Err: err})
+	}
+	slices.SortFunc(out, func(a, b Entry) int {
+		if a.Envelope != nil && b.Envelope != nil {
+			if c := a.Envelope.Received.Compare(b.Envelope.Received); c != 0 {
+				return c
+			}
+		}
+		return cmpString(a.ID, b.ID)
+	})
+	return out, nil
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Item is one message as Show reports it.
+type Item struct {
+	Queue    string
+	Envelope *Envelope
+	Header   *policy.Header
+}
+
+// Show returns the queue, envelope and header of message id.
+func (s *Spool) Show(id string) (*Item, error) {
+	q, err := s.locate(id)
+	if err != nil {
+		return nil, err
+	}
+	env, err := s.readEnvelope(q, id)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(filepath.Join(s.root, "msg", env.Message))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	defer f.Close()
+	h, _, _, err := policy.ReadHeader(bufio.NewReader(f), policy.MaxHeaderBytes)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	return &Item{Queue: q, Envelope: env, Header: h}, nil
+}
+
+// Requeue schedules message id for delivery now: a deferred message (or a
+// dead one, whose failed recipients are tried again) goes to deliver, or to
+// working when its postq rules have not run yet. It waits while a delivery
+// attempt of the message is under way.
+func (s *Spool) Requeue(ctx context.Context, id string) error {
+	unlock, err := s.locks.lock(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	q, err := s.locate(id)
+	if err != nil {
+		return err
+	}
+	switch q {
+	case Deferred, Dead, Working, Deliver:
+	default:
+		return fmt.Errorf("%w: cannot requeue from %s (use Move)", ErrBadQueue, q)
+	}
+	env, err := s.readEnvelope(q, id)
+	if err != nil {
+		return err
+	}
+	if q == Dead {
+		for i := range env.Rcpts {
+			if env.Rcpts[i].State == RcptFailed {
+				env.Rcpts[i].State, env.Rcpts[i].DSN = RcptPending, false
+			}
+		}
+	}
+	env.NextAttempt = s.now()
+	to := Deliver
+	if !env.PostQDone {
+		to = Working
+	}
+	if err := s.update(ctx, env, q, to, "", ""); err != nil {
+		return err
+	}
+	s.notify(id, to)
+	return nil
+}
+
+// Move moves message id to queue to (working, deliver, deferred, dead or
+// quarantine/<name>), for example to release it from quarantine: to
+// working runs the postq rules, to deliver skips them. It waits while a
+// delivery attempt of the message is under way.
+func (s *Spool) Move(ctx context.Context, id, to string) error {
+	if _, err := s.queueDir(to); err != nil {
+		return err
+	}
+	if to == Corrupt {
+		return fmt.Errorf("%w: cannot move into %s", ErrBadQueue, to)
+	}
+	unlock, err := s.locks.lock(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	q, err := s.locate(id)
+	if err != nil {
+		return err
+	}
+	env, err := s.readEnvelope(q, id)
+	if err != nil {
+		return err
+	}
+	if to == Deliver || to == Working || to == Deferred {
+		env.NextAttempt = s.now()
+		if !env.pending() {
+			return fmt.Errorf("queue: %s has no recipient left to deliver", id)
+		}
+	}
+	if err := s.update(ctx, env, q, to, "", ""); err != nil {
+		return err
+	}
+	s.notify(id, to)
+	return nil
+}
+
+// Delete removes message id from whatever queue holds it. It waits while a
+// delivery attempt of the message is under way.
+func (s *Spool) Delete(ctx context.Context, id string) error {
+	unlock, err := s.locks.lock(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	q, err := s.locate(id)
+	if err != nil {
+		return err
+	}
+	var files []string
+	msgs, _ := filepath.Glob(filepath.Join(s.root, "msg", id+"*.eml"))
+	for _, m := range msgs {
+		if msgID(filepath.Base(m)) == id {
+			files = append(files, filepath.Base(m))
+		}
+	}
+	return s.remove(ctx, q, id, files...)
+}

@@ -1,0 +1,213 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"os"
+	"sync"
+)
+
+// An op is one atomic step of the spool: files already written (not yet
+// synced), then renames and removals that publish them, then directory
+// syncs, then removals of what the op made obsolete. The committer runs the
+// ops it finds waiting as one batch, sharing one filesystem sync and one
+// fsync per directory among them: group commit.
+type op struct {
+	files   []string    // written by the caller, to be made durable first
+	renames [][2]string // then renamed, in order
+	removes []string    // then removed (ENOENT ignored)
+	dirs    []string    // then these directories are fsynced
+	after   []string    // then these are removed (no sync needed)
+	done    chan error
+}
+
+// committer batches ops; see op.
+type committer struct {
+	root   string
+	noSync bool
+	ops    chan *op
+
+	mu    sync.Mutex
+	dirFD map[string]*os.File
+	rootF *os.File
+
+	closing sync.RWMutex
+	closed  bool
+	stop    chan struct{}
+	wg      sync.WaitGroup
+}
+
+const maxBatch = 1024
+
+func newCommitter(root string, noSync bool) (*committer, error) {
+	rf, err := os.Open(root)
+	if err != nil {
+		return nil, err
+	}
+	c := &committer{root: root, noSync: noSync, ops: make(chan *op, maxBatch), dirFD: map[string]*os.File{}, rootF: rf, stop: make(chan struct{})}
+	c.wg.Add(1)
+	go c.loop()
+	return c, nil
+}
+
+var errClosed = errors.New("queue: spool closed")
+
+// commit hands o to the committer and waits until it is durable. ctx bounds
+// only the wait for a place in the batch queue: once handed over, the op's
+// outcome is always waited for (a batch takes the time of one sync), so the
+// caller never mistakes a committed op for a failed one.
+func (c *committer) commit(ctx context.Context, o *op) error {
+	c.closing.RLock() // close waits for commits under way
+	defer c.closing.RUnlock()
+	if c.closed {
+		return errClosed
+	}
+	o.done = make(chan error, 1)
+	select {
+	case c.ops <- o:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return <-o.done
+}
+
+func (c *committer) close() {
+	c.closing.Lock()
+	if c.closed {
+		c.closing.Unlock()
+		return
+	}
+	c.closed = true
+	c.closing.Unlock()
+	close(c.stop)
+	c.wg.Wait()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, f := range c.dirFD {
+		f.Close()
+	}
+	c.rootF.Close()
+}
+
+func (c *committer) loop() {
+	defer c.wg.Done()
+	batch := make([]*op, 0, maxBatch)
+	for {
+		select {
+		case <-c.stop:
+			// Ops already queued are still committed.
+			for {
+				select {
+				case o := <-c.ops:
+					c.run([]*op{o})
+				default:
+					return
+				}
+			}
+		case o := <-c.ops:
+			batch = append(batch[:0], o)
+		drain:
+			for len(batch) < maxBatch {
+				select {
+				case o := <-c.ops:
+					batch = append(batch, o)
+				default:
+					break drain
+				}
+			}
+			c.run(batch)
+		}
+	}
+}
+
+// run commits one batch: one sync of the written data, the renames, one
+// fsync per directory touched, then the late removals.
+func (c *committer) run(batch []*op) {
+	errs := make([]error, len(batch))
+	if !c.noSync {
+		var files []string
+		for _, o := range batch {
+			files = append(files, o.files...)
+		}
+		if len(files) > 0 {
+			if err := syncData(c.rootF, files); err != nil {
+				for i := range errs {
+					errs[i] = err
+				}
+			}
+		}
+	}
+	dirs := map[string][]int{}
+	for i, o := range batch {
+		if errs[i] != nil {
+			continue
+		}
+		for _, r := range o.renames {
+			if err := os.Rename(r[0], r[1]); err != nil {
+				errs[i] = err
+				break
+			}
+		}
+		if errs[i] == nil {
+			for _, p := range o.removes {
+				if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+					errs[i] = err
+					break
+				}
+			}
+		}
+		for _, d := range o.dirs {
+			dirs[d] = append(dirs[d], i)
+		}
+	}
+	if !c.noSync {
+		for d, idx := range dirs {
+			if err := c.syncDir(d); err != nil {
+				for _, i := range idx {
+					if errs[i] == nil {
+						errs[i] = err
+					}
+				}
+			}
+		}
+	}
+	for i, o := range batch {
+		if errs[i] == nil {
+			for _, p := range o.after {
+				os.Remove(p)
+			}
+		}
+		o.done <- errs[i]
+	}
+}
+
+func (c *committer) syncDir(d string) error {
+	c.mu.Lock()
+	f := c.dirFD[d]
+	c.mu.Unlock()
+	if f == nil {
+		var err error
+		if f, err = os.Open(d); err != nil {
+			return err
+		}
+		c.mu.Lock()
+		if old := c.dirFD[d]; old != nil {
+			f.Close()
+			f = old
+		} else {
+			c.dirFD[d] = f
+		}
+		c.mu.Unlock()
+	}
+	return f.Sync()
+}
+
+// forgetDir closes the cached handle of a removed directory.
+func (c *committer) forgetDir(d string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f := c.dirFD[d]; f != nil {
+		f.Close()
+		delete(c.dirFD, d)
+	}
+}

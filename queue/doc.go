@@ -1,0 +1,55 @@
+// Package queue is the durable part of mtakit: the spool that holds
+// accepted mail, the named queues a message moves through, the scheduler
+// that runs the postq and delivery stages and retries, the DSNs (RFC 3464)
+// it sends back, an admin API, and the local transports Maildir and Mbox.
+//
+// # Spool
+//
+// Open returns a Spool on a directory. The smtp package hands it accepted
+// messages with Enqueue, which returns only when the message file, its
+// envelope (JSON, see Envelope) and their directory entries are fsynced:
+// only then may the client get its 250. Concurrent Enqueue calls share
+// their syncs (group commit): each writes its files, then joins the batch a
+// single committer goroutine makes durable with one syncfs(2) of the spool's
+// filesystem, the renames that publish the envelopes, and one fsync per
+// directory. WithUnsafeNoSync turns syncing off, for benchmarks only.
+//
+// A message's state is the place of its envelope: working (accepted, postq
+// rules not yet run), deliver, deferred, dead, quarantine/<name>, corrupt.
+// List, Show, Requeue, Move and Delete administer them while the scheduler
+// runs.
+//
+// # Scheduler
+//
+// A Scheduler takes messages from working (postq rules: accept goes on to
+// delivery, quarantine moves to quarantine/<name>, a 5xx deny bounces, a
+// 4xx deny or a rule failure defers), then runs the delivery rules per
+// recipient, groups recipients by Route and hands each group to the
+// Transport the route names ("drop" is built in). 2xx replies are
+// delivered, 4xx retried with exponential backoff (5 min doubling to 4 h,
+// for 5 days by default, with jitter), 5xx bounced. Only the recipients that
+// failed temporarily are retried. Header edits of postq rules (a
+// DKIM-Signature) are written into a new message file before delivery, so a
+// retry neither loses them nor makes them twice.
+//
+// On start the scheduler picks up everything in working, deliver and
+// deferred. A corrupt envelope or message (unparsable, truncated) is moved
+// to corrupt with an error log entry; the queue goes on. Delivery is at
+// least once: a crash between a delivery and its record may deliver twice.
+//
+// # Bounces
+//
+// A recipient that fails for good (5xx, or the lifetime ran out) gets a
+// multipart/report DSN to the envelope sender, from the null sender and
+// MAILER-DAEMON@<hostname>, with a message/delivery-status part and the
+// original message (or its header for RET=HDRS or a large message). NOTIFY
+// is honoured (NEVER: none; SUCCESS: a "delivered" DSN), and so are ENVID
+// and ORCPT. Nothing is ever sent to the null sender. DSNs are queued like
+// any message and go through the postq and delivery rules.
+//
+// # Transports
+//
+// Transport is the interface every transport satisfies; the remote SMTP and
+// LMTP ones are in package relay. Maildir and Mbox deliver locally, adding
+// Return-Path and Delivered-To.
+package queue

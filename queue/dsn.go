@@ -1,0 +1,219 @@
+package queue
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/mtakit/mtakit/policy"
+)
+
+// report queues the DSNs owed for env's recipients that reached a final
+// state: "failed" for failures (unless NOTIFY excludes FAILURE), and
+// "delivered" when NOTIFY=SUCCESS asked for it; never to a null sender. The
+// recipients reported are marked so that no DSN goes out twice (a crash
+// between queueing a DSN and recording it may send it twice).
+func (s *Scheduler) report(ctx context.Context, env *Envelope, m *policy.Message) error {
+	var failed, delivered []int
+	for i := range env.Rcpts {
+		r := &env.Rcpts[i]
+		if r.DSN || r.State == RcptPending {
+			continue
+		}
+		switch {
+		case env.From.Address().IsNull():
+		case r.State == RcptFailed && r.notify("FAILURE"):
+			failed = append(failed, i)
+		case r.State == RcptDelivered && r.notify("SUCCESS"):
+			delivered = append(delivered, i)
+		}
+	}
+	if len(failed) > 0 {
+		if err := s.bounce(ctx, env, m, failed, "failed"); err != nil {
+			return err
+		}
+	}
+	if len(delivered) > 0 {
+		if err := s.bounce(ctx, env, m, delivered, "delivered"); err != nil {
+			return err
+		}
+	}
+	for i := range env.Rcpts {
+		if env.Rcpts[i].State != RcptPending {
+			env.Rcpts[i].DSN = true
+		}
+	}
+	return nil
+}
+
+// bounce queues one RFC 3464 DSN for the recipients idx of env, with the
+// given Action, to env's sender from the null sender.
+func (s *Scheduler) bounce(ctx context.Context, env *Envelope, m *policy.Message, idx []int, action string) error {
+	now := s.cfg.Clock.Now()
+	host := s.cfg.Hostname
+	denv := &Envelope{
+		Version:  EnvelopeVersion,
+		ID:       NewID(),
+		Rcpts:    []RcptState{{Addr: env.From, Notify: []string{"NEVER"}, State: RcptPending}},
+		Received: now,
+		DSN:      true,
+		Client:   Client{Helo: host, Started: now},
+	}
+	boundary := "dsn=" + denv.ID + "/" + host
+	write := func(w io.Writer) (int64, error) {
+		cw := &countWriter{w: w}
+		bw := bufio.NewWriter(cw)
+		writeDSN(bw, dsnInput{
+			env: env, m: m, idx: idx, action: action, host: host, now: now, id: denv.ID,
+			boundary: boundary, full: !strings.EqualFold(env.Params.Ret, "HDRS") && m.Size() <= s.cfg.MaxReturnSize,
+		})
+		err := bw.Flush()
+		return cw.n, err
+	}
+	if err := s.sp.enqueue(ctx, denv, Working, write); err != nil {
+		return err
+	}
+	s.log.Info("queue: DSN queued", "id", env.ID, "dsn", denv.ID, "action", action, "to", env.From.Address().String(), "rcpts", len(idx))
+	return nil
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+type dsnInput struct {
+	env      *Envelope
+	m        *policy.Message
+	idx      []int
+	action   string
+	host     string
+	now      time.Time
+	id       string
+	boundary string
+	full     bool
+}
+
+// clean keeps a value on one line of printable ASCII for a header field.
+func clean(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		if r > 0x7e {
+			return '?'
+		}
+		return r
+	}, s)
+}
+
+func writeDSN(w *bufio.Writer, in dsnInput) {
+	p := func(format string, a ...any) { fmt.Fprintf(w, format+"\r\n", a...) }
+	env := in.env
+	subject := "Undelivered Mail Returned to Sender"
+	if in.action == "delivered" {
+		subject = "Successful Mail Delivery Report"
+	}
+	p("From: Mail Delivery System <MAILER-DAEMON@%s>", in.host)
+	p("To: %s", clean(env.From.Address().Path()))
+	p("Subject: %s", subject)
+	p("Date: %s", in.now.Format(time.RFC1123Z))
+	p("Message-ID: <%s@%s>", in.id, in.host)
+	p("Auto-Submitted: auto-replied")
+	p("MIME-Version: 1.0")
+	p("Content-Type: multipart/report; report-type=delivery-status;")
+	p("\tboundary=\"%s\"", in.boundary)
+	p("")
+	p("This is a MIME-encapsulated message.")
+	p("")
+	p("--%s", in.boundary)
+	p("Content-Description: Notification")
+	p("Content-Type: text/plain; charset=us-ascii")
+	p("")
+	p("This is the mail system at host %s.", in.host)
+	p("")
+	if in.action == "failed" {
+		p("I'm sorry to have to inform you that your message could not")
+		p("be delivered to one or more recipients. It's attached below.")
+	} else {
+		p("Your message was successfully delivered to the destination(s)")
+		p("listed below.")
+	}
+	p("")
+	for _, i := range in.idx {
+		r := env.Rcpts[i]
+		p("<%s>: %s", clean(r.Addr.Address().String()), clean(r.Reply.String()))
+	}
+	p("")
+	p("--%s", in.boundary)
+	p("Content-Description: Delivery report")
+	p("Content-Type: message/delivery-status")
+	p("")
+	p("Reporting-MTA: dns; %s", in.host)
+	p("X-Mtakit-Queue-ID: %s", env.ID)
+	if env.Params.EnvID != "" {
+		p("Original-Envelope-Id: %s", clean(env.Params.EnvID))
+	}
+	p("Arrival-Date: %s", env.Received.Format(time.RFC1123Z))
+	for _, i := range in.idx {
+		r := env.Rcpts[i]
+		p("")
+		p("Final-Recipient: rfc822; %s", clean(r.Addr.Address().String()))
+		if r.ORCPT != "" {
+			orcpt := r.ORCPT
+			if !strings.Contains(orcpt, ";") {
+				orcpt = "rfc822;" + orcpt
+			}
+			p("Original-Recipient: %s", clean(orcpt))
+		}
+		p("Action: %s", in.action)
+		p("Status: %s", status(r.Reply, in.action))
+		if !r.Reply.IsZero() {
+			p("Diagnostic-Code: smtp; %s", clean(r.Reply.String()))
+		}
+		if !env.LastAttempt.IsZero() {
+			p("Last-Attempt-Date: %s", env.LastAttempt.Format(time.RFC1123Z))
+		}
+	}
+	p("")
+	p("--%s", in.boundary)
+	if in.full {
+		p("Content-Description: Undelivered Message")
+		p("Content-Type: message/rfc822")
+		if b := strings.ToUpper(env.Params.Body); b == "8BITMIME" || b == "BINARYMIME" || env.Params.SMTPUTF8 {
+			p("Content-Transfer-Encoding: 8bit")
+		}
+		p("")
+		in.m.WriteTo(w) // the empty line below ends it if its last line has no CRLF
+	} else {
+		p("Content-Description: Undelivered Message Headers")
+		p("Content-Type: text/rfc822-headers")
+		p("")
+		in.m.Header.WriteTo(w)
+	}
+	p("")
+	p("--%s--", in.boundary)
+}
+
+// status returns the RFC 3463 status of a recipient's final reply.
+func status(r policy.Reply, action string) string {
+	if r.Enhanced != "" {
+		return r.Enhanced
+	}
+	switch {
+	case action == "delivered" || r.Code >= 200 && r.Code < 300:
+		return "2.0.0"
+	case r.Temporary():
+		return "4.0.0"
+	}
+	return "5.0.0"
+}

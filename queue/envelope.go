@@ -1,0 +1,311 @@
+package queue
+
+import (
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/mtakit/mtakit/policy"
+)
+
+// EnvelopeVersion is the version of the envelope format this package writes.
+// Decoding refuses any other version, so a newer spool is never misread.
+const EnvelopeVersion = 1
+
+// Recipient states.
+const (
+	RcptPending   = "pending"   // not yet delivered, or deferred (4xx)
+	RcptDelivered = "delivered" // a transport answered 2xx
+	RcptFailed    = "failed"    // a transport or rule answered 5xx, or the lifetime ran out
+)
+
+// Envelope is what the spool keeps beside each message: the SMTP envelope,
+// the facts of the client connection and the delivery state. It is stored
+// as JSON in <queue>/<id>.json (format below); the message itself is in
+// msg/<Message>.
+//
+//	{
+//	  "v": 1,                          // EnvelopeVersion
+//	  "id": "1a2b3c",                  // queue ID (file name safe)
+//	  "msg": "1a2b3c.eml",             // message file in msg/ ("<id>~<n>.eml" after postq edits)
+//	  "size": 4096,                    // its size, checked on load (truncation)
+//	  "from": {"local": "a", "domain": "example.org"},   // null sender: both ""
+//	  "params": {"size": 0, "body": "8BITMIME", "smtputf8": false, "requiretls": false,
+//	             "ret": "HDRS", "envid": "x", "auth": ""},
+//	  "rcpts": [{"addr": {...}, "notify": ["FAILURE"], "orcpt": "rfc822;b@example.com",
+//	             "state": "pending", "reply": {"Code": 451, "Enhanced": "4.4.1", "Text": "..."},
+//	             "dsn": false}],
+//	  "client": {"conn": "c1", "listener": "mta", "remote": "192.0.2.1:4567", "local": "...",
+//	             "reverse": "", "helo": "mx.example.org", "esmtp": true, "tls": true,
+//	             "tls_version": 772, "tls_cipher": 4865, "tls_sni": "",
+//	             "auth_user": "", "auth_mech": "", "started": "..."},
+//	  "received": "2026-01-02T03:04:05Z",
+//	  "force_accepted": false,
+//	  "postq_done": false,             // postq rules ran; their header edits are in msg
+//	  "dsn": false,                    // this message is a DSN we generated
+//	  "attempts": 0, "next_attempt": "...", "last_attempt": "...", "last_error": ""
+//	}
+type Envelope struct {
+	Version       int         `json:"v"`
+	ID            string      `json:"id"`
+	Message       string      `json:"msg"`
+	Size          int64       `json:"size"`
+	From          Addr        `json:"from"`
+	Params        Params      `json:"params"`
+	Rcpts         []RcptState `json:"rcpts"`
+	Client        Client      `json:"client"`
+	Received      time.Time   `json:"received"`
+	ForceAccepted bool        `json:"force_accepted,omitempty"`
+	PostQDone     bool        `json:"postq_done,omitempty"`
+	DSN           bool        `json:"dsn,omitempty"`
+	Attempts      int         `json:"attempts"`
+	NextAttempt   time.Time   `json:"next_attempt,omitzero"`
+	LastAttempt   time.Time   `json:"last_attempt,omitzero"`
+	LastError     string      `json:"last_error,omitempty"`
+}
+
+// Addr is an address as stored: local part and domain apart, so that no
+// quoting is needed.
+type Addr struct {
+	Local  string `json:"local"`
+	Domain string `json:"domain"`
+}
+
+func toAddr(a policy.Address) Addr      { return Addr{Local: a.Local, Domain: a.Domain} }
+func (a Addr) Address() policy.Address { return policy.Address{Local: a.Local, Domain: a.Domain} }
+
+// Params are the stored MAIL FROM parameters.
+type Params struct {
+	Size       int64  `json:"size,omitempty"`
+	Body       string `json:"body,omitempty"`
+	SMTPUTF8   bool   `json:"smtputf8,omitempty"`
+	RequireTLS bool   `json:"requiretls,omitempty"`
+	Ret        string `json:"ret,omitempty"`
+	EnvID      string `json:"envid,omitempty"`
+	Auth       string `json:"auth,omitempty"`
+}
+
+// RcptState is one recipient with its DSN parameters and delivery state.
+type RcptState struct {
+	Addr   Addr         `json:"addr"`
+	Notify []string     `json:"notify,omitempty"`
+	ORCPT  string       `json:"orcpt,omitempty"`
+	State  string       `json:"state"`
+	Reply  policy.Reply `json:"reply,omitzero"` // last reply for this recipient
+	DSN    bool         `json:"dsn,omitempty"`  // a DSN was queued for its final state
+}
+
+// Client holds the saved facts of the client connection.
+type Client struct {
+	ConnID      string    `json:"conn,omitempty"`
+	Listener    string    `json:"listener,omitempty"`
+	Remote      string    `json:"remote,omitempty"`
+	Local       string    `json:"local,omitempty"`
+	ReverseName string    `json:"reverse,omitempty"`
+	Helo        string    `json:"helo,omitempty"`
+	ESMTP       bool      `json:"esmtp,omitempty"`
+	TLS         bool      `json:"tls,omitempty"`
+	TLSVersion  uint16    `json:"tls_version,omitempty"`
+	TLSCipher   uint16    `json:"tls_cipher,omitempty"`
+	TLSSNI      string    `json:"tls_sni,omitempty"`
+	AuthUser    string    `json:"auth_user,omitempty"`
+	AuthMech    string    `json:"auth_mech,omitempty"`
+	Started     time.Time `json:"started,omitzero"`
+}
+
+// ErrCorrupt is wrapped by errors about an envelope or message that cannot be
+// read back; the scheduler moves such entries to the corrupt queue.
+var ErrCorrupt = errors.New("queue: corrupt entry")
+
+// newEnvelope builds the envelope of a transaction being queued.
+func newEnvelope(tx *policy.Transaction, now time.Time) *Envelope {
+	e := &Envelope{
+		Version:       EnvelopeVersion,
+		ID:            tx.ID,
+		From:          toAddr(tx.From),
+		Received:      tx.Received,
+		ForceAccepted: tx.ForceAccepted(),
+		Params: Params{
+			Size: tx.Params.Size, Body: tx.Params.Body, SMTPUTF8: tx.Params.SMTPUTF8,
+			RequireTLS: tx.Params.RequireTLS, Ret: tx.Params.Ret, EnvID: tx.Params.EnvID,
+			Auth: tx.Params.Auth,
+		},
+	}
+	if e.Received.IsZero() {
+		e.Received = now
+	}
+	for _, r := range tx.Rcpts {
+		e.Rcpts = append(e.Rcpts, RcptState{
+			Addr: toAddr(r.Addr), Notify: slices.Clone(r.Notify), ORCPT: r.ORCPT, State: RcptPending,
+		})
+	}
+	if c := tx.Conn; c != nil {
+		e.Client = Client{
+			ConnID: c.ID, Listener: c.Listener, ReverseName: c.ReverseName,
+			Helo: c.Helo, ESMTP: c.ESMTP, AuthUser: c.AuthUser, AuthMech: c.AuthMechanism,
+			Started: c.Started,
+		}
+		if c.Remote.IsValid() {
+			e.Client.Remote = c.Remote.String()
+		}
+		if c.Local.IsValid() {
+			e.Client.Local = c.Local.String()
+		}
+		if c.TLS != nil {
+			e.Client.TLS = true
+			e.Client.TLSVersion = c.TLS.Version
+			e.Client.TLSCipher = c.TLS.CipherSuite
+			e.Client.TLSSNI = c.TLS.ServerName
+		}
+	}
+	return e
+}
+
+// Transaction rebuilds the transaction the postq and delivery rules see,
+// with a Conn holding the saved client facts. Only recipients in one of
+// states are included (all recipients when states is empty).
+func (e *Envelope) Transaction(states ...string) *policy.Transaction {
+	c := &policy.Conn{
+		ID: e.Client.ConnID, Listener: e.Client.Listener, ReverseName: e.Client.ReverseName,
+		Helo: e.Client.Helo, ESMTP: e.Client.ESMTP, AuthUser: e.Client.AuthUser,
+		AuthMechanism: e.Client.AuthMech, Started: e.Client.Started,
+	}
+	c.Remote, _ = netip.ParseAddrPort(e.Client.Remote)
+	c.Local, _ = netip.ParseAddrPort(e.Client.Local)
+	if e.Client.TLS {
+		c.TLS = &tls.ConnectionState{
+			Version: e.Client.TLSVersion, CipherSuite: e.Client.TLSCipher,
+			ServerName: e.Client.TLSSNI, HandshakeComplete: true,
+		}
+	}
+	tx := policy.NewTransaction(c, e.ID)
+	tx.From = e.From.Address()
+	tx.Received = e.Received
+	tx.SetForceAccepted(e.ForceAccepted)
+	tx.Params = policy.MailParams{
+		Size: e.Params.Size, Body: e.Params.Body, SMTPUTF8: e.Params.SMTPUTF8,
+		RequireTLS: e.Params.RequireTLS, Ret: e.Params.Ret, EnvID: e.Params.EnvID, Auth: e.Params.Auth,
+	}
+	for _, r := range e.Rcpts {
+		if len(states) == 0 || slices.Contains(states, r.State) {
+			tx.Rcpts = append(tx.Rcpts, r.Recipient())
+		}
+	}
+	return tx
+}
+
+// Recipient returns r as the policy sees it.
+func (r RcptState) Recipient() policy.Recipient {
+	return policy.Recipient{Addr: r.Addr.Address(), Notify: slices.Clone(r.Notify), ORCPT: r.ORCPT}
+}
+
+// notify reports whether r asked for a DSN of the given kind (FAILURE,
+// SUCCESS, DELAY). Without NOTIFY only failures are reported (RFC 3461 4.1).
+func (r RcptState) notify(kind string) bool {
+	if len(r.Notify) == 0 {
+		return kind == "FAILURE"
+	}
+	for _, n := range r.Notify {
+		if strings.EqualFold(n, "NEVER") {
+			return false
+		}
+	}
+	return slices.ContainsFunc(r.Notify, func(n string) bool { return strings.EqualFold(n, kind) })
+}
+
+// pending reports whether some recipient still waits for delivery.
+func (e *Envelope) pending() bool {
+	return slices.ContainsFunc(e.Rcpts, func(r RcptState) bool { return r.State == RcptPending })
+}
+
+// Encode returns the JSON form of e.
+func (e *Envelope) Encode() ([]byte, error) {
+	b, err := json.Marshal(e)
+	if err != nil {
+		return nil, err
+	}
+	return append(b, '\n'), nil
+}
+
+// DecodeEnvelope parses and validates a stored envelope. Any error wraps
+// ErrCorrupt.
+func DecodeEnvelope(b []byte) (*Envelope, error) {
+	e := &Envelope{}
+	if err := json.Unmarshal(b, e); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	if err := e.validate(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	return e, nil
+}
+
+func (e *Envelope) validate() error {
+	switch {
+	case e.Version != EnvelopeVersion:
+		return fmt.Errorf("unknown envelope version %d", e.Version)
+	case !validID(e.ID):
+		return fmt.Errorf("bad id %q", e.ID)
+	case !validMsgName(e.ID, e.Message):
+		return fmt.Errorf("bad message file name %q", e.Message)
+	case e.Size < 0:
+		return errors.New("negative size")
+	case len(e.Rcpts) == 0:
+		return errors.New("no recipients")
+	case e.Attempts < 0:
+		return errors.New("negative attempts")
+	}
+	for i, r := range e.Rcpts {
+		switch r.State {
+		case RcptPending, RcptDelivered, RcptFailed:
+		default:
+			return fmt.Errorf("recipient %d: bad state %q", i, r.State)
+		}
+		if r.Addr.Local == "" {
+			return fmt.Errorf("recipient %d: empty address", i)
+		}
+	}
+	return nil
+}
+
+// validID reports whether id is safe as a file name: 1..128 characters of
+// [A-Za-z0-9._-], not starting with a dot.
+func validID(id string) bool {
+	if id == "" || len(id) > 128 || id[0] == '.' {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// validMsgName reports whether name is a message file of id: "<id>.eml" or
+// "<id>~<n>.eml" after a header rewrite ('~' never occurs in an ID).
+func validMsgName(id, name string) bool {
+	if name == id+".eml" {
+		return true
+	}
+	rest, ok := strings.CutPrefix(name, id+"~")
+	if !ok {
+		return false
+	}
+	gen, ok := strings.CutSuffix(rest, ".eml")
+	if !ok || gen == "" || len(gen) > 9 {
+		return false
+	}
+	for i := 0; i < len(gen); i++ {
+		if gen[i] < '0' || gen[i] > '9' {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,387 @@
+package queue
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mtakit/mtakit/policy"
+)
+
+// MailboxName returns the mailbox a local transport uses for rcpt when the
+// route gives no target: the local part, lower-cased, made safe as one path
+// element (see SafeMailbox).
+func MailboxName(rcpt policy.Address) string { return SafeMailbox(strings.ToLower(rcpt.Local)) }
+
+// SafeMailbox makes name usable as one path element under a root: '/' and
+// '\' and control characters become '_', leading dots are dropped, and ""
+// becomes "_". The result cannot be "." or "..".
+func SafeMailbox(name string) string {
+	name = strings.Map(func(r rune) rune {
+		if r == '/' || r == '\\' || r < 0x20 || r == 0x7f {
+			return '_'
+		}
+		return r
+	}, name)
+	name = strings.TrimLeft(name, ".")
+	if name == "" {
+		return "_"
+	}
+	if len(name) > 200 {
+		name = name[:200]
+	}
+	return name
+}
+
+// localHeader returns the Return-Path and Delivered-To fields a local
+// delivery prepends.
+func localHeader(d *policy.Delivery, rcpt policy.Recipient) string {
+	return "Return-Path: " + clean(d.Tx.From.Path()) + "\r\nDelivered-To: " + clean(rcpt.Addr.String()) + "\r\n"
+}
+
+var (
+	replyDelivered  = policy.Reply{Code: 250, Enhanced: "2.0.0", Text: "Delivered"}
+	replyLocalError = policy.Reply{Code: 451, Enhanced: "4.3.0", Text: "Local delivery failed"}
+)
+
+// lfWriter writes to w with every CRLF turned into LF, the local
+// convention of maildir and mbox files (as Postfix's local delivery does).
+type lfWriter struct {
+	w  io.Writer
+	cr bool // the previous write ended with CR
+}
+
+func (l *lfWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	var out []byte
+	if l.cr {
+		if len(p) > 0 && p[0] != '\n' {
+			out = append(out, '\r')
+		}
+		l.cr = false
+	}
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if c == '\r' {
+			if i+1 == len(p) {
+				l.cr = true
+				continue
+			}
+			if p[i+1] == '\n' {
+				continue
+			}
+		}
+		out = append(out, c)
+	}
+	_, err := l.w.Write(out)
+	return n, err
+}
+
+func (l *lfWriter) flush() error {
+	if l.cr {
+		l.cr = false
+		_, err := l.w.Write([]byte{'\r'})
+		return err
+	}
+	return nil
+}
+
+// Maildir delivers into maildirs under Root: <Root>/<mailbox>/{tmp,new,cur},
+// created as needed. The mailbox is Route.Target, or MailboxName of the
+// recipient when the target is empty; either way it is made safe with
+// SafeMailbox so that no recipient can write outside Root. Each recipient
+// gets its own file (with its own Delivered-To), written to tmp/, fsynced,
+// linked into new/ under the spec's unique name, and new/ is fsynced.
+type Maildir struct {
+	Root string
+	// KeepCRLF stores messages with CRLF line ends (default: LF).
+	KeepCRLF bool
+}
+
+var maildirSeq atomic.Uint64
+
+func maildirUnique() string {
+	host, _ := os.Hostname()
+	host = strings.NewReplacer("/", `\057`, ":", `\072`).Replace(host)
+	if host == "" {
+		host = "localhost"
+	}
+	now := time.Now()
+	return fmt.Sprintf("%d.M%dP%dQ%d.%s", now.Unix(), now.Nanosecond()/1000, os.Getpid(), maildirSeq.Add(1), host)
+}
+
+// Deliver implements Transport.
+func (md *Maildir) Deliver(ctx context.Context, d *policy.Delivery) []policy.Reply {
+	out := make([]policy.Reply, len(d.Rcpts))
+	for i, r := range d.Rcpts {
+		if err := ctx.Err(); err != nil {
+			out[i] = replyLocalError
+			continue
+		}
+		box := SafeMailbox(d.Route.Target)
+		if d.Route.Target == "" {
+			box = MailboxName(r.Addr)
+		}
+		if err := md.deliverOne(filepath.Join(md.Root, box), d, r); err != nil {
+			out[i] = replyLocalError
+			continue
+		}
+		out[i] = replyDelivered
+	}
+	return out
+}
+
+func (md *Maildir) deliverOne(dir string, d *policy.Delivery, r policy.Recipient) error {
+	for _, sub := range []string{"tmp", "new", "cur"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+			return err
+		}
+	}
+	name := maildirUnique()
+	tmp := filepath.Join(dir, "tmp", name)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp)
+	err = writeLocal(f, d, r, md.KeepCRLF, nil)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Link(tmp, filepath.Join(dir, "new", name)); err != nil {
+		return err
+	}
+	return syncDirPath(filepath.Join(dir, "new"))
+}
+
+func syncDirPath(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+// writeLocal writes the local header and the message to f; quote, if not
+// nil, filters the message lines (mbox).
+func writeLocal(f io.Writer, d *policy.Delivery, r policy.Recipient, crlf bool, wrap func(io.Writer) io.Writer) error {
+	bw := bufio.NewWriterSize(f, 64<<10)
+	var w io.Writer = bw
+	var lf *lfWriter
+	if !crlf {
+		lf = &lfWriter{w: bw}
+		w = lf
+	}
+	if wrap != nil {
+		w = wrap(w) // may have a flush method, called at the end
+	}
+	if _, err := io.WriteString(w, localHeader(d, r)); err != nil {
+		return err
+	}
+	if _, err := d.Message.WriteTo(w); err != nil {
+		return err
+	}
+	if fl, ok := w.(interface{ flush() error }); ok {
+		if err := fl.flush(); err != nil {
+			return err
+		}
+	}
+	if lf != nil {
+		if err := lf.flush(); err != nil {
+			return err
+		}
+	}
+	return bw.Flush()
+}
+
+// Mbox appends to mbox files under Root: <Root>/<mailbox>, the mailbox being
+// Route.Target or MailboxName of the recipient (made safe as for Maildir).
+// Each message starts with a "From sender date" line; body lines matching
+// ">*From " get one more '>' (mboxrd); a blank line ends it. The file is
+// locked with a <file>.lock dot-lock and flock(2), and fsynced; a failed
+// append is truncated away.
+type Mbox struct {
+	Root string
+	// LockTimeout bounds the wait for the dot-lock (default 30s); a lock
+	// older than 10 minutes is considered stale and removed.
+	LockTimeout time.Duration
+}
+
+// Deliver implements Transport.
+func (mb *Mbox) Deliver(ctx context.Context, d *policy.Delivery) []policy.Reply {
+	out := make([]policy.Reply, len(d.Rcpts))
+	for i, r := range d.Rcpts {
+		box := SafeMailbox(d.Route.Target)
+		if d.Route.Target == "" {
+			box = MailboxName(r.Addr)
+		}
+		if err := mb.deliverOne(ctx, filepath.Join(mb.Root, box), d, r); err != nil {
+			out[i] = replyLocalError
+			continue
+		}
+		out[i] = replyDelivered
+	}
+	return out
+}
+
+func (mb *Mbox) deliverOne(ctx context.Context, path string, d *policy.Delivery, r policy.Recipient) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	unlock, err := dotLock(ctx, path+".lock", mb.LockTimeout)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		return err
+	}
+	defer unix.Flock(int(f.Fd()), unix.LOCK_UN)
+	start, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return err
+	}
+	err = mb.write(f, d, r)
+	if err == nil {
+		err = f.Sync()
+	}
+	if err != nil {
+		f.Truncate(start)
+		f.Sync()
+	}
+	return err
+}
+
+func (mb *Mbox) write(f *os.File, d *policy.Delivery, r policy.Recipient) error {
+	sender := d.Tx.From.String()
+	if sender == "" {
+		sender = "MAILER-DAEMON"
+	}
+	from := "From " + strings.ReplaceAll(clean(sender), " ", "_") + " " + time.Now().UTC().Format(time.ANSIC) + "\n"
+	if _, err := io.WriteString(f, from); err != nil {
+		return err
+	}
+	q := &fromQuoter{bol: true}
+	if err := writeLocal(f, d, r, false, func(w io.Writer) io.Writer { q.w = w; return q }); err != nil {
+		return err
+	}
+	end := "\n"
+	if !q.bol {
+		end = "\n\n"
+	}
+	_, err := io.WriteString(f, end)
+	return err
+}
+
+// fromQuoter prefixes '>' to lines matching ^>*From (mboxrd quoting).
+type fromQuoter struct {
+	w   io.Writer
+	bol bool   // at the beginning of a line
+	pre []byte // the start of a line held back, a prefix of ">*From "
+}
+
+func (q *fromQuoter) Write(p []byte) (int, error) {
+	var out []byte
+	for _, c := range p {
+		if q.bol || q.pre != nil {
+			q.pre = append(q.pre, c)
+			q.bol = false
+			switch st := quoteState(q.pre); st {
+			case 1: // still a prefix of >*From
+				continue
+			case 2: // matched
+				out = append(out, '>')
+			}
+			out = append(out, q.pre...)
+			q.pre = nil
+			q.bol = c == '\n'
+			continue
+		}
+		out = append(out, c)
+		q.bol = c == '\n'
+	}
+	_, err := q.w.Write(out)
+	return len(p), err
+}
+
+func (q *fromQuoter) flush() error {
+	if q.pre == nil {
+		return nil
+	}
+	_, err := q.w.Write(q.pre)
+	q.pre = nil
+	return err
+}
+
+// quoteState: 0 no match, 1 partial ">*F", 2 full ">*From ".
+func quoteState(b []byte) int {
+	i := 0
+	for i < len(b) && b[i] == '>' {
+		i++
+	}
+	rest := b[i:]
+	const from = "From "
+	if len(rest) >= len(from) {
+		if string(rest[:len(from)]) == from {
+			return 2
+		}
+		return 0
+	}
+	if string(rest) == from[:len(rest)] {
+		return 1
+	}
+	return 0
+}
+
+// dotLock takes path (a lock file) by exclusive creation, waiting up to
+// timeout; a lock older than 10 minutes is removed as stale.
+func dotLock(ctx context.Context, path string, timeout time.Duration) (func(), error) {
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	delay := 10 * time.Millisecond
+	for {
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err == nil {
+			fmt.Fprintf(f, "%d\n", os.Getpid())
+			f.Close()
+			return func() { os.Remove(path) }, nil
+		}
+		if !errors.Is(err, os.ErrExist) {
+			return nil, err
+		}
+		if st, err := os.Stat(path); err == nil && time.Since(st.ModTime()) > 10*time.Minute {
+			os.Remove(path)
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("queue: mbox lock %s: %w", path, ctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, time.Second)
+	}
+}

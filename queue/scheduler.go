@@ -1,0 +1,662 @@
+package queue
+
+import (
+	"bytes"
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mtakit/mtakit/policy"
+)
+
+// Transport hands a message to some recipients; one policy.Reply per d.Rcpts entry, in order (2xx delivered, 4xx retry, 5xx bounce).
+type Transport interface {
+	Deliver(ctx context.Context, d *policy.Delivery) []policy.Reply
+}
+
+// TransportFunc adapts a function to Transport.
+type TransportFunc func(ctx context.Context, d *policy.Delivery) []policy.Reply
+
+// Deliver calls f.
+func (f TransportFunc) Deliver(ctx context.Context, d *policy.Delivery) []policy.Reply {
+	return f(ctx, d)
+}
+
+// DropTransport is the name of the built-in transport that reports every
+// recipient delivered without delivering anything.
+const DropTransport = "drop"
+
+// Clock is the scheduler's source of time; tests inject a fake one so that
+// retries are tested without sleeping.
+type Clock interface {
+	Now() time.Time
+	// After returns a channel that receives once d has passed.
+	After(d time.Duration) <-chan time.Time
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time                         { return time.Now() }
+func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// Config configures a Scheduler. Zero fields take the defaults given.
+type Config struct {
+	// Chain holds the postq and delivery rules (nil: no rules).
+	Chain *policy.Chain
+	// Transports maps Route.Transport names to transports ("maildir",
+	// "mbox", "lmtp", "smtp", ...). "drop" is built in.
+	Transports map[string]Transport
+	// DefaultRoute is used for a recipient whose delivery rules left the
+	// route zero. Zero means {Transport: "smtp"}.
+	DefaultRoute policy.Route
+	// Workers bounds the messages processed at once (default 16).
+	Workers int
+	// MinBackoff, MaxBackoff: the delay after the first failed attempt,
+	// doubled after each, capped (defaults 5 min, 4 h, as Postfix).
+	MinBackoff, MaxBackoff time.Duration
+	// Lifetime: a message still undelivered this long after its arrival
+	// fails and bounces (default 5 days).
+	Lifetime time.Duration
+	// Jitter spreads retries by ±Jitter of the delay (default 0.1;
+	// negative: none).
+	Jitter float64
+	// AttemptTimeout bounds one transport call (default 10 min).
+	AttemptTimeout time.Duration
+	// Hostname names this MTA in DSNs (MAILER-DAEMON@Hostname,
+	// Reporting-MTA). Default os.Hostname().
+	Hostname string
+	// MaxReturnSize: a DSN includes the whole original message up to this
+	// size, only its header above it or when the sender asked RET=HDRS
+	// (default 10 MiB).
+	MaxReturnSize int64
+	// Clock is the time source (default the real clock).
+	Clock Clock
+	// Logger (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// Scheduler runs queued messages through the postq rules, the delivery
+// rules and the transports, with a bounded pool of workers, and retries
+// temporary failures with exponential backoff.
+//
+// Every outcome is made durable before the next step: the next attempt time
+// is saved before each attempt; per-recipient results and the move to
+// deferred, dead or removal after it. A crash between a delivery and its
+// record may deliver a message twice (at least once), never zero times.
+type Scheduler struct {
+	sp  *Spool
+	cfg Config
+	log *slog.Logger
+
+	mu      sync.Mutex
+	ready   []string
+	state   map[string]int // stReady, stRunning, stAgain
+	timers  timerHeap
+	timerAt map[string]time.Time
+	kick    chan struct{}
+	done    chan string
+}
+
+const (
+	stReady = iota + 1
+	stRunning
+	stAgain // running, and woken again meanwhile
+)
+
+// NewScheduler returns a scheduler for the messages of sp.
+func NewScheduler(sp *Spool, cfg Config) *Scheduler {
+	if cfg.Chain == nil {
+		cfg.Chain = policy.NewChain()
+	}
+	if cfg.DefaultRoute == (policy.Route{}) {
+		cfg.DefaultRoute = policy.Route{Transport: "smtp"}
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 16
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 5 * time.Minute
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 4 * time.Hour
+	}
+	if cfg.MaxBackoff < cfg.MinBackoff {
+		cfg.MaxBackoff = cfg.MinBackoff
+	}
+	if cfg.Lifetime <= 0 {
+		cfg.Lifetime = 5 * 24 * time.Hour
+	}
+	if cfg.Jitter == 0 {
+		cfg.Jitter = 0.1
+	}
+	if cfg.AttemptTimeout <= 0 {
+		cfg.AttemptTimeout = 10 * time.Minute
+	}
+	if cfg.Hostname == "" {
+		cfg.Hostname, _ = os.Hostname()
+		if cfg.Hostname == "" {
+			cfg.Hostname = "localhost"
+		}
+	}
+	if cfg.MaxReturnSize <= 0 {
+		cfg.MaxReturnSize = 10 << 20
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = realClock{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = sp.log
+	}
+	return &Scheduler{
+		sp: sp, cfg: cfg, log: cfg.Logger,
+		state: map[string]int{}, timerAt: map[string]time.Time{},
+		kick: make(chan struct{}, 1), done: make(chan string, cfg.Workers),
+	}
+}
+
+// Run picks up every message in working, deliver and deferred and processes
+// messages until ctx ends; then it waits for the attempts under way and
+// returns ctx's error. Messages enqueued, requeued or moved while it runs
+// are picked up at once.
+func (s *Scheduler) Run(ctx context.Context) error {
+	s.sp.setWake(s.wake)
+	defer s.sp.setWake(nil)
+	for _, q := range []string{Working, Deliver, Deferred} {
+		ids, err := s.sp.listIDs(q)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			s.wake(id, q)
+		}
+	}
+	running := 0
+	for {
+		s.mu.Lock()
+		now := s.cfg.Clock.Now()
+		for len(s.timers) > 0 && !s.timers[0].at.After(now) {
+			t := heap.Pop(&s.timers).(timer)
+			if at, ok := s.timerAt[t.id]; ok && at.Equal(t.at) {
+				delete(s.timerAt, t.id)
+				s.pushReady(t.id)
+			}
+		}
+		for running < s.cfg.Workers && len(s.ready) > 0 && ctx.Err() == nil {
+			id := s.ready[0]
+			s.ready = s.ready[1:]
+			s.state[id] = stRunning
+			running++
+			go s.work(ctx, id)
+		}
+		var tc <-chan time.Time
+		if len(s.timers) > 0 {
+			tc = s.cfg.Clock.After(s.timers[0].at.Sub(now))
+		}
+		s.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			for ; running > 0; running-- {
+				s.finished(<-s.done)
+			}
+			return ctx.Err()
+		case <-s.kick:
+		case <-tc:
+		case id := <-s.done:
+			running--
+			s.finished(id)
+		}
+	}
+}
+
+func (s *Scheduler) finished(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state[id] == stAgain {
+		s.state[id] = stReady
+		s.ready = append(s.ready, id)
+		return
+	}
+	delete(s.state, id)
+}
+
+// pushReady queues id for a worker; s.mu is held.
+func (s *Scheduler) pushReady(id string) {
+	switch s.state[id] {
+	case stReady, stAgain:
+	case stRunning:
+		s.state[id] = stAgain
+	default:
+		s.state[id] = stReady
+		s.ready = append(s.ready, id)
+	}
+}
+
+// wake is called by the spool when id arrived in queue q.
+func (s *Scheduler) wake(id, q string) {
+	if q != Working && q != Deliver && q != Deferred {
+		return
+	}
+	s.mu.Lock()
+	delete(s.timerAt, id)
+	s.pushReady(id)
+	s.mu.Unlock()
+	s.poke()
+}
+
+func (s *Scheduler) poke() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// retryAt schedules id for time at.
+func (s *Scheduler) retryAt(id string, at time.Time) {
+	s.mu.Lock()
+	s.timerAt[id] = at
+	heap.Push(&s.timers, timer{at: at, id: id})
+	s.mu.Unlock()
+	s.poke()
+}
+
+// work processes one message; it never panics and always reports done.
+func (s *Scheduler) work(ctx context.Context, id string) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("queue: worker panicked", "id", id, "panic", p, "stack", string(debug.Stack()))
+		}
+		s.done <- id
+	}()
+	unlock, err := s.sp.locks.lock(ctx, id)
+	if err != nil {
+		return
+	}
+	defer unlock()
+	q, err := s.sp.locate(id)
+	if err != nil {
+		return // delivered or deleted meanwhile
+	}
+	if q != Working && q != Deliver && q != Deferred {
+		return
+	}
+	env, err := s.sp.readEnvelope(q, id)
+	if err != nil {
+		s.corrupt(ctx, q, id, err)
+		return
+	}
+	now := s.cfg.Clock.Now()
+	if env.Attempts > 0 && env.NextAttempt.After(now) && (q == Deferred || q == Deliver) {
+		s.retryAt(id, env.NextAttempt)
+		return
+	}
+	m, err := s.sp.openMessage(env)
+	if err != nil {
+		s.corrupt(ctx, q, id, err)
+		return
+	}
+	defer m.Close()
+	if !env.PostQDone {
+		var ok bool
+		if q, ok = s.postq(ctx, q, env, m); !ok {
+			return
+		}
+	}
+	s.deliver(ctx, q, env, m)
+}
+
+func (s *Scheduler) corrupt(ctx context.Context, q, id string, err error) {
+	if errors.Is(err, ErrCorrupt) {
+		s.sp.setAside(ctx, q, id, err)
+		return
+	}
+	// Our own trouble (I/O): try again later.
+	s.log.Error("queue: cannot read entry", "id", id, "queue", q, "error", err)
+	s.retryAt(id, s.cfg.Clock.Now().Add(s.cfg.MinBackoff))
+}
+
+// headerBytes returns the header as it would be written.
+func headerBytes(h *policy.Header) []byte {
+	var b bytes.Buffer
+	h.WriteTo(&b)
+	return b.Bytes()
+}
+
+// postq runs the postq rules. It reports the queue the message is in now
+// and whether delivery goes on.
+func (s *Scheduler) postq(ctx context.Context, q string, env *Envelope, m *policy.Message) (string, bool) {
+	tx := env.Transaction(RcptPending)
+	before := headerBytes(m.Header)
+	res := s.cfg.Chain.EvalPostQ(ctx, tx, m)
+	changed := !bytes.Equal(before, headerBytes(m.Header))
+	log := s.log.With("id", env.ID, "stage", "postq", "rule", res.Rule)
+	switch res.Verdict.Kind {
+	case policy.KindDeny:
+		if res.Reply.Permanent() {
+			log.Info("queue: postq denied; bouncing", "reply", res.Reply.String())
+			for i := range env.Rcpts {
+				if env.Rcpts[i].State == RcptPending {
+					env.Rcpts[i].State, env.Rcpts[i].Reply = RcptFailed, res.Reply
+				}
+			}
+			s.finish(ctx, q, env, m)
+			return q, false
+		}
+		log.Warn("queue: postq deferred", "reply", res.Reply.String())
+		now := s.cfg.Clock.Now()
+		env.Attempts++
+		env.LastAttempt = now
+		env.NextAttempt = s.next(env, now)
+		env.LastError = "postq: " + res.Reply.String()
+		for i := range env.Rcpts {
+			if env.Rcpts[i].State == RcptPending {
+				env.Rcpts[i].Reply = res.Reply
+			}
+		}
+		s.finish(ctx, q, env, m)
+		return q, false
+	case policy.KindQuarantine:
+		to := QuarantinePrefix + res.Verdict.Queue
+		if err := s.save(ctx, env, m, q, to, changed); err != nil {
+			log.Error("queue: cannot quarantine", "error", err)
+			s.retryAt(env.ID, s.cfg.Clock.Now().Add(s.cfg.MinBackoff))
+			return q, false
+		}
+		log.Info("queue: quarantined", "queue", to)
+		return to, false
+	}
+	env.PostQDone = true
+	if err := s.save(ctx, env, m, q, Deliver, changed); err != nil {
+		log.Error("queue: cannot save postq result", "error", err)
+		env.PostQDone = false
+		s.retryAt(env.ID, s.cfg.Clock.Now().Add(s.cfg.MinBackoff))
+		return q, false
+	}
+	return Deliver, true
+}
+
+// save stores env, moving it from q to "to"; when the header changed the
+// message is rewritten first (atomically: a new file named in the new
+// envelope), so the edits of postq rules survive a crash and are never
+// made twice.
+func (s *Scheduler) save(ctx context.Context, env *Envelope, m *policy.Message, q, to string, changed bool) error {
+	if !changed {
+		return s.sp.update(ctx, env, q, to, "", "")
+	}
+	f, err := os.CreateTemp(filepath.Join(s.sp.root, "tmp"), env.ID+".*.eml")
+	if err != nil {
+		return err
+	}
+	n, err := m.WriteTo(f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return err
+	}
+	old := env.Message
+	gen := 1
+	if rest, ok := strings.CutPrefix(old, env.ID+"~"); ok {
+		fmt.Sscanf(strings.TrimSuffix(rest, ".eml"), "%d", &gen)
+		gen++
+	}
+	env.Message = fmt.Sprintf("%s~%d.eml", env.ID, gen)
+	env.Size = n
+	if err := s.sp.update(ctx, env, q, to, f.Name(), old); err != nil {
+		env.Message = old
+		return err
+	}
+	return nil
+}
+
+// next returns the time of the attempt after the one starting at now.
+func (s *Scheduler) next(env *Envelope, now time.Time) time.Time {
+	d := s.cfg.MinBackoff
+	for i := 1; i < env.Attempts && d < s.cfg.MaxBackoff; i++ {
+		d *= 2
+	}
+	d = min(d, s.cfg.MaxBackoff)
+	if s.cfg.Jitter > 0 {
+		d += time.Duration((rand.Float64()*2 - 1) * s.cfg.Jitter * float64(d))
+	}
+	at := now.Add(d)
+	if end := env.Received.Add(s.cfg.Lifetime); at.After(end) {
+		at = end
+	}
+	if !at.After(now) {
+		at = now.Add(time.Second)
+	}
+	return at
+}
+
+type group struct {
+	route policy.Route
+	idx   []int
+}
+
+// deliver runs the delivery rules per pending recipient, hands each route's
+// recipients to its transport and records the outcome.
+func (s *Scheduler) deliver(ctx context.Context, q string, env *Envelope, m *policy.Message) {
+	now := s.cfg.Clock.Now()
+	if env.pending() {
+		env.Attempts++
+		env.LastAttempt = now
+		env.NextAttempt = s.next(env, now)
+		if err := s.sp.update(ctx, env, q, q, "", ""); err != nil {
+			s.log.Error("queue: cannot record attempt", "id", env.ID, "error", err)
+			s.retryAt(env.ID, now.Add(s.cfg.MinBackoff))
+			return
+		}
+	}
+	tx := env.Transaction(RcptPending)
+	var groups []*group
+	byRoute := map[policy.Route]*group{}
+	quarantine := ""
+	for i := range env.Rcpts {
+		r := &env.Rcpts[i]
+		if r.State != RcptPending {
+			continue
+		}
+		var route policy.Route
+		res := s.cfg.Chain.EvalDelivery(ctx, tx, r.Recipient(), &route)
+		switch res.Verdict.Kind {
+		case policy.KindDeny:
+			r.Reply = res.Reply
+			if res.Reply.Permanent() {
+				r.State = RcptFailed
+			}
+			continue
+		case policy.KindQuarantine:
+			quarantine = res.Verdict.Queue
+			continue
+		}
+		if route == (policy.Route{}) {
+			route = s.cfg.DefaultRoute
+		}
+		g := byRoute[route]
+		if g == nil {
+			g = &group{route: route}
+			byRoute[route] = g
+			groups = append(groups, g)
+		}
+		g.idx = append(g.idx, i)
+	}
+	if quarantine != "" {
+		to := QuarantinePrefix + quarantine
+		if err := s.sp.update(ctx, env, q, to, "", ""); err != nil {
+			s.log.Error("queue: cannot quarantine", "id", env.ID, "error", err)
+			s.retryAt(env.ID, env.NextAttempt)
+		} else {
+			s.log.Info("queue: quarantined at delivery", "id", env.ID, "queue", to)
+		}
+		return
+	}
+	for _, g := range groups {
+		rcpts := make([]policy.Recipient, len(g.idx))
+		for j, i := range g.idx {
+			rcpts[j] = env.Rcpts[i].Recipient()
+		}
+		replies := s.transport(ctx, &policy.Delivery{Tx: tx, Rcpts: rcpts, Route: g.route, Message: m})
+		for j, i := range g.idx {
+			r := &env.Rcpts[i]
+			rep := replies[j]
+			r.Reply = rep
+			switch {
+			case rep.Code >= 200 && rep.Code < 300:
+				r.State = RcptDelivered
+			case rep.Permanent():
+				r.State = RcptFailed
+			}
+			s.log.Info("queue: delivery", "id", env.ID, "rcpt", r.Addr.Address().String(),
+				"transport", g.route.Transport, "target", g.route.Target, "reply", rep.String(), "state", r.State)
+		}
+	}
+	s.finish(ctx, q, env, m)
+}
+
+var (
+	replyNoTransport  = policy.Reply{Code: 451, Enhanced: "4.3.5", Text: "Transport not configured"}
+	replyBadTransport = policy.Reply{Code: 451, Enhanced: "4.3.0", Text: "Transport error"}
+	replyDropped      = policy.Reply{Code: 250, Enhanced: "2.0.0", Text: "Dropped"}
+)
+
+// transport calls the route's transport, making sure of one valid reply
+// per recipient: a panic, a missing or malformed reply is a temporary
+// failure of ours.
+func (s *Scheduler) transport(ctx context.Context, d *policy.Delivery) (replies []policy.Reply) {
+	n := len(d.Rcpts)
+	fill := func(r policy.Reply) []policy.Reply {
+		out := make([]policy.Reply, n)
+		for i := range out {
+			out[i] = r
+		}
+		return out
+	}
+	if d.Route.Transport == DropTransport {
+		return fill(replyDropped)
+	}
+	t := s.cfg.Transports[d.Route.Transport]
+	if t == nil {
+		s.log.Error("queue: unknown transport (configuration error); deferring", "id", d.Tx.ID, "transport", d.Route.Transport)
+		return fill(replyNoTransport)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.AttemptTimeout)
+	defer cancel()
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("queue: transport panicked", "id", d.Tx.ID, "transport", d.Route.Transport, "panic", p, "stack", string(debug.Stack()))
+			replies = fill(replyBadTransport)
+		}
+	}()
+	got := t.Deliver(ctx, d)
+	if len(got) != n {
+		s.log.Error("queue: transport gave wrong number of replies", "id", d.Tx.ID, "transport", d.Route.Transport, "want", n, "got", len(got))
+	}
+	out := make([]policy.Reply, n)
+	for i := range out {
+		if i < len(got) && got[i].Code >= 200 && got[i].Code < 600 && (got[i].Code < 300 || got[i].Code >= 400) {
+			out[i] = got[i]
+		} else {
+			out[i] = replyBadTransport
+		}
+	}
+	return out
+}
+
+// finish records the outcome of an attempt: DSNs for recipients that
+// reached a final state and asked for one, then deferred (recipients
+// left), dead (some failed) or removal (all delivered).
+func (s *Scheduler) finish(ctx context.Context, q string, env *Envelope, m *policy.Message) {
+	now := s.cfg.Clock.Now()
+	if env.pending() && !now.Before(env.Received.Add(s.cfg.Lifetime)) {
+		for i := range env.Rcpts {
+			r := &env.Rcpts[i]
+			if r.State == RcptPending {
+				r.State = RcptFailed
+				code, last := r.Reply.Code, r.Reply.String()
+				if r.Reply.IsZero() {
+					code, last = 451, "none"
+				}
+				r.Reply = policy.Reply{Code: code, Enhanced: "4.4.7", Text: "Message expired; last error: " + last}
+			}
+		}
+		s.log.Warn("queue: message expired", "id", env.ID, "received", env.Received)
+	}
+	if err := s.report(ctx, env, m); err != nil {
+		// The DSN could not be queued: keep the message deferred so that
+		// the next attempt queues it.
+		s.log.Error("queue: cannot queue DSN", "id", env.ID, "error", err)
+		if !env.pending() {
+			env.NextAttempt = now.Add(s.cfg.MinBackoff)
+		}
+		s.moveOn(ctx, q, Deferred, env)
+		return
+	}
+	var failed []string
+	for _, r := range env.Rcpts {
+		if r.State == RcptFailed {
+			failed = append(failed, r.Addr.Address().String()+": "+r.Reply.String())
+		}
+	}
+	switch {
+	case env.pending():
+		var errs []string
+		for _, r := range env.Rcpts {
+			if r.State == RcptPending {
+				errs = append(errs, r.Addr.Address().String()+": "+r.Reply.String())
+			}
+		}
+		env.LastError = strings.Join(errs, "; ")
+		s.moveOn(ctx, q, Deferred, env)
+	case len(failed) > 0:
+		env.LastError = strings.Join(failed, "; ")
+		s.moveOn(ctx, q, Dead, env)
+	default:
+		if err := s.sp.remove(ctx, q, env.ID, env.Message); err != nil {
+			s.log.Error("queue: cannot remove delivered message", "id", env.ID, "error", err)
+			return
+		}
+		s.log.Info("queue: delivered", "id", env.ID)
+	}
+}
+
+func (s *Scheduler) moveOn(ctx context.Context, q, to string, env *Envelope) {
+	if err := s.sp.update(ctx, env, q, to, "", ""); err != nil {
+		s.log.Error("queue: cannot record outcome", "id", env.ID, "error", err)
+		s.retryAt(env.ID, s.cfg.Clock.Now().Add(s.cfg.MinBackoff))
+		return
+	}
+	if to == Deferred {
+		s.log.Info("queue: deferred", "id", env.ID, "attempts", env.Attempts, "next", env.NextAttempt, "error", env.LastError)
+		s.retryAt(env.ID, env.NextAttempt)
+	} else {
+		s.log.Info("queue: moved", "id", env.ID, "queue", to, "error", env.LastError)
+	}
+}
+
+type timer struct {
+	at time.Time
+	id string
+}
+
+type timerHeap []timer
+
+func (h timerHeap) Len() int           { return len(h) }
+func (h timerHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h timerHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *timerHeap) Push(x any)        { *h = append(*h, x.(timer)) }
+func (h *timerHeap) Pop() any {
+	old := *h
+	t := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return t
+}
