@@ -1,0 +1,247 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+// Config is one load run. Count and Duration both bound it: the run stops
+// at whichever comes first.
+type Config struct {
+	Addr        string
+	Conns       int           // concurrent connections
+	Count       int           // messages in all
+	PerConn     int           // messages per connection before it reconnects; 0: no limit
+	Size        int           // message size in bytes, header included
+	Duration    time.Duration // upper bound of the run
+	StartTLS    bool
+	ImplicitTLS bool
+	TLSConfig   *tls.Config
+	AuthUser    string // AUTH PLAIN when set
+	AuthPass    string
+	Helo        string
+	From        string
+	To          []string
+}
+
+// Report is what a run measured.
+type Report struct {
+	Addr       string         `json:"addr"`
+	Conns      int            `json:"conns"`
+	Size       int            `json:"size"`
+	Sent       int64          `json:"sent"`   // messages answered 250 after DATA
+	Failed     int64          `json:"failed"` // messages that got an error
+	Elapsed    float64        `json:"elapsed_s"`
+	Rate       float64        `json:"msgs_per_s"`
+	MBps       float64        `json:"mb_per_s"`
+	P50        float64        `json:"latency_p50_ms"`
+	P99        float64        `json:"latency_p99_ms"`
+	Max        float64        `json:"latency_max_ms"`
+	Errors     map[string]int `json:"errors,omitempty"` // reply or error text -> count
+	latencies  []time.Duration
+	errorsLock sync.Mutex
+}
+
+func (r *Report) addError(err error) {
+	key := err.Error()
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		key = fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
+	}
+	if len(key) > 120 {
+		key = key[:120]
+	}
+	r.errorsLock.Lock()
+	r.Errors[key]++
+	r.errorsLock.Unlock()
+}
+
+// String formats the report for people.
+func (r *Report) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "target %s, %d connections, %d-byte messages\n", r.Addr, r.Conns, r.Size)
+	fmt.Fprintf(&b, "sent %d, failed %d in %.2fs: %.0f msg/s, %.2f MB/s\n", r.Sent, r.Failed, r.Elapsed, r.Rate, r.MBps)
+	fmt.Fprintf(&b, "latency p50 %.2fms p99 %.2fms max %.2fms\n", r.P50, r.P99, r.Max)
+	keys := make([]string, 0, len(r.Errors))
+	for k := range r.Errors {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(&b, "error x%d: %s\n", r.Errors[k], k)
+	}
+	return b.String()
+}
+
+// Run sends the load and returns what it measured.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	if cfg.Conns <= 0 || cfg.Count <= 0 {
+		return nil, errors.New("smtpload: connections and count must be positive")
+	}
+	if cfg.Duration <= 0 {
+		cfg.Duration = time.Minute
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
+	defer cancel()
+	body := makeBody(cfg)
+	rep := &Report{Addr: cfg.Addr, Conns: cfg.Conns, Size: len(body), Errors: map[string]int{}}
+	var next atomic.Int64
+	lat := make([][]time.Duration, cfg.Conns)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i := 0; i < cfg.Conns; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			lat[i] = worker(ctx, cfg, body, &next, rep)
+		}(i)
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	for _, l := range lat {
+		rep.latencies = append(rep.latencies, l...)
+	}
+	rep.Elapsed = elapsed.Seconds()
+	rep.Rate = float64(rep.Sent) / rep.Elapsed
+	rep.MBps = float64(rep.Sent) * float64(len(body)) / rep.Elapsed / 1e6
+	sort.Slice(rep.latencies, func(a, b int) bool { return rep.latencies[a] < rep.latencies[b] })
+	if n := len(rep.latencies); n > 0 {
+		ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+		rep.P50 = ms(rep.latencies[n/2])
+		rep.P99 = ms(rep.latencies[min(n-1, n*99/100)])
+		rep.Max = ms(rep.latencies[n-1])
+	}
+	return rep, nil
+}
+
+// worker runs one connection at a time, reconnecting after errors or every
+// PerConn messages, until the count is reached or ctx ends.
+func worker(ctx context.Context, cfg Config, body []byte, next *atomic.Int64, rep *Report) []time.Duration {
+	var lat []time.Duration
+	for ctx.Err() == nil {
+		c, stop, err := dial(ctx, cfg)
+		if err != nil {
+			if ctx.Err() != nil {
+				return lat
+			}
+			rep.addError(err)
+			atomic.AddInt64(&rep.Failed, 1)
+			if next.Add(1) > int64(cfg.Count) {
+				return lat
+			}
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		sentHere := 0
+		for cfg.PerConn == 0 || sentHere < cfg.PerConn {
+			if next.Add(1) > int64(cfg.Count) || ctx.Err() != nil {
+				stop()
+				c.Quit()
+				return lat
+			}
+			t0 := time.Now()
+			err := send(c, cfg, body)
+			if err != nil {
+				if ctx.Err() != nil {
+					break
+				}
+				rep.addError(err)
+				atomic.AddInt64(&rep.Failed, 1)
+				var se *smtp.SMTPError
+				if !errors.As(err, &se) || se.Code == 421 {
+					break // the connection is gone: reconnect
+				}
+				c.Reset()
+				continue
+			}
+			lat = append(lat, time.Since(t0))
+			atomic.AddInt64(&rep.Sent, 1)
+			sentHere++
+		}
+		stop()
+		c.Close()
+	}
+	return lat
+}
+
+// dial connects and greets; the returned stop func detaches the connection
+// from ctx, whose end closes it so that no read outlives the run.
+func dial(ctx context.Context, cfg Config) (c *smtp.Client, stop func() bool, err error) {
+	d := net.Dialer{Timeout: 10 * time.Second}
+	conn, err := d.DialContext(ctx, "tcp", cfg.Addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	detach := context.AfterFunc(ctx, func() { conn.Close() })
+	defer func() {
+		if err != nil {
+			detach()
+			conn.Close()
+		}
+	}()
+	switch {
+	case cfg.ImplicitTLS:
+		c = smtp.NewClient(tls.Client(conn, cfg.TLSConfig))
+	case cfg.StartTLS:
+		if c, err = smtp.NewClientStartTLS(conn, cfg.TLSConfig); err != nil {
+			return nil, nil, err
+		}
+	default:
+		c = smtp.NewClient(conn)
+	}
+	if err = c.Hello(cfg.Helo); err != nil {
+		return nil, nil, err
+	}
+	if cfg.AuthUser != "" {
+		if err = c.Auth(sasl.NewPlainClient("", cfg.AuthUser, cfg.AuthPass)); err != nil {
+			return nil, nil, err
+		}
+	}
+	return c, detach, nil
+}
+
+func send(c *smtp.Client, cfg Config, body []byte) error {
+	if err := c.Mail(cfg.From, nil); err != nil {
+		return err
+	}
+	for _, to := range cfg.To {
+		if err := c.Rcpt(to, nil); err != nil {
+			return err
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(body); err != nil {
+		return err
+	}
+	return w.Close()
+}
+
+// makeBody builds a CRLF message of about cfg.Size bytes: a header and
+// 76-character lines of text.
+func makeBody(cfg Config) []byte {
+	var b strings.Builder
+	fmt.Fprintf(&b, "From: <%s>\r\nTo: <%s>\r\nSubject: smtpload\r\nDate: %s\r\nMessage-ID: <%d.smtpload@%s>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n",
+		cfg.From, strings.Join(cfg.To, ">, <"), time.Now().Format(time.RFC1123Z), time.Now().UnixNano(), cfg.Helo)
+	line := strings.Repeat("abcdefghijklmnopqrstuvwxyz0123456789", 3)[:76] + "\r\n"
+	for b.Len()+len(line) <= cfg.Size {
+		b.WriteString(line)
+	}
+	if rest := cfg.Size - b.Len(); rest > 2 {
+		b.WriteString(line[:rest-2] + "\r\n")
+	}
+	return []byte(b.String())
+}
