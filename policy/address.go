@@ -90,7 +90,26 @@ func ParseAddress(s string) (Address, error) {
 	if err != nil {
 		return Address{}, err
 	}
-	return Address{Local: local, Domain: domain}, nil
+	a := Address{Local: local, Domain: domain}
+	if a.stringLen() > maxAddressLen {
+		// Quoting again (go-smtp's stripped "a@b"@x) or the A-label can
+		// make the printed form longer than what was received; what we
+		// print must parse back.
+		return Address{}, ErrAddressLength
+	}
+	return a, nil
+}
+
+// stringLen returns len(a.String()) without building it.
+func (a Address) stringLen() int {
+	n := len(a.Local)
+	if !isDotAtom(a.Local) {
+		n += 2 + strings.Count(a.Local, `"`) + strings.Count(a.Local, `\`)
+	}
+	if a.Domain != "" {
+		n += 1 + len(a.Domain)
+	}
+	return n
 }
 
 // MustParseAddress is ParseAddress for constants in tests and examples; it
@@ -117,6 +136,11 @@ func parseLocal(s string) (string, error) {
 				i++
 				if i == len(q) {
 					return "", fmt.Errorf("%w: dangling backslash", ErrAddressSyntax)
+				}
+				if q[i] < 0x20 || q[i] == 0x7f {
+					// quoted-pairSMTP is a backslash and a printable
+					// character (RFC 5321 section 4.1.2).
+					return "", fmt.Errorf("%w: bad character in quoted local part", ErrAddressSyntax)
 				}
 				b.WriteByte(q[i])
 			case c == '"' || c < 0x20 || c == 0x7f:
@@ -163,7 +187,7 @@ func normalizeDomain(d string) (string, error) {
 		lit := d[1 : len(d)-1]
 		if v6, ok := strings.CutPrefix(strings.ToLower(lit), "ipv6:"); ok {
 			ip, err := netip.ParseAddr(v6)
-			if err != nil || !ip.Is6() {
+			if err != nil || !ip.Is6() || ip.Zone() != "" {
 				return "", fmt.Errorf("%w: bad IPv6 literal", ErrAddressSyntax)
 			}
 			return "[ipv6:" + ip.String() + "]", nil

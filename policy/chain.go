@@ -284,7 +284,7 @@ func run[R any](ctx context.Context, c *Chain, s Stage, rules []named[R], skippe
 			return res
 		default: // Accept, ForceAccept, Quarantine
 			res.Verdict, res.Rule = v, r.name
-			if v.Kind == KindAccept && !v.Reply.IsZero() && v.Reply.Code < 400 {
+			if v.Kind == KindAccept && v.Reply.Code >= 200 && v.Reply.Code < 400 {
 				res.Reply = v.Reply
 			}
 			return res
@@ -308,11 +308,19 @@ func (c *Chain) invoke(ctx context.Context, s Stage, name, connID, txID string, 
 		v = fn(rctx)
 	}()
 	d := time.Since(start)
-	if v.Kind == KindDeny && v.Reply.IsZero() {
-		v = Fail(fmt.Errorf("policy: rule %q denied without a reply", name)).WithErr(v.Err)
-	}
-	if v.Kind == KindQuarantine && v.Queue == "" {
+	// Verdicts built by hand rather than with Deny, Quarantine, ... may be
+	// malformed: fail closed, never let one read as acceptance.
+	switch {
+	case v.Kind == KindDeny && (v.Reply.Code < 400 || v.Reply.Code > 599):
+		err := fmt.Errorf("policy: rule %q denied with reply %q, not a 4xx or 5xx", name, v.Reply)
+		if v.Err != nil {
+			err = fmt.Errorf("%w (rule error: %w)", err, v.Err)
+		}
+		v = Fail(err)
+	case v.Kind == KindQuarantine && v.Queue == "":
 		v = Fail(fmt.Errorf("policy: rule %q quarantined without a queue name", name))
+	case v.Kind > KindInfo:
+		v = Fail(fmt.Errorf("policy: rule %q returned unknown verdict kind %d", name, v.Kind))
 	}
 	attrs := []slog.Attr{
 		slog.String("stage", s.String()), slog.String("rule", name),

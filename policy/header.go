@@ -178,7 +178,8 @@ func (h *Header) Has(key string) bool {
 // Add inserts a field at the top of the header, where trace fields
 // (Received, Authentication-Results, Received-SPF) belong. Long values are
 // folded; CR and LF in value are replaced by spaces so a rule cannot inject
-// fields.
+// fields. Bytes not allowed in a field name (controls, space, colon,
+// non-ASCII) are dropped from key; a key left empty panics.
 func (h *Header) Add(key, value string) {
 	h.fields = append([]Field{newField(key, value)}, h.fields...)
 }
@@ -287,6 +288,12 @@ func newField(key, value string) Field {
 		}
 		return r
 	}, key)
+	if key == "" {
+		// ": value" would end the header block and turn every later
+		// field into body: a bug in the caller, which the chain reports
+		// as a failed rule.
+		panic("policy: header field without a valid name")
+	}
 	key = textproto.CanonicalMIMEHeaderKey(key)
 	value = strings.Map(func(r rune) rune {
 		if r == '\r' || r == '\n' {

@@ -382,3 +382,11 @@ func TestHeaderKeyInjection(t *testing.T) {
 		})
 	}
 }
+
+func TestHeaderAddEmptyNamePanics(t *testing.T) {
+	for _, key := range []string{"", " ", ":", "\r\n", "é"} {
+		var h policy.Header
+		assert.Panics(t, func() { h.Add(key, "v") }, "%q", key)
+		assert.Equal(t, 0, h.Len())
+	}
+}
