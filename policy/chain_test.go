@@ -581,11 +581,18 @@ func TestObserverAndLog(t *testing.T) {
 		policy.WithLogger(logs.logger()),
 		policy.WithObserver(func(d policy.Decision) { mu.Lock(); decisions = append(decisions, d); mu.Unlock() }),
 	)
-	c.Connect("slow", func(context.Context, *policy.Conn) policy.Verdict { time.Sleep(5 * time.Millisecond); return policy.Next })
-	c.Mail("spf", func(context.Context, *policy.Transaction) policy.Verdict { return policy.Info(250, "2.1.0", "SPF pass") })
+	c.Connect("slow", func(context.Context, *policy.Conn) policy.Verdict {
+		time.Sleep(5 * time.Millisecond)
+		return policy.Next
+	})
+	c.Mail("spf", func(context.Context, *policy.Transaction) policy.Verdict {
+		return policy.Info(250, "2.1.0", "SPF pass")
+	})
 	c.Rcpt("relay", func(context.Context, *policy.Transaction, policy.Recipient) policy.Verdict { return policy.Accept })
 	c.Rcpt("never", func(context.Context, *policy.Transaction, policy.Recipient) policy.Verdict { return policy.Next })
-	c.PreQ("av", func(context.Context, *policy.Transaction, *policy.Message) policy.Verdict { return policy.Quarantine("virus") })
+	c.PreQ("av", func(context.Context, *policy.Transaction, *policy.Message) policy.Verdict {
+		return policy.Quarantine("virus")
+	})
 	c.PostQ("skipped", func(context.Context, *policy.Transaction, *policy.Message) policy.Verdict { return policy.Next })
 
 	ctx := context.Background()
@@ -638,7 +645,9 @@ func TestLogLevels(t *testing.T) {
 	var buf bytes.Buffer
 	c := policy.NewChain(policy.WithLogger(slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))))
 	c.Mail("ok", func(context.Context, *policy.Transaction) policy.Verdict { return policy.Next })
-	c.Mail("bad", func(context.Context, *policy.Transaction) policy.Verdict { return policy.Fail(errors.New("ldap unreachable")) })
+	c.Mail("bad", func(context.Context, *policy.Transaction) policy.Verdict {
+		return policy.Fail(errors.New("ldap unreachable"))
+	})
 	c.EvalMail(context.Background(), newEnv(t).tx)
 	out := buf.String()
 	assert.Equal(t, 1, strings.Count(out, "\n"), out)
