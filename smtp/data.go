@@ -1,0 +1,281 @@
+package smtp
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	gosmtp "github.com/emersion/go-smtp"
+
+	"github.com/mtakit/mtakit/policy"
+)
+
+var (
+	errBareLF   = &gosmtp.SMTPError{Code: 550, EnhancedCode: gosmtp.EnhancedCode{5, 6, 11}, Message: "Bare LF/CR not allowed"}
+	errNUL      = &gosmtp.SMTPError{Code: 550, EnhancedCode: gosmtp.EnhancedCode{5, 6, 0}, Message: "NUL characters not allowed"}
+	errTooBig   = &gosmtp.SMTPError{Code: 552, EnhancedCode: gosmtp.EnhancedCode{5, 3, 4}, Message: "Message too big"}
+	errLongLine = &gosmtp.SMTPError{Code: 500, EnhancedCode: gosmtp.EnhancedCode{5, 5, 2}, Message: "Line too long"}
+	errDataTime = &gosmtp.SMTPError{Code: 421, EnhancedCode: gosmtp.EnhancedCode{4, 4, 2}, Message: "Timeout receiving data, closing connection"}
+)
+
+// BodyError is the violation found by BodyChecker.
+type BodyError int
+
+const (
+	BodyOK     BodyError = iota
+	BodyBareLF           // LF not preceded by CR
+	BodyBareCR           // CR not followed by LF
+	BodyNUL              // a NUL byte
+)
+
+func (e BodyError) String() string {
+	return [...]string{"ok", "bare LF", "bare CR", "NUL"}[e]
+}
+
+// BodyChecker checks a message body as it streams past: every line must end
+// in CRLF (a bare LF or CR is how SMTP smuggling hides a second message
+// behind a non-standard end-of-data), no NUL, and it notes 8-bit bytes.
+// The zero value is ready; feed it with Write and finish with Close.
+type BodyChecker struct {
+	prevCR bool
+	err    BodyError
+	eight  bool
+	n      int64
+}
+
+// ErrBody is returned by BodyChecker.Write once a violation is found.
+var ErrBody = errors.New("smtp: malformed message body")
+
+// Write checks p. Once a violation is found (see Err) it returns ErrBody,
+// so that a copy stops there.
+func (b *BodyChecker) Write(p []byte) (int, error) {
+	if b.err != BodyOK {
+		return 0, ErrBody
+	}
+	prevCR := b.prevCR
+	for i, c := range p {
+		if c > '\r' && c < 0x80 {
+			if prevCR {
+				return b.fail(BodyBareCR, i)
+			}
+			continue
+		}
+		switch {
+		case c == '\n':
+			if !prevCR {
+				return b.fail(BodyBareLF, i)
+			}
+			prevCR = false
+		case prevCR:
+			return b.fail(BodyBareCR, i)
+		case c == '\r':
+			prevCR = true
+		case c == 0:
+			return b.fail(BodyNUL, i)
+		case c >= 0x80:
+			b.eight = true
+		}
+	}
+	b.prevCR = prevCR
+	b.n += int64(len(p))
+	return len(p), nil
+}
+
+func (b *BodyChecker) fail(e BodyError, i int) (int, error) {
+	b.err = e
+	b.n += int64(i)
+	return i, ErrBody
+}
+
+// Close ends the body; a CR at its very end is a bare CR.
+func (b *BodyChecker) Close() error {
+	if b.err == BodyOK && b.prevCR {
+		b.err = BodyBareCR
+	}
+	return nil
+}
+
+// Err returns the first violation found.
+func (b *BodyChecker) Err() BodyError { return b.err }
+
+// EightBit reports whether a byte above 127 was seen.
+func (b *BodyChecker) EightBit() bool { return b.eight }
+
+// Size returns the number of bytes checked and found good.
+func (b *BodyChecker) Size() int64 { return b.n }
+
+// SanitizeHelo makes a HELO argument (or any client-given host name) safe
+// for a Received header: letters, digits and "-._:[]" are kept, any other
+// byte becomes "?", and it is cut to 255 bytes. An empty name gives
+// "unknown".
+func SanitizeHelo(s string) string {
+	if len(s) > 255 {
+		s = s[:255]
+	}
+	if s == "" {
+		return "unknown"
+	}
+	b := []byte(s)
+	for i, c := range b {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case c == '-' || c == '.' || c == '_' || c == ':' || c == '[' || c == ']':
+		default:
+			b[i] = '?'
+		}
+	}
+	return string(b)
+}
+
+// protocol is the WITH keyword of RFC 3848.
+func protocol(pc *policy.Conn) string {
+	p := "SMTP"
+	if pc.ESMTP {
+		p = "ESMTP"
+		if pc.TLS != nil {
+			p += "S"
+		}
+		if pc.Authenticated() {
+			p += "A"
+		}
+	}
+	return p
+}
+
+// receivedValue formats the value of our Received field.
+func receivedValue(hostname string, tx *policy.Transaction, now time.Time) string {
+	pc := tx.Conn
+	var b strings.Builder
+	b.WriteString("from ")
+	b.WriteString(SanitizeHelo(pc.Helo))
+	b.WriteString(" (")
+	if pc.ReverseName != "" {
+		b.WriteString(SanitizeHelo(pc.ReverseName))
+	} else {
+		b.WriteString("unknown")
+	}
+	ip := pc.Remote.Addr()
+	if ip.Is6() {
+		b.WriteString(" [IPv6:" + ip.String() + "])")
+	} else {
+		b.WriteString(" [" + ip.String() + "])")
+	}
+	b.WriteString(" by " + SanitizeHelo(hostname))
+	b.WriteString(" with " + protocol(pc))
+	if pc.TLS != nil {
+		v := strings.ReplaceAll(tls.VersionName(pc.TLS.Version), " ", "")
+		b.WriteString(" (version=" + v + " cipher=" + tls.CipherSuiteName(pc.TLS.CipherSuite) + ")")
+	}
+	b.WriteString(" id " + tx.ID)
+	if len(tx.Rcpts) == 1 {
+		b.WriteString(" for " + tx.Rcpts[0].Addr.Path())
+	}
+	b.WriteString("; " + now.Format(time.RFC1123Z))
+	return b.String()
+}
+
+// receive streams a message into a spool file, with our Received field and
+// the fields rules added before DATA on top, runs the preq rules and hands
+// the message to the queue. It returns the reply: 250 only once Enqueue
+// returned nil.
+func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Reader) (*gosmtp.SMTPError, bool) {
+	nc.SetReadDeadline(time.Now().Add(s.limits.DataTimeout))
+	log := c.log.With("tx", tx.ID)
+
+	f, err := os.CreateTemp(s.cfg.SpoolDir, "mtakit-spool-*")
+	if err != nil {
+		log.Error("spool file", "error", err)
+		return errInternal, false
+	}
+	defer func() {
+		f.Close()
+		os.Remove(f.Name())
+	}()
+
+	hdr := tx.Header.Clone()
+	hdr.Add("Received", receivedValue(s.cfg.Hostname, tx, time.Now()))
+	w := bufio.NewWriterSize(f, 64<<10)
+	if _, err := hdr.WriteTo(w); err != nil {
+		log.Error("spool write", "error", err)
+		return errInternal, false
+	}
+	var chk BodyChecker
+	_, err = io.Copy(io.MultiWriter(&chk, w), r)
+	chk.Close()
+	if err != nil && !errors.Is(err, ErrBody) {
+		var ne net.Error
+		switch {
+		case errors.Is(err, gosmtp.ErrDataTooLarge):
+			log.Info("message too big", "limit", s.limits.MaxMessageBytes)
+			return errTooBig, false
+		case errors.Is(err, gosmtp.ErrTooLongLine):
+			log.Info("line too long in data", "limit", s.limits.MaxLineLength)
+			return errLongLine, false
+		case errors.As(err, &ne) && ne.Timeout():
+			log.Info("data timeout")
+			c.mu.Lock()
+			c.closeAfter = true
+			c.mu.Unlock()
+			return errDataTime, false
+		case errors.Is(err, gosmtp.ErrDataReset):
+			return errNoTx, false
+		}
+		var se *gosmtp.SMTPError
+		if errors.As(err, &se) {
+			return se, false
+		}
+		log.Info("data read failed", "error", err)
+		return errInternal, false
+	}
+	switch chk.Err() {
+	case BodyBareLF, BodyBareCR:
+		log.Warn("message refused: "+chk.Err().String()+" (possible SMTP smuggling)", "size", chk.Size())
+		return errBareLF, false
+	case BodyNUL:
+		log.Info("message refused: NUL byte", "size", chk.Size())
+		return errNUL, false
+	}
+	if chk.EightBit() && tx.Params.Body != "8BITMIME" && tx.Params.Body != "BINARYMIME" {
+		// Accepted as Postfix does; recorded for the log.
+		log.Info("8-bit data without BODY=8BITMIME")
+	}
+	if err := w.Flush(); err != nil {
+		log.Error("spool write", "error", err)
+		return errInternal, false
+	}
+	size := hdr.Size() + chk.Size()
+
+	m, err := policy.NewMessage(f, size, nil)
+	if err != nil {
+		log.Info("unparsable header", "error", err)
+		return &gosmtp.SMTPError{Code: 554, EnhancedCode: gosmtp.EnhancedCode{5, 6, 0}, Message: "Malformed message header"}, false
+	}
+	defer m.Close()
+
+	ctx, cancel := context.WithTimeout(c.ctx, s.limits.DataTimeout)
+	defer cancel()
+	res := s.cfg.Chain.EvalPreQ(ctx, tx, m)
+	log.Info("preq", "verdict", res.Verdict.String(), "rule", res.Rule, "size", chk.Size())
+	if !res.Accepted() {
+		return replyError(res.Reply), false
+	}
+	qctx, qcancel := context.WithTimeout(context.WithoutCancel(c.ctx), s.limits.DataTimeout)
+	defer qcancel()
+	if err := s.cfg.Queue.Enqueue(qctx, tx, m); err != nil {
+		log.Error("enqueue failed", "error", err)
+		return errInternal, false
+	}
+	log.Info("queued", "from", tx.From.Path(), "rcpts", len(tx.Rcpts), "size", chk.Size(), "quarantine", tx.Quarantine())
+
+	text := "OK: queued as " + tx.ID
+	if res.Reply.Code == 250 && res.Reply != policy.DefaultReply(policy.StagePreQ) {
+		text = sanitizeText(res.Reply.Text) + " (queued as " + tx.ID + ")"
+	}
+	return &gosmtp.SMTPError{Code: 250, EnhancedCode: parseEnhanced(res.Reply.Enhanced, 250), Message: text}, true
+}

@@ -1,0 +1,68 @@
+// Package smtp is mtakit's SMTP server: listeners with roles, TLS, limits
+// and timeouts, and the go-smtp backend that runs a policy.Chain at every
+// stage and hands accepted mail to a Queue.
+//
+// # Listeners and roles
+//
+// A Server serves several listeners, each with a name (it appears in
+// policy.Conn.Listener) and a Role: RoleMTA (port 25: no AUTH needed; AUTH
+// is offered after STARTTLS when an Authenticator is set), RoleSubmission
+// (587: AUTH required before MAIL and offered only after STARTTLS unless the
+// listener opts into AllowInsecureAuth) and RoleImplicitTLS (465: TLS from
+// the first byte, AUTH required). AUTH supports PLAIN and LOGIN through the
+// Authenticator interface.
+//
+// # Stages
+//
+// The connect rules run before the greeting, in a goroutine per connection
+// (go-smtp has no hook there): a refusal is sent as the greeting (554, or
+// 421 for a temporary one) and the connection closed. The helo rules run at
+// the first EHLO and again when a later EHLO changes the name; the auth
+// rules after the Authenticator accepted the credentials; the mail rules at
+// MAIL, where a new policy.Transaction gets its queue ID; the rcpt rules at
+// each RCPT (a refusal rejects that recipient only; with no accepting rule
+// the policy default denies). After DATA the body is streamed to a spool
+// file while its size is counted and its line endings checked; our Received
+// field and the fields rules added to tx.Header are written on top; the preq
+// rules run on the message; then Queue.Enqueue stores it and only then does
+// the client get 250 with the queue ID. A rule that fails or panics gives
+// 451 4.3.0, and so does a queue that fails: never a 250 for mail that is
+// not on disk. Every error sent is an SMTP reply with an enhanced status
+// code; internal causes go to the log only.
+//
+// Facts about the connection (address, reverse name, TLS, AUTH) live in a
+// policy.Conn that outlives go-smtp's sessions; STARTTLS resets what the
+// client said before it (RFC 3207). Plaintext sent after STARTTLS in the same
+// packet is discarded (the STARTTLS command-injection class, CVE-2011-0411).
+//
+// # Message content
+//
+// Every line of a message must end in CRLF: a bare LF or bare CR anywhere
+// in DATA gets 550 5.6.11 and the message is dropped, so that no
+// non-standard end-of-data sequence can smuggle a second message past a
+// relay (SMTP smuggling). A NUL byte gets 550 5.6.0. 8-bit data without
+// BODY=8BITMIME is accepted, as Postfix does, and logged. BDAT (CHUNKING,
+// which go-smtp always advertises) goes through the same checks.
+//
+// # Limits
+//
+// Limits has safe defaults: 25 MiB messages (larger ones are read to the
+// end and refused with 552 5.3.4), 100 recipients (452 4.5.3), lines of
+// 2000 bytes, a 5 minute command timeout and a 10 minute data timeout, 1000
+// connections in total and 20 per client IP (421 4.7.0 at accept), and 10
+// error replies per session before it is closed with 421 4.7.0. go-smtp
+// itself closes a session after its fourth unknown or malformed command.
+//
+// # Shutdown
+//
+// Shutdown stops accepting, closes idle sessions, lets a session that is
+// receiving a message finish (its message is queued and gets its 250) and
+// then closes it. Close stops everything at once.
+//
+// # TLS
+//
+// Config.TLSConfig enables STARTTLS and implicit TLS, with TLS 1.2 as the
+// minimum and Go's default cipher suites. CertReloader reloads a renewed
+// certificate without a restart; SelfSignedCertificate creates a pair for
+// tests and first starts.
+package smtp

@@ -1,0 +1,314 @@
+package smtp
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"strconv"
+	"strings"
+
+	"github.com/emersion/go-sasl"
+	gosmtp "github.com/emersion/go-smtp"
+
+	"github.com/mtakit/mtakit/policy"
+)
+
+// Replies of our own. Every error handed to go-smtp is an *SMTPError: any
+// other error would become a permanent 554 (Data) or leak its text.
+var (
+	errInternal      = &gosmtp.SMTPError{Code: 451, EnhancedCode: gosmtp.EnhancedCode{4, 3, 0}, Message: "Internal error, try again later"}
+	errTooManyErrors = &gosmtp.SMTPError{Code: 421, EnhancedCode: gosmtp.EnhancedCode{4, 7, 0}, Message: "Too many errors, closing connection"}
+	errShutdown      = &gosmtp.SMTPError{Code: 421, EnhancedCode: gosmtp.EnhancedCode{4, 3, 2}, Message: "Server shutting down, try again later"}
+	errAuthRequired  = &gosmtp.SMTPError{Code: 530, EnhancedCode: gosmtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
+	errTLSRequired   = &gosmtp.SMTPError{Code: 530, EnhancedCode: gosmtp.EnhancedCode{5, 7, 0}, Message: "Must issue a STARTTLS command first"}
+	errBadSender     = &gosmtp.SMTPError{Code: 553, EnhancedCode: gosmtp.EnhancedCode{5, 1, 7}, Message: "Bad sender address syntax"}
+	errBadRcpt       = &gosmtp.SMTPError{Code: 501, EnhancedCode: gosmtp.EnhancedCode{5, 1, 3}, Message: "Bad recipient address syntax"}
+	errNoTx          = &gosmtp.SMTPError{Code: 503, EnhancedCode: gosmtp.EnhancedCode{5, 5, 1}, Message: "Bad sequence of commands"}
+	errAuthFailed    = &gosmtp.SMTPError{Code: 535, EnhancedCode: gosmtp.EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid"}
+	errAuthTemp      = &gosmtp.SMTPError{Code: 454, EnhancedCode: gosmtp.EnhancedCode{4, 7, 0}, Message: "Temporary authentication failure"}
+	errAuthSyntax    = &gosmtp.SMTPError{Code: 501, EnhancedCode: gosmtp.EnhancedCode{5, 5, 2}, Message: "Malformed authentication response"}
+	errNoConn        = &gosmtp.SMTPError{Code: 421, EnhancedCode: gosmtp.EnhancedCode{4, 3, 0}, Message: "Internal error, closing connection"}
+)
+
+// replyError turns a policy reply into the error go-smtp sends as is.
+func replyError(r policy.Reply) *gosmtp.SMTPError {
+	if r.Code < 400 || r.Code > 599 {
+		return errInternal
+	}
+	e := &gosmtp.SMTPError{Code: r.Code, Message: sanitizeText(r.Text)}
+	if e.Message == "" {
+		e.Message = "Rejected"
+	}
+	e.EnhancedCode = parseEnhanced(r.Enhanced, r.Code)
+	return e
+}
+
+// parseEnhanced parses "5.7.1"; a missing or malformed code gives X.0.0
+// with X the class of code.
+func parseEnhanced(s string, code int) gosmtp.EnhancedCode {
+	def := gosmtp.EnhancedCode{code / 100, 0, 0}
+	parts := strings.Split(s, ".")
+	if len(parts) != 3 {
+		return def
+	}
+	var ec gosmtp.EnhancedCode
+	for i, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 || n > 999 || len(p) > 3 {
+			return def
+		}
+		ec[i] = n
+	}
+	if ec[0] != code/100 {
+		return def
+	}
+	return ec
+}
+
+// backend makes a session per go-smtp session (first EHLO, and again
+// after STARTTLS).
+type backend struct {
+	srv *Server
+	lc  Listener
+}
+
+// connOf finds our conn below go-smtp's.
+func connOf(gc *gosmtp.Conn) *conn {
+	nc := gc.Conn()
+	if t, ok := nc.(*tls.Conn); ok {
+		nc = t.NetConn()
+	}
+	c, _ := nc.(*conn)
+	return c
+}
+
+func (b *backend) NewSession(gc *gosmtp.Conn) (gosmtp.Session, error) {
+	c := connOf(gc)
+	if c == nil {
+		return nil, errNoConn
+	}
+	if st, ok := gc.TLSConnectionState(); ok && c.pc.TLS == nil {
+		// First session after STARTTLS: forget what came before (RFC 3207).
+		c.pc.ResetTLS(&st)
+		c.log.Info("starttls", "version", tls.VersionName(st.Version), "cipher", tls.CipherSuiteName(st.CipherSuite))
+	}
+	s := &session{srv: b.srv, lc: b.lc, c: c, gc: gc}
+	if rep := s.helo(gc.Hostname()); rep != nil {
+		return nil, c.sessionError(replyError(*rep))
+	}
+	return s, nil
+}
+
+// session is go-smtp's session: the state of one transaction. Facts about
+// the connection live in conn.
+type session struct {
+	srv        *Server
+	lc         Listener
+	c          *conn
+	gc         *gosmtp.Conn
+	heloName   string        // the HELO name the helo rules last judged
+	heloDenied *policy.Reply // a second EHLO's name was refused
+	tx         *policy.Transaction
+}
+
+func (s *session) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(s.c.ctx, s.srv.limits.CommandTimeout)
+}
+
+// helo runs the helo rules for name; a non-nil reply is a refusal.
+func (s *session) helo(name string) *policy.Reply {
+	s.heloName = name
+	ctx, cancel := s.ctx()
+	defer cancel()
+	res := s.srv.cfg.Chain.EvalHelo(ctx, s.c.pc, name)
+	s.c.log.Info("helo", "helo", name, "verdict", res.Verdict.String(), "rule", res.Rule)
+	if !res.Accepted() {
+		r := res.Reply
+		return &r
+	}
+	return nil
+}
+
+// Reset runs on RSET, after DATA, and on a second EHLO: go-smtp gives no
+// other sign of the latter, so the HELO name is compared here.
+func (s *session) Reset() {
+	s.tx = nil
+	if h := s.gc.Hostname(); h != "" && h != s.heloName {
+		s.heloDenied = s.helo(h)
+	}
+}
+
+func (s *session) Logout() error {
+	s.tx = nil
+	return nil
+}
+
+func (s *session) Mail(from string, opts *gosmtp.MailOptions) error {
+	c := s.c
+	s.tx = nil
+	if s.heloDenied != nil {
+		return c.sessionError(replyError(*s.heloDenied))
+	}
+	if s.lc.authRequired() && !c.pc.Authenticated() {
+		if c.pc.TLS == nil && !s.lc.AllowInsecureAuth {
+			return c.sessionError(errTLSRequired)
+		}
+		return c.sessionError(errAuthRequired)
+	}
+	c.pc.ESMTP = c.isESMTP()
+	addr, err := parsePath(from)
+	if err != nil {
+		c.log.Info("mail: bad address", "from", from, "error", err)
+		return c.sessionError(errBadSender)
+	}
+	tx := policy.NewTransaction(c.pc, newID())
+	tx.From = addr
+	if opts != nil {
+		tx.Params = policy.MailParams{
+			Size: opts.Size, Body: string(opts.Body), SMTPUTF8: opts.UTF8, RequireTLS: opts.RequireTLS,
+			Ret: string(opts.Return), EnvID: opts.EnvelopeID,
+		}
+		if opts.Auth != nil {
+			tx.Params.Auth = *opts.Auth
+			if tx.Params.Auth == "" {
+				tx.Params.Auth = "<>"
+			}
+		}
+	}
+	ctx, cancel := s.ctx()
+	defer cancel()
+	res := s.srv.cfg.Chain.EvalMail(ctx, tx)
+	c.log.Info("mail", "tx", tx.ID, "from", addr.Path(), "verdict", res.Verdict.String(), "rule", res.Rule)
+	if !res.Accepted() {
+		return c.sessionError(replyError(res.Reply))
+	}
+	s.tx = tx
+	return nil
+}
+
+// parsePath parses an address as go-smtp hands it over. go-smtp removes the
+// quotes of a quoted local part, so when the plain parse fails the local
+// part is quoted again and parsed once more.
+func parsePath(p string) (policy.Address, error) {
+	a, err := policy.ParseAddress(p)
+	if err == nil {
+		return a, nil
+	}
+	at := strings.LastIndexByte(p, '@')
+	if at <= 0 {
+		return a, err
+	}
+	local := p[:at]
+	if strings.HasPrefix(local, `"`) {
+		return a, err
+	}
+	q := `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(local) + `"` + p[at:]
+	if a2, err2 := policy.ParseAddress(q); err2 == nil {
+		return a2, nil
+	}
+	return a, err
+}
+
+func (s *session) Rcpt(to string, opts *gosmtp.RcptOptions) error {
+	c, tx := s.c, s.tx
+	if tx == nil {
+		return c.sessionError(errNoTx)
+	}
+	addr, err := parsePath(to)
+	if err != nil {
+		c.log.Info("rcpt: bad address", "tx", tx.ID, "to", to, "error", err)
+		return c.sessionError(errBadRcpt)
+	}
+	rcpt := policy.Recipient{Addr: addr}
+	if opts != nil {
+		for _, n := range opts.Notify {
+			rcpt.Notify = append(rcpt.Notify, string(n))
+		}
+		if opts.OriginalRecipient != "" {
+			rcpt.ORCPT = string(opts.OriginalRecipientType) + ";" + opts.OriginalRecipient
+		}
+	}
+	ctx, cancel := s.ctx()
+	defer cancel()
+	res := s.srv.cfg.Chain.EvalRcpt(ctx, tx, rcpt)
+	c.log.Info("rcpt", "tx", tx.ID, "to", addr.Path(), "verdict", res.Verdict.String(), "rule", res.Rule)
+	if !res.Accepted() {
+		return c.sessionError(replyError(res.Reply))
+	}
+	tx.Rcpts = append(tx.Rcpts, rcpt)
+	return nil
+}
+
+func (s *session) Data(r io.Reader) error {
+	c, tx := s.c, s.tx
+	if tx == nil || len(tx.Rcpts) == 0 {
+		return c.sessionError(errNoTx)
+	}
+	if !c.beginData() {
+		return errShutdown
+	}
+	defer c.endData()
+	reply, ok := s.srv.receive(c, s.gc.Conn(), tx, r)
+	if !ok {
+		return c.sessionError(reply)
+	}
+	c.resetErrors()
+	return reply // a 250 carrying the queue ID
+}
+
+// AuthMechanisms lists PLAIN and LOGIN when AUTH is possible; go-smtp
+// offers them only on TLS connections unless the listener allows
+// insecure AUTH.
+func (s *session) AuthMechanisms() []string {
+	if s.srv.cfg.Authenticator == nil {
+		return nil
+	}
+	return []string{"PLAIN", "LOGIN"}
+}
+
+func (s *session) Auth(mech string) (sasl.Server, error) {
+	if s.srv.cfg.Authenticator == nil {
+		return nil, gosmtp.ErrAuthUnsupported
+	}
+	check := func(identity, user, pass string) error { return s.authenticate(mech, identity, user, pass) }
+	switch strings.ToUpper(mech) {
+	case "PLAIN":
+		return &plainServer{check: check}, nil
+	case "LOGIN":
+		return &loginServer{check: check}, nil
+	}
+	return nil, s.c.sessionError(gosmtp.ErrAuthUnknownMechanism)
+}
+
+// authenticate verifies credentials, then runs the auth rules.
+func (s *session) authenticate(mech, identity, user, pass string) error {
+	c := s.c
+	if identity != "" && identity != user {
+		c.log.Info("auth failed: authorization identity differs", "mechanism", mech, "user", user)
+		return c.sessionError(errAuthFailed)
+	}
+	ctx, cancel := s.ctx()
+	defer cancel()
+	if err := s.srv.cfg.Authenticator.Authenticate(ctx, c.ip, user, pass); err != nil {
+		c.log.Info("auth failed", "mechanism", mech, "user", user, "error", err)
+		if isTemporary(err) {
+			return c.sessionError(errAuthTemp)
+		}
+		return c.sessionError(errAuthFailed)
+	}
+	res := s.srv.cfg.Chain.EvalAuth(ctx, c.pc, policy.AuthInfo{Mechanism: mech, Identity: user})
+	if !res.Accepted() {
+		c.log.Info("auth refused by rule", "mechanism", mech, "user", user, "rule", res.Rule, "reply", res.Reply.String())
+		if res.Reply.Temporary() {
+			return c.sessionError(errAuthTemp)
+		}
+		e := *errAuthFailed
+		if t := sanitizeText(res.Reply.Text); t != "" {
+			e.Message = t
+		}
+		return c.sessionError(&e)
+	}
+	c.pc.AuthUser, c.pc.AuthMechanism = user, mech
+	c.log.Info("auth", "mechanism", mech, "user", user)
+	return nil
+}
