@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 
 	"github.com/emersion/go-smtp"
 
@@ -54,7 +55,7 @@ func (s *session) Reset() { s.from, s.hasFrom, s.rcpts = policy.Address{}, false
 func (s *session) Logout() error { return nil }
 
 func (s *session) Mail(from string, _ *smtp.MailOptions) error {
-	a, err := policy.ParseAddress(from)
+	a, err := parsePath(from)
 	if err != nil {
 		return replyBadAddress
 	}
@@ -70,7 +71,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if !s.hasFrom {
 		return replyBadSequence
 	}
-	a, err := policy.ParseAddress(to)
+	a, err := parsePath(to)
 	if err != nil || a.IsNull() {
 		return replyBadAddress
 	}
@@ -80,6 +81,21 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	}
 	s.rcpts = append(s.rcpts, a)
 	return nil
+}
+
+// parsePath parses an address as go-smtp's server passes it: without angle
+// brackets and with the quotes of a quoted local part removed, so the split
+// is at the last "@" and the local part is taken as it is.
+func parsePath(s string) (policy.Address, error) {
+	i := strings.LastIndexByte(s, '@')
+	if i <= 0 || strings.ContainsAny(s, "\r\n\x00") {
+		return policy.ParseAddress(s)
+	}
+	dom, err := policy.NormalizeDomain(s[i+1:])
+	if err != nil {
+		return policy.Address{}, err
+	}
+	return policy.Address{Local: s[:i], Domain: dom}, nil
 }
 
 // Data takes the token out of the returned message, checks that a
