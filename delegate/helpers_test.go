@@ -187,6 +187,7 @@ type filterSession struct {
 
 func (s *filterSession) Reset()        { s.from, s.rcpts = "", nil }
 func (s *filterSession) Logout() error { return nil }
+
 // requote undoes go-smtp's unquoting of local parts, as a relay must.
 func requote(a string) string {
 	i := strings.LastIndexByte(a, '@')
