@@ -1,0 +1,126 @@
+package policy_test
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mtakit/mtakit/internal/dnstest"
+	"github.com/mtakit/mtakit/policy"
+)
+
+func TestKey(t *testing.T) {
+	spf := policy.NewKey[string]("spf")
+	score := policy.NewKey[int]("score")
+	other := policy.NewKey[string]("spf") // same name, different key
+	tx := policy.NewTransaction(nil, "t")
+
+	_, ok := spf.Get(tx)
+	assert.False(t, ok)
+	spf.Set(tx, "pass")
+	score.Set(tx, 7)
+	v, ok := spf.Get(tx)
+	assert.True(t, ok)
+	assert.Equal(t, "pass", v)
+	n, ok := score.Get(tx)
+	assert.True(t, ok)
+	assert.Equal(t, 7, n)
+	_, ok = other.Get(tx)
+	assert.False(t, ok, "keys compare by identity, not name")
+	spf.Set(tx, "fail")
+	v, _ = spf.Get(tx)
+	assert.Equal(t, "fail", v)
+	assert.Equal(t, "spf", spf.String())
+
+	_, ok = spf.Get(policy.NewTransaction(nil, "other"))
+	assert.False(t, ok, "values belong to their transaction")
+}
+
+func TestTransactionState(t *testing.T) {
+	tx := policy.NewTransaction(nil, "t")
+	assert.Equal(t, "t", tx.ID)
+	assert.False(t, tx.Received.IsZero())
+	assert.False(t, tx.ForceAccepted())
+	tx.SetForceAccepted(true)
+	assert.True(t, tx.ForceAccepted())
+	tx.SetQuarantine("held")
+	assert.Equal(t, "held", tx.Quarantine())
+
+	// The queue rebuilds a quarantined transaction: delivery rules skip it.
+	c := policy.NewChain()
+	ran := false
+	c.Delivery("d", func(context.Context, *policy.Transaction, policy.Recipient, *policy.Route) policy.Verdict {
+		ran = true
+		return policy.Next
+	})
+	r := c.EvalDelivery(context.Background(), tx, policy.Recipient{}, &policy.Route{})
+	assert.False(t, ran)
+	assert.Equal(t, policy.Quarantine("held"), r.Verdict)
+}
+
+func TestConnResetTLS(t *testing.T) {
+	c := &policy.Conn{Helo: "x", ESMTP: true, AuthUser: "alice", AuthMechanism: "PLAIN",
+		Remote: netip.MustParseAddrPort("192.0.2.1:25")}
+	assert.True(t, c.Authenticated())
+	st := &tls.ConnectionState{Version: tls.VersionTLS13}
+	c.ResetTLS(st)
+	assert.Same(t, st, c.TLS)
+	assert.Empty(t, c.Helo)
+	assert.False(t, c.ESMTP)
+	assert.False(t, c.Authenticated())
+	assert.Empty(t, c.AuthMechanism)
+	assert.Equal(t, "192.0.2.1:25", c.Remote.String(), "the address stays")
+}
+
+func TestResolverAtDefault(t *testing.T) {
+	// Only identity is checked: no lookup may reach the system resolver.
+	assert.Same(t, net.DefaultResolver, policy.ResolverAt(""))
+	var _ policy.Resolver = policy.ResolverAt("")
+}
+
+func TestResolverAt(t *testing.T) {
+	srv := dnstest.New(t,
+		`example.com. IN TXT "v=spf1 -all"`,
+		`example.com. IN MX 10 mx.example.com.`,
+		`mx.example.com. IN A 192.0.2.25`,
+	)
+	r := policy.ResolverAt(srv.Addr())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	txt, err := r.LookupTXT(ctx, "example.com")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"v=spf1 -all"}, txt)
+	mx, err := r.LookupMX(ctx, "example.com")
+	require.NoError(t, err)
+	require.Len(t, mx, 1)
+	assert.Equal(t, "mx.example.com.", mx[0].Host)
+	ips, err := r.LookupIPAddr(ctx, "mx.example.com")
+	require.NoError(t, err)
+	require.Len(t, ips, 1)
+	assert.Equal(t, "192.0.2.25", ips[0].IP.String())
+	assert.Positive(t, srv.Queries(), "the queries went to the loopback server")
+
+	// A server that never answers: the lookup ends with the context's
+	// deadline, as a rule's timeout requires.
+	srv.Timeout("slow.example.com")
+	sctx, scancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer scancel()
+	done := make(chan error, 1)
+	go func() { _, err := r.LookupTXT(sctx, "slow.example.com"); done <- err }()
+	select {
+	case err := <-done:
+		require.Error(t, err)
+		var dnsErr *net.DNSError
+		require.ErrorAs(t, err, &dnsErr)
+		assert.True(t, dnsErr.IsTimeout, "%v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("lookup did not honour the context deadline")
+	}
+}
