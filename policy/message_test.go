@@ -90,9 +90,9 @@ func TestMessage(t *testing.T) {
 			body: "just a body line\r\n",
 		},
 		{
-			name: "header without blank line and without body",
-			raw:  "Subject: hi\r\n",
-			want: "Subject: hi\r\n\r\n",
+			name:   "header without blank line and without body",
+			raw:    "Subject: hi\r\n",
+			want:   "Subject: hi\r\n\r\n",
 			fields: 1,
 		},
 		{
