@@ -662,4 +662,3 @@ func dkValidTagName(n string) bool {
 	}
 	return true
 }
-
