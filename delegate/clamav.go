@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"time"
 
@@ -131,6 +132,10 @@ func (c *ClamAV) Scan(ctx context.Context, r io.Reader) (virus string, err error
 	if rerr != nil {
 		if ctx.Err() != nil {
 			return "", fmt.Errorf("delegate: clamd INSTREAM: %w", ctx.Err())
+		}
+		if errors.Is(rerr, os.ErrDeadlineExceeded) {
+			// The connection's deadline is the context's.
+			return "", fmt.Errorf("delegate: clamd INSTREAM: %w", context.DeadlineExceeded)
 		}
 		return "", fmt.Errorf("delegate: clamd INSTREAM: %w", errors.Join(werr, rerr))
 	}
