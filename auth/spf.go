@@ -1,0 +1,465 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"blitiri.com.ar/go/spf"
+
+	"github.com/mtakit/mtakit/policy"
+)
+
+// SPFIdentity selects which identity CheckSPF checks (RFC 7208 section 2).
+type SPFIdentity uint8
+
+const (
+	// SPFMailFrom checks the MAIL FROM identity; a null sender is checked
+	// as postmaster@<HELO name> (RFC 7208 section 2.4).
+	SPFMailFrom SPFIdentity = iota + 1
+	// SPFHelo checks the HELO identity only (RFC 7208 section 2.3).
+	SPFHelo
+	// SPFBoth checks HELO first, as RFC 7208 section 2.3 advises, then
+	// MAIL FROM: a HELO result the mode denies with a 5xx (fail in soft
+	// mode; fail, softfail or permerror in strict mode) denies at once;
+	// any other HELO result is recorded nowhere and the MAIL FROM result
+	// decides and is recorded. With a null sender the MAIL FROM identity is
+	// the HELO identity, so HELO is checked once.
+	SPFBoth
+)
+
+func (i SPFIdentity) String() string {
+	switch i {
+	case SPFMailFrom:
+		return "mailfrom"
+	case SPFHelo:
+		return "helo"
+	case SPFBoth:
+		return "both"
+	}
+	return fmt.Sprintf("SPFIdentity(%d)", uint8(i))
+}
+
+// SPFMode selects what CheckSPF does with a result.
+type SPFMode uint8
+
+const (
+	// SPFSoft denies fail (550 5.7.23); every other result is accepted and
+	// recorded.
+	SPFSoft SPFMode = iota + 1
+	// SPFStrict denies fail and softfail (550 5.7.23) and permerror (550
+	// 5.7.24, RFC 7372), defers temperror (451 4.7.24), and accepts pass,
+	// neutral and none.
+	SPFStrict
+)
+
+func (m SPFMode) String() string {
+	switch m {
+	case SPFSoft:
+		return "soft"
+	case SPFStrict:
+		return "strict"
+	}
+	return fmt.Sprintf("SPFMode(%d)", uint8(m))
+}
+
+// SPFStatus is an SPF result (RFC 7208 section 2.6), as written in
+// Received-SPF and Authentication-Results.
+type SPFStatus string
+
+// The SPF results.
+const (
+	SPFNone      SPFStatus = "none"
+	SPFNeutral   SPFStatus = "neutral"
+	SPFPass      SPFStatus = "pass"
+	SPFFail      SPFStatus = "fail"
+	SPFSoftFail  SPFStatus = "softfail"
+	SPFTempError SPFStatus = "temperror"
+	SPFPermError SPFStatus = "permerror"
+)
+
+func (s SPFStatus) valid() bool {
+	switch s {
+	case SPFNone, SPFNeutral, SPFPass, SPFFail, SPFSoftFail, SPFTempError, SPFPermError:
+		return true
+	}
+	return false
+}
+
+// SPFResult is the outcome of one SPF check, as recorded under SPFResultKey
+// and in the Received-SPF field.
+type SPFResult struct {
+	Result   SPFStatus
+	Identity string     // "mailfrom" or "helo"
+	Domain   string     // the checked identity's domain
+	Sender   string     // the mailbox checked: MAIL FROM, or postmaster@<HELO name>
+	ClientIP netip.Addr // the address checked
+	Helo     string     // the HELO name the client gave
+	Receiver string     // the host that did the check
+	Problem  string     // for temperror and permerror: what went wrong
+}
+
+// SPFResultKey holds the SPF result of the transaction, for later rules
+// (DMARC). It is not set when the check was skipped (an authenticated
+// session).
+var SPFResultKey = policy.NewKey[SPFResult]("auth.spf")
+
+// SPFOption configures CheckSPF.
+type SPFOption func(*spfConfig)
+
+type spfConfig struct {
+	timeout       time.Duration
+	lookupTimeout time.Duration
+	receiver      string
+	skipAuth      bool
+	header        bool
+	log           *slog.Logger
+}
+
+// SPFTimeout bounds the whole check (default 10 s); the rule's context
+// bounds it too. Running out of time gives temperror.
+func SPFTimeout(d time.Duration) SPFOption { return func(c *spfConfig) { c.timeout = d } }
+
+// SPFLookupTimeout bounds each DNS lookup (default: only SPFTimeout).
+func SPFLookupTimeout(d time.Duration) SPFOption {
+	return func(c *spfConfig) { c.lookupTimeout = d }
+}
+
+// SPFReceiver sets the receiver= name of Received-SPF, our host name
+// (default os.Hostname()).
+func SPFReceiver(name string) SPFOption { return func(c *spfConfig) { c.receiver = name } }
+
+// SPFSkipAuthenticated chooses whether sessions that authenticated with SMTP
+// AUTH skip the check (default true): a roaming user sending through our
+// submission service from a hotel network is not an SPF-authorized host of
+// their domain, and the result must not be held against them.
+func SPFSkipAuthenticated(skip bool) SPFOption { return func(c *spfConfig) { c.skipAuth = skip } }
+
+// SPFHeader chooses whether the rule adds a Received-SPF field (default
+// true).
+func SPFHeader(add bool) SPFOption { return func(c *spfConfig) { c.header = add } }
+
+// SPFLogger sets the logger for check results (debug) and DNS trouble
+// (warn); default slog.Default().
+func SPFLogger(l *slog.Logger) SPFOption { return func(c *spfConfig) { c.log = l } }
+
+// CheckSPF returns a mail-stage rule that checks SPF (RFC 7208) for the
+// client's address and the identity chosen (see SPFIdentity), through r
+// wrapped in a Resolver (nil r means net.DefaultResolver), and applies mode
+// (see SPFMode):
+//
+//	result      soft          strict
+//	fail        550 5.7.23    550 5.7.23
+//	softfail    Next          550 5.7.23
+//	permerror   Next          550 5.7.24
+//	temperror   Next          451 4.7.24
+//	pass, neutral, none: Next
+//
+// It stores the deciding result under SPFResultKey and adds a Received-SPF
+// field (RFC 7208 section 9.1) to tx.Header, which the smtp package
+// prepends to the message, so the result survives queueing
+// (SPFResultFromHeader reads it back). A HELO name or domain that is an
+// address literal, malformed, or a single label gives none without any
+// lookup (RFC 7208 section 4.3).
+//
+// CheckSPF panics on an invalid identity or mode: that is a configuration
+// error to catch at start-up.
+func CheckSPF(identity SPFIdentity, mode SPFMode, r policy.Resolver, opts ...SPFOption) policy.MailRule {
+	if identity < SPFMailFrom || identity > SPFBoth {
+		panic("auth: CheckSPF: invalid identity " + identity.String())
+	}
+	if mode != SPFSoft && mode != SPFStrict {
+		panic("auth: CheckSPF: invalid mode " + mode.String())
+	}
+	cfg := spfConfig{timeout: 10 * time.Second, skipAuth: true, header: true}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.log == nil {
+		cfg.log = slog.Default()
+	}
+	if cfg.receiver == "" {
+		cfg.receiver, _ = os.Hostname()
+	}
+	if cfg.receiver == "" {
+		cfg.receiver = "localhost"
+	}
+	res := NewResolver(r, cfg.lookupTimeout)
+
+	return func(ctx context.Context, tx *policy.Transaction) policy.Verdict {
+		if tx.Conn == nil || !tx.Conn.Remote.Addr().IsValid() {
+			return policy.Fail(errors.New("auth: SPF: no client address"))
+		}
+		if cfg.skipAuth && tx.Conn.Authenticated() {
+			return policy.Next
+		}
+		if cfg.timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, cfg.timeout)
+			defer cancel()
+		}
+		ip := tx.Conn.Remote.Addr().Unmap()
+		helo := tx.Conn.Helo
+
+		var result SPFResult
+		checkMail := identity != SPFHelo
+		if identity != SPFMailFrom {
+			result = checkSPF(ctx, res, ip, helo, heloSender(helo), "helo", cfg.receiver)
+			if identity == SPFBoth && mode.denies(result.Result) && result.Result != SPFTempError {
+				checkMail = false
+			}
+			if identity == SPFBoth && tx.From.IsNull() && checkMail {
+				// The MAIL FROM identity is postmaster@<HELO>: the same
+				// check, recorded as the mailfrom identity.
+				result.Identity = "mailfrom"
+				checkMail = false
+			}
+		}
+		if checkMail {
+			sender, _ := mailSender(tx.From, helo)
+			result = checkSPF(ctx, res, ip, helo, sender, "mailfrom", cfg.receiver)
+		}
+
+		SPFResultKey.Set(tx, result)
+		if cfg.header {
+			tx.Header.Add("Received-SPF", result.ReceivedSPF())
+		}
+		lvl := slog.LevelDebug
+		if result.Result == SPFTempError {
+			lvl = slog.LevelWarn
+		}
+		cfg.log.Log(ctx, lvl, "spf", slog.String("result", string(result.Result)),
+			slog.String("identity", result.Identity), slog.String("domain", result.Domain),
+			slog.String("client_ip", ip.String()), slog.String("problem", result.Problem))
+		return mode.verdict(result)
+	}
+}
+
+// denies reports whether the mode refuses a result.
+func (m SPFMode) denies(s SPFStatus) bool {
+	switch s {
+	case SPFFail:
+		return true
+	case SPFSoftFail, SPFPermError, SPFTempError:
+		return m == SPFStrict
+	}
+	return false
+}
+
+func (m SPFMode) verdict(r SPFResult) policy.Verdict {
+	if !m.denies(r.Result) {
+		return policy.Next
+	}
+	what := "the domain of " + r.Sender
+	if r.Identity == "helo" {
+		what = "the HELO name " + r.Domain
+	}
+	switch r.Result {
+	case SPFTempError:
+		return policy.Deny(451, "4.7.24", "SPF temporary error checking "+what+", try again later")
+	case SPFPermError:
+		return policy.Deny(550, "5.7.24", "SPF permanent error in the policy of "+what)
+	case SPFSoftFail:
+		return policy.Deny(550, "5.7.23", "SPF softfail: "+what+" does not designate "+r.ClientIP.String()+" as permitted sender")
+	default:
+		return policy.Deny(550, "5.7.23", "SPF fail: "+what+" does not designate "+r.ClientIP.String()+" as permitted sender")
+	}
+}
+
+// heloSender is the mailbox checked for the HELO identity.
+func heloSender(helo string) string { return "postmaster@" + strings.TrimSuffix(helo, ".") }
+
+// mailSender is the mailbox checked for the MAIL FROM identity: the sender,
+// postmaster@<domain> when it has no local part, postmaster@<HELO> for the
+// null sender (RFC 7208 sections 2.4 and 4.3).
+func mailSender(from policy.Address, helo string) (sender string, null bool) {
+	switch {
+	case from.IsNull():
+		return heloSender(helo), true
+	case from.Local == "":
+		return "postmaster@" + from.Domain, false
+	}
+	local := from.Local
+	if strings.Contains(local, "@") {
+		// The library splits at the first "@"; a quoted local part
+		// containing one would move the domain. Keep the domain right.
+		local = strings.ReplaceAll(local, "@", "=")
+	}
+	return local + "@" + from.Domain, false
+}
+
+// spfDomain validates the domain of an identity (RFC 7208 section 4.3):
+// it must be a well-formed multi-label name.
+func spfDomain(d string) (string, bool) {
+	if d == "" || strings.HasPrefix(d, "[") {
+		return "", false
+	}
+	n, err := policy.NormalizeDomain(d)
+	if err != nil || !strings.Contains(n, ".") {
+		return "", false
+	}
+	return n, true
+}
+
+// checkSPF runs one check_host().
+func checkSPF(ctx context.Context, r *Resolver, ip netip.Addr, helo, sender, identity, receiver string) SPFResult {
+	at := strings.LastIndexByte(sender, '@')
+	rawDomain := sender[at+1:]
+	res := SPFResult{Identity: identity, Sender: sender, ClientIP: ip, Helo: helo, Receiver: receiver, Domain: strings.ToLower(rawDomain)}
+	domain, ok := spfDomain(rawDomain)
+	if !ok {
+		res.Result, res.Problem = SPFNone, "no valid domain to check"
+		return res
+	}
+	res.Domain = domain
+	st, err := spf.CheckHostWithSender(net.IP(ip.AsSlice()), helo, sender[:at+1]+domain,
+		spf.WithResolver(r), spf.WithContext(ctx))
+	res.Result = SPFStatus(st)
+	if !res.Result.valid() {
+		res.Result = SPFPermError
+	}
+	if (res.Result == SPFTempError || res.Result == SPFPermError) && err != nil {
+		res.Problem = err.Error()
+	}
+	return res
+}
+
+// ReceivedSPF formats r as the value of a Received-SPF field (RFC 7208
+// section 9.1), with a comment, client-ip, envelope-from, helo, receiver,
+// identity and, for errors, problem.
+func (r SPFResult) ReceivedSPF() string {
+	var b strings.Builder
+	b.WriteString(string(r.Result))
+	b.WriteString(" (")
+	b.WriteString(commentSafe(r.receiverName() + ": " + r.comment()))
+	b.WriteString(")")
+	kv := func(k, v string) {
+		b.WriteString(" ")
+		b.WriteString(k)
+		b.WriteString("=")
+		b.WriteString(kvValue(v))
+		b.WriteString(";")
+	}
+	if r.ClientIP.IsValid() {
+		kv("client-ip", r.ClientIP.String())
+	}
+	kv("envelope-from", r.Sender)
+	kv("helo", r.Helo)
+	if r.Problem != "" {
+		kv("problem", r.Problem)
+	}
+	kv("receiver", r.receiverName())
+	kv("identity", r.Identity)
+	return strings.TrimSuffix(b.String(), ";")
+}
+
+func (r SPFResult) receiverName() string {
+	if r.Receiver == "" {
+		return "localhost"
+	}
+	return r.Receiver
+}
+
+func (r SPFResult) comment() string {
+	who := "domain of " + r.Sender
+	if r.Identity == "helo" {
+		who = "domain of HELO " + r.Domain
+	}
+	ip := r.ClientIP.String()
+	switch r.Result {
+	case SPFPass:
+		return who + " designates " + ip + " as permitted sender"
+	case SPFFail:
+		return who + " does not designate " + ip + " as permitted sender"
+	case SPFSoftFail:
+		return "transitioning " + who + " does not designate " + ip + " as permitted sender"
+	case SPFNeutral:
+		return ip + " is neither permitted nor denied by " + who
+	case SPFTempError:
+		return "temporary error checking " + who
+	case SPFPermError:
+		return "permanent error in the policy of " + who
+	}
+	return who + " does not designate permitted sender hosts"
+}
+
+// commentSafe keeps a comment balanced: no parentheses, backslashes or
+// control characters from client-supplied names.
+func commentSafe(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r == '(' || r == ')' || r == '\\':
+			return '_'
+		case r < 0x20 || r == 0x7f:
+			return ' '
+		}
+		return r
+	}, s)
+}
+
+// kvValue writes v as a dot-atom when it is one (or an IP address, which
+// is written bare by convention), else as a quoted-string.
+func kvValue(v string) string {
+	if v != "" && (isSPFDotAtom(v) || isIPText(v)) {
+		return v
+	}
+	var b strings.Builder
+	b.WriteByte('"')
+	for _, r := range v {
+		switch {
+		case r == '"' || r == '\\':
+			b.WriteByte('\\')
+			b.WriteRune(r)
+		case r < 0x20 || r == 0x7f:
+			b.WriteByte(' ')
+		default:
+			b.WriteRune(r)
+		}
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+func isIPText(v string) bool {
+	_, err := netip.ParseAddr(v)
+	return err == nil
+}
+
+// isSPFDotAtom reports whether v is an RFC 5322 dot-atom made of ASCII
+// atext (so that "@" is allowed only inside a quoted value).
+func isSPFDotAtom(v string) bool {
+	if v == "" || v[0] == '.' || v[len(v)-1] == '.' || strings.Contains(v, "..") {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.':
+		case strings.IndexByte("!#$%&'*+-/=?^_`{|}~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func init() {
+	// Give the DMARC rule (dmarc.go) the result this rule left in the
+	// transaction.
+	spfFromTransaction = func(tx *policy.Transaction) (SPFInput, bool) {
+		if tx == nil {
+			return SPFInput{}, false
+		}
+		r, ok := SPFResultKey.Get(tx)
+		if !ok {
+			return SPFInput{}, false
+		}
+		return SPFInput{Result: string(r.Result), Domain: r.Domain, Identity: r.Identity}, true
+	}
+}
