@@ -76,7 +76,7 @@ type Addr struct {
 	Domain string `json:"domain"`
 }
 
-func toAddr(a policy.Address) Addr      { return Addr{Local: a.Local, Domain: a.Domain} }
+func toAddr(a policy.Address) Addr     { return Addr{Local: a.Local, Domain: a.Domain} }
 func (a Addr) Address() policy.Address { return policy.Address{Local: a.Local, Domain: a.Domain} }
 
 // Params are the stored MAIL FROM parameters.

@@ -104,6 +104,8 @@ type Scheduler struct {
 	timerAt map[string]time.Time
 	kick    chan struct{}
 	done    chan string
+
+	afterWork func(id string) // test hook: called when a worker is done with id
 }
 
 const (
@@ -273,6 +275,9 @@ func (s *Scheduler) work(ctx context.Context, id string) {
 	defer func() {
 		if p := recover(); p != nil {
 			s.log.Error("queue: worker panicked", "id", id, "panic", p, "stack", string(debug.Stack()))
+		}
+		if s.afterWork != nil {
+			s.afterWork(id)
 		}
 		s.done <- id
 	}()

@@ -1,0 +1,560 @@
+package queue
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"mime"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-message/textproto"
+	gomessage "github.com/emersion/go-message"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mtakit/mtakit/policy"
+)
+
+func reply(code int, enh, text string) policy.Reply {
+	return policy.Reply{Code: code, Enhanced: enh, Text: text}
+}
+
+func TestDeliverAndRemove(t *testing.T) {
+	h := newHarness(t, "", Config{})
+	h.start()
+	h.enqueue(newTx("m1", "a@example.org", "b@example.com", "c@example.com"), testMsg)
+	h.wait("m1")
+	ds := h.tr.deliveries()
+	require.Len(t, ds, 2)
+	assert.ElementsMatch(t, []string{"b@example.com", "c@example.com"}, rcptsOf(ds))
+	assert.Equal(t, testMsg, string(ds[0].Data))
+	assert.Equal(t, 1, h.tr.calls, "one route: one transport call for both recipients")
+	assert.Equal(t, "", h.queueOf("m1"), "delivered message is removed")
+	ents, err := os.ReadDir(filepath.Join(h.sp.Dir(), "msg"))
+	require.NoError(t, err)
+	assert.Empty(t, ents, "message file removed")
+}
+
+func TestOneOfThreeDeferredThenRetriedAlone(t *testing.T) {
+	h := newHarness(t, "", Config{})
+	h.tr.script = func(rcpt string, n int) policy.Reply {
+		if rcpt == "c@example.com" && n == 0 {
+			return reply(451, "4.2.1", "mailbox busy")
+		}
+		return reply(250, "2.0.0", "OK")
+	}
+	h.start()
+	t0 := h.clock.Now()
+	h.enqueue(newTx("m1", "a@example.org", "b@example.com", "c@example.com", "d@example.com"), testMsg)
+	h.wait("m1")
+	assert.Equal(t, Deferred, h.queueOf("m1"))
+	env := h.envelope("m1")
+	assert.Equal(t, 1, env.Attempts)
+	assert.Equal(t, t0.Add(5*time.Minute), env.NextAttempt, "first retry after MinBackoff")
+	states := map[string]string{}
+	for _, r := range env.Rcpts {
+		states[r.Addr.Address().String()] = r.State
+	}
+	assert.Equal(t, map[string]string{"b@example.com": RcptDelivered, "c@example.com": RcptPending, "d@example.com": RcptDelivered}, states)
+	assert.Contains(t, env.LastError, "4.2.1")
+
+	h.clock.Advance(5 * time.Minute)
+	h.wait("m1")
+	ds := h.tr.deliveries()
+	require.Len(t, ds, 4)
+	assert.Equal(t, "c@example.com", ds[3].Rcpt, "only the deferred recipient is retried")
+	assert.Equal(t, "", h.queueOf("m1"))
+	assert.Empty(t, dsns(ds), "no DSN for a delivered message")
+}
+
+func TestRetryScheduleAndExpiry(t *testing.T) {
+	h := newHarness(t, "", Config{MinBackoff: 5 * time.Minute, MaxBackoff: 20 * time.Minute, Lifetime: time.Hour})
+	h.tr.script = func(rcpt string, n int) policy.Reply {
+		if rcpt == "a@example.org" {
+			return reply(250, "2.0.0", "OK") // the DSN
+		}
+		return reply(451, "4.4.1", "no answer")
+	}
+	h.start()
+	t0 := h.clock.Now()
+	tx := newTx("m1", "a@example.org", "b@example.com")
+	tx.Params.EnvID = "env-42"
+	h.enqueue(tx, testMsg)
+	h.wait("m1")
+	// Attempts at 0, 5m, 15m, 35m, 55m; then the lifetime (1h) caps the next.
+	want := []time.Duration{5 * time.Minute, 15 * time.Minute, 35 * time.Minute, 55 * time.Minute, time.Hour}
+	for i, w := range want {
+		env := h.envelope("m1")
+		require.Equal(t, Deferred, h.queueOf("m1"))
+		assert.Equal(t, i+1, env.Attempts)
+		require.Equal(t, t0.Add(w), env.NextAttempt, "attempt %d", i+1)
+		// A minute early: nothing happens.
+		h.clock.Set(t0.Add(w - time.Minute))
+		assert.Equal(t, i+1, len(h.tr.deliveries()))
+		h.clock.Set(t0.Add(w))
+		h.wait("m1")
+	}
+	assert.Equal(t, Dead, h.queueOf("m1"), "expired message is dead")
+	env := h.envelope("m1")
+	assert.Equal(t, RcptFailed, env.Rcpts[0].State)
+	assert.Equal(t, "4.4.7", env.Rcpts[0].Reply.Enhanced)
+	assert.True(t, env.Rcpts[0].DSN)
+
+	h.waitN(1) // the DSN's delivery
+	ds := dsns(h.tr.deliveries())
+	require.Len(t, ds, 1)
+	assert.Equal(t, "a@example.org", ds[0].Rcpt)
+	rep := parseDSN(t, ds[0].Data)
+	assert.Contains(t, rep.status, "Action: failed")
+	assert.Contains(t, rep.status, "Status: 4.4.7")
+	assert.Contains(t, rep.status, "Original-Envelope-Id: env-42")
+}
+
+type dsnParts struct {
+	header textproto.Header
+	human  string
+	status string
+	orig   string
+	types  []string
+}
+
+// parseDSN parses a DSN with go-message and checks its structure.
+func parseDSN(t *testing.T, data []byte) dsnParts {
+	t.Helper()
+	e, err := gomessage.Read(bytes.NewReader(data))
+	require.NoError(t, err)
+	mt, params, err := e.Header.ContentType()
+	require.NoError(t, err)
+	require.Equal(t, "multipart/report", mt)
+	require.Equal(t, "delivery-status", params["report-type"])
+	var out dsnParts
+	out.header = e.Header.Header
+	mr := e.MultipartReader()
+	require.NotNil(t, mr)
+	for {
+		p, err := mr.NextPart()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		require.NoError(t, err)
+		pt, _, err := mime.ParseMediaType(p.Header.Get("Content-Type"))
+		require.NoError(t, err)
+		out.types = append(out.types, pt)
+		b, err := io.ReadAll(p.Body)
+		require.NoError(t, err)
+		switch pt {
+		case "text/plain":
+			out.human = string(b)
+		case "message/delivery-status":
+			out.status = string(b)
+		default:
+			out.orig = string(b)
+		}
+	}
+	return out
+}
+
+func TestPermanentFailureDSN(t *testing.T) {
+	tests := []struct {
+		name     string
+		ret      string
+		wantType string
+		wantBody bool
+	}{
+		{"full", "FULL", "message/rfc822", true},
+		{"default", "", "message/rfc822", true},
+		{"headers", "HDRS", "text/rfc822-headers", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, "", Config{})
+			h.tr.script = func(rcpt string, n int) policy.Reply {
+				if rcpt == "bad@example.com" {
+					return reply(550, "5.1.1", "no such user")
+				}
+				return reply(250, "2.0.0", "OK")
+			}
+			h.start()
+			tx := newTx("m1", "a@example.org", "good@example.com", "bad@example.com")
+			tx.Params.Ret = tt.ret
+			tx.Params.EnvID = "abc123"
+			tx.Rcpts[1].ORCPT = "rfc822;Bad@Example.com"
+			h.enqueue(tx, testMsg)
+			h.wait("m1")
+			assert.Equal(t, Dead, h.queueOf("m1"))
+			h.waitN(1) // the DSN
+			ds := dsns(h.tr.deliveries())
+			require.Len(t, ds, 1)
+			assert.Equal(t, "a@example.org", ds[0].Rcpt)
+			d := parseDSN(t, ds[0].Data)
+			assert.Equal(t, []string{"text/plain", "message/delivery-status", tt.wantType}, d.types)
+			assert.Equal(t, "Mail Delivery System <MAILER-DAEMON@mx.test>", d.header.Get("From"))
+			assert.Equal(t, "<a@example.org>", d.header.Get("To"))
+			assert.Contains(t, d.status, "Reporting-MTA: dns; mx.test")
+			assert.Contains(t, d.status, "Original-Envelope-Id: abc123")
+			assert.Contains(t, d.status, "Final-Recipient: rfc822; bad@example.com")
+			assert.Contains(t, d.status, "Original-Recipient: rfc822;Bad@Example.com")
+			assert.Contains(t, d.status, "Action: failed")
+			assert.Contains(t, d.status, "Status: 5.1.1")
+			assert.Contains(t, d.status, "Diagnostic-Code: smtp; 550 5.1.1 no such user")
+			assert.NotContains(t, d.status, "good@example.com", "only failed recipients are reported")
+			assert.Contains(t, d.orig, "Subject: hello")
+			assert.Equal(t, tt.wantBody, strings.Contains(d.orig, "Hello world."))
+		})
+	}
+}
+
+func TestNotify(t *testing.T) {
+	tests := []struct {
+		name    string
+		from    string
+		notify  []string
+		fail    bool
+		wantDSN string // "" none, else the Action
+	}{
+		{"failure default", "a@example.org", nil, true, "failed"},
+		{"failure asked", "a@example.org", []string{"FAILURE"}, true, "failed"},
+		{"never", "a@example.org", []string{"NEVER"}, true, ""},
+		{"success only, failed", "a@example.org", []string{"SUCCESS"}, true, ""},
+		{"success", "a@example.org", []string{"SUCCESS", "FAILURE"}, false, "delivered"},
+		{"no success asked", "a@example.org", []string{"FAILURE"}, false, ""},
+		{"null sender failure", "<>", nil, true, ""},
+		{"null sender success", "<>", []string{"SUCCESS"}, false, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, "", Config{})
+			h.tr.script = func(rcpt string, n int) policy.Reply {
+				if tt.fail && rcpt == "b@example.com" {
+					return reply(550, "5.1.1", "no such user")
+				}
+				return reply(250, "2.0.0", "OK")
+			}
+			h.start()
+			tx := newTx("m1", tt.from, "b@example.com")
+			tx.Rcpts[0].Notify = tt.notify
+			h.enqueue(tx, testMsg)
+			h.wait("m1")
+			if tt.wantDSN == "" {
+				// Stop the scheduler so any DSN would be sitting in working.
+				h.stop()
+				w, err := h.sp.List(Working)
+				require.NoError(t, err)
+				assert.Empty(t, w, "no DSN queued")
+				assert.Empty(t, dsns(h.tr.deliveries()))
+				return
+			}
+			h.waitN(1)
+			ds := dsns(h.tr.deliveries())
+			require.Len(t, ds, 1)
+			d := parseDSN(t, ds[0].Data)
+			assert.Contains(t, d.status, "Action: "+tt.wantDSN)
+		})
+	}
+}
+
+func TestDSNIsNeverBouncedItself(t *testing.T) {
+	h := newHarness(t, "", Config{})
+	h.tr.script = func(rcpt string, n int) policy.Reply { return reply(550, "5.1.1", "no") }
+	h.start()
+	h.enqueue(newTx("m1", "a@example.org", "b@example.com"), testMsg)
+	h.wait("m1")
+	ids := h.waitN(1) // the DSN, which fails too
+	assert.Equal(t, Dead, h.queueOf(ids[0]))
+	env := h.envelope(ids[0])
+	assert.True(t, env.DSN)
+	assert.True(t, env.From.Address().IsNull())
+	h.stop()
+	w, err := h.sp.List(Working)
+	require.NoError(t, err)
+	assert.Empty(t, w, "no DSN of a DSN")
+	assert.Len(t, h.tr.deliveries(), 2)
+}
+
+func TestQuarantineAndRelease(t *testing.T) {
+	h := newHarness(t, "", Config{})
+	h.start()
+	tx := newTx("m1", "a@example.org", "b@example.com")
+	tx.SetQuarantine("virus")
+	h.enqueue(tx, testMsg)
+	assert.Equal(t, "quarantine/virus", h.queueOf("m1"))
+	qs, err := h.sp.Queues()
+	require.NoError(t, err)
+	assert.Contains(t, qs, "quarantine/virus")
+	l, err := h.sp.List("quarantine/virus")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"m1"}, ids(l))
+	assert.Empty(t, h.tr.deliveries())
+
+	require.NoError(t, h.sp.Move(context.Background(), "m1", Deliver))
+	h.wait("m1")
+	assert.Equal(t, "", h.queueOf("m1"))
+	require.Len(t, h.tr.deliveries(), 1)
+}
+
+func TestPostQ(t *testing.T) {
+	var fail atomic.Bool
+	var runs atomic.Int32
+	chain := policy.NewChain(policy.WithLogger(quietLogger()))
+	chain.PostQ("test", func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
+		runs.Add(1)
+		switch m.Header.Get("X-Test") {
+		case "deny":
+			return policy.Deny(550, "5.7.1", "content rejected")
+		case "defer":
+			return policy.Defer("4.7.0", "try later")
+		case "panic":
+			if fail.Load() {
+				panic("boom")
+			}
+		case "fail":
+			if fail.Load() {
+				return policy.Fail(errors.New("database down"))
+			}
+		case "quarantine":
+			return policy.Quarantine("spam")
+		}
+		m.Header.Add("X-Signed", "yes")
+		return policy.Next
+	})
+	tests := []struct {
+		name      string
+		hdr       string
+		wantQueue string
+		wantDSN   bool
+		retryOK   bool // after turning fail off and advancing, delivered
+	}{
+		{"accept", "none", "", false, false},
+		{"deny bounces", "deny", Dead, true, false},
+		{"defer", "defer", Deferred, false, false},
+		{"panic defers", "panic", Deferred, false, true},
+		{"fail defers", "fail", Deferred, false, true},
+		{"quarantine", "quarantine", "quarantine/spam", false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fail.Store(true)
+			h := newHarness(t, "", Config{Chain: chain})
+			h.start()
+			h.enqueue(newTx("m1", "a@example.org", "b@example.com"), "X-Test: "+tt.hdr+"\r\n"+testMsg)
+			h.wait("m1")
+			assert.Equal(t, tt.wantQueue, h.queueOf("m1"))
+			if tt.wantDSN {
+				h.waitN(1)
+				ds := dsns(h.tr.deliveries())
+				require.Len(t, ds, 1)
+				d := parseDSN(t, ds[0].Data)
+				assert.Contains(t, d.status, "Diagnostic-Code: smtp; 550 5.7.1 content rejected")
+			}
+			if tt.wantQueue == "" {
+				ds := h.tr.deliveries()
+				require.Len(t, ds, 1)
+				assert.True(t, strings.HasPrefix(string(ds[0].Data), "X-Signed: yes\r\nX-Test: none\r\n"))
+			}
+			if tt.retryOK {
+				assert.Equal(t, 1, h.envelope("m1").Attempts)
+				fail.Store(false)
+				h.clock.Advance(5 * time.Minute)
+				h.wait("m1")
+				assert.Equal(t, "", h.queueOf("m1"), "delivered on retry")
+				require.Len(t, h.tr.deliveries(), 1)
+			}
+		})
+	}
+}
+
+func TestPostQEditsSavedAndNotRepeated(t *testing.T) {
+	var runs atomic.Int32
+	chain := policy.NewChain(policy.WithLogger(quietLogger()))
+	chain.PostQ("sign", func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
+		runs.Add(1)
+		m.Header.AddRaw([]byte("DKIM-Signature: v=1; a=rsa-sha256; d=example.org; b=abc\r\n"))
+		return policy.Next
+	})
+	h := newHarness(t, "", Config{Chain: chain})
+	h.tr.script = func(rcpt string, n int) policy.Reply {
+		if n == 0 {
+			return reply(451, "4.4.1", "later")
+		}
+		return reply(250, "2.0.0", "OK")
+	}
+	h.start()
+	h.enqueue(newTx("m1", "a@example.org", "b@example.com"), testMsg)
+	h.wait("m1")
+	require.Equal(t, Deferred, h.queueOf("m1"))
+	env := h.envelope("m1")
+	assert.True(t, env.PostQDone)
+	assert.Equal(t, "m1~1.eml", env.Message)
+	b, err := os.ReadFile(filepath.Join(h.sp.Dir(), "msg", env.Message))
+	require.NoError(t, err)
+	assert.True(t, strings.HasPrefix(string(b), "DKIM-Signature:"), "edits stored durably")
+	_, err = os.Stat(filepath.Join(h.sp.Dir(), "msg", "m1.eml"))
+	assert.ErrorIs(t, err, os.ErrNotExist, "old message file removed")
+
+	// Restart from the same directory: the edit survives, postq is not run again.
+	h.stop()
+	require.NoError(t, h.sp.Close())
+	h2 := newHarness(t, h.sp.Dir(), Config{Chain: chain})
+	h2.tr = h.tr
+	h2.sch.cfg.Transports["fake"] = h.tr
+	h2.clock.Set(h.clock.Now().Add(5 * time.Minute))
+	h2.start()
+	h2.wait("m1")
+	assert.Equal(t, "", h2.queueOf("m1"))
+	ds := h.tr.deliveries()
+	require.Len(t, ds, 2)
+	assert.Equal(t, 1, strings.Count(string(ds[1].Data), "DKIM-Signature:"))
+	assert.Equal(t, int32(1), runs.Load(), "postq ran once")
+}
+
+func TestDeliveryRulesAndRoutes(t *testing.T) {
+	chain := policy.NewChain(policy.WithLogger(quietLogger()))
+	chain.Delivery("route", func(ctx context.Context, tx *policy.Transaction, rcpt policy.Recipient, route *policy.Route) policy.Verdict {
+		switch rcpt.Addr.Local {
+		case "local":
+			*route = policy.Route{Transport: "fake", Target: "box"}
+		case "dropme":
+			*route = policy.Route{Transport: DropTransport}
+		case "nowhere":
+			*route = policy.Route{Transport: "lmtp"} // not configured
+		case "denied":
+			return policy.Deny(550, "5.1.1", "unknown user")
+		case "tempdenied":
+			return policy.Defer("4.3.0", "directory down")
+		}
+		return policy.Next
+	})
+	h := newHarness(t, "", Config{Chain: chain, DefaultRoute: policy.Route{Transport: "fake", Target: "default"}})
+	h.start()
+	h.enqueue(newTx("m1", "a@example.org", "local@example.com", "other@example.com", "dropme@example.com",
+		"nowhere@example.com", "denied@example.com", "tempdenied@example.com"), testMsg)
+	h.wait("m1")
+	ds := h.tr.deliveries()
+	routes := map[string]policy.Route{}
+	for _, d := range ds {
+		routes[d.Rcpt] = d.Route
+	}
+	assert.Equal(t, map[string]policy.Route{
+		"local@example.com": {Transport: "fake", Target: "box"},
+		"other@example.com": {Transport: "fake", Target: "default"},
+	}, routes)
+	assert.Equal(t, 2, h.tr.calls, "one call per route")
+	require.Equal(t, Deferred, h.queueOf("m1"))
+	env := h.envelope("m1")
+	got := map[string]string{}
+	for _, r := range env.Rcpts {
+		got[r.Addr.Local] = r.State + " " + r.Reply.Enhanced
+	}
+	assert.Equal(t, map[string]string{
+		"local": "delivered 2.0.0", "other": "delivered 2.0.0", "dropme": "delivered 2.0.0",
+		"nowhere": "pending 4.3.5", "denied": "failed 5.1.1", "tempdenied": "pending 4.3.0",
+	}, got)
+}
+
+func TestBadTransportReplies(t *testing.T) {
+	tests := []struct {
+		name string
+		tr   TransportFunc
+	}{
+		{"panic", func(ctx context.Context, d *policy.Delivery) []policy.Reply { panic("bug") }},
+		{"too few", func(ctx context.Context, d *policy.Delivery) []policy.Reply { return nil }},
+		{"bad code", func(ctx context.Context, d *policy.Delivery) []policy.Reply {
+			return []policy.Reply{{Code: 354}}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, "", Config{Transports: map[string]Transport{"fake": tt.tr}})
+			h.start()
+			h.enqueue(newTx("m1", "a@example.org", "b@example.com"), testMsg)
+			h.wait("m1")
+			assert.Equal(t, Deferred, h.queueOf("m1"), "never lost, never delivered")
+			assert.Equal(t, 451, h.envelope("m1").Rcpts[0].Reply.Code)
+		})
+	}
+}
+
+func TestCorruptEntriesSetAside(t *testing.T) {
+	dir := t.TempDir()
+	h := newHarness(t, dir, Config{})
+	ctx := context.Background()
+	// A good message, a truncated one, one with a garbage envelope, one
+	// whose message file vanished.
+	h.enqueue(newTx("good", "a@example.org", "b@example.com"), testMsg)
+	h.enqueue(newTx("trunc", "a@example.org", "b@example.com"), testMsg)
+	h.enqueue(newTx("nomsg", "a@example.org", "b@example.com"), testMsg)
+	require.NoError(t, os.Truncate(filepath.Join(dir, "msg", "trunc.eml"), 10))
+	require.NoError(t, os.Remove(filepath.Join(dir, "msg", "nomsg.eml")))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, Deferred, "garbage.json"), []byte(`{"v":1,"id":"garb`), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "msg", "garbage.eml"), []byte(testMsg), 0o600))
+	_ = ctx
+	h.start()
+	h.waitN(4)
+	assert.Equal(t, "", h.queueOf("good"), "the queue goes on")
+	require.Len(t, h.tr.deliveries(), 1)
+	l, err := h.sp.List(Corrupt)
+	require.NoError(t, err)
+	assert.ElementsMatch(t, []string{"trunc", "nomsg", "garbage"}, ids(l))
+	_, err = os.Stat(filepath.Join(dir, Corrupt, "trunc.eml"))
+	assert.NoError(t, err, "the message goes with its envelope")
+	_, err = os.Stat(filepath.Join(dir, Corrupt, "garbage.eml"))
+	assert.NoError(t, err)
+}
+
+func TestRestartPicksUpEverything(t *testing.T) {
+	dir := t.TempDir()
+	sp, err := Open(dir, WithLogger(quietLogger()))
+	require.NoError(t, err)
+	ctx := context.Background()
+	for _, id := range []string{"w1", "w2", "d1", "f1"} {
+		require.NoError(t, sp.Enqueue(ctx, newTx(id, "a@example.org", "b@example.com"), newMessage(t, testMsg)))
+	}
+	require.NoError(t, sp.Move(ctx, "d1", Deliver))
+	require.NoError(t, sp.Move(ctx, "f1", Deferred))
+	// Leftovers of an interrupted write: removed at open.
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "tmp", "x.json"), []byte("{"), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "msg", "orphan.eml"), []byte(testMsg), 0o600))
+	require.NoError(t, sp.Close())
+
+	h := newHarness(t, dir, Config{})
+	_, err = os.Stat(filepath.Join(dir, "msg", "orphan.eml"))
+	assert.ErrorIs(t, err, os.ErrNotExist)
+	_, err = os.Stat(filepath.Join(dir, "tmp", "x.json"))
+	assert.ErrorIs(t, err, os.ErrNotExist)
+	h.start()
+	got := h.waitN(4)
+	assert.ElementsMatch(t, []string{"w1", "w2", "d1", "f1"}, got)
+	assert.Len(t, h.tr.deliveries(), 4)
+	for _, q := range []string{Working, Deliver, Deferred, Dead, Corrupt} {
+		l, err := h.sp.List(q)
+		require.NoError(t, err)
+		assert.Empty(t, l, q)
+	}
+}
+
+func TestRestartHonoursRecordedNextAttempt(t *testing.T) {
+	// A crash during an attempt leaves the message in deliver with its next
+	// attempt recorded: a restart waits for it instead of hammering.
+	h := newHarness(t, "", Config{})
+	h.tr.script = func(string, int) policy.Reply { return reply(451, "4.0.0", "x") }
+	h.start()
+	h.enqueue(newTx("m1", "a@example.org", "b@example.com"), testMsg)
+	h.wait("m1")
+	h.stop()
+	require.NoError(t, h.sp.Move(context.Background(), "m1", Deferred)) // resets next attempt to now
+	env := h.envelope("m1")
+	env.NextAttempt = h.clock.Now().Add(time.Hour)
+	require.NoError(t, h.sp.update(context.Background(), env, Deferred, Deliver, "", ""))
+	h.start()
+	h.wait("m1")
+	assert.Len(t, h.tr.deliveries(), 1, "not tried before its time")
+	h.clock.Advance(time.Hour)
+	h.wait("m1")
+	assert.Len(t, h.tr.deliveries(), 2)
+}
