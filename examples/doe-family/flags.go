@@ -1,0 +1,70 @@
+package main
+
+import (
+	"flag"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// config is the command line. Its flag names and defaults are a contract:
+// tests and users rely on them.
+type config struct {
+	listen, submission, receiver string
+	domains                      []string
+	internal                     string
+	users                        string
+	dkimKey, dkimSelector        string
+	clamav                       string
+	dns                          string
+	spool, maildir               string
+	relayhost                    string
+	tlsCert, tlsKey              string
+	hostname                     string
+	dataDir                      string
+	logFormat, logLevel          string
+}
+
+func parseFlags(args []string, stderr io.Writer) (*config, error) {
+	c := &config{}
+	fs := flag.NewFlagSet("doe-family", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var domains string
+	host, _ := os.Hostname()
+	fs.StringVar(&c.listen, "listen", "127.0.0.1:2525", "MTA port, no AUTH needed")
+	fs.StringVar(&c.submission, "submission", "127.0.0.1:5587", "submission port: AUTH PLAIN/LOGIN after STARTTLS (needs -users)")
+	fs.StringVar(&c.receiver, "receiver", "127.0.0.1:10024", "where delegated messages return (with -clamav)")
+	fs.StringVar(&domains, "domain", "doe-family.com", "local domains, comma-separated")
+	fs.StringVar(&c.internal, "internal", "192.168.1.0/24", "internal networks that may relay, comma-separated CIDRs")
+	fs.StringVar(&c.users, "users", "", "credentials file, lines address:bcrypt-hash")
+	fs.StringVar(&c.dkimKey, "dkim-key", "", "PEM key: RSA (PKCS#1 or PKCS#8) or Ed25519 (PKCS#8); empty: no signing")
+	fs.StringVar(&c.dkimSelector, "dkim-selector", "2022-09", "DKIM selector")
+	fs.StringVar(&c.clamav, "clamav", "", "clamsmtpd address; empty: no antivirus")
+	fs.StringVar(&c.dns, "dns", "", "DNS server host:port for every lookup (default: the system resolver)")
+	fs.StringVar(&c.spool, "spool", "./data/queue", "queue directory")
+	fs.StringVar(&c.maildir, "maildir", "./data/mail", "local delivery root")
+	fs.StringVar(&c.relayhost, "relayhost", "", "send non-local mail to this host:port instead of MX lookup")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "TLS certificate (default: a self-signed one made at start, kept under ./data)")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "TLS key (default: see -tls-cert)")
+	fs.StringVar(&c.hostname, "hostname", host, "our name in the greeting, Received and EHLO")
+	fs.StringVar(&c.dataDir, "data", "./data", "where the self-signed certificate is kept")
+	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	for _, d := range strings.Split(domains, ",") {
+		if d = strings.TrimSpace(d); d != "" {
+			c.domains = append(c.domains, d)
+		}
+	}
+	if c.tlsCert == "" && c.tlsKey == "" {
+		c.tlsCert = filepath.Join(c.dataDir, "tls", "cert.pem")
+		c.tlsKey = filepath.Join(c.dataDir, "tls", "key.pem")
+	}
+	if c.hostname == "" {
+		c.hostname = "localhost"
+	}
+	return c, nil
+}

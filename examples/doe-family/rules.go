@@ -1,0 +1,66 @@
+package main
+
+import (
+	"context"
+	"net/netip"
+
+	"github.com/mtakit/mtakit/auth"
+	"github.com/mtakit/mtakit/delegate"
+	"github.com/mtakit/mtakit/policy"
+	"github.com/mtakit/mtakit/relay"
+)
+
+// ruleSet is what the rules of doe-family depend on.
+type ruleSet struct {
+	domains   []string
+	internal  []netip.Prefix
+	resolver  policy.Resolver
+	hostname  string
+	antivirus *delegate.Service // nil: no antivirus
+	signer    *auth.DKIMSigner  // nil: no signing
+}
+
+// chain is the policy of doe-family: vSMTP's hardening guide as Go rules.
+func (rs ruleSet) chain(opts ...policy.Option) *policy.Chain {
+	chain := policy.NewChain(opts...)
+
+	// SPF on incoming mail, both identities (HELO first), soft mode: a
+	// "fail" is refused with 550 5.7.23, everything else recorded in a
+	// Received-SPF field. Authenticated (roaming) users are skipped: their
+	// SPF result is not held against them.
+	chain.Mail("spf", auth.CheckSPF(auth.SPFBoth, auth.SPFSoft, rs.resolver, auth.SPFReceiver(rs.hostname)))
+
+	// No open relay: from outside, only local recipients, unless the client
+	// authenticated as a local account; the internal networks may send
+	// anywhere. An account outside the local domains never relays.
+	chain.Rcpt("relay", relay.CheckRelay(rs.internal, rs.domains...))
+
+	// Antivirus: hand the message to clamsmtpd and look at what comes back.
+	if rs.antivirus != nil {
+		chain.PreQ("antivirus", delegate.Rule(rs.antivirus, func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
+			if m.Header.Has("X-Virus-Infected") {
+				return policy.Quarantine("virus_q")
+			}
+			return policy.Next
+		}))
+	}
+
+	// DKIM after queueing: sign what local senders send, verify the rest.
+	verify := auth.DKIMVerifyOptions{Resolver: rs.resolver, AuthServID: rs.hostname}
+	if rs.signer != nil {
+		chain.PostQ("dkim", auth.SignOrVerifyDKIM(rs.signer, verify, rs.domains...))
+	} else {
+		chain.PostQ("dkim", auth.VerifyDKIM(verify))
+	}
+
+	// Delivery: local recipients to their maildir, the rest out by SMTP.
+	chain.Delivery("route", func(ctx context.Context, tx *policy.Transaction, rcpt policy.Recipient, route *policy.Route) policy.Verdict {
+		if relay.InDomain(rcpt.Addr, rs.domains...) {
+			*route = policy.Route{Transport: "maildir"}
+		} else {
+			*route = policy.Route{Transport: "smtp"}
+		}
+		return policy.Accept
+	})
+	return chain
+}
