@@ -315,3 +315,9 @@ func waitFor(t testing.TB, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// unfold joins folded header lines.
+func unfold(s string) string {
+	s = strings.ReplaceAll(s, "\r\n\t", " ")
+	return strings.ReplaceAll(s, "\r\n ", " ")
+}
