@@ -143,6 +143,8 @@ type fakeFilter struct {
 	addr  string
 
 	mu      sync.Mutex
+	inData  int     // sessions inside Data now
+	maxData int     // most sessions inside Data at once
 	relayed []error // the receiver's reply to each relay (nil: 250)
 	queue   []job
 	wg      sync.WaitGroup
@@ -240,6 +242,11 @@ func (s *filterSession) Data(r io.Reader) error {
 		s.f.mu.Unlock()
 		return nil
 	}
+	s.f.mu.Lock()
+	s.f.inData++
+	s.f.maxData = max(s.f.maxData, s.f.inData)
+	s.f.mu.Unlock()
+	defer func() { s.f.mu.Lock(); s.f.inData--; s.f.mu.Unlock() }()
 	if s.f.delay > 0 {
 		time.Sleep(s.f.delay)
 	}

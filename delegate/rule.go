@@ -62,6 +62,11 @@ func (s *Service) Delegate(ctx context.Context, tx *policy.Transaction, m *polic
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout())
 	defer cancel()
+	release, err := s.acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("delegate %s: %w", s.Name, err)
+	}
+	defer release()
 
 	prefix := TokenHeader + ": "
 	w := &waiter{token: newToken(), from: tx.From, ch: make(chan result, 1)}

@@ -410,3 +410,29 @@ type addrString string
 
 func (a addrString) Network() string { return "tcp" }
 func (a addrString) String() string  { return string(a) }
+
+// TestRuleMaxConcurrent: no more than MaxConcurrent delegations reach the
+// filter at once; the others wait their turn and succeed.
+func TestRuleMaxConcurrent(t *testing.T) {
+	const n, limit = 10, 3
+	svc, f := setup(t, modeRelay, 20*time.Second, func(f *fakeFilter) { f.delay = 30 * time.Millisecond },
+		func(s *Service) { s.MaxConcurrent = limit })
+	var wg sync.WaitGroup
+	verdicts := make([]policy.Verdict, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m := newMessage(t, rawMessage("x", fmt.Sprint(i)))
+			verdicts[i] = Rule(svc, nil)(context.Background(), newTx(fmt.Sprint(i), "a@sender.example", "b@rcpt.example"), m)
+		}()
+	}
+	wg.Wait()
+	for i, v := range verdicts {
+		assert.Equal(t, policy.KindNext, v.Kind, "message %d: %v %v", i, v, v.Err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	assert.LessOrEqual(t, f.maxData, limit)
+	assert.GreaterOrEqual(t, f.maxData, 1)
+}

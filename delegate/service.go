@@ -83,8 +83,17 @@ type Service struct {
 	// CommandTimeout bounds each read and write of the receiver's SMTP
 	// conversation with the filter. Default 1 minute.
 	CommandTimeout time.Duration
+	// MaxConcurrent bounds how many delegations of this service are in
+	// flight at once (0: no bound); more wait for a slot within their
+	// Timeout. Keep it below the filter's own connection limit
+	// (clamsmtpd's MaxConnections, 64 by default), which answers 421 to
+	// the connections above it.
+	MaxConcurrent int
 	// Logger receives the service's logs. Default slog.Default().
 	Logger *slog.Logger
+
+	semOnce sync.Once
+	sem     chan struct{}
 
 	mu      sync.Mutex
 	waiters map[string]*waiter
@@ -113,6 +122,24 @@ func (s *Service) log() *slog.Logger {
 		l = slog.Default()
 	}
 	return l.With(slog.String("delegate", s.Name))
+}
+
+// acquire takes a slot of MaxConcurrent; release gives it back.
+func (s *Service) acquire(ctx context.Context) (release func(), err error) {
+	s.semOnce.Do(func() {
+		if s.MaxConcurrent > 0 {
+			s.sem = make(chan struct{}, s.MaxConcurrent)
+		}
+	})
+	if s.sem == nil {
+		return func() {}, nil
+	}
+	select {
+	case s.sem <- struct{}{}:
+		return func() { <-s.sem }, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: waiting for a free slot (MaxConcurrent %d)", ErrTimeout, s.MaxConcurrent)
+	}
 }
 
 func (s *Service) timeout() time.Duration {
