@@ -419,8 +419,8 @@ func dmRecord(tx *policy.Transaction, m *policy.Message, authservID string, res 
 	if res.Record != nil {
 		clause += " (p=" + string(res.Policy) + " dis=" + string(res.Disposition) + ")"
 	}
-	if res.Err != nil && (res.Result == authres.ResultTempError || res.Result == authres.ResultPermError) {
-		clause += ` reason="` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(res.Err.Error()) + `"`
+	if reason := dmReason(res); reason != "" {
+		clause += ` reason="` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(reason) + `"`
 	}
 	if res.FromDomain != "" {
 		clause += " header.from=" + res.FromDomain
@@ -432,6 +432,19 @@ func dmRecord(tx *policy.Transaction, m *policy.Message, authservID string, res 
 		prev, _ := arAddedKey.Get(tx)
 		arAddedKey.Set(tx, append(prev, raw))
 	}
+}
+
+// dmReason is the reason= text of a temperror or permerror: short, and
+// without the address of our DNS server that a *net.DNSError carries.
+func dmReason(res DMARCResult) string {
+	if res.Err == nil || (res.Result != authres.ResultTempError && res.Result != authres.ResultPermError) {
+		return ""
+	}
+	var de *net.DNSError
+	if errors.As(res.Err, &de) {
+		return "DNS lookup of " + strings.TrimSuffix(de.Name, ".") + " failed: " + de.Err
+	}
+	return strings.TrimPrefix(res.Err.Error(), "auth: ")
 }
 
 // dmAddressParser parses From values leniently as to charsets: an unknown
