@@ -27,6 +27,9 @@ type LMTP struct {
 // recipient, in order: the server's reply for that recipient after the
 // message, or its refusal at RCPT.
 func (l *LMTP) Deliver(ctx context.Context, d *policy.Delivery) []policy.Reply {
+	if r, bad := checkDelivery(d); bad {
+		return r
+	}
 	network, addr := l.Network, l.Addr
 	if t := d.Route.Target; t != "" {
 		addr = t
@@ -48,7 +51,7 @@ func (l *LMTP) Deliver(ctx context.Context, d *policy.Delivery) []policy.Reply {
 	conn, err := dial(ctx, l.Dial, l.Timeouts, network, addr)
 	if err != nil {
 		log.Info("connect failed", slog.String("error", err.Error()))
-		return sameReply(len(d.Rcpts), failReply(reply{}, err, "connect to "+addr))
+		return sameReply(len(d.Rcpts), connectFailed(addr, err))
 	}
 	s := &session{hostname: l.Hostname, lmtp: true, tlsMode: TLSNone, timeouts: l.Timeouts, log: log}
 	o := s.run(ctx, conn, addr, d, d.Rcpts, true)

@@ -68,6 +68,9 @@ type mxHost struct {
 // returns one reply per recipient, in order: 2xx delivered, 4xx try again
 // later, 5xx failed for good.
 func (m *MX) Deliver(ctx context.Context, d *policy.Delivery) []policy.Reply {
+	if r, bad := checkDelivery(d); bad {
+		return r
+	}
 	out := make([]policy.Reply, len(d.Rcpts))
 	// Group recipients by domain, keeping the order of first appearance.
 	var domains []string
@@ -169,13 +172,10 @@ func (m *MX) deliverDomain(ctx context.Context, d *policy.Delivery, domain strin
 		return sameReply(len(rcpts), policy.Reply{Code: 451, Enhanced: "4.4.7", Text: "Delivery attempt cancelled: " + ctx.Err().Error()})
 	case last.IsZero():
 		return sameReply(len(rcpts), ReplyNoAnswer)
-	case last.Permanent():
-		// Every host tried refused the session for good (554 greeting).
-		return sameReply(len(rcpts), last)
 	}
-	r := ReplyNoAnswer
-	r.Text += ": " + last.String()
-	return sameReply(len(rcpts), r)
+	// The last host's failure: connection refused (4.4.1), a 554
+	// greeting, TLS required but not offered (4.7.4), ...
+	return sameReply(len(rcpts), last)
 }
 
 // try runs one session with addr; ok reports whether the transaction was
@@ -185,7 +185,7 @@ func (m *MX) try(ctx context.Context, s *session, addr, host string, d *policy.D
 		conn, err := dial(ctx, m.Dial, m.Timeouts, "tcp", addr)
 		if err != nil {
 			log.Info("connect failed", slog.String("host", host), slog.String("addr", addr), slog.String("error", err.Error()))
-			return outcome{fail: failReply(reply{}, err, "connect to "+addr)}, false
+			return outcome{fail: connectFailed(addr, err)}, false
 		}
 		o := s.run(ctx, conn, host, d, rcpts, attempt > 0)
 		if o.replies != nil {

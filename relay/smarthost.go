@@ -38,6 +38,9 @@ type Smarthost struct {
 // Deliver sends d through the smarthost in one session and returns one
 // reply per recipient, in order.
 func (h *Smarthost) Deliver(ctx context.Context, d *policy.Delivery) []policy.Reply {
+	if r, bad := checkDelivery(d); bad {
+		return r
+	}
 	addr := h.Addr
 	if d.Route.Target != "" {
 		addr = d.Route.Target
@@ -60,7 +63,7 @@ func (h *Smarthost) Deliver(ctx context.Context, d *policy.Delivery) []policy.Re
 		conn, err := dial(ctx, h.Dial, h.Timeouts, "tcp", addr)
 		if err != nil {
 			log.Info("connect failed", slog.String("error", err.Error()))
-			return sameReply(len(d.Rcpts), failReply(reply{}, err, "connect to "+addr))
+			return sameReply(len(d.Rcpts), connectFailed(addr, err))
 		}
 		o := s.run(ctx, conn, host, d, d.Rcpts, attempt > 0)
 		if o.replies != nil {

@@ -91,7 +91,7 @@ var (
 	replyBinary       = policy.Reply{Code: 554, Enhanced: "5.6.3", Text: "Binary (BINARYMIME) content cannot be relayed"}
 	replyNoUTF8       = policy.Reply{Code: 553, Enhanced: "5.6.7", Text: "Non-ASCII addresses need SMTPUTF8, which the server does not offer"}
 	replyTooBig       = policy.Reply{Code: 552, Enhanced: "5.3.4", Text: "Message too big for the server"}
-	replyNoMessage    = policy.Reply{Code: 451, Enhanced: "4.3.0", Text: "Internal error: delivery without a message"}
+	replyNoMessage    = policy.Reply{Code: 451, Enhanced: "4.3.0", Text: "Internal error: delivery without an envelope or message"}
 )
 
 // session is the part of an outbound SMTP/LMTP session common to the
@@ -398,6 +398,23 @@ func xtext(s string) string {
 		b.WriteByte(c)
 	}
 	return b.String()
+}
+
+// connectFailed is the reply for a connection that could not be opened.
+func connectFailed(addr string, err error) policy.Reply {
+	return policy.Reply{Code: 451, Enhanced: "4.4.1", Text: fmt.Sprintf("connect to %s: %v", addr, err)}
+}
+
+// checkDelivery refuses a malformed delivery (a bug of the caller) with a
+// temporary error for every recipient, so nothing is lost.
+func checkDelivery(d *policy.Delivery) ([]policy.Reply, bool) {
+	if d == nil {
+		return nil, true
+	}
+	if d.Tx == nil || d.Message == nil {
+		return sameReply(len(d.Rcpts), replyNoMessage), true
+	}
+	return nil, false
 }
 
 // sameReply gives every recipient r.
