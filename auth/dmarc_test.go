@@ -37,7 +37,9 @@ func fromMsg(from string) string {
 func TestCheckDMARC(t *testing.T) {
 	pass := func(d string) []DKIMResult { return []DKIMResult{{Result: authres.ResultPass, Domain: d}} }
 	failDKIM := []DKIMResult{{Result: authres.ResultFail, Domain: "example.com"}}
-	spf := func(res, domain string) *SPFInput { return &SPFInput{Result: res, Domain: domain, Identity: "mailfrom"} }
+	spf := func(res, domain string) *SPFInput {
+		return &SPFInput{Result: res, Domain: domain, Identity: "mailfrom"}
+	}
 	tests := []struct {
 		name     string
 		from     string // From header value
