@@ -104,15 +104,24 @@ type receiver struct {
 
 func startReceiver(t testing.TB, o receiverOpts) *receiver {
 	t.Helper()
-	r := &receiver{}
+	r, stop, err := newReceiver(o)
+	require.NoError(t, err)
+	t.Cleanup(stop)
+	return r
+}
+
+// newReceiver starts a receiver; stop shuts it down.
+func newReceiver(o receiverOpts) (r *receiver, stop func(), err error) {
+	r = &receiver{}
 	var l net.Listener
-	var err error
 	if o.Unix != "" {
 		l, err = net.Listen("unix", o.Unix)
 	} else {
 		l, err = net.Listen("tcp", "127.0.0.1:0")
 	}
-	require.NoError(t, err)
+	if err != nil {
+		return nil, nil, err
+	}
 	r.Addr = l.Addr().String()
 	if o.Unix == "" {
 		_, p, _ := net.SplitHostPort(r.Addr)
@@ -132,7 +141,7 @@ func startReceiver(t testing.TB, o receiverOpts) *receiver {
 	srv.MaxMessageBytes = o.MaxBytes
 	srv.AllowInsecureAuth = o.Insecure
 	srv.ReadTimeout, srv.WriteTimeout = 10*time.Second, 10*time.Second
-	cfg := &tls.Config{Certificates: []tls.Certificate{selfSigned(t).cert}}
+	cfg := &tls.Config{Certificates: []tls.Certificate{selfSigned(nil).cert}}
 	if o.TLS {
 		srv.TLSConfig = cfg
 	}
@@ -140,8 +149,7 @@ func startReceiver(t testing.TB, o receiverOpts) *receiver {
 		l = tls.NewListener(l, cfg)
 	}
 	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
-	return r
+	return r, func() { srv.Close() }, nil
 }
 
 func (r *receiver) messages() []received {
@@ -269,3 +277,5 @@ func testCtx(t testing.TB) context.Context {
 func smtpError(code int, enh smtp.EnhancedCode, msg string) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: msg}
 }
+
+func exampleTLS() *tls.Config { return &tls.Config{RootCAs: selfSigned(nil).pool} }
