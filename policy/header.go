@@ -277,6 +277,8 @@ func (h *Header) Clone() *Header {
 	return c
 }
 
+var crlfToSpace = strings.NewReplacer("\r", " ", "\n", " ")
+
 // newField formats "Key: value\r\n", folding at white space so that lines
 // stay under 78 characters where possible.
 func newField(key, value string) Field {
@@ -295,12 +297,9 @@ func newField(key, value string) Field {
 		panic("policy: header field without a valid name")
 	}
 	key = textproto.CanonicalMIMEHeaderKey(key)
-	value = strings.Map(func(r rune) rune {
-		if r == '\r' || r == '\n' {
-			return ' '
-		}
-		return r
-	}, value)
+	// Byte-wise, not strings.Map, which would turn 8-bit bytes that are
+	// not UTF-8 into U+FFFD.
+	value = crlfToSpace.Replace(value)
 	var b strings.Builder
 	b.WriteString(key)
 	b.WriteString(":")

@@ -390,3 +390,11 @@ func TestHeaderAddEmptyNamePanics(t *testing.T) {
 		assert.Equal(t, 0, h.Len())
 	}
 }
+
+// Found by FuzzReadHeader: bytes that are not UTF-8 were turned into U+FFFD.
+func TestHeaderAddKeepsEightBitBytes(t *testing.T) {
+	var h policy.Header
+	h.Add("X-Latin1", "caf\xe9 \xb0")
+	assert.Equal(t, "X-Latin1: caf\xe9 \xb0\r\n", headerBytes(t, &h))
+	assert.Equal(t, "caf\xe9 \xb0", h.Get("X-Latin1"))
+}
