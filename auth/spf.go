@@ -228,7 +228,9 @@ func CheckSPF(identity SPFIdentity, mode SPFMode, r policy.Resolver, opts ...SPF
 
 		SPFResultKey.Set(tx, result)
 		if cfg.header {
-			tx.Header.Add("Received-SPF", result.ReceivedSPF())
+			// AddRaw keeps the conventional spelling "Received-SPF" (Add
+			// would canonicalize it to "Received-Spf").
+			tx.Header.AddRaw(foldField("Received-SPF", result.ReceivedSPF()))
 		}
 		lvl := slog.LevelDebug
 		if result.Result == SPFTempError {
@@ -318,7 +320,8 @@ func checkSPF(ctx context.Context, r *Resolver, ip netip.Addr, helo, sender, ide
 		return res
 	}
 	res.Domain = domain
-	st, err := spf.CheckHostWithSender(net.IP(ip.AsSlice()), helo, sender[:at+1]+domain,
+	res.Sender = sender[:at+1] + domain
+	st, err := spf.CheckHostWithSender(net.IP(ip.AsSlice()), helo, res.Sender,
 		spf.WithResolver(r), spf.WithContext(ctx))
 	res.Result = SPFStatus(st)
 	if !res.Result.valid() {
@@ -326,6 +329,11 @@ func checkSPF(ctx context.Context, r *Resolver, ip netip.Addr, helo, sender, ide
 	}
 	if (res.Result == SPFTempError || res.Result == SPFPermError) && err != nil {
 		res.Problem = err.Error()
+		var de *net.DNSError
+		if errors.As(err, &de) {
+			// Without the server address, which is nobody's business.
+			res.Problem = "DNS lookup of " + strings.TrimSuffix(de.Name, ".") + " failed: " + de.Err
+		}
 	}
 	return res
 }
@@ -447,6 +455,38 @@ func isSPFDotAtom(v string) bool {
 		}
 	}
 	return true
+}
+
+// foldField formats "name: value" CRLF-terminated, folding at spaces so
+// that lines stay within 78 characters where possible. CR and LF in value
+// become spaces, so no field can be injected.
+func foldField(name, value string) []byte {
+	value = strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' {
+			return ' '
+		}
+		return r
+	}, value)
+	var b strings.Builder
+	b.WriteString(name)
+	b.WriteString(":")
+	lineLen := len(name) + 1
+	for i, word := range strings.Split(value, " ") {
+		if word == "" {
+			continue
+		}
+		if i > 0 && lineLen+1+len(word) > 78 && lineLen > 1 {
+			b.WriteString("\r\n ")
+			lineLen = 1
+		} else {
+			b.WriteByte(' ')
+			lineLen++
+		}
+		b.WriteString(word)
+		lineLen += len(word)
+	}
+	b.WriteString("\r\n")
+	return []byte(b.String())
 }
 
 func init() {

@@ -41,6 +41,9 @@ func ParseReceivedSPF(value string) (SPFResult, error) {
 			return SPFResult{}, p.err
 		}
 		p.skipCFWS()
+		if p.err != nil {
+			return SPFResult{}, p.err
+		}
 		if p.eof() {
 			break
 		}
