@@ -29,11 +29,15 @@ func denyAt(s policy.Stage) *policy.Chain {
 	deny := policy.Deny(550, "5.7.1", "denied at "+s.String())
 	switch s {
 	case policy.StageConnect:
-		c.Connect("deny", func(context.Context, *policy.Conn) policy.Verdict { return policy.Deny(554, "5.7.1", "denied at connect") })
+		c.Connect("deny", func(context.Context, *policy.Conn) policy.Verdict {
+			return policy.Deny(554, "5.7.1", "denied at connect")
+		})
 	case policy.StageHelo:
 		c.Helo("deny", func(context.Context, *policy.Conn, string) policy.Verdict { return deny })
 	case policy.StageAuth:
-		c.Auth("deny", func(context.Context, *policy.Conn, policy.AuthInfo) policy.Verdict { return policy.Deny(535, "5.7.8", "denied at auth") })
+		c.Auth("deny", func(context.Context, *policy.Conn, policy.AuthInfo) policy.Verdict {
+			return policy.Deny(535, "5.7.8", "denied at auth")
+		})
 	case policy.StageMail:
 		c.Mail("deny", func(context.Context, *policy.Transaction) policy.Verdict { return deny })
 	case policy.StagePreQ:
@@ -115,11 +119,11 @@ func TestRunThrough(t *testing.T) {
 	})
 
 	out, err := policytest.Run(context.Background(), c, policytest.Session{
-		Remote: "198.51.100.7:2525",
-		Helo:   "mx.example.org",
-		From:   "<alice@example.org>",
-		Params: policy.MailParams{Size: 1234, Body: "8BITMIME"},
-		Rcpts:  []string{"bob@example.com", "eve@elsewhere.example", "<carol@EXAMPLE.com>"},
+		Remote:  "198.51.100.7:2525",
+		Helo:    "mx.example.org",
+		From:    "<alice@example.org>",
+		Params:  policy.MailParams{Size: 1234, Body: "8BITMIME"},
+		Rcpts:   []string{"bob@example.com", "eve@elsewhere.example", "<carol@EXAMPLE.com>"},
 		Message: "From: alice@example.org\nSubject: hello\n\nline one\nline two",
 	})
 	require.NoError(t, err)
@@ -295,7 +299,10 @@ func TestRunPassesContext(t *testing.T) {
 	type ctxKey struct{}
 	c := policy.NewChain()
 	var got any
-	c.Connect("ctx", func(ctx context.Context, _ *policy.Conn) policy.Verdict { got = ctx.Value(ctxKey{}); return policy.Next })
+	c.Connect("ctx", func(ctx context.Context, _ *policy.Conn) policy.Verdict {
+		got = ctx.Value(ctxKey{})
+		return policy.Next
+	})
 	_, err := policytest.Run(context.WithValue(context.Background(), ctxKey{}, "v"), c, policytest.Session{})
 	require.NoError(t, err)
 	assert.Equal(t, "v", got)
@@ -308,7 +315,7 @@ func TestBuilders(t *testing.T) {
 		Helo: "client.example.org", AuthUser: "alice",
 		TLSState: &tls.ConnectionState{Version: tls.VersionTLS12, PeerCertificates: []*x509.Certificate{cert}},
 		From:     `"a@b"@example.org`, Rcpts: []string{"x@example.com", "y@example.com"},
-		Params:   policy.MailParams{SMTPUTF8: true},
+		Params: policy.MailParams{SMTPUTF8: true},
 	}
 	conn := policytest.Conn(s)
 	assert.Equal(t, "[2001:db8::5]:0", conn.Remote.String())
