@@ -170,7 +170,10 @@ func (s *session) run(ctx context.Context, conn net.Conn, serverName string, d *
 	c := newClient(ctx, conn, s.lmtp, s.timeouts)
 	defer c.close()
 	log := s.log.With(slog.String("server", serverName), slog.String("addr", conn.RemoteAddr().String()))
-	requireTLS := s.tlsMode == TLSRequired || d.Tx.Params.RequireTLS
+	// REQUIRETLS (RFC 8689) binds relaying, not the final hand-off to a
+	// local delivery agent over LMTP.
+	msgRequireTLS := d.Tx.Params.RequireTLS && !s.lmtp
+	requireTLS := s.tlsMode == TLSRequired || msgRequireTLS
 	if s.tlsMode == TLSImplicit {
 		tc := tls.Client(conn, s.tlsConfigFor(serverName, true))
 		c.deadline(c.timeouts.Connect)
@@ -247,7 +250,10 @@ func (s *session) transact(ctx context.Context, c *client, d *policy.Delivery, r
 		return all(replyNoMessage)
 	}
 	p := d.Tx.Params
-	if d.Tx.Params.RequireTLS && !c.has("REQUIRETLS") {
+	if s.lmtp {
+		p.RequireTLS = false
+	}
+	if p.RequireTLS && !c.has("REQUIRETLS") {
 		return all(replyNoRequireTLS)
 	}
 	if strings.EqualFold(p.Body, "BINARYMIME") {

@@ -450,3 +450,14 @@ func TestLMTP(t *testing.T) {
 		assert.True(t, got[0].Temporary(), got[0].String())
 	})
 }
+
+// REQUIRETLS binds relaying; the local hand-off over LMTP ignores it.
+func TestLMTPIgnoresRequireTLS(t *testing.T) {
+	recv := startReceiver(t, receiverOpts{LMTP: true})
+	dl := delivery(t, testMsg, "s@src.test", "a@local.test")
+	dl.Tx.Params.RequireTLS = true
+	got := (&relay.LMTP{Addr: recv.Addr, Hostname: "relay.test"}).Deliver(testCtx(t), dl)
+	assert.Equal(t, []string{"250 2.0.0"}, codes(got))
+	require.Len(t, recv.messages(), 1)
+	assert.False(t, recv.messages()[0].MailOpts.RequireTLS)
+}
