@@ -461,3 +461,31 @@ func TestLMTPIgnoresRequireTLS(t *testing.T) {
 	require.Len(t, recv.messages(), 1)
 	assert.False(t, recv.messages()[0].MailOpts.RequireTLS)
 }
+
+// Equal preferences are tried in random order (RFC 5321 section 5.1).
+func TestMXEqualPreferenceRandomized(t *testing.T) {
+	d := dnstest.New(t,
+		`eq.test. MX 10 a.eq.test.`, `eq.test. MX 10 b.eq.test.`, `eq.test. MX 20 c.eq.test.`,
+		`a.eq.test. A 127.0.0.5`, `b.eq.test. A 127.0.0.6`, `c.eq.test. A 127.0.0.7`)
+	var mu sync.Mutex
+	var order []string
+	mx := newMX(d, 25)
+	mx.Dial = func(_ context.Context, _, addr string) (net.Conn, error) {
+		mu.Lock()
+		order = append(order, addr)
+		mu.Unlock()
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: errRefused}
+	}
+	firsts := map[string]int{}
+	for range 64 {
+		order = nil
+		got := mx.Deliver(testCtx(t), delivery(t, testMsg, "s@src.test", "u@eq.test"))
+		require.Equal(t, []string{"451 4.4.1"}, codes(got))
+		require.Len(t, order, 3)
+		require.Equal(t, "127.0.0.7:25", order[2], "preference 20 last")
+		firsts[order[0]]++
+	}
+	assert.Len(t, firsts, 2, "both equal-preference hosts came first at least once: %v", firsts)
+}
+
+var errRefused = &net.AddrError{Err: "connection refused (test)"}
