@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // config is the command line. Its flag names and defaults are a contract:
@@ -24,6 +25,7 @@ type config struct {
 	hostname                     string
 	dataDir                      string
 	logFormat, logLevel          string
+	retryMin                     time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -49,6 +51,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.tlsKey, "tls-key", "", "TLS key (default: see -tls-cert)")
 	fs.StringVar(&c.hostname, "hostname", host, "our name in the greeting, Received and EHLO")
 	fs.StringVar(&c.dataDir, "data", "./data", "where the self-signed certificate is kept")
+	fs.DurationVar(&c.retryMin, "retry-min", 5*time.Minute, "delay before the first retry of a deferred message (doubles up to 4h)")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {

@@ -70,6 +70,7 @@ func build(ctx context.Context, cfg *config, log *slog.Logger) (*server, error) 
 		Chain:      chain,
 		Transports: map[string]queue.Transport{"maildir": &queue.Maildir{Root: cfg.maildir}, "smtp": outbound},
 		Hostname:   cfg.hostname,
+		MinBackoff: cfg.retryMin,
 		Logger:     log,
 	})
 
