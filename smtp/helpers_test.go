@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -246,9 +247,12 @@ func (c *rawConn) send(s string) {
 	require.NoError(c.t, err)
 }
 
-// cmd sends one line and reads its reply.
+// cmd sends one line and reads its reply; code 0 when the connection is
+// gone.
 func (c *rawConn) cmd(line string) (int, string) {
-	c.send(line + "\r\n")
+	if _, err := io.WriteString(c.Conn, line+"\r\n"); err != nil {
+		return 0, err.Error()
+	}
 	return c.reply()
 }
 
@@ -260,11 +264,13 @@ func (c *rawConn) expect(line string, code int) string {
 	return text
 }
 
-// closed reports whether the server closed the connection.
+// closed reports whether the server closes the connection within 10s;
+// what it still sends is discarded.
 func (c *rawConn) closed() bool {
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	_, err := c.r.ReadByte()
-	return err != nil
+	_, err := io.Copy(io.Discard, c.r)
+	var ne net.Error
+	return !(errors.As(err, &ne) && ne.Timeout())
 }
 
 // send one message with the go-smtp client; returns the DATA reply error.
@@ -321,3 +327,7 @@ func unfold(s string) string {
 	s = strings.ReplaceAll(s, "\r\n\t", " ")
 	return strings.ReplaceAll(s, "\r\n ", " ")
 }
+
+func encodeB64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+func dialNet(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr, 2*time.Second) }

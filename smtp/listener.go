@@ -277,6 +277,7 @@ type conn struct {
 	inData     bool
 	stopping   bool // Shutdown: close once the current message is done
 	closeAfter bool // close after the next write (the reply that ends it)
+	timedOut   bool
 	errors     int
 	sniff      bool // go-smtp writes plaintext through us
 	greeted    bool
@@ -338,6 +339,40 @@ func (c *conn) endData() {
 	if c.stopping {
 		c.closeAfter = true
 	}
+}
+
+// Read ends the connection when a read times out. go-smtp reads commands
+// through bufio.Reader.ReadLine, which returns a partial line with a nil
+// error when the deadline strikes mid-line; go-smtp would run that partial
+// command and go on. So a timeout is final: 421 4.4.2 (when go-smtp talks
+// plaintext through us) and close; the session refuses whatever go-smtp
+// still hands it (see dead).
+func (c *conn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	var ne net.Error
+	if err != nil && errors.As(err, &ne) && ne.Timeout() {
+		c.mu.Lock()
+		c.timedOut = true
+		sniff := c.sniff
+		c.mu.Unlock()
+		c.log.Info("timeout; disconnecting")
+		if sniff {
+			c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+			c.Conn.Write([]byte("421 4.4.2 Timeout, closing connection\r\n"))
+		}
+		c.Close()
+	}
+	return n, err
+}
+
+// dead reports whether the connection timed out or was closed.
+func (c *conn) dead() bool {
+	if c.ctx.Err() != nil {
+		return true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.timedOut
 }
 
 func (c *conn) Write(p []byte) (int, error) {

@@ -84,7 +84,7 @@ func connOf(gc *gosmtp.Conn) *conn {
 
 func (b *backend) NewSession(gc *gosmtp.Conn) (gosmtp.Session, error) {
 	c := connOf(gc)
-	if c == nil {
+	if c == nil || c.dead() {
 		return nil, errNoConn
 	}
 	if st, ok := gc.TLSConnectionState(); ok && c.pc.TLS == nil {
@@ -146,6 +146,9 @@ func (s *session) Logout() error {
 func (s *session) Mail(from string, opts *gosmtp.MailOptions) error {
 	c := s.c
 	s.tx = nil
+	if c.dead() {
+		return errNoConn
+	}
 	if s.heloDenied != nil {
 		return c.sessionError(replyError(*s.heloDenied))
 	}
@@ -211,6 +214,9 @@ func parsePath(p string) (policy.Address, error) {
 
 func (s *session) Rcpt(to string, opts *gosmtp.RcptOptions) error {
 	c, tx := s.c, s.tx
+	if c.dead() {
+		return errNoConn
+	}
 	if tx == nil {
 		return c.sessionError(errNoTx)
 	}
@@ -241,6 +247,9 @@ func (s *session) Rcpt(to string, opts *gosmtp.RcptOptions) error {
 
 func (s *session) Data(r io.Reader) error {
 	c, tx := s.c, s.tx
+	if c.dead() {
+		return errNoConn
+	}
 	if tx == nil || len(tx.Rcpts) == 0 {
 		return c.sessionError(errNoTx)
 	}
@@ -283,6 +292,9 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 // authenticate verifies credentials, then runs the auth rules.
 func (s *session) authenticate(mech, identity, user, pass string) error {
 	c := s.c
+	if c.dead() {
+		return errNoConn
+	}
 	if identity != "" && identity != user {
 		c.log.Info("auth failed: authorization identity differs", "mechanism", mech, "user", user)
 		return c.sessionError(errAuthFailed)

@@ -45,7 +45,9 @@ func TestStages(t *testing.T) {
 			})
 		}, want{helo: 550, text: "550 5.7.1 Bad HELO client.test"}},
 		{"mail deny", func(c *policy.Chain) {
-			c.Mail("deny", func(context.Context, *policy.Transaction) policy.Verdict { return policy.Deny(553, "5.7.1", "Sender refused") })
+			c.Mail("deny", func(context.Context, *policy.Transaction) policy.Verdict {
+				return policy.Deny(553, "5.7.1", "Sender refused")
+			})
 		}, want{mail: 553, text: "553 5.7.1 Sender refused"}},
 		{"rcpt deny one of three", func(c *policy.Chain) {
 			c.Rcpt("no-b", func(_ context.Context, _ *policy.Transaction, r policy.Recipient) policy.Verdict {
@@ -72,11 +74,15 @@ func TestStages(t *testing.T) {
 			c.PreQ("deny", denyPreq)
 		}, want{queued: rcpts}},
 		{"quarantine at rcpt", func(c *policy.Chain) {
-			c.Rcpt("q", func(context.Context, *policy.Transaction, policy.Recipient) policy.Verdict { return policy.Quarantine("suspect") })
+			c.Rcpt("q", func(context.Context, *policy.Transaction, policy.Recipient) policy.Verdict {
+				return policy.Quarantine("suspect")
+			})
 			c.PreQ("deny", denyPreq)
 		}, want{queued: rcpts, quar: "suspect"}},
 		{"quarantine at preq", func(c *policy.Chain) {
-			c.PreQ("q", func(context.Context, *policy.Transaction, *policy.Message) policy.Verdict { return policy.Quarantine("virus") })
+			c.PreQ("q", func(context.Context, *policy.Transaction, *policy.Message) policy.Verdict {
+				return policy.Quarantine("virus")
+			})
 		}, want{queued: rcpts, quar: "virus"}},
 		{"panicking mail rule", func(c *policy.Chain) {
 			c.Mail("boom", func(context.Context, *policy.Transaction) policy.Verdict { panic("boom") })
