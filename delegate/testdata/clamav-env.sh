@@ -10,6 +10,7 @@
 #   CLAMSMTP_PORT   clamsmtpd listen port on 127.0.0.1   (default 10026)
 #   CLAMSMTP_OUT    where clamsmtpd forwards mail        (default 127.0.0.1:10024)
 #   CLAMD_WAIT      seconds to wait for clamd PING/PONG  (default 60)
+#   CLAMSMTP_MAXCONN clamsmtpd MaxConnections; above it it answers 421 (default 16)
 #
 # Needs Debian's packages: apt-get install -y clamav-daemon clamsmtp
 # Uses no network and no freshclam; pure bash (uses /dev/tcp), no python.
@@ -148,7 +149,7 @@ TempDirectory: $dir/tmp
 PidFile: $dir/clamsmtpd.pid
 KeepAlives: 0
 TimeOut: 60
-MaxConnections: 16
+MaxConnections: ${CLAMSMTP_MAXCONN:-16}
 CONF
 
 	# clamd, in the foreground of a background job of ours.
