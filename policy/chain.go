@@ -322,24 +322,30 @@ func (c *Chain) invoke(ctx context.Context, s Stage, name, connID, txID string, 
 	case v.Kind > KindInfo:
 		v = Fail(fmt.Errorf("policy: rule %q returned unknown verdict kind %d", name, v.Kind))
 	}
-	attrs := []slog.Attr{
-		slog.String("stage", s.String()), slog.String("rule", name),
-		slog.String("verdict", v.String()), slog.Duration("took", d),
-		slog.String("conn", connID),
-	}
-	if txID != "" {
-		attrs = append(attrs, slog.String("tx", txID))
-	}
+	// The attributes are built only when a record is written: a chain of
+	// many rules must not pay for debug logging that is off.
 	if v.Err != nil {
-		attrs = append(attrs, slog.String("error", v.Err.Error()))
-		c.log.LogAttrs(ctx, slog.LevelError, "rule failed", attrs...)
+		c.log.LogAttrs(ctx, slog.LevelError, "rule failed", append(decisionAttrs(s, name, v, d, connID, txID), slog.String("error", v.Err.Error()))...)
 	} else if c.log.Enabled(ctx, slog.LevelDebug) {
-		c.log.LogAttrs(ctx, slog.LevelDebug, "rule", attrs...)
+		c.log.LogAttrs(ctx, slog.LevelDebug, "rule", decisionAttrs(s, name, v, d, connID, txID)...)
 	}
 	for _, o := range c.observers {
 		o(Decision{Stage: s, Rule: name, Verdict: v, Duration: d, ConnID: connID, TxID: txID})
 	}
 	return v
+}
+
+func decisionAttrs(s Stage, name string, v Verdict, d time.Duration, connID, txID string) []slog.Attr {
+	attrs := make([]slog.Attr, 0, 7)
+	attrs = append(attrs,
+		slog.String("stage", s.String()), slog.String("rule", name),
+		slog.String("verdict", v.String()), slog.Duration("took", d),
+		slog.String("conn", connID),
+	)
+	if txID != "" {
+		attrs = append(attrs, slog.String("tx", txID))
+	}
+	return attrs
 }
 
 // applyConn records connection-wide effects of a pre-MAIL verdict.
