@@ -18,9 +18,9 @@ import (
 
 // Defaults of the Service fields left zero.
 const (
-	DefaultTimeout       = 2 * time.Minute
-	DefaultMaxGrowth     = 1 << 20
-	DefaultCommandTimout = time.Minute
+	DefaultTimeout        = 2 * time.Minute
+	DefaultMaxGrowth      = 1 << 20
+	DefaultCommandTimeout = time.Minute
 )
 
 // Errors a delegation can end with, for errors.Is.
@@ -208,7 +208,7 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 	srv.Domain = s.hostname()
 	ct := s.CommandTimeout
 	if ct <= 0 {
-		ct = DefaultCommandTimout
+		ct = DefaultCommandTimeout
 	}
 	srv.ReadTimeout, srv.WriteTimeout = ct, ct
 	srv.MaxRecipients = 1000
