@@ -273,12 +273,8 @@ func arStripComments(s string) string {
 // possible; a break before each result clause after the first keeps
 // fields readable. CR and LF in value become spaces.
 func arFold(name, value string) []byte {
-	value = strings.Map(func(r rune) rune {
-		if r == '\r' || r == '\n' {
-			return ' '
-		}
-		return r
-	}, value)
+	// Byte-wise: strings.Map would turn invalid UTF-8 into U+FFFD.
+	value = strings.NewReplacer("\r", " ", "\n", " ").Replace(value)
 	// Split into words at spaces outside quotes and comments.
 	var words []string
 	var cur strings.Builder
@@ -326,7 +322,7 @@ func arFold(name, value string) []byte {
 	for i, w := range words {
 		clauseStart := i > 1 && strings.HasSuffix(words[i-1], ";")
 		if i > 0 && (lineLen+1+len(w) > 78 || clauseStart) {
-			b.WriteString("\r\n\t")
+			b.WriteString("\r\n ")
 			lineLen = 1
 		} else {
 			b.WriteByte(' ')
