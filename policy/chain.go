@@ -348,13 +348,20 @@ func decisionAttrs(s Stage, name string, v Verdict, d time.Duration, connID, txI
 	return attrs
 }
 
-// applyConn records connection-wide effects of a pre-MAIL verdict.
-func applyConn(conn *Conn, r Result) {
+// applyConn records connection-wide effects of a pre-MAIL verdict. What
+// the connect stage decided is also kept apart, as it survives STARTTLS
+// (see Conn.ResetTLS) while what helo and auth decided does not.
+func applyConn(conn *Conn, s Stage, r Result) {
 	switch r.Verdict.Kind {
 	case KindForceAccept:
 		conn.state.forceAccepted = true
 	case KindQuarantine:
 		conn.state.quarantine = r.Verdict.Queue
+	default:
+		return
+	}
+	if s == StageConnect {
+		conn.state.atConnect = conn.state.decided
 	}
 }
 
@@ -391,7 +398,7 @@ func skipVerdict(forceAccepted bool, quarantine string) Verdict {
 // gave a 4xx/5xx code of its own) and close.
 func (c *Chain) EvalConnect(ctx context.Context, conn *Conn) Result {
 	r := run(ctx, c, StageConnect, c.connect, connSkip(conn), conn.ID, "", func(ctx context.Context, rule ConnectRule) Verdict { return rule(ctx, conn) })
-	applyConn(conn, r)
+	applyConn(conn, StageConnect, r)
 	return r
 }
 
@@ -399,7 +406,7 @@ func (c *Chain) EvalConnect(ctx context.Context, conn *Conn) Result {
 func (c *Chain) EvalHelo(ctx context.Context, conn *Conn, helo string) Result {
 	conn.Helo = helo
 	r := run(ctx, c, StageHelo, c.helo, connSkip(conn), conn.ID, "", func(ctx context.Context, rule HeloRule) Verdict { return rule(ctx, conn, helo) })
-	applyConn(conn, r)
+	applyConn(conn, StageHelo, r)
 	return r
 }
 
@@ -407,7 +414,7 @@ func (c *Chain) EvalHelo(ctx context.Context, conn *Conn, helo string) Result {
 // acceptance the caller sets conn.AuthUser.
 func (c *Chain) EvalAuth(ctx context.Context, conn *Conn, a AuthInfo) Result {
 	r := run(ctx, c, StageAuth, c.auth, connSkip(conn), conn.ID, "", func(ctx context.Context, rule AuthRule) Verdict { return rule(ctx, conn, a) })
-	applyConn(conn, r)
+	applyConn(conn, StageAuth, r)
 	return r
 }
 

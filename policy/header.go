@@ -63,6 +63,9 @@ func ReadHeader(r *bufio.Reader, max int) (h *Header, n int64, hasSep bool, err 
 		if perr == errLineTooLong {
 			return nil, n, false, ErrHeaderTooLarge
 		}
+		if perr != nil && perr != io.EOF {
+			return nil, n, false, perr // a read error is not the end of the header
+		}
 		if len(line) == 0 {
 			return h, n, false, nil // end of input
 		}
@@ -111,7 +114,7 @@ func peekLine(r *bufio.Reader, max int) ([]byte, error) {
 			return nil, errLineTooLong
 		}
 		if err != nil && err != bufio.ErrBufferFull {
-			return b, io.EOF
+			return b, err
 		}
 	}
 }
@@ -199,7 +202,10 @@ func (h *Header) Append(key, value string) {
 // in CRLF) at the top.
 func (h *Header) AddRaw(raw []byte) {
 	if !bytes.HasSuffix(raw, []byte("\r\n")) {
-		raw = append(bytes.TrimRight(raw, "\r\n"), '\r', '\n')
+		// The full slice expression makes append copy: the caller's
+		// array is not written to.
+		raw = bytes.TrimRight(raw, "\r\n")
+		raw = append(raw[:len(raw):len(raw)], '\r', '\n')
 	}
 	h.fields = append([]Field{{Raw: raw}}, h.fields...)
 }

@@ -3,6 +3,7 @@ package policy_test
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"io"
 	"strings"
 	"testing"
@@ -397,4 +398,41 @@ func TestHeaderAddKeepsEightBitBytes(t *testing.T) {
 	h.Add("X-Latin1", "caf\xe9 \xb0")
 	assert.Equal(t, "X-Latin1: caf\xe9 \xb0\r\n", headerBytes(t, &h))
 	assert.Equal(t, "caf\xe9 \xb0", h.Get("X-Latin1"))
+}
+
+func TestHeaderAddRawDoesNotWriteCallersArray(t *testing.T) {
+	buf := make([]byte, 0, 64)
+	buf = append(buf, "X-Raw: 1\n"...)
+	spare := buf[:cap(buf)]
+	copy(spare[len(buf):], "untouched")
+	var h policy.Header
+	h.AddRaw(buf)
+	assert.Equal(t, "X-Raw: 1\n", string(buf))
+	assert.Equal(t, "untouched", string(spare[len(buf):len(buf)+9]))
+	assert.Equal(t, "X-Raw: 1\r\n", headerBytes(t, &h))
+}
+
+type errAfter struct {
+	data []byte
+	err  error
+}
+
+func (r *errAfter) Read(p []byte) (int, error) {
+	if len(r.data) == 0 {
+		return 0, r.err
+	}
+	n := copy(p, r.data)
+	r.data = r.data[n:]
+	return n, nil
+}
+
+func TestReadHeaderReadError(t *testing.T) {
+	eio := errors.New("input/output error")
+	_, _, _, err := policy.ReadHeader(bufio.NewReader(&errAfter{data: []byte("Subject: a\r\nTo: b"), err: eio}), 0)
+	assert.ErrorIs(t, err, eio, "a read error is not the end of the header")
+
+	h, _, sep, err := policy.ReadHeader(bufio.NewReader(&errAfter{data: []byte("Subject: a\r\nTo: b"), err: io.EOF}), 0)
+	require.NoError(t, err)
+	assert.False(t, sep)
+	assert.Equal(t, 2, h.Len())
 }

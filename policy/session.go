@@ -39,6 +39,11 @@ type Conn struct {
 // connState is the part of a connection's policy state that later stages
 // inherit (force-accept and quarantine given before MAIL).
 type connState struct {
+	decided
+	atConnect decided // what the connect stage decided; survives STARTTLS
+}
+
+type decided struct {
 	forceAccepted bool
 	quarantine    string
 }
@@ -47,11 +52,14 @@ type connState struct {
 func (c *Conn) Authenticated() bool { return c.AuthUser != "" }
 
 // ResetTLS forgets what the client said before STARTTLS (RFC 3207 section
-// 4.2) and records the new TLS state.
+// 4.2) and records the new TLS state. A force-accept or quarantine decided
+// at helo or auth is forgotten with it; one decided at connect, on the
+// client's address, stays.
 func (c *Conn) ResetTLS(st *tls.ConnectionState) {
 	c.TLS = st
 	c.Helo, c.ESMTP = "", false
 	c.AuthUser, c.AuthMechanism = "", ""
+	c.state.decided = c.state.atConnect
 }
 
 // AuthInfo is what the auth stage sees: the mechanism and the identity whose

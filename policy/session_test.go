@@ -124,3 +124,48 @@ func TestResolverAt(t *testing.T) {
 		t.Fatal("lookup did not honour the context deadline")
 	}
 }
+
+// RFC 3207 section 4.2: what was decided on the client's word before
+// STARTTLS (helo, auth) is forgotten with it; a decision of the connect
+// stage, on the client's address, stays.
+func TestResetTLSForgetsPreTLSDecisions(t *testing.T) {
+	tests := []struct {
+		name      string
+		connect   policy.Verdict
+		helo      policy.Verdict
+		wantForce bool
+		wantQuar  string
+	}{
+		{"force accept at helo", policy.Next, policy.ForceAccept, false, ""},
+		{"quarantine at helo", policy.Next, policy.Quarantine("q"), false, ""},
+		{"force accept at connect", policy.ForceAccept, policy.Next, true, ""},
+		{"quarantine at connect", policy.Quarantine("q"), policy.Next, false, "q"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := policy.NewChain()
+			c.Connect("c", func(context.Context, *policy.Conn) policy.Verdict { return tt.connect })
+			c.Helo("h", func(_ context.Context, _ *policy.Conn, helo string) policy.Verdict {
+				if helo == "trusted.internal" {
+					return tt.helo
+				}
+				return policy.Next
+			})
+			ctx := context.Background()
+			conn := &policy.Conn{ID: "c"}
+			c.EvalConnect(ctx, conn)
+			c.EvalHelo(ctx, conn, "trusted.internal") // plaintext, possibly injected
+			before := policy.NewTransaction(conn, "t0")
+			assert.True(t, before.ForceAccepted() || before.Quarantine() != "", "the decision holds before STARTTLS")
+
+			conn.ResetTLS(&tls.ConnectionState{Version: tls.VersionTLS13})
+			r := c.EvalHelo(ctx, conn, "client.example")
+			tx := policy.NewTransaction(conn, "t1")
+			assert.Equal(t, tt.wantForce, tx.ForceAccepted())
+			assert.Equal(t, tt.wantQuar, tx.Quarantine())
+			if !tt.wantForce && tt.wantQuar == "" {
+				assert.Equal(t, "", r.Rule, "helo rules run again after STARTTLS")
+			}
+		})
+	}
+}
