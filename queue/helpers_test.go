@@ -3,9 +3,11 @@ package queue
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"sync"
 	"testing"
@@ -109,6 +111,12 @@ func (f *fakeTransport) Deliver(ctx context.Context, d *policy.Delivery) []polic
 		f.got = append(f.got, delivered{ID: d.Tx.ID, From: d.Tx.From.String(), Rcpt: a, Route: d.Route, Data: slices.Clone(buf.Bytes())})
 	}
 	return out
+}
+
+func (f *fakeTransport) callCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls
 }
 
 func (f *fakeTransport) deliveries() []delivered {
@@ -278,3 +286,9 @@ func ids(es []Entry) []string {
 }
 
 var _ = fmt.Sprintf
+
+func mustAddrPort(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+func tlsState() *tls.ConnectionState {
+	return &tls.ConnectionState{Version: tls.VersionTLS13, CipherSuite: tls.TLS_AES_128_GCM_SHA256, HandshakeComplete: true}
+}

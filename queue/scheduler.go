@@ -309,13 +309,18 @@ func (s *Scheduler) work(ctx context.Context, id string) {
 		return
 	}
 	defer m.Close()
+	// Rules and transports run under ctx, so that stopping the scheduler
+	// cuts them short (they then defer); what the spool records of their
+	// outcome is written even while stopping, so nothing done is lost.
+	rctx := ctx
+	ctx = context.WithoutCancel(ctx)
 	if !env.PostQDone {
 		var ok bool
-		if q, ok = s.postq(ctx, q, env, m); !ok {
+		if q, ok = s.postq(ctx, rctx, q, env, m); !ok {
 			return
 		}
 	}
-	s.deliver(ctx, q, env, m)
+	s.deliver(ctx, rctx, q, env, m)
 }
 
 func (s *Scheduler) corrupt(ctx context.Context, q, id string, err error) {
@@ -337,10 +342,10 @@ func headerBytes(h *policy.Header) []byte {
 
 // postq runs the postq rules. It reports the queue the message is in now
 // and whether delivery goes on.
-func (s *Scheduler) postq(ctx context.Context, q string, env *Envelope, m *policy.Message) (string, bool) {
+func (s *Scheduler) postq(ctx, rctx context.Context, q string, env *Envelope, m *policy.Message) (string, bool) {
 	tx := env.Transaction(RcptPending)
 	before := headerBytes(m.Header)
-	res := s.cfg.Chain.EvalPostQ(ctx, tx, m)
+	res := s.cfg.Chain.EvalPostQ(rctx, tx, m)
 	changed := !bytes.Equal(before, headerBytes(m.Header))
 	log := s.log.With("id", env.ID, "stage", "postq", "rule", res.Rule)
 	switch res.Verdict.Kind {
@@ -450,7 +455,7 @@ type group struct {
 
 // deliver runs the delivery rules per pending recipient, hands each route's
 // recipients to its transport and records the outcome.
-func (s *Scheduler) deliver(ctx context.Context, q string, env *Envelope, m *policy.Message) {
+func (s *Scheduler) deliver(ctx, rctx context.Context, q string, env *Envelope, m *policy.Message) {
 	now := s.cfg.Clock.Now()
 	if env.pending() {
 		env.Attempts++
@@ -472,7 +477,7 @@ func (s *Scheduler) deliver(ctx context.Context, q string, env *Envelope, m *pol
 			continue
 		}
 		var route policy.Route
-		res := s.cfg.Chain.EvalDelivery(ctx, tx, r.Recipient(), &route)
+		res := s.cfg.Chain.EvalDelivery(rctx, tx, r.Recipient(), &route)
 		switch res.Verdict.Kind {
 		case policy.KindDeny:
 			r.Reply = res.Reply
@@ -510,7 +515,7 @@ func (s *Scheduler) deliver(ctx context.Context, q string, env *Envelope, m *pol
 		for j, i := range g.idx {
 			rcpts[j] = env.Rcpts[i].Recipient()
 		}
-		replies := s.transport(ctx, &policy.Delivery{Tx: tx, Rcpts: rcpts, Route: g.route, Message: m})
+		replies := s.transport(rctx, &policy.Delivery{Tx: tx, Rcpts: rcpts, Route: g.route, Message: m})
 		for j, i := range g.idx {
 			r := &env.Rcpts[i]
 			rep := replies[j]
