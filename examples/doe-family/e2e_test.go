@@ -443,14 +443,21 @@ func TestAntivirus(t *testing.T) {
 	require.NoError(t, send(t, e.listen, "client.example.org", false, "someone@example.org", []string{"jane@doe-family.com"}, message("someone@example.org", "jane@doe-family.com", "virus", eicar)))
 	require.NoError(t, send(t, e.listen, "client.example.org", false, "someone@example.org", []string{"jane@doe-family.com"}, message("someone@example.org", "jane@doe-family.com", "clean", "nothing to see")))
 
-	files := waitFiles(t, filepath.Join(e.maildir, "jane", "new"), 1)
-	require.Len(t, files, 1)
-	assert.Contains(t, files[0], "Subject: clean")
+	// A sender's own X-Virus-Infected field does not get a clean message
+	// quarantined: only the filter's verdict counts.
+	require.NoError(t, send(t, e.listen, "client.example.org", false, "someone@example.org", []string{"jane@doe-family.com"}, "X-Virus-Infected: forged\r\n"+message("someone@example.org", "jane@doe-family.com", "forged", "clean too")))
+
+	files := waitFiles(t, filepath.Join(e.maildir, "jane", "new"), 2)
+	require.Len(t, files, 2)
+	joined := strings.Join(files, "\n")
+	assert.Contains(t, joined, "Subject: clean")
+	assert.Contains(t, joined, "Subject: forged")
+	assert.NotContains(t, joined, "X-Virus-Infected")
 	quarantined, _ := filepath.Glob(filepath.Join(e.spool, "quarantine", "virus_q", "*"))
 	assert.NotEmpty(t, quarantined, "the EICAR message must be in quarantine virus_q")
 	time.Sleep(200 * time.Millisecond)
-	files = waitFiles(t, filepath.Join(e.maildir, "jane", "new"), 1)
-	assert.Len(t, files, 1, "the EICAR message must not be delivered")
+	files = waitFiles(t, filepath.Join(e.maildir, "jane", "new"), 2)
+	assert.Len(t, files, 2, "the EICAR message must not be delivered")
 }
 
 func portOf(addr string) string {

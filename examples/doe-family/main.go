@@ -32,6 +32,8 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/mtakit/mtakit/auth"
 )
 
 func main() {
@@ -52,6 +54,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg, err := parseFlags(args, stderr)
 	if err != nil {
 		return err
+	}
+	if cfg.hashPassword != "" {
+		hash, err := auth.HashPassword(cfg.hashPassword)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, hash)
+		return nil
 	}
 	log, err := newLogger(cfg, stderr)
 	if err != nil {

@@ -36,7 +36,12 @@ func (rs ruleSet) chain(opts ...policy.Option) *policy.Chain {
 	chain.Rcpt("relay", relay.CheckRelay(rs.internal, rs.domains...))
 
 	// Antivirus: hand the message to clamsmtpd and look at what comes back.
+	// A sender's own X-Virus-Infected field is removed first, so only the
+	// filter's verdict counts.
 	if rs.antivirus != nil {
+		chain.PreQ("strip-av-fields", policy.MessageAction(func(ctx context.Context, tx *policy.Transaction, m *policy.Message) {
+			m.Header.Del("X-Virus-Infected")
+		}))
 		chain.PreQ("antivirus", delegate.Rule(rs.antivirus, func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
 			if m.Header.Has("X-Virus-Infected") {
 				return policy.Quarantine("virus_q")
