@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mtakit/mtakit/policy"
+	"github.com/mtakit/mtakit/policy/policytest"
 )
 
 // env is one session's state for calling the chain stage by stage.
@@ -737,4 +738,30 @@ func joinStages(ss []policy.Stage) string {
 		names = append(names, s.String())
 	}
 	return strings.Join(names, ",")
+}
+
+// The same rules through policytest, as a user would test them: one
+// recipient among three refused, the others delivered.
+func TestChainThroughPolicytest(t *testing.T) {
+	rec := &policytest.Recorder{}
+	c := policy.NewChain(rec.Option())
+	c.Rcpt("known-users", func(_ context.Context, _ *policy.Transaction, r policy.Recipient) policy.Verdict {
+		switch r.Addr.Local {
+		case "alice", "bob":
+			return policy.Accept
+		case "gone":
+			return policy.Deny(550, "5.1.1", "No such user")
+		}
+		return policy.Next
+	})
+	out, err := policytest.Run(context.Background(), c, policytest.Session{
+		From:  "sender@example.org",
+		Rcpts: []string{"alice@example.com", "gone@example.com", "bob@example.com"},
+	})
+	require.NoError(t, err)
+	assert.Zero(t, out.Stopped)
+	assert.Equal(t, 550, out.Rcpts[1].Reply.Code)
+	require.Len(t, out.Delivery, 2)
+	assert.Equal(t, "bob@example.com", out.Delivery[1].Rcpt.Addr.String())
+	assert.Equal(t, []string{"known-users", "known-users", "known-users"}, rec.Rules())
 }

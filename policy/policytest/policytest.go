@@ -109,9 +109,10 @@ func (o *Outcome) Final() policy.Result {
 
 // Run plays s through chain like an SMTP server and the queue would: the
 // connect rules, helo, auth when s.AuthUser is set, mail, rcpt for each
-// recipient, then (when one was accepted) preq with the fields rules added
-// to tx.Header prepended to the message, postq, and the delivery rules for
-// each accepted recipient unless the message was quarantined.
+// recipient, then (when one was accepted) preq, postq, and the delivery
+// rules for each accepted recipient unless the message was quarantined.
+// Before preq, as the SMTP server does, a Received field and the fields
+// rules added to tx.Header are put on top of the message.
 //
 // An error means s itself is wrong (an address that does not parse, a
 // message whose header is too large), not that the chain denied.
@@ -185,6 +186,7 @@ func Run(ctx context.Context, chain *policy.Chain, s Session) (*Outcome, error) 
 	for i := len(fields) - 1; i >= 0; i-- {
 		m.Header.AddRaw(append([]byte(nil), fields[i].Raw...))
 	}
+	m.Header.Add("Received", received(tx))
 	o.Message = m
 	if o.PreQ = chain.EvalPreQ(ctx, tx, m); !o.PreQ.Accepted() {
 		o.Stopped = policy.StagePreQ
@@ -203,6 +205,26 @@ func Run(ctx context.Context, chain *policy.Chain, s Session) (*Outcome, error) 
 		o.Delivery = append(o.Delivery, rr)
 	}
 	return o, nil
+}
+
+// received is the trace field the SMTP server writes on top, with a fixed
+// date so that tests see stable bytes.
+func received(tx *policy.Transaction) string {
+	c := tx.Conn
+	proto := "ESMTP"
+	if c.TLS != nil {
+		proto += "S"
+	}
+	if c.Authenticated() {
+		proto += "A"
+	}
+	from := c.Helo
+	if c.ReverseName != "" {
+		from += " (" + strings.TrimSuffix(c.ReverseName, ".") + " [" + c.Remote.Addr().String() + "])"
+	} else {
+		from += " ([" + c.Remote.Addr().String() + "])"
+	}
+	return fmt.Sprintf("from %s by policytest.invalid with %s id %s; Mon, 01 Jan 2024 00:00:00 +0000", from, proto, tx.ID)
 }
 
 func addrErr(err error) error {

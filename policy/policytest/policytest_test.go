@@ -143,11 +143,12 @@ func TestRunThrough(t *testing.T) {
 
 	want := "DKIM-Signature: v=1; d=example.com\r\n" +
 		"Authentication-Results: mx.example.com; spf=pass\r\n" +
+		"Received: from mx.example.org ([198.51.100.7]) by policytest.invalid with\r\n ESMTP id policytest-1; Mon, 01 Jan 2024 00:00:00 +0000\r\n" +
 		"Received-Spf: pass (test) client-ip=192.0.2.1\r\n" +
 		"From: alice@example.org\r\nSubject: hello\r\n\r\nline one\r\nline two\r\n"
 	b, err := io.ReadAll(out.Message.Reader())
 	require.NoError(t, err)
-	assert.Equal(t, want, string(b), "tx.Header prepended before preq, LF made CRLF, final CRLF added")
+	assert.Equal(t, want, string(b), "Received and tx.Header on top before preq, LF made CRLF, final CRLF added")
 
 	require.Len(t, out.Delivery, 2)
 	assert.Equal(t, policy.Route{Transport: "maildir", Target: "bob"}, out.Delivery[0].Route)
@@ -207,6 +208,7 @@ func TestRunAuth(t *testing.T) {
 	assert.Equal(t, "alice", out.Conn.AuthUser)
 	assert.Equal(t, uint16(tls.VersionTLS13), out.Conn.TLS.Version)
 	assert.True(t, out.Rcpts[0].Accepted(), "authenticated clients may relay")
+	assert.Contains(t, out.Message.Header.Get("Received"), "with ESMTPSA id")
 
 	// Without AuthUser the auth stage does not run.
 	s.AuthUser = ""
