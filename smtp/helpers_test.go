@@ -331,3 +331,5 @@ func unfold(s string) string {
 func encodeB64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 
 func dialNet(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr, 2*time.Second) }
+
+func bufioWriter(w io.Writer) *bufio.Writer { return bufio.NewWriterSize(w, 64<<10) }

@@ -426,9 +426,10 @@ func (c *conn) reply(h string) bool {
 			c.sniff = false
 		}
 		c.greeted = true
-	case code == "250" && strings.HasPrefix(h[4:], "Hello"):
-		// A one-line "250 Hello" answers HELO; EHLO gets "250-Hello".
-		c.esmtp = sep == '-'
+	case code == "250" && sep == '-' && strings.HasPrefix(h[4:], "Hello"):
+		c.esmtp = true // EHLO: "250-Hello name", then the extensions
+	case code == "250" && sep == ' ' && strings.HasPrefix(h[4:], "2.0.0 Hello"):
+		c.esmtp = false // HELO: one line "250 2.0.0 Hello name"
 	case (h[0] == '4' || h[0] == '5') && sep == ' ':
 		if strings.HasPrefix(h, "452 4.5.3") || strings.HasPrefix(h, "421") {
 			return false
