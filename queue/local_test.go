@@ -1,0 +1,158 @@
+package queue
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mtakit/mtakit/policy"
+)
+
+func delivery(t *testing.T, from string, route policy.Route, raw string, rcpts ...string) *policy.Delivery {
+	tx := newTx("L1", from, rcpts...)
+	return &policy.Delivery{Tx: tx, Rcpts: tx.Rcpts, Route: route, Message: newMessage(t, raw)}
+}
+
+func TestSafeMailbox(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"john", "john"},
+		{"../../etc/passwd", "_.._etc_passwd"},
+		{"..", "_"},
+		{".hidden", "hidden"},
+		{"a/b", "a_b"},
+		{`a\b`, "a_b"},
+		{"", "_"},
+		{"tab\there", "tab_here"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got := SafeMailbox(tt.in)
+			assert.Equal(t, tt.want, got)
+			assert.Equal(t, filepath.Join("/root", got), filepath.Clean(filepath.Join("/root", got)))
+			assert.Equal(t, "/root", filepath.Dir(filepath.Join("/root", got)), "stays one level under root")
+		})
+	}
+	assert.Equal(t, "john.doe", MailboxName(policy.MustParseAddress("John.Doe@Example.com")))
+}
+
+var maildirName = regexp.MustCompile(`^\d+\.M\d+P\d+Q\d+\.[^/:]+$`)
+
+func TestMaildir(t *testing.T) {
+	root := t.TempDir()
+	md := &Maildir{Root: root}
+	d := delivery(t, "a@example.org", policy.Route{Transport: "maildir"}, testMsg, "John@example.com", "../evil@example.com")
+	got := md.Deliver(context.Background(), d)
+	require.Len(t, got, 2)
+	for _, r := range got {
+		assert.Equal(t, 250, r.Code)
+	}
+	for _, c := range []struct{ box, rcpt string }{{"john", "John@example.com"}, {"_evil", "../evil@example.com"}} {
+		ents, err := os.ReadDir(filepath.Join(root, c.box, "new"))
+		require.NoError(t, err, c.box)
+		require.Len(t, ents, 1)
+		assert.Regexp(t, maildirName, ents[0].Name())
+		b, err := os.ReadFile(filepath.Join(root, c.box, "new", ents[0].Name()))
+		require.NoError(t, err)
+		want := "Return-Path: <a@example.org>\nDelivered-To: " + policy.MustParseAddress(c.rcpt).String() + "\n" + strings.ReplaceAll(testMsg, "\r\n", "\n")
+		assert.Equal(t, want, string(b))
+		tmp, err := os.ReadDir(filepath.Join(root, c.box, "tmp"))
+		require.NoError(t, err)
+		assert.Empty(t, tmp, "nothing left in tmp")
+		_, err = os.Stat(filepath.Join(root, c.box, "cur"))
+		assert.NoError(t, err)
+	}
+
+	// Route.Target names the mailbox; CRLF can be kept; names are unique.
+	md2 := &Maildir{Root: root, KeepCRLF: true}
+	d = delivery(t, "", policy.Route{Transport: "maildir", Target: "Shared"}, testMsg, "x@example.com", "y@example.com")
+	md2.Deliver(context.Background(), d)
+	ents, err := os.ReadDir(filepath.Join(root, "Shared", "new"))
+	require.NoError(t, err)
+	require.Len(t, ents, 2)
+	b, err := os.ReadFile(filepath.Join(root, "Shared", "new", ents[0].Name()))
+	require.NoError(t, err)
+	assert.True(t, strings.HasPrefix(string(b), "Return-Path: <>\r\nDelivered-To: "))
+	assert.True(t, strings.HasSuffix(string(b), testMsg))
+
+	// An unwritable root is a temporary failure.
+	bad := &Maildir{Root: filepath.Join(root, "file")}
+	require.NoError(t, os.WriteFile(bad.Root, nil, 0o600))
+	r := bad.Deliver(context.Background(), delivery(t, "a@example.org", policy.Route{}, testMsg, "b@example.com"))
+	assert.Equal(t, 451, r[0].Code)
+}
+
+func TestMbox(t *testing.T) {
+	root := t.TempDir()
+	mb := &Mbox{Root: root}
+	raw := "Subject: quoting\r\n\r\nFrom here\r\n>From there\r\nnot From\r\nFrom"
+	d := delivery(t, "a@example.org", policy.Route{}, raw, "bob@example.com")
+	require.Equal(t, 250, mb.Deliver(context.Background(), d)[0].Code)
+	d = delivery(t, "<>", policy.Route{Target: "bob"}, testMsg, "other@example.com")
+	require.Equal(t, 250, mb.Deliver(context.Background(), d)[0].Code)
+	b, err := os.ReadFile(filepath.Join(root, "bob"))
+	require.NoError(t, err)
+	s := string(b)
+	msgs := regexp.MustCompile(`(?m)^From [^ ]+ [A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4}\n`).FindAllStringIndex(s, -1)
+	require.Len(t, msgs, 2, s)
+	first := s[msgs[0][1]:msgs[1][0]]
+	assert.Equal(t, "Return-Path: <a@example.org>\nDelivered-To: bob@example.com\nSubject: quoting\n\n>From here\n>>From there\nnot From\nFrom\n\n", first) // "From" without a space needs no quoting
+	assert.True(t, strings.HasPrefix(s[msgs[1][0]:], "From MAILER-DAEMON "))
+	second := s[msgs[1][1]:]
+	assert.Equal(t, "Return-Path: <>\nDelivered-To: other@example.com\n"+strings.ReplaceAll(testMsg, "\r\n", "\n")+"\n", strings.Replace(second, ">From the body", "From the body", 1))
+	assert.Contains(t, second, "\n>From the body.\n")
+	_, err = os.Stat(filepath.Join(root, "bob.lock"))
+	assert.ErrorIs(t, err, os.ErrNotExist, "lock released")
+}
+
+func TestMboxConcurrentAppends(t *testing.T) {
+	root := t.TempDir()
+	mb := &Mbox{Root: root}
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 5 {
+				r := mb.Deliver(context.Background(), delivery(t, "a@example.org", policy.Route{Target: "box"}, testMsg, "b@example.com"))
+				assert.Equal(t, 250, r[0].Code)
+			}
+		})
+	}
+	wg.Wait()
+	b, err := os.ReadFile(filepath.Join(root, "box"))
+	require.NoError(t, err)
+	assert.Equal(t, 40, bytes.Count(b, []byte("\nFrom a@example.org "))+boolInt(bytes.HasPrefix(b, []byte("From a@example.org "))))
+	assert.Equal(t, 40, bytes.Count(b, []byte("Subject: hello\n")), "no interleaving")
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func TestLocalDeliveryThroughScheduler(t *testing.T) {
+	root := t.TempDir()
+	chain := policy.NewChain(policy.WithLogger(quietLogger()))
+	chain.Delivery("local", func(ctx context.Context, tx *policy.Transaction, rcpt policy.Recipient, route *policy.Route) policy.Verdict {
+		if rcpt.Addr.Domain == "example.com" {
+			route.Transport = "maildir"
+		}
+		return policy.Next
+	})
+	h := newHarness(t, "", Config{Chain: chain, Transports: map[string]Transport{"maildir": &Maildir{Root: root}}, DefaultRoute: policy.Route{Transport: "mbox"}})
+	h.start()
+	h.enqueue(newTx("m1", "a@example.org", "jane@example.com"), testMsg)
+	h.wait("m1")
+	assert.Equal(t, "", h.queueOf("m1"))
+	ents, err := os.ReadDir(filepath.Join(root, "jane", "new"))
+	require.NoError(t, err)
+	assert.Len(t, ents, 1)
+}
