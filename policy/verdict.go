@@ -93,7 +93,10 @@ func (k Kind) String() string {
 //   - ForceAccept: the stage accepts and every later filtering rule of the
 //     transaction is skipped (up to and including postq). Delivery rules
 //     still run, since they route rather than filter. Given at connect, helo
-//     or auth it holds for every transaction of the connection.
+//     or auth it holds for every transaction of the connection (at helo or
+//     auth: until STARTTLS, see Conn.ResetTLS). Given at rcpt it also
+//     admits the transaction's later recipients: never force-accept one
+//     recipient (postmaster, say) where an open relay could follow it.
 //   - Deny: the command is refused with Reply. At connect the greeting is a
 //     554 and the connection closes; at rcpt only that recipient is refused;
 //     at postq the message bounces; at delivery the recipient fails with
@@ -101,7 +104,8 @@ func (k Kind) String() string {
 //   - Quarantine: the client gets the normal positive reply, later rules are
 //     skipped and the message is stored in the named quarantine queue,
 //     never delivered. Given before DATA it marks the transaction (at
-//     connect, helo or auth: every transaction of the connection).
+//     connect, helo or auth: every transaction of the connection, as for
+//     ForceAccept).
 //   - Info: no decision, like Next, but Reply becomes the positive reply of
 //     the stage if it accepts (for example "250 2.1.0 Sender OK, SPF pass").
 type Verdict struct {
