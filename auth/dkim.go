@@ -541,11 +541,16 @@ func verifyDKIM(ctx context.Context, opts DKIMVerifyOptions, m *policy.Message) 
 	if src.err != nil {
 		return nil, fmt.Errorf("auth: DKIM verification: reading message: %w", src.err)
 	}
-	if err != nil && !errors.Is(err, dkim.ErrTooManySignatures) && len(verifs) == 0 {
+	if err != nil && !errors.Is(err, dkim.ErrTooManySignatures) {
+		if len(verifs) > 0 {
+			// go-msgauth clears the Err of the signature that met an
+			// unexpected error, which would read as a pass: give up
+			// instead.
+			return nil, fmt.Errorf("auth: DKIM verification: %w", err)
+		}
 		// The header could not be parsed: every signature is unusable.
-		verifs = nil
 		for range sigs {
-			verifs = append(verifs, &dkim.Verification{Err: err})
+			verifs = append(verifs, &dkim.Verification{Err: dkPermError{err}})
 		}
 	}
 	out := make([]DKIMResult, 0, len(verifs))
@@ -568,9 +573,12 @@ func verifyDKIM(ctx context.Context, opts DKIMVerifyOptions, m *policy.Message) 
 			r.Signature = b
 		}
 		r.Domain = strings.ToLower(r.Domain)
+		var perm dkPermError
 		switch {
 		case v.Err == nil:
 			r.Result = authres.ResultPass
+		case errors.As(v.Err, &perm):
+			r.Result = authres.ResultPermError
 		case dkim.IsTempFail(v.Err):
 			r.Result = authres.ResultTempError
 		case dkim.IsPermFail(v.Err):
@@ -600,6 +608,13 @@ func (r DKIMResult) authres() authres.Result {
 	}
 	return &authres.GenericResult{Method: "dkim", Value: r.Result, Params: params}
 }
+
+// dkPermError marks a signature that could not be evaluated because the
+// header did not parse.
+type dkPermError struct{ err error }
+
+func (e dkPermError) Error() string { return e.err.Error() }
+func (e dkPermError) Unwrap() error { return e.err }
 
 // dkErrReader records the first error of the underlying reader, to tell
 // our own failures from verification results.

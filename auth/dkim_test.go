@@ -621,3 +621,50 @@ func BenchmarkSignDKIM(b *testing.B) {
 		}
 	}
 }
+
+// failingReaderAt serves the first n bytes of s and fails beyond.
+type failingReaderAt struct {
+	s string
+	n int64
+}
+
+func (f failingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if off >= f.n {
+		return 0, io.ErrUnexpectedEOF
+	}
+	k := copy(p, f.s[off:min(int64(len(f.s)), f.n)])
+	if k < len(p) {
+		return k, io.ErrUnexpectedEOF
+	}
+	return k, nil
+}
+
+// TestDKIMSpoolReadFailure: a message that cannot be read is our failure
+// (451, retried), never a verification result.
+func TestDKIMSpoolReadFailure(t *testing.T) {
+	signer := newTestSigner(t, "example.com", testEd25519())
+	srv := dkimZone(t, signer)
+	m := newTestMessage(t, sampleMessage)
+	sig, err := signer.Sign(context.Background(), m)
+	require.NoError(t, err)
+	raw := string(sig) + sampleMessage
+	hdrLen := int64(strings.Index(raw, "\r\n\r\n") + 4)
+	for _, sigs := range []int{1, 2} {
+		full := strings.Repeat(string(sig), sigs-1) + raw
+		src := failingReaderAt{s: full, n: hdrLen + int64(len(sig))*int64(sigs-1) + 3}
+		bad, err := policy.NewMessage(src, int64(len(full)), nil)
+		require.NoError(t, err)
+		tx := newTestTx("a@example.org")
+		v := VerifyDKIM(DKIMVerifyOptions{Resolver: srv.Resolver(), AuthServID: testAuthServID})(context.Background(), tx, bad)
+		assert.Equal(t, 451, v.Reply.Code, "%d signatures", sigs)
+		_, ok := DKIMResultsKey.Get(tx)
+		assert.False(t, ok)
+
+	}
+	n := int64(strings.Index(sampleMessage, "\r\n\r\n") + 7)
+	bad, err := policy.NewMessage(failingReaderAt{s: sampleMessage, n: n}, int64(len(sampleMessage)), nil)
+	require.NoError(t, err)
+	v := SignDKIM(signer)(context.Background(), newTestTx("alice@example.com"), bad)
+	assert.Equal(t, 451, v.Reply.Code)
+	assert.False(t, bad.Header.Has("DKIM-Signature"))
+}
