@@ -178,9 +178,13 @@ func (s *Spool) Delete(ctx context.Context, id string) error {
 	}
 	var files []string
 	msgs, _ := filepath.Glob(filepath.Join(s.root, "msg", id+"*.eml"))
+	if q == Corrupt { // set aside with its envelope
+		cm, _ := filepath.Glob(filepath.Join(s.root, Corrupt, id+"*.eml"))
+		msgs = append(msgs, cm...)
+	}
 	for _, m := range msgs {
 		if msgID(filepath.Base(m)) == id {
-			files = append(files, filepath.Base(m))
+			files = append(files, m)
 		}
 	}
 	return s.remove(ctx, q, id, files...)

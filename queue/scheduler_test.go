@@ -507,6 +507,10 @@ func TestCorruptEntriesSetAside(t *testing.T) {
 	assert.NoError(t, err, "the message goes with its envelope")
 	_, err = os.Stat(filepath.Join(dir, Corrupt, "garbage.eml"))
 	assert.NoError(t, err)
+	// The admin can inspect and delete what was set aside.
+	require.NoError(t, h.sp.Delete(context.Background(), "trunc"))
+	_, err = os.Stat(filepath.Join(dir, Corrupt, "trunc.eml"))
+	assert.ErrorIs(t, err, os.ErrNotExist)
 }
 
 func TestRestartPicksUpEverything(t *testing.T) {

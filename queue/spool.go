@@ -472,7 +472,7 @@ func (s *Spool) update(ctx context.Context, env *Envelope, from, to string, newM
 }
 
 // remove deletes the entry id of queue q: the envelope first (durably),
-// then its message files.
+// then its message files (names in msg/, or paths).
 func (s *Spool) remove(ctx context.Context, q, id string, msgFiles ...string) error {
 	dir, err := s.queueDir(q)
 	if err != nil {
@@ -480,7 +480,10 @@ func (s *Spool) remove(ctx context.Context, q, id string, msgFiles ...string) er
 	}
 	o := &op{removes: []string{filepath.Join(dir, id+".json")}, dirs: []string{dir}}
 	for _, m := range msgFiles {
-		o.after = append(o.after, filepath.Join(s.root, "msg", m))
+		if !filepath.IsAbs(m) && !strings.ContainsRune(m, filepath.Separator) {
+			m = filepath.Join(s.root, "msg", m)
+		}
+		o.after = append(o.after, m)
 	}
 	return s.c.commit(ctx, o)
 }
