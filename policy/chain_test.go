@@ -530,9 +530,16 @@ func TestRuleNames(t *testing.T) {
 			assert.Panics(t, func() { tt.reg(policy.NewChain()) })
 		})
 	}
-	c := policy.NewChain().Mail("a", noop).Mail("b", noop).Mail("c", noop)
-	assert.Equal(t, []string{"a", "b", "c"}, c.Rules(policy.StageMail))
-	assert.Empty(t, c.Rules(policy.StageRcpt))
+	c := policy.NewChain()
+	for _, s := range policy.Stages() {
+		assert.Empty(t, c.Rules(s))
+		for _, n := range []string{"a", "b"} {
+			addRule(c, s, s.String()+"-"+n, func(context.Context) policy.Verdict { return policy.Next })
+		}
+	}
+	for _, s := range policy.Stages() {
+		assert.Equal(t, []string{s.String() + "-a", s.String() + "-b"}, c.Rules(s))
+	}
 	assert.Nil(t, c.Rules(policy.Stage(0)))
 }
 
