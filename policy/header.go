@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"errors"
 	"io"
-	"net/textproto"
 	"strings"
 )
 
@@ -302,7 +301,9 @@ func newField(key, value string) Field {
 		// as a failed rule.
 		panic("policy: header field without a valid name")
 	}
-	key = textproto.CanonicalMIMEHeaderKey(key)
+	// The name is kept as written: canonical MIME case would turn
+	// "Received-SPF" into "Received-Spf" and "DKIM-Signature" into
+	// "Dkim-Signature".
 	// Byte-wise, not strings.Map, which would turn 8-bit bytes that are
 	// not UTF-8 into U+FFFD.
 	value = crlfToSpace.Replace(value)
