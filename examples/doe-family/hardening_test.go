@@ -1,0 +1,840 @@
+package main
+
+// Whole-server hardening tests (issue 7) against the built doe-family
+// binary: kill -9 during a bounded load, a full or broken spool during
+// DATA, DNS that fails or never answers, 2,000 idle connections, and a
+// message larger than the size limit, each followed by a normal client that
+// must still be served. The harness (newEnv, send, waitFiles, ...) is in
+// e2e_test.go.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-msgauth/dkim"
+	"github.com/emersion/go-sasl"
+	gosmtp "github.com/emersion/go-smtp"
+	mdns "github.com/miekg/dns"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// skipShort skips the long hardening tests under -short; a plain
+// `go test -race ./...` (CI) runs them.
+func skipShort(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("long hardening test: runs without -short")
+	}
+}
+
+// procBytes returns a field of /proc/<pid>/status (VmRSS, VmHWM) in bytes.
+func procBytes(t *testing.T, pid int, field string) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	require.NoError(t, err)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			f := strings.Fields(v)
+			require.Len(t, f, 2, "%s line %q", field, line)
+			require.Equal(t, "kB", f[1])
+			n, err := strconv.ParseInt(f[0], 10, 64)
+			require.NoError(t, err)
+			return n << 10
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
+	return 0
+}
+
+// peakMeter follows the peak RSS of a process while something runs: it
+// resets the kernel's high-water mark (clear_refs 5, so VmHWM is exact) and
+// also samples VmRSS, in case the reset is not permitted.
+type peakMeter struct {
+	t      *testing.T
+	pid    int
+	base   int64
+	reset  bool
+	max    atomic.Int64
+	stop   chan struct{}
+	done   chan struct{}
+	report string
+}
+
+func startPeakMeter(t *testing.T, pid int) *peakMeter {
+	t.Helper()
+	runtimeSettle()
+	m := &peakMeter{t: t, pid: pid, stop: make(chan struct{}), done: make(chan struct{})}
+	m.base = procBytes(t, pid, "VmRSS")
+	m.reset = os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0) == nil
+	m.max.Store(m.base)
+	go func() {
+		defer close(m.done)
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-m.stop:
+				return
+			case <-tick.C:
+				b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+				if err != nil {
+					continue
+				}
+				for _, line := range strings.Split(string(b), "\n") {
+					if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+						if f := strings.Fields(v); len(f) == 2 {
+							if n, err := strconv.ParseInt(f[0], 10, 64); err == nil && n<<10 > m.max.Load() {
+								m.max.Store(n << 10)
+							}
+						}
+					}
+				}
+			}
+		}
+	}()
+	return m
+}
+
+// finish returns the peak RSS growth over the base.
+func (m *peakMeter) finish() (base, peak, growth int64) {
+	close(m.stop)
+	<-m.done
+	peak = m.max.Load()
+	if m.reset {
+		if hwm := procBytes(m.t, m.pid, "VmHWM"); hwm > peak {
+			peak = hwm
+		}
+	}
+	return m.base, peak, peak - m.base
+}
+
+// runtimeSettle gives the server a moment to finish what it was doing
+// (deliveries, log writes) before a memory baseline is taken.
+func runtimeSettle() { time.Sleep(300 * time.Millisecond) }
+
+func mib(n int64) string { return fmt.Sprintf("%.2f MiB", float64(n)/(1<<20)) }
+
+// dialFrom connects to addr from the loopback address ip (any 127/8
+// address is local).
+func dialFrom(ip, addr string) (net.Conn, error) {
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 10 * time.Second}
+	return d.Dial("tcp", addr)
+}
+
+// transact runs one transaction on an open client.
+func transact(c *gosmtp.Client, from string, to []string, body io.Reader) error {
+	if err := c.Mail(from, nil); err != nil {
+		return err
+	}
+	for _, r := range to {
+		if err := c.Rcpt(r, nil); err != nil {
+			return err
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(w, body); err != nil {
+		w.Close()
+		return err
+	}
+	return w.Close()
+}
+
+// sendFrom runs one transaction on the MTA port from the loopback address
+// ip (send in e2e_test.go always comes from 127.0.0.1).
+func sendFrom(ip, addr, from string, to []string, msg string) error {
+	conn, err := dialFrom(ip, addr)
+	if err != nil {
+		return err
+	}
+	c := gosmtp.NewClient(conn)
+	c.CommandTimeout = 30 * time.Second
+	defer c.Close()
+	if err := c.Hello("client.example.org"); err != nil {
+		return err
+	}
+	if err := transact(c, from, to, strings.NewReader(msg)); err != nil {
+		return err
+	}
+	return c.Quit()
+}
+
+// submit sends body on the submission port after STARTTLS and AUTH as from.
+func submit(addr, from string, to []string, body io.Reader) error {
+	c, err := gosmtp.DialStartTLS(addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Hello("laptop.example.net"); err != nil {
+		return err
+	}
+	if err := c.Auth(sasl.NewPlainClient("", from, password)); err != nil {
+		return err
+	}
+	if err := transact(c, from, to, body); err != nil {
+		return err
+	}
+	return c.Quit()
+}
+
+// waitFor polls cond until it holds or the time is up.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		require.True(t, time.Now().Before(deadline), "timed out after %v waiting for %s", d, what)
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func countFiles(dir string) int {
+	entries, _ := os.ReadDir(dir)
+	return len(entries)
+}
+
+// mailboxHas reports whether a message with this Subject is in dir.
+func mailboxHas(t *testing.T, dir, subject string) bool {
+	t.Helper()
+	entries, _ := os.ReadDir(dir)
+	for _, en := range entries {
+		b, err := os.ReadFile(filepath.Join(dir, en.Name()))
+		require.NoError(t, err)
+		if bytes.Contains(b, []byte("\nSubject: "+subject+"\n")) || bytes.Contains(b, []byte("\nSubject: "+subject+"\r\n")) {
+			return true
+		}
+	}
+	return false
+}
+
+// normalClient proves the server still serves: a message from outside to
+// a local user gets 250 and reaches the maildir.
+func normalClient(t *testing.T, e *env, ip, subject string) {
+	t.Helper()
+	require.NoError(t, sendFrom(ip, e.listen, "someone@example.org", []string{"jane@doe-family.com"},
+		message("someone@example.org", "jane@doe-family.com", subject, "still served")),
+		"a normal client must be served")
+	dir := filepath.Join(e.maildir, "jane", "new")
+	waitFor(t, 20*time.Second, "delivery of "+subject, func() bool { return mailboxHas(t, dir, subject) })
+}
+
+func requireTemporary(t *testing.T, err error, what string) {
+	t.Helper()
+	require.Error(t, err, "%s: a 250 for mail that is not safely stored", what)
+	code, enh := smtpCode(t, err)
+	assert.Contains(t, []int{451, 452}, code, "%s: reply %d %s", what, code, enh)
+	assert.True(t, strings.HasPrefix(enh, "4."), "%s: enhanced code %s", what, enh)
+}
+
+// TestHardeningKill9DuringLoad: 8 clients send a bounded load of small
+// messages to local users; the server is killed with SIGKILL once a third
+// of them got a 250, restarted on the same spool and maildir, and the
+// clients finish (resending what got no 250, as a real client does). Every
+// message that got a 250 — above all from the killed server — must be in
+// the maildir once the queue has drained; a message resent after a lost
+// reply may arrive twice (delivery is at least once).
+func TestHardeningKill9DuringLoad(t *testing.T) {
+	skipShort(t)
+	const (
+		total   = 2000
+		workers = 8
+	)
+	e := newEnv(t)
+	msgRe := regexp.MustCompile(`(?m)^Message-ID: <load-(\d+)@test>\r?$`)
+	user := func(i int) string { return fmt.Sprintf("load%d@doe-family.com", i%workers) }
+
+	var (
+		mu       sync.Mutex
+		acked    = map[int]bool{}
+		attempts atomic.Int64
+		failures atomic.Int64
+	)
+	work := make(chan int, total) // at most total items are queued or in flight
+	for i := range total {
+		work <- i
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+
+	worker := func() {
+		for ctx.Err() == nil {
+			conn, err := net.DialTimeout("tcp", e.listen, 2*time.Second)
+			if err != nil { // the server is down: try again shortly
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
+			c := gosmtp.NewClient(conn)
+			c.CommandTimeout, c.SubmissionTimeout = 30*time.Second, 30*time.Second
+			if err := c.Hello("client.example.org"); err != nil {
+				c.Close()
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
+			for {
+				var i int
+				select {
+				case i = <-work:
+				case <-ctx.Done():
+					c.Close()
+					return
+				}
+				attempts.Add(1)
+				rcpt := user(i)
+				subject := fmt.Sprintf("load-%04d", i)
+				err := transact(c, "someone@example.org", []string{rcpt}, strings.NewReader(message("someone@example.org", rcpt, subject, "message "+subject)))
+				if err != nil {
+					failures.Add(1)
+					work <- i // no 250: send it again, on a new connection
+					c.Close()
+					break
+				}
+				mu.Lock()
+				acked[i] = true
+				if len(acked) == total {
+					cancel()
+				}
+				mu.Unlock()
+			}
+		}
+	}
+	ackedNow := func() map[int]bool {
+		mu.Lock()
+		defer mu.Unlock()
+		out := make(map[int]bool, len(acked))
+		for k := range acked {
+			out[k] = true
+		}
+		return out
+	}
+
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() { defer wg.Done(); worker() }()
+	}
+	waitFor(t, 60*time.Second, "a third of the load to be acknowledged", func() bool { return len(ackedNow()) >= total/3 })
+	e.stop(syscall.SIGKILL)
+	beforeKill := ackedNow() // nothing can be acknowledged while the server is down
+	attemptsAtKill := attempts.Load()
+	killedAt := time.Since(start)
+	e.start()
+	wg.Wait()
+	ackedAt := time.Since(start)
+	final := ackedNow()
+	require.Len(t, final, total, "every message must get its 250 in the end (the clients retry)")
+
+	// Wait for the queue to drain into the maildir.
+	delivered := map[int]int{}
+	seen := map[string]bool{}
+	files := 0
+	scan := func() {
+		for u := range workers {
+			dir := filepath.Join(e.maildir, fmt.Sprintf("load%d", u), "new")
+			entries, _ := os.ReadDir(dir)
+			for _, en := range entries {
+				p := filepath.Join(dir, en.Name())
+				if seen[p] {
+					continue
+				}
+				b, err := os.ReadFile(p)
+				require.NoError(t, err)
+				m := msgRe.FindSubmatch(b)
+				require.NotNil(t, m, "delivered file %s has no load Message-ID", p)
+				n, _ := strconv.Atoi(string(m[1]))
+				seen[p] = true
+				files++
+				delivered[n]++
+			}
+		}
+	}
+	waitFor(t, 90*time.Second, "every acknowledged message in the maildir", func() bool {
+		scan()
+		return len(delivered) >= total
+	})
+	waitFor(t, 20*time.Second, "the queue to drain", func() bool {
+		return countFiles(filepath.Join(e.spool, "working"))+countFiles(filepath.Join(e.spool, "deliver"))+
+			countFiles(filepath.Join(e.spool, "deferred")) == 0
+	})
+	scan()
+	drainedAt := time.Since(start)
+
+	lost := 0
+	for i := range beforeKill {
+		if delivered[i] == 0 {
+			lost++
+		}
+	}
+	dups := 0
+	for _, n := range delivered {
+		dups += n - 1
+	}
+	t.Logf("kill -9 load: %d messages on %d connections; %d DATA transactions sent (%d before the kill), %d acknowledged (%d by the killed server), %d transactions without 250 (resent), %d files delivered, %d distinct messages, %d duplicates, %d acknowledged-before-kill lost",
+		total, workers, attempts.Load(), attemptsAtKill, len(final), len(beforeKill), failures.Load(), files, len(delivered), dups, lost)
+	t.Logf("kill -9 load: killed after %v, all acknowledged after %v, queue drained after %v",
+		killedAt.Round(time.Millisecond), ackedAt.Round(time.Millisecond), drainedAt.Round(time.Millisecond))
+	assert.Zero(t, lost, "messages acknowledged by the killed server were lost")
+	for i := range final {
+		assert.Positive(t, delivered[i], "acknowledged message load-%04d not delivered", i)
+	}
+	assert.Zero(t, countFiles(filepath.Join(e.spool, "dead")), "nothing may fail for good")
+	assert.Zero(t, countFiles(filepath.Join(e.spool, "corrupt")), "kill -9 must leave no corrupt entry")
+	assert.LessOrEqual(t, dups, int(failures.Load()), "a duplicate needs a transaction whose reply was lost")
+
+	normalClient(t, e, "127.0.0.1", "after-kill")
+}
+
+// mountTmpfs mounts a tmpfs of the given size (as root; tests run as root,
+// which ignores permissions, so a full filesystem is the honest way to make
+// a spool unwritable).
+func mountTmpfs(t *testing.T, size string) string {
+	t.Helper()
+	dir := t.TempDir()
+	out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput()
+	if err != nil {
+		msg := fmt.Sprintf("cannot mount a tmpfs for the disk-full test (needs root and mount permission): %v: %s", err, bytes.TrimSpace(out))
+		if os.Getenv("MTAKIT_INTEGRATION") == "1" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	return dir
+}
+
+// fill writes a file in dir until the filesystem is full; removing the file
+// frees the space again.
+func fill(t *testing.T, dir string) string {
+	t.Helper()
+	p := filepath.Join(dir, "filler")
+	f, err := os.Create(p)
+	require.NoError(t, err)
+	defer f.Close()
+	chunk := make([]byte, 4096)
+	for i := 0; i < 1<<20; i++ {
+		if _, err := f.Write(chunk); err != nil {
+			require.ErrorIs(t, err, syscall.ENOSPC)
+			return p
+		}
+	}
+	t.Fatalf("%s never filled up", dir)
+	return ""
+}
+
+// TestHardeningDiskFull: a full filesystem under the receiving spool (where
+// DATA is streamed, $TMPDIR of the server) or under the queue gives 451 and
+// never 250; once space is back the server serves normally.
+func TestHardeningDiskFull(t *testing.T) {
+	recvFS := mountTmpfs(t, "2m")
+	queueFS := mountTmpfs(t, "4m")
+	e := newEnv(t)
+	// Restart it with the receiving spool ($TMPDIR) and the queue on the
+	// small filesystems.
+	e.stop(syscall.SIGTERM)
+	t.Setenv("TMPDIR", recvFS)
+	e.spool = filepath.Join(queueFS, "queue")
+	e.args = append(e.args, "-spool", e.spool)
+	e.start()
+	normalClient(t, e, "127.0.0.1", "before-full")
+
+	big := message("someone@example.org", "jane@doe-family.com", "full-recv", strings.Repeat(strings.Repeat("y", 98)+"\r\n", 3000))
+
+	t.Run("receiving spool full", func(t *testing.T) {
+		filler := fill(t, recvFS)
+		err := send(t, e.listen, "client.example.org", false, "someone@example.org", []string{"jane@doe-family.com"}, big)
+		requireTemporary(t, err, "receiving spool full")
+		require.NoError(t, os.Remove(filler))
+		normalClient(t, e, "127.0.0.1", "after-recv-full")
+		assert.False(t, mailboxHas(t, filepath.Join(e.maildir, "jane", "new"), "full-recv"))
+	})
+
+	t.Run("queue full", func(t *testing.T) {
+		filler := fill(t, queueFS)
+		err := send(t, e.listen, "client.example.org", false, "someone@example.org", []string{"jane@doe-family.com"},
+			message("someone@example.org", "jane@doe-family.com", "full-queue", "no room in the queue"))
+		requireTemporary(t, err, "queue full")
+		// The session goes on after the 451: the same client can try again
+		// on the same connection once there is room.
+		require.NoError(t, os.Remove(filler))
+		normalClient(t, e, "127.0.0.1", "after-queue-full")
+		assert.False(t, mailboxHas(t, filepath.Join(e.maildir, "jane", "new"), "full-queue"),
+			"a message refused with 451 must not be delivered")
+		assert.Zero(t, countFiles(filepath.Join(e.spool, "corrupt")))
+	})
+}
+
+// TestHardeningSpoolBroken: without mount permission a spool can still be
+// broken as root: a file where the queue expects its tmp directory. The
+// enqueue fails, the client gets 451, and the server recovers when the
+// directory is back.
+func TestHardeningSpoolBroken(t *testing.T) {
+	e := newEnv(t)
+	normalClient(t, e, "127.0.0.1", "before-broken")
+	tmp := filepath.Join(e.spool, "tmp")
+	require.NoError(t, os.RemoveAll(tmp))
+	require.NoError(t, os.WriteFile(tmp, []byte("not a directory"), 0o600))
+	err := send(t, e.listen, "client.example.org", false, "someone@example.org", []string{"jane@doe-family.com"},
+		message("someone@example.org", "jane@doe-family.com", "broken-spool", "x"))
+	requireTemporary(t, err, "queue tmp is a file")
+	require.NoError(t, os.Remove(tmp))
+	require.NoError(t, os.Mkdir(tmp, 0o750))
+	normalClient(t, e, "127.0.0.1", "after-broken")
+	assert.False(t, mailboxHas(t, filepath.Join(e.maildir, "jane", "new"), "broken-spool"))
+}
+
+// TestHardeningDNSFaults: doe-family checks SPF in soft mode, which
+// documents (auth.SPFSoft) that only "fail" is refused: a DNS server that
+// answers SERVFAIL or never answers gives temperror, recorded in
+// Received-SPF, and the message is accepted. A DNS server that never
+// answers must not hold a session past the SPF timeout (10 s) at MAIL, nor
+// the greeting past the reverse-lookup bound (10 s).
+func TestHardeningDNSFaults(t *testing.T) {
+	e := newEnv(t)
+	e.dns.Fail("servfail.test", mdns.RcodeServerFailure)
+	e.dns.Timeout("slow.test")
+	e.dns.Timeout("3.0.0.127.in-addr.arpa")
+	jane := filepath.Join(e.maildir, "jane", "new")
+
+	mailTimed := func(t *testing.T, ip, from, subject string) time.Duration {
+		conn, err := dialFrom(ip, e.listen)
+		require.NoError(t, err)
+		c := gosmtp.NewClient(conn)
+		c.CommandTimeout = 60 * time.Second // the server must answer well before this
+		defer c.Close()
+		start := time.Now()
+		require.NoError(t, c.Hello("client.example.org"))
+		greeted := time.Since(start)
+		start = time.Now()
+		require.NoError(t, c.Mail(from, nil), "soft mode accepts a temperror")
+		mailTook := time.Since(start)
+		require.NoError(t, c.Rcpt("jane@doe-family.com", nil))
+		w, err := c.Data()
+		require.NoError(t, err)
+		_, err = io.WriteString(w, message(from, "jane@doe-family.com", subject, "dns trouble"))
+		require.NoError(t, err)
+		require.NoError(t, w.Close())
+		require.NoError(t, c.Quit())
+		t.Logf("%s: greeting+EHLO %v, MAIL %v", subject, greeted.Round(time.Millisecond), mailTook.Round(time.Millisecond))
+		return greeted + mailTook
+	}
+	delivered := func(t *testing.T, subject string) string {
+		var got string
+		waitFor(t, 20*time.Second, "delivery of "+subject, func() bool {
+			for _, f := range waitFiles(t, jane, 0) {
+				if strings.Contains(f, "Subject: "+subject+"\n") {
+					got = f
+					return true
+				}
+			}
+			return false
+		})
+		return got
+	}
+
+	t.Run("group", func(t *testing.T) {
+		t.Run("SPF SERVFAIL", func(t *testing.T) {
+			t.Parallel()
+			took := mailTimed(t, "127.0.0.2", "someone@servfail.test", "dns-servfail")
+			assert.Less(t, took, 15*time.Second)
+			f := delivered(t, "dns-servfail")
+			assert.Regexp(t, `(?m)^Received-SPF: temperror`, f)
+		})
+		t.Run("SPF timeout", func(t *testing.T) {
+			t.Parallel()
+			took := mailTimed(t, "127.0.0.2", "someone@slow.test", "dns-timeout")
+			// SPF gives up after 10 s; a hang would run into the 60 s
+			// client timeout.
+			assert.Less(t, took, 25*time.Second, "a DNS timeout held the session past the SPF timeout")
+			f := delivered(t, "dns-timeout")
+			assert.Regexp(t, `(?m)^Received-SPF: temperror`, f)
+		})
+		t.Run("reverse DNS timeout", func(t *testing.T) {
+			t.Parallel()
+			took := mailTimed(t, "127.0.0.3", "someone@example.org", "dns-ptr-timeout")
+			assert.Less(t, took, 25*time.Second, "a PTR timeout held the greeting past its bound")
+			f := delivered(t, "dns-ptr-timeout")
+			assert.Regexp(t, `(?m)^Received-SPF: pass`, f)
+			assert.Contains(t, f, "(unknown [127.0.0.3])", "no reverse name when PTR times out")
+		})
+	})
+	normalClient(t, e, "127.0.0.1", "after-dns")
+}
+
+// raiseNoFile makes sure this process (and the server it starts, which
+// inherits the limit) may open n files.
+func raiseNoFile(t *testing.T, n uint64) {
+	t.Helper()
+	var lim syscall.Rlimit
+	require.NoError(t, syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim))
+	if lim.Cur >= n {
+		return
+	}
+	lim.Cur = min(n, lim.Max)
+	require.NoError(t, syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim))
+	if lim.Cur < n {
+		t.Skipf("RLIMIT_NOFILE hard limit %d is below the %d files the test needs", lim.Max, n)
+	}
+}
+
+// openIdle dials from ip and reads the first reply line.
+func openIdle(ip, addr string) (net.Conn, string, error) {
+	conn, err := dialFrom(ip, addr)
+	if err != nil {
+		return nil, "", err
+	}
+	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	conn.SetReadDeadline(time.Time{})
+	if err != nil {
+		conn.Close()
+		return nil, "", err
+	}
+	return conn, strings.TrimRight(line, "\r\n"), nil
+}
+
+// openMany opens perIP connections from each address, 64 at a time, and
+// returns the open ones and the first line each got.
+func openMany(t *testing.T, addr string, ips []string, perIP int) (open []net.Conn, lines []string) {
+	t.Helper()
+	var mu sync.Mutex
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	for _, ip := range ips {
+		for range perIP {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				c, line, err := openIdle(ip, addr)
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					lines = append(lines, "error: "+err.Error())
+					return
+				}
+				lines = append(lines, line)
+				if strings.HasPrefix(line, "220 ") {
+					open = append(open, c)
+				} else {
+					c.Close()
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	return open, lines
+}
+
+func ipRange(from, to int) []string {
+	var out []string
+	for i := from; i <= to; i++ {
+		out = append(out, fmt.Sprintf("127.0.0.%d", i))
+	}
+	return out
+}
+
+// TestHardeningIdleConnections: 2,000 idle connections from 100 loopback
+// addresses (20 each). doe-family runs on the smtp package's default limits
+// (it has no flags for them): 20 per IP and 1,000 in total, so 1,000 are
+// held and the rest get 421 4.7.0. The server's RSS growth per idle
+// connection is measured and reported; a normal client is served while
+// they are open (below the total limit) and after they close.
+func TestHardeningIdleConnections(t *testing.T) {
+	skipShort(t)
+	const (
+		perIP    = 20   // smtp.DefaultLimits().MaxConnectionsPerIP
+		maxTotal = 1000 // smtp.DefaultLimits().MaxConnections
+	)
+	raiseNoFile(t, 8192)
+	e := newEnv(t)
+	pid := e.cmd.Process.Pid
+	normalClient(t, e, "127.0.0.250", "idle-warmup")
+	runtimeSettle()
+	rss0 := procBytes(t, pid, "VmRSS")
+
+	var all []net.Conn
+	defer func() {
+		for _, c := range all {
+			c.Close()
+		}
+	}()
+
+	// 980 connections from 127.0.0.1-49: all greeted.
+	openA, lines := openMany(t, e.listen, ipRange(1, 49), perIP)
+	all = append(all, openA...)
+	for _, l := range lines {
+		require.True(t, strings.HasPrefix(l, "220 "), "below the limits every connection is greeted, got %q", l)
+	}
+	require.Len(t, openA, 49*perIP)
+	runtimeSettle()
+	rss1 := procBytes(t, pid, "VmRSS")
+	perConn := float64(rss1-rss0) / float64(len(openA))
+	t.Logf("idle connections: RSS %s before, %s with %d idle connections: %.0f bytes (%.1f KiB) per idle connection",
+		mib(rss0), mib(rss1), len(openA), perConn, perConn/1024)
+
+	// The 21st connection from one address is refused.
+	c, line, err := openIdle("127.0.0.1", e.listen)
+	if err == nil {
+		c.Close()
+	}
+	require.NoError(t, err)
+	assert.True(t, strings.HasPrefix(line, "421 4.7.0"), "connection %d from one IP: got %q", perIP+1, line)
+
+	// A normal client is served while they are open.
+	normalClient(t, e, "127.0.0.250", "idle-during")
+	time.Sleep(500 * time.Millisecond) // let the server release its slot
+
+	// The other 1,020 of the 2,000: only 20 fit under the total limit.
+	openB, lines := openMany(t, e.listen, ipRange(50, 100), perIP)
+	all = append(all, openB...)
+	refused := 0
+	for _, l := range lines {
+		if strings.HasPrefix(l, "421 4.7.0") {
+			refused++
+		} else {
+			assert.True(t, strings.HasPrefix(l, "220 "), "got %q", l)
+		}
+	}
+	t.Logf("idle connections: %d attempted from 100 addresses, %d held, %d refused with 421 4.7.0 (total limit %d)",
+		49*perIP+51*perIP, len(openA)+len(openB), refused, maxTotal)
+	assert.Equal(t, maxTotal, len(openA)+len(openB), "the total limit holds exactly %d", maxTotal)
+	assert.Equal(t, 51*perIP-(maxTotal-len(openA)), refused)
+
+	// At the limit a new client is refused too, with 421 4.7.0.
+	err = sendFrom("127.0.0.250", e.listen, "someone@example.org", []string{"jane@doe-family.com"}, "x")
+	require.Error(t, err)
+	code, enh := smtpCode(t, err)
+	assert.Equal(t, 421, code)
+	assert.Equal(t, "4.7.0", enh)
+
+	// Idle clients that go away free their slots.
+	for _, c := range all {
+		c.Close()
+	}
+	all = nil
+	waitFor(t, 20*time.Second, "the server to serve again", func() bool {
+		return sendFrom("127.0.0.250", e.listen, "someone@example.org", []string{"jane@doe-family.com"},
+			message("someone@example.org", "jane@doe-family.com", "idle-after", "x")) == nil
+	})
+	normalClient(t, e, "127.0.0.1", "idle-after-2")
+}
+
+// lines is an endless body of 78-byte CRLF lines, none starting with a dot.
+type lines struct {
+	n   int
+	buf []byte
+}
+
+func (l *lines) Read(p []byte) (int, error) {
+	if len(l.buf) == 0 {
+		l.buf = fmt.Appendf(l.buf[:0], "line %09d %s\r\n", l.n, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-+")
+		l.n++
+	}
+	n := copy(p, l.buf)
+	l.buf = l.buf[n:]
+	return n, nil
+}
+
+func bigMessage(from string, to []string, subject string, size int64) io.Reader {
+	hdr := "From: <" + from + ">\r\nTo: <" + strings.Join(to, ">, <") + ">\r\nSubject: " + subject +
+		"\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\nMessage-ID: <" + subject + "@test>\r\n\r\n"
+	return io.MultiReader(strings.NewReader(hdr), io.LimitReader(&lines{}, size), strings.NewReader("\r\nend\r\n"))
+}
+
+// TestHardeningLargeMessage: a large message goes through the whole
+// policy (submission with STARTTLS and AUTH, SPF skipped for the
+// authenticated user, DKIM signing after queueing) to a local and a remote
+// recipient while the server's peak RSS is measured: a whole message held in
+// memory would show as growth of its size. doe-family has no flag for the
+// size limit and runs on the smtp default, 25 MiB, so the accepted message
+// is 24 MiB; a 50 MiB one is read to its end and refused with 552 5.3.4,
+// nothing queued, memory bounded as well.
+func TestHardeningLargeMessage(t *testing.T) {
+	skipShort(t)
+	const (
+		accepted = 24 << 20
+		tooBig   = 50 << 20
+		bound    = 64 << 20 // far below a message held whole in memory
+	)
+	e := newEnv(t)
+	pid := e.cmd.Process.Pid
+	jane := filepath.Join(e.maildir, "jane", "new")
+	to := []string{"jane@doe-family.com", "friend@other.test"}
+	from := "john@doe-family.com"
+
+	// Warm up every path once (TLS, AUTH, signing, both transports).
+	require.NoError(t, submit(e.submission, from, to, strings.NewReader(message(from, to[0], "warmup", "small"))))
+	waitFor(t, 20*time.Second, "warm-up delivery", func() bool { return countFiles(jane) == 1 && len(e.sink.received()) == 1 })
+
+	t.Run("24 MiB accepted, signed, delivered", func(t *testing.T) {
+		m := startPeakMeter(t, pid)
+		require.NoError(t, submit(e.submission, from, to, bigMessage(from, to, "big-24", accepted)))
+		waitFor(t, 60*time.Second, "the large message in the maildir and at the relayhost", func() bool {
+			return countFiles(jane) == 2 && len(e.sink.received()) == 2
+		})
+		base, peak, growth := m.finish()
+		t.Logf("24 MiB message through submission+DKIM to maildir and relayhost: RSS %s before, peak %s, growth %s (exact peak: %v)",
+			mib(base), mib(peak), mib(growth), m.reset)
+		assert.Less(t, growth, int64(bound), "RSS grew by %s: is the message held in memory?", mib(growth))
+
+		got := e.sink.received()[1]
+		assert.Greater(t, len(got.Data), accepted)
+		assert.Contains(t, string(got.Data), "Subject: big-24")
+		verifications, err := dkim.VerifyWithOptions(bytes.NewReader(got.Data), &dkim.VerifyOptions{
+			LookupTXT: func(domain string) ([]string, error) {
+				return e.dns.Resolver().LookupTXT(context.Background(), domain)
+			},
+		})
+		require.NoError(t, err)
+		require.Len(t, verifications, 1)
+		assert.NoError(t, verifications[0].Err, "the signature of the large message must verify")
+		require.True(t, mailboxHas(t, jane, "big-24"))
+	})
+
+	t.Run("50 MiB refused with 552 5.3.4 after reading", func(t *testing.T) {
+		m := startPeakMeter(t, pid)
+		err := submit(e.submission, from, to, bigMessage(from, to, "big-50", tooBig))
+		base, peak, growth := m.finish()
+		t.Logf("50 MiB message (over the 25 MiB limit): RSS %s before, peak %s, growth %s", mib(base), mib(peak), mib(growth))
+		require.Error(t, err)
+		code, enh := smtpCode(t, err)
+		assert.Equal(t, 552, code)
+		assert.Equal(t, "5.3.4", enh)
+		assert.Less(t, growth, int64(bound), "RSS grew by %s reading a refused message", mib(growth))
+
+		// A normal client is served, and the refused message was not queued.
+		normalClient(t, e, "127.0.0.1", "after-big")
+		require.NoError(t, submit(e.submission, from, []string{"friend@other.test"}, strings.NewReader(message(from, "friend@other.test", "after-big-relay", "x"))))
+		msgs := waitSink(t, e.sink, 3)
+		assert.Len(t, msgs, 3)
+		assert.Contains(t, string(msgs[2].Data), "Subject: after-big-relay")
+		assert.False(t, mailboxHas(t, jane, "big-50"))
+		entries, err := os.ReadDir(filepath.Join(e.spool, "msg"))
+		require.NoError(t, err)
+		for _, en := range entries {
+			info, err := en.Info()
+			require.NoError(t, err)
+			assert.Less(t, info.Size(), int64(tooBig), "the refused message is in the spool: %s", en.Name())
+		}
+	})
+}
