@@ -254,6 +254,6 @@ func TestReceivedHeader(t *testing.T) {
 	unfolded = strings.ReplaceAll(unfolded, "\r\n ", " ")
 	first := strings.SplitN(unfolded, "\r\n", 2)[0]
 	assert.Contains(t, first, "by mx.test with ESMTP id "+m.ID+" for <a@mx.test>; ")
-	assert.Contains(t, unfolded, "\r\nReceived-Spf: pass (test) client-ip=127.0.0.1\r\nFrom: a@client.test\r\n")
+	assert.Contains(t, strings.ToLower(unfolded), "\r\nreceived-spf: pass (test) client-ip=127.0.0.1\r\nfrom: a@client.test\r\n")
 	assert.True(t, strings.HasSuffix(m.Data, "\r\n\r\nHello.\r\n"))
 }
