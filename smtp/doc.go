@@ -53,6 +53,16 @@
 // error replies per session before it is closed with 421 4.7.0. go-smtp
 // itself closes a session after its fourth unknown or malformed command.
 //
+// # What go-smtp decides
+//
+// go-smtp writes the positive replies to EHLO, MAIL and RCPT itself, so an
+// Info reply of a helo, mail or rcpt rule is logged but not sent (the preq
+// one is: it becomes the 250 text). policy.Conn.ESMTP is known from MAIL on
+// (it is read from the reply go-smtp gave to HELO or EHLO). go-smtp's
+// reader drops "." + CR at the start of a data line when no LF follows, so
+// that bare CR never reaches the checks: the text after it is kept as data
+// of the same message, never a second one.
+//
 // # Shutdown
 //
 // Shutdown stops accepting, closes idle sessions, lets a session that is

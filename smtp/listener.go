@@ -31,7 +31,9 @@ type listener struct {
 	closeOnce sync.Once
 	errMu     sync.Mutex
 	err       error
-	admitting sync.WaitGroup
+	mu        sync.Mutex
+	closed    bool
+	admitting sync.WaitGroup // admissions in progress; Serve waits for them
 }
 
 func newListener(s *Server, l net.Listener, lc Listener) *listener {
@@ -66,7 +68,14 @@ func (l *listener) run() {
 			return
 		}
 		delay = 0
+		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
+			raw.Close()
+			return
+		}
 		l.admitting.Add(1)
+		l.mu.Unlock()
 		go func() {
 			defer l.admitting.Done()
 			l.admit(raw)
@@ -98,6 +107,9 @@ func (l *listener) Accept() (net.Conn, error) {
 func (l *listener) Close() error {
 	var err error
 	l.closeOnce.Do(func() {
+		l.mu.Lock()
+		l.closed = true
+		l.mu.Unlock()
 		close(l.done)
 		err = l.Listener.Close()
 	})

@@ -323,6 +323,7 @@ func (s *Server) Serve(l net.Listener, lc Listener) error {
 	go wl.run()
 	err := gs.Serve(wl)
 	wl.Close()
+	wl.admitting.Wait()
 	s.mu.Lock()
 	stopping := s.closed || s.shutdown
 	s.mu.Unlock()
