@@ -174,3 +174,15 @@ func TestAdminWhileRunning(t *testing.T) {
 		assert.Empty(t, l, q)
 	}
 }
+
+func TestSpoolLocked(t *testing.T) {
+	dir := t.TempDir()
+	sp, err := Open(dir, WithLogger(quietLogger()))
+	require.NoError(t, err)
+	_, err = Open(dir, WithLogger(quietLogger()))
+	assert.ErrorIs(t, err, ErrLocked, "one spool, one owner")
+	require.NoError(t, sp.Close())
+	sp2, err := Open(dir, WithLogger(quietLogger()))
+	require.NoError(t, err, "free again after Close")
+	require.NoError(t, sp2.Close())
+}

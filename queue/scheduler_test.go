@@ -369,6 +369,23 @@ func TestPostQ(t *testing.T) {
 	}
 }
 
+func TestPostQSkippedWhenForceAccepted(t *testing.T) {
+	chain := policy.NewChain(policy.WithLogger(quietLogger()))
+	chain.PostQ("deny-all", func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
+		return policy.Deny(550, "5.7.1", "no")
+	})
+	h := newHarness(t, "", Config{Chain: chain})
+	h.start()
+	tx := newTx("m1", "a@example.org", "b@example.com")
+	tx.SetForceAccepted(true)
+	h.enqueue(tx, testMsg)
+	h.enqueue(newTx("m2", "a@example.org", "b@example.com"), testMsg)
+	h.wait("m1")
+	assert.Equal(t, "", h.queueOf("m1"), "force-accepted: delivered without postq")
+	h.wait("m2")
+	assert.Equal(t, Dead, h.queueOf("m2"), "the same rule bounces the other")
+}
+
 func TestPostQEditsSavedAndNotRepeated(t *testing.T) {
 	var runs atomic.Int32
 	chain := policy.NewChain(policy.WithLogger(quietLogger()))

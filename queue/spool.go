@@ -17,6 +17,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/mtakit/mtakit/policy"
 )
 
@@ -87,6 +89,9 @@ type Spool struct {
 	now    func() time.Time
 	c      *committer
 	locks  idLocks
+	lock   *os.File
+
+	closeOnce sync.Once
 
 	mu   sync.Mutex
 	wake func(id, queue string)
@@ -105,20 +110,53 @@ func Open(dir string, opts ...Option) (*Spool, error) {
 			return nil, err
 		}
 	}
+	lock, err := lockSpool(dir)
+	if err != nil {
+		return nil, err
+	}
 	if err := s.cleanup(); err != nil {
+		lock.Close()
 		return nil, err
 	}
 	c, err := newCommitter(dir, s.noSync)
 	if err != nil {
+		lock.Close()
 		return nil, err
 	}
-	s.c = c
+	s.c, s.lock = c, lock
 	return s, nil
 }
 
-// Close stops the spool after the changes under way are committed.
+// ErrLocked is returned by Open when another Spool (in this process or
+// another) has the directory open.
+var ErrLocked = errors.New("queue: spool in use by another process")
+
+// lockSpool takes an exclusive flock(2) on <dir>/lock, so that two
+// processes never run one spool (double deliveries, and one's cleanup
+// removing the other's messages being written). The kernel releases it when
+// the process dies.
+func lockSpool(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w: %s", ErrLocked, dir)
+		}
+		return nil, err
+	}
+	return f, nil
+}
+
+// Close stops the spool after the changes under way are committed. Stop
+// the Scheduler first.
 func (s *Spool) Close() error {
-	s.c.close()
+	s.closeOnce.Do(func() {
+		s.c.close()
+		s.lock.Close()
+	})
 	return nil
 }
 
@@ -306,11 +344,15 @@ func (s *Spool) enqueue(ctx context.Context, env *Envelope, q string, write func
 		return err
 	}
 	final := filepath.Join(qdir, env.ID+".json")
-	err = s.c.commit(ctx, &op{
+	o := &op{
 		files:   []string{msgPath, tmp},
 		renames: [][2]string{{tmp, final}},
-		dirs:    []string{filepath.Join(s.root, "msg"), qdir},
-	})
+		dirs:    []string{qdir},
+	}
+	if !syncCoversCreates {
+		o.dirs = append(o.dirs, filepath.Join(s.root, "msg"))
+	}
+	err = s.c.commit(ctx, o)
 	if err != nil {
 		os.Remove(tmp)
 		os.Remove(final)
