@@ -112,10 +112,8 @@ func startPeakMeter(t *testing.T, pid int) *peakMeter {
 	return m
 }
 
-// finish returns the peak RSS growth over the base.
-func (m *peakMeter) finish() (base, peak, growth int64) {
-	close(m.stop)
-	<-m.done
+// sample returns the peak RSS growth so far.
+func (m *peakMeter) sample() (base, peak, growth int64) {
 	peak = m.max.Load()
 	if m.reset {
 		if hwm := procBytes(m.t, m.pid, "VmHWM"); hwm > peak {
@@ -123,6 +121,13 @@ func (m *peakMeter) finish() (base, peak, growth int64) {
 		}
 	}
 	return m.base, peak, peak - m.base
+}
+
+// finish stops the meter and returns the peak RSS growth over the base.
+func (m *peakMeter) finish() (base, peak, growth int64) {
+	close(m.stop)
+	<-m.done
+	return m.sample()
 }
 
 // runtimeSettle gives the server a moment to finish what it was doing
@@ -226,12 +231,21 @@ func mailboxHas(t *testing.T, dir, subject string) bool {
 	return false
 }
 
+// hardenEnv is newEnv with an SPF record that lets any loopback address
+// send for loopback.test, the sender of normalClient.
+func hardenEnv(t *testing.T, extra ...string) *env {
+	t.Helper()
+	e := newEnv(t, extra...)
+	e.dns.Add(`loopback.test. TXT "v=spf1 ip4:127.0.0.0/8 -all"`)
+	return e
+}
+
 // normalClient proves the server still serves: a message from outside to
 // a local user gets 250 and reaches the maildir.
 func normalClient(t *testing.T, e *env, ip, subject string) {
 	t.Helper()
-	require.NoError(t, sendFrom(ip, e.listen, "someone@example.org", []string{"jane@doe-family.com"},
-		message("someone@example.org", "jane@doe-family.com", subject, "still served")),
+	require.NoError(t, sendFrom(ip, e.listen, "someone@loopback.test", []string{"jane@doe-family.com"},
+		message("someone@loopback.test", "jane@doe-family.com", subject, "still served")),
 		"a normal client must be served")
 	dir := filepath.Join(e.maildir, "jane", "new")
 	waitFor(t, 20*time.Second, "delivery of "+subject, func() bool { return mailboxHas(t, dir, subject) })
@@ -258,7 +272,7 @@ func TestHardeningKill9DuringLoad(t *testing.T) {
 		total   = 2000
 		workers = 8
 	)
-	e := newEnv(t)
+	e := hardenEnv(t)
 	msgRe := regexp.MustCompile(`(?m)^Message-ID: <load-(\d+)@test>\r?$`)
 	user := func(i int) string { return fmt.Sprintf("load%d@doe-family.com", i%workers) }
 
@@ -446,7 +460,7 @@ func fill(t *testing.T, dir string) string {
 func TestHardeningDiskFull(t *testing.T) {
 	recvFS := mountTmpfs(t, "2m")
 	queueFS := mountTmpfs(t, "4m")
-	e := newEnv(t)
+	e := hardenEnv(t)
 	// Restart it with the receiving spool ($TMPDIR) and the queue on the
 	// small filesystems.
 	e.stop(syscall.SIGTERM)
@@ -469,13 +483,23 @@ func TestHardeningDiskFull(t *testing.T) {
 
 	t.Run("queue full", func(t *testing.T) {
 		filler := fill(t, queueFS)
-		err := send(t, e.listen, "client.example.org", false, "someone@example.org", []string{"jane@doe-family.com"},
-			message("someone@example.org", "jane@doe-family.com", "full-queue", "no room in the queue"))
+		conn, err := dialFrom("127.0.0.1", e.listen)
+		require.NoError(t, err)
+		c := gosmtp.NewClient(conn)
+		c.CommandTimeout = 30 * time.Second
+		defer c.Close()
+		require.NoError(t, c.Hello("client.example.org"))
+		err = transact(c, "someone@example.org", []string{"jane@doe-family.com"},
+			strings.NewReader(message("someone@example.org", "jane@doe-family.com", "full-queue", "no room in the queue")))
 		requireTemporary(t, err, "queue full")
-		// The session goes on after the 451: the same client can try again
-		// on the same connection once there is room.
+		// The session goes on after the 451: the client tries again on
+		// the same connection once there is room.
 		require.NoError(t, os.Remove(filler))
+		require.NoError(t, transact(c, "someone@example.org", []string{"jane@doe-family.com"},
+			strings.NewReader(message("someone@example.org", "jane@doe-family.com", "full-queue-retry", "room again"))))
+		require.NoError(t, c.Quit())
 		normalClient(t, e, "127.0.0.1", "after-queue-full")
+		assert.True(t, mailboxHas(t, filepath.Join(e.maildir, "jane", "new"), "full-queue-retry"))
 		assert.False(t, mailboxHas(t, filepath.Join(e.maildir, "jane", "new"), "full-queue"),
 			"a message refused with 451 must not be delivered")
 		assert.Zero(t, countFiles(filepath.Join(e.spool, "corrupt")))
@@ -487,7 +511,7 @@ func TestHardeningDiskFull(t *testing.T) {
 // enqueue fails, the client gets 451, and the server recovers when the
 // directory is back.
 func TestHardeningSpoolBroken(t *testing.T) {
-	e := newEnv(t)
+	e := hardenEnv(t)
 	normalClient(t, e, "127.0.0.1", "before-broken")
 	tmp := filepath.Join(e.spool, "tmp")
 	require.NoError(t, os.RemoveAll(tmp))
@@ -508,7 +532,7 @@ func TestHardeningSpoolBroken(t *testing.T) {
 // answers must not hold a session past the SPF timeout (10 s) at MAIL, nor
 // the greeting past the reverse-lookup bound (10 s).
 func TestHardeningDNSFaults(t *testing.T) {
-	e := newEnv(t)
+	e := hardenEnv(t)
 	e.dns.Fail("servfail.test", mdns.RcodeServerFailure)
 	e.dns.Timeout("slow.test")
 	e.dns.Timeout("3.0.0.127.in-addr.arpa")
@@ -569,7 +593,7 @@ func TestHardeningDNSFaults(t *testing.T) {
 		})
 		t.Run("reverse DNS timeout", func(t *testing.T) {
 			t.Parallel()
-			took := mailTimed(t, "127.0.0.3", "someone@example.org", "dns-ptr-timeout")
+			took := mailTimed(t, "127.0.0.3", "someone@loopback.test", "dns-ptr-timeout")
 			assert.Less(t, took, 25*time.Second, "a PTR timeout held the greeting past its bound")
 			f := delivered(t, "dns-ptr-timeout")
 			assert.Regexp(t, `(?m)^Received-SPF: pass`, f)
@@ -666,7 +690,7 @@ func TestHardeningIdleConnections(t *testing.T) {
 		maxTotal = 1000 // smtp.DefaultLimits().MaxConnections
 	)
 	raiseNoFile(t, 8192)
-	e := newEnv(t)
+	e := hardenEnv(t)
 	pid := e.cmd.Process.Pid
 	normalClient(t, e, "127.0.0.250", "idle-warmup")
 	runtimeSettle()
@@ -733,8 +757,8 @@ func TestHardeningIdleConnections(t *testing.T) {
 	}
 	all = nil
 	waitFor(t, 20*time.Second, "the server to serve again", func() bool {
-		return sendFrom("127.0.0.250", e.listen, "someone@example.org", []string{"jane@doe-family.com"},
-			message("someone@example.org", "jane@doe-family.com", "idle-after", "x")) == nil
+		return sendFrom("127.0.0.250", e.listen, "someone@loopback.test", []string{"jane@doe-family.com"},
+			message("someone@loopback.test", "jane@doe-family.com", "idle-after", "x")) == nil
 	})
 	normalClient(t, e, "127.0.0.1", "idle-after-2")
 }
@@ -776,7 +800,7 @@ func TestHardeningLargeMessage(t *testing.T) {
 		tooBig   = 50 << 20
 		bound    = 64 << 20 // far below a message held whole in memory
 	)
-	e := newEnv(t)
+	e := hardenEnv(t)
 	pid := e.cmd.Process.Pid
 	jane := filepath.Join(e.maildir, "jane", "new")
 	to := []string{"jane@doe-family.com", "friend@other.test"}
@@ -789,6 +813,8 @@ func TestHardeningLargeMessage(t *testing.T) {
 	t.Run("24 MiB accepted, signed, delivered", func(t *testing.T) {
 		m := startPeakMeter(t, pid)
 		require.NoError(t, submit(e.submission, from, to, bigMessage(from, to, "big-24", accepted)))
+		_, recvPeak, recvGrowth := m.sample()
+		t.Logf("24 MiB message: peak RSS %s (growth %s) when its 250 came (received and queued)", mib(recvPeak), mib(recvGrowth))
 		waitFor(t, 60*time.Second, "the large message in the maildir and at the relayhost", func() bool {
 			return countFiles(jane) == 2 && len(e.sink.received()) == 2
 		})
