@@ -180,8 +180,8 @@ func receivedValue(hostname string, tx *policy.Transaction, now time.Time) strin
 	return b.String()
 }
 
-// receive streams a message into a spool file, with our Received field and
-// the fields rules added before DATA on top, runs the preq rules and hands
+// receive streams a message into a spool file, with the fields rules added
+// before DATA and our Received field on top, runs the preq rules and hands
 // the message to the queue. It returns the reply: 250 only once Enqueue
 // returned nil.
 func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Reader) (*gosmtp.SMTPError, bool) {
@@ -198,8 +198,16 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 		os.Remove(f.Name())
 	}()
 
-	hdr := tx.Header.Clone()
+	// Our Received field, with the fields rules added before DATA above
+	// it, as RFC 7208 section 9.1 wants of Received-SPF: they are trace
+	// fields of this hop, and rules tell our own fields from a sender's
+	// forgeries by their place above our Received.
+	var hdr policy.Header
 	hdr.Add("Received", receivedValue(s.cfg.Hostname, tx, time.Now()))
+	fields := tx.Header.Fields()
+	for i := len(fields) - 1; i >= 0; i-- {
+		hdr.AddRaw(fields[i].Raw)
+	}
 	w := bufio.NewWriterSize(f, 64<<10)
 	if _, err := hdr.WriteTo(w); err != nil {
 		log.Error("spool write", "error", err)

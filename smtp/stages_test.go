@@ -249,11 +249,14 @@ func TestReceivedHeader(t *testing.T) {
 	require.Len(t, msgs, 1)
 	m := msgs[0]
 	lines := strings.Split(m.Data, "\r\n")
-	require.True(t, strings.HasPrefix(lines[0], "Received: from evil?host?x? (unknown [127.0.0.1])"), lines[0])
+	// Received-SPF above our Received (RFC 7208 section 9.1), then the
+	// client's own fields.
+	require.Equal(t, "Received-SPF: pass (test) client-ip=127.0.0.1", lines[0])
+	require.True(t, strings.HasPrefix(lines[1], "Received: from evil?host?x? (unknown [127.0.0.1])"), lines[1])
 	unfolded := strings.ReplaceAll(m.Data, "\r\n\t", " ")
 	unfolded = strings.ReplaceAll(unfolded, "\r\n ", " ")
-	first := strings.SplitN(unfolded, "\r\n", 2)[0]
-	assert.Contains(t, first, "by mx.test with ESMTP id "+m.ID+" for <a@mx.test>; ")
-	assert.Contains(t, strings.ToLower(unfolded), "\r\nreceived-spf: pass (test) client-ip=127.0.0.1\r\nfrom: a@client.test\r\n")
+	received := strings.SplitN(unfolded, "\r\n", 3)[1]
+	assert.Contains(t, received, "by mx.test with ESMTP id "+m.ID+" for <a@mx.test>; ")
+	assert.Contains(t, unfolded, received+"\r\nFrom: a@client.test\r\n")
 	assert.True(t, strings.HasSuffix(m.Data, "\r\n\r\nHello.\r\n"))
 }

@@ -111,8 +111,8 @@ func (o *Outcome) Final() policy.Result {
 // connect rules, helo, auth when s.AuthUser is set, mail, rcpt for each
 // recipient, then (when one was accepted) preq, postq, and the delivery
 // rules for each accepted recipient unless the message was quarantined.
-// Before preq, as the SMTP server does, a Received field and the fields
-// rules added to tx.Header are put on top of the message.
+// Before preq, as the SMTP server does, a Received field and, above it, the
+// fields rules added to tx.Header are put on top of the message.
 //
 // An error means s itself is wrong (an address that does not parse, a
 // message whose header is too large), not that the chain denied.
@@ -182,11 +182,11 @@ func Run(ctx context.Context, chain *policy.Chain, s Session) (*Outcome, error) 
 	if err != nil {
 		return nil, fmt.Errorf("policytest: Message: %w", err)
 	}
+	m.Header.Add("Received", received(tx))
 	fields := tx.Header.Fields()
 	for i := len(fields) - 1; i >= 0; i-- {
 		m.Header.AddRaw(append([]byte(nil), fields[i].Raw...))
 	}
-	m.Header.Add("Received", received(tx))
 	o.Message = m
 	if o.PreQ = chain.EvalPreQ(ctx, tx, m); !o.PreQ.Accepted() {
 		o.Stopped = policy.StagePreQ

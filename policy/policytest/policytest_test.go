@@ -143,8 +143,8 @@ func TestRunThrough(t *testing.T) {
 
 	want := "DKIM-Signature: v=1; d=example.com\r\n" +
 		"Authentication-Results: mx.example.com; spf=pass\r\n" +
-		"Received: from mx.example.org ([198.51.100.7]) by policytest.invalid with\r\n ESMTP id policytest-1; Mon, 01 Jan 2024 00:00:00 +0000\r\n" +
 		"Received-SPF: pass (test) client-ip=192.0.2.1\r\n" +
+		"Received: from mx.example.org ([198.51.100.7]) by policytest.invalid with\r\n ESMTP id policytest-1; Mon, 01 Jan 2024 00:00:00 +0000\r\n" +
 		"From: alice@example.org\r\nSubject: hello\r\n\r\nline one\r\nline two\r\n"
 	b, err := io.ReadAll(out.Message.Reader())
 	require.NoError(t, err)
