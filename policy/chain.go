@@ -297,8 +297,14 @@ func run[R any](ctx context.Context, c *Chain, s Stage, rules []named[R], skippe
 // traces the decision.
 func (c *Chain) invoke(ctx context.Context, s Stage, name, connID, txID string, fn func(context.Context) Verdict) (v Verdict) {
 	start := time.Now()
-	rctx, cancel := context.WithTimeout(ctx, c.ruleTimeout)
-	defer cancel()
+	// A timer per rule is most of a rule's cost; skip it when the caller's
+	// deadline (the session's) already comes first.
+	rctx := ctx
+	if dl, ok := ctx.Deadline(); !ok || dl.Sub(start) > c.ruleTimeout {
+		var cancel context.CancelFunc
+		rctx, cancel = context.WithTimeout(ctx, c.ruleTimeout)
+		defer cancel()
+	}
 	func() {
 		defer func() {
 			if p := recover(); p != nil {
