@@ -73,7 +73,7 @@ func (s *Scheduler) bounce(ctx context.Context, env *Envelope, m *policy.Message
 		err := bw.Flush()
 		return cw.n, err
 	}
-	if err := s.sp.enqueue(ctx, denv, Working, write); err != nil {
+	if err := s.st.Add(ctx, denv, Working, write); err != nil {
 		return err
 	}
 	s.log.Info("queue: DSN queued", "id", env.ID, "dsn", denv.ID, "action", action, "to", env.From.Address().String(), "rcpts", len(idx))

@@ -157,13 +157,14 @@ func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard
 
 // harness is a spool and a scheduler running on a fake clock.
 type harness struct {
-	t     *testing.T
-	sp    *Spool
-	sch   *Scheduler
-	clock *fakeClock
-	tr    *fakeTransport
-	done  chan string
-	stop  func()
+	t      *testing.T
+	sp     *Spool
+	sch    *Scheduler
+	clock  *fakeClock
+	tr     *fakeTransport
+	done   chan string
+	events []string // finished, not yet waited for
+	stop   func()
 }
 
 func newHarness(t *testing.T, dir string, cfg Config) *harness {
@@ -213,36 +214,62 @@ func (h *harness) start() {
 	})
 }
 
-// wait waits until a worker finished with id (bounded: 10s).
+// wait waits until a worker finished with id (bounded: 10s), consuming
+// that one event.
 func (h *harness) wait(id string) {
 	h.t.Helper()
-	timeout := time.After(10 * time.Second)
-	for {
-		select {
-		case got := <-h.done:
-			if got == id {
-				return
+	h.take(func(evs []string) int {
+		for i, e := range evs {
+			if e == id {
+				return i
 			}
-		case <-timeout:
-			h.t.Fatalf("timed out waiting for %s", id)
 		}
-	}
+		return -1
+	}, "waiting for "+id)
 }
 
 // waitN waits until workers finished n times (any IDs) and returns them.
 func (h *harness) waitN(n int) []string {
 	h.t.Helper()
 	var ids []string
-	timeout := time.After(10 * time.Second)
-	for len(ids) < n {
-		select {
-		case id := <-h.done:
-			ids = append(ids, id)
-		case <-timeout:
-			h.t.Fatalf("timed out after %d of %d", len(ids), n)
-		}
+	for range n {
+		ids = append(ids, h.take(func(evs []string) int {
+			if len(evs) > 0 {
+				return 0
+			}
+			return -1
+		}, "waiting for events"))
 	}
 	return ids
+}
+
+// take removes and returns the event pick chooses among those seen and not
+// yet taken, waiting for more up to 10s.
+func (h *harness) take(pick func([]string) int, what string) string {
+	h.t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		for {
+			select {
+			case id := <-h.done:
+				h.events = append(h.events, id)
+				continue
+			default:
+			}
+			break
+		}
+		if i := pick(h.events); i >= 0 {
+			id := h.events[i]
+			h.events = append(h.events[:i], h.events[i+1:]...)
+			return id
+		}
+		select {
+		case id := <-h.done:
+			h.events = append(h.events, id)
+		case <-timeout:
+			h.t.Fatalf("timed out %s", what)
+		}
+	}
 }
 
 func (h *harness) enqueue(tx *policy.Transaction, raw string) {

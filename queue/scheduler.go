@@ -5,11 +5,9 @@ import (
 	"container/heap"
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -93,7 +91,7 @@ type Config struct {
 // deferred, dead or removal after it. A crash between a delivery and its
 // record may deliver a message twice (at least once), never zero times.
 type Scheduler struct {
-	sp  *Spool
+	st  Store
 	cfg Config
 	log *slog.Logger
 
@@ -115,7 +113,7 @@ const (
 )
 
 // NewScheduler returns a scheduler for the messages of sp.
-func NewScheduler(sp *Spool, cfg Config) *Scheduler {
+func NewScheduler(st Store, cfg Config) *Scheduler {
 	if cfg.Chain == nil {
 		cfg.Chain = policy.NewChain()
 	}
@@ -156,10 +154,10 @@ func NewScheduler(sp *Spool, cfg Config) *Scheduler {
 		cfg.Clock = realClock{}
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = sp.log
+		cfg.Logger = slog.Default()
 	}
 	return &Scheduler{
-		sp: sp, cfg: cfg, log: cfg.Logger,
+		st: st, cfg: cfg, log: cfg.Logger,
 		state: map[string]int{}, timerAt: map[string]time.Time{},
 		kick: make(chan struct{}, 1), done: make(chan string, cfg.Workers),
 	}
@@ -170,10 +168,10 @@ func NewScheduler(sp *Spool, cfg Config) *Scheduler {
 // returns ctx's error. Messages enqueued, requeued or moved while it runs
 // are picked up at once.
 func (s *Scheduler) Run(ctx context.Context) error {
-	s.sp.setWake(s.wake)
-	defer s.sp.setWake(nil)
+	s.st.Watch(s.wake)
+	defer s.st.Watch(nil)
 	for _, q := range []string{Working, Deliver, Deferred} {
-		ids, err := s.sp.listIDs(q)
+		ids, err := s.st.IDs(q)
 		if err != nil {
 			return err
 		}
@@ -281,21 +279,23 @@ func (s *Scheduler) work(ctx context.Context, id string) {
 		}
 		s.done <- id
 	}()
-	unlock, err := s.sp.locks.lock(ctx, id)
+	unlock, err := s.st.Lock(ctx, id)
 	if err != nil {
 		return
 	}
 	defer unlock()
-	q, err := s.sp.locate(id)
-	if err != nil {
+	q, env, m, err := s.st.Load(id)
+	switch {
+	case errors.Is(err, ErrNotFound):
 		return // delivered or deleted meanwhile
-	}
-	if q != Working && q != Deliver && q != Deferred {
+	case err != nil:
+		if q == Working || q == Deliver || q == Deferred {
+			s.corrupt(ctx, q, id, err)
+		}
 		return
 	}
-	env, err := s.sp.readEnvelope(q, id)
-	if err != nil {
-		s.corrupt(ctx, q, id, err)
+	defer m.Close()
+	if q != Working && q != Deliver && q != Deferred {
 		return
 	}
 	now := s.cfg.Clock.Now()
@@ -303,12 +303,6 @@ func (s *Scheduler) work(ctx context.Context, id string) {
 		s.retryAt(id, env.NextAttempt)
 		return
 	}
-	m, err := s.sp.openMessage(env)
-	if err != nil {
-		s.corrupt(ctx, q, id, err)
-		return
-	}
-	defer m.Close()
 	// Rules and transports run under ctx, so that stopping the scheduler
 	// cuts them short (they then defer); what the spool records of their
 	// outcome is written even while stopping, so nothing done is lost.
@@ -325,7 +319,7 @@ func (s *Scheduler) work(ctx context.Context, id string) {
 
 func (s *Scheduler) corrupt(ctx context.Context, q, id string, err error) {
 	if errors.Is(err, ErrCorrupt) {
-		s.sp.setAside(ctx, q, id, err)
+		s.st.SetAside(ctx, q, id, err)
 		return
 	}
 	// Our own trouble (I/O): try again later.
@@ -393,39 +387,13 @@ func (s *Scheduler) postq(ctx, rctx context.Context, q string, env *Envelope, m 
 	return Deliver, true
 }
 
-// save stores env, moving it from q to "to"; when the header changed the
-// message is rewritten first (atomically: a new file named in the new
-// envelope), so the edits of postq rules survive a crash and are never
-// made twice.
+// save stores env, moving it from q to "to", with the message's header
+// edits when changed.
 func (s *Scheduler) save(ctx context.Context, env *Envelope, m *policy.Message, q, to string, changed bool) error {
 	if !changed {
-		return s.sp.update(ctx, env, q, to, "", "")
+		m = nil
 	}
-	f, err := os.CreateTemp(filepath.Join(s.sp.root, "tmp"), env.ID+".*.eml")
-	if err != nil {
-		return err
-	}
-	n, err := m.WriteTo(f)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	old := env.Message
-	gen := 1
-	if rest, ok := strings.CutPrefix(old, env.ID+"~"); ok {
-		fmt.Sscanf(strings.TrimSuffix(rest, ".eml"), "%d", &gen)
-		gen++
-	}
-	env.Message = fmt.Sprintf("%s~%d.eml", env.ID, gen)
-	env.Size = n
-	if err := s.sp.update(ctx, env, q, to, f.Name(), old); err != nil {
-		env.Message = old
-		return err
-	}
-	return nil
+	return s.st.Save(ctx, env, q, to, m)
 }
 
 // next returns the time of the attempt after the one starting at now.
@@ -461,7 +429,7 @@ func (s *Scheduler) deliver(ctx, rctx context.Context, q string, env *Envelope, 
 		env.Attempts++
 		env.LastAttempt = now
 		env.NextAttempt = s.next(env, now)
-		if err := s.sp.update(ctx, env, q, q, "", ""); err != nil {
+		if err := s.st.Save(ctx, env, q, q, nil); err != nil {
 			s.log.Error("queue: cannot record attempt", "id", env.ID, "error", err)
 			s.retryAt(env.ID, now.Add(s.cfg.MinBackoff))
 			return
@@ -502,7 +470,7 @@ func (s *Scheduler) deliver(ctx, rctx context.Context, q string, env *Envelope, 
 	}
 	if quarantine != "" {
 		to := QuarantinePrefix + quarantine
-		if err := s.sp.update(ctx, env, q, to, "", ""); err != nil {
+		if err := s.st.Save(ctx, env, q, to, nil); err != nil {
 			s.log.Error("queue: cannot quarantine", "id", env.ID, "error", err)
 			s.retryAt(env.ID, env.NextAttempt)
 		} else {
@@ -631,7 +599,7 @@ func (s *Scheduler) finish(ctx context.Context, q string, env *Envelope, m *poli
 		env.LastError = strings.Join(failed, "; ")
 		s.moveOn(ctx, q, Dead, env)
 	default:
-		if err := s.sp.remove(ctx, q, env.ID, env.Message); err != nil {
+		if err := s.st.Remove(ctx, q, env); err != nil {
 			s.log.Error("queue: cannot remove delivered message", "id", env.ID, "error", err)
 			return
 		}
@@ -640,7 +608,7 @@ func (s *Scheduler) finish(ctx context.Context, q string, env *Envelope, m *poli
 }
 
 func (s *Scheduler) moveOn(ctx context.Context, q, to string, env *Envelope) {
-	if err := s.sp.update(ctx, env, q, to, "", ""); err != nil {
+	if err := s.st.Save(ctx, env, q, to, nil); err != nil {
 		s.log.Error("queue: cannot record outcome", "id", env.ID, "error", err)
 		s.retryAt(env.ID, s.cfg.Clock.Now().Add(s.cfg.MinBackoff))
 		return
