@@ -177,6 +177,9 @@ func newEnv(t *testing.T, extra ...string) *env {
 		`example.org. TXT "v=spf1 ip4:127.0.0.1 -all"`,
 		`spf-fail.test. TXT "v=spf1 ip4:192.0.2.1 -all"`,
 		`doe-family.com. TXT "v=spf1 ip4:127.0.0.1 -all"`,
+		`_dmarc.example.org. TXT "v=DMARC1; p=reject"`,
+		`bank.test. TXT "v=spf1 ip4:127.0.0.1 -all"`,
+		`_dmarc.bank.test. TXT "v=DMARC1; p=reject"`,
 		fmt.Sprintf(`%s TXT "%s"`, dns(signer.DNSName()), signer.DNSRecord()),
 	)
 
@@ -345,6 +348,27 @@ func TestDoeFamily(t *testing.T) {
 		assert.Contains(t, files[0], "Subject: hello-jane")
 		assert.Contains(t, files[0], "Received-SPF: pass")
 		assert.Contains(t, files[0], "Authentication-Results: mx.doe-family.com")
+	})
+
+	t.Run("DMARC pass is delivered, DMARC fail under p=reject is quarantined", func(t *testing.T) {
+		// SPF passes for example.org and aligns with the From domain.
+		require.NoError(t, send(t, e.listen, "client.example.org", false, "news@example.org", []string{"dmarc@doe-family.com"}, message("news@example.org", "dmarc@doe-family.com", "dmarc-pass", "x")))
+		files := waitFiles(t, filepath.Join(e.maildir, "dmarc", "new"), 1)
+		assert.Contains(t, files[0], "dmarc=pass")
+		// SPF passes for the envelope domain example.org, but the From
+		// header claims bank.test, which publishes p=reject: no aligned pass.
+		require.NoError(t, send(t, e.listen, "client.example.org", false, "news@example.org", []string{"dmarc@doe-family.com"}, message("ceo@bank.test", "dmarc@doe-family.com", "dmarc-fail", "x")))
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			q, _ := filepath.Glob(filepath.Join(e.spool, "quarantine", "dmarc", "*"))
+			if len(q) > 0 {
+				break
+			}
+			require.True(t, time.Now().Before(deadline), "the DMARC failure never reached quarantine/dmarc")
+			time.Sleep(20 * time.Millisecond)
+		}
+		files = waitFiles(t, filepath.Join(e.maildir, "dmarc", "new"), 1)
+		assert.Len(t, files, 1, "the DMARC failure must not be delivered")
 	})
 
 	t.Run("SPF fail is rejected", func(t *testing.T) {

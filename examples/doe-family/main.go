@@ -11,6 +11,9 @@
 //     queued and quarantined in virus_q when it comes back infected;
 //   - after queueing, mail from local senders is DKIM-signed, other mail is
 //     verified, and the results are recorded in Authentication-Results;
+//     DMARC is evaluated on incoming mail, and a message failing under
+//     p=reject or p=quarantine is quarantined in "dmarc" (refusing after
+//     the 250 would bounce to a likely forged sender);
 //   - local recipients are delivered to <maildir>/<localpart>/new, all other
 //     mail goes out through MX lookup or the -relayhost.
 //

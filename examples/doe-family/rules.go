@@ -4,6 +4,9 @@ import (
 	"context"
 	"net/netip"
 
+	"github.com/emersion/go-msgauth/authres"
+	"github.com/emersion/go-msgauth/dmarc"
+
 	"github.com/mtakit/mtakit/auth"
 	"github.com/mtakit/mtakit/delegate"
 	"github.com/mtakit/mtakit/policy"
@@ -58,6 +61,21 @@ func (rs ruleSet) chain(opts ...policy.Option) *policy.Chain {
 		chain.PostQ("dkim", auth.VerifyDKIM(verify))
 	}
 
+	// DMARC on incoming mail, after the DKIM results are in. This runs after
+	// the 250, where refusing would mean bouncing to a sender who is likely
+	// forged (backscatter): a message failing under p=reject or
+	// p=quarantine is quarantined in "dmarc" instead.
+	chain.PostQ("dmarc", skipOutgoing(rs, auth.CheckDMARC(auth.DMARCOptions{
+		Resolver:   rs.resolver,
+		AuthServID: rs.hostname,
+		Decide: func(ctx context.Context, tx *policy.Transaction, r auth.DMARCResult) policy.Verdict {
+			if r.Result == authres.ResultFail && r.Disposition != dmarc.PolicyNone {
+				return policy.Quarantine("dmarc")
+			}
+			return policy.Next
+		},
+	})))
+
 	// Delivery: local recipients to their maildir, the rest out by SMTP.
 	chain.Delivery("route", func(ctx context.Context, tx *policy.Transaction, rcpt policy.Recipient, route *policy.Route) policy.Verdict {
 		if relay.InDomain(rcpt.Addr, rs.domains...) {
@@ -68,4 +86,19 @@ func (rs ruleSet) chain(opts ...policy.Option) *policy.Chain {
 		return policy.Accept
 	})
 	return chain
+}
+
+// skipOutgoing runs rule only on incoming mail: not for authenticated
+// clients, the internal networks, or local senders (whose mail we sign).
+func skipOutgoing(rs ruleSet, rule policy.MessageRule) policy.MessageRule {
+	return func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
+		c := tx.Conn
+		if c != nil && (c.Authenticated() || relay.InNetworks(c.Remote.Addr(), rs.internal)) {
+			return policy.Next
+		}
+		if relay.InDomain(tx.From, rs.domains...) {
+			return policy.Next
+		}
+		return rule(ctx, tx, m)
+	}
 }
