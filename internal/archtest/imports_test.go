@@ -1,0 +1,54 @@
+package archtest
+
+import (
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+const module = "github.com/mtakit/mtakit"
+
+// allowed lists, for each package, the packages of this module it may
+// import (directly or not). Test-only and internal test helpers are not
+// counted: go list -deps without -test sees production code only.
+var allowed = map[string][]string{
+	"policy":            {},
+	"policy/policytest": {"policy"},
+	"auth":              {"policy"},
+	"relay":             {"policy"},
+	"delegate":          {"policy"},
+	"queue":             {"policy"},
+	"smtp":              {"policy", "queue"},
+}
+
+// forbidden lists third-party packages a package must not depend on.
+var forbidden = map[string][]string{
+	// go-smtp is v0 and changes its API: its types stay inside smtp (and
+	// the transports and receivers that speak SMTP), never in policy.
+	"policy":            {"github.com/emersion/go-smtp"},
+	"policy/policytest": {"github.com/emersion/go-smtp"},
+}
+
+func TestImportGraph(t *testing.T) {
+	for pkg, ok := range allowed {
+		t.Run(pkg, func(t *testing.T) {
+			out, err := exec.Command("go", "list", "-deps", "-json", module+"/"+pkg).Output()
+			require.NoError(t, err)
+			dec := json.NewDecoder(strings.NewReader(string(out)))
+			for dec.More() {
+				var p struct{ ImportPath string }
+				require.NoError(t, dec.Decode(&p))
+				if rest, ours := strings.CutPrefix(p.ImportPath, module+"/"); ours && rest != pkg {
+					assert.Contains(t, ok, rest, "%s must not import %s", pkg, p.ImportPath)
+				}
+				for _, bad := range forbidden[pkg] {
+					assert.False(t, strings.HasPrefix(p.ImportPath, bad), "%s must not depend on %s", pkg, p.ImportPath)
+				}
+			}
+		})
+	}
+}
