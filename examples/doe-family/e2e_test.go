@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ed25519"
@@ -487,4 +488,63 @@ func TestAntivirus(t *testing.T) {
 func portOf(addr string) string {
 	_, p, _ := net.SplitHostPort(addr)
 	return p
+}
+
+// TestRemoteClosesMidData: a relayhost that drops the connection in the
+// middle of DATA leaves the message deferred, not lost and not bounced.
+func TestRemoteClosesMidData(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	var sessions atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			sessions.Add(1)
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				fmt.Fprint(c, "220 flaky.test ESMTP\r\n")
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					switch cmd := strings.ToUpper(strings.TrimSpace(line)); {
+					case strings.HasPrefix(cmd, "EHLO"), strings.HasPrefix(cmd, "HELO"):
+						fmt.Fprint(c, "250 flaky.test\r\n")
+					case cmd == "DATA":
+						fmt.Fprint(c, "354 go on\r\n")
+						r.ReadString('\n') // one line of the message, then hang up
+						return
+					case cmd == "QUIT":
+						fmt.Fprint(c, "221 bye\r\n")
+						return
+					default:
+						fmt.Fprint(c, "250 ok\r\n")
+					}
+				}
+			}()
+		}
+	}()
+
+	e := newEnv(t, "-relayhost", ln.Addr().String(), "-retry-min", "1h")
+	require.NoError(t, send(t, e.submission, "laptop.example.net", true, "john@doe-family.com", []string{"friend@other.test"}, message("john@doe-family.com", "friend@other.test", "flaky", "body")))
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		deferred, _ := os.ReadDir(filepath.Join(e.spool, "deferred"))
+		if len(deferred) == 1 {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "message never deferred")
+		time.Sleep(20 * time.Millisecond)
+	}
+	assert.GreaterOrEqual(t, sessions.Load(), int32(1), "the relayhost was tried")
+	dead, _ := os.ReadDir(filepath.Join(e.spool, "dead"))
+	assert.Empty(t, dead, "a connection lost mid-DATA is temporary, never a bounce")
+	_, err = os.Stat(filepath.Join(e.maildir, "john"))
+	assert.True(t, os.IsNotExist(err), "no bounce delivered to the sender")
 }
