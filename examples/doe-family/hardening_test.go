@@ -281,6 +281,7 @@ func TestHardeningKill9DuringLoad(t *testing.T) {
 		acked    = map[int]bool{}
 		attempts atomic.Int64
 		failures atomic.Int64
+		failed   = map[int]bool{} // messages with a transaction that got no 250
 	)
 	work := make(chan int, total) // at most total items are queued or in flight
 	for i := range total {
@@ -317,6 +318,9 @@ func TestHardeningKill9DuringLoad(t *testing.T) {
 				err := transact(c, "someone@example.org", []string{rcpt}, strings.NewReader(message("someone@example.org", rcpt, subject, "message "+subject)))
 				if err != nil {
 					failures.Add(1)
+					mu.Lock()
+					failed[i] = true
+					mu.Unlock()
 					work <- i // no 250: send it again, on a new connection
 					c.Close()
 					break
@@ -398,12 +402,24 @@ func TestHardeningKill9DuringLoad(t *testing.T) {
 			lost++
 		}
 	}
-	dups := 0
-	for _, n := range delivered {
+	// Duplicates come from a resent message whose first 250 was lost, or
+	// from a delivery the killed server made but had not recorded. A
+	// message the restarted server took in one go is delivered once.
+	dups, dupsResent, dupsRedelivered := 0, 0, 0
+	for i, n := range delivered {
 		dups += n - 1
+		switch {
+		case n == 1:
+		case failed[i]:
+			dupsResent += n - 1
+		case beforeKill[i]:
+			dupsRedelivered += n - 1
+		default:
+			t.Errorf("load-%04d was acknowledged once by the restarted server but delivered %d times", i, n)
+		}
 	}
-	t.Logf("kill -9 load: %d messages on %d connections; %d DATA transactions sent (%d before the kill), %d acknowledged (%d by the killed server), %d transactions without 250 (resent), %d files delivered, %d distinct messages, %d duplicates, %d acknowledged-before-kill lost",
-		total, workers, attempts.Load(), attemptsAtKill, len(final), len(beforeKill), failures.Load(), files, len(delivered), dups, lost)
+	t.Logf("kill -9 load: %d messages on %d connections; %d DATA transactions sent (%d before the kill), %d acknowledged (%d by the killed server), %d transactions without 250 (resent), %d files delivered, %d distinct messages, %d duplicates (%d of resent messages, %d redelivered after the kill), %d acknowledged-before-kill lost",
+		total, workers, attempts.Load(), attemptsAtKill, len(final), len(beforeKill), failures.Load(), files, len(delivered), dups, dupsResent, dupsRedelivered, lost)
 	t.Logf("kill -9 load: killed after %v, all acknowledged after %v, queue drained after %v",
 		killedAt.Round(time.Millisecond), ackedAt.Round(time.Millisecond), drainedAt.Round(time.Millisecond))
 	assert.Zero(t, lost, "messages acknowledged by the killed server were lost")
@@ -412,7 +428,6 @@ func TestHardeningKill9DuringLoad(t *testing.T) {
 	}
 	assert.Zero(t, countFiles(filepath.Join(e.spool, "dead")), "nothing may fail for good")
 	assert.Zero(t, countFiles(filepath.Join(e.spool, "corrupt")), "kill -9 must leave no corrupt entry")
-	assert.LessOrEqual(t, dups, int(failures.Load()), "a duplicate needs a transaction whose reply was lost")
 
 	normalClient(t, e, "127.0.0.1", "after-kill")
 }
