@@ -27,6 +27,7 @@ type config struct {
 	logFormat, logLevel          string
 	retryMin                     time.Duration
 	hashPassword                 string
+	unsafeNoSync                 bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -54,6 +55,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.dataDir, "data", "./data", "where the self-signed certificate is kept")
 	fs.DurationVar(&c.retryMin, "retry-min", 5*time.Minute, "delay before the first retry of a deferred message (doubles up to 4h)")
 	fs.StringVar(&c.hashPassword, "hash-password", "", "print the bcrypt hash of this password for a -users line, and exit")
+	fs.BoolVar(&c.unsafeNoSync, "unsafe-no-fsync", false, "for benchmarks only: do not fsync the queue (a crash loses accepted mail)")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {

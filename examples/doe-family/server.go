@@ -59,7 +59,11 @@ func build(ctx context.Context, cfg *config, log *slog.Logger) (*server, error) 
 	}
 	chain := rs.chain(policy.WithLogger(log))
 
-	if s.spool, err = queue.Open(cfg.spool, queue.WithLogger(log)); err != nil {
+	qopts := []queue.Option{queue.WithLogger(log)}
+	if cfg.unsafeNoSync {
+		qopts = append(qopts, queue.WithUnsafeNoSync())
+	}
+	if s.spool, err = queue.Open(cfg.spool, qopts...); err != nil {
 		return nil, fmt.Errorf("-spool: %w", err)
 	}
 	var outbound queue.Transport = &relay.MX{Resolver: resolver, Hostname: cfg.hostname, Logger: log}
