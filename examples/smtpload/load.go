@@ -33,6 +33,11 @@ type Config struct {
 	Helo        string
 	From        string
 	To          []string
+	// Sources are local IP addresses the connections are made from, in
+	// turn (connection i uses Sources[i%len]); empty: the system's choice.
+	// Several loopback addresses (127.0.0.2, ...) get past a server's
+	// per-client connection limit.
+	Sources []string
 }
 
 // Report is what a run measured.
@@ -89,6 +94,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if cfg.Conns <= 0 || cfg.Count <= 0 {
 		return nil, errors.New("smtpload: connections and count must be positive")
 	}
+	for _, src := range cfg.Sources {
+		if net.ParseIP(src) == nil {
+			return nil, fmt.Errorf("smtpload: bad source address %q", src)
+		}
+	}
 	if cfg.Duration <= 0 {
 		cfg.Duration = time.Minute
 	}
@@ -104,7 +114,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			lat[i] = worker(ctx, cfg, body, &next, rep)
+			lat[i] = worker(ctx, cfg, i, body, &next, rep)
 		}(i)
 	}
 	wg.Wait()
@@ -127,19 +137,23 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 // worker runs one connection at a time, reconnecting after errors or every
 // PerConn messages, until the count is reached or ctx ends.
-func worker(ctx context.Context, cfg Config, body []byte, next *atomic.Int64, rep *Report) []time.Duration {
+func worker(ctx context.Context, cfg Config, i int, body []byte, next *atomic.Int64, rep *Report) []time.Duration {
 	var lat []time.Duration
+	var source string
+	if len(cfg.Sources) > 0 {
+		source = cfg.Sources[i%len(cfg.Sources)]
+	}
 	for ctx.Err() == nil {
-		c, stop, err := dial(ctx, cfg)
+		c, stop, err := dial(ctx, cfg, source)
 		if err != nil {
 			if ctx.Err() != nil {
 				return lat
 			}
-			rep.addError(err)
-			atomic.AddInt64(&rep.Failed, 1)
 			if next.Add(1) > int64(cfg.Count) {
 				return lat
 			}
+			rep.addError(err)
+			atomic.AddInt64(&rep.Failed, 1)
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
@@ -175,10 +189,13 @@ func worker(ctx context.Context, cfg Config, body []byte, next *atomic.Int64, re
 	return lat
 }
 
-// dial connects and greets; the returned stop func detaches the connection
+// dial connects from source (if set) and greets; the returned stop func detaches the connection
 // from ctx, whose end closes it so that no read outlives the run.
-func dial(ctx context.Context, cfg Config) (c *smtp.Client, stop func() bool, err error) {
+func dial(ctx context.Context, cfg Config, source string) (c *smtp.Client, stop func() bool, err error) {
 	d := net.Dialer{Timeout: 10 * time.Second}
+	if source != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(source)} // checked by Run
+	}
 	conn, err := d.DialContext(ctx, "tcp", cfg.Addr)
 	if err != nil {
 		return nil, nil, err

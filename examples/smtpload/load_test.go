@@ -41,7 +41,7 @@ func (s *countingSession) Data(r io.Reader) error {
 func (s *countingSession) Reset()        {}
 func (s *countingSession) Logout() error { return nil }
 
-func startServer(t *testing.T, b *countingBackend) string {
+func startServer(t *testing.T, b smtp.Backend) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)

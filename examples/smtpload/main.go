@@ -21,7 +21,7 @@ import (
 
 func main() {
 	var cfg Config
-	var to, auth string
+	var to, auth, sources string
 	var asJSON, insecure bool
 	flag.StringVar(&cfg.Addr, "addr", "127.0.0.1:2525", "server host:port")
 	flag.IntVar(&cfg.Conns, "c", 8, "concurrent connections")
@@ -36,10 +36,14 @@ func main() {
 	flag.StringVar(&cfg.Helo, "helo", "smtpload.localhost", "EHLO name")
 	flag.StringVar(&cfg.From, "from", "load@example.net", "envelope sender")
 	flag.StringVar(&to, "to", "user@doe-family.com", "recipients, comma-separated")
+	flag.StringVar(&sources, "source", "", "local IPs to connect from, comma-separated, used in turn (e.g. 127.0.0.2,127.0.0.3 to stay under a per-IP connection limit)")
 	flag.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	flag.Parse()
 
 	cfg.To = strings.Split(to, ",")
+	if sources != "" {
+		cfg.Sources = strings.Split(sources, ",")
+	}
 	cfg.TLSConfig = &tls.Config{InsecureSkipVerify: insecure, ServerName: strings.Split(cfg.Addr, ":")[0]}
 	if auth != "" {
 		u, p, ok := strings.Cut(auth, ":")
