@@ -598,6 +598,7 @@ func TestHardeningDNSFaults(t *testing.T) {
 			assert.Regexp(t, `(?m)^Received-SPF: temperror`, f)
 		})
 		t.Run("SPF timeout", func(t *testing.T) {
+			skipShort(t)
 			t.Parallel()
 			took := mailTimed(t, "127.0.0.2", "someone@slow.test", "dns-timeout")
 			// SPF gives up after 10 s; a hang would run into the 60 s
@@ -607,6 +608,7 @@ func TestHardeningDNSFaults(t *testing.T) {
 			assert.Regexp(t, `(?m)^Received-SPF: temperror`, f)
 		})
 		t.Run("reverse DNS timeout", func(t *testing.T) {
+			skipShort(t)
 			t.Parallel()
 			took := mailTimed(t, "127.0.0.3", "someone@loopback.test", "dns-ptr-timeout")
 			assert.Less(t, took, 25*time.Second, "a PTR timeout held the greeting past its bound")
@@ -730,6 +732,10 @@ func TestHardeningIdleConnections(t *testing.T) {
 	perConn := float64(rss1-rss0) / float64(len(openA))
 	t.Logf("idle connections: RSS %s before, %s with %d idle connections: %.0f bytes (%.1f KiB) per idle connection",
 		mib(rss0), mib(rss1), len(openA), perConn, perConn/1024)
+	// Issue 8 targets 20 KiB (a bare go-smtp server needs about 15.5); the
+	// bound here only catches a gross regression (a big buffer or a stuck
+	// goroutine per connection) without flaking on RSS noise.
+	assert.Less(t, perConn, float64(64<<10), "bytes per idle connection")
 
 	// The 21st connection from one address is refused.
 	c, line, err := openIdle("127.0.0.1", e.listen)
@@ -776,6 +782,7 @@ func TestHardeningIdleConnections(t *testing.T) {
 			message("someone@loopback.test", "jane@doe-family.com", "idle-after", "x")) == nil
 	})
 	normalClient(t, e, "127.0.0.1", "idle-after-2")
+	t.Logf("idle connections: RSS %s after they closed", mib(procBytes(t, pid, "VmRSS")))
 }
 
 // lines is an endless body of 78-byte CRLF lines, none starting with a dot.
