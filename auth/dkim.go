@@ -267,7 +267,7 @@ func dkUnder(from, domain string) bool {
 // domain must be the signer's domain or a subdomain of it, and the
 // envelope sender must be local (in localDomains, or the signer's domain
 // when none are given); a null sender counts as local when the From
-// header is ours, so our own bounces get signed.
+// header is ours and the transaction is our own bounce (see dkOwnBounce).
 func dkShouldSign(signer *DKIMSigner, localDomains []string, tx *policy.Transaction, m *policy.Message) (bool, string) {
 	from, err := dkFromDomain(m.Header)
 	if err != nil {
@@ -277,12 +277,24 @@ func dkShouldSign(signer *DKIMSigner, localDomains []string, tx *policy.Transact
 		return false, "From domain " + from + " is not " + signer.Domain
 	}
 	if tx == nil || tx.From.IsNull() {
-		return true, ""
+		if dkOwnBounce(tx) {
+			return true, ""
+		}
+		return false, "null sender from an unauthenticated client"
 	}
 	if dkSenderLocal(signer, localDomains, tx) {
 		return true, ""
 	}
 	return false, "sender " + tx.From.String() + " is not local"
+}
+
+// dkOwnBounce reports whether a null-sender transaction is one this server
+// may sign: made here (the queue's bounces carry no client address) or sent
+// by an authenticated client. A null sender from any other client is
+// anyone's: signing its message, whose From may well be ours, would give
+// a forger our signature.
+func dkOwnBounce(tx *policy.Transaction) bool {
+	return tx == nil || tx.Conn == nil || !tx.Conn.Remote.IsValid() || tx.Conn.Authenticated()
 }
 
 func dkSenderLocal(signer *DKIMSigner, localDomains []string, tx *policy.Transaction) bool {
@@ -317,8 +329,10 @@ func dkAlreadySigned(signer *DKIMSigner, h *policy.Header) bool {
 // A message is signed when its From header has exactly one address, in the
 // signer's domain or a subdomain of it (so the signature aligns for DMARC),
 // and its envelope sender is local: in one of localDomains (the signer's
-// domain and its subdomains when none are given), or the null sender (our
-// own bounces). Other messages pass untouched. The rule relies on the relay
+// domain and its subdomains when none are given), or the null sender of our
+// own bounces (a transaction without a client address, as the queue makes
+// them) or of an authenticated client. A null sender from any other client
+// is never signed. Other messages pass untouched. The rule relies on the relay
 // rules to refuse a local envelope sender from an unauthenticated outside
 // client; with them, "local sender" means "our user".
 //

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -667,4 +668,41 @@ func TestDKIMSpoolReadFailure(t *testing.T) {
 	v := SignDKIM(signer)(context.Background(), newTestTx("alice@example.com"), bad)
 	assert.Equal(t, 451, v.Reply.Code)
 	assert.False(t, bad.Header.Has("DKIM-Signature"))
+}
+
+// A null sender is "our own bounce" only when the queue made it (no client
+// address); the same null sender from a client on the internet is anyone's,
+// and signing its From: <us> message would hand out our signature.
+func TestSignDKIMNullSenderFromOutside(t *testing.T) {
+	signer := newTestSigner(t, "example.com", testEd25519())
+	srv := dkimZone(t, signer)
+	bounce := strings.Replace(sampleMessage, "From: Alice <alice@example.com>", "From: MAILER-DAEMON@example.com", 1)
+	remoteTx := func(user string) *policy.Transaction {
+		tx := policy.NewTransaction(&policy.Conn{ID: "c1", Remote: netip.MustParseAddrPort("203.0.113.9:40000"), AuthUser: user}, "tx1")
+		return tx
+	}
+	tests := []struct {
+		name     string
+		tx       *policy.Transaction
+		wantSign bool
+	}{
+		{"queue-made bounce (no client)", newTestTx("<>"), true},
+		{"null sender from an outside client", remoteTx(""), false},
+		{"null sender from an authenticated client", remoteTx("alice@example.com"), true},
+	}
+	for _, tt := range tests {
+		t.Run("SignDKIM/"+tt.name, func(t *testing.T) {
+			m := newTestMessage(t, bounce)
+			assert.Equal(t, policy.Next, SignDKIM(signer)(context.Background(), tt.tx, m))
+			assert.Equal(t, tt.wantSign, m.Header.Has("DKIM-Signature"))
+		})
+		t.Run("SignOrVerifyDKIM/"+tt.name, func(t *testing.T) {
+			m := newTestMessage(t, bounce)
+			rule := SignOrVerifyDKIM(signer, DKIMVerifyOptions{Resolver: srv.Resolver(), AuthServID: testAuthServID})
+			assert.Equal(t, policy.Next, rule(context.Background(), tt.tx, m))
+			assert.Equal(t, tt.wantSign, m.Header.Has("DKIM-Signature"))
+			// What is not signed is verified instead.
+			assert.Equal(t, !tt.wantSign, m.Header.Has(AuthResultsField))
+		})
+	}
 }
