@@ -354,6 +354,7 @@ func TestHardeningKill9DuringLoad(t *testing.T) {
 	e.stop(syscall.SIGKILL)
 	beforeKill := ackedNow() // nothing can be acknowledged while the server is down
 	attemptsAtKill := attempts.Load()
+	require.Less(t, len(beforeKill), total, "the kill must come in the middle of the load")
 	killedAt := time.Since(start)
 	e.start()
 	wg.Wait()
