@@ -308,13 +308,14 @@ func (s *Scheduler) work(ctx context.Context, id string) {
 	// outcome is written even while stopping, so nothing done is lost.
 	rctx := ctx
 	ctx = context.WithoutCancel(ctx)
+	var edited *policy.Message
 	if !env.PostQDone {
 		var ok bool
-		if q, ok = s.postq(ctx, rctx, q, env, m); !ok {
+		if edited, ok = s.postq(ctx, rctx, q, env, m); !ok {
 			return
 		}
 	}
-	s.deliver(ctx, rctx, q, env, m)
+	s.deliver(ctx, rctx, q, env, m, edited)
 }
 
 func (s *Scheduler) corrupt(ctx context.Context, q, id string, err error) {
@@ -334,9 +335,10 @@ func headerBytes(h *policy.Header) []byte {
 	return b.Bytes()
 }
 
-// postq runs the postq rules. It reports the queue the message is in now
-// and whether delivery goes on.
-func (s *Scheduler) postq(ctx, rctx context.Context, q string, env *Envelope, m *policy.Message) (string, bool) {
+// postq runs the postq rules and reports whether delivery goes on; then
+// env.PostQDone is set and edited is m when the rules changed its header,
+// for deliver to save with its attempt record (one commit, not two).
+func (s *Scheduler) postq(ctx, rctx context.Context, q string, env *Envelope, m *policy.Message) (edited *policy.Message, ok bool) {
 	tx := env.Transaction(RcptPending)
 	before := headerBytes(m.Header)
 	res := s.cfg.Chain.EvalPostQ(rctx, tx, m)
@@ -352,7 +354,7 @@ func (s *Scheduler) postq(ctx, rctx context.Context, q string, env *Envelope, m 
 				}
 			}
 			s.finish(ctx, q, env, m)
-			return q, false
+			return nil, false
 		}
 		log.Warn("queue: postq deferred", "reply", res.Reply.String())
 		now := s.cfg.Clock.Now()
@@ -366,25 +368,22 @@ func (s *Scheduler) postq(ctx, rctx context.Context, q string, env *Envelope, m 
 			}
 		}
 		s.finish(ctx, q, env, m)
-		return q, false
+		return nil, false
 	case policy.KindQuarantine:
 		to := QuarantinePrefix + res.Verdict.Queue
 		if err := s.save(ctx, env, m, q, to, changed); err != nil {
 			log.Error("queue: cannot quarantine", "error", err)
 			s.retryAt(env.ID, s.cfg.Clock.Now().Add(s.cfg.MinBackoff))
-			return q, false
+			return nil, false
 		}
 		log.Info("queue: quarantined", "queue", to)
-		return to, false
+		return nil, false
 	}
 	env.PostQDone = true
-	if err := s.save(ctx, env, m, q, Deliver, changed); err != nil {
-		log.Error("queue: cannot save postq result", "error", err)
-		env.PostQDone = false
-		s.retryAt(env.ID, s.cfg.Clock.Now().Add(s.cfg.MinBackoff))
-		return q, false
+	if changed {
+		return m, true
 	}
-	return Deliver, true
+	return nil, true
 }
 
 // save stores env, moving it from q to "to", with the message's header
@@ -423,17 +422,27 @@ type group struct {
 
 // deliver runs the delivery rules per pending recipient, hands each route's
 // recipients to its transport and records the outcome.
-func (s *Scheduler) deliver(ctx, rctx context.Context, q string, env *Envelope, m *policy.Message) {
+//
+// Before the attempt, the attempt and the time of the next one are saved
+// (so a crash loop cannot hammer a destination), together with the
+// outcome of postq when it just ran: the move out of working and the
+// header edits (edited not nil).
+func (s *Scheduler) deliver(ctx, rctx context.Context, q string, env *Envelope, m, edited *policy.Message) {
 	now := s.cfg.Clock.Now()
-	if env.pending() {
+	to := q
+	if q == Working {
+		to = Deliver
+	}
+	if env.pending() || to != q || edited != nil {
 		env.Attempts++
 		env.LastAttempt = now
 		env.NextAttempt = s.next(env, now)
-		if err := s.st.Save(ctx, env, q, q, nil); err != nil {
+		if err := s.st.Save(ctx, env, q, to, edited); err != nil {
 			s.log.Error("queue: cannot record attempt", "id", env.ID, "error", err)
 			s.retryAt(env.ID, now.Add(s.cfg.MinBackoff))
 			return
 		}
+		q = to
 	}
 	tx := env.Transaction(RcptPending)
 	var groups []*group

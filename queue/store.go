@@ -33,7 +33,8 @@ type Store interface {
 	// same to stay). When m is not nil its current content (header edits
 	// included) replaces the stored message, atomically with the envelope.
 	Save(ctx context.Context, env *Envelope, from, to string, m *policy.Message) error
-	// Remove deletes the message env of queue q.
+	// Remove deletes the message env of queue q after its delivery; it
+	// need not be durable at once (a crash may bring the message back).
 	Remove(ctx context.Context, q string, env *Envelope) error
 	// SetAside moves the unreadable entry id of queue q to the corrupt
 	// queue, logging cause.
@@ -105,9 +106,20 @@ func (s *Spool) Save(ctx context.Context, env *Envelope, from, to string, m *pol
 	return nil
 }
 
-// Remove implements Store.
+// Remove implements Store. It does not wait for a sync: a crash right
+// after may bring the message back, to be delivered again (at least
+// once), which the scheduler allows. The envelope goes first, so that a
+// journaling filesystem never shows an envelope whose message is gone.
 func (s *Spool) Remove(ctx context.Context, q string, env *Envelope) error {
-	return s.remove(ctx, q, env.ID, env.Message)
+	dir, err := s.queueDir(q)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(dir, env.ID+".json")); err != nil {
+		return err
+	}
+	os.Remove(filepath.Join(s.root, "msg", env.Message))
+	return nil
 }
 
 // SetAside implements Store.
