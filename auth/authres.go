@@ -2,7 +2,10 @@ package auth
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/emersion/go-msgauth/authres"
@@ -79,11 +82,159 @@ func AuthServIDOf(v string) string {
 }
 
 // ParseAuthResults parses an Authentication-Results value into its
-// authserv-id and results. Comments are removed first (go-msgauth's parser
-// does not understand them), so "dkim=pass (good signature) header.d=a.example"
-// parses. Unknown methods come back as *authres.GenericResult.
+// authserv-id and results. Comments are removed, and quoted values are
+// unquoted and may hold ";" and white space (RFC 8601 section 2.2), both of
+// which go-msgauth's own parser splits at: a quoted HELO name holding
+// ";dkim=pass header.d=..." stays one value here. Unknown methods come back
+// as *authres.GenericResult. A clause without "method=result" is an error;
+// the results before it are returned with it.
 func ParseAuthResults(v string) (authservID string, results []authres.Result, err error) {
-	return authres.Parse(arStripComments(v))
+	clauses := arSplit(arStripComments(v), func(c byte) bool { return c == ';' })
+	if len(clauses) == 0 {
+		return "", nil, nil
+	}
+	head := arSplit(clauses[0], arIsWSP)
+	if len(head) > 0 {
+		authservID = arUnquote(head[0])
+	}
+	if len(head) > 1 && (len(head) > 2 || head[1] != "1") {
+		return "", nil, errors.New("auth: Authentication-Results: unsupported version")
+	}
+	for _, clause := range clauses[1:] {
+		words := arSplit(clause, arIsWSP)
+		if len(words) == 0 || words[0] == "none" {
+			continue
+		}
+		method, value, ok := strings.Cut(words[0], "=")
+		if !ok {
+			return authservID, results, errors.New("auth: Authentication-Results: malformed method and result")
+		}
+		params := make(map[string]string, len(words)-1)
+		for _, w := range words[1:] {
+			k, pv, ok := strings.Cut(w, "=")
+			if !ok {
+				continue
+			}
+			params[strings.ToLower(k)] = arUnquote(pv)
+		}
+		r, err := arResult(strings.ToLower(method), authres.ResultValue(strings.ToLower(arUnquote(value))), params)
+		if err != nil {
+			return authservID, results, err
+		}
+		results = append(results, r)
+	}
+	return authservID, results, nil
+}
+
+// arSafe makes a value safe for go-msgauth's formatter, which quotes a
+// value by escaping its double quotes but not its backslashes: a value
+// ending in a backslash would leave the quoted-string open and swallow
+// the rest of the field. Double quotes become single ones, backslashes
+// slashes, control characters spaces.
+func arSafe(v string) string {
+	if !strings.ContainsAny(v, "\"\\") && !arHasCTL(v) {
+		return v
+	}
+	b := []byte(v)
+	for i, c := range b {
+		switch {
+		case c == '"':
+			b[i] = '\''
+		case c == '\\':
+			b[i] = '/'
+		case c < 0x20 || c == 0x7f:
+			b[i] = ' '
+		}
+	}
+	return string(b)
+}
+
+func arHasCTL(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if v[i] < 0x20 || v[i] == 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
+func arIsWSP(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
+
+// arSplit splits s at the bytes sep matches outside quoted strings and
+// drops empty parts (after trimming white space).
+func arSplit(s string, sep func(byte) bool) []string {
+	var out []string
+	start, inQuote := 0, false
+	add := func(part string) {
+		if part = strings.Trim(part, " \t\r\n"); part != "" {
+			out = append(out, part)
+		}
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case inQuote && c == '\\':
+			i++
+		case c == '"':
+			inQuote = !inQuote
+		case !inQuote && sep(c):
+			add(s[start:i])
+			start = i + 1
+		}
+	}
+	add(s[start:])
+	return out
+}
+
+// arUnquote returns the content of a quoted-string, or s when it is not
+// one.
+func arUnquote(s string) string {
+	if len(s) < 2 || s[0] != '"' {
+		return s
+	}
+	if v, n := arReadValue(s, 0); n == len(s) {
+		return v
+	}
+	return s
+}
+
+// arResult builds the typed result of method, as go-msgauth's parser does.
+func arResult(method string, value authres.ResultValue, p map[string]string) (authres.Result, error) {
+	switch method {
+	case "auth":
+		return &authres.AuthResult{Value: value, Reason: p["reason"], Auth: p["smtp.auth"]}, nil
+	case "dkim":
+		return &authres.DKIMResult{Value: value, Reason: p["reason"], Domain: p["header.d"], Identifier: p["header.i"]}, nil
+	case "domainkeys":
+		return &authres.DomainKeysResult{Value: value, Reason: p["reason"], Domain: p["header.d"],
+			From: p["header.from"], Sender: p["header.sender"]}, nil
+	case "iprev":
+		return &authres.IPRevResult{Value: value, Reason: p["reason"], IP: p["policy.iprev"]}, nil
+	case "sender-id":
+		r := &authres.SenderIDResult{Value: value, Reason: p["reason"]}
+		for k, v := range p {
+			if h, ok := strings.CutPrefix(k, "header."); ok {
+				r.HeaderKey, r.HeaderValue = h, v
+				break
+			}
+		}
+		return r, nil
+	case "spf":
+		return &authres.SPFResult{Value: value, Reason: p["reason"], From: p["smtp.mailfrom"], Helo: p["smtp.helo"]}, nil
+	case "dmarc":
+		return &authres.DMARCResult{Value: value, Reason: p["reason"], From: p["header.from"]}, nil
+	case "arc":
+		r := &authres.ARCResult{Value: value, RemoteIP: p["smtp.remote-ip"]}
+		if s, ok := p["header.oldest-pass"]; ok {
+			n, err := strconv.Atoi(s)
+			if err != nil || n <= 0 {
+				return nil, fmt.Errorf("auth: Authentication-Results: invalid header.oldest-pass %q", s)
+			}
+			r.OldestPass = n
+		}
+		return r, nil
+	}
+	return &authres.GenericResult{Method: method, Value: value, Params: p}, nil
 }
 
 // arAddedKey remembers the fields this package added during a transaction,

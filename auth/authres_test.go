@@ -1,8 +1,10 @@
 package auth
 
 import (
+	"errors"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/emersion/go-msgauth/authres"
 	"github.com/mtakit/mtakit/policy"
@@ -123,6 +125,87 @@ func FuzzArFold(f *testing.F) {
 		}
 		if norm(body) != norm("Authentication-Results: "+s) {
 			t.Fatalf("content changed:\n%q\n%q", body, s)
+		}
+	})
+}
+
+// A quoted value may hold ";" and white space (RFC 8601 section 2.2:
+// value = token / quoted-string). go-msgauth's parser splits at them
+// anyway, so a client-chosen HELO quoted in one of our fields read back as
+// a result clause of its own: "dkim=pass header.d=<anyone>".
+func TestParseAuthResultsQuotedValues(t *testing.T) {
+	helo := "x;dkim=pass\theader.d=example.com\tx"
+	v := FormatAuthResults(testAuthServID, &authres.SPFResult{Value: authres.ResultNone, Helo: helo},
+		&authres.DKIMResult{Value: authres.ResultFail, Reason: "signature did not verify; bad", Domain: "example.org"})
+	tests := []struct {
+		name string
+		in   string
+		want []authres.Result
+	}{
+		{"our own format", v, []authres.Result{
+			&authres.SPFResult{Value: authres.ResultNone, Helo: helo},
+			&authres.DKIMResult{Value: authres.ResultFail, Reason: "signature did not verify; bad", Domain: "example.org"},
+		}},
+		{"folded", string(arFold(AuthResultsField, v))[len(AuthResultsField)+2:], []authres.Result{
+			&authres.SPFResult{Value: authres.ResultNone, Helo: helo},
+			&authres.DKIMResult{Value: authres.ResultFail, Reason: "signature did not verify; bad", Domain: "example.org"},
+		}},
+		{"escaped quote and backslash", `mx; spf=pass smtp.mailfrom="a\"b\\c;d@example.com" (c; d=e)`, []authres.Result{
+			&authres.SPFResult{Value: authres.ResultPass, From: `a"b\c;d@example.com`},
+		}},
+		{"none", "mx; none", nil},
+		{"unknown method", "mx; x-foo=pass x.y=z", []authres.Result{
+			&authres.GenericResult{Method: "x-foo", Value: authres.ResultPass, Params: map[string]string{"x.y": "z"}},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, rs, err := ParseAuthResults(tt.in)
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, rs)
+		})
+	}
+}
+
+// A sender's DKIM tags end up in our field: a selector ending in a
+// backslash must not leave a quoted-string open and hide the clauses
+// after it.
+func TestVerifyResultsQuotingIntact(t *testing.T) {
+	rs := []DKIMResult{
+		{Result: authres.ResultPermError, Domain: "example.org", Selector: `x"\`, Err: errors.New(`dkim: bad "t\"`)},
+		{Result: authres.ResultPass, Domain: "example.net", Selector: "s1"},
+	}
+	var h policy.Header
+	AddAuthResults(&h, testAuthServID, rs[0].authres(), rs[1].authres())
+	_, parsed, err := ParseAuthResults(h.Get(AuthResultsField))
+	require.NoError(t, err)
+	require.Len(t, parsed, 2, h.Get(AuthResultsField))
+	assert.Equal(t, &authres.DKIMResult{Value: authres.ResultPass, Domain: "example.net"}, parsed[1])
+}
+
+// FuzzAuthResultsRoundTrip: any client-chosen value, made safe with
+// arSafe, reads back as itself and as nothing more.
+func FuzzAuthResultsRoundTrip(f *testing.F) {
+	for _, s := range []string{"mx.example.com", "x;dkim=pass\theader.d=example.com\tx", `a"b\`, "a b; c=d", "", "é;ü"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		safe := arSafe(v)
+		if strings.Trim(safe, " ") == "" || !utf8.ValidString(safe) {
+			return
+		}
+		var h policy.Header
+		AddAuthResults(&h, testAuthServID, &authres.SPFResult{Value: authres.ResultNone, Helo: safe},
+			&authres.DMARCResult{Value: authres.ResultFail, From: "example.com"})
+		_, rs, err := ParseAuthResults(h.Get(AuthResultsField))
+		if err != nil {
+			t.Fatalf("%q: %v", h.Get(AuthResultsField), err)
+		}
+		if len(rs) != 2 {
+			t.Fatalf("%q gave %d results", h.Get(AuthResultsField), len(rs))
+		}
+		if got := rs[0].(*authres.SPFResult).Helo; strings.Join(strings.Fields(got), " ") != strings.Join(strings.Fields(safe), " ") {
+			t.Fatalf("helo %q read back as %q", safe, got)
 		}
 	})
 }

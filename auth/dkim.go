@@ -610,15 +610,18 @@ func (r DKIMResult) authres() authres.Result {
 	if r.Result == authres.ResultNone {
 		return &authres.DKIMResult{Value: authres.ResultNone}
 	}
+	// The tags are the sender's to choose; go-msgauth quotes a value but
+	// does not escape a backslash in it, so quotes and backslashes are
+	// replaced to keep the field's quoting intact.
 	params := map[string]string{
-		"header.d": r.Domain,
-		"header.i": r.Identifier,
-		"header.s": r.Selector,
-		"header.a": r.Algorithm,
-		"header.b": r.Signature,
+		"header.d": arSafe(r.Domain),
+		"header.i": arSafe(r.Identifier),
+		"header.s": arSafe(r.Selector),
+		"header.a": arSafe(r.Algorithm),
+		"header.b": arSafe(r.Signature),
 	}
 	if r.Err != nil {
-		params["reason"] = strings.TrimPrefix(r.Err.Error(), "dkim: ")
+		params["reason"] = arSafe(strings.TrimPrefix(r.Err.Error(), "dkim: "))
 	}
 	return &authres.GenericResult{Method: "dkim", Value: r.Result, Params: params}
 }

@@ -408,10 +408,15 @@ func dmRecord(tx *policy.Transaction, m *policy.Message, authservID string, res 
 	var parts []string
 	if withSPF {
 		s := &authres.SPFResult{Value: authres.ResultValue(strings.ToLower(spfIn.Result))}
-		if spfIn.Identity == "helo" {
-			s.Helo = spfIn.Domain
-		} else {
-			s.From = spfIn.Domain
+		// The domain may be the client's HELO name as it was sent (SPF
+		// gives none for a malformed one): only a well-formed domain is
+		// written, so no client-chosen ";" or quote reaches our field.
+		if d, err := policy.NormalizeDomain(spfIn.Domain); err == nil && d == spfIn.Domain && !strings.HasPrefix(d, "[") {
+			if spfIn.Identity == "helo" {
+				s.Helo = d
+			} else {
+				s.From = d
+			}
 		}
 		parts = append(parts, strings.TrimPrefix(FormatAuthResults("", s), "; "))
 	}

@@ -316,3 +316,29 @@ func FuzzParseFrom(f *testing.F) {
 		}
 	})
 }
+
+// The HELO name is the client's to choose (go-smtp passes any bytes but
+// space); a malformed one must not reach the spf clause DMARC records,
+// where a reader (go-msgauth's parser, a MUA) takes ";dkim=pass ..." in it
+// for a result of ours. A DMARC check run again on the message (postq
+// after a restart) must not find a forged pass there.
+func TestCheckDMARCMalformedHelo(t *testing.T) {
+	srv := dmarcZone(t)
+	opts := DMARCOptions{Resolver: srv.Resolver(), AuthServID: testAuthServID, Monitor: true}
+	tx := newTestTx("<>")
+	helo := "x;dkim=pass\theader.d=example.com\tx"
+	SPFResultKey.Set(tx, SPFResult{Result: SPFNone, Identity: "helo", Helo: helo, Domain: strings.ToLower(helo)})
+	m := newTestMessage(t, "Received: from x by "+testAuthServID+" with ESMTP id tx1\r\n"+fromMsg("a@example.com"))
+	CheckDMARC(opts)(context.Background(), tx, m)
+	res, _ := DMARCResultKey.Get(tx)
+	require.Equal(t, authres.ResultValue(authres.ResultFail), res.Result)
+	ar := m.Header.Get(AuthResultsField)
+	assert.NotContains(t, ar, "dkim=pass")
+
+	// Again, as after a restart: only the header to go by.
+	tx2 := newTestTx("<>")
+	CheckDMARC(opts)(context.Background(), tx2, m)
+	res2, _ := DMARCResultKey.Get(tx2)
+	assert.Equal(t, authres.ResultValue(authres.ResultFail), res2.Result, "%+v", res2)
+	assert.False(t, res2.DKIMAligned)
+}
