@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/mtakit/mtakit/smtp"
 )
 
 // config is the command line. Its flag names and defaults are a contract:
@@ -28,6 +30,7 @@ type config struct {
 	retryMin                     time.Duration
 	hashPassword                 string
 	unsafeNoSync                 bool
+	limits                       smtp.Limits
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -54,6 +57,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.hostname, "hostname", host, "our name in the greeting, Received and EHLO")
 	fs.StringVar(&c.dataDir, "data", "./data", "where the self-signed certificate is kept")
 	fs.DurationVar(&c.retryMin, "retry-min", 5*time.Minute, "delay before the first retry of a deferred message (doubles up to 4h)")
+	fs.Int64Var(&c.limits.MaxMessageBytes, "max-message-size", 25<<20, "largest message accepted, in bytes")
+	fs.IntVar(&c.limits.MaxConnections, "max-connections", 1000, "connections at once, in total")
+	fs.IntVar(&c.limits.MaxConnectionsPerIP, "max-connections-per-ip", 20, "connections at once from one client address")
 	fs.StringVar(&c.hashPassword, "hash-password", "", "print the bcrypt hash of this password for a -users line, and exit")
 	fs.BoolVar(&c.unsafeNoSync, "unsafe-no-fsync", false, "for benchmarks only: do not fsync the queue (a crash loses accepted mail)")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")

@@ -697,18 +697,18 @@ func ipRange(from, to int) []string {
 
 // TestHardeningIdleConnections: 2,000 idle connections from 100 loopback
 // addresses (20 each). doe-family runs on the smtp package's default limits
-// (it has no flags for them): 20 per IP and 1,000 in total, so 1,000 are
-// held and the rest get 421 4.7.0. The server's RSS growth per idle
+// (-max-connections 2000, 20 per IP): 2,000 from 100 addresses are held,
+// the next gets 421 4.7.0. The server's RSS growth per idle
 // connection is measured and reported; a normal client is served while
 // they are open (below the total limit) and after they close.
 func TestHardeningIdleConnections(t *testing.T) {
 	skipShort(t)
 	const (
-		perIP    = 20   // smtp.DefaultLimits().MaxConnectionsPerIP
-		maxTotal = 1000 // smtp.DefaultLimits().MaxConnections
+		perIP    = 20 // smtp.DefaultLimits().MaxConnectionsPerIP
+		maxTotal = 2000
 	)
 	raiseNoFile(t, 8192)
-	e := hardenEnv(t)
+	e := hardenEnv(t, "-max-connections", fmt.Sprint(maxTotal))
 	pid := e.cmd.Process.Pid
 	normalClient(t, e, "127.0.0.250", "idle-warmup")
 	runtimeSettle()
@@ -750,9 +750,16 @@ func TestHardeningIdleConnections(t *testing.T) {
 	normalClient(t, e, "127.0.0.250", "idle-during")
 	time.Sleep(500 * time.Millisecond) // let the server release its slot
 
-	// The other 1,020 of the 2,000: only 20 fit under the total limit.
+	// The other 1,020 of the 2,000: they fill the total limit exactly.
 	openB, lines := openMany(t, e.listen, ipRange(50, 100), perIP)
 	all = append(all, openB...)
+	runtimeSettle()
+	rss2 := procBytes(t, pid, "VmRSS")
+	held := len(openA) + len(openB)
+	perConn2 := float64(rss2-rss0) / float64(held)
+	t.Logf("idle connections: RSS %s with %d idle connections: %.0f bytes (%.1f KiB) per idle connection",
+		mib(rss2), held, perConn2, perConn2/1024)
+	assert.Less(t, perConn2, float64(64<<10), "bytes per idle connection")
 	refused := 0
 	for _, l := range lines {
 		if strings.HasPrefix(l, "421 4.7.0") {
@@ -813,17 +820,17 @@ func bigMessage(from string, to []string, subject string, size int64) io.Reader 
 // authenticated user, DKIM signing after queueing) to a local and a remote
 // recipient while the server's peak RSS is measured: a whole message held in
 // memory would show as growth of its size. doe-family has no flag for the
-// size limit and runs on the smtp default, 25 MiB, so the accepted message
-// is 24 MiB; a 50 MiB one is read to its end and refused with 552 5.3.4,
+// size limit raised to 60 MiB (-max-message-size), so a 50 MiB message
+// goes through; a 70 MiB one is read to its end and refused with 552 5.3.4,
 // nothing queued, memory bounded as well.
 func TestHardeningLargeMessage(t *testing.T) {
 	skipShort(t)
 	const (
-		accepted = 24 << 20
-		tooBig   = 50 << 20
+		accepted = 50 << 20
+		tooBig   = 70 << 20
 		bound    = 64 << 20 // far below a message held whole in memory
 	)
-	e := hardenEnv(t)
+	e := hardenEnv(t, "-max-message-size", fmt.Sprint(60<<20))
 	pid := e.cmd.Process.Pid
 	jane := filepath.Join(e.maildir, "jane", "new")
 	to := []string{"jane@doe-family.com", "friend@other.test"}
@@ -833,22 +840,22 @@ func TestHardeningLargeMessage(t *testing.T) {
 	require.NoError(t, submit(e.submission, from, to, strings.NewReader(message(from, to[0], "warmup", "small"))))
 	waitFor(t, 20*time.Second, "warm-up delivery", func() bool { return countFiles(jane) == 1 && len(e.sink.received()) == 1 })
 
-	t.Run("24 MiB accepted, signed, delivered", func(t *testing.T) {
+	t.Run("50 MiB accepted, signed, delivered", func(t *testing.T) {
 		m := startPeakMeter(t, pid)
-		require.NoError(t, submit(e.submission, from, to, bigMessage(from, to, "big-24", accepted)))
+		require.NoError(t, submit(e.submission, from, to, bigMessage(from, to, "big-50", accepted)))
 		_, recvPeak, recvGrowth := m.sample()
-		t.Logf("24 MiB message: peak RSS %s (growth %s) when its 250 came (received and queued)", mib(recvPeak), mib(recvGrowth))
+		t.Logf("50 MiB message: peak RSS %s (growth %s) when its 250 came (received and queued)", mib(recvPeak), mib(recvGrowth))
 		waitFor(t, 60*time.Second, "the large message in the maildir and at the relayhost", func() bool {
 			return countFiles(jane) == 2 && len(e.sink.received()) == 2
 		})
 		base, peak, growth := m.finish()
-		t.Logf("24 MiB message through submission+DKIM to maildir and relayhost: RSS %s before, peak %s, growth %s (exact peak: %v)",
+		t.Logf("50 MiB message through submission+DKIM to maildir and relayhost: RSS %s before, peak %s, growth %s (exact peak: %v)",
 			mib(base), mib(peak), mib(growth), m.reset)
 		assert.Less(t, growth, int64(bound), "RSS grew by %s: is the message held in memory?", mib(growth))
 
 		got := e.sink.received()[1]
 		assert.Greater(t, len(got.Data), accepted)
-		assert.Contains(t, string(got.Data), "Subject: big-24")
+		assert.Contains(t, string(got.Data), "Subject: big-50")
 		verifications, err := dkim.VerifyWithOptions(bytes.NewReader(got.Data), &dkim.VerifyOptions{
 			LookupTXT: func(domain string) ([]string, error) {
 				return e.dns.Resolver().LookupTXT(context.Background(), domain)
@@ -857,14 +864,14 @@ func TestHardeningLargeMessage(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, verifications, 1)
 		assert.NoError(t, verifications[0].Err, "the signature of the large message must verify")
-		require.True(t, mailboxHas(t, jane, "big-24"))
+		require.True(t, mailboxHas(t, jane, "big-50"))
 	})
 
-	t.Run("50 MiB refused with 552 5.3.4 after reading", func(t *testing.T) {
+	t.Run("70 MiB refused with 552 5.3.4 after reading", func(t *testing.T) {
 		m := startPeakMeter(t, pid)
-		err := submit(e.submission, from, to, bigMessage(from, to, "big-50", tooBig))
+		err := submit(e.submission, from, to, bigMessage(from, to, "big-70", tooBig))
 		base, peak, growth := m.finish()
-		t.Logf("50 MiB message (over the 25 MiB limit): RSS %s before, peak %s, growth %s", mib(base), mib(peak), mib(growth))
+		t.Logf("70 MiB message (over the 60 MiB limit): RSS %s before, peak %s, growth %s", mib(base), mib(peak), mib(growth))
 		require.Error(t, err)
 		code, enh := smtpCode(t, err)
 		assert.Equal(t, 552, code)
@@ -877,7 +884,7 @@ func TestHardeningLargeMessage(t *testing.T) {
 		msgs := waitSink(t, e.sink, 3)
 		assert.Len(t, msgs, 3)
 		assert.Contains(t, string(msgs[2].Data), "Subject: after-big-relay")
-		assert.False(t, mailboxHas(t, jane, "big-50"))
+		assert.False(t, mailboxHas(t, jane, "big-70"))
 		entries, err := os.ReadDir(filepath.Join(e.spool, "msg"))
 		require.NoError(t, err)
 		for _, en := range entries {

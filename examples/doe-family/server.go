@@ -91,6 +91,7 @@ func build(ctx context.Context, cfg *config, log *slog.Logger) (*server, error) 
 		Chain:     chain,
 		Queue:     s.spool,
 		TLSConfig: &tls.Config{GetCertificate: reloader.GetCertificate},
+		Limits:    cfg.limits,
 		Logger:    log,
 	}
 	if cfg.dns != "" {
