@@ -17,11 +17,12 @@ import (
 )
 
 var (
-	errBareLF   = &gosmtp.SMTPError{Code: 550, EnhancedCode: gosmtp.EnhancedCode{5, 6, 11}, Message: "Bare LF/CR not allowed"}
-	errNUL      = &gosmtp.SMTPError{Code: 550, EnhancedCode: gosmtp.EnhancedCode{5, 6, 0}, Message: "NUL characters not allowed"}
-	errTooBig   = &gosmtp.SMTPError{Code: 552, EnhancedCode: gosmtp.EnhancedCode{5, 3, 4}, Message: "Message too big"}
-	errLongLine = &gosmtp.SMTPError{Code: 500, EnhancedCode: gosmtp.EnhancedCode{5, 5, 2}, Message: "Line too long"}
-	errDataTime = &gosmtp.SMTPError{Code: 421, EnhancedCode: gosmtp.EnhancedCode{4, 4, 2}, Message: "Timeout receiving data, closing connection"}
+	errBareLF       = &gosmtp.SMTPError{Code: 550, EnhancedCode: gosmtp.EnhancedCode{5, 6, 11}, Message: "Bare LF/CR not allowed"}
+	errNUL          = &gosmtp.SMTPError{Code: 550, EnhancedCode: gosmtp.EnhancedCode{5, 6, 0}, Message: "NUL characters not allowed"}
+	errTooBig       = &gosmtp.SMTPError{Code: 552, EnhancedCode: gosmtp.EnhancedCode{5, 3, 4}, Message: "Message too big"}
+	errHeaderTooBig = &gosmtp.SMTPError{Code: 552, EnhancedCode: gosmtp.EnhancedCode{5, 3, 4}, Message: "Message header too large"}
+	errLongLine     = &gosmtp.SMTPError{Code: 500, EnhancedCode: gosmtp.EnhancedCode{5, 5, 2}, Message: "Line too long"}
+	errDataTime     = &gosmtp.SMTPError{Code: 421, EnhancedCode: gosmtp.EnhancedCode{4, 4, 2}, Message: "Timeout receiving data, closing connection"}
 )
 
 // BodyError is the violation found by BodyChecker.
@@ -261,8 +262,15 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 
 	m, err := policy.NewMessage(f, size, nil)
 	if err != nil {
-		log.Info("unparsable header", "error", err)
-		return &gosmtp.SMTPError{Code: 554, EnhancedCode: gosmtp.EnhancedCode{5, 6, 0}, Message: "Malformed message header"}, false
+		// The only fault of the client's here is a header block over
+		// policy.MaxHeaderBytes; anything else is reading our own spool
+		// file back, which must not bounce the message with a 5xx.
+		if errors.Is(err, policy.ErrHeaderTooLarge) {
+			log.Info("header too large", "limit", policy.MaxHeaderBytes)
+			return errHeaderTooBig, false
+		}
+		log.Error("spool read", "error", err)
+		return errInternal, false
 	}
 	defer m.Close()
 

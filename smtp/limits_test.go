@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-sasl"
+	"github.com/mtakit/mtakit/policy"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -434,3 +435,25 @@ func dialRawErr(addr string) (string, error) {
 func b64(s string) string { return encodeB64(s) }
 
 var _ = sasl.NewPlainClient
+
+// TestHeaderTooLarge: a header block over policy.MaxHeaderBytes is the
+// client's fault and a size matter (552 5.3.4), not a malformed message
+// (554); nothing is queued and the session goes on.
+func TestHeaderTooLarge(t *testing.T) {
+	h := start(t, Config{})
+	c := begin(t, h.addr())
+	c.expect("DATA", 354)
+	w := bufioWriter(c.Conn)
+	line := "X-Filler: " + strings.Repeat("y", 988) + "\r\n"
+	for range policy.MaxHeaderBytes/len(line) + 10 {
+		w.WriteString(line)
+	}
+	w.WriteString("\r\nbody\r\n.\r\n")
+	require.NoError(t, w.Flush())
+	code, text := c.reply()
+	assert.Equal(t, 552, code, text)
+	assert.Contains(t, text, "5.3.4")
+	assert.Empty(t, h.queue.all())
+	c.expect("RSET", 250)
+	normalClient(t, h)
+}
