@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"io"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -203,4 +204,60 @@ func TestTLSMinVersion(t *testing.T) {
 	for _, s := range tls.InsecureCipherSuites() {
 		assert.NotEqual(t, s.ID, st.CipherSuite)
 	}
+}
+
+// trimAuth trims the user name before looking it up, as auth.CredentialFile
+// does (it parses the name as an address).
+type trimAuth struct{ mapAuth }
+
+func (a trimAuth) Authenticate(ctx context.Context, ip netip.Addr, user, pass string) error {
+	return a.mapAuth.Authenticate(ctx, ip, strings.TrimSpace(user), pass)
+}
+
+// TestAuthIdentityControlCharacters: the identity a client gives ends up
+// in Conn.AuthUser, which rules and the queue take as a clean name (and a
+// rule may well write it into a header). An Authenticator that trims or
+// normalizes the name must not let "alice\r\nX-Injected: 1" through: such
+// a name is refused as malformed, before the Authenticator sees it.
+func TestAuthIdentityControlCharacters(t *testing.T) {
+	var got []string
+	chain := policy.NewChain(policy.WithLogger(testLogger(t))).
+		Auth("record", func(_ context.Context, c *policy.Conn, a policy.AuthInfo) policy.Verdict {
+			got = append(got, a.Identity)
+			return policy.Next
+		}).
+		Rcpt("all", acceptAll)
+	h := start(t, Config{Chain: chain, Authenticator: trimAuth{users}, TLSConfig: testTLS(t)},
+		Listener{Name: "smtps", Role: RoleImplicitTLS})
+	for _, tc := range []struct {
+		name, line string
+	}{
+		{"PLAIN user", "AUTH PLAIN " + b64("\x00alice\r\n\x00secret")},
+		{"PLAIN user tab", "AUTH PLAIN " + b64("\x00alice\t\x00secret")},
+		{"PLAIN authzid", "AUTH PLAIN " + b64("alice\n\x00alice\n\x00secret")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dialTLSRaw(t, h.addrs["smtps"])
+			c.reply()
+			c.expect("EHLO client.test", 250)
+			assert.Contains(t, c.expect(tc.line, 501), "5.5.2")
+			// Still not authenticated: submission refuses MAIL.
+			c.expect("MAIL FROM:<alice@mx.test>", 530)
+		})
+	}
+	t.Run("LOGIN user", func(t *testing.T) {
+		c := dialTLSRaw(t, h.addrs["smtps"])
+		c.reply()
+		c.expect("EHLO client.test", 250)
+		c.expect("AUTH LOGIN", 334)
+		c.expect(b64(" alice\r\n"), 334)
+		assert.Contains(t, c.expect(b64("secret"), 501), "5.5.2")
+		c.expect("MAIL FROM:<alice@mx.test>", 530)
+	})
+	// The clean name still works.
+	c := dialTLSRaw(t, h.addrs["smtps"])
+	c.reply()
+	c.expect("EHLO client.test", 250)
+	c.expect("AUTH PLAIN "+b64("\x00alice\x00secret"), 235)
+	assert.Equal(t, []string{"alice"}, got)
 }

@@ -295,6 +295,13 @@ func (s *session) authenticate(mech, identity, user, pass string) error {
 	if c.dead() {
 		return errNoConn
 	}
+	if hasCTL(user) || hasCTL(identity) {
+		// The name becomes Conn.AuthUser, which rules and logs take as a
+		// clean identity; an Authenticator that trims it would let
+		// "alice\r\n..." through.
+		c.log.Info("auth failed: control character in the identity", "mechanism", mech)
+		return c.sessionError(errAuthSyntax)
+	}
 	if identity != "" && identity != user {
 		c.log.Info("auth failed: authorization identity differs", "mechanism", mech, "user", user)
 		return c.sessionError(errAuthFailed)
@@ -323,4 +330,14 @@ func (s *session) authenticate(mech, identity, user, pass string) error {
 	c.pc.AuthUser, c.pc.AuthMechanism = user, mech
 	c.log.Info("auth", "mechanism", mech, "user", user)
 	return nil
+}
+
+// hasCTL reports whether s holds an ASCII control character.
+func hasCTL(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f {
+			return true
+		}
+	}
+	return false
 }
