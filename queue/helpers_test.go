@@ -228,6 +228,20 @@ func (h *harness) wait(id string) {
 	}, "waiting for "+id)
 }
 
+// waitOther waits until a worker finished with an ID not in not (the
+// DSN of a message, say) and returns it.
+func (h *harness) waitOther(not ...string) string {
+	h.t.Helper()
+	return h.take(func(evs []string) int {
+		for i, e := range evs {
+			if !slices.Contains(not, e) {
+				return i
+			}
+		}
+		return -1
+	}, "waiting for another message")
+}
+
 // waitN waits until workers finished n times (any IDs) and returns them.
 func (h *harness) waitN(n int) []string {
 	h.t.Helper()

@@ -106,7 +106,7 @@ func TestRetryScheduleAndExpiry(t *testing.T) {
 	assert.Equal(t, "4.4.7", env.Rcpts[0].Reply.Enhanced)
 	assert.True(t, env.Rcpts[0].DSN)
 
-	h.waitN(1) // the DSN's delivery
+	h.waitOther("m1") // the DSN's delivery
 	ds := dsns(h.tr.deliveries())
 	require.Len(t, ds, 1)
 	assert.Equal(t, "a@example.org", ds[0].Rcpt)
@@ -188,7 +188,7 @@ func TestPermanentFailureDSN(t *testing.T) {
 			h.enqueue(tx, testMsg)
 			h.wait("m1")
 			assert.Equal(t, Dead, h.queueOf("m1"))
-			h.waitN(1) // the DSN
+			h.waitOther("m1") // the DSN
 			ds := dsns(h.tr.deliveries())
 			require.Len(t, ds, 1)
 			assert.Equal(t, "a@example.org", ds[0].Rcpt)
@@ -250,7 +250,7 @@ func TestNotify(t *testing.T) {
 				assert.Empty(t, dsns(h.tr.deliveries()))
 				return
 			}
-			h.waitN(1)
+			h.waitOther("m1")
 			ds := dsns(h.tr.deliveries())
 			require.Len(t, ds, 1)
 			d := parseDSN(t, ds[0].Data)
@@ -265,9 +265,9 @@ func TestDSNIsNeverBouncedItself(t *testing.T) {
 	h.start()
 	h.enqueue(newTx("m1", "a@example.org", "b@example.com"), testMsg)
 	h.wait("m1")
-	ids := h.waitN(1) // the DSN, which fails too
-	assert.Equal(t, Dead, h.queueOf(ids[0]))
-	env := h.envelope(ids[0])
+	dsnID := h.waitOther("m1") // the DSN, which fails too
+	assert.Equal(t, Dead, h.queueOf(dsnID))
+	env := h.envelope(dsnID)
 	assert.True(t, env.DSN)
 	assert.True(t, env.From.Address().IsNull())
 	h.stop()
@@ -346,7 +346,7 @@ func TestPostQ(t *testing.T) {
 			h.wait("m1")
 			assert.Equal(t, tt.wantQueue, h.queueOf("m1"))
 			if tt.wantDSN {
-				h.waitN(1)
+				h.waitOther("m1")
 				ds := dsns(h.tr.deliveries())
 				require.Len(t, ds, 1)
 				d := parseDSN(t, ds[0].Data)
