@@ -26,6 +26,8 @@ type committer struct {
 	root   string
 	noSync bool
 	ops    chan *op
+	sync   func(root *os.File, files []string) error // syncData; a seam for tests
+	syncs  int                                       // batches synced, for tests
 
 	mu    sync.Mutex
 	dirFD map[string]*os.File
@@ -44,7 +46,7 @@ func newCommitter(root string, noSync bool) (*committer, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &committer{root: root, noSync: noSync, ops: make(chan *op, maxBatch), dirFD: map[string]*os.File{}, rootF: rf, stop: make(chan struct{})}
+	c := &committer{root: root, noSync: noSync, ops: make(chan *op, maxBatch), sync: syncData, dirFD: map[string]*os.File{}, rootF: rf, stop: make(chan struct{})}
 	c.wg.Add(1)
 	go c.loop()
 	return c, nil
@@ -130,7 +132,8 @@ func (c *committer) run(batch []*op) {
 			files = append(files, o.files...)
 		}
 		if len(files) > 0 {
-			if err := syncData(c.rootF, files); err != nil {
+			c.syncs++
+			if err := c.sync(c.rootF, files); err != nil {
 				for i := range errs {
 					errs[i] = err
 				}
