@@ -436,6 +436,12 @@ func (c *Chain) EvalMail(ctx context.Context, tx *Transaction) Result {
 // acceptance the caller appends rcpt to tx.Rcpts.
 func (c *Chain) EvalRcpt(ctx context.Context, tx *Transaction, rcpt Recipient) Result {
 	skip := txSkip(tx)
+	if skip.Kind == KindQuarantine {
+		// Quarantine is about the message, not about who may receive it:
+		// the rcpt rules still decide each recipient, so that releasing
+		// the message later never relays to a recipient no rule accepted.
+		skip = Next
+	}
 	r := run(ctx, c, StageRcpt, c.rcpt, skip, connID(tx), tx.ID, func(ctx context.Context, rule RcptRule) Verdict { return rule(ctx, tx, rcpt) })
 	if skip.Kind == KindNext && r.Rule == "" && r.Verdict.Kind == KindNext {
 		r.Verdict, r.Rule = c.rcptDefault, "(default)"

@@ -355,8 +355,23 @@ func TestVerdictsAcrossStages(t *testing.T) {
 		}
 		t.Run("quarantine at "+s.String(), func(t *testing.T) {
 			sr := runStages(t, map[policy.Stage]policy.Verdict{s: policy.Quarantine("spam")}, 2)
-			assert.Equal(t, 1, sr.ran[s])
+			if s != policy.StageRcpt {
+				assert.Equal(t, 1, sr.ran[s])
+			}
+			// The rcpt rules still decide every recipient of a
+			// quarantined transaction: a release must never relay to
+			// one no rule accepted.
+			if s < policy.StageRcpt {
+				assert.Equal(t, 2, sr.ran[policy.StageRcpt], "rcpt rules run for each recipient")
+				assert.Equal(t, policy.KindAccept, sr.results[policy.StageRcpt].Verdict.Kind)
+			}
+			if s == policy.StageRcpt {
+				assert.Equal(t, 2, sr.ran[policy.StageRcpt], "the second recipient is decided by the rules too")
+			}
 			for _, later := range after(s) {
+				if later == policy.StageRcpt {
+					continue
+				}
 				assert.Zero(t, sr.ran[later], "%s rules skipped", later)
 				assert.Equal(t, policy.Quarantine("spam"), sr.results[later].Verdict, later.String())
 				assert.True(t, sr.results[later].Accepted())
@@ -771,4 +786,27 @@ func TestChainThroughPolicytest(t *testing.T) {
 	require.Len(t, out.Delivery, 2)
 	assert.Equal(t, "bob@example.com", out.Delivery[1].Rcpt.Addr.String())
 	assert.Equal(t, []string{"known-users", "known-users", "known-users"}, rec.Rules())
+}
+
+// TestQuarantineIsNoRelay: a transaction quarantined at mail still has its
+// recipients decided by the rcpt rules, so releasing the message later can
+// never relay to a recipient no rule accepted.
+func TestQuarantineIsNoRelay(t *testing.T) {
+	c := policy.NewChain(policy.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	c.Mail("suspicious", func(context.Context, *policy.Transaction) policy.Verdict { return policy.Quarantine("review") })
+	c.Rcpt("local-only", func(_ context.Context, _ *policy.Transaction, r policy.Recipient) policy.Verdict {
+		if r.Addr.Domain == "example.com" {
+			return policy.Accept
+		}
+		return policy.Next
+	})
+	tx := policy.NewTransaction(&policy.Conn{ID: "c1"}, "t1")
+	ctx := context.Background()
+	require.Equal(t, policy.KindQuarantine, c.EvalMail(ctx, tx).Verdict.Kind)
+	local := c.EvalRcpt(ctx, tx, policy.Recipient{Addr: policy.MustParseAddress("bob@example.com")})
+	assert.True(t, local.Accepted())
+	foreign := c.EvalRcpt(ctx, tx, policy.Recipient{Addr: policy.MustParseAddress("victim@elsewhere.test")})
+	assert.False(t, foreign.Accepted(), "a quarantined transaction is no open relay")
+	assert.Equal(t, 554, foreign.Reply.Code)
+	assert.Equal(t, "review", tx.Quarantine())
 }

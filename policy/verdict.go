@@ -105,7 +105,9 @@ func (k Kind) String() string {
 //     skipped and the message is stored in the named quarantine queue,
 //     never delivered. Given before DATA it marks the transaction (at
 //     connect, helo or auth: every transaction of the connection, as for
-//     ForceAccept).
+//     ForceAccept). The rcpt rules still run for each recipient of a
+//     quarantined transaction: quarantine is about the message, and a
+//     release must never relay to a recipient no rule accepted.
 //   - Info: no decision, like Next, but Reply becomes the positive reply of
 //     the stage if it accepts (for example "250 2.1.0 Sender OK, SPF pass").
 type Verdict struct {
