@@ -245,7 +245,7 @@ doe_run() {
 FS=$(df -PT "$WORK" | awk 'NR==2{print $2" on "$1" mounted at "$7}')
 cat <<EOF
 # mtakit compare: doe-family (relay, SPF over loopback DNS, DKIM $DKIM_ALG signing, durable queue, maildir) vs no-op go-smtp
-# $(date -u +%FT%TZ)  commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo ?)  $(go version | cut -d' ' -f3-)
+# $(date -u +%FT%TZ)  built from the working tree at commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo ?)  $(go version | cut -d' ' -f3-)
 # cpu: $(nproc) x $(sed -nE 's/^model name\s*:\s*//p' /proc/cpuinfo | head -n1); load generator on the same cores
 # spool and maildir: $WORK ($FS)
 EOF
@@ -315,7 +315,7 @@ echo "ratio: doe-family (durable) / noop; dur/ns: durable / -unsafe-no-fsync; ma
 for m in "${MODES[@]}"; do
 	q=$WORK/$m/spool
 	left=$(( $(ls "$q/deferred" | wc -l) + $(ls "$q/dead" | wc -l) + $(queue_len "$m") ))
-	echo "$m: accepted ${ACCEPTED[$m]} (warm-up included), in the maildir $(delivered "$m"), left in the queue (working, deliver, deferred, dead) $left"
+	echo "$m: accepted ${ACCEPTED[$m]} (warm-up included; a run ended by time may deliver up to conns more, whose 250 the client did not wait for), in the maildir $(delivered "$m"), left in the queue (working, deliver, deferred, dead) $left"
 	if grep -q 'level=ERROR' "$WORK/$m.out"; then
 		echo "$m logged errors:"
 		grep 'level=ERROR' "$WORK/$m.out" | cut -c1-200 | sort | uniq -c | sort -rn | head -5
