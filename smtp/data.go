@@ -7,8 +7,8 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
 	"strings"
+	"sync"
 	"time"
 
 	gosmtp "github.com/emersion/go-smtp"
@@ -181,6 +181,9 @@ func receivedValue(hostname string, tx *policy.Transaction, now time.Time) strin
 	return b.String()
 }
 
+// spoolWriters recycles the buffers messages are spooled through.
+var spoolWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
+
 // receive streams a message into a spool file, with the fields rules added
 // before DATA and our Received field on top, runs the preq rules and hands
 // the message to the queue. It returns the reply: 250 only once Enqueue
@@ -189,15 +192,11 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 	nc.SetReadDeadline(time.Now().Add(s.limits.DataTimeout))
 	log := c.log.With("tx", tx.ID)
 
-	f, err := os.CreateTemp(s.cfg.SpoolDir, "mtakit-spool-*")
+	f, err := c.spoolFile()
 	if err != nil {
 		log.Error("spool file", "error", err)
 		return errInternal, false
 	}
-	defer func() {
-		f.Close()
-		os.Remove(f.Name())
-	}()
 
 	// Our Received field, with the fields rules added before DATA above
 	// it, as RFC 7208 section 9.1 wants of Received-SPF: they are trace
@@ -209,7 +208,12 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 	for i := len(fields) - 1; i >= 0; i-- {
 		hdr.AddRaw(fields[i].Raw)
 	}
-	w := bufio.NewWriterSize(f, 64<<10)
+	w := spoolWriters.Get().(*bufio.Writer)
+	w.Reset(f)
+	defer func() {
+		w.Reset(nil)
+		spoolWriters.Put(w)
+	}()
 	if _, err := hdr.WriteTo(w); err != nil {
 		log.Error("spool write", "error", err)
 		return errInternal, false

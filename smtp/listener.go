@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -29,6 +31,13 @@ type listener struct {
 	ready     chan *conn
 	done      chan struct{}
 	closeOnce sync.Once
+
+	// spool holds the message being received: one file per connection,
+	// created at its first DATA, unlinked at once (nothing is left behind,
+	// even after a crash) and emptied for each message, because creating
+	// and removing a file per message costs more than the rest of the
+	// accept path on some filesystems.
+	spool     *os.File
 	errMu     sync.Mutex
 	err       error
 	mu        sync.Mutex
@@ -285,6 +294,13 @@ type conn struct {
 
 	closeOnce sync.Once
 
+	// spool holds the message being received: one file per connection,
+	// created at its first DATA, unlinked at once (nothing is left behind,
+	// even after a crash) and emptied for each message, because creating
+	// and removing a file per message costs more than the rest of the
+	// accept path on some filesystems.
+	spool *os.File
+
 	mu         sync.Mutex
 	inData     bool
 	stopping   bool // Shutdown: close once the current message is done
@@ -304,12 +320,42 @@ func newConn(s *Server, lc Listener, raw net.Conn, ip netip.Addr) *conn {
 	return c
 }
 
+// spoolFile returns the connection's spool file, empty, positioned at 0.
+func (c *conn) spoolFile() (*os.File, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.spool == nil {
+		f, err := os.CreateTemp(c.srv.cfg.SpoolDir, "mtakit-spool-*")
+		if err != nil {
+			return nil, err
+		}
+		if err := os.Remove(f.Name()); err != nil {
+			f.Close()
+			return nil, err
+		}
+		c.spool = f
+		return f, nil
+	}
+	if err := c.spool.Truncate(0); err != nil {
+		return nil, err
+	}
+	if _, err := c.spool.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	return c.spool, nil
+}
+
 // Close closes the connection and frees its slot; it is idempotent.
 func (c *conn) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
 		err = c.Conn.Close()
 		c.cancel()
+		c.mu.Lock()
+		if c.spool != nil {
+			c.spool.Close()
+		}
+		c.mu.Unlock()
 		c.srv.unregister(c)
 		c.srv.release(c.ip)
 		if c.log != nil {
