@@ -157,6 +157,12 @@ func (s *Spool) Move(ctx context.Context, id, to string) error {
 			return fmt.Errorf("queue: %s has no recipient left to deliver", id)
 		}
 	}
+	switch to {
+	case Deliver:
+		env.PostQDone = true // released as is: the postq rules do not run (again)
+	case Working:
+		env.PostQDone = false // the postq rules run
+	}
 	if err := s.update(ctx, env, q, to, "", ""); err != nil {
 		return err
 	}

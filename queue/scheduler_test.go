@@ -298,6 +298,38 @@ func TestQuarantineAndRelease(t *testing.T) {
 	require.Len(t, h.tr.deliveries(), 1)
 }
 
+func TestPostQQuarantineAndRelease(t *testing.T) {
+	chain := policy.NewChain(policy.WithLogger(quietLogger()))
+	chain.PostQ("spam", func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
+		m.Header.Add("X-Spam", "yes")
+		return policy.Quarantine("spam")
+	})
+	h := newHarness(t, "", Config{Chain: chain})
+	h.start()
+	h.enqueue(newTx("m1", "a@example.org", "b@example.com"), testMsg)
+	h.wait("m1")
+	require.Equal(t, "quarantine/spam", h.queueOf("m1"))
+	it, err := h.sp.Show("m1")
+	require.NoError(t, err)
+	assert.Equal(t, "yes", it.Header.Get("X-Spam"), "header edits kept with the quarantined message")
+
+	// Released to deliver: delivered as it is, the postq rule does not
+	// quarantine it again.
+	require.NoError(t, h.sp.Move(context.Background(), "m1", Deliver))
+	h.wait("m1")
+	assert.Equal(t, "", h.queueOf("m1"))
+	ds := h.tr.deliveries()
+	require.Len(t, ds, 1)
+	assert.Equal(t, 1, strings.Count(string(ds[0].Data), "X-Spam: yes"))
+
+	// Moved to working instead, the postq rules run again.
+	h.enqueue(newTx("m2", "a@example.org", "b@example.com"), testMsg)
+	h.wait("m2")
+	require.NoError(t, h.sp.Move(context.Background(), "m2", Working))
+	h.wait("m2")
+	assert.Equal(t, "quarantine/spam", h.queueOf("m2"))
+}
+
 func TestPostQ(t *testing.T) {
 	var fail atomic.Bool
 	var runs atomic.Int32
