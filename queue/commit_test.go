@@ -25,7 +25,7 @@ func TestGroupCommitSharesSyncs(t *testing.T) {
 	release := make(chan struct{})
 	var releaseOnce sync.Once
 	defer releaseOnce.Do(func() { close(release) }) // never leave the committer stuck
-	var inFirst atomic.Int64 // ops in the first batch (2 files each)
+	var inFirst atomic.Int64                        // ops in the first batch (2 files each)
 	first := true
 	sp.c.sync = func(root *os.File, files []string) error {
 		if first {
