@@ -19,6 +19,15 @@
 // List, Show, Requeue, Move and Delete administer them while the scheduler
 // runs.
 //
+// Open takes an exclusive lock on the directory: one spool, one process.
+//
+// # Storage
+//
+// The scheduler works on a Store, a small interface; *Spool is the
+// embedded implementation on the local filesystem, and a store on a shared
+// engine (NATS JetStream, PostgreSQL) can replace it without touching the
+// scheduler or the rules.
+//
 // # Scheduler
 //
 // A Scheduler takes messages from working (postq rules: accept goes on to
@@ -36,6 +45,9 @@
 // deferred. A corrupt envelope or message (unparsable, truncated) is moved
 // to corrupt with an error log entry; the queue goes on. Delivery is at
 // least once: a crash between a delivery and its record may deliver twice.
+// Before each attempt the attempt count and the time of the next attempt
+// are saved (with the move out of working and the postq header edits, in
+// one commit), so a crash loop cannot hammer a destination.
 //
 // # Bounces
 //
