@@ -322,11 +322,14 @@ func (s *Spool) enqueue(ctx context.Context, env *Envelope, q string, write func
 		}
 		return err
 	}
-	bw := bufio.NewWriterSize(f, 64<<10)
+	bw := writerPool.Get().(*bufio.Writer)
+	bw.Reset(f)
 	n, err := write(bw)
 	if err == nil {
 		err = bw.Flush()
 	}
+	bw.Reset(nil)
+	writerPool.Put(bw)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -362,6 +365,9 @@ func (s *Spool) enqueue(ctx context.Context, env *Envelope, q string, write func
 	s.notify(env.ID, q)
 	return nil
 }
+
+// writerPool holds the buffers messages are written through.
+var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
 
 // writeTemp writes env to a new file in tmp/ and returns its path.
 func (s *Spool) writeTemp(env *Envelope) (string, error) {
