@@ -572,9 +572,11 @@ func TestRestartPicksUpEverything(t *testing.T) {
 	}
 	require.NoError(t, sp.Move(ctx, "d1", Deliver))
 	require.NoError(t, sp.Move(ctx, "f1", Deferred))
-	// Leftovers of an interrupted write: removed at open.
+	// Leftovers of an interrupted write: removed at open; so is an old
+	// message file a header rewrite left (the envelope names m~1).
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "tmp", "x.json"), []byte("{"), 0o600))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "msg", "orphan.eml"), []byte(testMsg), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "msg", "w1~7.eml"), []byte(testMsg), 0o600))
 	require.NoError(t, sp.Close())
 
 	h := newHarness(t, dir, Config{})
@@ -582,6 +584,10 @@ func TestRestartPicksUpEverything(t *testing.T) {
 	assert.ErrorIs(t, err, os.ErrNotExist)
 	_, err = os.Stat(filepath.Join(dir, "tmp", "x.json"))
 	assert.ErrorIs(t, err, os.ErrNotExist)
+	_, err = os.Stat(filepath.Join(dir, "msg", "w1~7.eml"))
+	assert.ErrorIs(t, err, os.ErrNotExist)
+	_, err = os.Stat(filepath.Join(dir, "msg", "w1.eml"))
+	assert.NoError(t, err, "the file the envelope names stays")
 	h.start()
 	got := h.waitN(4)
 	assert.ElementsMatch(t, []string{"w1", "w2", "d1", "f1"}, got)

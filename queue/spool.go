@@ -176,7 +176,7 @@ func (s *Spool) cleanup() error {
 	for _, e := range ents {
 		os.Remove(filepath.Join(tmp, e.Name()))
 	}
-	ids := map[string]bool{}
+	ids := map[string]string{} // id -> queue
 	qs, err := s.Queues()
 	if err != nil {
 		return err
@@ -187,18 +187,37 @@ func (s *Spool) cleanup() error {
 			return err
 		}
 		for _, id := range names {
-			ids[id] = true
+			ids[id] = q
 		}
 	}
 	msgs, err := os.ReadDir(filepath.Join(s.root, "msg"))
 	if err != nil {
 		return err
 	}
+	files := map[string][]string{}
 	for _, e := range msgs {
 		id := msgID(e.Name())
-		if !ids[id] {
+		if _, ok := ids[id]; !ok {
 			s.log.Info("queue: removing message without envelope", "file", e.Name())
 			os.Remove(filepath.Join(s.root, "msg", e.Name()))
+			continue
+		}
+		files[id] = append(files[id], e.Name())
+	}
+	// Several files of one message: a crash fell between a header rewrite
+	// and the removal of the old file. Keep the one the envelope names.
+	for id, names := range files {
+		if len(names) < 2 {
+			continue
+		}
+		env, err := s.readEnvelope(ids[id], id)
+		if err != nil {
+			continue // the scheduler sets it aside
+		}
+		for _, n := range names {
+			if n != env.Message {
+				os.Remove(filepath.Join(s.root, "msg", n))
+			}
 		}
 	}
 	return nil
