@@ -166,7 +166,8 @@ func NewScheduler(st Store, cfg Config) *Scheduler {
 // Run picks up every message in working, deliver and deferred and processes
 // messages until ctx ends; then it waits for the attempts under way and
 // returns ctx's error. Messages enqueued, requeued or moved while it runs
-// are picked up at once.
+// are picked up at once. Run one scheduler per store at a time, and stop
+// it before closing the store.
 func (s *Scheduler) Run(ctx context.Context) error {
 	s.st.Watch(s.wake)
 	defer s.st.Watch(nil)
