@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"sync"
 )
 
 // Message is the message view rules read and edit at the preq and postq
@@ -42,9 +43,17 @@ func NewMessage(src io.ReaderAt, size int64, closer io.Closer) (*Message, error)
 	return m, nil
 }
 
+// headerReaders recycles the buffers headers are parsed through (ReadHeader
+// copies what it keeps): one per message would be most of what receiving a
+// small message allocates.
+var headerReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
+
 func (m *Message) load(src io.ReaderAt, size int64) error {
-	br := bufio.NewReaderSize(io.NewSectionReader(src, 0, size), 64<<10)
+	br := headerReaders.Get().(*bufio.Reader)
+	br.Reset(io.NewSectionReader(src, 0, size))
 	h, n, sep, err := ReadHeader(br, MaxHeaderBytes)
+	br.Reset(nil)
+	headerReaders.Put(br)
 	if err != nil {
 		return err
 	}
