@@ -472,6 +472,41 @@ func TestAntivirus(t *testing.T) {
 	// quarantined: only the filter's verdict counts.
 	require.NoError(t, send(t, e.listen, "client.example.org", false, "someone@example.org", []string{"jane@doe-family.com"}, "X-Virus-Infected: forged\r\n"+message("someone@example.org", "jane@doe-family.com", "forged", "clean too")))
 
+	// 20 concurrent transactions, every other one infected: each gets its
+	// own message back from the filter, so exactly the clean ones arrive,
+	// each with its own body.
+	var wg sync.WaitGroup
+	errs := make([]error, 20)
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body := fmt.Sprintf("clean body %d", i)
+			subject := fmt.Sprintf("parallel-clean-%d", i)
+			if i%2 == 1 {
+				body, subject = eicar, fmt.Sprintf("parallel-virus-%d", i)
+			}
+			errs[i] = send(t, e.listen, "client.example.org", false, "someone@example.org", []string{"par@doe-family.com"},
+				message("someone@example.org", "par@doe-family.com", subject, body))
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		require.NoError(t, err, "parallel message %d", i)
+	}
+	parallel := waitFiles(t, filepath.Join(e.maildir, "par", "new"), 10)
+	time.Sleep(300 * time.Millisecond)
+	parallel = waitFiles(t, filepath.Join(e.maildir, "par", "new"), 10)
+	require.Len(t, parallel, 10, "exactly the 10 clean messages are delivered")
+	for _, f := range parallel {
+		i := strings.Index(f, "Subject: parallel-clean-")
+		require.GreaterOrEqual(t, i, 0, "only clean messages are delivered")
+		var n int
+		fmt.Sscanf(f[i+len("Subject: parallel-clean-"):], "%d", &n)
+		assert.Contains(t, f, fmt.Sprintf("clean body %d", n), "each transaction got its own message back")
+		assert.Contains(t, f, "X-Virus-Scanned", "scanned by clamsmtpd")
+	}
+
 	files := waitFiles(t, filepath.Join(e.maildir, "jane", "new"), 2)
 	require.Len(t, files, 2)
 	joined := strings.Join(files, "\n")
@@ -479,7 +514,7 @@ func TestAntivirus(t *testing.T) {
 	assert.Contains(t, joined, "Subject: forged")
 	assert.NotContains(t, joined, "X-Virus-Infected")
 	quarantined, _ := filepath.Glob(filepath.Join(e.spool, "quarantine", "virus_q", "*"))
-	assert.NotEmpty(t, quarantined, "the EICAR message must be in quarantine virus_q")
+	assert.Len(t, quarantined, 11, "the EICAR messages (1 + 10 parallel) must be in quarantine virus_q")
 	time.Sleep(200 * time.Millisecond)
 	files = waitFiles(t, filepath.Join(e.maildir, "jane", "new"), 2)
 	assert.Len(t, files, 2, "the EICAR message must not be delivered")

@@ -53,8 +53,10 @@ func build(ctx context.Context, cfg *config, log *slog.Logger) (*server, error) 
 		}
 	}
 	if cfg.clamav != "" {
+		// MaxConcurrent stays below clamsmtpd's MaxConnections, above which
+		// it answers 421: more delegations wait for a free slot.
 		s.antivirus = &delegate.Service{Name: "clamsmtpd", Filter: cfg.clamav, Receiver: cfg.receiver,
-			Hostname: cfg.hostname, Logger: log}
+			Hostname: cfg.hostname, MaxConcurrent: 10, Logger: log}
 		rs.antivirus = s.antivirus
 	}
 	chain := rs.chain(policy.WithLogger(log))
