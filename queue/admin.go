@@ -1,12 +1,9 @@
 package queue
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 
 	"github.com/mtakit/mtakit/policy"
@@ -69,19 +66,12 @@ func (s *Spool) Show(id string) (*Item, error) {
 	if err != nil {
 		return nil, err
 	}
-	env, err := s.readEnvelope(q, id)
+	env, m, err := s.loadEntry(q, id)
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(filepath.Join(s.root, "msg", env.Message))
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
-	}
-	defer f.Close()
-	h, _, _, err := policy.ReadHeader(bufio.NewReader(f), policy.MaxHeaderBytes)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
-	}
+	h := m.Header
+	m.Close()
 	return &Item{Queue: q, Envelope: env, Header: h}, nil
 }
 
@@ -120,7 +110,7 @@ func (s *Spool) Requeue(ctx context.Context, id string) error {
 	if !env.PostQDone {
 		to = Working
 	}
-	if err := s.update(ctx, env, q, to, "", ""); err != nil {
+	if err := s.update(ctx, env, q, to); err != nil {
 		return err
 	}
 	s.notify(id, to)
@@ -163,7 +153,7 @@ func (s *Spool) Move(ctx context.Context, id, to string) error {
 	case Working:
 		env.PostQDone = false // the postq rules run
 	}
-	if err := s.update(ctx, env, q, to, "", ""); err != nil {
+	if err := s.update(ctx, env, q, to); err != nil {
 		return err
 	}
 	s.notify(id, to)
@@ -182,16 +172,5 @@ func (s *Spool) Delete(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	var files []string
-	msgs, _ := filepath.Glob(filepath.Join(s.root, "msg", id+"*.eml"))
-	if q == Corrupt { // set aside with its envelope
-		cm, _ := filepath.Glob(filepath.Join(s.root, Corrupt, id+"*.eml"))
-		msgs = append(msgs, cm...)
-	}
-	for _, m := range msgs {
-		if msgID(filepath.Base(m)) == id {
-			files = append(files, m)
-		}
-	}
-	return s.remove(ctx, q, id, files...)
+	return s.remove(ctx, q, id)
 }

@@ -25,12 +25,12 @@ func TestGroupCommitSharesSyncs(t *testing.T) {
 	release := make(chan struct{})
 	var releaseOnce sync.Once
 	defer releaseOnce.Do(func() { close(release) }) // never leave the committer stuck
-	var inFirst atomic.Int64                        // ops in the first batch (2 files each)
+	var inFirst atomic.Int64                        // ops in the first batch (1 file each)
 	first := true
 	sp.c.sync = func(root *os.File, files []string) error {
 		if first {
 			first = false
-			inFirst.Store(int64(len(files) / 2))
+			inFirst.Store(int64(len(files)))
 			<-release
 		}
 		return syncData(root, files)
@@ -67,7 +67,7 @@ func TestEnqueueFailureLeavesNothing(t *testing.T) {
 	sp.c.sync = func(*os.File, []string) error { return errors.New("EIO") }
 	err = sp.Enqueue(context.Background(), newTx("f1", "a@example.org", "b@example.com"), newMessage(t, testMsg))
 	require.Error(t, err, "a failed sync is never acknowledged")
-	for _, d := range []string{"tmp", "msg", Working} {
+	for _, d := range []string{"tmp", Working} {
 		ents, err := os.ReadDir(filepath.Join(dir, d))
 		require.NoError(t, err)
 		assert.Empty(t, ents, d)

@@ -6,15 +6,21 @@
 // # Spool
 //
 // Open returns a Spool on a directory. The smtp package hands it accepted
-// messages with Enqueue, which returns only when the message file, its
-// envelope (JSON, see Envelope) and their directory entries are fsynced:
-// only then may the client get its 250. Concurrent Enqueue calls share
-// their syncs (group commit): each writes its files, then joins the batch a
-// single committer goroutine makes durable with one syncfs(2) of the spool's
-// filesystem, the renames that publish the envelopes, and one fsync per
-// directory. WithUnsafeNoSync turns syncing off, for benchmarks only.
+// messages with Enqueue, which returns only when the message's entry (one
+// file: the message, then its envelope as a JSON record, see Envelope) and
+// its directory entry are durable: only then may the client get its 250.
+// Concurrent Enqueue calls share their syncs (group commit): each writes its
+// entry in tmp/, then joins the batch a committer goroutine makes durable
+// with one syncfs(2) of the spool's filesystem, the renames that publish the
+// entries, and one fsync per directory. The accept path has a committer of
+// its own, so that it never waits behind the scheduler's commits.
+// WithUnsafeNoSync turns syncing off, for benchmarks only.
 //
-// A message's state is the place of its envelope: working (accepted, postq
+// A change of envelope appends a record to the entry (the last valid one
+// counts; a record torn by a crash is ignored), and a move between queues
+// renames it: the stored message is written once and never copied.
+//
+// A message's state is the place of its entry: working (accepted, postq
 // rules not yet run), deliver, deferred, dead, quarantine/<name>, corrupt.
 // List, Show, Requeue, Move and Delete administer them while the scheduler
 // runs.
@@ -38,8 +44,11 @@
 // delivered, 4xx retried with exponential backoff (5 min doubling to 4 h,
 // for 5 days by default, with jitter), 5xx bounced. Only the recipients that
 // failed temporarily are retried. Header edits of postq rules (a
-// DKIM-Signature) are written into a new message file before delivery, so a
-// retry neither loses them nor makes them twice.
+// DKIM-Signature) are saved in the envelope (the header block as the rules
+// left it, Envelope.Head) with the attempt record, and applied when the
+// message is loaded, so a retry neither loses them nor makes them twice,
+// and the body is not copied; only a rule that replaced the body makes a
+// new entry file.
 //
 // On start the scheduler picks up everything in working, deliver and
 // deferred. A corrupt envelope or message (unparsable, truncated) is moved

@@ -15,7 +15,7 @@ import (
 
 // EnvelopeVersion is the version of the envelope format this package writes.
 // Decoding refuses any other version, so a newer spool is never misread.
-const EnvelopeVersion = 1
+const EnvelopeVersion = 2
 
 // Recipient states.
 const (
@@ -26,14 +26,15 @@ const (
 
 // Envelope is what the spool keeps beside each message: the SMTP envelope,
 // the facts of the client connection and the delivery state. It is stored
-// as JSON in <queue>/<id>.json (format below); the message itself is in
-// msg/<Message>.
+// as JSON records appended to the entry file <queue>/<id>.q after the
+// message (see entry.go); the last valid record is the current envelope.
 //
 //	{
-//	  "v": 1,                          // EnvelopeVersion
+//	  "v": 2,                          // EnvelopeVersion
 //	  "id": "1a2b3c",                  // queue ID (file name safe)
-//	  "msg": "1a2b3c.eml",             // message file in msg/ ("<id>~<n>.eml" after postq edits)
-//	  "size": 4096,                    // its size, checked on load (truncation)
+//	  "size": 4096,                    // size of the stored message, checked on load (truncation)
+//	  "head": "RnJvbTog...",           // base64: header block as the postq rules left it (absent: unchanged)
+//	  "body_off": 1024,                // with head: where the body starts in the stored message
 //	  "from": {"local": "a", "domain": "example.org"},   // null sender: both ""
 //	  "params": {"size": 0, "body": "8BITMIME", "smtputf8": false, "requiretls": false,
 //	             "ret": "HDRS", "envid": "x", "auth": ""},
@@ -46,15 +47,16 @@ const (
 //	             "auth_user": "", "auth_mech": "", "started": "..."},
 //	  "received": "2026-01-02T03:04:05Z",
 //	  "force_accepted": false,
-//	  "postq_done": false,             // postq rules ran; their header edits are in msg
+//	  "postq_done": false,             // postq rules ran; their header edits are in head
 //	  "dsn": false,                    // this message is a DSN we generated
 //	  "attempts": 0, "next_attempt": "...", "last_attempt": "...", "last_error": ""
 //	}
 type Envelope struct {
 	Version       int         `json:"v"`
 	ID            string      `json:"id"`
-	Message       string      `json:"msg"`
 	Size          int64       `json:"size"`
+	Head          []byte      `json:"head,omitempty"`
+	BodyOff       int64       `json:"body_off,omitempty"`
 	From          Addr        `json:"from"`
 	Params        Params      `json:"params"`
 	Rcpts         []RcptState `json:"rcpts"`
@@ -67,6 +69,8 @@ type Envelope struct {
 	NextAttempt   time.Time   `json:"next_attempt,omitzero"`
 	LastAttempt   time.Time   `json:"last_attempt,omitzero"`
 	LastError     string      `json:"last_error,omitempty"`
+
+	end int64 // end of the valid records in the entry file (0: unknown)
 }
 
 // Addr is an address as stored: local part and domain apart, so that no
@@ -251,10 +255,10 @@ func (e *Envelope) validate() error {
 		return fmt.Errorf("unknown envelope version %d", e.Version)
 	case !validID(e.ID):
 		return fmt.Errorf("bad id %q", e.ID)
-	case !validMsgName(e.ID, e.Message):
-		return fmt.Errorf("bad message file name %q", e.Message)
 	case e.Size < 0:
 		return errors.New("negative size")
+	case e.BodyOff < 0 || e.BodyOff > e.Size || e.Head == nil && e.BodyOff != 0:
+		return fmt.Errorf("bad body offset %d", e.BodyOff)
 	case len(e.Rcpts) == 0:
 		return errors.New("no recipients")
 	case e.Attempts < 0:
@@ -282,28 +286,6 @@ func validID(id string) bool {
 	for i := 0; i < len(id); i++ {
 		c := id[i]
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
-
-// validMsgName reports whether name is a message file of id: "<id>.eml" or
-// "<id>~<n>.eml" after a header rewrite ('~' never occurs in an ID).
-func validMsgName(id, name string) bool {
-	if name == id+".eml" {
-		return true
-	}
-	rest, ok := strings.CutPrefix(name, id+"~")
-	if !ok {
-		return false
-	}
-	gen, ok := strings.CutSuffix(rest, ".eml")
-	if !ok || gen == "" || len(gen) > 9 {
-		return false
-	}
-	for i := 0; i < len(gen); i++ {
-		if gen[i] < '0' || gen[i] > '9' {
 			return false
 		}
 	}

@@ -36,9 +36,11 @@ func TestDeliverAndRemove(t *testing.T) {
 	assert.Equal(t, testMsg, string(ds[0].Data))
 	assert.Equal(t, 1, h.tr.callCount(), "one route: one transport call for both recipients")
 	assert.Equal(t, "", h.queueOf("m1"), "delivered message is removed")
-	ents, err := os.ReadDir(filepath.Join(h.sp.Dir(), "msg"))
-	require.NoError(t, err)
-	assert.Empty(t, ents, "message file removed")
+	for _, q := range []string{"tmp", Working, Deliver} {
+		ents, err := os.ReadDir(filepath.Join(h.sp.Dir(), q))
+		require.NoError(t, err)
+		assert.Empty(t, ents, "entry file removed from %s", q)
+	}
 }
 
 func TestOneOfThreeDeferredThenRetriedAlone(t *testing.T) {
@@ -439,12 +441,17 @@ func TestPostQEditsSavedAndNotRepeated(t *testing.T) {
 	require.Equal(t, Deferred, h.queueOf("m1"))
 	env := h.envelope("m1")
 	assert.True(t, env.PostQDone)
-	assert.Equal(t, "m1~1.eml", env.Message)
-	b, err := os.ReadFile(filepath.Join(h.sp.Dir(), "msg", env.Message))
+	assert.True(t, strings.HasPrefix(string(env.Head), "DKIM-Signature:"), "edits stored durably in the envelope")
+	b, err := os.ReadFile(filepath.Join(h.sp.Dir(), Deferred, "m1.q"))
 	require.NoError(t, err)
-	assert.True(t, strings.HasPrefix(string(b), "DKIM-Signature:"), "edits stored durably")
-	_, err = os.Stat(filepath.Join(h.sp.Dir(), "msg", "m1.eml"))
-	assert.ErrorIs(t, err, os.ErrNotExist, "old message file removed")
+	assert.Equal(t, entryHeadLen+len(testMsg), bytes.Index(b, []byte("\nE "))+1, "the stored message is not rewritten: records follow it")
+	_, _, m, err := h.sp.Load("m1")
+	require.NoError(t, err)
+	var got bytes.Buffer
+	_, err = m.WriteTo(&got)
+	require.NoError(t, err)
+	m.Close()
+	assert.Equal(t, "DKIM-Signature: v=1; a=rsa-sha256; d=example.org; b=abc\r\n"+testMsg, got.String(), "loaded with the edit")
 
 	// Restart from the same directory: the edit survives, postq is not run again.
 	h.stop()
@@ -540,10 +547,14 @@ func TestCorruptEntriesSetAside(t *testing.T) {
 	h.enqueue(newTx("good", "a@example.org", "b@example.com"), testMsg)
 	h.enqueue(newTx("trunc", "a@example.org", "b@example.com"), testMsg)
 	h.enqueue(newTx("nomsg", "a@example.org", "b@example.com"), testMsg)
-	require.NoError(t, os.Truncate(filepath.Join(dir, "msg", "trunc.eml"), 10))
-	require.NoError(t, os.Remove(filepath.Join(dir, "msg", "nomsg.eml")))
-	require.NoError(t, os.WriteFile(filepath.Join(dir, Deferred, "garbage.json"), []byte(`{"v":1,"id":"garb`), 0o600))
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "msg", "garbage.eml"), []byte(testMsg), 0o600))
+	require.NoError(t, os.Truncate(filepath.Join(dir, Working, "trunc.q"), 40))
+	// "nomsg": its envelope record damaged (a flipped byte fails the checksum).
+	p := filepath.Join(dir, Working, "nomsg.q")
+	b, err := os.ReadFile(p)
+	require.NoError(t, err)
+	b[len(b)-5] ^= 0x20
+	require.NoError(t, os.WriteFile(p, b, 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, Deferred, "garbage.q"), []byte(`{"v":1,"id":"garb`), 0o600))
 	_ = ctx
 	h.start()
 	h.waitN(4)
@@ -552,13 +563,13 @@ func TestCorruptEntriesSetAside(t *testing.T) {
 	l, err := h.sp.List(Corrupt)
 	require.NoError(t, err)
 	assert.ElementsMatch(t, []string{"trunc", "nomsg", "garbage"}, ids(l))
-	_, err = os.Stat(filepath.Join(dir, Corrupt, "trunc.eml"))
-	assert.NoError(t, err, "the message goes with its envelope")
-	_, err = os.Stat(filepath.Join(dir, Corrupt, "garbage.eml"))
+	_, err = os.Stat(filepath.Join(dir, Corrupt, "trunc.q"))
+	assert.NoError(t, err, "the entry is kept for inspection")
+	_, err = os.Stat(filepath.Join(dir, Corrupt, "garbage.q"))
 	assert.NoError(t, err)
 	// The admin can inspect and delete what was set aside.
 	require.NoError(t, h.sp.Delete(context.Background(), "trunc"))
-	_, err = os.Stat(filepath.Join(dir, Corrupt, "trunc.eml"))
+	_, err = os.Stat(filepath.Join(dir, Corrupt, "trunc.q"))
 	assert.ErrorIs(t, err, os.ErrNotExist)
 }
 
@@ -572,22 +583,20 @@ func TestRestartPicksUpEverything(t *testing.T) {
 	}
 	require.NoError(t, sp.Move(ctx, "d1", Deliver))
 	require.NoError(t, sp.Move(ctx, "f1", Deferred))
-	// Leftovers of an interrupted write: removed at open; so is an old
-	// message file a header rewrite left (the envelope names m~1).
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "tmp", "x.json"), []byte("{"), 0o600))
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "msg", "orphan.eml"), []byte(testMsg), 0o600))
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "msg", "w1~7.eml"), []byte(testMsg), 0o600))
+	// Leftovers of an interrupted write: removed at open. A torn record
+	// appended to w1 (a crash during an update) is ignored.
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "tmp", "x.q"), []byte("{"), 0o600))
+	f, err := os.OpenFile(filepath.Join(dir, Working, "w1.q"), os.O_WRONLY|os.O_APPEND, 0)
+	require.NoError(t, err)
+	_, err = f.WriteString("E 00000400 00000000\n{\"v\":2,")
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
 	require.NoError(t, sp.Close())
 
 	h := newHarness(t, dir, Config{})
-	_, err = os.Stat(filepath.Join(dir, "msg", "orphan.eml"))
+	_, err = os.Stat(filepath.Join(dir, "tmp", "x.q"))
 	assert.ErrorIs(t, err, os.ErrNotExist)
-	_, err = os.Stat(filepath.Join(dir, "tmp", "x.json"))
-	assert.ErrorIs(t, err, os.ErrNotExist)
-	_, err = os.Stat(filepath.Join(dir, "msg", "w1~7.eml"))
-	assert.ErrorIs(t, err, os.ErrNotExist)
-	_, err = os.Stat(filepath.Join(dir, "msg", "w1.eml"))
-	assert.NoError(t, err, "the file the envelope names stays")
+	assert.Equal(t, Working, h.queueOf("w1"), "a torn record leaves the entry readable")
 	h.start()
 	got := h.waitN(4)
 	assert.ElementsMatch(t, []string{"w1", "w2", "d1", "f1"}, got)
@@ -611,7 +620,7 @@ func TestRestartHonoursRecordedNextAttempt(t *testing.T) {
 	require.NoError(t, h.sp.Move(context.Background(), "m1", Deferred)) // resets next attempt to now
 	env := h.envelope("m1")
 	env.NextAttempt = h.clock.Now().Add(time.Hour)
-	require.NoError(t, h.sp.update(context.Background(), env, Deferred, Deliver, "", ""))
+	require.NoError(t, h.sp.update(context.Background(), env, Deferred, Deliver))
 	h.start()
 	h.wait("m1")
 	assert.Len(t, h.tr.deliveries(), 1, "not tried before its time")

@@ -66,18 +66,19 @@ func WithNow(now func() time.Time) Option { return func(s *Spool) { s.now = now 
 
 // Spool is the durable store of queued messages, a directory laid out as:
 //
-//	tmp/                      files being written
-//	msg/<id>.eml              the messages (msg/<id>~<n>.eml after postq edits)
-//	working/<id>.json         envelopes of accepted messages, postq not yet run
-//	deliver/<id>.json         ready for delivery
-//	deferred/<id>.json        waiting for a retry
-//	dead/<id>.json            failed for good
-//	quarantine/<name>/<id>.json
-//	corrupt/                  unreadable envelopes and messages, set aside
+//	tmp/                      entries being written
+//	working/<id>.q            accepted messages, postq not yet run
+//	deliver/<id>.q            ready for delivery
+//	deferred/<id>.q           waiting for a retry
+//	dead/<id>.q               failed for good
+//	quarantine/<name>/<id>.q
+//	corrupt/                  unreadable entries, set aside
 //
-// A message's state is the place of its envelope; moving between queues is
-// a rename. Every change is made durable before the call that made it
-// returns, and concurrent changes share their fsyncs (group commit).
+// Each entry is one file holding the message and, appended after it, its
+// envelope records (see Envelope); a message's state is the place of its
+// entry, and moving between queues is a rename. Every change is made
+// durable before the call that made it returns, and concurrent changes
+// share their syncs (group commit).
 //
 // A Spool is safe for concurrent use; the admin methods may be called while
 // a Scheduler runs.
@@ -87,9 +88,13 @@ type Spool struct {
 	noSync bool
 	dsn    bool
 	now    func() time.Time
-	c      *committer
+	c      *committer // the accept path (Enqueue)
+	cs     *committer // everything else: the scheduler and the admin API
 	locks  idLocks
-	lock   *os.File
+
+	idMu sync.Mutex
+	ids  map[string]struct{} // IDs in use: every entry, and enqueues under way
+	lock *os.File
 
 	closeOnce sync.Once
 
@@ -101,11 +106,11 @@ type Spool struct {
 // a crash interrupted (tmp/ files, messages without an envelope) are
 // removed.
 func Open(dir string, opts ...Option) (*Spool, error) {
-	s := &Spool{root: dir, log: slog.Default(), dsn: true, now: time.Now}
+	s := &Spool{root: dir, log: slog.Default(), dsn: true, now: time.Now, ids: map[string]struct{}{}}
 	for _, o := range opts {
 		o(s)
 	}
-	for _, d := range append([]string{"tmp", "msg", "quarantine"}, baseQueues...) {
+	for _, d := range append([]string{"tmp", "quarantine"}, baseQueues...) {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o750); err != nil {
 			return nil, err
 		}
@@ -123,7 +128,13 @@ func Open(dir string, opts ...Option) (*Spool, error) {
 		lock.Close()
 		return nil, err
 	}
-	s.c, s.lock = c, lock
+	cs, err := newCommitter(dir, s.noSync)
+	if err != nil {
+		c.close()
+		lock.Close()
+		return nil, err
+	}
+	s.c, s.cs, s.lock = c, cs, lock
 	return s, nil
 }
 
@@ -155,6 +166,7 @@ func lockSpool(dir string) (*os.File, error) {
 func (s *Spool) Close() error {
 	s.closeOnce.Do(func() {
 		s.c.close()
+		s.cs.close()
 		s.lock.Close()
 	})
 	return nil
@@ -176,7 +188,6 @@ func (s *Spool) cleanup() error {
 	for _, e := range ents {
 		os.Remove(filepath.Join(tmp, e.Name()))
 	}
-	ids := map[string]string{} // id -> queue
 	qs, err := s.Queues()
 	if err != nil {
 		return err
@@ -187,50 +198,32 @@ func (s *Spool) cleanup() error {
 			return err
 		}
 		for _, id := range names {
-			ids[id] = q
-		}
-	}
-	msgs, err := os.ReadDir(filepath.Join(s.root, "msg"))
-	if err != nil {
-		return err
-	}
-	files := map[string][]string{}
-	for _, e := range msgs {
-		id := msgID(e.Name())
-		if _, ok := ids[id]; !ok {
-			s.log.Info("queue: removing message without envelope", "file", e.Name())
-			os.Remove(filepath.Join(s.root, "msg", e.Name()))
-			continue
-		}
-		files[id] = append(files[id], e.Name())
-	}
-	// Several files of one message: a crash fell between a header rewrite
-	// and the removal of the old file. Keep the one the envelope names.
-	for id, names := range files {
-		if len(names) < 2 {
-			continue
-		}
-		env, err := s.readEnvelope(ids[id], id)
-		if err != nil {
-			continue // the scheduler sets it aside
-		}
-		for _, n := range names {
-			if n != env.Message {
-				os.Remove(filepath.Join(s.root, "msg", n))
-			}
+			s.ids[id] = struct{}{}
 		}
 	}
 	return nil
 }
 
-// msgID returns the queue ID of a message file name.
-func msgID(name string) string {
-	name = strings.TrimSuffix(name, ".eml")
-	if i := strings.IndexByte(name, '~'); i >= 0 {
-		name = name[:i]
+// reserve claims id for a new entry; false when it is in use.
+func (s *Spool) reserve(id string) bool {
+	s.idMu.Lock()
+	defer s.idMu.Unlock()
+	if _, ok := s.ids[id]; ok {
+		return false
 	}
-	return name
+	s.ids[id] = struct{}{}
+	return true
 }
+
+// release forgets id (its entry is gone, or was never made).
+func (s *Spool) release(id string) {
+	s.idMu.Lock()
+	delete(s.ids, id)
+	s.idMu.Unlock()
+}
+
+// entryPath returns the entry file of id in queue directory dir.
+func entryPath(dir, id string) string { return filepath.Join(dir, id+entrySuffix) }
 
 // queueDir returns the directory of queue q, or an error for a bad name.
 func (s *Spool) queueDir(q string) (string, error) {
@@ -273,7 +266,7 @@ func (s *Spool) listIDs(q string) ([]string, error) {
 	}
 	var ids []string
 	for _, e := range ents {
-		if id, ok := strings.CutSuffix(e.Name(), ".json"); ok && validID(id) {
+		if id, ok := strings.CutSuffix(e.Name(), entrySuffix); ok && validID(id) {
 			ids = append(ids, id)
 		}
 	}
@@ -317,12 +310,12 @@ func (s *Spool) Enqueue(ctx context.Context, tx *policy.Transaction, m *policy.M
 	if name := tx.Quarantine(); name != "" {
 		q = QuarantinePrefix + name
 	}
-	return s.enqueue(ctx, newEnvelope(tx, s.now()), q, m.WriteTo)
+	return s.enqueue(ctx, newEnvelope(tx, s.now()), q, m.WriteTo, s.c)
 }
 
-// enqueue writes the message with write, then the envelope, and commits
-// both into queue q.
-func (s *Spool) enqueue(ctx context.Context, env *Envelope, q string, write func(io.Writer) (int64, error)) error {
+// enqueue writes the entry (message, then envelope) in tmp/ and commits it
+// into queue q: one file created per message.
+func (s *Spool) enqueue(ctx context.Context, env *Envelope, q string, write func(io.Writer) (int64, error), c *committer) error {
 	qdir, err := s.queueDir(q)
 	if err != nil {
 		return err
@@ -332,82 +325,72 @@ func (s *Spool) enqueue(ctx context.Context, env *Envelope, q string, write func
 			return err
 		}
 	}
-	env.Message = env.ID + ".eml"
-	msgPath := filepath.Join(s.root, "msg", env.Message)
-	f, err := os.OpenFile(msgPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
-	if err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("%w: %s", ErrExists, env.ID)
-		}
-		return err
+	if !s.reserve(env.ID) {
+		return fmt.Errorf("%w: %s", ErrExists, env.ID)
 	}
-	bw := writerPool.Get().(*bufio.Writer)
-	bw.Reset(f)
-	n, err := write(bw)
-	if err == nil {
-		err = bw.Flush()
-	}
-	bw.Reset(nil)
-	writerPool.Put(bw)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(msgPath)
-		return fmt.Errorf("queue: writing message: %w", err)
-	}
-	env.Size = n
 	if env.NextAttempt.IsZero() {
 		env.NextAttempt = s.now()
 	}
-	tmp, err := s.writeTemp(env)
-	if err != nil {
-		os.Remove(msgPath)
+	tmp := entryPath(filepath.Join(s.root, "tmp"), env.ID)
+	if err := s.writeEntry(tmp, env, write); err != nil {
+		s.release(env.ID)
 		return err
 	}
-	final := filepath.Join(qdir, env.ID+".json")
-	o := &op{
-		files:   []string{msgPath, tmp},
-		renames: [][2]string{{tmp, final}},
-		dirs:    []string{qdir},
-	}
-	if !syncCoversCreates {
-		o.dirs = append(o.dirs, filepath.Join(s.root, "msg"))
-	}
-	err = s.c.commit(ctx, o)
-	if err != nil {
+	final := entryPath(qdir, env.ID)
+	o := &op{files: []string{tmp}, renames: [][2]string{{tmp, final}}, dirs: []string{qdir}}
+	if err := c.commit(ctx, o); err != nil {
 		os.Remove(tmp)
 		os.Remove(final)
-		os.Remove(msgPath)
+		s.release(env.ID)
 		return fmt.Errorf("queue: committing %s: %w", env.ID, err)
 	}
 	s.notify(env.ID, q)
 	return nil
 }
 
-// writerPool holds the buffers messages are written through.
-var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
-
-// writeTemp writes env to a new file in tmp/ and returns its path.
-func (s *Spool) writeTemp(env *Envelope) (string, error) {
-	b, err := env.Encode()
+// writeEntry writes a new entry file at path: the message write produces,
+// then env (whose Size it sets) as the first record.
+func (s *Spool) writeEntry(path string, env *Envelope, write func(io.Writer) (int64, error)) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
 	if err != nil {
-		return "", err
+		return err
 	}
-	f, err := os.CreateTemp(filepath.Join(s.root, "tmp"), env.ID+".*.json")
-	if err != nil {
-		return "", err
+	bw := writerPool.Get().(*bufio.Writer)
+	bw.Reset(f)
+	_, err = bw.Write(entryHeader(0)) // the length is filled in below
+	var n int64
+	if err == nil {
+		n, err = write(bw)
 	}
-	_, err = f.Write(b)
+	var rec []byte
+	if err == nil {
+		env.Size = n
+		rec, err = encodeRecord(env)
+	}
+	if err == nil {
+		_, err = bw.Write(rec)
+	}
+	if err == nil {
+		err = bw.Flush()
+	}
+	bw.Reset(nil)
+	writerPool.Put(bw)
+	if err == nil {
+		_, err = f.WriteAt(entryHeader(n), 0)
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		os.Remove(f.Name())
-		return "", err
+		os.Remove(path)
+		return fmt.Errorf("queue: writing message: %w", err)
 	}
-	return f.Name(), nil
+	env.end = int64(entryHeadLen) + n + int64(len(rec))
+	return nil
 }
+
+// writerPool holds the buffers messages are written through.
+var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
 
 func (s *Spool) setWake(fn func(id, queue string)) {
 	s.mu.Lock()
@@ -424,77 +407,85 @@ func (s *Spool) notify(id, q string) {
 	}
 }
 
-// locate returns the queue holding id.
+// locate returns the queue holding id: the base queues first, then the
+// quarantine ones.
 func (s *Spool) locate(id string) (string, error) {
 	if !validID(id) {
 		return "", fmt.Errorf("%w: %q", ErrBadID, id)
+	}
+	for _, q := range baseQueues {
+		if _, err := os.Lstat(entryPath(filepath.Join(s.root, q), id)); err == nil {
+			return q, nil
+		}
 	}
 	qs, err := s.Queues()
 	if err != nil {
 		return "", err
 	}
-	for _, q := range qs {
+	for _, q := range qs[len(baseQueues):] {
 		dir, _ := s.queueDir(q)
-		if _, err := os.Stat(filepath.Join(dir, id+".json")); err == nil {
+		if _, err := os.Lstat(entryPath(dir, id)); err == nil {
 			return q, nil
 		}
 	}
 	return "", fmt.Errorf("%w: %s", ErrNotFound, id)
 }
 
-// readEnvelope reads the envelope of id in queue q.
-func (s *Spool) readEnvelope(q, id string) (*Envelope, error) {
+// openEntry opens the entry of id in queue q and reads its envelope.
+func (s *Spool) openEntry(q, id string) (*os.File, *Envelope, error) {
 	dir, err := s.queueDir(q)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	b, err := os.ReadFile(filepath.Join(dir, id+".json"))
+	f, err := os.Open(entryPath(dir, id))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+			return nil, nil, fmt.Errorf("%w: %s", ErrNotFound, id)
 		}
-		return nil, err
+		return nil, nil, err
 	}
-	env, err := DecodeEnvelope(b)
+	env, err := readEntry(f, id)
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, env, nil
+}
+
+// readEnvelope reads the envelope of id in queue q.
+func (s *Spool) readEnvelope(q, id string) (*Envelope, error) {
+	f, env, err := s.openEntry(q, id)
 	if err != nil {
 		return nil, err
 	}
-	if env.ID != id {
-		return nil, fmt.Errorf("%w: envelope of %s says id %q", ErrCorrupt, id, env.ID)
-	}
+	f.Close()
 	return env, nil
 }
 
-// openMessage opens the message of env, checking its size.
-func (s *Spool) openMessage(env *Envelope) (*policy.Message, error) {
-	f, err := os.Open(filepath.Join(s.root, "msg", env.Message))
+// loadEntry returns the envelope and message of id in queue q; the message
+// (header edits of postq applied) reads the entry file, closed with it.
+func (s *Spool) loadEntry(q, id string) (*Envelope, *policy.Message, error) {
+	f, env, err := s.openEntry(q, id)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("%w: message file %s missing", ErrCorrupt, env.Message)
-		}
-		return nil, err
+		return nil, nil, err
 	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, err
+	src := &msgSrc{env: env, f: f}
+	if env.Head != nil {
+		src.head, src.base = env.Head, env.BodyOff
 	}
-	if st.Size() != env.Size {
-		f.Close()
-		return nil, fmt.Errorf("%w: message %s has %d bytes, envelope says %d", ErrCorrupt, env.Message, st.Size(), env.Size)
-	}
-	m, err := policy.NewMessage(f, st.Size(), f)
+	m, err := policy.NewMessage(src, src.size(), f)
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("%w: message %s: %v", ErrCorrupt, env.Message, err)
+		return nil, nil, fmt.Errorf("%w: message %s: %v", ErrCorrupt, id, err)
 	}
-	return m, nil
+	return env, m, nil
 }
 
-// update stores env (changed) and moves it from queue "from" to queue "to";
-// newMsg, when not "", is a message file already written in tmp/ that
-// becomes msg/env.Message (the old message file is removed after).
-func (s *Spool) update(ctx context.Context, env *Envelope, from, to string, newMsg string, oldMsg string) error {
+// update stores env (changed) by appending it to its entry, and moves the
+// entry from queue "from" to queue "to", in one commit. On failure the
+// append is undone as far as possible; either way the entry holds the old
+// envelope or the new one, whole.
+func (s *Spool) update(ctx context.Context, env *Envelope, from, to string) error {
 	fdir, err := s.queueDir(from)
 	if err != nil {
 		return err
@@ -508,76 +499,108 @@ func (s *Spool) update(ctx context.Context, env *Envelope, from, to string, newM
 			return err
 		}
 	}
-	tmp, err := s.writeTemp(env)
+	cur := entryPath(fdir, env.ID)
+	rec, err := encodeRecord(env)
 	if err != nil {
 		return err
 	}
-	o := &op{files: []string{tmp}, dirs: []string{fdir}}
-	if newMsg != "" {
-		// The new message is published before the envelope naming it.
-		o.files = append(o.files, newMsg)
-		o.renames = append(o.renames, [2]string{newMsg, filepath.Join(s.root, "msg", env.Message)})
-		o.dirs = append(o.dirs, filepath.Join(s.root, "msg"))
-		if oldMsg != "" && oldMsg != env.Message {
-			o.after = append(o.after, filepath.Join(s.root, "msg", oldMsg))
+	f, err := os.OpenFile(cur, os.O_RDWR, 0)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%w: %s", ErrNotFound, env.ID)
+		}
+		return err
+	}
+	defer f.Close()
+	end := env.end
+	if end == 0 {
+		old, err := readEntry(f, env.ID)
+		if err != nil {
+			return err
+		}
+		end = old.end
+	}
+	if _, err := f.WriteAt(rec, end); err != nil {
+		f.Truncate(end)
+		return fmt.Errorf("queue: updating %s: %w", env.ID, err)
+	}
+	o := &op{files: []string{cur}, dirs: []string{fdir}}
+	if to != from {
+		o.renames = append(o.renames, [2]string{cur, entryPath(tdir, env.ID)})
+		o.dirs = append(o.dirs, tdir)
+	} else {
+		o.dirs = nil // an append in place: the sync is enough
+	}
+	if err := s.cs.commit(ctx, o); err != nil {
+		f.Truncate(end)
+		return fmt.Errorf("queue: updating %s: %w", env.ID, err)
+	}
+	env.end = end + int64(len(rec))
+	return nil
+}
+
+// replace stores m as the new message of env, in a new entry file that
+// takes the place of the old one in queue "from", then moves it to "to".
+func (s *Spool) replace(ctx context.Context, env *Envelope, from, to string, m *policy.Message) error {
+	fdir, err := s.queueDir(from)
+	if err != nil {
+		return err
+	}
+	tdir, err := s.queueDir(to)
+	if err != nil {
+		return err
+	}
+	if to != from && strings.HasPrefix(to, QuarantinePrefix) {
+		if err := os.MkdirAll(tdir, 0o750); err != nil {
+			return err
 		}
 	}
-	cur := filepath.Join(fdir, env.ID+".json")
-	o.renames = append(o.renames, [2]string{tmp, cur})
+	head, off, size, end := env.Head, env.BodyOff, env.Size, env.end
+	env.Head, env.BodyOff = nil, 0
+	tmp := entryPath(filepath.Join(s.root, "tmp"), env.ID)
+	os.Remove(tmp)
+	if err := s.writeEntry(tmp, env, m.WriteTo); err != nil {
+		env.Head, env.BodyOff, env.Size, env.end = head, off, size, end
+		return err
+	}
+	cur := entryPath(fdir, env.ID)
+	o := &op{files: []string{tmp}, renames: [][2]string{{tmp, cur}}, dirs: []string{fdir}}
 	if to != from {
-		o.renames = append(o.renames, [2]string{cur, filepath.Join(tdir, env.ID+".json")})
+		o.renames = append(o.renames, [2]string{cur, entryPath(tdir, env.ID)})
 		o.dirs = append(o.dirs, tdir)
 	}
-	if err := s.c.commit(ctx, o); err != nil {
+	if err := s.cs.commit(ctx, o); err != nil {
 		os.Remove(tmp)
-		if newMsg != "" {
-			os.Remove(newMsg)
-		}
+		env.Head, env.BodyOff, env.Size, env.end = head, off, size, end
 		return fmt.Errorf("queue: updating %s: %w", env.ID, err)
 	}
 	return nil
 }
 
-// remove deletes the entry id of queue q: the envelope first (durably),
-// then its message files (names in msg/, or paths).
-func (s *Spool) remove(ctx context.Context, q, id string, msgFiles ...string) error {
+// remove deletes the entry id of queue q, durably.
+func (s *Spool) remove(ctx context.Context, q, id string) error {
 	dir, err := s.queueDir(q)
 	if err != nil {
 		return err
 	}
-	o := &op{removes: []string{filepath.Join(dir, id+".json")}, dirs: []string{dir}}
-	for _, m := range msgFiles {
-		if !filepath.IsAbs(m) && !strings.ContainsRune(m, filepath.Separator) {
-			m = filepath.Join(s.root, "msg", m)
-		}
-		o.after = append(o.after, m)
+	o := &op{removes: []string{entryPath(dir, id)}, dirs: []string{dir}}
+	if err := s.cs.commit(ctx, o); err != nil {
+		return err
 	}
-	return s.c.commit(ctx, o)
+	s.release(id)
+	return nil
 }
 
-// setAside moves a corrupt entry (envelope and every message file of its ID)
-// to corrupt/ and logs it.
+// setAside moves a corrupt entry to corrupt/ and logs it.
 func (s *Spool) setAside(ctx context.Context, q, id string, cause error) {
 	s.log.Error("queue: corrupt entry set aside", "id", id, "queue", q, "error", cause)
 	dir, err := s.queueDir(q)
-	if err != nil {
+	if err != nil || q == Corrupt {
 		return
 	}
 	cdir := filepath.Join(s.root, Corrupt)
-	o := &op{dirs: []string{dir, cdir}}
-	if q != Corrupt {
-		o.renames = append(o.renames, [2]string{filepath.Join(dir, id+".json"), filepath.Join(cdir, id+".json")})
-	}
-	msgs, _ := filepath.Glob(filepath.Join(s.root, "msg", id+"*.eml"))
-	for _, m := range msgs {
-		if msgID(filepath.Base(m)) == id {
-			o.renames = append(o.renames, [2]string{m, filepath.Join(cdir, filepath.Base(m))})
-		}
-	}
-	if len(msgs) > 0 {
-		o.dirs = append(o.dirs, filepath.Join(s.root, "msg"))
-	}
-	if err := s.c.commit(ctx, o); err != nil {
+	o := &op{renames: [][2]string{{entryPath(dir, id), entryPath(cdir, id)}}, dirs: []string{dir, cdir}}
+	if err := s.cs.commit(ctx, o); err != nil {
 		s.log.Error("queue: could not set corrupt entry aside", "id", id, "error", err)
 	}
 }

@@ -1,12 +1,11 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
-	"strings"
 
 	"github.com/mtakit/mtakit/policy"
 )
@@ -61,64 +60,72 @@ func (s *Spool) Load(id string) (string, *Envelope, *policy.Message, error) {
 	if err != nil {
 		return "", nil, nil, err
 	}
-	env, err := s.readEnvelope(q, id)
-	if err != nil {
-		return q, nil, nil, err
-	}
-	m, err := s.openMessage(env)
+	env, m, err := s.loadEntry(q, id)
 	if err != nil {
 		return q, nil, nil, err
 	}
 	return q, env, m, nil
 }
 
-// Save implements Store. A new message content is written to a new file
-// (<id>~<n>.eml) that the new envelope names, so that a crash leaves either
-// the old envelope and message or the new ones, never a mix.
+// Save implements Store. The envelope is appended to the entry; header
+// edits of m go into the envelope (Envelope.Head), so the message is not
+// copied. Only when m's body is no longer the stored one (a rule replaced
+// it) is a new entry file written, which takes the old one's place
+// atomically: a crash leaves either the old envelope and message or the
+// new ones, never a mix.
 func (s *Spool) Save(ctx context.Context, env *Envelope, from, to string, m *policy.Message) error {
 	if m == nil {
-		return s.update(ctx, env, from, to, "", "")
+		return s.update(ctx, env, from, to)
 	}
-	f, err := os.CreateTemp(filepath.Join(s.root, "tmp"), env.ID+".*.eml")
-	if err != nil {
-		return err
+	off, ok := storedBody(env, m)
+	if !ok {
+		return s.replace(ctx, env, from, to, m)
 	}
-	n, err := m.WriteTo(f)
-	if cerr := f.Close(); err == nil {
-		err = cerr
+	head, boff := env.Head, env.BodyOff
+	var b bytes.Buffer
+	m.Header.WriteTo(&b)
+	if m.Size()-m.Header.Size()-m.BodySize() == 2 {
+		b.WriteString("\r\n")
 	}
-	if err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	old, oldSize := env.Message, env.Size
-	gen := 1
-	if rest, ok := strings.CutPrefix(old, env.ID+"~"); ok {
-		fmt.Sscanf(strings.TrimSuffix(rest, ".eml"), "%d", &gen)
-		gen++
-	}
-	env.Message = fmt.Sprintf("%s~%d.eml", env.ID, gen)
-	env.Size = n
-	if err := s.update(ctx, env, from, to, f.Name(), old); err != nil {
-		env.Message, env.Size = old, oldSize
+	env.Head, env.BodyOff = b.Bytes(), off
+	if err := s.update(ctx, env, from, to); err != nil {
+		env.Head, env.BodyOff = head, boff
 		return err
 	}
 	return nil
 }
 
+// storedBody reports whether the body of m is the body of env's stored
+// message, unchanged, and where it starts there.
+func storedBody(env *Envelope, m *policy.Message) (int64, bool) {
+	sr, ok := m.Body().(*io.SectionReader)
+	if !ok {
+		return 0, false
+	}
+	outer, off, n := sr.Outer()
+	src, ok := outer.(*msgSrc)
+	if !ok || src.env != env || off < int64(len(src.head)) {
+		return 0, false
+	}
+	start := src.base + off - int64(len(src.head))
+	if start+n != env.Size {
+		return 0, false
+	}
+	return start, true
+}
+
 // Remove implements Store. It does not wait for a sync: a crash right
 // after may bring the message back, to be delivered again (at least
-// once), which the scheduler allows. The envelope goes first, so that a
-// journaling filesystem never shows an envelope whose message is gone.
+// once), which the scheduler allows.
 func (s *Spool) Remove(ctx context.Context, q string, env *Envelope) error {
 	dir, err := s.queueDir(q)
 	if err != nil {
 		return err
 	}
-	if err := os.Remove(filepath.Join(dir, env.ID+".json")); err != nil {
+	if err := os.Remove(entryPath(dir, env.ID)); err != nil {
 		return err
 	}
-	os.Remove(filepath.Join(s.root, "msg", env.Message))
+	s.release(env.ID)
 	return nil
 }
 
@@ -135,5 +142,5 @@ func (s *Spool) Add(ctx context.Context, env *Envelope, q string, write func(io.
 	if len(env.Rcpts) == 0 {
 		return ErrNoRcpts
 	}
-	return s.enqueue(ctx, env, q, write)
+	return s.enqueue(ctx, env, q, write, s.cs)
 }
