@@ -178,10 +178,11 @@ for _ in $(seq 100); do
 	sleep 0.1
 done
 
-# queue_len MODE: envelopes waiting in working/ and deliver/.
+# queue_len MODE: entries waiting in working/ and deliver/ (*.q; *.json in
+# spools of before the one-file entry format).
 queue_len() {
 	local q=$WORK/$1/spool
-	local f=("$q"/working/*.json "$q"/deliver/*.json)
+	local f=("$q"/working/*.q "$q"/deliver/*.q "$q"/working/*.json "$q"/deliver/*.json)
 	echo "${#f[@]}"
 }
 shopt -s nullglob
