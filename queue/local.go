@@ -2,6 +2,7 @@ package queue
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -62,34 +64,51 @@ type lfWriter struct {
 
 func (l *lfWriter) Write(p []byte) (int, error) {
 	n := len(p)
-	var out []byte
+	if len(p) == 0 {
+		return 0, nil
+	}
 	if l.cr {
-		if len(p) > 0 && p[0] != '\n' {
-			out = append(out, '\r')
-		}
 		l.cr = false
-	}
-	for i := 0; i < len(p); i++ {
-		c := p[i]
-		if c == '\r' {
-			if i+1 == len(p) {
-				l.cr = true
-				continue
-			}
-			if p[i+1] == '\n' {
-				continue
+		if p[0] != '\n' {
+			if _, err := l.w.Write(crByte); err != nil {
+				return 0, err
 			}
 		}
-		out = append(out, c)
 	}
-	_, err := l.w.Write(out)
-	return n, err
+	// Runs between CRs go through as they are: no copy, no allocation.
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\r')
+		if i < 0 {
+			break
+		}
+		if i+1 == len(p) { // a CR at the end: its fate depends on the next write
+			l.cr = true
+			p = p[:i]
+			break
+		}
+		end, skip := i+1, i+1 // a lone CR stays
+		if p[i+1] == '\n' {
+			end = i // CRLF: drop the CR
+		}
+		if _, err := l.w.Write(p[:end]); err != nil {
+			return 0, err
+		}
+		p = p[skip:]
+	}
+	if len(p) > 0 {
+		if _, err := l.w.Write(p); err != nil {
+			return 0, err
+		}
+	}
+	return n, nil
 }
+
+var crByte = []byte{'\r'}
 
 func (l *lfWriter) flush() error {
 	if l.cr {
 		l.cr = false
-		_, err := l.w.Write([]byte{'\r'})
+		_, err := l.w.Write(crByte)
 		return err
 	}
 	return nil
@@ -99,8 +118,12 @@ func (l *lfWriter) flush() error {
 // created as needed. The mailbox is Route.Target, or MailboxName of the
 // recipient when the target is empty; either way it is made safe with
 // SafeMailbox so that no recipient can write outside Root. Each recipient
-// gets its own file (with its own Delivered-To), written to tmp/, fsynced,
-// linked into new/ under the spec's unique name, and new/ is fsynced.
+// gets its own file (with its own Delivered-To), written to tmp/ under the
+// spec's unique name, made durable, renamed into new/, and new/ is fsynced
+// before the delivery is reported. Concurrent deliveries share these
+// syncs: one syncfs(2) of Root's filesystem covers the files written
+// meanwhile (fsync of each file where syncfs is not available), one fsync
+// of new/ the renames into it.
 type Maildir struct {
 	Root string
 	// KeepCRLF stores messages with CRLF line ends (default: LF).
@@ -141,32 +164,98 @@ func (md *Maildir) Deliver(ctx context.Context, d *policy.Delivery) []policy.Rep
 }
 
 func (md *Maildir) deliverOne(dir string, d *policy.Delivery, r policy.Recipient) error {
-	for _, sub := range []string{"tmp", "new", "cur"} {
-		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
-			return err
+	if _, ok := madeDirs.Load(dir); !ok {
+		for _, sub := range []string{"tmp", "new", "cur"} {
+			if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+				return err
+			}
 		}
+		madeDirs.Store(dir, true)
 	}
 	name := maildirUnique()
 	tmp := filepath.Join(dir, "tmp", name)
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			madeDirs.Delete(dir) // removed behind our back: make it again next time
+		}
 		return err
 	}
-	defer os.Remove(tmp)
 	err = writeLocal(f, d, r, md.KeepCRLF, nil)
 	if err == nil {
-		err = f.Sync()
+		err = syncFile(f)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
+	if err == nil {
+		err = os.Rename(tmp, filepath.Join(dir, "new", name))
+	}
 	if err != nil {
+		os.Remove(tmp)
 		return err
 	}
-	if err := os.Link(tmp, filepath.Join(dir, "new", name)); err != nil {
-		return err
+	return fileSyncs.do(filepath.Join(dir, "new"), func() error { return syncDirPath(filepath.Join(dir, "new")) })
+}
+
+// madeDirs remembers the maildirs known to exist (dir -> true), sparing
+// three MkdirAll per delivery.
+var madeDirs sync.Map
+
+// fileSyncs coalesces concurrent syncs of the same thing (a filesystem, a
+// directory) across every local delivery of the process.
+var fileSyncs syncGroups
+
+// syncGroups runs, for each key, at most one sync at a time; a caller
+// arriving while one runs waits for the next, which one of the waiters
+// runs for them all. A caller returns only after a sync that started after
+// it arrived has finished, so its writes are covered.
+type syncGroups struct {
+	mu sync.Mutex
+	m  map[string]*syncGroup
+}
+
+type syncGroup struct {
+	cond    *sync.Cond
+	busy    bool
+	started uint64
+	done    uint64
+	err     error
+	waiting int // callers waiting (tests)
+}
+
+func (g *syncGroups) do(key string, fn func() error) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.m == nil {
+		g.m = map[string]*syncGroup{}
 	}
-	return syncDirPath(filepath.Join(dir, "new"))
+	s := g.m[key]
+	if s == nil {
+		s = &syncGroup{cond: sync.NewCond(&g.mu)}
+		g.m[key] = s
+	}
+	ticket := s.started + 1
+	for {
+		if s.done >= ticket {
+			return s.err
+		}
+		if !s.busy {
+			break
+		}
+		s.waiting++
+		s.cond.Wait()
+		s.waiting--
+	}
+	s.busy = true
+	s.started++
+	n := s.started
+	g.mu.Unlock()
+	err := fn()
+	g.mu.Lock()
+	s.busy, s.done, s.err = false, n, err
+	s.cond.Broadcast()
+	return err
 }
 
 func syncDirPath(dir string) error {
@@ -181,7 +270,12 @@ func syncDirPath(dir string) error {
 // writeLocal writes the local header and the message to f; quote, if not
 // nil, filters the message lines (mbox).
 func writeLocal(f io.Writer, d *policy.Delivery, r policy.Recipient, crlf bool, wrap func(io.Writer) io.Writer) error {
-	bw := bufio.NewWriterSize(f, 64<<10)
+	bw := writerPool.Get().(*bufio.Writer)
+	bw.Reset(f)
+	defer func() {
+		bw.Reset(nil)
+		writerPool.Put(bw)
+	}()
 	var w io.Writer = bw
 	var lf *lfWriter
 	if !crlf {

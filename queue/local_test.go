@@ -3,12 +3,15 @@ package queue
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -155,4 +158,58 @@ func TestLocalDeliveryThroughScheduler(t *testing.T) {
 	ents, err := os.ReadDir(filepath.Join(root, "jane", "new"))
 	require.NoError(t, err)
 	assert.Len(t, ents, 1)
+}
+
+// TestSyncGroupsShareSyncs: callers arriving while a sync runs share the
+// next one, and none returns before a sync that started after it arrived.
+func TestSyncGroupsShareSyncs(t *testing.T) {
+	var g syncGroups
+	var calls atomic.Int32
+	release := make(chan struct{})
+	started := make(chan struct{})
+	fail := errors.New("EIO")
+	first := true
+	fn := func() error {
+		calls.Add(1)
+		if first {
+			first = false
+			close(started)
+			<-release
+			return nil
+		}
+		return fail
+	}
+	firstDone := make(chan error, 1)
+	go func() { firstDone <- g.do("k", fn) }()
+	<-started
+	const n = 16
+	errs := make(chan error, n)
+	var arrived sync.WaitGroup
+	for range n {
+		arrived.Add(1)
+		go func() {
+			arrived.Done()
+			errs <- g.do("k", fn)
+		}()
+	}
+	arrived.Wait()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		g.mu.Lock()
+		w := g.m["k"].waiting
+		g.mu.Unlock()
+		if w == n {
+			break
+		}
+		time.Sleep(time.Millisecond) // waiting for the followers, not timing anything
+	}
+	assert.Empty(t, errs, "no follower returns before its own sync")
+	close(release)
+	require.NoError(t, <-firstDone)
+	for range n {
+		assert.ErrorIs(t, <-errs, fail, "followers get the outcome of the sync made for them")
+	}
+	assert.Equal(t, int32(2), calls.Load(), "16 callers arriving during one sync share one more")
+	// Another key is independent.
+	require.NoError(t, g.do("other", func() error { return nil }))
 }

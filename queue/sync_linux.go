@@ -2,15 +2,10 @@ package queue
 
 import (
 	"os"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 )
-
-// syncCoversCreates: syncfs also makes the creation of the files durable
-// (their directory entries are in the journal it commits), so the directory
-// a file was created in needs no fsync of its own; a rename after the sync
-// still does.
-const syncCoversCreates = true
 
 // syncData makes the written files durable. On Linux one syncfs(2) of the
 // spool's filesystem covers the data and metadata of every file of the
@@ -23,4 +18,14 @@ func syncData(root *os.File, _ []string) error {
 			return err
 		}
 	}
+}
+
+// syncFile makes f (written, not yet closed) durable, with a syncfs(2) of
+// its filesystem shared by every local delivery writing to it meanwhile.
+func syncFile(f *os.File) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return err
+	}
+	return fileSyncs.do("fs:"+strconv.FormatUint(st.Dev, 10), func() error { return syncData(f, nil) })
 }

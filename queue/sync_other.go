@@ -4,9 +4,6 @@ package queue
 
 import "os"
 
-// syncCoversCreates: fsync of a file does not cover its directory entry.
-const syncCoversCreates = false
-
 // syncData fsyncs each written file (no syncfs(2) outside Linux).
 func syncData(_ *os.File, files []string) error {
 	for _, p := range files {
@@ -22,3 +19,6 @@ func syncData(_ *os.File, files []string) error {
 	}
 	return nil
 }
+
+// syncFile makes f (written, not yet closed) durable.
+func syncFile(f *os.File) error { return f.Sync() }
