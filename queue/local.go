@@ -132,14 +132,20 @@ type Maildir struct {
 
 var maildirSeq atomic.Uint64
 
-func maildirUnique() string {
+// maildirHost is the host part of maildir names, read once (os.Hostname
+// costs three system calls).
+var maildirHost = sync.OnceValue(func() string {
 	host, _ := os.Hostname()
 	host = strings.NewReplacer("/", `\057`, ":", `\072`).Replace(host)
 	if host == "" {
 		host = "localhost"
 	}
+	return host
+})
+
+func maildirUnique() string {
 	now := time.Now()
-	return fmt.Sprintf("%d.M%dP%dQ%d.%s", now.Unix(), now.Nanosecond()/1000, os.Getpid(), maildirSeq.Add(1), host)
+	return fmt.Sprintf("%d.M%dP%dQ%d.%s", now.Unix(), now.Nanosecond()/1000, os.Getpid(), maildirSeq.Add(1), maildirHost())
 }
 
 // Deliver implements Transport.
