@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -212,4 +213,57 @@ func TestSyncGroupsShareSyncs(t *testing.T) {
 	assert.Equal(t, int32(2), calls.Load(), "16 callers arriving during one sync share one more")
 	// Another key is independent.
 	require.NoError(t, g.do("other", func() error { return nil }))
+}
+
+// TestLargeMessageStreams: a 20 MiB message goes from the spool to a
+// maildir (CRLF to LF) without being held in memory: what the load and the
+// delivery allocate does not grow with its size.
+func TestLargeMessageStreams(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short")
+	}
+	dir := t.TempDir()
+	sp, err := Open(filepath.Join(dir, "spool"), WithLogger(quietLogger()), WithUnsafeNoSync())
+	require.NoError(t, err)
+	defer sp.Close()
+	const size = 20 << 20
+	src, err := os.Create(filepath.Join(dir, "big.eml"))
+	require.NoError(t, err)
+	_, err = src.WriteString(testMsg)
+	require.NoError(t, err)
+	line := strings.Repeat("y", 78) + "\r\n"
+	for n := len(testMsg); n < size; n += len(line) {
+		_, err = src.WriteString(line)
+		require.NoError(t, err)
+	}
+	st, err := src.Stat()
+	require.NoError(t, err)
+	m, err := policy.NewMessage(src, st.Size(), src)
+	require.NoError(t, err)
+	require.NoError(t, sp.Enqueue(context.Background(), newTx("big", "a@example.org", "b@example.com"), m))
+	m.Close()
+
+	md := &Maildir{Root: filepath.Join(dir, "mail")}
+	deliverOnce := func() {
+		_, env, m, err := sp.Load("big")
+		require.NoError(t, err)
+		defer m.Close()
+		d := &policy.Delivery{Tx: env.Transaction(), Rcpts: env.Transaction().Rcpts, Route: policy.Route{Transport: "maildir"}, Message: m}
+		require.Equal(t, 250, md.Deliver(context.Background(), d)[0].Code)
+	}
+	deliverOnce() // warm the pools
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	deliverOnce()
+	runtime.ReadMemStats(&after)
+	alloc := after.TotalAlloc - before.TotalAlloc
+	t.Logf("20 MiB message load + maildir delivery allocated %d KiB", alloc>>10)
+	assert.Less(t, alloc, uint64(1<<20), "allocation does not grow with the message")
+	ents, err := os.ReadDir(filepath.Join(dir, "mail", "b", "new"))
+	require.NoError(t, err)
+	require.Len(t, ents, 2)
+	info, err := ents[0].Info()
+	require.NoError(t, err)
+	assert.Greater(t, info.Size(), int64(size-size/40), "delivered whole (LF line ends)")
 }
