@@ -294,7 +294,7 @@ func writeLocal(f io.Writer, d *policy.Delivery, r policy.Recipient, crlf bool, 
 	if _, err := io.WriteString(w, localHeader(d, r)); err != nil {
 		return err
 	}
-	if _, err := d.Message.WriteTo(w); err != nil {
+	if _, err := copyMessage(w, d.Message); err != nil {
 		return err
 	}
 	if fl, ok := w.(interface{ flush() error }); ok {

@@ -310,7 +310,7 @@ func (s *Spool) Enqueue(ctx context.Context, tx *policy.Transaction, m *policy.M
 	if name := tx.Quarantine(); name != "" {
 		q = QuarantinePrefix + name
 	}
-	return s.enqueue(ctx, newEnvelope(tx, s.now()), q, m.WriteTo, s.c)
+	return s.enqueue(ctx, newEnvelope(tx, s.now()), q, writeMessage(m), s.c)
 }
 
 // enqueue writes the entry (message, then envelope) in tmp/ and commits it
@@ -391,6 +391,23 @@ func (s *Spool) writeEntry(path string, env *Envelope, write func(io.Writer) (in
 
 // writerPool holds the buffers messages are written through.
 var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
+
+// copyBufs holds the buffers of copyMessage.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// copyMessage writes m to w through a pooled buffer: m.WriteTo would make a
+// new 32 KiB buffer per message (io.Copy of a MultiReader).
+func copyMessage(w io.Writer, m *policy.Message) (int64, error) {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	// The wrappers hide WriteTo and ReadFrom, which would bypass the buffer.
+	return io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{m.Reader()}, *bp)
+}
+
+// writeMessage returns a writer function for m (see copyMessage).
+func writeMessage(m *policy.Message) func(io.Writer) (int64, error) {
+	return func(w io.Writer) (int64, error) { return copyMessage(w, m) }
+}
 
 func (s *Spool) setWake(fn func(id, queue string)) {
 	s.mu.Lock()
@@ -559,7 +576,7 @@ func (s *Spool) replace(ctx context.Context, env *Envelope, from, to string, m *
 	env.Head, env.BodyOff = nil, 0
 	tmp := entryPath(filepath.Join(s.root, "tmp"), env.ID)
 	os.Remove(tmp)
-	if err := s.writeEntry(tmp, env, m.WriteTo); err != nil {
+	if err := s.writeEntry(tmp, env, writeMessage(m)); err != nil {
 		env.Head, env.BodyOff, env.Size, env.end = head, off, size, end
 		return err
 	}
