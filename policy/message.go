@@ -91,10 +91,35 @@ func (m *Message) Reader() io.Reader {
 	return io.MultiReader(bytes.NewReader(hb), m.Body())
 }
 
-// WriteTo writes the whole message with the current header to w.
+// WriteTo writes the whole message with the current header to w, through
+// a pooled buffer (io.Copy would allocate 32 KiB per message).
 func (m *Message) WriteTo(w io.Writer) (int64, error) {
-	return io.Copy(w, m.Reader())
+	n, err := m.Header.WriteTo(w)
+	if err != nil {
+		return n, err
+	}
+	if m.sep || m.bodyLen == 0 {
+		k, err := io.WriteString(w, "\r\n")
+		n += int64(k)
+		if err != nil {
+			return n, err
+		}
+	}
+	body := io.NewSectionReader(m.src, m.bodyOff, m.bodyLen)
+	if bw, ok := w.(*bufio.Writer); ok {
+		k, err := bw.ReadFrom(body) // reads straight into its buffer
+		return n + k, err
+	}
+	buf := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(buf)
+	k, err := io.CopyBuffer(onlyWriter{w}, body, *buf)
+	return n + k, err
 }
+
+// onlyWriter hides a ReaderFrom, so that io.CopyBuffer uses the buffer.
+type onlyWriter struct{ io.Writer }
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // Replace makes the message the one stored in src, for example the copy a
 // content filter sent back. The old storage is kept open until Close, as a
