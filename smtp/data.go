@@ -181,6 +181,23 @@ func receivedValue(hostname string, tx *policy.Transaction, now time.Time) strin
 	return b.String()
 }
 
+// spoolWriter tags the errors of writing the spool file, so they are told
+// from errors reading the client.
+type spoolWriter struct{ w io.Writer }
+
+func (s spoolWriter) Write(p []byte) (int, error) {
+	n, err := s.w.Write(p)
+	if err != nil {
+		err = spoolWriteError{err}
+	}
+	return n, err
+}
+
+type spoolWriteError struct{ err error }
+
+func (e spoolWriteError) Error() string { return "spool write: " + e.err.Error() }
+func (e spoolWriteError) Unwrap() error { return e.err }
+
 // spoolWriters recycles the buffers messages are spooled through.
 var spoolWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
 
@@ -219,8 +236,14 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 		return errInternal, false
 	}
 	var chk BodyChecker
-	_, err = io.Copy(io.MultiWriter(&chk, w), r)
+	_, err = io.Copy(io.MultiWriter(&chk, spoolWriter{w}), r)
 	chk.Close()
+	var we spoolWriteError
+	if errors.As(err, &we) {
+		// Our disk, not the client: full, read-only, failing.
+		log.Error("spool write", "error", we.err)
+		return errInternal, false
+	}
 	if err != nil && !errors.Is(err, ErrBody) {
 		var ne net.Error
 		switch {
