@@ -377,12 +377,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return ErrServerClosed
 	}
 	s.shutdown = true
-	lns := append([]*listener(nil), s.lns...)
-	servers := append([]*gosmtp.Server(nil), s.servers...)
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
+	lns, servers, conns := s.snapshotLocked()
 	s.mu.Unlock()
 
 	for _, l := range lns {
@@ -413,6 +408,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
+// snapshotLocked copies what Shutdown and Close act on; s.mu is held.
+func (s *Server) snapshotLocked() ([]*listener, []*gosmtp.Server, []*conn) {
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	return append([]*listener(nil), s.lns...), append([]*gosmtp.Server(nil), s.servers...), conns
+}
+
 // Close closes every listener and connection at once. A message being
 // received is lost to the client (it got no 250) and not queued.
 func (s *Server) Close() error {
@@ -422,12 +426,7 @@ func (s *Server) Close() error {
 		return ErrServerClosed
 	}
 	s.closed = true
-	lns := append([]*listener(nil), s.lns...)
-	servers := append([]*gosmtp.Server(nil), s.servers...)
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
+	lns, servers, conns := s.snapshotLocked()
 	s.mu.Unlock()
 	s.cancel()
 	for _, l := range lns {

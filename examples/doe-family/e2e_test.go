@@ -275,22 +275,7 @@ func send(t *testing.T, addr, helo string, tlsAuth bool, from string, to []strin
 			return err
 		}
 	}
-	if err := c.Mail(from, nil); err != nil {
-		return err
-	}
-	for _, r := range to {
-		if err := c.Rcpt(r, nil); err != nil {
-			return err
-		}
-	}
-	w, err := c.Data()
-	if err != nil {
-		return err
-	}
-	if _, err := io.WriteString(w, msg); err != nil {
-		return err
-	}
-	if err := w.Close(); err != nil {
+	if err := transact(c, from, to, strings.NewReader(msg)); err != nil {
 		return err
 	}
 	return c.Quit()
