@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"blitiri.com.ar/go/spf"
@@ -119,7 +120,60 @@ type spfConfig struct {
 	receiver      string
 	skipAuth      bool
 	header        bool
+	heloTTL       time.Duration
 	log           *slog.Logger
+}
+
+// SPFHeloCache keeps the result of the HELO identity for a client address
+// and HELO name this long (default 5 minutes; 0 turns the cache off). A
+// session that sends many messages then checks its HELO once, not once per
+// message. Temporary errors are never kept.
+func SPFHeloCache(ttl time.Duration) SPFOption { return func(c *spfConfig) { c.heloTTL = ttl } }
+
+// heloCache holds HELO identity results by client address and HELO name.
+type heloCache struct {
+	mu      sync.Mutex
+	ttl     time.Duration
+	entries map[heloKey]heloEntry
+}
+
+type heloKey struct {
+	ip   netip.Addr
+	helo string
+}
+
+type heloEntry struct {
+	result  SPFResult
+	expires time.Time
+}
+
+// maxHeloEntries bounds the cache; when full it starts over, which costs a
+// few lookups and keeps memory bounded whatever clients send.
+const maxHeloEntries = 4096
+
+func (c *heloCache) get(ip netip.Addr, helo string, now time.Time) (SPFResult, bool) {
+	if c == nil {
+		return SPFResult{}, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.entries[heloKey{ip, helo}]
+	if !ok || now.After(e.expires) {
+		return SPFResult{}, false
+	}
+	return e.result, true
+}
+
+func (c *heloCache) put(ip netip.Addr, helo string, r SPFResult, now time.Time) {
+	if c == nil || r.Result == SPFTempError {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.entries) >= maxHeloEntries {
+		clear(c.entries)
+	}
+	c.entries[heloKey{ip, helo}] = heloEntry{result: r, expires: now.Add(c.ttl)}
 }
 
 // SPFTimeout bounds the whole check (default 10 s); the rule's context
@@ -177,7 +231,7 @@ func CheckSPF(identity SPFIdentity, mode SPFMode, r policy.Resolver, opts ...SPF
 	if mode != SPFSoft && mode != SPFStrict {
 		panic("auth: CheckSPF: invalid mode " + mode.String())
 	}
-	cfg := spfConfig{timeout: 10 * time.Second, skipAuth: true, header: true}
+	cfg := spfConfig{timeout: 10 * time.Second, skipAuth: true, header: true, heloTTL: 5 * time.Minute}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -191,6 +245,10 @@ func CheckSPF(identity SPFIdentity, mode SPFMode, r policy.Resolver, opts ...SPF
 		cfg.receiver = "localhost"
 	}
 	res := NewResolver(r, cfg.lookupTimeout)
+	var cache *heloCache
+	if cfg.heloTTL > 0 {
+		cache = &heloCache{ttl: cfg.heloTTL, entries: map[heloKey]heloEntry{}}
+	}
 
 	return func(ctx context.Context, tx *policy.Transaction) policy.Verdict {
 		if tx.Conn == nil || !tx.Conn.Remote.Addr().IsValid() {
@@ -210,7 +268,12 @@ func CheckSPF(identity SPFIdentity, mode SPFMode, r policy.Resolver, opts ...SPF
 		var result SPFResult
 		checkMail := identity != SPFHelo
 		if identity != SPFMailFrom {
-			result = checkSPF(ctx, res, ip, helo, heloSender(helo), "helo", cfg.receiver)
+			now := time.Now()
+			var ok bool
+			if result, ok = cache.get(ip, helo, now); !ok {
+				result = checkSPF(ctx, res, ip, helo, heloSender(helo), "helo", cfg.receiver)
+				cache.put(ip, helo, result, now)
+			}
 			if identity == SPFBoth && mode.denies(result.Result) && result.Result != SPFTempError {
 				checkMail = false
 			}
