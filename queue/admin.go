@@ -119,7 +119,8 @@ func (s *Spool) Requeue(ctx context.Context, id string) error {
 
 // Move moves message id to queue to (working, deliver, deferred, dead or
 // quarantine/<name>), for example to release it from quarantine: to
-// working runs the postq rules, to deliver skips them. It waits while a
+// working runs the postq rules again (on the message as received: header
+// edits of an earlier run are dropped), to deliver skips them. It waits while a
 // delivery attempt of the message is under way.
 func (s *Spool) Move(ctx context.Context, id, to string) error {
 	if _, err := s.queueDir(to); err != nil {
@@ -151,7 +152,11 @@ func (s *Spool) Move(ctx context.Context, id, to string) error {
 	case Deliver:
 		env.PostQDone = true // released as is: the postq rules do not run (again)
 	case Working:
-		env.PostQDone = false // the postq rules run
+		// The postq rules run again, on the message as received: the
+		// header edits of an earlier run (a DKIM-Signature) are dropped,
+		// or the message would get them twice.
+		env.PostQDone = false
+		env.Head, env.BodyOff = nil, 0
 	}
 	if err := s.update(ctx, env, q, to); err != nil {
 		return err
