@@ -97,8 +97,13 @@ func readEntry(f *os.File, id string) (*Envelope, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Compare before adding: a damaged length near 2^63 would overflow
+	// start and make the tail length negative (a panic in make).
+	if msgLen > st.Size()-int64(entryHeadLen) {
+		return nil, fmt.Errorf("%w: %s: entry has %d bytes, message %d", ErrCorrupt, id, st.Size(), msgLen)
+	}
 	start := int64(entryHeadLen) + msgLen
-	if start > st.Size() || st.Size()-start > maxRecordsLen {
+	if st.Size()-start > maxRecordsLen {
 		return nil, fmt.Errorf("%w: %s: entry has %d bytes, message %d", ErrCorrupt, id, st.Size(), msgLen)
 	}
 	tail := make([]byte, st.Size()-start)

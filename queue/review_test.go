@@ -2,6 +2,8 @@ package queue
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -65,4 +67,63 @@ func TestMoveToWorkingDoesNotRepeatPostQEdits(t *testing.T) {
 			assert.Equal(t, sig+testMsg, last)
 		})
 	}
+}
+
+// A damaged length in an entry header (bit rot, a foreign file) makes the
+// entry corrupt; it must never panic List, Show or the scheduler's Load.
+func TestEntryHeaderWithHugeLengthIsCorrupt(t *testing.T) {
+	tests := []struct{ name, head string }{
+		{"max int64", "MTAQ2 7fffffffffffffff\n"},
+		{"overflows start", "MTAQ2 7ffffffffffffff0\n"},
+		{"beyond the file", "MTAQ2 0000000000100000\n"},
+		{"negative", "MTAQ2 -000000000000001\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sp, err := Open(t.TempDir(), WithLogger(quietLogger()))
+			require.NoError(t, err)
+			t.Cleanup(func() { sp.Close() })
+			rec, err := encodeRecord(newEnvelope(newTx("bad1", "a@example.org", "b@example.com"), time.Unix(1700000000, 0)))
+			require.NoError(t, err)
+			require.NoError(t, os.WriteFile(entryPath(filepath.Join(sp.Dir(), Working), "bad1"), append([]byte(tt.head+testMsg), rec...), 0o640))
+			l, err := sp.List(Working)
+			require.NoError(t, err)
+			require.Len(t, l, 1)
+			assert.ErrorIs(t, l[0].Err, ErrCorrupt)
+			_, _, _, err = sp.Load("bad1")
+			assert.ErrorIs(t, err, ErrCorrupt)
+		})
+	}
+}
+
+// FuzzReadEntry: readEntry on any file content returns an envelope or an
+// error, never panics, and what it accepts is consistent with the file.
+func FuzzReadEntry(f *testing.F) {
+	env := newEnvelope(newTx("f1", "a@example.org", "b@example.com"), time.Unix(1700000000, 0))
+	env.Size = int64(len(testMsg))
+	rec, err := encodeRecord(env)
+	if err != nil {
+		f.Fatal(err)
+	}
+	good := append(append(entryHeader(int64(len(testMsg))), testMsg...), rec...)
+	f.Add(good)
+	f.Add(good[:len(good)-5])
+	f.Add(append([]byte("MTAQ2 7fffffffffffffff\n"), good[entryHeadLen:]...))
+	f.Add(append([]byte("MTAQ2 7ffffffffffffff0\n"), good[entryHeadLen:]...))
+	f.Add([]byte("MTAQ2 "))
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p := filepath.Join(dir, "f1.q")
+		require.NoError(t, os.WriteFile(p, b, 0o600))
+		fh, err := os.Open(p)
+		require.NoError(t, err)
+		defer fh.Close()
+		env, err := readEntry(fh, "f1")
+		if err != nil {
+			return
+		}
+		if env.end > int64(len(b)) || int64(entryHeadLen)+env.Size > env.end {
+			t.Fatalf("accepted entry with size %d end %d in %d bytes", env.Size, env.end, len(b))
+		}
+	})
 }
