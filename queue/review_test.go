@@ -127,3 +127,45 @@ func FuzzReadEntry(f *testing.F) {
 		}
 	})
 }
+
+// A record torn by a crash mid-append is ignored on load, and the next
+// change overwrites it: the envelope read back is the new one, even when
+// the torn record was longer than it.
+func TestTornRecordIgnoredAndOverwritten(t *testing.T) {
+	dir := t.TempDir()
+	sp, err := Open(dir, WithLogger(quietLogger()))
+	require.NoError(t, err)
+	require.NoError(t, sp.Enqueue(context.Background(), newTx("t1", "a@example.org", "b@example.com"), newMessage(t, testMsg)))
+	env, err := sp.readEnvelope(Working, "t1")
+	require.NoError(t, err)
+	env.LastError = strings.Repeat("long error ", 200)
+	rec, err := encodeRecord(env)
+	require.NoError(t, err)
+	require.NoError(t, sp.Close())
+
+	p := entryPath(filepath.Join(dir, Working), "t1")
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+	require.NoError(t, err)
+	_, err = f.Write(rec[:len(rec)-7]) // the crash tore the append
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+
+	sp, err = Open(dir, WithLogger(quietLogger()))
+	require.NoError(t, err)
+	defer sp.Close()
+	got, err := sp.readEnvelope(Working, "t1")
+	require.NoError(t, err)
+	assert.Empty(t, got.LastError, "torn record ignored")
+	require.NoError(t, sp.Move(context.Background(), "t1", Deferred))
+	got, err = sp.readEnvelope(Deferred, "t1")
+	require.NoError(t, err)
+	assert.Empty(t, got.LastError)
+	assert.Equal(t, 0, got.Attempts)
+	_, _, m, err := sp.Load("t1")
+	require.NoError(t, err)
+	var b strings.Builder
+	_, err = m.WriteTo(&b)
+	require.NoError(t, err)
+	m.Close()
+	assert.Equal(t, testMsg, b.String())
+}
