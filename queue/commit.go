@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"sync"
+	"sync/atomic"
 )
 
 // An op is one atomic step of the spool: files already written (not yet
@@ -18,7 +19,10 @@ type op struct {
 	removes []string    // then removed (ENOENT ignored)
 	dirs    []string    // then these directories are fsynced
 	after   []string    // then these are removed (no sync needed)
-	done    chan error
+	// since is the committer's generation when the caller began writing
+	// files (committer.begin); see committer.run.
+	since uint64
+	done  chan error
 }
 
 // committer batches ops; see op.
@@ -32,6 +36,14 @@ type committer struct {
 	mu    sync.Mutex
 	dirFD map[string]*os.File
 	rootF *os.File
+
+	// gen counts the data syncs done; lastFailed is the number of the last
+	// one that failed. A filesystem sync reports a writeback error once
+	// per handle, not per file: a failing sync may report the error of a
+	// file that belongs to a later batch, whose own sync then succeeds. So
+	// every op whose writes began before a failed sync fails too (see run).
+	gen        atomic.Uint64
+	lastFailed atomic.Uint64
 
 	closing sync.RWMutex
 	closed  bool
@@ -53,6 +65,14 @@ func newCommitter(root string, noSync bool) (*committer, error) {
 }
 
 var errClosed = errors.New("queue: spool closed")
+
+// errEarlierSync fails an op whose files were being written when a sync of
+// the spool failed: the failure may have been theirs.
+var errEarlierSync = errors.New("queue: a sync failed while this was being written")
+
+// begin returns the generation to put in op.since; call it before writing
+// the op's files.
+func (c *committer) begin() uint64 { return c.gen.Load() }
 
 // commit hands o to the committer and waits until it is durable. ctx bounds
 // only the wait for a place in the batch queue: once handed over, the op's
@@ -133,9 +153,18 @@ func (c *committer) run(batch []*op) {
 		}
 		if len(files) > 0 {
 			c.syncs++
-			if err := c.sync(c.rootF, files); err != nil {
-				for i := range errs {
+			n := c.gen.Load() + 1
+			err := c.sync(c.rootF, files)
+			if err != nil {
+				c.lastFailed.Store(n)
+			}
+			c.gen.Store(n)
+			for i, o := range batch {
+				switch {
+				case err != nil:
 					errs[i] = err
+				case len(o.files) > 0 && c.lastFailed.Load() > o.since:
+					errs[i] = errEarlierSync
 				}
 			}
 		}

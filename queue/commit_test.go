@@ -84,3 +84,45 @@ func TestEnqueueFailureLeavesNothing(t *testing.T) {
 		assert.ErrorIs(t, err, ErrNotFound)
 	}
 }
+
+// TestSyncFailureFailsWritesBegunBefore: a filesystem sync reports a
+// writeback error once per handle, so the sync that fails may be reporting
+// the error of a file another batch was writing meanwhile, whose own sync
+// then succeeds. Every op whose writes began before a failed sync fails too;
+// one begun after it is committed.
+func TestSyncFailureFailsWritesBegunBefore(t *testing.T) {
+	dir := t.TempDir()
+	c, err := newCommitter(dir, false)
+	require.NoError(t, err)
+	defer c.close()
+	fail := true
+	c.sync = func(root *os.File, files []string) error {
+		if fail {
+			fail = false
+			return errors.New("EIO")
+		}
+		return syncData(root, files)
+	}
+	write := func(name string) string {
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(p, []byte(name), 0o640))
+		return p
+	}
+	ctx := context.Background()
+
+	// B starts writing, then A's batch fails its sync.
+	sinceB := c.begin()
+	b := write("b")
+	sinceA := c.begin()
+	a := write("a")
+	require.Error(t, c.commit(ctx, &op{files: []string{a}, since: sinceA}), "the failed sync itself")
+	require.ErrorIs(t, c.commit(ctx, &op{files: []string{b}, since: sinceB}), errEarlierSync,
+		"written while a sync failed: never acknowledged")
+
+	// Writes begun after the failure are committed, and ops without files
+	// (renames, removals) are not concerned.
+	sinceC := c.begin()
+	cfile := write("c")
+	require.NoError(t, c.commit(ctx, &op{files: []string{cfile}, since: sinceC}))
+	require.NoError(t, c.commit(ctx, &op{removes: []string{b}}))
+}

@@ -332,12 +332,13 @@ func (s *Spool) enqueue(ctx context.Context, env *Envelope, q string, write func
 		env.NextAttempt = s.now()
 	}
 	tmp := entryPath(filepath.Join(s.root, "tmp"), env.ID)
+	since := c.begin()
 	if err := s.writeEntry(tmp, env, write); err != nil {
 		s.release(env.ID)
 		return err
 	}
 	final := entryPath(qdir, env.ID)
-	o := &op{files: []string{tmp}, renames: [][2]string{{tmp, final}}, dirs: []string{qdir}}
+	o := &op{files: []string{tmp}, renames: [][2]string{{tmp, final}}, dirs: []string{qdir}, since: since}
 	if err := c.commit(ctx, o); err != nil {
 		os.Remove(tmp)
 		os.Remove(final)
@@ -529,6 +530,7 @@ func (s *Spool) update(ctx context.Context, env *Envelope, from, to string) erro
 		return err
 	}
 	defer f.Close()
+	since := s.cs.begin()
 	end := env.end
 	if end == 0 {
 		old, err := readEntry(f, env.ID)
@@ -541,7 +543,7 @@ func (s *Spool) update(ctx context.Context, env *Envelope, from, to string) erro
 		f.Truncate(end)
 		return fmt.Errorf("queue: updating %s: %w", env.ID, err)
 	}
-	o := &op{files: []string{cur}, dirs: []string{fdir}}
+	o := &op{files: []string{cur}, dirs: []string{fdir}, since: since}
 	if to != from {
 		o.renames = append(o.renames, [2]string{cur, entryPath(tdir, env.ID)})
 		o.dirs = append(o.dirs, tdir)
@@ -576,12 +578,13 @@ func (s *Spool) replace(ctx context.Context, env *Envelope, from, to string, m *
 	env.Head, env.BodyOff = nil, 0
 	tmp := entryPath(filepath.Join(s.root, "tmp"), env.ID)
 	os.Remove(tmp)
+	since := s.cs.begin()
 	if err := s.writeEntry(tmp, env, writeMessage(m)); err != nil {
 		env.Head, env.BodyOff, env.Size, env.end = head, off, size, end
 		return err
 	}
 	cur := entryPath(fdir, env.ID)
-	o := &op{files: []string{tmp}, renames: [][2]string{{tmp, cur}}, dirs: []string{fdir}}
+	o := &op{files: []string{tmp}, renames: [][2]string{{tmp, cur}}, dirs: []string{fdir}, since: since}
 	if to != from {
 		o.renames = append(o.renames, [2]string{cur, entryPath(tdir, env.ID)})
 		o.dirs = append(o.dirs, tdir)
