@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -187,9 +188,12 @@ func (md *Maildir) deliverOne(dir string, d *policy.Delivery, r policy.Recipient
 		}
 		return err
 	}
-	err = writeLocal(f, d, r, md.KeepCRLF, nil)
+	key, since, err := syncBegin(f)
 	if err == nil {
-		err = syncFile(f)
+		err = writeLocal(f, d, r, md.KeepCRLF, nil)
+	}
+	if err == nil {
+		err = syncFile(f, key, since)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -227,12 +231,12 @@ type syncGroup struct {
 	started uint64
 	done    uint64
 	err     error
-	waiting int // callers waiting (tests)
+	failed  uint64 // the last round that failed
+	waiting int    // callers waiting (tests)
 }
 
-func (g *syncGroups) do(key string, fn func() error) error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
+// group returns the group of key; g.mu is held.
+func (g *syncGroups) group(key string) *syncGroup {
 	if g.m == nil {
 		g.m = map[string]*syncGroup{}
 	}
@@ -241,6 +245,43 @@ func (g *syncGroups) do(key string, fn func() error) error {
 		s = &syncGroup{cond: sync.NewCond(&g.mu)}
 		g.m[key] = s
 	}
+	return s
+}
+
+// begin returns the rounds of key done so far; a caller takes it before
+// writing what doSince will make durable.
+func (g *syncGroups) begin(key string) uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.group(key).done
+}
+
+// do runs or joins a sync of key; see syncGroups.
+func (g *syncGroups) do(key string, fn func() error) error {
+	return g.doSince(key, math.MaxUint64, fn)
+}
+
+// doSince is do for a caller that began writing after round since: a
+// filesystem sync reports a writeback error once per handle, so a round
+// that failed after since may have reported this caller's error to others;
+// the caller then fails too (errEarlierSync) even if its own round did not.
+func (g *syncGroups) doSince(key string, since uint64, fn func() error) error {
+	err := g.doRound(key, fn)
+	if err == nil {
+		g.mu.Lock()
+		failed := g.group(key).failed
+		g.mu.Unlock()
+		if since != math.MaxUint64 && failed > since {
+			return errEarlierSync
+		}
+	}
+	return err
+}
+
+func (g *syncGroups) doRound(key string, fn func() error) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	s := g.group(key)
 	ticket := s.started + 1
 	for {
 		if s.done >= ticket {
@@ -260,6 +301,9 @@ func (g *syncGroups) do(key string, fn func() error) error {
 	err := fn()
 	g.mu.Lock()
 	s.busy, s.done, s.err = false, n, err
+	if err != nil {
+		s.failed = n
+	}
 	s.cond.Broadcast()
 	return err
 }

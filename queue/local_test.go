@@ -267,3 +267,18 @@ func TestLargeMessageStreams(t *testing.T) {
 	require.NoError(t, err)
 	assert.Greater(t, info.Size(), int64(size-size/40), "delivered whole (LF line ends)")
 }
+
+// TestSyncGroupsFailWritesBegunBeforeAFailure: a round that fails may have
+// reported the writeback error of a caller that was still writing; that
+// caller fails too even if its own round succeeds, and one that began after
+// the failure does not.
+func TestSyncGroupsFailWritesBegunBeforeAFailure(t *testing.T) {
+	var g syncGroups
+	fail := errors.New("EIO")
+	sinceB := g.begin("k") // B starts writing
+	require.ErrorIs(t, g.doSince("k", g.begin("k"), func() error { return fail }), fail, "A's round fails")
+	require.ErrorIs(t, g.doSince("k", sinceB, func() error { return nil }), errEarlierSync,
+		"B was writing while a round failed")
+	require.NoError(t, g.doSince("k", g.begin("k"), func() error { return nil }), "C began after the failure")
+	require.NoError(t, g.do("k", func() error { return nil }), "do (directory syncs) is not concerned")
+}

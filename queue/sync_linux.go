@@ -20,12 +20,19 @@ func syncData(root *os.File, _ []string) error {
 	}
 }
 
-// syncFile makes f (written, not yet closed) durable, with a syncfs(2) of
-// its filesystem shared by every local delivery writing to it meanwhile.
-func syncFile(f *os.File) error {
+// syncBegin names the filesystem of f for syncFile and notes the rounds of
+// its shared syncs done before f is written.
+func syncBegin(f *os.File) (key string, since uint64, err error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return err
+		return "", 0, err
 	}
-	return fileSyncs.do("fs:"+strconv.FormatUint(st.Dev, 10), func() error { return syncData(f, nil) })
+	key = "fs:" + strconv.FormatUint(st.Dev, 10)
+	return key, fileSyncs.begin(key), nil
+}
+
+// syncFile makes f (written, not yet closed) durable, with a syncfs(2) of
+// its filesystem shared by every local delivery writing to it meanwhile.
+func syncFile(f *os.File, key string, since uint64) error {
+	return fileSyncs.doSince(key, since, func() error { return syncData(f, nil) })
 }
