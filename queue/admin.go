@@ -80,15 +80,11 @@ func (s *Spool) Show(id string) (*Item, error) {
 // working when its postq rules have not run yet. It waits while a delivery
 // attempt of the message is under way.
 func (s *Spool) Requeue(ctx context.Context, id string) error {
-	unlock, err := s.locks.lock(ctx, id)
+	q, unlock, err := s.lockLocated(ctx, id)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	q, err := s.locate(id)
-	if err != nil {
-		return err
-	}
 	switch q {
 	case Deferred, Dead, Working, Deliver:
 	default:
@@ -129,15 +125,11 @@ func (s *Spool) Move(ctx context.Context, id, to string) error {
 	if to == Corrupt {
 		return fmt.Errorf("%w: cannot move into %s", ErrBadQueue, to)
 	}
-	unlock, err := s.locks.lock(ctx, id)
+	q, unlock, err := s.lockLocated(ctx, id)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	q, err := s.locate(id)
-	if err != nil {
-		return err
-	}
 	env, err := s.readEnvelope(q, id)
 	if err != nil {
 		return err
@@ -168,14 +160,25 @@ func (s *Spool) Move(ctx context.Context, id, to string) error {
 // Delete removes message id from whatever queue holds it. It waits while a
 // delivery attempt of the message is under way.
 func (s *Spool) Delete(ctx context.Context, id string) error {
-	unlock, err := s.locks.lock(ctx, id)
+	q, unlock, err := s.lockLocated(ctx, id)
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	return s.remove(ctx, q, id)
+}
+
+// lockLocated waits for message id's lock (held during a delivery attempt)
+// and returns the queue that holds it, with the unlock to call.
+func (s *Spool) lockLocated(ctx context.Context, id string) (string, func(), error) {
+	unlock, err := s.locks.lock(ctx, id)
+	if err != nil {
+		return "", nil, err
+	}
 	q, err := s.locate(id)
 	if err != nil {
-		return err
+		unlock()
+		return "", nil, err
 	}
-	return s.remove(ctx, q, id)
+	return q, unlock, nil
 }

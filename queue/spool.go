@@ -499,23 +499,31 @@ func (s *Spool) loadEntry(q, id string) (*Envelope, *policy.Message, error) {
 	return env, m, nil
 }
 
+// moveDirs returns the directories of queues from and to, making a new
+// quarantine directory for to.
+func (s *Spool) moveDirs(from, to string) (fdir, tdir string, err error) {
+	if fdir, err = s.queueDir(from); err != nil {
+		return "", "", err
+	}
+	if tdir, err = s.queueDir(to); err != nil {
+		return "", "", err
+	}
+	if to != from && strings.HasPrefix(to, QuarantinePrefix) {
+		if err := os.MkdirAll(tdir, 0o750); err != nil {
+			return "", "", err
+		}
+	}
+	return fdir, tdir, nil
+}
+
 // update stores env (changed) by appending it to its entry, and moves the
 // entry from queue "from" to queue "to", in one commit. On failure the
 // append is undone as far as possible; either way the entry holds the old
 // envelope or the new one, whole.
 func (s *Spool) update(ctx context.Context, env *Envelope, from, to string) error {
-	fdir, err := s.queueDir(from)
+	fdir, tdir, err := s.moveDirs(from, to)
 	if err != nil {
 		return err
-	}
-	tdir, err := s.queueDir(to)
-	if err != nil {
-		return err
-	}
-	if to != from && strings.HasPrefix(to, QuarantinePrefix) {
-		if err := os.MkdirAll(tdir, 0o750); err != nil {
-			return err
-		}
 	}
 	cur := entryPath(fdir, env.ID)
 	rec, err := encodeRecord(env)
@@ -561,18 +569,9 @@ func (s *Spool) update(ctx context.Context, env *Envelope, from, to string) erro
 // replace stores m as the new message of env, in a new entry file that
 // takes the place of the old one in queue "from", then moves it to "to".
 func (s *Spool) replace(ctx context.Context, env *Envelope, from, to string, m *policy.Message) error {
-	fdir, err := s.queueDir(from)
+	fdir, tdir, err := s.moveDirs(from, to)
 	if err != nil {
 		return err
-	}
-	tdir, err := s.queueDir(to)
-	if err != nil {
-		return err
-	}
-	if to != from && strings.HasPrefix(to, QuarantinePrefix) {
-		if err := os.MkdirAll(tdir, 0o750); err != nil {
-			return err
-		}
 	}
 	head, off, size, end := env.Head, env.BodyOff, env.Size, env.end
 	env.Head, env.BodyOff = nil, 0
