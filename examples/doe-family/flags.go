@@ -30,6 +30,7 @@ type config struct {
 	retryMin                     time.Duration
 	hashPassword                 string
 	unsafeNoSync                 bool
+	pprof                        string
 	limits                       smtp.Limits
 }
 
@@ -62,6 +63,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.limits.MaxConnectionsPerIP, "max-connections-per-ip", 20, "connections at once from one client address")
 	fs.StringVar(&c.hashPassword, "hash-password", "", "print the bcrypt hash of this password for a -users line, and exit")
 	fs.BoolVar(&c.unsafeNoSync, "unsafe-no-fsync", false, "for benchmarks only: do not fsync the queue (a crash loses accepted mail)")
+	fs.StringVar(&c.pprof, "pprof", "", "serve net/http/pprof on this loopback host:port, for profiling under load; empty: off")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {

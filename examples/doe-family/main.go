@@ -31,6 +31,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -74,6 +76,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if cfg.pprof != "" {
+		stopProfiling, err := servePprof(stdout, cfg.pprof, log)
+		if err != nil {
+			return err
+		}
+		defer stopProfiling()
+	}
 	return srv.serve(ctx, stdout)
 }
 
@@ -100,6 +109,36 @@ func listen(stdout io.Writer, what, addr string) (net.Listener, error) {
 	}
 	fmt.Fprintf(stdout, "%s listening on %s\n", what, ln.Addr())
 	return ln, nil
+}
+
+// servePprof serves the runtime profiles of net/http/pprof on addr, which
+// must be a loopback address: profiles reveal memory contents (message
+// data among them) and must never face the network.
+func servePprof(stdout io.Writer, addr string, log *slog.Logger) (stop func(), err error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("-pprof: %w", err)
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return nil, fmt.Errorf("-pprof: %q is not a loopback address", addr)
+	}
+	ln, err := listen(stdout, "pprof", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Warn("pprof listener stopped", "err", err)
+		}
+	}()
+	return func() { hs.Close() }, nil
 }
 
 // shutdownTimeout bounds the graceful shutdown: sessions in DATA get this
