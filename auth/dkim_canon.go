@@ -1,0 +1,323 @@
+package auth
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding"
+	"hash"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/mtakit/mtakit/policy"
+)
+
+// dkBodyHasher canonicalizes a message body as it streams through Write
+// and hashes the result (RFC 6376 section 3.4.3 "simple" and 3.4.4
+// "relaxed"). Unlike go-msgauth's canonicalizers, which allocate two
+// copies of every Write (about 100 MiB of garbage for a 50 MiB message,
+// which the GC pacer turns into RSS), it works through fixed buffers, so
+// memory stays constant whatever the size of the body.
+//
+// The output is byte for byte go-msgauth's (its fuzz test checks so): a
+// bare LF counts as CRLF, a bare CR stays as it is; relaxed drops the white
+// space before a line break, reduces runs of white space to one SP and
+// drops the empty lines at the end; simple keeps lines as they are and
+// reduces the empty lines at the end to one CRLF.
+type dkBodyHasher struct {
+	h       hash.Hash
+	relaxed bool
+	limit   int64 // l=: canonical bytes hashed at most; <0: no limit
+	hashed  int64 // canonical bytes given to h so far
+
+	prevCR bool // the last input byte was CR (for the bare LF fix)
+
+	// relaxed: white space seen since the last printable byte, and
+	// whether any printable byte came at all (an empty body hashes as
+	// nothing, not CRLF).
+	wsp, written bool
+
+	// Line breaks (relaxed: CR and LF bytes; simple: CRLF pairs and a
+	// last CR) seen since the last printable byte: they are hashed only
+	// if something follows them. pend holds the first bytes of them;
+	// beyond its size they go into h speculatively, after saving the hash
+	// state in saved, which is restored if the body ends there.
+	pend    []byte // over pendArr
+	pendArr [512]byte
+	saved   []byte
+	spec    bool  // h holds speculative line breaks (saved is valid)
+	specN   int64 // hashed before the speculation began
+	simpCR  bool  // simple: a CR is pending, maybe the start of CRLF
+
+	out  [4096]byte // canonical bytes not yet given to h
+	nout int
+}
+
+var dkBodyHasherPool = sync.Pool{New: func() any { return new(dkBodyHasher) }}
+
+// newDKBodyHasher returns a pooled hasher writing into h; relaxed picks
+// the canonicalization, limit the l= tag (negative: none). Give it back
+// with free.
+func newDKBodyHasher(h hash.Hash, relaxed bool, limit int64) *dkBodyHasher {
+	b := dkBodyHasherPool.Get().(*dkBodyHasher)
+	saved := b.saved[:0]
+	*b = dkBodyHasher{h: h, relaxed: relaxed, limit: limit, saved: saved}
+	b.pend = b.pendArr[:0]
+	return b
+}
+
+func (b *dkBodyHasher) free() {
+	b.h = nil
+	dkBodyHasherPool.Put(b)
+}
+
+// emit adds canonical bytes to the output.
+func (b *dkBodyHasher) emit(p []byte) {
+	for len(p) > 0 {
+		if b.nout == len(b.out) {
+			b.flush()
+		}
+		n := copy(b.out[b.nout:], p)
+		b.nout += n
+		p = p[n:]
+	}
+}
+
+func (b *dkBodyHasher) emitByte(c byte) {
+	if b.nout == len(b.out) {
+		b.flush()
+	}
+	b.out[b.nout] = c
+	b.nout++
+}
+
+// flush hands the buffered canonical bytes to the hash, up to the l= limit.
+func (b *dkBodyHasher) flush() {
+	p := b.out[:b.nout]
+	b.nout = 0
+	if b.limit >= 0 && int64(len(p)) > b.limit-b.hashed {
+		p = p[:b.limit-b.hashed]
+	}
+	b.h.Write(p)
+	b.hashed += int64(len(p))
+}
+
+// pendBreak records line-break bytes that are hashed only if a printable
+// byte follows.
+func (b *dkBodyHasher) pendBreak(p string) {
+	if len(b.pend)+len(p) > cap(b.pend) {
+		b.speculate()
+	}
+	b.pend = append(b.pend, p...)
+}
+
+// speculate moves the pending line breaks into the hash after saving its
+// state: a body may end in megabytes of empty lines, which must not be
+// held in memory.
+func (b *dkBodyHasher) speculate() {
+	if !b.spec {
+		b.flush()
+		if m, ok := b.h.(encoding.BinaryAppender); ok {
+			s, err := m.AppendBinary(b.saved[:0])
+			if err == nil {
+				b.saved, b.spec, b.specN = s, true, b.hashed
+			}
+		}
+		if !b.spec {
+			// A hash that cannot save its state: the breaks stay in
+			// memory (pend grows), as go-msgauth keeps them.
+			return
+		}
+	}
+	b.emit(b.pend)
+	b.pend = b.pend[:0]
+}
+
+// commitBreaks hashes the pending line breaks: a printable byte follows.
+func (b *dkBodyHasher) commitBreaks() {
+	b.spec = false
+	if len(b.pend) > 0 {
+		b.emit(b.pend)
+		b.pend = b.pend[:0]
+	}
+}
+
+// dropBreaks forgets the pending line breaks: the body ends with them.
+func (b *dkBodyHasher) dropBreaks() error {
+	b.pend = b.pend[:0]
+	if b.spec {
+		b.nout = 0
+		b.spec = false
+		b.hashed = b.specN
+		if err := b.h.(encoding.BinaryUnmarshaler).UnmarshalBinary(b.saved); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *dkBodyHasher) Write(p []byte) (int, error) {
+	for _, c := range p {
+		prevCR := b.prevCR
+		b.prevCR = c == '\r'
+		if c == '\n' && !prevCR {
+			b.byteIn('\r')
+		}
+		b.byteIn(c)
+	}
+	return len(p), nil
+}
+
+// byteIn takes one byte of the body after the bare LF fix.
+func (b *dkBodyHasher) byteIn(c byte) {
+	if b.relaxed {
+		switch c {
+		case ' ', '\t':
+			b.wsp = true
+		case '\r', '\n':
+			b.wsp = false
+			b.pendBreak(string(c))
+		default:
+			b.commitBreaks()
+			if b.wsp {
+				b.emitByte(' ')
+				b.wsp = false
+			}
+			b.emitByte(c)
+			b.written = true
+		}
+		return
+	}
+	if b.simpCR {
+		b.simpCR = false
+		if c == '\n' {
+			b.pendBreak("\r\n")
+			return
+		}
+		// A bare CR is a printable byte for simple.
+		b.commitBreaks()
+		b.emitByte('\r')
+	}
+	if c == '\r' {
+		b.simpCR = true
+		return
+	}
+	b.commitBreaks()
+	b.emitByte(c)
+}
+
+// Sum ends the body and returns its hash.
+func (b *dkBodyHasher) Sum() ([]byte, error) {
+	if b.relaxed {
+		if err := b.dropBreaks(); err != nil {
+			return nil, err
+		}
+		if b.written {
+			b.emit([]byte("\r\n"))
+		}
+	} else {
+		if b.simpCR {
+			b.commitBreaks()
+			b.emitByte('\r')
+		} else if err := b.dropBreaks(); err != nil {
+			return nil, err
+		}
+		b.emit([]byte("\r\n"))
+	}
+	b.flush()
+	return b.h.Sum(nil), nil
+}
+
+var _ io.Writer = (*dkBodyHasher)(nil)
+
+// dkRelaxedHeader canonicalizes one header field, name, value, folding
+// and final line break, as RFC 6376 section 3.4.2 "relaxed" says (and as
+// go-msgauth does: every run of white space, line breaks included, becomes
+// one SP).
+func dkRelaxedHeader(raw string) string {
+	k, v, ok := strings.Cut(raw, ":")
+	if !ok {
+		return strings.TrimSpace(strings.ToLower(raw)) + ":\r\n"
+	}
+	k = strings.TrimSpace(strings.ToLower(k))
+	v = strings.Join(strings.FieldsFunc(v, func(r rune) bool {
+		return r == ' ' || r == '\t' || r == '\n' || r == '\r'
+	}), " ")
+	return k + ":" + v + "\r\n"
+}
+
+// dkHashBody returns the hash (SHA-256) of body under the relaxed or
+// simple canonicalization, limited to limit canonical bytes when limit is
+// not negative. Reading stops when ctx is done.
+func dkHashBody(ctx context.Context, body io.Reader, relaxed bool, limit int64) ([]byte, error) {
+	bufp := dkReadBufPool.Get().(*[]byte)
+	defer dkReadBufPool.Put(bufp)
+	b := newDKBodyHasher(sha256.New(), relaxed, limit)
+	defer b.free()
+	if _, err := io.CopyBuffer(b, dkCtxReader{ctx, body}, *bufp); err != nil {
+		return nil, err
+	}
+	return b.Sum()
+}
+
+// dkReadBufPool holds the buffers bodies are read through.
+var dkReadBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// dkHashHeaders writes to h the relaxed canonical form of the fields of
+// hdr named in keys, in order; each name takes the last of its fields not
+// yet taken, a name without one more field is skipped (RFC 6376 section
+// 5.4.2).
+func dkHashHeaders(h io.Writer, hdr []policy.Field, keys []string) {
+	taken := map[string]int{}
+	for _, k := range keys {
+		lk := strings.ToLower(k)
+		skip := taken[lk]
+		for i := len(hdr) - 1; i >= 0; i-- {
+			if !strings.EqualFold(strings.TrimSpace(hdr[i].Name()), lk) {
+				continue
+			}
+			if skip > 0 {
+				skip--
+				continue
+			}
+			taken[lk]++
+			io.WriteString(h, dkRelaxedHeader(string(hdr[i].Raw)))
+			break
+		}
+	}
+}
+
+// dkFormatSignature formats a DKIM-Signature field, CRLF at the end, as
+// go-msgauth does: tags in name order on lines folded before 75 columns,
+// b= last on its own lines.
+func dkFormatSignature(tags map[string]string, b string) string {
+	names := make([]string, 0, len(tags))
+	for k := range tags {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var f strings.Builder
+	f.WriteString(dkSigField + ":")
+	line := ""
+	for _, k := range names {
+		v := tags[k]
+		if 3+len(line)+len(v)+len(k) > 75 {
+			f.WriteString(line + "\r\n")
+			line = ""
+		}
+		line += " " + k + "=" + v + ";"
+	}
+	f.WriteString(line + "\r\n")
+	rest := " b=" + b
+	for first := true; first || rest != ""; first = false {
+		if !first {
+			f.WriteString("\r\n ")
+		}
+		n := min(75, len(rest))
+		f.WriteString(rest[:n])
+		rest = rest[n:]
+	}
+	f.WriteString("\r\n")
+	return f.String()
+}

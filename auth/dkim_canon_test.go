@@ -1,0 +1,118 @@
+package auth
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/emersion/go-msgauth/dkim"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// msgauthBodyHash returns the bh= go-msgauth computes for body.
+func msgauthBodyHash(tb testing.TB, body string, c dkim.Canonicalization) string {
+	tb.Helper()
+	s, err := dkim.NewSigner(&dkim.SignOptions{
+		Domain: "example.com", Selector: "s", Signer: testEd25519(),
+		HeaderCanonicalization: c, BodyCanonicalization: c,
+	})
+	require.NoError(tb, err)
+	_, err = io.WriteString(s, "From: a@example.com\r\n\r\n"+body)
+	require.NoError(tb, err)
+	require.NoError(tb, s.Close())
+	tags, err := ParseDKIMTags(strings.TrimPrefix(strings.TrimSpace(s.Signature()), "DKIM-Signature:"))
+	require.NoError(tb, err)
+	return dkStripWS(tags["bh"])
+}
+
+// ourBodyHash hashes body with dkBodyHasher, written in chunks of size
+// step (the canonicalization must not depend on where writes split).
+func ourBodyHash(tb testing.TB, body string, relaxed bool, step int) string {
+	tb.Helper()
+	b := newDKBodyHasher(sha256.New(), relaxed, -1)
+	defer b.free()
+	for len(body) > 0 {
+		n := min(step, len(body))
+		_, err := b.Write([]byte(body[:n]))
+		require.NoError(tb, err)
+		body = body[n:]
+	}
+	sum, err := b.Sum()
+	require.NoError(tb, err)
+	return base64.StdEncoding.EncodeToString(sum)
+}
+
+var bodyHashSeeds = []string{
+	"",
+	"\r\n",
+	"\r\n\r\n",
+	"a",
+	"a\r\n",
+	"a \t \r\n\r\n \r\n",
+	"  lead  and   inner\t\tspace \r\nnext line\t\r\n",
+	"bare\nlf\n\nlines\n\n",
+	"bare\rcr\r\r\n\r",
+	"ends in cr\r",
+	"ends in cr lf cr\r\n\r",
+	"\r\r\r\n\n\n",
+	" \r\n \r\n",
+	"x" + strings.Repeat("\r\n", 700) + "y\r\n" + strings.Repeat("\r\n", 900),
+	"x" + strings.Repeat(" \r\n\t", 400) + strings.Repeat("\n", 1000),
+	strings.Repeat("line  with \t white space  \r\n", 300) + strings.Repeat("\r\n \t", 500) + "z",
+}
+
+func TestDKBodyHasherMatchesGoMsgauth(t *testing.T) {
+	for _, body := range bodyHashSeeds {
+		for _, c := range []dkim.Canonicalization{dkim.CanonicalizationRelaxed, dkim.CanonicalizationSimple} {
+			want := msgauthBodyHash(t, body, c)
+			for _, step := range []int{1, 2, 3, 7, 512, 1 << 20} {
+				assert.Equal(t, want, ourBodyHash(t, body, c == dkim.CanonicalizationRelaxed, step), "%s body %.40q in writes of %d", c, body, step)
+			}
+		}
+	}
+}
+
+// TestDKBodyHasherLimit: l= counts canonical bytes, the final CRLF
+// included.
+func TestDKBodyHasherLimit(t *testing.T) {
+	for _, tc := range []struct {
+		body    string
+		relaxed bool
+		limit   int64
+		want    string
+	}{
+		{"abc  def \r\n\r\n", true, 4, "abc "},
+		{"abc  def \r\n\r\n", true, 100, "abc def\r\n"},
+		{"abc  def \r\n\r\n", false, 9, "abc  def "},
+		{"abc\r\n" + strings.Repeat("\r\n", 2000), false, 100, "abc\r\n"},
+		{"", false, 1, "\r"},
+		{"", true, 5, ""},
+	} {
+		b := newDKBodyHasher(sha256.New(), tc.relaxed, tc.limit)
+		_, err := io.WriteString(b, tc.body)
+		require.NoError(t, err)
+		sum, err := b.Sum()
+		require.NoError(t, err)
+		b.free()
+		want := sha256.Sum256([]byte(tc.want))
+		assert.Equal(t, want[:], sum, "%q relaxed=%v l=%d", tc.body, tc.relaxed, tc.limit)
+	}
+}
+
+func FuzzDKBodyHasher(f *testing.F) {
+	for _, s := range bodyHashSeeds {
+		f.Add(s, uint8(3))
+	}
+	f.Fuzz(func(t *testing.T, body string, step uint8) {
+		for _, c := range []dkim.Canonicalization{dkim.CanonicalizationRelaxed, dkim.CanonicalizationSimple} {
+			want := msgauthBodyHash(t, body, c)
+			got := ourBodyHash(t, body, c == dkim.CanonicalizationRelaxed, int(step)+1)
+			if want != got {
+				t.Fatalf("%s body %q in writes of %d: go-msgauth %s, ours %s", c, body, int(step)+1, want, got)
+			}
+		}
+	})
+}
