@@ -106,7 +106,7 @@ func (s *Spool) Requeue(ctx context.Context, id string) error {
 	if !env.PostQDone {
 		to = Working
 	}
-	if err := s.update(ctx, env, q, to); err != nil {
+	if err := s.update(ctx, env, q, to, true); err != nil {
 		return err
 	}
 	s.notify(id, to)
@@ -150,7 +150,7 @@ func (s *Spool) Move(ctx context.Context, id, to string) error {
 		env.PostQDone = false
 		env.Head, env.BodyOff = nil, 0
 	}
-	if err := s.update(ctx, env, q, to); err != nil {
+	if err := s.update(ctx, env, q, to, true); err != nil {
 		return err
 	}
 	s.notify(id, to)

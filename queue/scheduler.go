@@ -438,7 +438,12 @@ func (s *Scheduler) deliver(ctx, rctx context.Context, q string, env *Envelope, 
 		env.Attempts++
 		env.LastAttempt = now
 		env.NextAttempt = s.next(env, now)
-		if err := s.st.Save(ctx, env, q, to, edited); err != nil {
+		// Not synced: a process that crashes during the attempt finds the
+		// record (no crash loop hammering a destination), and a machine
+		// that loses it runs postq and the attempt again, which at least
+		// once delivery allows. Syncing here cost a sync, two directory
+		// syncs and a rename's wait per message.
+		if err := s.st.SaveUnsynced(ctx, env, q, to, edited); err != nil {
 			s.log.Error("queue: cannot record attempt", "id", env.ID, "error", err)
 			s.retryAt(env.ID, now.Add(s.cfg.MinBackoff))
 			return

@@ -620,7 +620,7 @@ func TestRestartHonoursRecordedNextAttempt(t *testing.T) {
 	require.NoError(t, h.sp.Move(context.Background(), "m1", Deferred)) // resets next attempt to now
 	env := h.envelope("m1")
 	env.NextAttempt = h.clock.Now().Add(time.Hour)
-	require.NoError(t, h.sp.update(context.Background(), env, Deferred, Deliver))
+	require.NoError(t, h.sp.update(context.Background(), env, Deferred, Deliver, true))
 	h.start()
 	h.wait("m1")
 	assert.Len(t, h.tr.deliveries(), 1, "not tried before its time")

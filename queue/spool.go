@@ -519,8 +519,9 @@ func (s *Spool) moveDirs(from, to string) (fdir, tdir string, err error) {
 // update stores env (changed) by appending it to its entry, and moves the
 // entry from queue "from" to queue "to", in one commit. On failure the
 // append is undone as far as possible; either way the entry holds the old
-// envelope or the new one, whole.
-func (s *Spool) update(ctx context.Context, env *Envelope, from, to string) error {
+// envelope or the new one, whole. Unless durable, the append and the move
+// are not synced (see SaveUnsynced).
+func (s *Spool) update(ctx context.Context, env *Envelope, from, to string, durable bool) error {
 	fdir, tdir, err := s.moveDirs(from, to)
 	if err != nil {
 		return err
@@ -550,6 +551,16 @@ func (s *Spool) update(ctx context.Context, env *Envelope, from, to string) erro
 	if _, err := f.WriteAt(rec, end); err != nil {
 		f.Truncate(end)
 		return fmt.Errorf("queue: updating %s: %w", env.ID, err)
+	}
+	if !durable {
+		if to != from {
+			if err := os.Rename(cur, entryPath(tdir, env.ID)); err != nil {
+				f.Truncate(end)
+				return fmt.Errorf("queue: updating %s: %w", env.ID, err)
+			}
+		}
+		env.end = end + int64(len(rec))
+		return nil
 	}
 	o := &op{files: []string{cur}, dirs: []string{fdir}, since: since}
 	if to != from {

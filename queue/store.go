@@ -32,6 +32,11 @@ type Store interface {
 	// same to stay). When m is not nil its current content (header edits
 	// included) replaces the stored message, atomically with the envelope.
 	Save(ctx context.Context, env *Envelope, from, to string, m *policy.Message) error
+	// SaveUnsynced is Save without waiting for durability: the change is
+	// visible at once and survives a crash of the process, but a crash of
+	// the machine may undo it, the message coming back as it was before.
+	// The scheduler records an attempt this way just before making it.
+	SaveUnsynced(ctx context.Context, env *Envelope, from, to string, m *policy.Message) error
 	// Remove deletes the message env of queue q after its delivery; it
 	// need not be durable at once (a crash may bring the message back).
 	Remove(ctx context.Context, q string, env *Envelope) error
@@ -74,8 +79,20 @@ func (s *Spool) Load(id string) (string, *Envelope, *policy.Message, error) {
 // atomically: a crash leaves either the old envelope and message or the
 // new ones, never a mix.
 func (s *Spool) Save(ctx context.Context, env *Envelope, from, to string, m *policy.Message) error {
+	return s.save(ctx, env, from, to, m, true)
+}
+
+// SaveUnsynced implements Store. The append and the rename are done at
+// once, in the page cache; the next durable change of the entry (or any
+// sync of the filesystem) makes them durable too. A message whose body a
+// rule replaced is still saved durably (a new entry file).
+func (s *Spool) SaveUnsynced(ctx context.Context, env *Envelope, from, to string, m *policy.Message) error {
+	return s.save(ctx, env, from, to, m, false)
+}
+
+func (s *Spool) save(ctx context.Context, env *Envelope, from, to string, m *policy.Message, durable bool) error {
 	if m == nil {
-		return s.update(ctx, env, from, to)
+		return s.update(ctx, env, from, to, durable)
 	}
 	off, ok := storedBody(env, m)
 	if !ok {
@@ -88,7 +105,7 @@ func (s *Spool) Save(ctx context.Context, env *Envelope, from, to string, m *pol
 		b.WriteString("\r\n")
 	}
 	env.Head, env.BodyOff = b.Bytes(), off
-	if err := s.update(ctx, env, from, to); err != nil {
+	if err := s.update(ctx, env, from, to, durable); err != nil {
 		env.Head, env.BodyOff = head, boff
 		return err
 	}
