@@ -14,6 +14,7 @@ import (
 	"github.com/mtakit/mtakit/auth"
 	"github.com/mtakit/mtakit/delegate"
 	"github.com/mtakit/mtakit/policy"
+	"github.com/mtakit/mtakit/policy/dnscache"
 	"github.com/mtakit/mtakit/queue"
 	"github.com/mtakit/mtakit/relay"
 	"github.com/mtakit/mtakit/smtp"
@@ -39,7 +40,11 @@ func build(ctx context.Context, cfg *config, log *slog.Logger) (*server, error) 
 	if len(cfg.domains) == 0 {
 		return nil, errors.New("-domain: at least one local domain is needed")
 	}
-	resolver := policy.ResolverAt(cfg.dns)
+	var dnsServers []string // none: those of /etc/resolv.conf
+	if cfg.dns != "" {
+		dnsServers = []string{cfg.dns}
+	}
+	resolver := dnscache.New(dnsServers, dnscache.WithLogger(log))
 	s := &server{cfg: cfg, log: log}
 
 	rs := ruleSet{domains: cfg.domains, internal: internal, resolver: resolver, hostname: cfg.hostname}
