@@ -18,6 +18,7 @@ const module = "github.com/mtakit/mtakit"
 var allowed = map[string][]string{
 	"policy":            {},
 	"policy/policytest": {"policy"},
+	"policy/dnscache":   {"policy"},
 	"auth":              {"policy"},
 	"relay":             {"policy"},
 	"delegate":          {"policy"},
