@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-msgauth/authres"
-	"github.com/emersion/go-msgauth/dkim"
 	"github.com/mtakit/mtakit/policy"
 )
 
@@ -555,75 +554,6 @@ func dkDeserveDeny(results []DKIMResult) bool {
 	return failed
 }
 
-// verifyDKIM verifies m's signatures. It returns an error only for our own
-// failures (reading the message).
-func verifyDKIM(ctx context.Context, opts DKIMVerifyOptions, m *policy.Message) ([]DKIMResult, error) {
-	var sigs []map[string]string
-	for _, v := range m.Header.Values(dkSigField) {
-		tags, _ := ParseDKIMTags(v)
-		sigs = append(sigs, tags)
-	}
-	if len(sigs) == 0 {
-		return []DKIMResult{{Result: authres.ResultNone}}, nil
-	}
-	src := &dkErrReader{r: dkCtxReader{ctx, m.Reader()}}
-	verifs, err := dkim.VerifyWithOptions(src, &dkim.VerifyOptions{
-		LookupTXT:        dkLookupTXT(ctx, opts.Resolver, opts.LookupTimeout),
-		MaxVerifications: opts.MaxVerifications,
-	})
-	if src.err != nil {
-		return nil, fmt.Errorf("auth: DKIM verification: reading message: %w", src.err)
-	}
-	if err != nil && !errors.Is(err, dkim.ErrTooManySignatures) {
-		if len(verifs) > 0 {
-			// go-msgauth clears the Err of the signature that met an
-			// unexpected error, which would read as a pass: give up
-			// instead.
-			return nil, fmt.Errorf("auth: DKIM verification: %w", err)
-		}
-		// The header could not be parsed: every signature is unusable.
-		for range sigs {
-			verifs = append(verifs, &dkim.Verification{Err: dkPermError{err}})
-		}
-	}
-	out := make([]DKIMResult, 0, len(verifs))
-	for i, v := range verifs {
-		if v == nil {
-			continue
-		}
-		r := DKIMResult{Domain: v.Domain, Identifier: v.Identifier, Err: v.Err}
-		if i < len(sigs) && sigs[i] != nil {
-			t := sigs[i]
-			r.Selector = dkStripWS(t["s"])
-			r.Algorithm = dkStripWS(t["a"])
-			if r.Domain == "" {
-				r.Domain = dkStripWS(t["d"])
-			}
-			b := dkStripWS(t["b"])
-			if len(b) > 12 {
-				b = b[:12]
-			}
-			r.Signature = b
-		}
-		r.Domain = strings.ToLower(r.Domain)
-		var perm dkPermError
-		switch {
-		case v.Err == nil:
-			r.Result = authres.ResultPass
-		case errors.As(v.Err, &perm):
-			r.Result = authres.ResultPermError
-		case dkim.IsTempFail(v.Err):
-			r.Result = authres.ResultTempError
-		case dkim.IsPermFail(v.Err):
-			r.Result = authres.ResultPermError
-		default:
-			r.Result = authres.ResultFail
-		}
-		out = append(out, r)
-	}
-	return out, nil
-}
-
 // authres returns r as an Authentication-Results result.
 func (r DKIMResult) authres() authres.Result {
 	if r.Result == authres.ResultNone {
@@ -643,28 +573,6 @@ func (r DKIMResult) authres() authres.Result {
 		params["reason"] = arSafe(strings.TrimPrefix(r.Err.Error(), "dkim: "))
 	}
 	return &authres.GenericResult{Method: "dkim", Value: r.Result, Params: params}
-}
-
-// dkPermError marks a signature that could not be evaluated because the
-// header did not parse.
-type dkPermError struct{ err error }
-
-func (e dkPermError) Error() string { return e.err.Error() }
-func (e dkPermError) Unwrap() error { return e.err }
-
-// dkErrReader records the first error of the underlying reader, to tell
-// our own failures from verification results.
-type dkErrReader struct {
-	r   io.Reader
-	err error
-}
-
-func (e *dkErrReader) Read(p []byte) (int, error) {
-	n, err := e.r.Read(p)
-	if err != nil && err != io.EOF && e.err == nil {
-		e.err = err
-	}
-	return n, err
 }
 
 func dkStripWS(s string) string {

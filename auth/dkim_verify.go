@@ -1,0 +1,442 @@
+package auth
+
+import (
+	"context"
+	"crypto"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-msgauth/authres"
+	"github.com/mtakit/mtakit/policy"
+)
+
+// The verifier follows go-msgauth's (v0.7.0) checks, in its order and with
+// its reasons, but hashes the body through dkBodyHasher: go-msgauth's
+// canonicalizers copy every Write twice, 100 MiB of garbage per signature
+// of a 50 MiB message. The body is read once for all signatures.
+
+// dkVerifyError is why a signature did not pass: its result (fail,
+// permerror, temperror) and the reason.
+type dkVerifyError struct {
+	result authres.ResultValue
+	reason string
+}
+
+func (e *dkVerifyError) Error() string { return "dkim: " + e.reason }
+
+func dkPerm(reason string) error { return &dkVerifyError{authres.ResultPermError, reason} }
+func dkTemp(reason string) error { return &dkVerifyError{authres.ResultTempError, reason} }
+func dkFail(reason string) error { return &dkVerifyError{authres.ResultFail, reason} }
+
+// dkSigCheck is one signature on its way through verification.
+type dkSigCheck struct {
+	res      DKIMResult
+	raw      string // the field as received
+	tags     map[string]string
+	keys     []string // h=
+	relaxedH bool
+	bodyHash []byte // bh=
+	sig      []byte // b=
+	alg      crypto.Hash
+	pub      crypto.PublicKey
+	body     *dkBodyHasher
+}
+
+// verifyDKIM verifies m's signatures (the first MaxVerifications). It
+// returns an error only for our own failures (reading the message).
+func verifyDKIM(ctx context.Context, opts DKIMVerifyOptions, m *policy.Message) ([]DKIMResult, error) {
+	fields := m.Header.Fields()
+	var checks []*dkSigCheck
+	for _, f := range fields {
+		if !strings.EqualFold(strings.TrimSpace(f.Name()), dkSigField) {
+			continue
+		}
+		if len(checks) == opts.MaxVerifications {
+			break
+		}
+		checks = append(checks, &dkSigCheck{raw: dkCRLFLines(f.Raw)})
+	}
+	if len(checks) == 0 {
+		return []DKIMResult{{Result: authres.ResultNone}}, nil
+	}
+	lookup := dkLookupTXT(ctx, opts.Resolver, opts.LookupTimeout)
+	var pending []*dkSigCheck
+	for _, c := range checks {
+		if err := c.prepare(lookup); err != nil {
+			c.res.Err = err
+			continue
+		}
+		pending = append(pending, c)
+	}
+	if len(pending) > 0 {
+		if err := dkHashBodies(ctx, m.Body(), pending); err != nil {
+			return nil, fmt.Errorf("auth: DKIM verification: reading message: %w", err)
+		}
+		for _, c := range pending {
+			c.res.Err = c.finish(fields)
+		}
+	}
+	out := make([]DKIMResult, 0, len(checks))
+	for _, c := range checks {
+		r := c.res
+		r.Domain = strings.ToLower(r.Domain)
+		var ve *dkVerifyError
+		switch {
+		case r.Err == nil:
+			r.Result = authres.ResultPass
+		case errors.As(r.Err, &ve):
+			r.Result = ve.result
+		default:
+			r.Result = authres.ResultFail
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// dkHashBodies reads body once and hashes it for every check.
+func dkHashBodies(ctx context.Context, body io.Reader, checks []*dkSigCheck) (err error) {
+	for _, c := range checks {
+		c.body = newDKBodyHasher(sha256.New(), c.tags["c"] != "" && dkBodyRelaxed(c.tags["c"]), -1)
+	}
+	defer func() {
+		for _, c := range checks {
+			if c.body != nil && err != nil {
+				c.body.free()
+				c.body = nil
+			}
+		}
+	}()
+	bufp := dkReadBufPool.Get().(*[]byte)
+	defer dkReadBufPool.Put(bufp)
+	r := dkCtxReader{ctx, body}
+	for {
+		n, rerr := r.Read(*bufp)
+		for _, c := range checks {
+			c.body.Write((*bufp)[:n])
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+// dkBodyRelaxed reports whether the c= tag names relaxed body
+// canonicalization (prepare has checked it).
+func dkBodyRelaxed(c string) bool {
+	_, body, _ := strings.Cut(dkStripWS(c), "/")
+	return body == "relaxed"
+}
+
+// prepare checks everything but the hashes: the tags, the key (looked up
+// with lookup) and the algorithms.
+func (c *dkSigCheck) prepare(lookup func(string) ([]string, error)) error {
+	_, value, _ := strings.Cut(c.raw, ":")
+	tags, err := ParseDKIMTags(value)
+	if err != nil {
+		return dkPerm("malformed signature tags: " + strings.TrimPrefix(err.Error(), "auth: "))
+	}
+	c.tags = tags
+	if tags["v"] != "1" {
+		return dkPerm("incompatible signature version")
+	}
+	c.res.Domain = dkStripWS(tags["d"])
+	c.res.Selector = dkStripWS(tags["s"])
+	c.res.Algorithm = dkStripWS(tags["a"])
+	b := dkStripWS(tags["b"])
+	if len(b) > 12 {
+		b = b[:12]
+	}
+	c.res.Signature = b
+	for _, tag := range []string{"v", "a", "b", "bh", "d", "h", "s"} {
+		if _, ok := tags[tag]; !ok {
+			return dkPerm("signature missing required tag")
+		}
+	}
+	if i, ok := tags["i"]; ok {
+		c.res.Identifier = dkStripWS(i)
+		if !strings.HasSuffix(c.res.Identifier, "@"+c.res.Domain) && !strings.HasSuffix(c.res.Identifier, "."+c.res.Domain) {
+			return dkPerm("domain mismatch")
+		}
+	} else {
+		c.res.Identifier = "@" + c.res.Domain
+	}
+	for _, k := range strings.Split(tags["h"], ":") {
+		c.keys = append(c.keys, dkStripWS(k))
+	}
+	hasFrom := false
+	for _, k := range c.keys {
+		hasFrom = hasFrom || strings.EqualFold(k, "from")
+	}
+	if !hasFrom {
+		return dkPerm("From field not signed")
+	}
+	if t, ok := tags["t"]; ok {
+		if _, err := strconv.ParseInt(dkStripWS(t), 10, 64); err != nil {
+			return dkPerm("malformed time: " + err.Error())
+		}
+	}
+	if x, ok := tags["x"]; ok {
+		sec, err := strconv.ParseInt(dkStripWS(x), 10, 64)
+		if err != nil {
+			return dkPerm("malformed expiration time: " + err.Error())
+		}
+		if time.Now().After(time.Unix(sec, 0)) {
+			return dkPerm("signature has expired")
+		}
+	}
+
+	if q, ok := tags["q"]; ok {
+		method, _, _ := strings.Cut(q, ":")
+		if dkStripWS(method) != "dns/txt" {
+			return dkPerm("unsupported public key query method")
+		}
+	}
+	key, err := dkQueryKey(lookup, c.res.Selector+"._domainkey."+c.res.Domain)
+	if err != nil {
+		return err
+	}
+
+	keyAlgo, hashAlgo, ok := strings.Cut(c.res.Algorithm, "-")
+	if !ok {
+		return dkPerm("malformed algorithm name")
+	}
+	if key.hashes != nil && !dkListHas(key.hashes, hashAlgo) {
+		return dkPerm("inappropriate hash algorithm")
+	}
+	switch hashAlgo {
+	case "sha1":
+		// RFC 8301 section 3.1: rsa-sha1 must not be used.
+		return dkPerm("hash algorithm too weak: sha1")
+	case "sha256":
+		c.alg = crypto.SHA256
+	default:
+		return dkPerm("unsupported hash algorithm")
+	}
+	if key.algo != keyAlgo {
+		return dkPerm("inappropriate key algorithm")
+	}
+	if key.services != nil && !dkListHas(key.services, "email") {
+		return dkPerm("inappropriate service")
+	}
+	c.pub = key.pub
+
+	hc, bc := "simple", "simple"
+	if cs := dkStripWS(tags["c"]); cs != "" {
+		h, b, hasBody := strings.Cut(cs, "/")
+		if h != "" {
+			hc = h
+		}
+		if hasBody && b != "" {
+			bc = b
+		}
+	}
+	if hc != "simple" && hc != "relaxed" {
+		return dkPerm("unsupported header canonicalization algorithm")
+	}
+	if bc != "simple" && bc != "relaxed" {
+		return dkPerm("unsupported body canonicalization algorithm")
+	}
+	c.relaxedH = hc == "relaxed"
+	// l= leaves part of the body unsigned: whatever follows it could be
+	// anything (go-msgauth refuses it too).
+	if _, ok := tags["l"]; ok {
+		return dkFail("message contains an insecure body length tag")
+	}
+	if c.bodyHash, err = base64.StdEncoding.DecodeString(dkStripWS(tags["bh"])); err != nil {
+		return dkPerm("malformed body hash: " + err.Error())
+	}
+	if c.sig, err = base64.StdEncoding.DecodeString(dkStripWS(tags["b"])); err != nil {
+		return dkPerm("malformed signature: " + err.Error())
+	}
+	return nil
+}
+
+// finish compares the body hash and checks the signature over the header
+// fields.
+func (c *dkSigCheck) finish(fields []policy.Field) error {
+	sum, err := c.body.Sum()
+	c.body.free()
+	c.body = nil
+	if err != nil {
+		return err
+	}
+	if subtle.ConstantTimeCompare(sum, c.bodyHash) != 1 {
+		return dkFail("body hash did not verify")
+	}
+	canon := dkCRLFLines
+	if c.relaxedH {
+		canon = func(raw []byte) string { return dkRelaxedHeader(string(raw)) }
+	}
+	hh := sha256.New()
+	taken := map[string]int{}
+	for _, k := range c.keys {
+		lk := strings.ToLower(k)
+		skip := taken[lk]
+		for i := len(fields) - 1; i >= 0; i-- {
+			if !strings.EqualFold(strings.TrimSpace(fields[i].Name()), lk) {
+				continue
+			}
+			if skip > 0 {
+				skip--
+				continue
+			}
+			taken[lk]++
+			io.WriteString(hh, canon(fields[i].Raw))
+			break
+		}
+	}
+	self := dkSigValueRE.ReplaceAllString(c.raw, "$1")
+	if c.relaxedH {
+		self = dkRelaxedHeader(self)
+	}
+	io.WriteString(hh, strings.TrimRight(self, "\r\n"))
+	hashed := hh.Sum(nil)
+	switch pub := c.pub.(type) {
+	case *rsa.PublicKey:
+		if err := rsa.VerifyPKCS1v15(pub, c.alg, hashed, c.sig); err != nil {
+			return dkFail("signature did not verify: " + err.Error())
+		}
+	case ed25519.PublicKey:
+		if !ed25519.Verify(pub, hashed, c.sig) {
+			return dkFail("signature did not verify: dkim: invalid Ed25519 signature")
+		}
+	}
+	return nil
+}
+
+// dkSigValueRE finds the b= tag's value, to hash the signature field
+// without it (go-msgauth's expression).
+var dkSigValueRE = regexp.MustCompile(`(b\s*=)[^;]+`)
+
+// dkCRLFLines returns a header field with every line ending in CRLF (a
+// bare LF becomes CRLF), as verifiers that read the message line by line
+// see it: "simple" header canonicalization.
+func dkCRLFLines(raw []byte) string {
+	lines := strings.SplitAfter(string(raw), "\n")
+	var b strings.Builder
+	for _, l := range lines {
+		if l == "" {
+			continue
+		}
+		l = strings.TrimSuffix(l, "\n")
+		l = strings.TrimSuffix(l, "\r")
+		b.WriteString(l)
+		b.WriteString("\r\n")
+	}
+	return b.String()
+}
+
+func dkListHas(list []string, v string) bool {
+	for _, s := range list {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+// dkKey is a public key record (RFC 6376 section 3.6.1).
+type dkKey struct {
+	pub      crypto.PublicKey
+	algo     string   // k=
+	hashes   []string // h=, nil: any
+	services []string // s=, nil: any
+}
+
+// dkQueryKey looks up and parses the key record at name.
+func dkQueryKey(lookup func(string) ([]string, error), name string) (*dkKey, error) {
+	txts, err := lookup(name)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Temporary() {
+		return nil, dkTemp("key unavailable: " + err.Error())
+	} else if err != nil {
+		return nil, dkPerm("no key for signature: " + err.Error())
+	}
+	switch len(txts) {
+	case 0:
+		return nil, dkPerm("no valid key found")
+	case 1:
+	default:
+		// RFC 6376 section 3.6.2.2: undefined; refuse.
+		return nil, dkPerm("multiple TXT records found for key")
+	}
+	tags, err := ParseDKIMTags(txts[0])
+	if err != nil {
+		return nil, dkPerm("key record error: " + strings.TrimPrefix(err.Error(), "auth: "))
+	}
+	if v, ok := tags["v"]; ok && v != "DKIM1" {
+		return nil, dkPerm("incompatible public key version")
+	}
+	p, ok := tags["p"]
+	if !ok {
+		return nil, dkPerm("key syntax error: missing public key data")
+	}
+	if p == "" {
+		return nil, dkPerm("key revoked")
+	}
+	der, err := base64.StdEncoding.DecodeString(dkStripWS(p))
+	if err != nil {
+		return nil, dkPerm("key syntax error: " + err.Error())
+	}
+	k := &dkKey{}
+	switch tags["k"] {
+	case "rsa", "":
+		pub, err := x509.ParsePKIXPublicKey(der)
+		if err != nil {
+			// RFC 6376 erratum 3017: RSAPublicKey is found as well.
+			if pub, err = x509.ParsePKCS1PublicKey(der); err != nil {
+				return nil, dkPerm("key syntax error: " + err.Error())
+			}
+		}
+		rsaPub, ok := pub.(*rsa.PublicKey)
+		if !ok {
+			return nil, dkPerm("key syntax error: not an RSA public key")
+		}
+		// RFC 8301 section 3.2: keys under 1024 bits are not valid.
+		if bits := rsaPub.Size() * 8; bits < 1024 {
+			return nil, dkPerm(fmt.Sprintf("key is too short: want 1024 bits, has %v bits", bits))
+		}
+		k.pub, k.algo = rsaPub, "rsa"
+	case "ed25519":
+		if len(der) != ed25519.PublicKeySize {
+			return nil, dkPerm(fmt.Sprintf("invalid Ed25519 public key size: %v bytes", len(der)))
+		}
+		k.pub, k.algo = ed25519.PublicKey(der), "ed25519"
+	default:
+		return nil, dkPerm("unsupported key algorithm")
+	}
+	if h, ok := tags["h"]; ok {
+		for _, a := range strings.Split(h, ":") {
+			k.hashes = append(k.hashes, dkStripWS(a))
+		}
+	}
+	if s, ok := tags["s"]; ok {
+		var services []string
+		wildcard := false
+		for _, a := range strings.Split(s, ":") {
+			a = dkStripWS(a)
+			wildcard = wildcard || a == "*"
+			services = append(services, a)
+		}
+		if !wildcard {
+			k.services = services
+		}
+	}
+	return k, nil
+}
