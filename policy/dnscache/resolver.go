@@ -24,8 +24,9 @@ const (
 	DefaultMaxNegativeTTL = 5 * time.Minute
 )
 
-// resolvConf is where New finds the servers when it is given none.
-const resolvConf = "/etc/resolv.conf"
+// resolvConf is where New finds the servers when it is given none (a
+// variable for tests).
+var resolvConf = "/etc/resolv.conf"
 
 // Resolver is a caching stub resolver: it sends recursive queries to the
 // configured servers and keeps their answers for their TTL. It satisfies
