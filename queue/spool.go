@@ -73,6 +73,7 @@ func WithNow(now func() time.Time) Option { return func(s *Spool) { s.now = now 
 //	dead/<id>.q               failed for good
 //	quarantine/<name>/<id>.q
 //	corrupt/                  unreadable entries, set aside
+//	free/                     files of delivered entries, for reuse
 //
 // Each entry is one file holding the message and, appended after it, its
 // envelope records (see Envelope); a message's state is the place of its
@@ -91,6 +92,7 @@ type Spool struct {
 	c      *committer // the accept path (Enqueue)
 	cs     *committer // everything else: the scheduler and the admin API
 	locks  idLocks
+	rec    *recycler
 
 	idMu sync.Mutex
 	ids  map[string]struct{} // IDs in use: every entry, and enqueues under way
@@ -120,6 +122,10 @@ func Open(dir string, opts ...Option) (*Spool, error) {
 		return nil, err
 	}
 	if err := s.cleanup(); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	if s.rec, err = newRecycler(dir, recycleEntries); err != nil {
 		lock.Close()
 		return nil, err
 	}
@@ -352,7 +358,7 @@ func (s *Spool) enqueue(ctx context.Context, env *Envelope, q string, write func
 // writeEntry writes a new entry file at path: the message write produces,
 // then env (whose Size it sets) as the first record.
 func (s *Spool) writeEntry(path string, env *Envelope, write func(io.Writer) (int64, error)) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	f, recycled, err := s.rec.create(path)
 	if err != nil {
 		return err
 	}
@@ -378,6 +384,10 @@ func (s *Spool) writeEntry(path string, env *Envelope, write func(io.Writer) (in
 	writerPool.Put(bw)
 	if err == nil {
 		_, err = f.WriteAt(entryHeader(n), 0)
+	}
+	if err == nil && recycled {
+		// Cut off what is left of the file's former entry.
+		err = f.Truncate(int64(entryHeadLen) + n + int64(len(rec)))
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -455,8 +465,10 @@ func (s *Spool) openEntry(q, id string) (*os.File, *Envelope, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	s.rec.acquire(id)
 	f, err := os.Open(entryPath(dir, id))
 	if err != nil {
+		s.rec.release(id)
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, nil, fmt.Errorf("%w: %s", ErrNotFound, id)
 		}
@@ -464,11 +476,28 @@ func (s *Spool) openEntry(q, id string) (*os.File, *Envelope, error) {
 	}
 	env, err := readEntry(f, id)
 	if err != nil {
-		f.Close()
+		s.closeEntry(f, id)
 		return nil, nil, err
 	}
 	return f, env, nil
 }
+
+// closeEntry closes a handle openEntry returned; the entry's file may be
+// reused once its last handle is closed (see recycler).
+func (s *Spool) closeEntry(f *os.File, id string) error {
+	err := f.Close()
+	s.rec.release(id)
+	return err
+}
+
+// entryCloser closes a loaded message's entry file.
+type entryCloser struct {
+	s  *Spool
+	f  *os.File
+	id string
+}
+
+func (c *entryCloser) Close() error { return c.s.closeEntry(c.f, c.id) }
 
 // readEnvelope reads the envelope of id in queue q.
 func (s *Spool) readEnvelope(q, id string) (*Envelope, error) {
@@ -476,7 +505,7 @@ func (s *Spool) readEnvelope(q, id string) (*Envelope, error) {
 	if err != nil {
 		return nil, err
 	}
-	f.Close()
+	s.closeEntry(f, id)
 	return env, nil
 }
 
@@ -491,9 +520,9 @@ func (s *Spool) loadEntry(q, id string) (*Envelope, *policy.Message, error) {
 	if env.Head != nil {
 		src.head, src.base = env.Head, env.BodyOff
 	}
-	m, err := policy.NewMessage(src, src.size(), f)
+	m, err := policy.NewMessage(src, src.size(), &entryCloser{s, f, id})
 	if err != nil {
-		f.Close()
+		s.closeEntry(f, id)
 		return nil, nil, fmt.Errorf("%w: message %s: %v", ErrCorrupt, id, err)
 	}
 	return env, m, nil

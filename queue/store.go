@@ -139,7 +139,16 @@ func (s *Spool) Remove(ctx context.Context, q string, env *Envelope) error {
 	if err != nil {
 		return err
 	}
-	if err := os.Remove(entryPath(dir, env.ID)); err != nil {
+	path := entryPath(dir, env.ID)
+	size := env.end
+	if size == 0 {
+		st, err := os.Stat(path)
+		if err != nil {
+			return err
+		}
+		size = st.Size()
+	}
+	if err := s.rec.discard(path, env.ID, size); err != nil {
 		return err
 	}
 	s.release(env.ID)

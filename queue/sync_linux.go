@@ -36,3 +36,13 @@ func syncBegin(f *os.File) (key string, since uint64, err error) {
 func syncFile(f *os.File, key string, since uint64) error {
 	return fileSyncs.doSince(key, since, func() error { return syncData(f, nil) })
 }
+
+// renameNoReplace renames from to to, failing with an error matching
+// os.ErrExist when to exists (renameat2(2) RENAME_NOREPLACE).
+func renameNoReplace(from, to string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, unix.RENAME_NOREPLACE)
+	if err != nil {
+		return &os.LinkError{Op: "rename", Old: from, New: to, Err: err}
+	}
+	return nil
+}

@@ -2,7 +2,10 @@
 
 package queue
 
-import "os"
+import (
+	"errors"
+	"os"
+)
 
 // syncData fsyncs each written file (no syncfs(2) outside Linux).
 func syncData(_ *os.File, files []string) error {
@@ -25,3 +28,8 @@ func syncBegin(*os.File) (string, uint64, error) { return "", 0, nil }
 
 // syncFile makes f (written, not yet closed) durable.
 func syncFile(f *os.File, _ string, _ uint64) error { return f.Sync() }
+
+// renameNoReplace is only used where entries are recycled (Linux).
+func renameNoReplace(from, to string) error {
+	return &os.LinkError{Op: "rename", Old: from, New: to, Err: errors.ErrUnsupported}
+}

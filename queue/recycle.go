@@ -1,0 +1,160 @@
+package queue
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+)
+
+// Entry files are recycled: a delivered message's file is renamed into
+// free/ instead of being unlinked, and the next entry is written over it.
+// Creating a file costs an inode allocation, and on ext4 that allocation
+// scans past every inode freed in the last minute or more of its block
+// group (recently_deleted(), done on every filesystem mounted without a
+// journal): with an MTA's churn of one create and one unlink per message,
+// measured here at 20 µs per create on a quiet directory and 300-400 µs of
+// kernel CPU under load. A rename costs about 20 µs and leaves no freed
+// inode behind, which keeps the maildir's creates cheap too.
+//
+// Rewriting a file that someone may still read would show them another
+// message, so a file is reused only once every handle the spool opened
+// on it is closed: readers are counted per ID, and a removed entry still
+// being read waits in free/ until its last reader is done.
+//
+// Crash safety is that of the entry written over: the new content is
+// synced (with its size) before the rename that publishes it, and that
+// sync, a syncfs(2) of the whole filesystem, also makes the renames that
+// took the file out of its old queue durable, so the old name cannot come
+// back pointing at the new content. Outside Linux (one fsync per file,
+// which does not cover other directories) files are not recycled.
+const recycleEntries = runtime.GOOS == "linux"
+
+const (
+	// maxFree bounds the files kept in free/.
+	maxFree = 256
+	// maxRecycledSize is the largest entry file kept for reuse, so that
+	// free/ holds at most maxFree*maxRecycledSize bytes (64 MiB).
+	maxRecycledSize = 256 << 10
+	freeDir         = "free"
+)
+
+// recycler keeps free/ and counts the readers of each entry.
+type recycler struct {
+	dir string // <spool>/free
+	on  bool
+
+	mu      sync.Mutex
+	readers map[string]int    // entry ID -> handles open on its file
+	waiting map[string]string // removed entry ID -> its file in free/, still read
+	free    []string          // files of free/ ready for reuse
+}
+
+// newRecycler opens free/ under root, taking in the files it holds
+// (readers of a former process are gone).
+func newRecycler(root string, on bool) (*recycler, error) {
+	r := &recycler{dir: filepath.Join(root, freeDir), on: on, readers: map[string]int{}, waiting: map[string]string{}}
+	if err := os.MkdirAll(r.dir, 0o750); err != nil {
+		return nil, err
+	}
+	ents, err := os.ReadDir(r.dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range ents {
+		p := filepath.Join(r.dir, e.Name())
+		if !on || len(r.free) >= maxFree || !e.Type().IsRegular() || !strings.HasSuffix(e.Name(), entrySuffix) {
+			os.Remove(p)
+			continue
+		}
+		r.free = append(r.free, p)
+	}
+	return r, nil
+}
+
+// acquire counts a reader of entry id; call it before opening the file,
+// and release when the handle is closed (or the open failed).
+func (r *recycler) acquire(id string) {
+	r.mu.Lock()
+	r.readers[id]++
+	r.mu.Unlock()
+}
+
+func (r *recycler) release(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.readers[id]--; r.readers[id] > 0 {
+		return
+	}
+	delete(r.readers, id)
+	if p, ok := r.waiting[id]; ok {
+		delete(r.waiting, id)
+		r.free = append(r.free, p)
+	}
+}
+
+// discard takes the entry file at path (of entry id, size bytes) out of
+// its queue: renamed into free/ for reuse, or unlinked when recycling is
+// off, the pool is full or the file is large. Neither is synced.
+func (r *recycler) discard(path, id string, size int64) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.on || size > maxRecycledSize || len(r.free)+len(r.waiting) >= maxFree {
+		return os.Remove(path)
+	}
+	p := filepath.Join(r.dir, id+entrySuffix)
+	if _, taken := r.waiting[id]; taken {
+		return os.Remove(path) // the same ID removed twice while read: rare
+	}
+	if err := os.Rename(path, p); err != nil {
+		return err
+	}
+	if r.readers[id] > 0 {
+		r.waiting[id] = p
+	} else {
+		r.free = append(r.free, p)
+	}
+	return nil
+}
+
+// create opens a file for a new entry at path: a free file renamed there
+// when there is one (recycled reports it: its old content must be cut off
+// after the new one is written), else a new file.
+func (r *recycler) create(path string) (f *os.File, recycled bool, err error) {
+	for {
+		r.mu.Lock()
+		n := len(r.free)
+		if n == 0 {
+			r.mu.Unlock()
+			break
+		}
+		p := r.free[n-1]
+		r.free = r.free[:n-1]
+		r.mu.Unlock()
+		if err := renameNoReplace(p, path); err != nil {
+			if errors.Is(err, os.ErrExist) {
+				r.mu.Lock()
+				r.free = append(r.free, p)
+				r.mu.Unlock()
+				return nil, false, err
+			}
+			os.Remove(p)
+			continue
+		}
+		if f, err := os.OpenFile(path, os.O_WRONLY, 0); err == nil {
+			return f, true, nil
+		}
+		os.Remove(path)
+	}
+	f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	return f, false, err
+}
+
+// size returns the number of files in free/ ready for reuse (tests).
+func (r *recycler) size() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.free)
+}
