@@ -158,15 +158,33 @@ func (b *dkBodyHasher) dropBreaks() error {
 }
 
 func (b *dkBodyHasher) Write(p []byte) (int, error) {
-	for _, c := range p {
+	for i := 0; i < len(p); i++ {
+		c := p[i]
 		prevCR := b.prevCR
 		b.prevCR = c == '\r'
 		if c == '\n' && !prevCR {
 			b.byteIn('\r')
 		}
 		b.byteIn(c)
+		if b.prevCR || c == '\n' || b.relaxed && (c == ' ' || c == '\t') || b.simpCR {
+			continue
+		}
+		// c was an ordinary byte, now hashed: the ordinary bytes after it
+		// go to the output as they are.
+		j := i + 1
+		for j < len(p) && dkOrdinary(p[j], b.relaxed) {
+			j++
+		}
+		b.emit(p[i+1 : j])
+		i = j - 1
 	}
 	return len(p), nil
+}
+
+// dkOrdinary reports whether c is copied as it is (no line break, and for
+// relaxed no white space).
+func dkOrdinary(c byte, relaxed bool) bool {
+	return c != '\r' && c != '\n' && !(relaxed && (c == ' ' || c == '\t'))
 }
 
 // byteIn takes one byte of the body after the bare LF fix.
