@@ -404,10 +404,10 @@ type TXTResolver interface {
 // when their options leave LookupTimeout zero.
 const DefaultLookupTimeout = 10 * time.Second
 
-// dkLookupTXT adapts r to the context-free lookup go-msgauth takes: each
-// lookup runs under ctx and timeout, and every error comes back as a
-// *net.DNSError, since go-msgauth tells temporary from permanent failures
-// by net.Error.Temporary: a timeout or a foreign error type is temporary,
+// dkLookupTXT returns the key lookup of the verifier: each lookup runs
+// under ctx and timeout, and every error comes back as a *net.DNSError
+// whose Temporary method tells temperror from permerror (dkQueryKey asks
+// it, as go-msgauth does): a timeout or a foreign error type is temporary,
 // NXDOMAIN and NODATA permanent.
 func dkLookupTXT(ctx context.Context, r TXTResolver, timeout time.Duration) func(string) ([]string, error) {
 	if r == nil {
@@ -502,6 +502,11 @@ type DKIMVerifyOptions struct {
 //
 // It never denies unless DenyOnFail is set; a failure of ours (the message
 // unreadable, the context ended while reading) gives Fail.
+//
+// The body is read once for all signatures and hashed through fixed
+// buffers: verifying a message of any size allocates a few KiB. Results
+// and reasons are go-msgauth's (a differential test holds them equal); as
+// there, a signature with l= fails, since the body after l= is unsigned.
 func VerifyDKIM(opts DKIMVerifyOptions) policy.MessageRule {
 	if opts.AuthServID == "" {
 		opts.AuthServID = DefaultAuthServID()

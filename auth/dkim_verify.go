@@ -54,8 +54,9 @@ type dkSigCheck struct {
 	body     *dkBodyHasher
 }
 
-// verifyDKIM verifies m's signatures (the first MaxVerifications). It
-// returns an error only for our own failures (reading the message).
+// verifyDKIM verifies m's signatures (the first MaxVerifications, all
+// when it is not positive). It returns an error only for our own failures
+// (reading the message).
 func verifyDKIM(ctx context.Context, opts DKIMVerifyOptions, m *policy.Message) ([]DKIMResult, error) {
 	fields := m.Header.Fields()
 	var checks []*dkSigCheck
@@ -63,7 +64,7 @@ func verifyDKIM(ctx context.Context, opts DKIMVerifyOptions, m *policy.Message) 
 		if !strings.EqualFold(strings.TrimSpace(f.Name()), dkSigField) {
 			continue
 		}
-		if len(checks) == opts.MaxVerifications {
+		if opts.MaxVerifications > 0 && len(checks) == opts.MaxVerifications {
 			break
 		}
 		checks = append(checks, &dkSigCheck{raw: dkCRLFLines(f.Raw)})
