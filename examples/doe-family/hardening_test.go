@@ -499,6 +499,14 @@ func TestHardeningDiskFull(t *testing.T) {
 	})
 
 	t.Run("queue full", func(t *testing.T) {
+		// The files of delivered messages kept in free/ for reuse are
+		// room the queue owns: a message that fits in one is accepted
+		// on a full disk. Remove them to leave the queue no room at all.
+		free, err := filepath.Glob(filepath.Join(e.spool, "free", "*"))
+		require.NoError(t, err)
+		for _, f := range free {
+			require.NoError(t, os.Remove(f))
+		}
 		filler := fill(t, queueFS)
 		conn, err := dialFrom("127.0.0.1", e.listen)
 		require.NoError(t, err)
@@ -520,6 +528,17 @@ func TestHardeningDiskFull(t *testing.T) {
 		assert.False(t, mailboxHas(t, filepath.Join(e.maildir, "jane", "new"), "full-queue"),
 			"a message refused with 451 must not be delivered")
 		assert.Zero(t, countFiles(filepath.Join(e.spool, "corrupt")))
+	})
+
+	t.Run("queue full, a free file left", func(t *testing.T) {
+		require.Eventually(t, func() bool { return countFiles(filepath.Join(e.spool, "free")) > 0 },
+			10*time.Second, 50*time.Millisecond, "a delivered message leaves its file in free/")
+		filler := fill(t, queueFS)
+		defer os.Remove(filler)
+		require.NoError(t, send(t, e.listen, "client.example.org", false, "someone@example.org", []string{"jane@doe-family.com"},
+			message("someone@example.org", "jane@doe-family.com", "full-but-free", "fits in a recycled file")))
+		require.Eventually(t, func() bool { return mailboxHas(t, filepath.Join(e.maildir, "jane", "new"), "full-but-free") },
+			10*time.Second, 50*time.Millisecond)
 	})
 }
 
