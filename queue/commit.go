@@ -175,7 +175,7 @@ func (c *committer) run(batch []*op) {
 			continue
 		}
 		for _, r := range o.renames {
-			if err := os.Rename(r[0], r[1]); err != nil {
+			if err := rename(r[0], r[1]); err != nil {
 				errs[i] = err
 				break
 			}

@@ -144,9 +144,12 @@ var maildirHost = sync.OnceValue(func() string {
 	return host
 })
 
+// maildirPID is the process ID in maildir names (getpid(2) once).
+var maildirPID = sync.OnceValue(os.Getpid)
+
 func maildirUnique() string {
 	now := time.Now()
-	return fmt.Sprintf("%d.M%dP%dQ%d.%s", now.Unix(), now.Nanosecond()/1000, os.Getpid(), maildirSeq.Add(1), maildirHost())
+	return fmt.Sprintf("%d.M%dP%dQ%d.%s", now.Unix(), now.Nanosecond()/1000, maildirPID(), maildirSeq.Add(1), maildirHost())
 }
 
 // Deliver implements Transport.
@@ -181,7 +184,7 @@ func (md *Maildir) deliverOne(dir string, d *policy.Delivery, r policy.Recipient
 	}
 	name := maildirUnique()
 	tmp := filepath.Join(dir, "tmp", name)
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := openFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			madeDirs.Delete(dir) // removed behind our back: make it again next time
@@ -199,7 +202,7 @@ func (md *Maildir) deliverOne(dir string, d *policy.Delivery, r policy.Recipient
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, "new", name))
+		err = rename(tmp, filepath.Join(dir, "new", name))
 	}
 	if err != nil {
 		os.Remove(tmp)
@@ -309,7 +312,7 @@ func (g *syncGroups) doRound(key string, fn func() error) error {
 }
 
 func syncDirPath(dir string) error {
-	f, err := os.Open(dir)
+	f, err := openFile(dir, os.O_RDONLY, 0)
 	if err != nil {
 		return err
 	}

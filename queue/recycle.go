@@ -108,7 +108,7 @@ func (r *recycler) discard(path, id string, size int64) error {
 	if _, taken := r.waiting[id]; taken {
 		return os.Remove(path) // the same ID removed twice while read: rare
 	}
-	if err := os.Rename(path, p); err != nil {
+	if err := rename(path, p); err != nil {
 		return err
 	}
 	if r.readers[id] > 0 {
@@ -143,12 +143,12 @@ func (r *recycler) create(path string) (f *os.File, recycled bool, err error) {
 			os.Remove(p)
 			continue
 		}
-		if f, err := os.OpenFile(path, os.O_WRONLY, 0); err == nil {
+		if f, err := openFile(path, os.O_WRONLY, 0); err == nil {
 			return f, true, nil
 		}
 		os.Remove(path)
 	}
-	f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	f, err = openFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
 	return f, false, err
 }
 

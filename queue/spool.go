@@ -466,7 +466,7 @@ func (s *Spool) openEntry(q, id string) (*os.File, *Envelope, error) {
 		return nil, nil, err
 	}
 	s.rec.acquire(id)
-	f, err := os.Open(entryPath(dir, id))
+	f, err := openFile(entryPath(dir, id), os.O_RDONLY, 0)
 	if err != nil {
 		s.rec.release(id)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -560,7 +560,7 @@ func (s *Spool) update(ctx context.Context, env *Envelope, from, to string, dura
 	if err != nil {
 		return err
 	}
-	f, err := os.OpenFile(cur, os.O_RDWR, 0)
+	f, err := openFile(cur, os.O_RDWR, 0)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("%w: %s", ErrNotFound, env.ID)
@@ -583,7 +583,7 @@ func (s *Spool) update(ctx context.Context, env *Envelope, from, to string, dura
 	}
 	if !durable {
 		if to != from {
-			if err := os.Rename(cur, entryPath(tdir, env.ID)); err != nil {
+			if err := rename(cur, entryPath(tdir, env.ID)); err != nil {
 				f.Truncate(end)
 				return fmt.Errorf("queue: updating %s: %w", env.ID, err)
 			}

@@ -46,3 +46,28 @@ func renameNoReplace(from, to string) error {
 	}
 	return nil
 }
+
+// openFile is os.OpenFile for the spool's regular files and directories
+// without the poller registration os.OpenFile attempts on Linux (four
+// fcntl(2) and an epoll_ctl(2) that fails for regular files): measured at
+// 18 of the ~90 system calls a message cost from accept to delivery.
+func openFile(name string, flag int, perm os.FileMode) (*os.File, error) {
+	for {
+		fd, err := unix.Open(name, flag|unix.O_CLOEXEC, uint32(perm.Perm()))
+		if err == nil {
+			return os.NewFile(uintptr(fd), name), nil
+		}
+		if err != unix.EINTR {
+			return nil, &os.PathError{Op: "open", Path: name, Err: err}
+		}
+	}
+}
+
+// rename is os.Rename without the lstat(2) of the target os.Rename makes
+// first (to refuse replacing a directory, which the spool never asks).
+func rename(from, to string) error {
+	if err := unix.Rename(from, to); err != nil {
+		return &os.LinkError{Op: "rename", Old: from, New: to, Err: err}
+	}
+	return nil
+}

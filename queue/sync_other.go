@@ -33,3 +33,11 @@ func syncFile(f *os.File, _ string, _ uint64) error { return f.Sync() }
 func renameNoReplace(from, to string) error {
 	return &os.LinkError{Op: "rename", Old: from, New: to, Err: errors.ErrUnsupported}
 }
+
+// openFile is os.OpenFile (see the Linux version).
+func openFile(name string, flag int, perm os.FileMode) (*os.File, error) {
+	return os.OpenFile(name, flag, perm)
+}
+
+// rename is os.Rename (see the Linux version).
+func rename(from, to string) error { return os.Rename(from, to) }
