@@ -238,6 +238,7 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 	var chk BodyChecker
 	_, err = io.Copy(io.MultiWriter(&chk, spoolWriter{w}), r)
 	chk.Close()
+	c.noteSpooled(hdr.Size() + chk.Size()) // written, even if refused
 	var we spoolWriteError
 	if errors.As(err, &we) {
 		// Our disk, not the client: full, read-only, failing.

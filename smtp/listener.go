@@ -298,8 +298,13 @@ type conn struct {
 	// created at its first DATA, unlinked at once (nothing is left behind,
 	// even after a crash) and emptied for each message, because creating
 	// and removing a file per message costs more than the rest of the
-	// accept path on some filesystems.
+	// accept path on some filesystems. A message is written over the
+	// previous one and read back within its own size, so the file is
+	// truncated only after a large message (see spoolFile).
 	spool *os.File
+	// spoolHigh is the size of the largest message written to spool
+	// since it was last truncated.
+	spoolHigh int64
 
 	mu         sync.Mutex
 	inData     bool
@@ -320,7 +325,22 @@ func newConn(s *Server, lc Listener, raw net.Conn, ip netip.Addr) *conn {
 	return c
 }
 
-// spoolFile returns the connection's spool file, empty, positioned at 0.
+// spoolTruncateAbove is the size of spool file left in place between
+// messages: a truncate per message costs kernel time (freeing pages, then
+// allocating them again), and a small leftover costs nothing.
+const spoolTruncateAbove = 1 << 20
+
+// noteSpooled records that a message of size bytes was written to the
+// spool file.
+func (c *conn) noteSpooled(size int64) {
+	c.mu.Lock()
+	c.spoolHigh = max(c.spoolHigh, size)
+	c.mu.Unlock()
+}
+
+// spoolFile returns the connection's spool file, positioned at 0. It may
+// hold the end of an earlier message past what is written now: readers go
+// by the size written (policy.NewMessage).
 func (c *conn) spoolFile() (*os.File, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -336,8 +356,11 @@ func (c *conn) spoolFile() (*os.File, error) {
 		c.spool = f
 		return f, nil
 	}
-	if err := c.spool.Truncate(0); err != nil {
-		return nil, err
+	if c.spoolHigh > spoolTruncateAbove {
+		if err := c.spool.Truncate(0); err != nil {
+			return nil, err
+		}
+		c.spoolHigh = 0
 	}
 	if _, err := c.spool.Seek(0, io.SeekStart); err != nil {
 		return nil, err
