@@ -51,4 +51,9 @@
 // organizational domain, and applies the domain's policy as a verdict the
 // user can override. Authentication-Results fields that claim our own
 // authserv-id are removed from incoming mail before ours is added.
+//
+// Signing and verifying stream the message through fixed buffers (our own
+// body canonicalization and hashing, byte for byte go-msgauth's, which
+// stays the reference in the tests): a 50 MiB message allocates about
+// 50 KiB to sign and 130 KiB to verify, not twice its size.
 package auth

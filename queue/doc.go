@@ -18,7 +18,12 @@
 //
 // A change of envelope appends a record to the entry (the last valid one
 // counts; a record torn by a crash is ignored), and a move between queues
-// renames it: the stored message is written once and never copied.
+// renames it: the stored message is written once and never copied. The
+// record of a delivery attempt, written just before it, is not synced
+// (SaveUnsynced): a crash of the process keeps it, a crash of the machine
+// repeats the attempt. A delivered entry's file goes to free/ and a later
+// entry is written over it once nobody reads it, so that the spool does
+// not create and unlink a file per message (see recycleEntries).
 //
 // A message's state is the place of its entry: working (accepted, postq
 // rules not yet run), deliver, deferred, dead, quarantine/<name>, corrupt.
