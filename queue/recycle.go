@@ -1,7 +1,6 @@
 package queue
 
 import (
-	"errors"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -119,9 +118,10 @@ func (r *recycler) discard(path, id string, size int64) error {
 	return nil
 }
 
-// create opens a file for a new entry at path: a free file renamed there
-// when there is one (recycled reports it: its old content must be cut off
-// after the new one is written), else a new file.
+// create opens a file to write a new entry in: a free file, written over
+// where it is (recycled reports it: its old content must be cut off after
+// the new one is written; the commit renames it into its queue, a crash
+// before leaves it in free/), else a new file at path.
 func (r *recycler) create(path string) (f *os.File, recycled bool, err error) {
 	for {
 		r.mu.Lock()
@@ -133,20 +133,10 @@ func (r *recycler) create(path string) (f *os.File, recycled bool, err error) {
 		p := r.free[n-1]
 		r.free = r.free[:n-1]
 		r.mu.Unlock()
-		if err := renameNoReplace(p, path); err != nil {
-			if errors.Is(err, os.ErrExist) {
-				r.mu.Lock()
-				r.free = append(r.free, p)
-				r.mu.Unlock()
-				return nil, false, err
-			}
-			os.Remove(p)
-			continue
-		}
-		if f, err := openFile(path, os.O_WRONLY, 0); err == nil {
+		if f, err := openFile(p, os.O_WRONLY, 0); err == nil {
 			return f, true, nil
 		}
-		os.Remove(path)
+		os.Remove(p)
 	}
 	f, err = openFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
 	return f, false, err

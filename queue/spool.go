@@ -337,9 +337,9 @@ func (s *Spool) enqueue(ctx context.Context, env *Envelope, q string, write func
 	if env.NextAttempt.IsZero() {
 		env.NextAttempt = s.now()
 	}
-	tmp := entryPath(filepath.Join(s.root, "tmp"), env.ID)
 	since := c.begin()
-	if err := s.writeEntry(tmp, env, write); err != nil {
+	tmp, err := s.writeEntry(entryPath(filepath.Join(s.root, "tmp"), env.ID), env, write)
+	if err != nil {
 		s.release(env.ID)
 		return err
 	}
@@ -355,13 +355,15 @@ func (s *Spool) enqueue(ctx context.Context, env *Envelope, q string, write func
 	return nil
 }
 
-// writeEntry writes a new entry file at path: the message write produces,
-// then env (whose Size it sets) as the first record.
-func (s *Spool) writeEntry(path string, env *Envelope, write func(io.Writer) (int64, error)) error {
+// writeEntry writes a new entry file: the message write produces, then env
+// (whose Size it sets) as the first record. It returns where the file is,
+// not yet published: a file of free/ written over, or a new one at path.
+func (s *Spool) writeEntry(path string, env *Envelope, write func(io.Writer) (int64, error)) (string, error) {
 	f, recycled, err := s.rec.create(path)
 	if err != nil {
-		return err
+		return "", err
 	}
+	path = f.Name()
 	bw := writerPool.Get().(*bufio.Writer)
 	bw.Reset(f)
 	_, err = bw.Write(entryHeader(0)) // the length is filled in below
@@ -394,10 +396,10 @@ func (s *Spool) writeEntry(path string, env *Envelope, write func(io.Writer) (in
 	}
 	if err != nil {
 		os.Remove(path)
-		return fmt.Errorf("queue: writing message: %w", err)
+		return "", fmt.Errorf("queue: writing message: %w", err)
 	}
 	env.end = int64(entryHeadLen) + n + int64(len(rec))
-	return nil
+	return path, nil
 }
 
 // writerPool holds the buffers messages are written through.
@@ -618,7 +620,8 @@ func (s *Spool) replace(ctx context.Context, env *Envelope, from, to string, m *
 	tmp := entryPath(filepath.Join(s.root, "tmp"), env.ID)
 	os.Remove(tmp)
 	since := s.cs.begin()
-	if err := s.writeEntry(tmp, env, writeMessage(m)); err != nil {
+	tmp, err = s.writeEntry(tmp, env, writeMessage(m))
+	if err != nil {
 		env.Head, env.BodyOff, env.Size, env.end = head, off, size, end
 		return err
 	}

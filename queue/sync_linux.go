@@ -37,16 +37,6 @@ func syncFile(f *os.File, key string, since uint64) error {
 	return fileSyncs.doSince(key, since, func() error { return syncData(f, nil) })
 }
 
-// renameNoReplace renames from to to, failing with an error matching
-// os.ErrExist when to exists (renameat2(2) RENAME_NOREPLACE).
-func renameNoReplace(from, to string) error {
-	err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, unix.RENAME_NOREPLACE)
-	if err != nil {
-		return &os.LinkError{Op: "rename", Old: from, New: to, Err: err}
-	}
-	return nil
-}
-
 // openFile is os.OpenFile for the spool's regular files and directories
 // without the poller registration os.OpenFile attempts on Linux (four
 // fcntl(2) and an epoll_ctl(2) that fails for regular files): measured at

@@ -2,10 +2,7 @@
 
 package queue
 
-import (
-	"errors"
-	"os"
-)
+import "os"
 
 // syncData fsyncs each written file (no syncfs(2) outside Linux).
 func syncData(_ *os.File, files []string) error {
@@ -28,11 +25,6 @@ func syncBegin(*os.File) (string, uint64, error) { return "", 0, nil }
 
 // syncFile makes f (written, not yet closed) durable.
 func syncFile(f *os.File, _ string, _ uint64) error { return f.Sync() }
-
-// renameNoReplace is only used where entries are recycled (Linux).
-func renameNoReplace(from, to string) error {
-	return &os.LinkError{Op: "rename", Old: from, New: to, Err: errors.ErrUnsupported}
-}
 
 // openFile is os.OpenFile (see the Linux version).
 func openFile(name string, flag int, perm os.FileMode) (*os.File, error) {
