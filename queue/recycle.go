@@ -31,30 +31,45 @@ import (
 // which does not cover other directories) files are not recycled.
 const recycleEntries = runtime.GOOS == "linux"
 
+// The pool is sized for a backlog: when a burst drains, every entry it
+// leaves goes to free/ rather than being unlinked, as long as these hold.
 const (
 	// maxFree bounds the files kept in free/.
-	maxFree = 256
-	// maxRecycledSize is the largest entry file kept for reuse, so that
-	// free/ holds at most maxFree*maxRecycledSize bytes (64 MiB).
+	maxFree = 4096
+	// maxFreeBytes bounds their total size.
+	maxFreeBytes = 64 << 20
+	// maxRecycledSize is the largest entry file kept for reuse.
 	maxRecycledSize = 256 << 10
 	freeDir         = "free"
 )
+
+// freeFile is a file of free/.
+type freeFile struct {
+	path string
+	size int64
+}
 
 // recycler keeps free/ and counts the readers of each entry.
 type recycler struct {
 	dir string // <spool>/free
 	on  bool
+	// maxFiles and maxBytes bound free/ (maxFree, maxFreeBytes; tests
+	// lower them).
+	maxFiles int
+	maxBytes int64
 
 	mu      sync.Mutex
-	readers map[string]int    // entry ID -> handles open on its file
-	waiting map[string]string // removed entry ID -> its file in free/, still read
-	free    []string          // files of free/ ready for reuse
+	readers map[string]int      // entry ID -> handles open on its file
+	waiting map[string]freeFile // removed entry ID -> its file in free/, still read
+	free    []freeFile          // files of free/ ready for reuse
+	bytes   int64               // size of the files of free and waiting
 }
 
 // newRecycler opens free/ under root, taking in the files it holds
 // (readers of a former process are gone).
 func newRecycler(root string, on bool) (*recycler, error) {
-	r := &recycler{dir: filepath.Join(root, freeDir), on: on, readers: map[string]int{}, waiting: map[string]string{}}
+	r := &recycler{dir: filepath.Join(root, freeDir), on: on, maxFiles: maxFree, maxBytes: maxFreeBytes,
+		readers: map[string]int{}, waiting: map[string]freeFile{}}
 	if err := os.MkdirAll(r.dir, 0o750); err != nil {
 		return nil, err
 	}
@@ -64,11 +79,16 @@ func newRecycler(root string, on bool) (*recycler, error) {
 	}
 	for _, e := range ents {
 		p := filepath.Join(r.dir, e.Name())
-		if !on || len(r.free) >= maxFree || !e.Type().IsRegular() || !strings.HasSuffix(e.Name(), entrySuffix) {
+		var size int64 = -1
+		if fi, err := e.Info(); err == nil && e.Type().IsRegular() && strings.HasSuffix(e.Name(), entrySuffix) {
+			size = fi.Size()
+		}
+		if size < 0 || !r.room(size) {
 			os.Remove(p)
 			continue
 		}
-		r.free = append(r.free, p)
+		r.free = append(r.free, freeFile{p, size})
+		r.bytes += size
 	}
 	return r, nil
 }
@@ -88,10 +108,15 @@ func (r *recycler) release(id string) {
 		return
 	}
 	delete(r.readers, id)
-	if p, ok := r.waiting[id]; ok {
+	if f, ok := r.waiting[id]; ok {
 		delete(r.waiting, id)
-		r.free = append(r.free, p)
+		r.free = append(r.free, f)
 	}
+}
+
+// room reports whether free/ may take a file of size bytes; r.mu is held.
+func (r *recycler) room(size int64) bool {
+	return r.on && size <= maxRecycledSize && len(r.free)+len(r.waiting) < r.maxFiles && r.bytes+size <= r.maxBytes
 }
 
 // discard takes the entry file at path (of entry id, size bytes) out of
@@ -100,20 +125,21 @@ func (r *recycler) release(id string) {
 func (r *recycler) discard(path, id string, size int64) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if !r.on || size > maxRecycledSize || len(r.free)+len(r.waiting) >= maxFree {
+	if !r.room(size) {
 		return os.Remove(path)
 	}
-	p := filepath.Join(r.dir, id+entrySuffix)
+	f := freeFile{filepath.Join(r.dir, id+entrySuffix), size}
 	if _, taken := r.waiting[id]; taken {
 		return os.Remove(path) // the same ID removed twice while read: rare
 	}
-	if err := rename(path, p); err != nil {
+	if err := rename(path, f.path); err != nil {
 		return err
 	}
+	r.bytes += size
 	if r.readers[id] > 0 {
-		r.waiting[id] = p
+		r.waiting[id] = f
 	} else {
-		r.free = append(r.free, p)
+		r.free = append(r.free, f)
 	}
 	return nil
 }
@@ -130,13 +156,14 @@ func (r *recycler) create(path string) (f *os.File, recycled bool, err error) {
 			r.mu.Unlock()
 			break
 		}
-		p := r.free[n-1]
+		ff := r.free[n-1]
 		r.free = r.free[:n-1]
+		r.bytes -= ff.size
 		r.mu.Unlock()
-		if f, err := openFile(p, os.O_WRONLY, 0); err == nil {
+		if f, err := openFile(ff.path, os.O_WRONLY, 0); err == nil {
 			return f, true, nil
 		}
-		os.Remove(p)
+		os.Remove(ff.path)
 	}
 	f, err = openFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
 	return f, false, err

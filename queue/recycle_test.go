@@ -136,20 +136,30 @@ func TestRecycleLimits(t *testing.T) {
 	_, err = os.Stat(filepath.Join(dir, freeDir, "stray"))
 	assert.ErrorIs(t, err, os.ErrNotExist)
 
-	// The pool is bounded.
-	for i := 0; i < maxFree+10; i++ {
-		id := fmt.Sprintf("n%03d", i)
-		require.NoError(t, sp.Enqueue(ctx, newTx(id, "a@example.org", "b@example.com"), newMessage(t, testMsg)))
+	// The pool is bounded, in files and in bytes.
+	sp.rec.maxFiles = 20
+	cycle := func(n int, prefix string) {
+		for i := 0; i < n; i++ {
+			require.NoError(t, sp.Enqueue(ctx, newTx(fmt.Sprintf("%s%03d", prefix, i), "a@example.org", "b@example.com"), newMessage(t, testMsg)))
+		}
+		for i := 0; i < n; i++ {
+			q, env, m, err := sp.Load(fmt.Sprintf("%s%03d", prefix, i))
+			require.NoError(t, err)
+			m.Close()
+			require.NoError(t, sp.Remove(ctx, q, env))
+		}
 	}
-	for i := 0; i < maxFree+10; i++ {
-		id := fmt.Sprintf("n%03d", i)
-		q, env, m, err := sp.Load(id)
-		require.NoError(t, err)
-		m.Close()
-		require.NoError(t, sp.Remove(ctx, q, env))
-	}
-	assert.Equal(t, maxFree, sp.rec.size())
+	cycle(30, "n")
+	assert.Equal(t, 20, sp.rec.size())
 	ents, err = os.ReadDir(filepath.Join(dir, freeDir))
 	require.NoError(t, err)
-	assert.Len(t, ents, maxFree)
+	assert.Len(t, ents, 20)
+
+	sp.rec.maxBytes = sp.rec.bytes / 2
+	cycle(30, "b")
+	assert.LessOrEqual(t, sp.rec.bytes, sp.rec.maxBytes)
+	assert.Less(t, sp.rec.size(), 20)
+	ents, err = os.ReadDir(filepath.Join(dir, freeDir))
+	require.NoError(t, err)
+	assert.Len(t, ents, sp.rec.size())
 }
