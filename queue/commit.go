@@ -22,7 +22,10 @@ type op struct {
 	// since is the committer's generation when the caller began writing
 	// files (committer.begin); see committer.run.
 	since uint64
-	done  chan error
+	// renameFirst does the renames before the sync, whose syncfs(2) then
+	// makes them durable too, saving the directory syncs (see enqueue).
+	renameFirst bool
+	done        chan error
 }
 
 // committer batches ops; see op.
@@ -143,9 +146,15 @@ func (c *committer) loop() {
 }
 
 // run commits one batch: one sync of the written data, the renames, one
-// fsync per directory touched, then the late removals.
+// fsync per directory touched, then the late removals; the renames of
+// renameFirst ops come before the sync.
 func (c *committer) run(batch []*op) {
 	errs := make([]error, len(batch))
+	for i, o := range batch {
+		if o.renameFirst {
+			errs[i] = o.rename()
+		}
+	}
 	if !c.noSync {
 		var files []string
 		for _, o := range batch {
@@ -161,6 +170,7 @@ func (c *committer) run(batch []*op) {
 			c.gen.Store(n)
 			for i, o := range batch {
 				switch {
+				case errs[i] != nil:
 				case err != nil:
 					errs[i] = err
 				case len(o.files) > 0 && c.lastFailed.Load() > o.since:
@@ -174,11 +184,8 @@ func (c *committer) run(batch []*op) {
 		if errs[i] != nil {
 			continue
 		}
-		for _, r := range o.renames {
-			if err := rename(r[0], r[1]); err != nil {
-				errs[i] = err
-				break
-			}
+		if !o.renameFirst {
+			errs[i] = o.rename()
 		}
 		if errs[i] == nil {
 			for _, p := range o.removes {
@@ -211,6 +218,16 @@ func (c *committer) run(batch []*op) {
 		}
 		o.done <- errs[i]
 	}
+}
+
+// rename does the renames of o, in order, up to the first failure.
+func (o *op) rename() error {
+	for _, r := range o.renames {
+		if err := rename(r[0], r[1]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (c *committer) syncDir(d string) error {

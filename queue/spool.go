@@ -96,7 +96,11 @@ type Spool struct {
 
 	idMu sync.Mutex
 	ids  map[string]struct{} // IDs in use: every entry, and enqueues under way
-	lock *os.File
+	// committing holds the enqueues under way: their entry may already be
+	// in its queue (published before the sync), but is not there for
+	// anyone until the commit returns.
+	committing map[string]struct{}
+	lock       *os.File
 
 	closeOnce sync.Once
 
@@ -108,7 +112,7 @@ type Spool struct {
 // a crash interrupted (tmp/ files, messages without an envelope) are
 // removed.
 func Open(dir string, opts ...Option) (*Spool, error) {
-	s := &Spool{root: dir, log: slog.Default(), dsn: true, now: time.Now, ids: map[string]struct{}{}}
+	s := &Spool{root: dir, log: slog.Default(), dsn: true, now: time.Now, ids: map[string]struct{}{}, committing: map[string]struct{}{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -221,6 +225,25 @@ func (s *Spool) reserve(id string) bool {
 	return true
 }
 
+// setCommitting marks id's enqueue as under way (on) or over.
+func (s *Spool) setCommitting(id string, on bool) {
+	s.idMu.Lock()
+	if on {
+		s.committing[id] = struct{}{}
+	} else {
+		delete(s.committing, id)
+	}
+	s.idMu.Unlock()
+}
+
+// isCommitting reports whether id's enqueue is under way.
+func (s *Spool) isCommitting(id string) bool {
+	s.idMu.Lock()
+	defer s.idMu.Unlock()
+	_, ok := s.committing[id]
+	return ok
+}
+
 // release forgets id (its entry is gone, or was never made).
 func (s *Spool) release(id string) {
 	s.idMu.Lock()
@@ -272,7 +295,7 @@ func (s *Spool) listIDs(q string) ([]string, error) {
 	}
 	var ids []string
 	for _, e := range ents {
-		if id, ok := strings.CutSuffix(e.Name(), entrySuffix); ok && validID(id) {
+		if id, ok := strings.CutSuffix(e.Name(), entrySuffix); ok && validID(id) && !s.isCommitting(id) {
 			ids = append(ids, id)
 		}
 	}
@@ -345,7 +368,19 @@ func (s *Spool) enqueue(ctx context.Context, env *Envelope, q string, write func
 	}
 	final := entryPath(qdir, env.ID)
 	o := &op{files: []string{tmp}, renames: [][2]string{{tmp, final}}, dirs: []string{qdir}, since: since}
-	if err := c.commit(ctx, o); err != nil {
+	if syncCoversRenames {
+		// Published first, made durable with its data by the one sync:
+		// half the device flushes of sync, rename, directory sync. The
+		// cost is at a power loss during that sync: the entry may be in
+		// its queue with its content not (a new file's zeros, or a free
+		// file's former entry, whose envelope then names another ID); it
+		// is then set aside as corrupt. Its client had no 250 yet.
+		o.renameFirst, o.dirs = true, nil
+	}
+	s.setCommitting(env.ID, true)
+	err = c.commit(ctx, o)
+	s.setCommitting(env.ID, false)
+	if err != nil {
 		os.Remove(tmp)
 		os.Remove(final)
 		s.release(env.ID)
@@ -442,6 +477,9 @@ func (s *Spool) notify(id, q string) {
 func (s *Spool) locate(id string) (string, error) {
 	if !validID(id) {
 		return "", fmt.Errorf("%w: %q", ErrBadID, id)
+	}
+	if s.isCommitting(id) {
+		return "", fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
 	for _, q := range baseQueues {
 		if _, err := os.Lstat(entryPath(filepath.Join(s.root, q), id)); err == nil {

@@ -2,6 +2,9 @@ package queue
 
 import (
 	"context"
+	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -58,4 +61,60 @@ func TestSaveUnsynced(t *testing.T) {
 	assert.Equal(t, Deferred, q)
 	assert.Equal(t, 1, got.Attempts)
 	assert.Equal(t, "451 4.0.0 later", got.LastError)
+}
+
+// TestEnqueuePublishedBeforeSync: on Linux an entry is renamed into its
+// queue before the sync that makes it durable, and nobody sees it there
+// (scheduler listing, Load, admin API) until that sync succeeded; when it
+// fails the entry is gone again.
+func TestEnqueuePublishedBeforeSync(t *testing.T) {
+	if !syncCoversRenames {
+		t.Skip("entries are published before their sync only where syncfs(2) covers renames (Linux)")
+	}
+	dir := t.TempDir()
+	sp, err := Open(dir, WithLogger(quietLogger()))
+	require.NoError(t, err)
+	defer sp.Close()
+	ctx := context.Background()
+
+	for _, fail := range []bool{false, true} {
+		id := "ok"
+		if fail {
+			id = "failed"
+		}
+		inSync, release := make(chan struct{}), make(chan struct{})
+		sp.c.sync = func(root *os.File, files []string) error {
+			close(inSync)
+			<-release
+			if fail {
+				return errors.New("EIO")
+			}
+			return syncData(root, files)
+		}
+		done := make(chan error, 1)
+		go func() { done <- sp.Enqueue(ctx, newTx(id, "a@example.org", "b@example.com"), newMessage(t, testMsg)) }()
+		<-inSync
+		_, err := os.Stat(filepath.Join(dir, Working, id+entrySuffix))
+		require.NoError(t, err, "published before the sync")
+		ids, err := sp.IDs(Working)
+		require.NoError(t, err)
+		assert.NotContains(t, ids, id, "listed before its commit")
+		_, _, _, err = sp.Load(id)
+		assert.ErrorIs(t, err, ErrNotFound)
+		assert.ErrorIs(t, sp.Delete(ctx, id), ErrNotFound)
+		close(release)
+		err = <-done
+		ids, lerr := sp.IDs(Working)
+		require.NoError(t, lerr)
+		if fail {
+			assert.Error(t, err)
+			assert.NotContains(t, ids, id)
+			_, err = os.Stat(filepath.Join(dir, Working, id+entrySuffix))
+			assert.ErrorIs(t, err, os.ErrNotExist, "a failed commit leaves nothing in the queue")
+		} else {
+			require.NoError(t, err)
+			assert.Contains(t, ids, id)
+		}
+	}
+	sp.c.sync = syncData
 }
