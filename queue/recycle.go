@@ -133,7 +133,9 @@ func (r *recycler) discard(path, id string, size int64) error {
 		return os.Remove(path) // the same ID removed twice while read: rare
 	}
 	if err := rename(path, f.path); err != nil {
-		return err
+		// free/ unusable (removed, full, a file in its place): the entry
+		// must still go, or its message would be delivered again.
+		return os.Remove(path)
 	}
 	r.bytes += size
 	if r.readers[id] > 0 {

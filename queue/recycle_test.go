@@ -163,3 +163,27 @@ func TestRecycleLimits(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, ents, sp.rec.size())
 }
+
+// TestRecycleFreeDirBroken: when free/ cannot take a delivered entry, the
+// entry is unlinked all the same (left in its queue, its message would be
+// delivered again).
+func TestRecycleFreeDirBroken(t *testing.T) {
+	requireRecycling(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	sp, err := Open(dir, WithLogger(quietLogger()))
+	require.NoError(t, err)
+	defer sp.Close()
+	require.NoError(t, sp.Enqueue(ctx, newTx("m1", "a@example.org", "b@example.com"), newMessage(t, testMsg)))
+	free := filepath.Join(dir, freeDir)
+	require.NoError(t, os.RemoveAll(free))
+	require.NoError(t, os.WriteFile(free, []byte("not a directory"), 0o600))
+
+	q, env, m, err := sp.Load("m1")
+	require.NoError(t, err)
+	m.Close()
+	require.NoError(t, sp.Remove(ctx, q, env))
+	_, _, _, err = sp.Load("m1")
+	assert.ErrorIs(t, err, ErrNotFound)
+	assert.Equal(t, 0, sp.rec.size())
+}

@@ -543,20 +543,26 @@ func TestHardeningDiskFull(t *testing.T) {
 }
 
 // TestHardeningSpoolBroken: without mount permission a spool can still be
-// broken as root: a file where the queue expects its tmp directory. The
+// broken as root: files where the queue expects the directories new
+// entries are written in (tmp/, and free/ whose files it reuses). The
 // enqueue fails, the client gets 451, and the server recovers when the
-// directory is back.
+// directories are back.
 func TestHardeningSpoolBroken(t *testing.T) {
 	e := hardenEnv(t)
 	normalClient(t, e, "127.0.0.1", "before-broken")
-	tmp := filepath.Join(e.spool, "tmp")
-	require.NoError(t, os.RemoveAll(tmp))
-	require.NoError(t, os.WriteFile(tmp, []byte("not a directory"), 0o600))
+	for _, d := range []string{"tmp", "free"} {
+		p := filepath.Join(e.spool, d)
+		require.NoError(t, os.RemoveAll(p))
+		require.NoError(t, os.WriteFile(p, []byte("not a directory"), 0o600))
+	}
 	err := send(t, e.listen, "client.example.org", false, "someone@example.org", []string{"jane@doe-family.com"},
 		message("someone@example.org", "jane@doe-family.com", "broken-spool", "x"))
-	requireTemporary(t, err, "queue tmp is a file")
-	require.NoError(t, os.Remove(tmp))
-	require.NoError(t, os.Mkdir(tmp, 0o750))
+	requireTemporary(t, err, "queue tmp/ and free/ are files")
+	for _, d := range []string{"tmp", "free"} {
+		p := filepath.Join(e.spool, d)
+		require.NoError(t, os.Remove(p))
+		require.NoError(t, os.Mkdir(p, 0o750))
+	}
 	normalClient(t, e, "127.0.0.1", "after-broken")
 	assert.False(t, mailboxHas(t, filepath.Join(e.maildir, "jane", "new"), "broken-spool"))
 }
