@@ -23,12 +23,15 @@ import (
 // on it is closed: readers are counted per ID, and a removed entry still
 // being read waits in free/ until its last reader is done.
 //
-// Crash safety is that of the entry written over: the new content is
-// synced (with its size) before the rename that publishes it, and that
-// sync, a syncfs(2) of the whole filesystem, also makes the renames that
-// took the file out of its old queue durable, so the old name cannot come
-// back pointing at the new content. Outside Linux (one fsync per file,
-// which does not cover other directories) files are not recycled.
+// Crash safety: the new content, its size, the rename that publishes it
+// and the earlier renames that took the file out of its old queue are all
+// made durable by one syncfs(2) of the filesystem before the 250. A power
+// loss during that sync may leave a name (the old one, or the new one)
+// pointing at content that is not the entry's: its envelope then names
+// another ID, or none, and the entry is set aside as corrupt, never
+// delivered as another message; its message was either delivered already
+// or not acknowledged yet. Outside Linux (one fsync per file, which does
+// not cover other directories) files are not recycled.
 const recycleEntries = runtime.GOOS == "linux"
 
 // The pool is sized for a backlog: when a burst drains, every entry it
