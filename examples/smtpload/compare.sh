@@ -163,6 +163,7 @@ start_doe() {
 		-hostname mx.doe-family.com -retry-min 1s -log-level warn "$@" \
 		>"$WORK/$mode.out" 2>&1 &
 	PIDS+=($!)
+	printf -v "PID_$mode" '%s' "$!"
 	DOE_ADDR=$(wait_for "$WORK/$mode.out" '^mta listening on (.*)$')
 }
 start_doe durable
@@ -224,18 +225,29 @@ load() {
 		-from "$FROM" -to "$TO" -helo "$HELO" -source "$SOURCES" -json
 }
 
+# cpu_ticks PID: user+system CPU time of process PID, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+TICKS=$(getconf CLK_TCK 2>/dev/null || echo 100)
+
 # doe_run MODE SIZE CONNS N [DURATION]: load a doe-family, watch and drain
-# its queue; sets RES (smtpload JSON), MAXQ, DRAIN and MON (the samples).
+# its queue; sets RES (smtpload JSON), MAXQ, DRAIN, MON (the samples) and
+# CPU_US (the server's CPU time per accepted message, delivery included,
+# in microseconds: a figure the load generator's share of the cores does
+# not blur).
 RUN=0
 doe_run() {
-	local mode=$1 addr_var=ADDR_$1 mpid
+	local mode=$1 addr_var=ADDR_$1 pid_var=PID_$1 mpid c0 c1 sent
 	RUN=$((RUN + 1))
 	MON=$WORK/monitor.$RUN.$1.$2.$3
 	: >"$MON"
 	monitor "$mode" "$MON" &
 	mpid=$!
+	c0=$(cpu_ticks "${!pid_var}")
 	RES=$(load "${!addr_var}" "$2" "$3" "$4" "${5:-$DURATION}") || true
 	DRAIN=$(drain "$mode")
+	c1=$(cpu_ticks "${!pid_var}")
+	sent=$(jget sent "$RES")
+	CPU_US=$(awk -v a="$c0" -v b="$c1" -v n="$sent" -v t="$TICKS" 'BEGIN{printf "%.0f", (n>0 ? (b-a)/t*1e6/n : 0)}')
 	kill "$mpid" 2>/dev/null || true
 	wait "$mpid" 2>/dev/null || true
 	MAXQ=$(awk 'BEGIN{m=0} $2>m{m=$2} END{print m}' "$MON")
@@ -272,22 +284,22 @@ for size in $SIZES; do
 		log "size $size, $c connections, $n messages"
 		noop=$(load "$NOOP" "$size" "$c" "$n" "$DURATION") || true
 		doe_run durable "$size" "$c" "$n"
-		dur=$RES dur_maxq=$MAXQ dur_drain=$DRAIN
-		ns='null' ns_rate=0 ns_p99=0 ns_maxq=0 ns_drain=-
+		dur=$RES dur_maxq=$MAXQ dur_drain=$DRAIN dur_cpu=$CPU_US
+		ns='null' ns_rate=0 ns_p99=0 ns_maxq=0 ns_drain=- ns_cpu=0
 		if [[ $NOSYNC == 1 ]]; then
 			doe_run nosync "$size" "$c" "$n"
-			ns=$RES ns_rate=$(jget msgs_per_s "$ns") ns_p99=$(jget latency_p99_ms "$ns") ns_maxq=$MAXQ ns_drain=$DRAIN
+			ns=$RES ns_rate=$(jget msgs_per_s "$ns") ns_p99=$(jget latency_p99_ms "$ns") ns_maxq=$MAXQ ns_drain=$DRAIN ns_cpu=$CPU_US
 		fi
 		noop_rate=$(jget msgs_per_s "$noop") dur_rate=$(jget msgs_per_s "$dur")
 		ratio=$(awk -v a="$dur_rate" -v b="$noop_rate" 'BEGIN{printf "%.2f", (b>0 ? a/b : 0)}')
 		vs_ns=$(awk -v a="$dur_rate" -v b="$ns_rate" 'BEGIN{printf "%.2f", (b>0 ? a/b : 0)}')
 		failed=$(($(jget failed "$noop") + $(jget failed "$dur")))
 		[[ $ns != null ]] && failed=$((failed + $(jget failed "$ns")))
-		ROWS+=("$(printf '%7s %5s | %8.0f %7.2f | %8.0f %7.2f | %5s | %8.0f %7.2f | %6s | %5s %7s | %5s %7s | %s' \
-			"$size" "$c" "$noop_rate" "$(jget latency_p99_ms "$noop")" "$dur_rate" "$(jget latency_p99_ms "$dur")" \
-			"$ratio" "$ns_rate" "$ns_p99" "$vs_ns" "$dur_maxq" "$dur_drain" "$ns_maxq" "$ns_drain" "$failed")")
-		printf '{"size":%s,"conns":%s,"ratio":%s,"durable_vs_nosync":%s,"durable_max_queue":%s,"durable_drain_s":"%s","nosync_max_queue":%s,"nosync_drain_s":"%s","noop":%s,"durable":%s,"nosync":%s}\n' \
-			"$size" "$c" "$ratio" "$vs_ns" "$dur_maxq" "$dur_drain" "$ns_maxq" "$ns_drain" "${noop:-null}" "${dur:-null}" "$ns" >>"$JSONL"
+		ROWS+=("$(printf '%7s %5s | %8.0f %7.2f | %8.0f %7.2f %6s | %5s | %8.0f %7.2f %6s | %6s | %5s %7s | %5s %7s | %s' \
+			"$size" "$c" "$noop_rate" "$(jget latency_p99_ms "$noop")" "$dur_rate" "$(jget latency_p99_ms "$dur")" "$dur_cpu" \
+			"$ratio" "$ns_rate" "$ns_p99" "$ns_cpu" "$vs_ns" "$dur_maxq" "$dur_drain" "$ns_maxq" "$ns_drain" "$failed")")
+		printf '{"size":%s,"conns":%s,"ratio":%s,"durable_vs_nosync":%s,"durable_cpu_us_per_msg":%s,"nosync_cpu_us_per_msg":%s,"durable_max_queue":%s,"durable_drain_s":"%s","nosync_max_queue":%s,"nosync_drain_s":"%s","noop":%s,"durable":%s,"nosync":%s}\n' \
+			"$size" "$c" "$ratio" "$vs_ns" "$dur_cpu" "$ns_cpu" "$dur_maxq" "$dur_drain" "$ns_maxq" "$ns_drain" "${noop:-null}" "${dur:-null}" "$ns" >>"$JSONL"
 	done
 done
 
@@ -305,13 +317,13 @@ fi
 
 # ---------------------------------------------------------------- report
 echo
-printf '%7s %5s | %8s %7s | %8s %7s | %5s | %8s %7s | %6s | %5s %7s | %5s %7s | %s\n' \
-	size conns "noop/s" "p99ms" "doe/s" "p99ms" ratio "nosync/s" "p99ms" "dur/ns" maxq "drain_s" "nsmaxq" "drain_s" failed
+printf '%7s %5s | %8s %7s | %8s %7s %6s | %5s | %8s %7s %6s | %6s | %5s %7s | %5s %7s | %s\n' \
+	size conns "noop/s" "p99ms" "doe/s" "p99ms" "cpu_us" ratio "nosync/s" "p99ms" "cpu_us" "dur/ns" maxq "drain_s" "nsmaxq" "drain_s" failed
 for r in "${ROWS[@]}"; do
 	echo "$r"
 done
 echo
-echo "ratio: doe-family (durable) / noop; dur/ns: durable / -unsafe-no-fsync; maxq: envelopes in working+deliver, sampled every 100 ms"
+echo "ratio: doe-family (durable) / noop; dur/ns: durable / -unsafe-no-fsync; cpu_us: the server's CPU time (user+system) per message, accept to maildir; maxq: envelopes in working+deliver, sampled every 100 ms"
 [[ -n $SOAK_LINE ]] && echo "$SOAK_LINE"
 for m in "${MODES[@]}"; do
 	q=$WORK/$m/spool
