@@ -10,10 +10,13 @@
 // file: the message, then its envelope as a JSON record, see Envelope) and
 // its directory entry are durable: only then may the client get its 250.
 // Concurrent Enqueue calls share their syncs (group commit): each writes its
-// entry in tmp/, then joins the batch a committer goroutine makes durable
-// with one syncfs(2) of the spool's filesystem, the renames that publish the
-// entries, and one fsync per directory. The accept path has a committer of
-// its own, so that it never waits behind the scheduler's commits.
+// entry (in tmp/, or over a file of free/), then joins the batch a
+// committer goroutine makes durable. On Linux the entries are renamed into
+// their queue first and one syncfs(2) of the spool's filesystem makes data
+// and renames durable (an entry is invisible until its commit returns);
+// elsewhere each file is fsynced, then renamed, then each directory
+// fsynced. The accept path has a committer of its own, so that it never
+// waits behind the scheduler's commits.
 // WithUnsafeNoSync turns syncing off, for benchmarks only.
 //
 // A change of envelope appends a record to the entry (the last valid one
