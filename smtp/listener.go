@@ -32,12 +32,6 @@ type listener struct {
 	done      chan struct{}
 	closeOnce sync.Once
 
-	// spool holds the message being received: one file per connection,
-	// created at its first DATA, unlinked at once (nothing is left behind,
-	// even after a crash) and emptied for each message, because creating
-	// and removing a file per message costs more than the rest of the
-	// accept path on some filesystems.
-	spool     *os.File
 	errMu     sync.Mutex
 	err       error
 	mu        sync.Mutex
@@ -177,7 +171,7 @@ func (l *listener) admit(raw net.Conn) {
 		st := tc.ConnectionState()
 		nc, tlsState = tc, &st
 	}
-	c := newConn(s, l.lc, nc, ip)
+	c := newConn(s, nc, ip)
 	c.pc = &policy.Conn{ID: newID(), Listener: l.lc.Name, Remote: remote, Local: local, Started: time.Now(), TLS: tlsState}
 	c.log = s.log.With("conn", c.pc.ID, "listener", l.lc.Name, "remote", remote.String())
 	if !s.register(c) {
@@ -285,7 +279,6 @@ func reverseName(ctx context.Context, r Resolver, ip netip.Addr) string {
 type conn struct {
 	net.Conn
 	srv    *Server
-	lc     Listener
 	ip     netip.Addr
 	pc     *policy.Conn
 	log    *slog.Logger
@@ -319,8 +312,8 @@ type conn struct {
 	head       []byte // first bytes of the reply line being written
 }
 
-func newConn(s *Server, lc Listener, raw net.Conn, ip netip.Addr) *conn {
-	c := &conn{Conn: raw, srv: s, lc: lc, ip: ip, sniff: true, lineStart: true, esmtp: true}
+func newConn(s *Server, raw net.Conn, ip netip.Addr) *conn {
+	c := &conn{Conn: raw, srv: s, ip: ip, sniff: true, lineStart: true, esmtp: true}
 	c.ctx, c.cancel = context.WithCancel(s.ctx)
 	return c
 }
