@@ -48,16 +48,11 @@ func (l *LMTP) Deliver(ctx context.Context, d *policy.Delivery) []policy.Reply {
 	if d.Tx != nil {
 		log = log.With(slog.String("tx", d.Tx.ID))
 	}
-	conn, err := dial(ctx, l.Dial, l.Timeouts, network, addr)
-	if err != nil {
-		log.Info("connect failed", slog.String("error", err.Error()))
-		return sameReply(len(d.Rcpts), connectFailed(addr, err))
-	}
 	s := &session{hostname: l.Hostname, lmtp: true, tlsMode: TLSNone, timeouts: l.Timeouts, log: log}
-	o := s.run(ctx, conn, addr, d, d.Rcpts, true)
+	// TLSNone: no STARTTLS, so no plaintext retry either.
+	o := s.deliver(ctx, l.Dial, network, addr, addr, d, d.Rcpts, log)
 	if o.replies != nil {
 		return o.replies
 	}
-	log.Info("session failed", slog.String("reply", o.fail.String()))
 	return sameReply(len(d.Rcpts), o.fail)
 }

@@ -156,8 +156,8 @@ func (m *MX) deliverDomain(ctx context.Context, d *policy.Delivery, domain strin
 			}
 			tried++
 			addr := net.JoinHostPort(ip.String(), strconv.Itoa(port))
-			o, ok := m.try(ctx, s, addr, h.name, d, rcpts, log)
-			if ok {
+			o := s.deliver(ctx, m.Dial, "tcp", addr, h.name, d, rcpts, log.With(slog.String("host", h.name), slog.String("addr", addr)))
+			if o.replies != nil {
 				return o.replies
 			}
 			last = o.fail
@@ -176,28 +176,6 @@ func (m *MX) deliverDomain(ctx context.Context, d *policy.Delivery, domain strin
 	// The last host's failure: connection refused (4.4.1), a 554
 	// greeting, TLS required but not offered (4.7.4), ...
 	return sameReply(len(rcpts), last)
-}
-
-// try runs one session with addr; ok reports whether the transaction was
-// reached (the replies are final for this attempt).
-func (m *MX) try(ctx context.Context, s *session, addr, host string, d *policy.Delivery, rcpts []policy.Recipient, log *slog.Logger) (outcome, bool) {
-	for attempt := 0; attempt < 2; attempt++ {
-		conn, err := dial(ctx, m.Dial, m.Timeouts, "tcp", addr)
-		if err != nil {
-			log.Info("connect failed", slog.String("host", host), slog.String("addr", addr), slog.String("error", err.Error()))
-			return outcome{fail: connectFailed(addr, err)}, false
-		}
-		o := s.run(ctx, conn, host, d, rcpts, attempt > 0)
-		if o.replies != nil {
-			return o, true
-		}
-		if !o.tlsFail {
-			log.Info("session failed", slog.String("host", host), slog.String("addr", addr), slog.String("reply", o.fail.String()))
-			return o, false
-		}
-		log.Info("retrying in plaintext after a failed TLS handshake", slog.String("host", host), slog.String("addr", addr))
-	}
-	return outcome{fail: replyTLSFailed}, false
 }
 
 // hosts returns the hosts to try for domain, or the reply that fails every

@@ -59,21 +59,9 @@ func (h *Smarthost) Deliver(ctx context.Context, d *policy.Delivery) []policy.Re
 		user: h.Username, pass: h.Password, insecure: h.AllowInsecureAuth,
 		timeouts: h.Timeouts, log: log,
 	}
-	for attempt := 0; attempt < 2; attempt++ {
-		conn, err := dial(ctx, h.Dial, h.Timeouts, "tcp", addr)
-		if err != nil {
-			log.Info("connect failed", slog.String("error", err.Error()))
-			return sameReply(len(d.Rcpts), connectFailed(addr, err))
-		}
-		o := s.run(ctx, conn, host, d, d.Rcpts, attempt > 0)
-		if o.replies != nil {
-			return o.replies
-		}
-		if !o.tlsFail {
-			log.Info("session failed", slog.String("reply", o.fail.String()))
-			return sameReply(len(d.Rcpts), o.fail)
-		}
-		log.Info("retrying in plaintext after a failed TLS handshake")
+	o := s.deliver(ctx, h.Dial, "tcp", addr, host, d, d.Rcpts, log)
+	if o.replies != nil {
+		return o.replies
 	}
-	return sameReply(len(d.Rcpts), replyTLSFailed)
+	return sameReply(len(d.Rcpts), o.fail)
 }

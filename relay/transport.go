@@ -234,6 +234,30 @@ func (s *session) run(ctx context.Context, conn net.Conn, serverName string, d *
 	return outcome{replies: replies}
 }
 
+// deliver dials addr and runs a session with serverName over it; when the
+// STARTTLS handshake fails (opportunistic TLS) it dials once more and
+// retries in plaintext. The outcome has replies when the transaction was
+// reached, else the reply that fails the attempt. log names the server.
+func (s *session) deliver(ctx context.Context, dialFn DialFunc, network, addr, serverName string, d *policy.Delivery, rcpts []policy.Recipient, log *slog.Logger) outcome {
+	for attempt := 0; attempt < 2; attempt++ {
+		conn, err := dial(ctx, dialFn, s.timeouts, network, addr)
+		if err != nil {
+			log.Info("connect failed", slog.String("error", err.Error()))
+			return outcome{fail: connectFailed(addr, err)}
+		}
+		o := s.run(ctx, conn, serverName, d, rcpts, attempt > 0)
+		if o.replies != nil {
+			return o
+		}
+		if !o.tlsFail {
+			log.Info("session failed", slog.String("reply", o.fail.String()))
+			return o
+		}
+		log.Info("retrying in plaintext after a failed TLS handshake")
+	}
+	return outcome{fail: replyTLSFailed}
+}
+
 // transact runs MAIL, RCPT per recipient and DATA, returning a reply per
 // recipient.
 func (s *session) transact(ctx context.Context, c *client, d *policy.Delivery, rcpts []policy.Recipient, log *slog.Logger) []policy.Reply {
