@@ -50,19 +50,18 @@ var (
 // put at the top (a filter may add fields above it; a copy the sender forged
 // further down is ignored), removes that field only, and returns its value.
 func takeToken(h *policy.Header) (string, error) {
-	idx := -1
+	found := false
 	var tok string
-	for i, f := range h.Fields() {
-		if strings.EqualFold(f.Name(), TokenHeader) {
-			idx, tok = i, f.Value()
-			break
+	h.DelFunc(func(f policy.Field) bool {
+		if found || !strings.EqualFold(f.Name(), TokenHeader) {
+			return false
 		}
-	}
-	if idx < 0 {
+		found, tok = true, f.Value()
+		return true
+	})
+	if !found {
 		return "", errNoToken
 	}
-	i := 0
-	h.DelFunc(func(policy.Field) bool { i++; return i-1 == idx })
 	if !validToken(tok) {
 		return "", errBadToken
 	}
