@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -215,18 +216,7 @@ func greetingDeny(r policy.Reply) string {
 	if text == "" {
 		text = "Service unavailable"
 	}
-	return itoa(code) + " " + enh + " " + text + "\r\n"
-}
-
-func itoa(n int) string {
-	var b [8]byte
-	i := len(b)
-	for n > 0 || i == len(b) {
-		i--
-		b[i] = byte('0' + n%10)
-		n /= 10
-	}
-	return string(b[i:])
+	return strconv.Itoa(code) + " " + enh + " " + text + "\r\n"
 }
 
 // sanitizeText makes a reply text one safe line.

@@ -12,6 +12,7 @@ import (
 	"net/textproto"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -395,7 +396,7 @@ func TestBDAT(t *testing.T) {
 	h := start(t, Config{})
 	c := begin(t, h.addr())
 	body := simpleBody
-	c.send("BDAT " + itoa(len(body)) + " LAST\r\n" + body)
+	c.send("BDAT " + strconv.Itoa(len(body)) + " LAST\r\n" + body)
 	code, text := c.reply()
 	require.Equal(t, 250, code, text)
 	require.Len(t, h.queue.all(), 1)
@@ -404,7 +405,7 @@ func TestBDAT(t *testing.T) {
 	c.expect("MAIL FROM:<s@client.test>", 250)
 	c.expect("RCPT TO:<a@mx.test>", 250)
 	bad := "Subject: x\r\n\r\nbare\nlf\r\n"
-	c.send("BDAT " + itoa(len(bad)) + " LAST\r\n" + bad)
+	c.send("BDAT " + strconv.Itoa(len(bad)) + " LAST\r\n" + bad)
 	code, text = c.reply()
 	assert.Equal(t, 550, code, text)
 	assert.Len(t, h.queue.all(), 1)
