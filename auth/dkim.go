@@ -224,7 +224,7 @@ func (s *DKIMSigner) Sign(ctx context.Context, m *policy.Message) ([]byte, error
 	}
 
 	hh := sha256.New()
-	dkHashHeaders(hh, m.Header.Fields(), keys)
+	dkHashHeaders(hh, m.Header.Fields(), keys, dkRelaxedField)
 	unsigned := dkRelaxedHeader(dkFormatSignature(tags, ""))
 	io.WriteString(hh, strings.TrimSuffix(unsigned, "\r\n"))
 	sig, err := s.Key.Sign(rand.Reader, hh.Sum(nil), hashOpt)

@@ -249,6 +249,9 @@ func (b *dkBodyHasher) Sum() ([]byte, error) {
 
 var _ io.Writer = (*dkBodyHasher)(nil)
 
+// dkRelaxedField is dkRelaxedHeader for a field's raw bytes.
+func dkRelaxedField(raw []byte) string { return dkRelaxedHeader(string(raw)) }
+
 // dkRelaxedHeader canonicalizes one header field, name, value, folding
 // and final line break, as RFC 6376 section 3.4.2 "relaxed" says (and as
 // go-msgauth does: every run of white space, line breaks included, becomes
@@ -282,11 +285,11 @@ func dkHashBody(ctx context.Context, body io.Reader, relaxed bool, limit int64) 
 // dkReadBufPool holds the buffers bodies are read through.
 var dkReadBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
-// dkHashHeaders writes to h the relaxed canonical form of the fields of
+// dkHashHeaders writes to h the canonical form (canon) of the fields of
 // hdr named in keys, in order; each name takes the last of its fields not
 // yet taken, a name without one more field is skipped (RFC 6376 section
 // 5.4.2).
-func dkHashHeaders(h io.Writer, hdr []policy.Field, keys []string) {
+func dkHashHeaders(h io.Writer, hdr []policy.Field, keys []string, canon func(raw []byte) string) {
 	taken := map[string]int{}
 	for _, k := range keys {
 		lk := strings.ToLower(k)
@@ -300,7 +303,7 @@ func dkHashHeaders(h io.Writer, hdr []policy.Field, keys []string) {
 				continue
 			}
 			taken[lk]++
-			io.WriteString(h, dkRelaxedHeader(string(hdr[i].Raw)))
+			io.WriteString(h, canon(hdr[i].Raw))
 			break
 		}
 	}

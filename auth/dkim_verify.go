@@ -282,26 +282,10 @@ func (c *dkSigCheck) finish(fields []policy.Field) error {
 	}
 	canon := dkCRLFLines
 	if c.relaxedH {
-		canon = func(raw []byte) string { return dkRelaxedHeader(string(raw)) }
+		canon = dkRelaxedField
 	}
 	hh := sha256.New()
-	taken := map[string]int{}
-	for _, k := range c.keys {
-		lk := strings.ToLower(k)
-		skip := taken[lk]
-		for i := len(fields) - 1; i >= 0; i-- {
-			if !strings.EqualFold(strings.TrimSpace(fields[i].Name()), lk) {
-				continue
-			}
-			if skip > 0 {
-				skip--
-				continue
-			}
-			taken[lk]++
-			io.WriteString(hh, canon(fields[i].Raw))
-			break
-		}
-	}
+	dkHashHeaders(hh, fields, c.keys, canon)
 	self := dkSigValueRE.ReplaceAllString(c.raw, "$1")
 	if c.relaxedH {
 		self = dkRelaxedHeader(self)
