@@ -440,16 +440,12 @@ func (s *Spool) writeEntry(path string, env *Envelope, write func(io.Writer) (in
 // writerPool holds the buffers messages are written through.
 var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
 
-// copyBufs holds the buffers of copyMessage.
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
-// copyMessage writes m to w through a pooled buffer: m.WriteTo would make a
-// new 32 KiB buffer per message (io.Copy of a MultiReader).
+// copyMessage writes m to w with m.WriteTo, which copies the body through
+// a pooled buffer and writes the header fields as they are (m.Reader would
+// copy the header first). The wrapper hides a *bufio.Writer's ReadFrom,
+// which hands a large body to os.File.ReadFrom and its new 32 KiB buffer.
 func copyMessage(w io.Writer, m *policy.Message) (int64, error) {
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
-	// The wrappers hide WriteTo and ReadFrom, which would bypass the buffer.
-	return io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{m.Reader()}, *bp)
+	return m.WriteTo(struct{ io.Writer }{w})
 }
 
 // writeMessage returns a writer function for m (see copyMessage).
