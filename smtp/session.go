@@ -189,6 +189,9 @@ func (s *session) Mail(from string, opts *gosmtp.MailOptions) error {
 	return nil
 }
 
+// quotedPairs escapes a local part for a quoted string.
+var quotedPairs = strings.NewReplacer(`\`, `\\`, `"`, `\"`)
+
 // parsePath parses an address as go-smtp hands it over. go-smtp removes the
 // quotes of a quoted local part, so when the plain parse fails the local
 // part is quoted again and parsed once more.
@@ -205,7 +208,7 @@ func parsePath(p string) (policy.Address, error) {
 	if strings.HasPrefix(local, `"`) {
 		return a, err
 	}
-	q := `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(local) + `"` + p[at:]
+	q := `"` + quotedPairs.Replace(local) + `"` + p[at:]
 	if a2, err2 := policy.ParseAddress(q); err2 == nil {
 		return a2, nil
 	}
