@@ -446,12 +446,13 @@ type fromQuoter struct {
 	w   io.Writer
 	bol bool   // at the beginning of a line
 	pre []byte // the start of a line held back, a prefix of ">*From "
+	buf []byte // reused for the output of each Write
 }
 
 func (q *fromQuoter) Write(p []byte) (int, error) {
-	var out []byte
+	out := q.buf[:0]
 	for _, c := range p {
-		if q.bol || q.pre != nil {
+		if q.bol || len(q.pre) > 0 {
 			q.pre = append(q.pre, c)
 			q.bol = false
 			switch st := quoteState(q.pre); st {
@@ -461,23 +462,24 @@ func (q *fromQuoter) Write(p []byte) (int, error) {
 				out = append(out, '>')
 			}
 			out = append(out, q.pre...)
-			q.pre = nil
+			q.pre = q.pre[:0]
 			q.bol = c == '\n'
 			continue
 		}
 		out = append(out, c)
 		q.bol = c == '\n'
 	}
+	q.buf = out
 	_, err := q.w.Write(out)
 	return len(p), err
 }
 
 func (q *fromQuoter) flush() error {
-	if q.pre == nil {
+	if len(q.pre) == 0 {
 		return nil
 	}
 	_, err := q.w.Write(q.pre)
-	q.pre = nil
+	q.pre = q.pre[:0]
 	return err
 }
 
