@@ -245,7 +245,8 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 	_, err = io.CopyBuffer(io.MultiWriter(&chk, spoolWriter{w}), r, *buf)
 	copyBufs.Put(buf)
 	chk.Close()
-	c.noteSpooled(hdr.Size() + chk.Size()) // written, even if refused
+	size := hdr.Size() + chk.Size()
+	c.noteSpooled(size) // written, even if refused
 	var we spoolWriteError
 	if errors.As(err, &we) {
 		// Our disk, not the client: full, read-only, failing.
@@ -293,7 +294,6 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 		log.Error("spool write", "error", err)
 		return errInternal, false
 	}
-	size := hdr.Size() + chk.Size()
 
 	m, err := policy.NewMessage(f, size, nil)
 	if err != nil {
