@@ -47,6 +47,7 @@ type dkSigCheck struct {
 	tags     map[string]string
 	keys     []string // h=
 	relaxedH bool
+	relaxedB bool
 	bodyHash []byte // bh=
 	sig      []byte // b=
 	alg      crypto.Hash
@@ -110,7 +111,7 @@ func verifyDKIM(ctx context.Context, opts DKIMVerifyOptions, m *policy.Message) 
 // dkHashBodies reads body once and hashes it for every check.
 func dkHashBodies(ctx context.Context, body io.Reader, checks []*dkSigCheck) (err error) {
 	for _, c := range checks {
-		c.body = newDKBodyHasher(sha256.New(), c.tags["c"] != "" && dkBodyRelaxed(c.tags["c"]), -1)
+		c.body = newDKBodyHasher(sha256.New(), c.relaxedB, -1)
 	}
 	defer func() {
 		for _, c := range checks {
@@ -135,13 +136,6 @@ func dkHashBodies(ctx context.Context, body io.Reader, checks []*dkSigCheck) (er
 			return rerr
 		}
 	}
-}
-
-// dkBodyRelaxed reports whether the c= tag names relaxed body
-// canonicalization (prepare has checked it).
-func dkBodyRelaxed(c string) bool {
-	_, body, _ := strings.Cut(dkStripWS(c), "/")
-	return body == "relaxed"
 }
 
 // prepare checks everything but the hashes: the tags, the key (looked up
@@ -253,7 +247,7 @@ func (c *dkSigCheck) prepare(lookup func(string) ([]string, error)) error {
 	if bc != "simple" && bc != "relaxed" {
 		return dkPerm("unsupported body canonicalization algorithm")
 	}
-	c.relaxedH = hc == "relaxed"
+	c.relaxedH, c.relaxedB = hc == "relaxed", bc == "relaxed"
 	// l= leaves part of the body unsigned: whatever follows it could be
 	// anything (go-msgauth refuses it too).
 	if _, ok := tags["l"]; ok {
