@@ -332,8 +332,33 @@ func (s *Scheduler) corrupt(ctx context.Context, q, id string, err error) {
 // headerBytes returns the header as it would be written.
 func headerBytes(h *policy.Header) []byte {
 	var b bytes.Buffer
+	b.Grow(int(h.Size()))
 	h.WriteTo(&b)
 	return b.Bytes()
+}
+
+// headerIs reports whether h would be written as b, without writing it
+// out again.
+func headerIs(h *policy.Header, b []byte) bool {
+	if h.Size() != int64(len(b)) {
+		return false
+	}
+	c := &prefixWriter{rest: b}
+	_, err := h.WriteTo(c)
+	return err == nil && len(c.rest) == 0
+}
+
+// prefixWriter checks that what is written is a prefix of rest, consuming it.
+type prefixWriter struct{ rest []byte }
+
+var errDiffers = errors.New("differs")
+
+func (c *prefixWriter) Write(p []byte) (int, error) {
+	if !bytes.HasPrefix(c.rest, p) {
+		return 0, errDiffers
+	}
+	c.rest = c.rest[len(p):]
+	return len(p), nil
 }
 
 // postq runs the postq rules and reports whether delivery goes on; then
@@ -343,7 +368,7 @@ func (s *Scheduler) postq(ctx, rctx context.Context, q string, env *Envelope, m 
 	tx := env.Transaction(RcptPending)
 	before := headerBytes(m.Header)
 	res := s.cfg.Chain.EvalPostQ(rctx, tx, m)
-	changed := !bytes.Equal(before, headerBytes(m.Header))
+	changed := !headerIs(m.Header, before)
 	log := s.log.With("id", env.ID, "stage", "postq", "rule", res.Rule)
 	switch res.Verdict.Kind {
 	case policy.KindDeny:
