@@ -244,7 +244,14 @@ var arAddedKey = policy.NewKey[[][]byte]("auth.authres-added")
 // arAdd adds an Authentication-Results field to m's header and remembers it
 // as ours for the rest of the transaction.
 func arAdd(tx *policy.Transaction, h *policy.Header, authservID string, results ...authres.Result) {
-	raw := arFold(AuthResultsField, FormatAuthResults(authservID, results...))
+	arAddValue(tx, h, FormatAuthResults(authservID, results...))
+}
+
+// arAddValue adds an Authentication-Results field with value (authserv-id
+// and results, formatted) to h and remembers it as ours for the rest of the
+// transaction.
+func arAddValue(tx *policy.Transaction, h *policy.Header, value string) {
+	raw := arFold(AuthResultsField, value)
 	h.AddRaw(raw)
 	if tx != nil {
 		prev, _ := arAddedKey.Get(tx)

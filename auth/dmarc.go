@@ -431,12 +431,7 @@ func dmRecord(tx *policy.Transaction, m *policy.Message, authservID string, res 
 		clause += " header.from=" + res.FromDomain
 	}
 	parts = append(parts, clause)
-	raw := arFold(AuthResultsField, authservID+"; "+strings.Join(parts, "; "))
-	m.Header.AddRaw(raw)
-	if tx != nil {
-		prev, _ := arAddedKey.Get(tx)
-		arAddedKey.Set(tx, append(prev, raw))
-	}
+	arAddValue(tx, m.Header, authservID+"; "+strings.Join(parts, "; "))
 }
 
 // dmReason is the reason= text of a temperror or permerror: short, and
