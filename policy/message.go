@@ -65,13 +65,18 @@ func (m *Message) load(src io.ReaderAt, size int64) error {
 // independent reader.
 func (m *Message) Body() io.Reader { return io.NewSectionReader(m.src, m.bodyOff, m.bodyLen) }
 
+// blankLine reports whether the empty line that ends the header is written
+// after it: when it was stored, or when there is no body to tell apart.
+// Size, Reader and WriteTo must agree on it.
+func (m *Message) blankLine() bool { return m.sep || m.bodyLen == 0 }
+
 // BodySize returns the size of the body in bytes.
 func (m *Message) BodySize() int64 { return m.bodyLen }
 
 // Size returns the size of the whole message as Reader would produce it.
 func (m *Message) Size() int64 {
 	n := m.Header.Size() + m.bodyLen
-	if m.sep || m.bodyLen == 0 {
+	if m.blankLine() {
 		n += 2
 	}
 	return n
@@ -81,11 +86,11 @@ func (m *Message) Size() int64 {
 // Each call gives a new reader; the header is copied, so later edits do not
 // show in a reader already returned.
 func (m *Message) Reader() io.Reader {
-	var hb []byte
+	hb := make([]byte, 0, m.Header.Size()+2)
 	for _, f := range m.Header.fields {
 		hb = append(hb, f.Raw...)
 	}
-	if m.sep || m.bodyLen == 0 {
+	if m.blankLine() {
 		hb = append(hb, '\r', '\n')
 	}
 	return io.MultiReader(bytes.NewReader(hb), m.Body())
@@ -98,14 +103,14 @@ func (m *Message) WriteTo(w io.Writer) (int64, error) {
 	if err != nil {
 		return n, err
 	}
-	if m.sep || m.bodyLen == 0 {
+	if m.blankLine() {
 		k, err := io.WriteString(w, "\r\n")
 		n += int64(k)
 		if err != nil {
 			return n, err
 		}
 	}
-	body := io.NewSectionReader(m.src, m.bodyOff, m.bodyLen)
+	body := m.Body()
 	if bw, ok := w.(*bufio.Writer); ok {
 		k, err := bw.ReadFrom(body) // reads straight into its buffer
 		return n + k, err
