@@ -311,8 +311,11 @@ func NewID() string {
 		b[i] = byte(t >> (8 * (7 - i)))
 	}
 	rand.Read(b[6:])
-	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+	return idEncoding.EncodeToString(b[:])
 }
+
+// idEncoding is standard base32 in lower case, unpadded.
+var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
 
 // Enqueue stores an accepted message durably and returns only once the
 // message, its envelope and their directory entries are on disk. tx.ID is
