@@ -426,13 +426,15 @@ func arStripComments(s string) string {
 	return b.String()
 }
 
+var arCRLFToSpace = strings.NewReplacer("\r", " ", "\n", " ")
+
 // arFold formats "Name: value\r\n", breaking lines at white space outside
 // quoted strings and comments so that they stay under 78 characters where
 // possible; a break before each result clause after the first keeps
 // fields readable. CR and LF in value become spaces.
 func arFold(name, value string) []byte {
 	// Byte-wise: strings.Map would turn invalid UTF-8 into U+FFFD.
-	value = strings.NewReplacer("\r", " ", "\n", " ").Replace(value)
+	value = arCRLFToSpace.Replace(value)
 	// Split into words at spaces outside quotes and comments.
 	var words []string
 	var cur strings.Builder

@@ -425,7 +425,7 @@ func dmRecord(tx *policy.Transaction, m *policy.Message, authservID string, res 
 		clause += " (p=" + string(res.Policy) + " dis=" + string(res.Disposition) + ")"
 	}
 	if reason := dmReason(res); reason != "" {
-		clause += ` reason="` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(reason) + `"`
+		clause += ` reason="` + dmQuoteEscaper.Replace(reason) + `"`
 	}
 	if res.FromDomain != "" {
 		clause += " header.from=" + res.FromDomain
@@ -433,6 +433,9 @@ func dmRecord(tx *policy.Transaction, m *policy.Message, authservID string, res 
 	parts = append(parts, clause)
 	arAddValue(tx, m.Header, authservID+"; "+strings.Join(parts, "; "))
 }
+
+// dmQuoteEscaper escapes a reason= value for a quoted-string.
+var dmQuoteEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`)
 
 // dmReason is the reason= text of a temperror or permerror: short, and
 // without the address of our DNS server that a *net.DNSError carries.
