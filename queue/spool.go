@@ -737,10 +737,3 @@ func (l *idLocks) lock(ctx context.Context, id string) (func(), error) {
 		}
 	}
 }
-
-func (l *idLocks) tryLock(id string) (func(), bool) {
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	unlock, err := l.lock(ctx, id)
-	return unlock, err == nil
-}
