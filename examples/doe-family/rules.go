@@ -26,6 +26,8 @@ type ruleSet struct {
 // chain is the policy of doe-family: vSMTP's hardening guide as Go rules.
 func (rs ruleSet) chain(opts ...policy.Option) *policy.Chain {
 	chain := policy.NewChain(opts...)
+	// Built once: the rules below ask per message and per recipient.
+	local := relay.NewDomains(rs.domains...)
 
 	// SPF on incoming mail, both identities (HELO first), soft mode: a
 	// "fail" is refused with 550 5.7.23, everything else recorded in a
@@ -65,7 +67,7 @@ func (rs ruleSet) chain(opts ...policy.Option) *policy.Chain {
 	// the 250, where refusing would mean bouncing to a sender who is likely
 	// forged (backscatter): a message failing under p=reject or
 	// p=quarantine is quarantined in "dmarc" instead.
-	chain.PostQ("dmarc", skipOutgoing(rs, auth.CheckDMARC(auth.DMARCOptions{
+	chain.PostQ("dmarc", skipOutgoing(rs, local, auth.CheckDMARC(auth.DMARCOptions{
 		Resolver:   rs.resolver,
 		AuthServID: rs.hostname,
 		Decide: func(ctx context.Context, tx *policy.Transaction, r auth.DMARCResult) policy.Verdict {
@@ -78,7 +80,7 @@ func (rs ruleSet) chain(opts ...policy.Option) *policy.Chain {
 
 	// Delivery: local recipients to their maildir, the rest out by SMTP.
 	chain.Delivery("route", func(ctx context.Context, tx *policy.Transaction, rcpt policy.Recipient, route *policy.Route) policy.Verdict {
-		if relay.InDomain(rcpt.Addr, rs.domains...) {
+		if local.Has(rcpt.Addr) {
 			*route = policy.Route{Transport: "maildir"}
 		} else {
 			*route = policy.Route{Transport: "smtp"}
@@ -90,13 +92,13 @@ func (rs ruleSet) chain(opts ...policy.Option) *policy.Chain {
 
 // skipOutgoing runs rule only on incoming mail: not for authenticated
 // clients, the internal networks, or local senders (whose mail we sign).
-func skipOutgoing(rs ruleSet, rule policy.MessageRule) policy.MessageRule {
+func skipOutgoing(rs ruleSet, local relay.Domains, rule policy.MessageRule) policy.MessageRule {
 	return func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
 		c := tx.Conn
 		if c != nil && (c.Authenticated() || relay.InNetworks(c.Remote.Addr(), rs.internal)) {
 			return policy.Next
 		}
-		if relay.InDomain(tx.From, rs.domains...) {
+		if local.Has(tx.From) {
 			return policy.Next
 		}
 		return rule(ctx, tx, m)
