@@ -189,9 +189,6 @@ func (s *session) Mail(from string, opts *gosmtp.MailOptions) error {
 	return nil
 }
 
-// quotedPairs escapes a local part for a quoted string.
-var quotedPairs = strings.NewReplacer(`\`, `\\`, `"`, `\"`)
-
 // parsePath parses an address as go-smtp hands it over. go-smtp removes the
 // quotes of a quoted local part, so when the plain parse fails the local
 // part is quoted again and parsed once more.
@@ -208,7 +205,9 @@ func parsePath(p string) (policy.Address, error) {
 	if strings.HasPrefix(local, `"`) {
 		return a, err
 	}
-	q := `"` + quotedPairs.Replace(local) + `"` + p[at:]
+	// String quotes a local part that is not a dot-atom (a dot-atom
+	// failed for another reason, which quoting would not cure).
+	q := policy.Address{Local: local}.String() + p[at:]
 	if a2, err2 := policy.ParseAddress(q); err2 == nil {
 		return a2, nil
 	}
