@@ -14,6 +14,7 @@ import (
 	"io"
 	"net"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -211,7 +212,7 @@ func (c *dkSigCheck) prepare(lookup func(string) ([]string, error)) error {
 	if !ok {
 		return dkPerm("malformed algorithm name")
 	}
-	if key.hashes != nil && !dkListHas(key.hashes, hashAlgo) {
+	if key.hashes != nil && !slices.Contains(key.hashes, hashAlgo) {
 		return dkPerm("inappropriate hash algorithm")
 	}
 	switch hashAlgo {
@@ -226,7 +227,7 @@ func (c *dkSigCheck) prepare(lookup func(string) ([]string, error)) error {
 	if key.algo != keyAlgo {
 		return dkPerm("inappropriate key algorithm")
 	}
-	if key.services != nil && !dkListHas(key.services, "email") {
+	if key.services != nil && !slices.Contains(key.services, "email") {
 		return dkPerm("inappropriate service")
 	}
 	c.pub = key.pub
@@ -319,15 +320,6 @@ func dkCRLFLines(raw []byte) string {
 		b.WriteString("\r\n")
 	}
 	return b.String()
-}
-
-func dkListHas(list []string, v string) bool {
-	for _, s := range list {
-		if s == v {
-			return true
-		}
-	}
-	return false
 }
 
 // dkKey is a public key record (RFC 6376 section 3.6.1).
