@@ -118,6 +118,12 @@ func clean(s string) string {
 
 func writeDSN(w *bufio.Writer, in dsnInput) {
 	p := func(format string, a ...any) { fmt.Fprintf(w, format+"\r\n", a...) }
+	// part starts a body part: its boundary and the fields every part has.
+	part := func(desc, ctype string) {
+		p("--%s", in.boundary)
+		p("Content-Description: %s", desc)
+		p("Content-Type: %s", ctype)
+	}
 	env := in.env
 	subject := "Undelivered Mail Returned to Sender"
 	if in.action == "delivered" {
@@ -135,9 +141,7 @@ func writeDSN(w *bufio.Writer, in dsnInput) {
 	p("")
 	p("This is a MIME-encapsulated message.")
 	p("")
-	p("--%s", in.boundary)
-	p("Content-Description: Notification")
-	p("Content-Type: text/plain; charset=us-ascii")
+	part("Notification", "text/plain; charset=us-ascii")
 	p("")
 	p("This is the mail system at host %s.", in.host)
 	p("")
@@ -154,9 +158,7 @@ func writeDSN(w *bufio.Writer, in dsnInput) {
 		p("<%s>: %s", clean(r.Addr.Address().String()), clean(r.Reply.String()))
 	}
 	p("")
-	p("--%s", in.boundary)
-	p("Content-Description: Delivery report")
-	p("Content-Type: message/delivery-status")
+	part("Delivery report", "message/delivery-status")
 	p("")
 	p("Reporting-MTA: dns; %s", in.host)
 	p("X-Mtakit-Queue-ID: %s", env.ID)
@@ -185,18 +187,15 @@ func writeDSN(w *bufio.Writer, in dsnInput) {
 		}
 	}
 	p("")
-	p("--%s", in.boundary)
 	if in.full {
-		p("Content-Description: Undelivered Message")
-		p("Content-Type: message/rfc822")
+		part("Undelivered Message", "message/rfc822")
 		if b := strings.ToUpper(env.Params.Body); b == "8BITMIME" || b == "BINARYMIME" || env.Params.SMTPUTF8 {
 			p("Content-Transfer-Encoding: 8bit")
 		}
 		p("")
 		in.m.WriteTo(w) // the empty line below ends it if its last line has no CRLF
 	} else {
-		p("Content-Description: Undelivered Message Headers")
-		p("Content-Type: text/rfc822-headers")
+		part("Undelivered Message Headers", "text/rfc822-headers")
 		p("")
 		in.m.Header.WriteTo(w)
 	}
