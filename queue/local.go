@@ -45,6 +45,15 @@ func SafeMailbox(name string) string {
 	return name
 }
 
+// routeMailbox returns the mailbox of a local delivery to rcpt: the route's
+// target, or rcpt's MailboxName when it has none, made safe either way.
+func routeMailbox(route policy.Route, rcpt policy.Address) string {
+	if route.Target == "" {
+		return MailboxName(rcpt)
+	}
+	return SafeMailbox(route.Target)
+}
+
 // localHeader returns the Return-Path and Delivered-To fields a local
 // delivery prepends.
 func localHeader(d *policy.Delivery, rcpt policy.Recipient) string {
@@ -160,11 +169,7 @@ func (md *Maildir) Deliver(ctx context.Context, d *policy.Delivery) []policy.Rep
 			out[i] = replyLocalError
 			continue
 		}
-		box := SafeMailbox(d.Route.Target)
-		if d.Route.Target == "" {
-			box = MailboxName(r.Addr)
-		}
-		if err := md.deliverOne(filepath.Join(md.Root, box), d, r); err != nil {
+		if err := md.deliverOne(filepath.Join(md.Root, routeMailbox(d.Route, r.Addr)), d, r); err != nil {
 			out[i] = replyLocalError
 			continue
 		}
@@ -374,11 +379,7 @@ type Mbox struct {
 func (mb *Mbox) Deliver(ctx context.Context, d *policy.Delivery) []policy.Reply {
 	out := make([]policy.Reply, len(d.Rcpts))
 	for i, r := range d.Rcpts {
-		box := SafeMailbox(d.Route.Target)
-		if d.Route.Target == "" {
-			box = MailboxName(r.Addr)
-		}
-		if err := mb.deliverOne(ctx, filepath.Join(mb.Root, box), d, r); err != nil {
+		if err := mb.deliverOne(ctx, filepath.Join(mb.Root, routeMailbox(d.Route, r.Addr)), d, r); err != nil {
 			out[i] = replyLocalError
 			continue
 		}
