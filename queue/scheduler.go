@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -619,24 +620,12 @@ func (s *Scheduler) finish(ctx context.Context, q string, env *Envelope, m *poli
 		s.moveOn(ctx, q, Deferred, env)
 		return
 	}
-	var failed []string
-	for _, r := range env.Rcpts {
-		if r.State == RcptFailed {
-			failed = append(failed, r.Addr.Address().String()+": "+r.Reply.String())
-		}
-	}
 	switch {
 	case env.pending():
-		var errs []string
-		for _, r := range env.Rcpts {
-			if r.State == RcptPending {
-				errs = append(errs, r.Addr.Address().String()+": "+r.Reply.String())
-			}
-		}
-		env.LastError = strings.Join(errs, "; ")
+		env.LastError = rcptErrors(env, RcptPending)
 		s.moveOn(ctx, q, Deferred, env)
-	case len(failed) > 0:
-		env.LastError = strings.Join(failed, "; ")
+	case slices.ContainsFunc(env.Rcpts, func(r RcptState) bool { return r.State == RcptFailed }):
+		env.LastError = rcptErrors(env, RcptFailed)
 		s.moveOn(ctx, q, Dead, env)
 	default:
 		if err := s.st.Remove(ctx, q, env); err != nil {
@@ -645,6 +634,18 @@ func (s *Scheduler) finish(ctx context.Context, q string, env *Envelope, m *poli
 		}
 		s.log.Info("queue: delivered", "id", env.ID)
 	}
+}
+
+// rcptErrors returns the last replies of env's recipients in state, for
+// Envelope.LastError.
+func rcptErrors(env *Envelope, state string) string {
+	var errs []string
+	for _, r := range env.Rcpts {
+		if r.State == state {
+			errs = append(errs, r.Addr.Address().String()+": "+r.Reply.String())
+		}
+	}
+	return strings.Join(errs, "; ")
 }
 
 func (s *Scheduler) moveOn(ctx context.Context, q, to string, env *Envelope) {
