@@ -291,8 +291,9 @@ func CheckSPF(identity SPFIdentity, mode SPFMode, r policy.Resolver, opts ...SPF
 
 		SPFResultKey.Set(tx, result)
 		if cfg.header {
-			// AddRaw keeps the conventional spelling "Received-SPF" (Add
-			// would canonicalize it to "Received-Spf").
+			// foldField, not Header.Add: Add folds at every Unicode space
+			// (strings.Fields), and would turn a U+00A0 in a quoted
+			// SMTPUTF8 sender or HELO name into an ASCII space.
 			tx.Header.AddRaw(foldField("Received-SPF", result.ReceivedSPF()))
 		}
 		lvl := slog.LevelDebug
@@ -538,7 +539,7 @@ func foldField(name, value string) []byte {
 		if word == "" {
 			continue
 		}
-		if i > 0 && lineLen+1+len(word) > 78 && lineLen > 1 {
+		if i > 0 && lineLen+1+len(word) > 78 {
 			b.WriteString("\r\n ")
 			lineLen = 1
 		} else {
