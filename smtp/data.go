@@ -115,23 +115,27 @@ func (b *BodyChecker) Size() int64 { return b.n }
 // for a Received header: letters, digits and "-._:[]" are kept, any other
 // byte becomes "?", and it is cut to 255 bytes. An empty name gives
 // "unknown".
-func SanitizeHelo(s string) string {
+func SanitizeHelo(s string) string { return string(appendHelo(nil, s)) }
+
+// appendHelo appends SanitizeHelo(s) to b.
+func appendHelo(b []byte, s string) []byte {
 	if len(s) > 255 {
 		s = s[:255]
 	}
 	if s == "" {
-		return "unknown"
+		return append(b, "unknown"...)
 	}
-	b := []byte(s)
-	for i, c := range b {
-		switch {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
 		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+			b = append(b, c)
 		case c == '-' || c == '.' || c == '_' || c == ':' || c == '[' || c == ']':
+			b = append(b, c)
 		default:
-			b[i] = '?'
+			b = append(b, '?')
 		}
 	}
-	return string(b)
+	return b
 }
 
 // protocol is the WITH keyword of RFC 3848.
@@ -149,36 +153,47 @@ func protocol(pc *policy.Conn) string {
 	return p
 }
 
-// receivedValue formats the value of our Received field.
+// receivedValue formats the value of our Received field. It appends to one
+// buffer: it runs for every message.
 func receivedValue(hostname string, tx *policy.Transaction, now time.Time) string {
 	pc := tx.Conn
-	var b strings.Builder
-	b.WriteString("from ")
-	b.WriteString(SanitizeHelo(pc.Helo))
-	b.WriteString(" (")
+	b := make([]byte, 0, 256)
+	b = append(b, "from "...)
+	b = appendHelo(b, pc.Helo)
+	b = append(b, " ("...)
 	if pc.ReverseName != "" {
-		b.WriteString(SanitizeHelo(pc.ReverseName))
+		b = appendHelo(b, pc.ReverseName)
 	} else {
-		b.WriteString("unknown")
+		b = append(b, "unknown"...)
 	}
 	ip := pc.Remote.Addr()
 	if ip.Is6() {
-		b.WriteString(" [IPv6:" + ip.String() + "])")
+		b = append(b, " [IPv6:"...)
 	} else {
-		b.WriteString(" [" + ip.String() + "])")
+		b = append(b, " ["...)
 	}
-	b.WriteString(" by " + SanitizeHelo(hostname))
-	b.WriteString(" with " + protocol(pc))
+	b = append(b, ip.String()...) // not AppendTo: "invalid IP" for none
+	b = append(b, "])"...)
+	b = append(b, " by "...)
+	b = appendHelo(b, hostname)
+	b = append(b, " with "...)
+	b = append(b, protocol(pc)...)
 	if pc.TLS != nil {
-		v := strings.ReplaceAll(tls.VersionName(pc.TLS.Version), " ", "")
-		b.WriteString(" (version=" + v + " cipher=" + tls.CipherSuiteName(pc.TLS.CipherSuite) + ")")
+		b = append(b, " (version="...)
+		b = append(b, strings.ReplaceAll(tls.VersionName(pc.TLS.Version), " ", "")...)
+		b = append(b, " cipher="...)
+		b = append(b, tls.CipherSuiteName(pc.TLS.CipherSuite)...)
+		b = append(b, ')')
 	}
-	b.WriteString(" id " + tx.ID)
+	b = append(b, " id "...)
+	b = append(b, tx.ID...)
 	if len(tx.Rcpts) == 1 {
-		b.WriteString(" for " + tx.Rcpts[0].Addr.Path())
+		b = append(b, " for "...)
+		b = append(b, tx.Rcpts[0].Addr.Path()...)
 	}
-	b.WriteString("; " + now.Format(time.RFC1123Z))
-	return b.String()
+	b = append(b, "; "...)
+	b = now.AppendFormat(b, time.RFC1123Z)
+	return string(b)
 }
 
 // spoolWriter tags the errors of writing the spool file, so they are told
