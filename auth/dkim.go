@@ -203,7 +203,7 @@ func (s *DKIMSigner) Sign(ctx context.Context, m *policy.Message) ([]byte, error
 		return nil, fmt.Errorf("auth: DKIM: unsupported key type %T", s.Key.Public())
 	}
 
-	bh, err := dkHashBody(ctx, m.Body(), true, -1)
+	bh, err := dkHashBody(ctx, m.Body())
 	if err != nil {
 		return nil, fmt.Errorf("auth: DKIM signing: %w", err)
 	}

@@ -268,13 +268,13 @@ func dkRelaxedHeader(raw string) string {
 	return k + ":" + v + "\r\n"
 }
 
-// dkHashBody returns the hash (SHA-256) of body under the relaxed or
-// simple canonicalization, limited to limit canonical bytes when limit is
-// not negative. Reading stops when ctx is done.
-func dkHashBody(ctx context.Context, body io.Reader, relaxed bool, limit int64) ([]byte, error) {
+// dkHashBody returns the hash (SHA-256) of body under the relaxed
+// canonicalization, the one the signer uses. Reading stops when ctx is
+// done.
+func dkHashBody(ctx context.Context, body io.Reader) ([]byte, error) {
 	bufp := dkReadBufPool.Get().(*[]byte)
 	defer dkReadBufPool.Put(bufp)
-	b := newDKBodyHasher(sha256.New(), relaxed, limit)
+	b := newDKBodyHasher(sha256.New(), true, -1)
 	defer b.free()
 	if _, err := io.CopyBuffer(b, dkCtxReader{ctx, body}, *bufp); err != nil {
 		return nil, err
