@@ -72,7 +72,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	srv, err := build(ctx, cfg, log)
+	srv, err := build(cfg, log)
 	if err != nil {
 		return err
 	}

@@ -32,7 +32,7 @@ type server struct {
 	creds     *auth.CredentialFile
 }
 
-func build(ctx context.Context, cfg *config, log *slog.Logger) (*server, error) {
+func build(cfg *config, log *slog.Logger) (*server, error) {
 	internal, err := relay.ParsePrefixes(cfg.internal)
 	if err != nil {
 		return nil, fmt.Errorf("-internal: %w", err)
