@@ -35,6 +35,9 @@ type committer struct {
 	ops    chan *op
 	sync   func(root *os.File, files []string) error // syncData; a seam for tests
 	syncs  int                                       // batches synced, for tests
+	// key, when set (shareSyncs), names the filesystem whose shared
+	// rounds (fileSyncs) commit the renameFirst ops: see commitShared.
+	key string
 
 	mu    sync.Mutex
 	dirFD map[string]*os.File
@@ -67,6 +70,17 @@ func newCommitter(root string, noSync bool) (*committer, error) {
 	return c, nil
 }
 
+// shareSyncs makes c commit renameFirst ops in the shared sync rounds of
+// its filesystem (commitShared), where syncfs(2) allows it.
+func (c *committer) shareSyncs() error {
+	if !syncCoversRenames {
+		return nil
+	}
+	key, err := fsKey(c.rootF)
+	c.key = key
+	return err
+}
+
 var errClosed = errors.New("queue: spool closed")
 
 // errEarlierSync fails an op whose files were being written when a sync of
@@ -75,7 +89,12 @@ var errEarlierSync = errors.New("queue: a sync failed while this was being writt
 
 // begin returns the generation to put in op.since; call it before writing
 // the op's files.
-func (c *committer) begin() uint64 { return c.gen.Load() }
+func (c *committer) begin() uint64 {
+	if c.key != "" {
+		return fileSyncs.begin(c.key)
+	}
+	return c.gen.Load()
+}
 
 // commit hands o to the committer and waits until it is durable. ctx bounds
 // only the wait for a place in the batch queue: once handed over, the op's
@@ -86,6 +105,12 @@ func (c *committer) commit(ctx context.Context, o *op) error {
 	defer c.closing.RUnlock()
 	if c.closed {
 		return errClosed
+	}
+	if c.key != "" && o.renameFirst {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return c.commitShared(o)
 	}
 	o.done = make(chan error, 1)
 	select {
@@ -218,6 +243,35 @@ func (c *committer) run(batch []*op) {
 		}
 		o.done <- errs[i]
 	}
+}
+
+// commitShared commits o (renameFirst, without dirs: see enqueue) in the
+// caller's goroutine: the renames, then a round of the filesystem's shared
+// syncs, which the caller joins, or leads if none is under way. The round
+// also carries the local deliveries' syncs of the same filesystem, and no
+// hand-off to the committer's goroutine and back is paid per batch.
+func (c *committer) commitShared(o *op) error {
+	if err := o.rename(); err != nil {
+		return err
+	}
+	if !c.noSync && len(o.files) > 0 {
+		err := fileSyncs.doSince(c.key, o.since, func() error {
+			c.syncs++ // rounds of a key never overlap
+			return c.sync(fsHandle(c.key), o.files)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	for _, p := range o.removes {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	for _, p := range o.after {
+		os.Remove(p)
+	}
+	return nil
 }
 
 // rename does the renames of o, in order, up to the first failure.

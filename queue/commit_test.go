@@ -13,6 +13,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/mtakit/mtakit/policy"
 )
 
 func TestGroupCommitSharesSyncs(t *testing.T) {
@@ -43,10 +45,10 @@ func TestGroupCommitSharesSyncs(t *testing.T) {
 		})
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for inFirst.Load()+int64(len(sp.c.ops)) < n && time.Now().Before(deadline) {
+	for inFirst.Load()+int64(sp.c.queued()) < n && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond) // waiting for the writers, not timing anything
 	}
-	require.Equal(t, int64(n), inFirst.Load()+int64(len(sp.c.ops)), "writers queued behind the first batch")
+	require.Equal(t, int64(n), inFirst.Load()+int64(sp.c.queued()), "writers queued behind the first batch")
 	releaseOnce.Do(func() { close(release) })
 	wg.Wait()
 	close(errs)
@@ -57,6 +59,18 @@ func TestGroupCommitSharesSyncs(t *testing.T) {
 	l, err := sp.List(Working)
 	require.NoError(t, err)
 	assert.Len(t, l, n)
+}
+
+// queued counts the ops waiting for c: in its channel, or for a round of
+// the shared syncs.
+func (c *committer) queued() int {
+	n := len(c.ops)
+	if c.key != "" {
+		fileSyncs.mu.Lock()
+		n += fileSyncs.group(c.key).waiting
+		fileSyncs.mu.Unlock()
+	}
+	return n
 }
 
 func TestEnqueueFailureLeavesNothing(t *testing.T) {
@@ -125,4 +139,58 @@ func TestSyncFailureFailsWritesBegunBefore(t *testing.T) {
 	cfile := write("c")
 	require.NoError(t, c.commit(ctx, &op{files: []string{cfile}, since: sinceC}))
 	require.NoError(t, c.commit(ctx, &op{removes: []string{b}}))
+}
+
+// TestEnqueueAndDeliveryShareSyncs: where syncfs(2) covers the renames,
+// enqueues and maildir deliveries on one filesystem share its sync rounds.
+// With an enqueue's round held, a second enqueue and a delivery (its data)
+// wait for the next round and share it; the delivery's rename then takes
+// one more: three rounds, where separate syncs would take four.
+func TestEnqueueAndDeliveryShareSyncs(t *testing.T) {
+	if !syncCoversRenames {
+		t.Skip("shared sync rounds need syncfs(2) (Linux)")
+	}
+	dir := t.TempDir()
+	sp, err := Open(filepath.Join(dir, "spool"), WithLogger(quietLogger()))
+	require.NoError(t, err)
+	defer sp.Close()
+	rounds := func() uint64 { return fileSyncs.begin(sp.c.key) }
+	before := rounds()
+	inSync, release := make(chan struct{}), make(chan struct{})
+	first := true
+	sp.c.sync = func(root *os.File, files []string) error {
+		if first {
+			first = false
+			close(inSync)
+			<-release
+		}
+		return syncData(root, files)
+	}
+	ctx := context.Background()
+	errs := make(chan error, 2)
+	go func() { errs <- sp.Enqueue(ctx, newTx("s1", "a@example.org", "b@example.com"), newMessage(t, testMsg)) }()
+	<-inSync
+	go func() { errs <- sp.Enqueue(ctx, newTx("s2", "a@example.org", "b@example.com"), newMessage(t, testMsg)) }()
+	md := &Maildir{Root: filepath.Join(dir, "mail")}
+	delivered := make(chan []policy.Reply, 1)
+	d := delivery(t, "a@example.org", policy.Route{}, testMsg, "john@example.com")
+	go func() { delivered <- md.Deliver(ctx, d) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for sp.c.queued() < 2 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond) // waiting for the two writers, not timing anything
+	}
+	require.Equal(t, 2, sp.c.queued(), "the second enqueue and the delivery wait for the held round")
+	close(release)
+	require.NoError(t, <-errs)
+	require.NoError(t, <-errs)
+	rep := <-delivered
+	require.Len(t, rep, 1)
+	assert.Equal(t, 250, rep[0].Code)
+	assert.Equal(t, uint64(3), rounds()-before, "rounds: held enqueue; second enqueue with the delivery's data; the delivery's rename")
+	ents, err := os.ReadDir(filepath.Join(dir, "mail", "john", "new"))
+	require.NoError(t, err)
+	assert.Len(t, ents, 1)
+	ids, err := sp.IDs(Working)
+	require.NoError(t, err)
+	assert.ElementsMatch(t, []string{"s1", "s2"}, ids)
 }

@@ -9,14 +9,14 @@
 // messages with Enqueue, which returns only when the message's entry (one
 // file: the message, then its envelope as a JSON record, see Envelope) and
 // its directory entry are durable: only then may the client get its 250.
-// Concurrent Enqueue calls share their syncs (group commit): each writes its
-// entry (in tmp/, or over a file of free/), then joins the batch a
-// committer goroutine makes durable. On Linux the entries are renamed into
-// their queue first and one syncfs(2) of the spool's filesystem makes data
-// and renames durable (an entry is invisible until its commit returns);
-// elsewhere each file is fsynced, then renamed, then each directory
-// fsynced. The accept path has a committer of its own, so that it never
-// waits behind the scheduler's commits.
+// Concurrent Enqueue calls share their syncs (group commit). On Linux each
+// writes its entry (in tmp/, or over a file of free/), renames it into its
+// queue (it stays invisible until its commit returns), then joins a round
+// of its filesystem's shared syncs: one syncfs(2) makes durable the data
+// and renames of every enqueue, and of every Maildir delivery on the same
+// filesystem, waiting meanwhile; the first waiter runs it, so no goroutine
+// hand-off is paid. Elsewhere a committer goroutine batches the enqueues:
+// each file is fsynced, then renamed, then each directory fsynced.
 // WithUnsafeNoSync turns syncing off, for benchmarks only.
 //
 // A change of envelope appends a record to the entry (the last valid one

@@ -129,11 +129,12 @@ func (l *lfWriter) flush() error {
 // recipient when the target is empty; either way it is made safe with
 // SafeMailbox so that no recipient can write outside Root. Each recipient
 // gets its own file (with its own Delivered-To), written to tmp/ under the
-// spec's unique name, made durable, renamed into new/, and new/ is fsynced
-// before the delivery is reported. Concurrent deliveries share these
-// syncs: one syncfs(2) of Root's filesystem covers the files written
-// meanwhile (fsync of each file where syncfs is not available), one fsync
-// of new/ the renames into it.
+// spec's unique name, made durable, renamed into new/, and the rename is
+// made durable before the delivery is reported. Concurrent deliveries share
+// these syncs, with the spool's enqueues when it lies on the same
+// filesystem: one syncfs(2) of Root's filesystem covers the files written
+// and the renames done meanwhile. Where syncfs is not available each file
+// is fsynced, and new/ once for the renames into it.
 type Maildir struct {
 	Root string
 	// KeepCRLF stores messages with CRLF line ends (default: LF).
@@ -206,6 +207,7 @@ func (md *Maildir) deliverOne(dir string, d *policy.Delivery, r policy.Recipient
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
+	renamed := fileSyncs.begin(key)
 	if err == nil {
 		err = rename(tmp, filepath.Join(dir, "new", name))
 	}
@@ -213,7 +215,7 @@ func (md *Maildir) deliverOne(dir string, d *policy.Delivery, r policy.Recipient
 		os.Remove(tmp)
 		return err
 	}
-	return fileSyncs.do(filepath.Join(dir, "new"), func() error { return syncDirPath(filepath.Join(dir, "new")) })
+	return syncRenamed(key, filepath.Join(dir, "new"), renamed)
 }
 
 // madeDirs remembers the maildirs known to exist (dir -> true), sparing
@@ -221,7 +223,7 @@ func (md *Maildir) deliverOne(dir string, d *policy.Delivery, r policy.Recipient
 var madeDirs sync.Map
 
 // fileSyncs coalesces concurrent syncs of the same thing (a filesystem, a
-// directory) across every local delivery of the process.
+// directory) across every local delivery and enqueue of the process.
 var fileSyncs syncGroups
 
 // syncGroups runs, for each key, at most one sync at a time; a caller

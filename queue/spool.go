@@ -134,6 +134,11 @@ func Open(dir string, opts ...Option) (*Spool, error) {
 		return nil, err
 	}
 	c, err := newCommitter(dir, s.noSync)
+	if err == nil {
+		if err = c.shareSyncs(); err != nil {
+			c.close()
+		}
+	}
 	if err != nil {
 		lock.Close()
 		return nil, err

@@ -1,8 +1,11 @@
 package queue
 
 import (
+	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -26,21 +29,77 @@ func syncData(root *os.File, _ []string) error {
 // cache flush per batch.
 const syncCoversRenames = true
 
+// fsHandles holds, per filesystem, the handle every shared sync of it goes
+// through (key "fs:<device>" -> *os.File, never closed). syncfs(2) reports
+// a writeback error once per open file, and only an error that came after
+// that file was opened: rounds made through the file of whoever leads each
+// one could miss an error that another file would have reported. One
+// handle per filesystem, opened before any write its rounds cover, reports
+// each error once, to the round after it; doSince then fails everyone who
+// began writing before that round ended.
+var fsHandles sync.Map
+
+// fsKey returns the shared-sync key of f's filesystem, opening its handle
+// (f's directory, or f if it is one) the first time.
+func fsKey(f *os.File) (string, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return "", err
+	}
+	key := "fs:" + strconv.FormatUint(st.Dev, 10)
+	if _, ok := fsHandles.Load(key); ok {
+		return key, nil
+	}
+	dir := f.Name()
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		dir = filepath.Dir(dir)
+	}
+	h, err := openFile(dir, os.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return "", err
+	}
+	var hst unix.Stat_t
+	if err := unix.Fstat(int(h.Fd()), &hst); err != nil || hst.Dev != st.Dev {
+		h.Close()
+		return "", fmt.Errorf("queue: %s moved to another filesystem", dir)
+	}
+	if _, loaded := fsHandles.LoadOrStore(key, h); loaded {
+		h.Close()
+	}
+	return key, nil
+}
+
+// fsHandle returns the handle of key (from fsKey).
+func fsHandle(key string) *os.File {
+	h, _ := fsHandles.Load(key)
+	return h.(*os.File)
+}
+
+// syncFS syncs the filesystem of key (from fsKey) through its handle.
+func syncFS(key string) error { return syncData(fsHandle(key), nil) }
+
 // syncBegin names the filesystem of f for syncFile and notes the rounds of
 // its shared syncs done before f is written.
 func syncBegin(f *os.File) (key string, since uint64, err error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+	if key, err = fsKey(f); err != nil {
 		return "", 0, err
 	}
-	key = "fs:" + strconv.FormatUint(st.Dev, 10)
 	return key, fileSyncs.begin(key), nil
 }
 
-// syncFile makes f (written, not yet closed) durable, with a syncfs(2) of
-// its filesystem shared by every local delivery writing to it meanwhile.
-func syncFile(f *os.File, key string, since uint64) error {
-	return fileSyncs.doSince(key, since, func() error { return syncData(f, nil) })
+// syncFile makes f (written, not yet closed) durable with a round of its
+// filesystem's shared syncs: one syncfs(2) for every local delivery and
+// every enqueue (committer.commitShared) waiting meanwhile.
+func syncFile(_ *os.File, key string, since uint64) error {
+	return fileSyncs.doSince(key, since, func() error { return syncFS(key) })
+}
+
+// syncRenamed makes durable the renames into dir done before the call and
+// after round since of key (fileSyncs.begin): a round of the shared syncs
+// of dir's filesystem, since syncfs(2) covers renames, instead of an
+// fsync(2) of dir of its own.
+func syncRenamed(key, _ string, since uint64) error {
+	return fileSyncs.doSince(key, since, func() error { return syncFS(key) })
 }
 
 // openFile is os.OpenFile for the spool's regular files and directories

@@ -26,6 +26,21 @@ func syncBegin(*os.File) (string, uint64, error) { return "", 0, nil }
 // syncFile makes f (written, not yet closed) durable.
 func syncFile(f *os.File, _ string, _ uint64) error { return f.Sync() }
 
+// syncRenamed makes durable the renames into dir done before the call: an
+// fsync(2) of dir, shared by the deliveries renaming into it meanwhile.
+func syncRenamed(_, dir string, _ uint64) error {
+	return fileSyncs.do(dir, func() error { return syncDirPath(dir) })
+}
+
+// fsKey: shared rounds need syncfs(2); without it the committer runs ops
+// itself.
+func fsKey(*os.File) (string, error) { return "", nil }
+
+// fsHandle and syncFS are never called without syncfs(2) (fsKey gives
+// no key).
+func fsHandle(string) *os.File { return nil }
+func syncFS(string) error      { return nil }
+
 // openFile is os.OpenFile (see the Linux version).
 func openFile(name string, flag int, perm os.FileMode) (*os.File, error) {
 	return os.OpenFile(name, flag, perm)
