@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"os"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -71,6 +72,11 @@ type Envelope struct {
 	LastError     string      `json:"last_error,omitempty"`
 
 	end int64 // end of the valid records in the entry file (0: unknown)
+	// f is the entry file, opened for writing by Load and closed with the
+	// message loaded with it: update appends through it, sparing an open
+	// and a close per change. A rename moves the file, not the handle;
+	// replace, which writes another file, clears it.
+	f *os.File
 }
 
 // Addr is an address as stored: local part and domain apart, so that no

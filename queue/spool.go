@@ -503,14 +503,15 @@ func (s *Spool) locate(id string) (string, error) {
 	return "", fmt.Errorf("%w: %s", ErrNotFound, id)
 }
 
-// openEntry opens the entry of id in queue q and reads its envelope.
-func (s *Spool) openEntry(q, id string) (*os.File, *Envelope, error) {
+// openEntry opens the entry of id in queue q (flag: os.O_RDONLY or
+// os.O_RDWR) and reads its envelope.
+func (s *Spool) openEntry(q, id string, flag int) (*os.File, *Envelope, error) {
 	dir, err := s.queueDir(q)
 	if err != nil {
 		return nil, nil, err
 	}
 	s.rec.acquire(id)
-	f, err := openFile(entryPath(dir, id), os.O_RDONLY, 0)
+	f, err := openFile(entryPath(dir, id), flag, 0)
 	if err != nil {
 		s.rec.release(id)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -536,16 +537,22 @@ func (s *Spool) closeEntry(f *os.File, id string) error {
 
 // entryCloser closes a loaded message's entry file.
 type entryCloser struct {
-	s  *Spool
-	f  *os.File
-	id string
+	s   *Spool
+	f   *os.File
+	id  string
+	env *Envelope
 }
 
-func (c *entryCloser) Close() error { return c.s.closeEntry(c.f, c.id) }
+func (c *entryCloser) Close() error {
+	if c.env.f == c.f {
+		c.env.f = nil
+	}
+	return c.s.closeEntry(c.f, c.id)
+}
 
 // readEnvelope reads the envelope of id in queue q.
 func (s *Spool) readEnvelope(q, id string) (*Envelope, error) {
-	f, env, err := s.openEntry(q, id)
+	f, env, err := s.openEntry(q, id, os.O_RDONLY)
 	if err != nil {
 		return nil, err
 	}
@@ -556,7 +563,7 @@ func (s *Spool) readEnvelope(q, id string) (*Envelope, error) {
 // loadEntry returns the envelope and message of id in queue q; the message
 // (header edits of postq applied) reads the entry file, closed with it.
 func (s *Spool) loadEntry(q, id string) (*Envelope, *policy.Message, error) {
-	f, env, err := s.openEntry(q, id)
+	f, env, err := s.openEntry(q, id, os.O_RDWR)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -564,11 +571,12 @@ func (s *Spool) loadEntry(q, id string) (*Envelope, *policy.Message, error) {
 	if env.Head != nil {
 		src.head, src.base = env.Head, env.BodyOff
 	}
-	m, err := policy.NewMessage(src, src.size(), &entryCloser{s, f, id})
+	m, err := policy.NewMessage(src, src.size(), &entryCloser{s, f, id, env})
 	if err != nil {
 		s.closeEntry(f, id)
 		return nil, nil, fmt.Errorf("%w: message %s: %v", ErrCorrupt, id, err)
 	}
+	env.f = f
 	return env, m, nil
 }
 
@@ -604,14 +612,16 @@ func (s *Spool) update(ctx context.Context, env *Envelope, from, to string, dura
 	if err != nil {
 		return err
 	}
-	f, err := openFile(cur, os.O_RDWR, 0)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("%w: %s", ErrNotFound, env.ID)
+	f := env.f
+	if f == nil {
+		if f, err = openFile(cur, os.O_RDWR, 0); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("%w: %s", ErrNotFound, env.ID)
+			}
+			return err
 		}
-		return err
+		defer f.Close()
 	}
-	defer f.Close()
 	since := s.cs.begin()
 	end := env.end
 	if end == 0 {
@@ -678,6 +688,7 @@ func (s *Spool) replace(ctx context.Context, env *Envelope, from, to string, m *
 		env.Head, env.BodyOff, env.Size, env.end = head, off, size, end
 		return fmt.Errorf("queue: updating %s: %w", env.ID, err)
 	}
+	env.f = nil // the old file's handle: later changes go to the new one
 	return nil
 }
 

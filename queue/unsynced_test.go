@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -117,4 +118,59 @@ func TestEnqueuePublishedBeforeSync(t *testing.T) {
 		}
 	}
 	sp.c.sync = syncData
+}
+
+// TestSaveThroughLoadedHandle: while the message Load returned is open,
+// changes of its envelope go through the entry file Load opened, wherever
+// renames took it; after a rule replaced the body (a new entry file), and
+// after the message is closed, they go to the entry's current file.
+func TestSaveThroughLoadedHandle(t *testing.T) {
+	sp, err := Open(t.TempDir(), WithLogger(quietLogger()))
+	require.NoError(t, err)
+	defer sp.Close()
+	ctx := context.Background()
+	require.NoError(t, sp.Enqueue(ctx, newTx("h1", "a@example.org", "b@example.com"), newMessage(t, testMsg)))
+	reload := func() (string, *Envelope, string) {
+		t.Helper()
+		q, env, m, err := sp.Load("h1")
+		require.NoError(t, err)
+		defer m.Close()
+		raw, err := io.ReadAll(m.Reader())
+		require.NoError(t, err)
+		return q, env, string(raw)
+	}
+
+	_, env, m, err := sp.Load("h1")
+	require.NoError(t, err)
+	require.NotNil(t, env.f, "Load keeps the entry open for updates")
+	env.Attempts = 1
+	require.NoError(t, sp.SaveUnsynced(ctx, env, Working, Deliver, nil))
+	env.Attempts = 2
+	require.NoError(t, sp.SaveUnsynced(ctx, env, Deliver, Deliver, nil), "appended through the handle after the rename")
+	q, got, _ := reload()
+	assert.Equal(t, Deliver, q)
+	assert.Equal(t, 2, got.Attempts)
+
+	// A replaced body is a new file: the handle of the old one is dropped.
+	replaced := newMessage(t, "Subject: replaced\r\n\r\nnew body\r\n")
+	require.NoError(t, sp.Save(ctx, env, Deliver, Deliver, replaced))
+	assert.Nil(t, env.f)
+	env.Attempts = 3
+	require.NoError(t, sp.SaveUnsynced(ctx, env, Deliver, Deferred, nil))
+	q, got, raw := reload()
+	assert.Equal(t, Deferred, q)
+	assert.Equal(t, 3, got.Attempts)
+	assert.Equal(t, "Subject: replaced\r\n\r\nnew body\r\n", raw)
+	m.Close()
+
+	// Closing the message drops the handle; later changes reopen the entry.
+	_, env, m, err = sp.Load("h1")
+	require.NoError(t, err)
+	require.NoError(t, m.Close())
+	assert.Nil(t, env.f)
+	env.Attempts = 4
+	require.NoError(t, sp.Save(ctx, env, Deferred, Deliver, nil))
+	q, got, _ = reload()
+	assert.Equal(t, Deliver, q)
+	assert.Equal(t, 4, got.Attempts)
 }
