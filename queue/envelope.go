@@ -1,12 +1,12 @@
 package queue
 
 import (
-	"os"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"time"
