@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding"
+	"encoding/binary"
 	"hash"
 	"io"
+	"math/bits"
 	"sort"
 	"strings"
 	"sync"
@@ -158,6 +160,10 @@ func (b *dkBodyHasher) dropBreaks() error {
 }
 
 func (b *dkBodyHasher) Write(p []byte) (int, error) {
+	if b.relaxed {
+		b.writeRelaxed(p)
+		return len(p), nil
+	}
 	for i := 0; i < len(p); i++ {
 		c := p[i]
 		prevCR := b.prevCR
@@ -166,13 +172,13 @@ func (b *dkBodyHasher) Write(p []byte) (int, error) {
 			b.byteIn('\r')
 		}
 		b.byteIn(c)
-		if b.prevCR || c == '\n' || b.relaxed && (c == ' ' || c == '\t') || b.simpCR {
+		if b.prevCR || c == '\n' || b.simpCR {
 			continue
 		}
 		// c was an ordinary byte, now hashed: the ordinary bytes after it
 		// go to the output as they are.
 		j := i + 1
-		for j < len(p) && dkOrdinary(p[j], b.relaxed) {
+		for j < len(p) && p[j] != '\r' && p[j] != '\n' {
 			j++
 		}
 		b.emit(p[i+1 : j])
@@ -181,32 +187,118 @@ func (b *dkBodyHasher) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// dkOrdinary reports whether c is copied as it is (no line break, and for
-// relaxed no white space).
-func dkOrdinary(c byte, relaxed bool) bool {
-	return c != '\r' && c != '\n' && !(relaxed && (c == ' ' || c == '\t'))
-}
+// Byte classes of the relaxed body canonicalization.
+const (
+	dkOrd  = iota // copied as it is
+	dkWSP         // SP or HTAB: a run of them becomes one SP, or nothing before a line break
+	dkCR          // line-break bytes: held until something printable follows
+	dkLF
+)
 
-// byteIn takes one byte of the body after the bare LF fix.
-func (b *dkBodyHasher) byteIn(c byte) {
-	if b.relaxed {
-		switch c {
-		case ' ', '\t':
+var dkRelaxedClass = [256]uint8{' ': dkWSP, '\t': dkWSP, '\r': dkCR, '\n': dkLF}
+
+// writeRelaxed is Write for the relaxed canonicalization. It works a run at
+// a time rather than a byte at a time: text is mostly ordinary bytes and
+// single spaces, which the canonicalization leaves as they are, so a whole
+// line of prose or base64 is found by dkRelaxedRun and copied at once; only
+// the bytes that change something (white space runs, tabs, line breaks) take
+// the slow way, with the same state (wsp, pending breaks, prevCR) the byte
+// at a time version kept, so the output does not depend on where writes
+// split.
+func (b *dkBodyHasher) writeRelaxed(p []byte) {
+	for i := 0; i < len(p); {
+		switch dkRelaxedClass[p[i]] {
+		case dkWSP:
 			b.wsp = true
-		case '\r', '\n':
+			b.prevCR = false
+			i++
+		case dkCR:
 			b.wsp = false
-			b.pendBreak(string(c))
+			if i+1 < len(p) && p[i+1] == '\n' {
+				b.pendBreak("\r\n")
+				b.prevCR = false
+				i += 2
+				continue
+			}
+			b.pendBreak("\r")
+			b.prevCR = true
+			i++
+		case dkLF:
+			b.wsp = false
+			if b.prevCR {
+				b.pendBreak("\n")
+			} else {
+				b.pendBreak("\r\n") // a bare LF counts as CRLF
+			}
+			b.prevCR = false
+			i++
 		default:
 			b.commitBreaks()
 			if b.wsp {
 				b.emitByte(' ')
 				b.wsp = false
 			}
-			b.emitByte(c)
+			j := dkRelaxedRun(p, i+1)
+			if n := copy(b.out[b.nout:], p[i:j]); n == j-i {
+				b.nout += n
+			} else {
+				b.emit(p[i:j])
+			}
 			b.written = true
+			b.prevCR = false
+			i = j
 		}
-		return
 	}
+}
+
+// dkRelaxedRun returns the end of the run of p from j on that relaxed
+// canonicalization copies unchanged: ordinary bytes, and single SPs with an
+// ordinary byte after them (the last byte of the run is ordinary).
+func dkRelaxedRun(p []byte, j int) int {
+	// Eight bytes at a time: the mask marks the bytes below '!' (SP,
+	// HTAB, CR, LF and the other controls); a borrow can mark a byte
+	// wrongly only above a byte rightly marked, so the lowest mark is
+	// exact. Most words and all of base64 have none.
+	for j+8 <= len(p) {
+		x := binary.LittleEndian.Uint64(p[j:])
+		mask := (x - 0x2121212121212121) &^ x & 0x8080808080808080
+		if mask == 0 {
+			j += 8
+			continue
+		}
+		j += bits.TrailingZeros64(mask) >> 3
+		if !dkRelaxedCopies(p, j) {
+			return j
+		}
+		j++
+		if p[j-1] == ' ' {
+			j++
+		}
+	}
+	for j < len(p) && dkRelaxedCopies(p, j) {
+		j++
+		if p[j-1] == ' ' {
+			j++
+		}
+	}
+	return j
+}
+
+// dkRelaxedCopies reports whether p[j] is copied unchanged: an ordinary
+// byte, or a single SP before an ordinary byte (then both are).
+func dkRelaxedCopies(p []byte, j int) bool {
+	switch dkRelaxedClass[p[j]] {
+	case dkOrd:
+		return true
+	case dkWSP:
+		return p[j] == ' ' && j+1 < len(p) && dkRelaxedClass[p[j+1]] == dkOrd
+	}
+	return false
+}
+
+// byteIn takes one byte of the body after the bare LF fix (simple; the
+// relaxed canonicalization is writeRelaxed's).
+func (b *dkBodyHasher) byteIn(c byte) {
 	if b.simpCR {
 		b.simpCR = false
 		if c == '\n' {
