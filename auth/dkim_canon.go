@@ -189,9 +189,9 @@ func (b *dkBodyHasher) Write(p []byte) (int, error) {
 
 // Byte classes of the relaxed body canonicalization.
 const (
-	dkOrd  = iota // copied as it is
-	dkWSP         // SP or HTAB: a run of them becomes one SP, or nothing before a line break
-	dkCR          // line-break bytes: held until something printable follows
+	dkOrd = iota // copied as it is
+	dkWSP        // SP or HTAB: a run of them becomes one SP, or nothing before a line break
+	dkCR         // line-break bytes: held until something printable follows
 	dkLF
 )
 
