@@ -2,8 +2,10 @@ package smtp
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -59,6 +61,10 @@ func (b *BodyChecker) Write(p []byte) (int, error) {
 	if b.err != BodyOK {
 		return 0, ErrBody
 	}
+	if b.clean(p) {
+		return len(p), nil
+	}
+	// A violation somewhere in p: find the first, byte by byte.
 	prevCR := b.prevCR
 	for i, c := range p {
 		if c > '\r' && c < 0x80 {
@@ -86,6 +92,76 @@ func (b *BodyChecker) Write(p []byte) (int, error) {
 	b.prevCR = prevCR
 	b.n += int64(len(p))
 	return len(p), nil
+}
+
+var (
+	crlf = []byte("\r\n")
+	cr   = []byte("\r")
+	lf   = []byte("\n")
+)
+
+// clean is Write's fast path: with a few passes of the library's
+// vectorised searches instead of a branch per byte, it checks that p holds
+// no violation and, if so, records it (state, size, 8-bit) and reports
+// true. When it reports false it has changed nothing, and the byte loop
+// finds the first violation.
+//
+// p is clean when it has no NUL, every LF is preceded by a CR (in p, or
+// the CR that ended the previous write) and every CR is followed by an LF
+// (in p, or it is p's last byte, decided by the next write or Close).
+// Counting says this without positions: each CRLF pairs one CR with one
+// LF, so p is clean exactly when the LFs are the CRLFs plus at most the
+// first byte (after a CR at the end of the last write), and the CRs are
+// the CRLFs plus at most the last byte.
+func (b *BodyChecker) clean(p []byte) bool {
+	if len(p) == 0 {
+		return true
+	}
+	lead := 0 // an LF at p[0] completing the previous write's CR
+	if b.prevCR {
+		if p[0] != '\n' {
+			return false
+		}
+		lead = 1
+	}
+	trail := 0 // a CR at the end of p, waiting for the next write
+	if p[len(p)-1] == '\r' {
+		trail = 1
+	}
+	pairs := bytes.Count(p, crlf)
+	if bytes.Count(p, lf) != pairs+lead || bytes.Count(p, cr) != pairs+trail || bytes.IndexByte(p, 0) >= 0 {
+		return false
+	}
+	if !b.eight {
+		b.eight = hasHigh(p)
+	}
+	b.prevCR = trail == 1
+	b.n += int64(len(p))
+	return true
+}
+
+// hasHigh reports whether p has a byte above 127, eight bytes at a time.
+func hasHigh(p []byte) bool {
+	const high = 0x8080808080808080
+	var acc uint64
+	for len(p) >= 64 {
+		acc |= binary.LittleEndian.Uint64(p) | binary.LittleEndian.Uint64(p[8:]) |
+			binary.LittleEndian.Uint64(p[16:]) | binary.LittleEndian.Uint64(p[24:]) |
+			binary.LittleEndian.Uint64(p[32:]) | binary.LittleEndian.Uint64(p[40:]) |
+			binary.LittleEndian.Uint64(p[48:]) | binary.LittleEndian.Uint64(p[56:])
+		if acc&high != 0 {
+			return true
+		}
+		p = p[64:]
+	}
+	for len(p) >= 8 {
+		acc |= binary.LittleEndian.Uint64(p)
+		p = p[8:]
+	}
+	for _, c := range p {
+		acc |= uint64(c)
+	}
+	return acc&high != 0
 }
 
 func (b *BodyChecker) fail(e BodyError, i int) (int, error) {
@@ -213,13 +289,27 @@ type spoolWriteError struct{ err error }
 func (e spoolWriteError) Error() string { return "spool write: " + e.err.Error() }
 func (e spoolWriteError) Unwrap() error { return e.err }
 
-// spoolWriters recycles the buffers messages are spooled through.
-var spoolWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
+// spooler is what DATA is copied into: the smuggling check, then the spool
+// file. It is io.MultiWriter(&chk, spoolWriter{w}) (a write the check
+// refuses goes no further) without that one's three allocations per
+// message, and carries the copy buffer too (io.Copy would make a new 32
+// KiB one per message: neither side has ReadFrom or WriteTo). Recycled.
+type spooler struct {
+	chk BodyChecker
+	w   *bufio.Writer
+	buf []byte
+}
 
-// copyBufs holds the buffers DATA is copied through: io.Copy would make a
-// new 32 KiB one per message (neither side has ReadFrom or WriteTo), half
-// of all the server allocated per message under load.
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+func (s *spooler) Write(p []byte) (int, error) {
+	if n, err := s.chk.Write(p); err != nil {
+		return n, err
+	}
+	return spoolWriter{s.w}.Write(p)
+}
+
+var spoolers = sync.Pool{New: func() any {
+	return &spooler{w: bufio.NewWriterSize(nil, 64<<10), buf: make([]byte, 32<<10)}
+}}
 
 // receive streams a message into a spool file, with the fields rules added
 // before DATA and our Received field on top, runs the preq rules and hands
@@ -227,11 +317,14 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b 
 // returned nil.
 func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Reader) (*gosmtp.SMTPError, bool) {
 	nc.SetReadDeadline(time.Now().Add(s.limits.DataTimeout))
-	log := c.log.With("tx", tx.ID)
+	// Each line names the transaction itself: a logger.With per message
+	// would cost allocations (and, with a text or JSON handler, formatting)
+	// whether anything is logged or not; the output is the same.
+	log := c.log
 
 	f, err := c.spoolFile()
 	if err != nil {
-		log.Error("spool file", "error", err)
+		log.Error("spool file", "tx", tx.ID, "error", err)
 		return errInternal, false
 	}
 
@@ -245,40 +338,44 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 	for i := len(fields) - 1; i >= 0; i-- {
 		hdr.AddRaw(fields[i].Raw)
 	}
-	w := spoolWriters.Get().(*bufio.Writer)
-	w.Reset(f)
+	sp := spoolers.Get().(*spooler)
+	sp.chk = BodyChecker{}
+	sp.w.Reset(f)
 	defer func() {
-		w.Reset(nil)
-		spoolWriters.Put(w)
+		sp.w.Reset(nil)
+		spoolers.Put(sp)
 	}()
+	w := sp.w
 	if _, err := hdr.WriteTo(w); err != nil {
-		log.Error("spool write", "error", err)
+		log.Error("spool write", "tx", tx.ID, "error", err)
 		return errInternal, false
 	}
-	var chk BodyChecker
-	buf := copyBufs.Get().(*[]byte)
-	_, err = io.CopyBuffer(io.MultiWriter(&chk, spoolWriter{w}), r, *buf)
-	copyBufs.Put(buf)
+	chk := &sp.chk
+	_, err = io.CopyBuffer(sp, r, sp.buf)
 	chk.Close()
 	size := hdr.Size() + chk.Size()
 	c.noteSpooled(size) // written, even if refused
-	var we spoolWriteError
-	if errors.As(err, &we) {
-		// Our disk, not the client: full, read-only, failing.
-		log.Error("spool write", "error", we.err)
-		return errInternal, false
+	if err != nil {
+		// Declared here, not above: errors.As makes them escape, which
+		// would cost an allocation for every message.
+		var we spoolWriteError
+		if errors.As(err, &we) {
+			// Our disk, not the client: full, read-only, failing.
+			log.Error("spool write", "tx", tx.ID, "error", we.err)
+			return errInternal, false
+		}
 	}
 	if err != nil && !errors.Is(err, ErrBody) {
 		var ne net.Error
 		switch {
 		case errors.Is(err, gosmtp.ErrDataTooLarge):
-			log.Info("message too big", "limit", s.limits.MaxMessageBytes)
+			log.Info("message too big", "tx", tx.ID, "limit", s.limits.MaxMessageBytes)
 			return errTooBig, false
 		case errors.Is(err, gosmtp.ErrTooLongLine):
-			log.Info("line too long in data", "limit", s.limits.MaxLineLength)
+			log.Info("line too long in data", "tx", tx.ID, "limit", s.limits.MaxLineLength)
 			return errLongLine, false
 		case errors.As(err, &ne) && ne.Timeout():
-			log.Info("data timeout")
+			log.Info("data timeout", "tx", tx.ID)
 			c.mu.Lock()
 			c.closeAfter = true
 			c.mu.Unlock()
@@ -290,23 +387,23 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 		if errors.As(err, &se) {
 			return se, false
 		}
-		log.Info("data read failed", "error", err)
+		log.Info("data read failed", "tx", tx.ID, "error", err)
 		return errInternal, false
 	}
 	switch chk.Err() {
 	case BodyBareLF, BodyBareCR:
-		log.Warn("message refused: "+chk.Err().String()+" (possible SMTP smuggling)", "size", chk.Size())
+		log.Warn("message refused: "+chk.Err().String()+" (possible SMTP smuggling)", "tx", tx.ID, "size", chk.Size())
 		return errBareLF, false
 	case BodyNUL:
-		log.Info("message refused: NUL byte", "size", chk.Size())
+		log.Info("message refused: NUL byte", "tx", tx.ID, "size", chk.Size())
 		return errNUL, false
 	}
 	if chk.EightBit() && tx.Params.Body != "8BITMIME" && tx.Params.Body != "BINARYMIME" {
 		// Accepted as Postfix does; recorded for the log.
-		log.Info("8-bit data without BODY=8BITMIME")
+		log.Info("8-bit data without BODY=8BITMIME", "tx", tx.ID)
 	}
 	if err := w.Flush(); err != nil {
-		log.Error("spool write", "error", err)
+		log.Error("spool write", "tx", tx.ID, "error", err)
 		return errInternal, false
 	}
 
@@ -316,10 +413,10 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 		// policy.MaxHeaderBytes; anything else is reading our own spool
 		// file back, which must not bounce the message with a 5xx.
 		if errors.Is(err, policy.ErrHeaderTooLarge) {
-			log.Info("header too large", "limit", policy.MaxHeaderBytes)
+			log.Info("header too large", "tx", tx.ID, "limit", policy.MaxHeaderBytes)
 			return errHeaderTooBig, false
 		}
-		log.Error("spool read", "error", err)
+		log.Error("spool read", "tx", tx.ID, "error", err)
 		return errInternal, false
 	}
 	defer m.Close()
@@ -327,17 +424,17 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 	ctx, cancel := context.WithTimeout(c.ctx, s.limits.DataTimeout)
 	defer cancel()
 	res := s.cfg.Chain.EvalPreQ(ctx, tx, m)
-	log.Info("preq", "verdict", res.Verdict.String(), "rule", res.Rule, "size", chk.Size())
+	log.Info("preq", "tx", tx.ID, "verdict", res.Verdict.String(), "rule", res.Rule, "size", chk.Size())
 	if !res.Accepted() {
 		return replyError(res.Reply), false
 	}
 	qctx, qcancel := context.WithTimeout(context.WithoutCancel(c.ctx), s.limits.DataTimeout)
 	defer qcancel()
 	if err := s.cfg.Queue.Enqueue(qctx, tx, m); err != nil {
-		log.Error("enqueue failed", "error", err)
+		log.Error("enqueue failed", "tx", tx.ID, "error", err)
 		return errInternal, false
 	}
-	log.Info("queued", "from", tx.From.Path(), "rcpts", len(tx.Rcpts), "size", chk.Size(), "quarantine", tx.Quarantine())
+	log.Info("queued", "tx", tx.ID, "from", tx.From.Path(), "rcpts", len(tx.Rcpts), "size", chk.Size(), "quarantine", tx.Quarantine())
 
 	text := "OK: queued as " + tx.ID
 	if res.Reply.Code == 250 && res.Reply != policy.DefaultReply(policy.StagePreQ) {

@@ -413,8 +413,7 @@ func (c *conn) endData() {
 // still hands it (see dead).
 func (c *conn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	var ne net.Error
-	if err != nil && errors.As(err, &ne) && ne.Timeout() {
+	if err != nil && isTimeout(err) {
 		c.mu.Lock()
 		c.timedOut = true
 		sniff := c.sniff
@@ -427,6 +426,14 @@ func (c *conn) Read(p []byte) (int, error) {
 		c.Close()
 	}
 	return n, err
+}
+
+// isTimeout reports whether err is a net.Error that timed out. It is a
+// function of its own so that the net.Error errors.As needs (which escapes)
+// is allocated only when there is an error, not on every Read.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // dead reports whether the connection timed out or was closed.

@@ -71,28 +71,37 @@ func TestBodyChecker(t *testing.T) {
 	assert.Equal(t, int64(7), b.Size())
 }
 
-// naiveBodyCheck is the reference the fuzz test compares against.
-func naiveBodyCheck(s string) BodyError {
+// naiveBodyCheck is the reference the fuzz test compares against: the
+// first violation, the bytes found good before it (up to the byte after
+// a bare CR) and whether those hold a byte above 127.
+func naiveBodyCheck(s string) (BodyError, int64, bool) {
+	eight := func(n int) bool { return strings.IndexFunc(s[:n], func(r rune) bool { return r >= 0x80 }) >= 0 }
 	for i := 0; i < len(s); i++ {
 		switch s[i] {
 		case '\n':
 			if i == 0 || s[i-1] != '\r' {
-				return BodyBareLF
+				return BodyBareLF, int64(i), eight(i)
 			}
 		case '\r':
-			if i+1 == len(s) || s[i+1] != '\n' {
-				return BodyBareCR
+			if i+1 == len(s) {
+				return BodyBareCR, int64(i + 1), eight(i + 1)
+			}
+			if s[i+1] != '\n' {
+				return BodyBareCR, int64(i + 1), eight(i + 1)
 			}
 		case 0:
-			return BodyNUL
+			return BodyNUL, int64(i), eight(i)
 		}
 	}
-	return BodyOK
+	return BodyOK, int64(len(s)), eight(len(s))
 }
 
 func FuzzBodyChecker(f *testing.F) {
-	for _, s := range []string{"", "a\r\n", "a\n", "\r", "\r\r\n", "x\x00", "\r\n.\r\n", "\n.\n", "caf\xc3\xa9\r\n"} {
+	for _, s := range []string{"", "a\r\n", "a\n", "\r", "\r\r\n", "x\x00", "\r\n.\r\n", "\n.\n", "caf\xc3\xa9\r\n",
+		strings.Repeat("line of text\r\n", 20) + "\xe9\r\n", strings.Repeat("a\r\n", 30) + "b\rc", strings.Repeat("x", 70) + "\xff\n"} {
 		f.Add(s, 1)
+		f.Add(s, 7)
+		f.Add(s, 64)
 	}
 	f.Fuzz(func(t *testing.T, s string, split int) {
 		var b BodyChecker
@@ -106,8 +115,12 @@ func FuzzBodyChecker(f *testing.F) {
 			}
 		}
 		b.Close()
-		if got, want := b.Err(), naiveBodyCheck(s); got != want {
+		want, size, eight := naiveBodyCheck(s)
+		if got := b.Err(); got != want {
 			t.Fatalf("BodyChecker(%q) = %v, want %v", s, got, want)
+		}
+		if b.Size() != size || b.EightBit() != eight {
+			t.Fatalf("BodyChecker(%q): size %d, 8-bit %v; want %d, %v", s, b.Size(), b.EightBit(), size, eight)
 		}
 	})
 }
