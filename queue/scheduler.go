@@ -102,7 +102,11 @@ type Scheduler struct {
 	timers  timerHeap
 	timerAt map[string]time.Time
 	kick    chan struct{}
-	done    chan string
+	// runCtx is Run's context while it runs (nil otherwise); running
+	// counts the workers, which wg waits for.
+	runCtx  context.Context
+	running int
+	wg      sync.WaitGroup
 
 	afterWork func(id string) // test hook: called when a worker is done with id
 }
@@ -160,7 +164,7 @@ func NewScheduler(st Store, cfg Config) *Scheduler {
 	return &Scheduler{
 		st: st, cfg: cfg, log: cfg.Logger,
 		state: map[string]int{}, timerAt: map[string]time.Time{},
-		kick: make(chan struct{}, 1), done: make(chan string, cfg.Workers),
+		kick: make(chan struct{}, 1),
 	}
 }
 
@@ -170,6 +174,15 @@ func NewScheduler(st Store, cfg Config) *Scheduler {
 // are picked up at once. Run one scheduler per store at a time, and stop
 // it before closing the store.
 func (s *Scheduler) Run(ctx context.Context) error {
+	s.mu.Lock()
+	s.runCtx = ctx
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.runCtx = nil // no worker starts any more
+		s.mu.Unlock()
+		s.wg.Wait()
+	}()
 	s.st.Watch(s.wake)
 	defer s.st.Watch(nil)
 	for _, q := range []string{Working, Deliver, Deferred} {
@@ -181,7 +194,6 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			s.wake(id, q)
 		}
 	}
-	running := 0
 	for {
 		s.mu.Lock()
 		now := s.cfg.Clock.Now()
@@ -192,13 +204,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 				s.pushReady(t.id)
 			}
 		}
-		for running < s.cfg.Workers && len(s.ready) > 0 && ctx.Err() == nil {
-			id := s.ready[0]
-			s.ready = s.ready[1:]
-			s.state[id] = stRunning
-			running++
-			go s.work(ctx, id)
-		}
+		s.startWorkers()
 		var tc <-chan time.Time
 		if len(s.timers) > 0 {
 			tc = s.cfg.Clock.After(s.timers[0].at.Sub(now))
@@ -206,22 +212,53 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		s.mu.Unlock()
 		select {
 		case <-ctx.Done():
-			for ; running > 0; running-- {
-				s.finished(<-s.done)
-			}
 			return ctx.Err()
 		case <-s.kick:
 		case <-tc:
-		case id := <-s.done:
-			running--
-			s.finished(id)
 		}
 	}
 }
 
+// startWorkers starts workers for the ready messages, up to Workers at
+// once, while Run runs; s.mu is held. Starting them here, rather than in
+// Run's loop, spares a message two hand-offs to that loop (on arrival and
+// when done), each a goroutine wake-up.
+func (s *Scheduler) startWorkers() {
+	for s.runCtx != nil && s.runCtx.Err() == nil && s.running < s.cfg.Workers && len(s.ready) > 0 {
+		s.running++
+		s.wg.Add(1)
+		go s.worker(s.runCtx, s.popReady())
+	}
+}
+
+// popReady takes the next ready message; s.mu is held.
+func (s *Scheduler) popReady() string {
+	id := s.ready[0]
+	s.ready = s.ready[1:]
+	s.state[id] = stRunning
+	return id
+}
+
+// worker works on id, then on the next ready messages until there are
+// none or Run is stopping.
+func (s *Scheduler) worker(ctx context.Context, id string) {
+	defer s.wg.Done()
+	for {
+		s.work(ctx, id)
+		s.mu.Lock()
+		s.finished(id)
+		if ctx.Err() != nil || len(s.ready) == 0 {
+			s.running--
+			s.mu.Unlock()
+			return
+		}
+		id = s.popReady()
+		s.mu.Unlock()
+	}
+}
+
+// finished records that the worker of id is done with it; s.mu is held.
 func (s *Scheduler) finished(id string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.state[id] == stAgain {
 		s.state[id] = stReady
 		s.ready = append(s.ready, id)
@@ -250,8 +287,8 @@ func (s *Scheduler) wake(id, q string) {
 	s.mu.Lock()
 	delete(s.timerAt, id)
 	s.pushReady(id)
+	s.startWorkers()
 	s.mu.Unlock()
-	s.poke()
 }
 
 func (s *Scheduler) poke() {
@@ -279,7 +316,6 @@ func (s *Scheduler) work(ctx context.Context, id string) {
 		if s.afterWork != nil {
 			s.afterWork(id)
 		}
-		s.done <- id
 	}()
 	unlock, err := s.st.Lock(ctx, id)
 	if err != nil {

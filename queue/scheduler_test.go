@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"os"
@@ -627,4 +628,56 @@ func TestRestartHonoursRecordedNextAttempt(t *testing.T) {
 	h.clock.Advance(time.Hour)
 	h.wait("m1")
 	assert.Len(t, h.tr.deliveries(), 2)
+}
+
+// TestWorkersBoundAndStop: at most Workers messages are in their transport
+// at once, every message is delivered, and Run returns only after the
+// attempts under way have ended (they are cut short by its context).
+func TestWorkersBoundAndStop(t *testing.T) {
+	sp, err := Open(t.TempDir(), WithLogger(quietLogger()))
+	require.NoError(t, err)
+	defer sp.Close()
+	const workers, n = 3, 12
+	var inside, most, delivered atomic.Int64
+	full := make(chan struct{}, n)
+	release := make(chan struct{})
+	tr := TransportFunc(func(ctx context.Context, d *policy.Delivery) []policy.Reply {
+		now := inside.Add(1)
+		defer inside.Add(-1)
+		for m := most.Load(); now > m && !most.CompareAndSwap(m, now); m = most.Load() {
+		}
+		full <- struct{}{}
+		if d.Tx.ID == "last" {
+			<-ctx.Done()
+		} else {
+			<-release
+		}
+		delivered.Add(1)
+		return []policy.Reply{{Code: 250, Enhanced: "2.0.0", Text: "ok"}}
+	})
+	sch := NewScheduler(sp, Config{Workers: workers, Transports: map[string]Transport{"t": tr},
+		DefaultRoute: policy.Route{Transport: "t"}, Logger: quietLogger()})
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan error, 1)
+	go func() { stopped <- sch.Run(ctx) }()
+	for i := range n {
+		require.NoError(t, sp.Enqueue(context.Background(), newTx(fmt.Sprintf("w%d", i), "a@example.org", "b@example.com"), newMessage(t, testMsg)))
+	}
+	for range workers {
+		<-full // Workers attempts under way
+	}
+	close(release)
+	for range n - workers {
+		<-full
+	}
+	require.Eventually(t, func() bool { ids, _ := sp.IDs(Deliver); return delivered.Load() == n && len(ids) == 0 },
+		10*time.Second, time.Millisecond)
+	assert.Equal(t, int64(workers), most.Load(), "attempts at once")
+
+	// Stopping waits for the attempt under way, which ctx cuts short.
+	require.NoError(t, sp.Enqueue(context.Background(), newTx("last", "a@example.org", "b@example.com"), newMessage(t, testMsg)))
+	<-full
+	cancel()
+	require.ErrorIs(t, <-stopped, context.Canceled)
+	assert.Zero(t, inside.Load(), "Run returned with an attempt under way")
 }
