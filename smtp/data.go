@@ -9,6 +9,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -295,9 +296,23 @@ func (e spoolWriteError) Unwrap() error { return e.err }
 // message, and carries the copy buffer too (io.Copy would make a new 32
 // KiB one per message: neither side has ReadFrom or WriteTo). Recycled.
 type spooler struct {
-	chk BodyChecker
-	w   *bufio.Writer
-	buf []byte
+	chk  BodyChecker
+	file fileWriter
+	w    *bufio.Writer // writes to file
+	buf  []byte
+}
+
+// fileWriter writes a file from offset 0 on with WriteAt, whatever the
+// file's position.
+type fileWriter struct {
+	f   *os.File
+	off int64
+}
+
+func (w *fileWriter) Write(p []byte) (int, error) {
+	n, err := w.f.WriteAt(p, w.off)
+	w.off += int64(n)
+	return n, err
 }
 
 func (s *spooler) Write(p []byte) (int, error) {
@@ -340,9 +355,11 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 	}
 	sp := spoolers.Get().(*spooler)
 	sp.chk = BodyChecker{}
-	sp.w.Reset(f)
+	sp.file = fileWriter{f: f}
+	sp.w.Reset(&sp.file)
 	defer func() {
 		sp.w.Reset(nil)
+		sp.file = fileWriter{}
 		spoolers.Put(sp)
 	}()
 	w := sp.w

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -321,9 +320,10 @@ func (c *conn) noteSpooled(size int64) {
 	c.mu.Unlock()
 }
 
-// spoolFile returns the connection's spool file, positioned at 0. It may
-// hold the end of an earlier message past what is written now: readers go
-// by the size written (policy.NewMessage).
+// spoolFile returns the connection's spool file, to be written from offset
+// 0 with WriteAt (no seek per message: a system call saved). It may hold
+// the end of an earlier message past what is written now: readers go by
+// the size written (policy.NewMessage).
 func (c *conn) spoolFile() (*os.File, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -344,9 +344,6 @@ func (c *conn) spoolFile() (*os.File, error) {
 			return nil, err
 		}
 		c.spoolHigh = 0
-	}
-	if _, err := c.spool.Seek(0, io.SeekStart); err != nil {
-		return nil, err
 	}
 	return c.spool, nil
 }
