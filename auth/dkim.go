@@ -12,12 +12,15 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-msgauth/authres"
@@ -153,35 +156,52 @@ func (s *DKIMSigner) DNSRecord() string {
 	}
 }
 
-// headerKeys returns the h= list for header h: every configured field once
-// per occurrence, and From once more than it occurs.
-func (s *DKIMSigner) headerKeys(h *policy.Header) []string {
+// appendHeaderKeys appends to keys the h= list for the header fields:
+// every configured field once per occurrence, and From once more than it
+// occurs. Names compare as strings.ToLower makes them (dkLowerEqual), with
+// no map and, for ASCII names, no allocation.
+func (s *DKIMSigner) appendHeaderKeys(keys []string, fields []policy.Field) []string {
 	names := s.Headers
 	if names == nil {
 		names = DefaultDKIMHeaders
 	}
-	count := map[string]int{}
-	for _, f := range h.Fields() {
-		count[strings.ToLower(f.Name())]++
+	count := func(name string) int {
+		n := 0
+		for _, f := range fields {
+			if dkLowerEqual(dkFieldName(f.Raw), name) {
+				n++
+			}
+		}
+		return n
 	}
-	keys := []string{}
-	seen := map[string]bool{}
-	for _, n := range names {
-		ln := strings.ToLower(n)
-		if seen[ln] || ln == "from" {
+	for range count("from") + 1 {
+		keys = append(keys, "From")
+	}
+	for i, n := range names {
+		if dkLowerEqual([]byte(n), "from") || slices.ContainsFunc(names[:i], func(prev string) bool {
+			return dkLowerEqual([]byte(prev), n)
+		}) {
 			continue
 		}
-		seen[ln] = true
-		for i := 0; i < count[ln]; i++ {
+		for range count(n) {
 			keys = append(keys, n)
 		}
 	}
-	from := make([]string, count["from"]+1)
-	for i := range from {
-		from[i] = "From"
-	}
-	return append(from, keys...)
+	return keys
 }
+
+// dkSignScratch holds the buffers one signature is built in, pooled so
+// that signing allocates little more than the field it returns.
+type dkSignScratch struct {
+	keys  []string
+	field []byte // the DKIM-Signature field with an empty b=
+	canon []byte // its relaxed form
+	hval  []byte // the h= value
+	hh    hash.Hash
+	sum   [sha256.Size]byte
+}
+
+var dkSignPool = sync.Pool{New: func() any { return &dkSignScratch{hh: sha256.New()} }}
 
 // Sign computes a DKIM-Signature for m as it is now (current header, body
 // streamed from storage) and returns the complete field, ending in CRLF,
@@ -192,46 +212,77 @@ func (s *DKIMSigner) headerKeys(h *policy.Header) []string {
 // message of any size allocates a few KiB; the result is the signature
 // go-msgauth would make (its verifier and dkimpy check ours in the tests).
 func (s *DKIMSigner) Sign(ctx context.Context, m *policy.Message) ([]byte, error) {
-	keyAlgo := "rsa"
+	return s.sign(ctx, m, time.Now())
+}
+
+// sign is Sign at the time now (t= and x=), so tests can compare
+// signatures byte for byte.
+func (s *DKIMSigner) sign(ctx context.Context, m *policy.Message, now time.Time) ([]byte, error) {
+	keyAlgo := "rsa-sha256"
 	hashOpt := crypto.Hash(crypto.SHA256)
 	switch s.Key.Public().(type) {
 	case *rsa.PublicKey:
 	case ed25519.PublicKey:
 		// Ed25519 signs the SHA-256 of the header itself (RFC 8463).
-		keyAlgo, hashOpt = "ed25519", crypto.Hash(0)
+		keyAlgo, hashOpt = "ed25519-sha256", crypto.Hash(0)
 	default:
 		return nil, fmt.Errorf("auth: DKIM: unsupported key type %T", s.Key.Public())
 	}
 
-	bh, err := dkHashBody(ctx, m.Body())
+	sc := dkSignPool.Get().(*dkSignScratch)
+	defer func() {
+		clear(sc.keys) // hold no caller's strings in the pool
+		dkSignPool.Put(sc)
+	}()
+	bh, err := dkHashBodyInto(ctx, m.Body(), sc.sum[:0])
 	if err != nil {
 		return nil, fmt.Errorf("auth: DKIM signing: %w", err)
 	}
-	now := time.Now()
-	keys := s.headerKeys(m.Header)
-	tags := map[string]string{
-		"v":  "1",
-		"a":  keyAlgo + "-sha256",
-		"bh": base64.StdEncoding.EncodeToString(bh),
-		"c":  "relaxed/relaxed",
-		"d":  s.Domain,
-		"s":  s.Selector,
-		"t":  strconv.FormatInt(now.Unix(), 10),
-		"h":  strings.Join(keys, ":"),
+	var bh64 [44]byte // base64 of a SHA-256
+	base64.StdEncoding.Encode(bh64[:], bh)
+	fields := m.Header.Fields()
+	sc.keys = s.appendHeaderKeys(sc.keys[:0], fields)
+	sc.hval = sc.hval[:0]
+	for i, k := range sc.keys {
+		if i > 0 {
+			sc.hval = append(sc.hval, ':')
+		}
+		sc.hval = append(sc.hval, k...)
 	}
-	if s.Expiration > 0 {
-		tags["x"] = strconv.FormatInt(now.Add(s.Expiration).Unix(), 10)
-	}
+	var tbuf, xbuf [20]byte
 
-	hh := sha256.New()
-	dkHashHeaders(hh, m.Header.Fields(), keys, dkRelaxedField)
-	unsigned := dkRelaxedHeader(dkFormatSignature(tags, ""))
-	io.WriteString(hh, strings.TrimSuffix(unsigned, "\r\n"))
-	sig, err := s.Key.Sign(rand.Reader, hh.Sum(nil), hashOpt)
+	// The tags in name order, as go-msgauth writes them.
+	f := dkSigFieldWriter{buf: append(sc.field[:0], dkSigField+":"...)}
+	f.line = len(f.buf)
+	f.tag("a", []byte(keyAlgo))
+	f.tag("bh", bh64[:])
+	f.tag("c", []byte("relaxed/relaxed"))
+	f.tag("d", []byte(s.Domain))
+	f.tag("h", sc.hval)
+	f.tag("s", []byte(s.Selector))
+	f.tag("t", strconv.AppendInt(tbuf[:0], now.Unix(), 10))
+	f.tag("v", []byte("1"))
+	if s.Expiration > 0 {
+		f.tag("x", strconv.AppendInt(xbuf[:0], now.Add(s.Expiration).Unix(), 10))
+	}
+	f.buf = append(f.buf, "\r\n"...)
+	tagsEnd := len(f.buf)
+	f.buf = dkAppendB(f.buf, "")
+	sc.field = f.buf
+
+	sc.hh.Reset()
+	dkHashHeaders(sc.hh, fields, sc.keys, dkAppendRelaxedHeader)
+	sc.canon = dkAppendRelaxedHeader(sc.canon[:0], sc.field)
+	sc.hh.Write(sc.canon[:len(sc.canon)-2]) // without its CRLF
+	sig, err := s.Key.Sign(rand.Reader, sc.hh.Sum(sc.sum[:0]), hashOpt)
 	if err != nil {
 		return nil, fmt.Errorf("auth: DKIM signing: %w", err)
 	}
-	return []byte(dkFormatSignature(tags, base64.StdEncoding.EncodeToString(sig))), nil
+	b64 := base64.StdEncoding.EncodedLen(len(sig))
+	out := make([]byte, tagsEnd, tagsEnd+b64+3*(b64/75+2)+5)
+	copy(out, sc.field[:tagsEnd])
+	out = dkAppendB(out, base64.StdEncoding.EncodeToString(sig))
+	return out, nil
 }
 
 // dkCtxReader stops reading once ctx is done, so a rule's deadline bounds

@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding"
@@ -8,7 +9,7 @@ import (
 	"hash"
 	"io"
 	"math/bits"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 
@@ -318,7 +319,10 @@ func (b *dkBodyHasher) byteIn(c byte) {
 }
 
 // Sum ends the body and returns its hash.
-func (b *dkBodyHasher) Sum() ([]byte, error) {
+func (b *dkBodyHasher) Sum() ([]byte, error) { return b.sumInto(nil) }
+
+// sumInto is Sum appending the hash to dst.
+func (b *dkBodyHasher) sumInto(dst []byte) ([]byte, error) {
 	if b.relaxed {
 		if err := b.dropBreaks(); err != nil {
 			return nil, err
@@ -336,34 +340,141 @@ func (b *dkBodyHasher) Sum() ([]byte, error) {
 		b.emit([]byte("\r\n"))
 	}
 	b.flush()
-	return b.h.Sum(nil), nil
+	return b.h.Sum(dst), nil
 }
 
 var _ io.Writer = (*dkBodyHasher)(nil)
 
 // dkRelaxedField is dkRelaxedHeader for a field's raw bytes.
-func dkRelaxedField(raw []byte) string { return dkRelaxedHeader(string(raw)) }
+func dkRelaxedField(raw []byte) string { return string(dkAppendRelaxedHeader(nil, raw)) }
 
 // dkRelaxedHeader canonicalizes one header field, name, value, folding
 // and final line break, as RFC 6376 section 3.4.2 "relaxed" says (and as
 // go-msgauth does: every run of white space, line breaks included, becomes
 // one SP).
-func dkRelaxedHeader(raw string) string {
-	k, v, ok := strings.Cut(raw, ":")
-	if !ok {
-		return strings.TrimSpace(strings.ToLower(raw)) + ":\r\n"
+func dkRelaxedHeader(raw string) string { return dkRelaxedField([]byte(raw)) }
+
+// dkAppendRelaxedHeader appends the relaxed form of the field raw to dst,
+// as go-msgauth's strings.Cut, ToLower, TrimSpace and FieldsFunc make it:
+// the name lowercased and trimmed, then ':', then the value with its runs
+// of SP, HTAB, CR and LF made one SP and none at either end, then CRLF. It
+// works on bytes; the separators are ASCII, which no UTF-8 sequence (valid
+// or not) contains, so the result is the same. A name that is not ASCII
+// takes go-msgauth's own string functions.
+func dkAppendRelaxedHeader(dst, raw []byte) []byte {
+	name, value, colon := bytes.Cut(raw, []byte{':'})
+	if dkIsASCII(name) {
+		name = bytes.TrimSpace(name)
+		for _, c := range name {
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			dst = append(dst, c)
+		}
+	} else {
+		dst = append(dst, strings.TrimSpace(strings.ToLower(string(name)))...)
 	}
-	k = strings.TrimSpace(strings.ToLower(k))
-	v = strings.Join(strings.FieldsFunc(v, func(r rune) bool {
-		return r == ' ' || r == '\t' || r == '\n' || r == '\r'
-	}), " ")
-	return k + ":" + v + "\r\n"
+	dst = append(dst, ':')
+	if colon {
+		for first := true; ; first = false {
+			i := 0
+			for i < len(value) && dkRelaxedClass[value[i]] != dkOrd {
+				i++
+			}
+			if value = value[i:]; len(value) == 0 {
+				break
+			}
+			if !first {
+				dst = append(dst, ' ')
+			}
+			j := 0
+			for j < len(value) && dkRelaxedClass[value[j]] == dkOrd {
+				j++
+			}
+			dst = append(dst, value[:j]...)
+			value = value[j:]
+		}
+	}
+	return append(dst, '\r', '\n')
+}
+
+func dkIsASCII(b []byte) bool {
+	for _, c := range b {
+		if c >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+func dkIsASCIIString(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// dkFieldName returns the name of a raw field as policy.Field.Name does
+// (up to the colon, without the SP and HTAB before it; empty without a
+// colon), without making a string of it.
+func dkFieldName(raw []byte) []byte {
+	i := bytes.IndexByte(raw, ':')
+	if i < 0 {
+		return nil
+	}
+	return bytes.TrimRight(raw[:i], " \t")
+}
+
+// dkLowerEqual reports whether strings.ToLower(string(a)) ==
+// strings.ToLower(b), without allocating when both are ASCII (then it is
+// ASCII case folding).
+func dkLowerEqual(a []byte, b string) bool {
+	if dkIsASCII(a) && dkIsASCIIString(b) {
+		return dkASCIIFoldEqual(a, b)
+	}
+	return strings.ToLower(string(a)) == strings.ToLower(b)
+}
+
+// dkFoldEqualLower reports whether strings.EqualFold(string(a),
+// strings.ToLower(b)), without allocating when both are ASCII (then a
+// rune of one can only fold to its ASCII case partner in the other).
+func dkFoldEqualLower(a []byte, b string) bool {
+	if dkIsASCII(a) && dkIsASCIIString(b) {
+		return dkASCIIFoldEqual(a, b)
+	}
+	return strings.EqualFold(string(a), strings.ToLower(b))
+}
+
+func dkASCIIFoldEqual(a []byte, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		ca, cb := a[i], b[i]
+		if 'A' <= ca && ca <= 'Z' {
+			ca += 'a' - 'A'
+		}
+		if 'A' <= cb && cb <= 'Z' {
+			cb += 'a' - 'A'
+		}
+		if ca != cb {
+			return false
+		}
+	}
+	return true
 }
 
 // dkHashBody returns the hash (SHA-256) of body under the relaxed
 // canonicalization, the one the signer uses. Reading stops when ctx is
 // done.
 func dkHashBody(ctx context.Context, body io.Reader) ([]byte, error) {
+	return dkHashBodyInto(ctx, body, nil)
+}
+
+// dkHashBodyInto is dkHashBody appending the hash to dst.
+func dkHashBodyInto(ctx context.Context, body io.Reader, dst []byte) ([]byte, error) {
 	bufp := dkReadBufPool.Get().(*[]byte)
 	defer dkReadBufPool.Put(bufp)
 	b := newDKBodyHasher(sha256.New(), true, -1)
@@ -371,66 +482,98 @@ func dkHashBody(ctx context.Context, body io.Reader) ([]byte, error) {
 	if _, err := io.CopyBuffer(b, dkCtxReader{ctx, body}, *bufp); err != nil {
 		return nil, err
 	}
-	return b.Sum()
+	return b.sumInto(dst)
 }
 
 // dkReadBufPool holds the buffers bodies are read through.
 var dkReadBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
-// dkHashHeaders writes to h the canonical form (canon) of the fields of
-// hdr named in keys, in order; each name takes the last of its fields not
-// yet taken, a name without one more field is skipped (RFC 6376 section
-// 5.4.2).
-func dkHashHeaders(h io.Writer, hdr []policy.Field, keys []string, canon func(raw []byte) string) {
-	taken := map[string]int{}
+// dkHeaderScratch is the reused state of dkHashHeaders.
+type dkHeaderScratch struct {
+	buf   []byte
+	taken []dkTaken
+}
+
+// dkTaken counts the fields of one name (as strings.ToLower makes it)
+// already hashed.
+type dkTaken struct {
+	key string
+	n   int
+}
+
+var dkHeaderScratchPool = sync.Pool{New: func() any { return new(dkHeaderScratch) }}
+
+// dkHashHeaders writes to h the canonical form (canon appends it) of the
+// fields of hdr named in keys, in order; each name takes the last of its
+// fields not yet taken, a name without one more field is skipped (RFC 6376
+// section 5.4.2). A field matches a key when strings.EqualFold of its
+// trimmed name and the lowercased key holds (dkFoldEqualLower), and keys
+// share their count when they lowercase alike (dkLowerEqual), as
+// go-msgauth's header picker has it; the h= lists are short, so a slice
+// searched from the start does that without a map.
+func dkHashHeaders(h io.Writer, hdr []policy.Field, keys []string, canon func(dst, raw []byte) []byte) {
+	sc := dkHeaderScratchPool.Get().(*dkHeaderScratch)
+	buf, taken := sc.buf[:0], sc.taken[:0]
 	for _, k := range keys {
-		lk := strings.ToLower(k)
-		skip := taken[lk]
+		t := slices.IndexFunc(taken, func(t dkTaken) bool { return dkLowerEqual([]byte(t.key), k) })
+		if t < 0 {
+			taken = append(taken, dkTaken{key: k})
+			t = len(taken) - 1
+		}
+		skip := taken[t].n
 		for i := len(hdr) - 1; i >= 0; i-- {
-			if !strings.EqualFold(strings.TrimSpace(hdr[i].Name()), lk) {
+			if !dkFoldEqualLower(bytes.TrimSpace(dkFieldName(hdr[i].Raw)), k) {
 				continue
 			}
 			if skip > 0 {
 				skip--
 				continue
 			}
-			taken[lk]++
-			io.WriteString(h, canon(hdr[i].Raw))
+			taken[t].n++
+			buf = canon(buf, hdr[i].Raw)
 			break
 		}
 	}
+	h.Write(buf)
+	clear(taken)
+	sc.buf, sc.taken = buf, taken[:0]
+	if cap(sc.buf) > 64<<10 {
+		sc.buf = nil // a huge header's buffer is not kept
+	}
+	dkHeaderScratchPool.Put(sc)
 }
 
-// dkFormatSignature formats a DKIM-Signature field, CRLF at the end, as
-// go-msgauth does: tags in name order on lines folded before 75 columns,
-// b= last on its own lines.
-func dkFormatSignature(tags map[string]string, b string) string {
-	names := make([]string, 0, len(tags))
-	for k := range tags {
-		names = append(names, k)
+// dkSigFieldWriter writes the tags of a DKIM-Signature field as
+// go-msgauth's formatHeaderParams does: " name=value;" each, a line break
+// before a tag that would take the line past 75 columns.
+type dkSigFieldWriter struct {
+	buf  []byte
+	line int // where the current line's tags start in buf
+}
+
+func (f *dkSigFieldWriter) tag(k string, v []byte) {
+	if 3+len(f.buf)-f.line+len(v)+len(k) > 75 {
+		f.buf = append(f.buf, "\r\n"...)
+		f.line = len(f.buf)
 	}
-	sort.Strings(names)
-	var f strings.Builder
-	f.WriteString(dkSigField + ":")
-	line := ""
-	for _, k := range names {
-		v := tags[k]
-		if 3+len(line)+len(v)+len(k) > 75 {
-			f.WriteString(line + "\r\n")
-			line = ""
-		}
-		line += " " + k + "=" + v + ";"
+	f.buf = append(f.buf, ' ')
+	f.buf = append(f.buf, k...)
+	f.buf = append(f.buf, '=')
+	f.buf = append(f.buf, v...)
+	f.buf = append(f.buf, ';')
+}
+
+// dkAppendB appends the last lines of a DKIM-Signature field, " b=" and
+// the signature b folded every 75 bytes, and the final CRLF.
+func dkAppendB(dst []byte, b string) []byte {
+	const head = " b="
+	n := min(75, len(head)+len(b))
+	dst = append(dst, head...)
+	dst = append(dst, b[:n-len(head)]...)
+	for b = b[n-len(head):]; b != ""; b = b[n:] {
+		n = min(75, len(b))
+		dst = append(dst, "\r\n "...)
+		dst = append(dst, b[:n]...)
 	}
-	f.WriteString(line + "\r\n")
-	rest := " b=" + b
-	for first := true; first || rest != ""; first = false {
-		if !first {
-			f.WriteString("\r\n ")
-		}
-		n := min(75, len(rest))
-		f.WriteString(rest[:n])
-		rest = rest[n:]
-	}
-	f.WriteString("\r\n")
-	return f.String()
+	return append(dst, '\r', '\n')
 }

@@ -275,9 +275,9 @@ func (c *dkSigCheck) finish(fields []policy.Field) error {
 	if subtle.ConstantTimeCompare(sum, c.bodyHash) != 1 {
 		return dkFail("body hash did not verify")
 	}
-	canon := dkCRLFLines
+	canon := func(dst, raw []byte) []byte { return append(dst, dkCRLFLines(raw)...) }
 	if c.relaxedH {
-		canon = dkRelaxedField
+		canon = dkAppendRelaxedHeader
 	}
 	hh := sha256.New()
 	dkHashHeaders(hh, fields, c.keys, canon)
