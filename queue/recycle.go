@@ -165,12 +165,12 @@ func (r *recycler) create(path string) (f *os.File, recycled bool, err error) {
 		r.free = r.free[:n-1]
 		r.bytes -= ff.size
 		r.mu.Unlock()
-		if f, err := openFile(ff.path, os.O_WRONLY, 0); err == nil {
+		if f, err := openFile(ff.path, os.O_RDWR, 0); err == nil {
 			return f, true, nil
 		}
 		os.Remove(ff.path)
 	}
-	f, err = openFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	f, err = openFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o640)
 	return f, false, err
 }
 

@@ -541,13 +541,16 @@ func TestBadTransportReplies(t *testing.T) {
 
 func TestCorruptEntriesSetAside(t *testing.T) {
 	dir := t.TempDir()
-	h := newHarness(t, dir, Config{})
 	ctx := context.Background()
 	// A good message, a truncated one, one with a garbage envelope, one
-	// whose message file vanished.
-	h.enqueue(newTx("good", "a@example.org", "b@example.com"), testMsg)
-	h.enqueue(newTx("trunc", "a@example.org", "b@example.com"), testMsg)
-	h.enqueue(newTx("nomsg", "a@example.org", "b@example.com"), testMsg)
+	// whose message file vanished, found by a process started after the
+	// damage (one that enqueued them itself keeps what it wrote: hotEntry).
+	sp, err := Open(dir, WithLogger(quietLogger()))
+	require.NoError(t, err)
+	for _, id := range []string{"good", "trunc", "nomsg"} {
+		require.NoError(t, sp.Enqueue(ctx, newTx(id, "a@example.org", "b@example.com"), newMessage(t, testMsg)))
+	}
+	require.NoError(t, sp.Close())
 	require.NoError(t, os.Truncate(filepath.Join(dir, Working, "trunc.q"), 40))
 	// "nomsg": its envelope record damaged (a flipped byte fails the checksum).
 	p := filepath.Join(dir, Working, "nomsg.q")
@@ -556,7 +559,7 @@ func TestCorruptEntriesSetAside(t *testing.T) {
 	b[len(b)-5] ^= 0x20
 	require.NoError(t, os.WriteFile(p, b, 0o600))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, Deferred, "garbage.q"), []byte(`{"v":1,"id":"garb`), 0o600))
-	_ = ctx
+	h := newHarness(t, dir, Config{})
 	h.start()
 	h.waitN(4)
 	assert.Equal(t, "", h.queueOf("good"), "the queue goes on")

@@ -102,6 +102,12 @@ type Spool struct {
 	committing map[string]struct{}
 	lock       *os.File
 
+	// hot holds the entries just enqueued for the scheduler's Load (see
+	// hotEntry); hotClosed once the spool is closed.
+	hotMu     sync.Mutex
+	hot       map[string]hotEntry
+	hotClosed bool
+
 	closeOnce sync.Once
 
 	mu   sync.Mutex
@@ -112,7 +118,7 @@ type Spool struct {
 // a crash interrupted (tmp/ files, messages without an envelope) are
 // removed.
 func Open(dir string, opts ...Option) (*Spool, error) {
-	s := &Spool{root: dir, log: slog.Default(), dsn: true, now: time.Now, ids: map[string]struct{}{}, committing: map[string]struct{}{}}
+	s := &Spool{root: dir, log: slog.Default(), dsn: true, now: time.Now, ids: map[string]struct{}{}, committing: map[string]struct{}{}, hot: map[string]hotEntry{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -182,6 +188,7 @@ func (s *Spool) Close() error {
 	s.closeOnce.Do(func() {
 		s.c.close()
 		s.cs.close()
+		s.closeHot()
 		s.lock.Close()
 	})
 	return nil
@@ -369,12 +376,12 @@ func (s *Spool) enqueue(ctx context.Context, env *Envelope, q string, write func
 		env.NextAttempt = s.now()
 	}
 	since := c.begin()
-	tmp, err := s.writeEntry(entryPath(filepath.Join(s.root, "tmp"), env.ID), env, write)
+	f, err := s.writeEntry(entryPath(filepath.Join(s.root, "tmp"), env.ID), env, write)
 	if err != nil {
 		s.release(env.ID)
 		return err
 	}
-	final := entryPath(qdir, env.ID)
+	tmp, final := f.Name(), entryPath(qdir, env.ID)
 	o := &op{files: []string{tmp}, renames: [][2]string{{tmp, final}}, dirs: []string{qdir}, since: since}
 	if syncCoversRenames {
 		// Published first, made durable with its data by the one sync:
@@ -389,22 +396,29 @@ func (s *Spool) enqueue(ctx context.Context, env *Envelope, q string, write func
 	err = c.commit(ctx, o)
 	s.setCommitting(env.ID, false)
 	if err != nil {
+		f.Close()
 		os.Remove(tmp)
 		os.Remove(final)
 		s.release(env.ID)
 		return fmt.Errorf("queue: committing %s: %w", env.ID, err)
+	}
+	if c == s.c && q == Working {
+		s.keepHot(env, q, f)
+	} else {
+		f.Close()
 	}
 	s.notify(env.ID, q)
 	return nil
 }
 
 // writeEntry writes a new entry file: the message write produces, then env
-// (whose Size it sets) as the first record. It returns where the file is,
-// not yet published: a file of free/ written over, or a new one at path.
-func (s *Spool) writeEntry(path string, env *Envelope, write func(io.Writer) (int64, error)) (string, error) {
+// (whose Size it sets) as the first record. It returns the file, open for
+// reading and writing, not yet published: a file of free/ written over, or
+// a new one at path; f.Name() is where it is.
+func (s *Spool) writeEntry(path string, env *Envelope, write func(io.Writer) (int64, error)) (*os.File, error) {
 	f, recycled, err := s.rec.create(path)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	path = f.Name()
 	bw := writerPool.Get().(*bufio.Writer)
@@ -434,15 +448,13 @@ func (s *Spool) writeEntry(path string, env *Envelope, write func(io.Writer) (in
 		// Cut off what is left of the file's former entry.
 		err = f.Truncate(int64(entryHeadLen) + n + int64(len(rec)))
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
 	if err != nil {
+		f.Close()
 		os.Remove(path)
-		return "", fmt.Errorf("queue: writing message: %w", err)
+		return nil, fmt.Errorf("queue: writing message: %w", err)
 	}
 	env.end = int64(entryHeadLen) + n + int64(len(rec))
-	return path, nil
+	return f, nil
 }
 
 // writerPool holds the buffers messages are written through.
@@ -603,6 +615,7 @@ func (s *Spool) moveDirs(from, to string) (fdir, tdir string, err error) {
 // envelope or the new one, whole. Unless durable, the append and the move
 // are not synced (see SaveUnsynced).
 func (s *Spool) update(ctx context.Context, env *Envelope, from, to string, durable bool) error {
+	s.dropHot(env.ID)
 	fdir, tdir, err := s.moveDirs(from, to)
 	if err != nil {
 		return err
@@ -663,6 +676,7 @@ func (s *Spool) update(ctx context.Context, env *Envelope, from, to string, dura
 // replace stores m as the new message of env, in a new entry file that
 // takes the place of the old one in queue "from", then moves it to "to".
 func (s *Spool) replace(ctx context.Context, env *Envelope, from, to string, m *policy.Message) error {
+	s.dropHot(env.ID)
 	fdir, tdir, err := s.moveDirs(from, to)
 	if err != nil {
 		return err
@@ -672,10 +686,16 @@ func (s *Spool) replace(ctx context.Context, env *Envelope, from, to string, m *
 	tmp := entryPath(filepath.Join(s.root, "tmp"), env.ID)
 	os.Remove(tmp)
 	since := s.cs.begin()
-	tmp, err = s.writeEntry(tmp, env, writeMessage(m))
+	f, err := s.writeEntry(tmp, env, writeMessage(m))
 	if err != nil {
 		env.Head, env.BodyOff, env.Size, env.end = head, off, size, end
 		return err
+	}
+	tmp = f.Name()
+	if err := f.Close(); err != nil {
+		os.Remove(tmp)
+		env.Head, env.BodyOff, env.Size, env.end = head, off, size, end
+		return fmt.Errorf("queue: writing message: %w", err)
 	}
 	cur := entryPath(fdir, env.ID)
 	o := &op{files: []string{tmp}, renames: [][2]string{{tmp, cur}}, dirs: []string{fdir}, since: since}
@@ -694,6 +714,7 @@ func (s *Spool) replace(ctx context.Context, env *Envelope, from, to string, m *
 
 // remove deletes the entry id of queue q, durably.
 func (s *Spool) remove(ctx context.Context, q, id string) error {
+	s.dropHot(id)
 	dir, err := s.queueDir(q)
 	if err != nil {
 		return err
@@ -708,6 +729,7 @@ func (s *Spool) remove(ctx context.Context, q, id string) error {
 
 // setAside moves a corrupt entry to corrupt/ and logs it.
 func (s *Spool) setAside(ctx context.Context, q, id string, cause error) {
+	s.dropHot(id)
 	s.log.Error("queue: corrupt entry set aside", "id", id, "queue", q, "error", cause)
 	dir, err := s.queueDir(q)
 	if err != nil || q == Corrupt {

@@ -61,6 +61,12 @@ func (s *Spool) Lock(ctx context.Context, id string) (func(), error) { return s.
 
 // Load implements Store.
 func (s *Spool) Load(id string) (string, *Envelope, *policy.Message, error) {
+	if h, ok := s.takeHot(id); ok {
+		env, m, err := s.loadHot(id, h)
+		if err == nil {
+			return h.q, env, m, nil
+		}
+	}
 	q, err := s.locate(id)
 	if err != nil {
 		return "", nil, nil, err
@@ -135,6 +141,7 @@ func storedBody(env *Envelope, m *policy.Message) (int64, bool) {
 // after may bring the message back, to be delivered again (at least
 // once), which the scheduler allows.
 func (s *Spool) Remove(ctx context.Context, q string, env *Envelope) error {
+	s.dropHot(env.ID)
 	dir, err := s.queueDir(q)
 	if err != nil {
 		return err
