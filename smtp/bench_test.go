@@ -33,7 +33,7 @@ func BenchmarkAccept(b *testing.B) {
 		name  string
 		bytes int
 	}{{"4KiB", 4 << 10}, {"100KiB", 100 << 10}} {
-		body := "From: a@bench.test\r\nTo: b@mx.test\r\nSubject: bench\r\n\r\n" + strings.Repeat(line, size.bytes/len(line))
+		body := []byte("From: a@bench.test\r\nTo: b@mx.test\r\nSubject: bench\r\n\r\n" + strings.Repeat(line, size.bytes/len(line)))
 		for _, lg := range []struct {
 			name string
 			log  *slog.Logger
@@ -56,7 +56,7 @@ func BenchmarkAccept(b *testing.B) {
 					require.NoError(b, c.Rcpt("a@mx.test", nil))
 					w, err := c.Data()
 					require.NoError(b, err)
-					io.WriteString(w, body)
+					w.Write(body)
 					require.NoError(b, w.Close())
 				}
 				b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N), "cpu-ns/op")

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -441,17 +442,21 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 	ctx, cancel := context.WithTimeout(c.ctx, s.limits.DataTimeout)
 	defer cancel()
 	res := s.cfg.Chain.EvalPreQ(ctx, tx, m)
-	log.Info("preq", "tx", tx.ID, "verdict", res.Verdict.String(), "rule", res.Rule, "size", chk.Size())
+	if logging(log) {
+		log.LogAttrs(logCtx, slog.LevelInfo, "preq", slog.String("tx", tx.ID), slog.String("verdict", res.Verdict.String()), slog.String("rule", res.Rule), slog.Int64("size", chk.Size()))
+	}
 	if !res.Accepted() {
 		return replyError(res.Reply), false
 	}
-	qctx, qcancel := context.WithTimeout(context.WithoutCancel(c.ctx), s.limits.DataTimeout)
+	qctx, qcancel := context.WithTimeout(c.keepCtx, s.limits.DataTimeout)
 	defer qcancel()
 	if err := s.cfg.Queue.Enqueue(qctx, tx, m); err != nil {
 		log.Error("enqueue failed", "tx", tx.ID, "error", err)
 		return errInternal, false
 	}
-	log.Info("queued", "tx", tx.ID, "from", tx.From.Path(), "rcpts", len(tx.Rcpts), "size", chk.Size(), "quarantine", tx.Quarantine())
+	if logging(log) {
+		log.LogAttrs(logCtx, slog.LevelInfo, "queued", slog.String("tx", tx.ID), slog.String("from", tx.From.Path()), slog.Int("rcpts", len(tx.Rcpts)), slog.Int64("size", chk.Size()), slog.String("quarantine", tx.Quarantine()))
+	}
 
 	text := "OK: queued as " + tx.ID
 	if res.Reply.Code == 250 && res.Reply != policy.DefaultReply(policy.StagePreQ) {

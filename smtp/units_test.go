@@ -125,6 +125,40 @@ func FuzzBodyChecker(f *testing.F) {
 	})
 }
 
+// splitEnhanced is the reference FuzzParseEnhanced compares against:
+// parseEnhanced as first written, with strings.Split.
+func splitEnhanced(s string, code int) gosmtp.EnhancedCode {
+	def := gosmtp.EnhancedCode{code / 100, 0, 0}
+	parts := strings.Split(s, ".")
+	if len(parts) != 3 {
+		return def
+	}
+	var ec gosmtp.EnhancedCode
+	for i, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 || n > 999 || len(p) > 3 {
+			return def
+		}
+		ec[i] = n
+	}
+	if ec[0] != code/100 {
+		return def
+	}
+	return ec
+}
+
+func FuzzParseEnhanced(f *testing.F) {
+	for _, s := range []string{"", "2.0.0", "5.7.1", "4.7.1.2", "5..1", "5.7.", ".7.1", "5.7.1000", "+5.-0.1", "5.7", "x.y.z"} {
+		f.Add(s, 250)
+		f.Add(s, 550)
+	}
+	f.Fuzz(func(t *testing.T, s string, code int) {
+		if got, want := parseEnhanced(s, code), splitEnhanced(s, code); got != want {
+			t.Fatalf("parseEnhanced(%q, %d) = %v, want %v", s, code, got, want)
+		}
+	})
+}
+
 func TestSanitizeHelo(t *testing.T) {
 	for in, want := range map[string]string{
 		"":                      "unknown",
