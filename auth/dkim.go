@@ -158,32 +158,31 @@ func (s *DKIMSigner) DNSRecord() string {
 
 // appendHeaderKeys appends to keys the h= list for the header fields:
 // every configured field once per occurrence, and From once more than it
-// occurs. Names compare as strings.ToLower makes them (dkLowerEqual), with
-// no map and, for ASCII names, no allocation.
-func (s *DKIMSigner) appendHeaderKeys(keys []string, fields []policy.Field) []string {
+// occurs. Names compare as strings.ToLower makes them (dkNames.lowerEqual),
+// with no map and, for ASCII names, no allocation. A configured name is
+// checked against the earlier ones only when it has fields: names that
+// lowercase alike have the same fields, so the earlier one is then in keys.
+func (s *DKIMSigner) appendHeaderKeys(keys []string, fields *dkNames) []string {
 	names := s.Headers
 	if names == nil {
 		names = DefaultDKIMHeaders
 	}
-	count := func(name string) int {
-		n := 0
-		for _, f := range fields {
-			if dkLowerEqual(dkFieldName(f.Raw), name) {
-				n++
-			}
-		}
-		return n
-	}
-	for range count("from") + 1 {
+	for range fields.count("from", true) + 1 {
 		keys = append(keys, "From")
 	}
-	for i, n := range names {
-		if dkLowerEqual([]byte(n), "from") || slices.ContainsFunc(names[:i], func(prev string) bool {
-			return dkLowerEqual([]byte(prev), n)
+	first := len(keys)
+	for _, n := range names {
+		nASCII := dkIsASCII(n)
+		if dkLowerEqualString(n, nASCII, "from", true) {
+			continue
+		}
+		c := fields.count(n, nASCII)
+		if c == 0 || slices.ContainsFunc(keys[first:], func(prev string) bool {
+			return dkLowerEqualString(prev, dkIsASCII(prev), n, nASCII)
 		}) {
 			continue
 		}
-		for range count(n) {
+		for range c {
 			keys = append(keys, n)
 		}
 	}
@@ -193,6 +192,7 @@ func (s *DKIMSigner) appendHeaderKeys(keys []string, fields []policy.Field) []st
 // dkSignScratch holds the buffers one signature is built in, pooled so
 // that signing allocates little more than the field it returns.
 type dkSignScratch struct {
+	names dkNames
 	keys  []string
 	field []byte // the DKIM-Signature field with an empty b=
 	canon []byte // its relaxed form
@@ -232,6 +232,7 @@ func (s *DKIMSigner) sign(ctx context.Context, m *policy.Message, now time.Time)
 	sc := dkSignPool.Get().(*dkSignScratch)
 	defer func() {
 		clear(sc.keys) // hold no caller's strings in the pool
+		sc.names.reset()
 		dkSignPool.Put(sc)
 	}()
 	bh, err := dkHashBodyInto(ctx, m.Body(), sc.sum[:0])
@@ -241,7 +242,8 @@ func (s *DKIMSigner) sign(ctx context.Context, m *policy.Message, now time.Time)
 	var bh64 [44]byte // base64 of a SHA-256
 	base64.StdEncoding.Encode(bh64[:], bh)
 	fields := m.Header.Fields()
-	sc.keys = s.appendHeaderKeys(sc.keys[:0], fields)
+	sc.names.load(fields, false)
+	sc.keys = s.appendHeaderKeys(sc.keys[:0], &sc.names)
 	sc.hval = sc.hval[:0]
 	for i, k := range sc.keys {
 		if i > 0 {

@@ -398,16 +398,7 @@ func dkAppendRelaxedHeader(dst, raw []byte) []byte {
 	return append(dst, '\r', '\n')
 }
 
-func dkIsASCII(b []byte) bool {
-	for _, c := range b {
-		if c >= 0x80 {
-			return false
-		}
-	}
-	return true
-}
-
-func dkIsASCIIString(s string) bool {
+func dkIsASCII[T string | []byte](s T) bool {
 	for i := 0; i < len(s); i++ {
 		if s[i] >= 0x80 {
 			return false
@@ -416,42 +407,82 @@ func dkIsASCIIString(s string) bool {
 	return true
 }
 
-// dkFieldName returns the name of a raw field as policy.Field.Name does
-// (up to the colon, without the SP and HTAB before it; empty without a
-// colon), without making a string of it.
-func dkFieldName(raw []byte) []byte {
-	i := bytes.IndexByte(raw, ':')
-	if i < 0 {
-		return nil
+// dkNames holds the names of a header's fields, found once per message
+// rather than once per name compared with them.
+type dkNames struct {
+	names [][]byte
+	ascii bool // all names are ASCII
+}
+
+// load finds the names of fields as policy.Field.Name gives them (up to
+// the colon, without the SP and HTAB before it; empty without a colon),
+// and with strings.TrimSpace applied too when trim is set.
+func (d *dkNames) load(fields []policy.Field, trim bool) {
+	d.names, d.ascii = d.names[:0], true
+	for _, f := range fields {
+		var n []byte
+		if i := bytes.IndexByte(f.Raw, ':'); i >= 0 {
+			n = bytes.TrimRight(f.Raw[:i], " \t")
+		}
+		if trim {
+			n = bytes.TrimSpace(n)
+		}
+		d.ascii = d.ascii && dkIsASCII(n)
+		d.names = append(d.names, n)
 	}
-	return bytes.TrimRight(raw[:i], " \t")
+}
+
+// reset drops the references to the fields.
+func (d *dkNames) reset() {
+	clear(d.names)
+	d.names = d.names[:0]
+}
+
+// count returns how many names lowercase to what name does (nameASCII
+// tells whether it is ASCII).
+func (d *dkNames) count(name string, nameASCII bool) int {
+	c := 0
+	for _, n := range d.names {
+		if dkLowerEqual(n, d.ascii, name, nameASCII) {
+			c++
+		}
+	}
+	return c
 }
 
 // dkLowerEqual reports whether strings.ToLower(string(a)) ==
 // strings.ToLower(b), without allocating when both are ASCII (then it is
-// ASCII case folding).
-func dkLowerEqual(a []byte, b string) bool {
-	if dkIsASCII(a) && dkIsASCIIString(b) {
+// ASCII case folding); aASCII and bASCII say whether they are.
+func dkLowerEqual(a []byte, aASCII bool, b string, bASCII bool) bool {
+	if aASCII && bASCII {
 		return dkASCIIFoldEqual(a, b)
 	}
 	return strings.ToLower(string(a)) == strings.ToLower(b)
 }
 
+// dkLowerEqualString is dkLowerEqual for two strings.
+func dkLowerEqualString(a string, aASCII bool, b string, bASCII bool) bool {
+	if aASCII && bASCII {
+		return dkASCIIFoldEqual(a, b)
+	}
+	return strings.ToLower(a) == strings.ToLower(b)
+}
+
 // dkFoldEqualLower reports whether strings.EqualFold(string(a),
 // strings.ToLower(b)), without allocating when both are ASCII (then a
 // rune of one can only fold to its ASCII case partner in the other).
-func dkFoldEqualLower(a []byte, b string) bool {
-	if dkIsASCII(a) && dkIsASCIIString(b) {
+func dkFoldEqualLower(a []byte, aASCII bool, b string, bASCII bool) bool {
+	if aASCII && bASCII {
 		return dkASCIIFoldEqual(a, b)
 	}
 	return strings.EqualFold(string(a), strings.ToLower(b))
 }
 
-func dkASCIIFoldEqual(a []byte, b string) bool {
+func dkASCIIFoldEqual[T string | []byte](a T, b string) bool {
 	if len(a) != len(b) {
 		return false
 	}
-	for i := range a {
+	for i := 0; i < len(b); i++ {
 		ca, cb := a[i], b[i]
 		if 'A' <= ca && ca <= 'Z' {
 			ca += 'a' - 'A'
@@ -490,6 +521,7 @@ var dkReadBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); retur
 
 // dkHeaderScratch is the reused state of dkHashHeaders.
 type dkHeaderScratch struct {
+	names dkNames
 	buf   []byte
 	taken []dkTaken
 }
@@ -514,15 +546,18 @@ var dkHeaderScratchPool = sync.Pool{New: func() any { return new(dkHeaderScratch
 func dkHashHeaders(h io.Writer, hdr []policy.Field, keys []string, canon func(dst, raw []byte) []byte) {
 	sc := dkHeaderScratchPool.Get().(*dkHeaderScratch)
 	buf, taken := sc.buf[:0], sc.taken[:0]
+	sc.names.load(hdr, true)
+	names := &sc.names
 	for _, k := range keys {
-		t := slices.IndexFunc(taken, func(t dkTaken) bool { return dkLowerEqual([]byte(t.key), k) })
+		kASCII := dkIsASCII(k)
+		t := slices.IndexFunc(taken, func(t dkTaken) bool { return dkLowerEqualString(t.key, dkIsASCII(t.key), k, kASCII) })
 		if t < 0 {
 			taken = append(taken, dkTaken{key: k})
 			t = len(taken) - 1
 		}
 		skip := taken[t].n
 		for i := len(hdr) - 1; i >= 0; i-- {
-			if !dkFoldEqualLower(bytes.TrimSpace(dkFieldName(hdr[i].Raw)), k) {
+			if !dkFoldEqualLower(names.names[i], names.ascii, k, kASCII) {
 				continue
 			}
 			if skip > 0 {
@@ -536,6 +571,7 @@ func dkHashHeaders(h io.Writer, hdr []policy.Field, keys []string, canon func(ds
 	}
 	h.Write(buf)
 	clear(taken)
+	names.reset()
 	sc.buf, sc.taken = buf, taken[:0]
 	if cap(sc.buf) > 64<<10 {
 		sc.buf = nil // a huge header's buffer is not kept
