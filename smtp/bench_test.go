@@ -1,9 +1,12 @@
 package smtp
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
+	"net"
+	"net/netip"
 	"strings"
 	"syscall"
 	"testing"
@@ -103,4 +106,60 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkReceive measures the server's own part of accepting a message,
+// without sockets or go-smtp: MAIL and RCPT through the session (rules,
+// transaction, logs), then receive (spool file, smuggling check, Received
+// field, preq rules, Enqueue, the 250) with a queue that does nothing.
+// CPU per message here is ours alone; BenchmarkAccept adds go-smtp, the
+// client and loopback TCP.
+func BenchmarkReceive(b *testing.B) {
+	line := strings.Repeat("0123456789abcdef", 4) + "\r\n"
+	for _, size := range []struct {
+		name  string
+		bytes int
+	}{{"4KiB", 4 << 10}, {"100KiB", 100 << 10}} {
+		body := []byte("From: a@bench.test\r\nTo: b@mx.test\r\nSubject: bench\r\n\r\n" + strings.Repeat(line, size.bytes/len(line)))
+		for _, lg := range []struct {
+			name string
+			log  *slog.Logger
+		}{
+			{"nolog", slog.New(slog.DiscardHandler)},
+			{"textlog", slog.New(slog.NewTextHandler(io.Discard, nil))},
+		} {
+			b.Run(size.name+"/"+lg.name, func(b *testing.B) {
+				chain := policy.NewChain(policy.WithLogger(slog.New(slog.DiscardHandler))).Rcpt("all", acceptAll)
+				srv, err := NewServer(Config{Chain: chain, Queue: nopQueue{}, Hostname: "mx.test", Logger: lg.log, SpoolDir: b.TempDir()})
+				require.NoError(b, err)
+				defer srv.Close()
+				ours, peer := net.Pipe()
+				defer ours.Close()
+				defer peer.Close()
+				remote := netip.MustParseAddrPort("127.0.0.1:40000")
+				c := newConn(srv, ours, remote.Addr())
+				c.pc = &policy.Conn{ID: newID(), Listener: "mta", Remote: remote, Local: netip.MustParseAddrPort("127.0.0.1:25"), Started: time.Now(), Helo: "bench.test", ESMTP: true}
+				c.log = lg.log.With("conn", c.pc.ID, "listener", "mta", "remote", remote.String())
+				c.sniff = false
+				defer c.Close()
+				s := &session{srv: srv, lc: Listener{Name: "mta", Role: RoleMTA}, c: c, heloName: "bench.test"}
+				var r bytes.Reader
+				b.SetBytes(int64(len(body)))
+				b.ReportAllocs()
+				b.ResetTimer()
+				cpu0 := processCPU()
+				for range b.N {
+					require.NoError(b, s.Mail("s@bench.test", nil))
+					require.NoError(b, s.Rcpt("a@mx.test", nil))
+					r.Reset(body)
+					reply, ok := srv.receive(c, ours, s.tx, &r)
+					if !ok {
+						b.Fatal(reply)
+					}
+					s.tx = nil
+				}
+				b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N), "cpu-ns/op")
+			})
+		}
+	}
 }
