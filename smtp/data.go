@@ -1,7 +1,6 @@
 package smtp
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -274,60 +273,103 @@ func receivedValue(hostname string, tx *policy.Transaction, now time.Time) strin
 	return string(b)
 }
 
-// spoolWriter tags the errors of writing the spool file, so they are told
-// from errors reading the client.
-type spoolWriter struct{ w io.Writer }
+// spoolWriteError tags the errors of writing the spool file, so they are
+// told from errors reading the client.
+type spoolWriteError struct{ err error }
 
-func (s spoolWriter) Write(p []byte) (int, error) {
-	n, err := s.w.Write(p)
+func (e spoolWriteError) Error() string { return "spool write: " + e.err.Error() }
+func (e spoolWriteError) Unwrap() error { return e.err }
+
+// spoolBufferSize is how much of a message is held in memory before it
+// goes to the connection's spool file.
+const spoolBufferSize = 64 << 10
+
+// spooler is where a message goes while it is received: the smuggling
+// check, then a 64 KiB buffer, then the connection's spool file. A
+// message that fits in the buffer (most mail) is never written to the
+// file: rules and the queue read it from memory, which saves a write and
+// the reads back per message. Nothing is lost: the spool file was never
+// durable (it is unlinked at once and not synced); the queue's fsync is
+// what makes a 250. (The file is still had at every DATA, as before, so
+// an unusable SpoolDir fails every message, not only the large ones.)
+//
+// Write is io.MultiWriter(&chk, spool) (a write the check refuses goes no
+// further) without that one's allocations, and spooler carries the copy
+// buffer too (io.Copy would make a new 32 KiB one per message: neither
+// side has ReadFrom or WriteTo). Recycled through a pool.
+type spooler struct {
+	chk     BodyChecker
+	file    *os.File // the connection's spool file
+	written bool     // file holds the start of this message
+	off     int64    // bytes written to file
+	buf     []byte   // what is not in file yet; cap spoolBufferSize
+	mem     bytes.Reader
+	copyBuf []byte
+}
+
+var spoolers = sync.Pool{New: func() any {
+	return &spooler{buf: make([]byte, 0, spoolBufferSize), copyBuf: make([]byte, 32<<10)}
+}}
+
+func (s *spooler) Write(p []byte) (int, error) {
+	if n, err := s.chk.Write(p); err != nil {
+		return n, err
+	}
+	n, err := s.write(p)
 	if err != nil {
 		err = spoolWriteError{err}
 	}
 	return n, err
 }
 
-type spoolWriteError struct{ err error }
+// spoolRaw writes to a spooler without the check (our header fields).
+type spoolRaw struct{ *spooler }
 
-func (e spoolWriteError) Error() string { return "spool write: " + e.err.Error() }
-func (e spoolWriteError) Unwrap() error { return e.err }
+func (s spoolRaw) Write(p []byte) (int, error) { return s.write(p) }
 
-// spooler is what DATA is copied into: the smuggling check, then the spool
-// file. It is io.MultiWriter(&chk, spoolWriter{w}) (a write the check
-// refuses goes no further) without that one's three allocations per
-// message, and carries the copy buffer too (io.Copy would make a new 32
-// KiB one per message: neither side has ReadFrom or WriteTo). Recycled.
-type spooler struct {
-	chk  BodyChecker
-	file fileWriter
-	w    *bufio.Writer // writes to file
-	buf  []byte
-}
-
-// fileWriter writes a file from offset 0 on with WriteAt, whatever the
-// file's position.
-type fileWriter struct {
-	f   *os.File
-	off int64
-}
-
-func (w *fileWriter) Write(p []byte) (int, error) {
-	n, err := w.f.WriteAt(p, w.off)
-	w.off += int64(n)
-	return n, err
-}
-
-func (s *spooler) Write(p []byte) (int, error) {
-	if n, err := s.chk.Write(p); err != nil {
-		return n, err
+func (s *spooler) write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		if len(s.buf) == cap(s.buf) {
+			if err := s.flush(); err != nil {
+				return n, err
+			}
+		}
+		k := copy(s.buf[len(s.buf):cap(s.buf)], p)
+		s.buf = s.buf[:len(s.buf)+k]
+		p = p[k:]
+		n += k
 	}
-	return spoolWriter{s.w}.Write(p)
+	return n, nil
 }
 
-var spoolers = sync.Pool{New: func() any {
-	return &spooler{w: bufio.NewWriterSize(nil, 64<<10), buf: make([]byte, 32<<10)}
-}}
+// flush writes the buffer to the spool file, from offset 0 on with
+// WriteAt: no seek per message.
+func (s *spooler) flush() error {
+	s.written = true
+	n, err := s.file.WriteAt(s.buf, s.off)
+	s.off += int64(n)
+	s.buf = s.buf[:copy(s.buf, s.buf[n:])]
+	return err
+}
 
-// receive streams a message into a spool file, with the fields rules added
+// source returns what the message can be read back from: the buffer
+// when it held the whole message, else the spool file, once the rest of
+// the buffer is written to it.
+func (s *spooler) source() (io.ReaderAt, error) {
+	if !s.written {
+		s.mem.Reset(s.buf)
+		return &s.mem, nil
+	}
+	if len(s.buf) > 0 {
+		if err := s.flush(); err != nil {
+			return nil, err
+		}
+	}
+	return s.file, nil
+}
+
+// receive streams a message into a spooler, with the fields rules added
 // before DATA and our Received field on top, runs the preq rules and hands
 // the message to the queue. It returns the reply: 250 only once Enqueue
 // returned nil.
@@ -337,12 +379,6 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 	// would cost allocations (and, with a text or JSON handler, formatting)
 	// whether anything is logged or not; the output is the same.
 	log := c.log
-
-	f, err := c.spoolFile()
-	if err != nil {
-		log.Error("spool file", "tx", tx.ID, "error", err)
-		return errInternal, false
-	}
 
 	// Our Received field, with the fields rules added before DATA above
 	// it, as RFC 7208 section 9.1 wants of Received-SPF: they are trace
@@ -354,25 +390,29 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 	for i := len(fields) - 1; i >= 0; i-- {
 		hdr.AddRaw(fields[i].Raw)
 	}
+	f, err := c.spoolFile()
+	if err != nil {
+		log.Error("spool file", "tx", tx.ID, "error", err)
+		return errInternal, false
+	}
 	sp := spoolers.Get().(*spooler)
-	sp.chk = BodyChecker{}
-	sp.file = fileWriter{f: f}
-	sp.w.Reset(&sp.file)
+	*sp = spooler{file: f, buf: sp.buf[:0], copyBuf: sp.copyBuf}
 	defer func() {
-		sp.w.Reset(nil)
-		sp.file = fileWriter{}
+		// m, which may read sp.mem, is closed by now (deferred later).
+		*sp = spooler{buf: sp.buf[:0], copyBuf: sp.copyBuf}
 		spoolers.Put(sp)
 	}()
-	w := sp.w
-	if _, err := hdr.WriteTo(w); err != nil {
+	if _, err := hdr.WriteTo(spoolRaw{sp}); err != nil {
 		log.Error("spool write", "tx", tx.ID, "error", err)
 		return errInternal, false
 	}
 	chk := &sp.chk
-	_, err = io.CopyBuffer(sp, r, sp.buf)
+	_, err = io.CopyBuffer(sp, r, sp.copyBuf)
 	chk.Close()
 	size := hdr.Size() + chk.Size()
-	c.noteSpooled(size) // written, even if refused
+	if sp.written {
+		c.noteSpooled(size) // written, even if refused
+	}
 	if err != nil {
 		// Declared here, not above: errors.As makes them escape, which
 		// would cost an allocation for every message.
@@ -420,12 +460,13 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 		// Accepted as Postfix does; recorded for the log.
 		log.Info("8-bit data without BODY=8BITMIME", "tx", tx.ID)
 	}
-	if err := w.Flush(); err != nil {
+	src, err := sp.source()
+	if err != nil {
 		log.Error("spool write", "tx", tx.ID, "error", err)
 		return errInternal, false
 	}
 
-	m, err := policy.NewMessage(f, size, nil)
+	m, err := policy.NewMessage(src, size, nil)
 	if err != nil {
 		// The only fault of the client's here is a header block over
 		// policy.MaxHeaderBytes; anything else is reading our own spool

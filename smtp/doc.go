@@ -21,8 +21,9 @@
 // rules after the Authenticator accepted the credentials; the mail rules at
 // MAIL, where a new policy.Transaction gets its queue ID; the rcpt rules at
 // each RCPT (a refusal rejects that recipient only; with no accepting rule
-// the policy default denies). After DATA the body is streamed to a spool
-// file while its size is counted and its line endings checked; our Received
+// the policy default denies). After DATA the body is streamed through a 64
+// KiB buffer to a spool file (a message that fits stays in memory) while
+// its size is counted and its line endings checked; our Received
 // field and the fields rules added to tx.Header are written on top; the preq
 // rules run on the message; then Queue.Enqueue stores it and only then does
 // the client get 250 with the queue ID. A rule that fails or panics gives

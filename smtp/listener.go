@@ -284,9 +284,10 @@ type conn struct {
 	// created at its first DATA, unlinked at once (nothing is left behind,
 	// even after a crash) and emptied for each message, because creating
 	// and removing a file per message costs more than the rest of the
-	// accept path on some filesystems. A message is written over the
-	// previous one and read back within its own size, so the file is
-	// truncated only after a large message (see spoolFile).
+	// accept path on some filesystems. Only a message that outgrows the
+	// spooler's buffer is written to it (see spooler). A message is
+	// written over the previous one and read back within its own size, so
+	// the file is truncated only after a large message (see spoolFile).
 	spool *os.File
 	// spoolHigh is the size of the largest message written to spool
 	// since it was last truncated.

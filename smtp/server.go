@@ -174,8 +174,9 @@ type Config struct {
 	// each client before the connect rules run. Nil: no lookup.
 	Resolver Resolver
 	Limits   Limits
-	// SpoolDir holds messages while they are received (default
-	// os.TempDir()); files are removed once the queue has its copy.
+	// SpoolDir holds messages larger than 64 KiB while they are received
+	// (default os.TempDir()): one unlinked file per connection, created
+	// at its first DATA. Smaller messages stay in memory.
 	SpoolDir string
 	// EnableDSN advertises DSN (RFC 3461); it is also enabled when Queue
 	// has a SupportsDSN() bool method returning true.

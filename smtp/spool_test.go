@@ -42,3 +42,56 @@ func TestSpoolReuse(t *testing.T) {
 		assert.Equal(t, "Subject: m"+string(rune('0'+i))+"\r\n\r\n"+bodies[i], data, "message %d", i)
 	}
 }
+
+// TestSpoolBuffer: a message that fits in the spooler's buffer is read
+// back from memory and never written to the spool file; messages around
+// the buffer's size, on one connection, come out whole either way.
+func TestSpoolBuffer(t *testing.T) {
+	h := start(t, Config{})
+	c, err := gosmtp.Dial(h.addr())
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.Hello("client.test"))
+
+	spoolSize := func() int64 {
+		h.srv.mu.Lock()
+		defer h.srv.mu.Unlock()
+		require.Len(t, h.srv.conns, 1)
+		for cn := range h.srv.conns {
+			cn.mu.Lock()
+			defer cn.mu.Unlock()
+			require.NotNil(t, cn.spool, "had at DATA")
+			st, err := cn.spool.Stat()
+			require.NoError(t, err)
+			return st.Size()
+		}
+		return -1
+	}
+	send := func(body string) {
+		t.Helper()
+		msg := "Subject: buffer\r\n\r\n" + body
+		require.NoError(t, c.SendMail("a@example.org", []string{"b@example.com"}, strings.NewReader(msg)))
+	}
+
+	send("small\r\n")
+	assert.Zero(t, spoolSize(), "a small message stays in memory")
+
+	line := strings.Repeat("x", 98) + "\r\n"
+	var bodies []string
+	for _, n := range []int{spoolBufferSize - 600, spoolBufferSize - 300, spoolBufferSize - 200, spoolBufferSize, spoolBufferSize + 1, 3 * spoolBufferSize} {
+		b := strings.Repeat(line, n/len(line)) + strings.Repeat("y", n%len(line)) + "\r\n"
+		bodies = append(bodies, b)
+		send(b)
+	}
+	assert.Positive(t, spoolSize(), "a large message goes to the file")
+	bodies = append(bodies, "small again\r\n")
+	send("small again\r\n")
+
+	got := h.queue.all()
+	require.Len(t, got, 1+len(bodies))
+	for i, s := range got[1:] {
+		at := strings.Index(s.Data, "Subject: ")
+		require.GreaterOrEqual(t, at, 0)
+		assert.Equal(t, "Subject: buffer\r\n\r\n"+bodies[i], s.Data[at:], "message %d", i)
+	}
+}
