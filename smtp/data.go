@@ -95,25 +95,20 @@ func (b *BodyChecker) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-var (
-	crlf = []byte("\r\n")
-	cr   = []byte("\r")
-	lf   = []byte("\n")
-)
+var cr = []byte("\r")
 
-// clean is Write's fast path: with a few passes of the library's
-// vectorised searches instead of a branch per byte, it checks that p holds
-// no violation and, if so, records it (state, size, 8-bit) and reports
-// true. When it reports false it has changed nothing, and the byte loop
-// finds the first violation.
+// clean is Write's fast path: with the library's vectorised searches
+// instead of a branch per byte, it checks that p holds no violation and,
+// if so, records it (state, size, 8-bit) and reports true. When it
+// reports false it has changed nothing, and the byte loop finds the first
+// violation.
 //
 // p is clean when it has no NUL, every LF is preceded by a CR (in p, or
 // the CR that ended the previous write) and every CR is followed by an LF
-// (in p, or it is p's last byte, decided by the next write or Close).
-// Counting says this without positions: each CRLF pairs one CR with one
-// LF, so p is clean exactly when the LFs are the CRLFs plus at most the
-// first byte (after a CR at the end of the last write), and the CRs are
-// the CRLFs plus at most the last byte.
+// (in p, or it is p's last byte, decided by the next write or Close). The
+// LFs are found one by one (IndexByte, a call per line) and their CRs
+// checked; the CRs are then only counted: there must be one per CRLF
+// found, plus at most the last byte.
 func (b *BodyChecker) clean(p []byte) bool {
 	if len(p) == 0 {
 		return true
@@ -129,8 +124,19 @@ func (b *BodyChecker) clean(p []byte) bool {
 	if p[len(p)-1] == '\r' {
 		trail = 1
 	}
-	pairs := bytes.Count(p, crlf)
-	if bytes.Count(p, lf) != pairs+lead || bytes.Count(p, cr) != pairs+trail || bytes.IndexByte(p, 0) >= 0 {
+	pairs := 0 // LFs after a CR in p
+	for i := lead; ; i++ {
+		j := bytes.IndexByte(p[i:], '\n')
+		if j < 0 {
+			break
+		}
+		i += j
+		if i == 0 || p[i-1] != '\r' {
+			return false
+		}
+		pairs++
+	}
+	if bytes.Count(p, cr) != pairs+trail || bytes.IndexByte(p, 0) >= 0 {
 		return false
 	}
 	if !b.eight {
