@@ -296,8 +296,8 @@ const spoolBufferSize = 64 << 10
 // file: rules and the queue read it from memory, which saves a write and
 // the reads back per message. Nothing is lost: the spool file was never
 // durable (it is unlinked at once and not synced); the queue's fsync is
-// what makes a 250. (The file is still had at every DATA, as before, so
-// an unusable SpoolDir fails every message, not only the large ones.)
+// what makes a 250. (The spool file is still had at every DATA, so an
+// unusable SpoolDir fails every message, not only the large ones.)
 //
 // Write is io.MultiWriter(&chk, spool) (a write the check refuses goes no
 // further) without that one's allocations, and spooler carries the copy
