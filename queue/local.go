@@ -133,8 +133,7 @@ func (l *lfWriter) flush() error {
 // made durable before the delivery is reported. Concurrent deliveries share
 // these syncs, with the spool's enqueues when it lies on the same
 // filesystem: one syncfs(2) of Root's filesystem covers the files written
-// and the renames done meanwhile, and a delivery first waits up to
-// deliverySyncWait for an enqueue to start the round it needs. Where syncfs is not available each file
+// and the renames done meanwhile. Where syncfs is not available each file
 // is fsynced, and new/ once for the renames into it.
 type Maildir struct {
 	Root string
@@ -223,11 +222,6 @@ func (md *Maildir) deliverOne(dir string, d *policy.Delivery, r policy.Recipient
 // three MkdirAll per delivery.
 var madeDirs sync.Map
 
-// deliverySyncWait is how long a local delivery waits for another caller
-// (an enqueue, under load) to start the sync round it needs before it
-// starts one itself (syncGroups.doLazy).
-var deliverySyncWait = time.Millisecond
-
 // fileSyncs coalesces concurrent syncs of the same thing (a filesystem, a
 // directory) across every local delivery and enqueue of the process.
 var fileSyncs syncGroups
@@ -249,9 +243,6 @@ type syncGroup struct {
 	failed    uint64 // the last round that failed
 	failedErr error  // its error
 	waiting   int    // callers waiting (tests)
-	// next is closed when the next round starts, for the callers waiting
-	// for someone else to start it (doLazy).
-	next chan struct{}
 }
 
 // group returns the group of key; g.mu is held.
@@ -285,16 +276,7 @@ func (g *syncGroups) do(key string, fn func() error) error {
 // that failed after since may have reported this caller's error to others;
 // the caller then fails too (errEarlierSync) even if its own round did not.
 func (g *syncGroups) doSince(key string, since uint64, fn func() error) error {
-	return g.doLazy(key, since, 0, fn)
-}
-
-// doLazy is doSince for a caller that is in no hurry: when no round is
-// under way it waits up to lazy for another caller to start one, which it
-// then joins, before running one itself. Local deliveries ride that way
-// on the rounds the accept path runs anyway (fewer rounds: each costs a
-// syncfs(2), and its wait a thread hand-off).
-func (g *syncGroups) doLazy(key string, since uint64, lazy time.Duration, fn func() error) error {
-	err := g.doRound(key, lazy, fn)
+	err := g.doRound(key, fn)
 	if err == nil {
 		g.mu.Lock()
 		failed := g.group(key).failed
@@ -308,42 +290,21 @@ func (g *syncGroups) doLazy(key string, since uint64, lazy time.Duration, fn fun
 
 // doRound returns once a round of key that started after the call has
 // ended: its own, or one it joined.
-func (g *syncGroups) doRound(key string, lazy time.Duration, fn func() error) error {
+func (g *syncGroups) doRound(key string, fn func() error) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	s := g.group(key)
 	ticket := s.started + 1
 	for s.done < ticket {
-		switch {
-		case s.busy:
+		if s.busy {
 			s.waiting++
 			s.cond.Wait()
 			s.waiting--
-			continue
-		case lazy > 0:
-			if s.next == nil {
-				s.next = make(chan struct{})
-			}
-			next, t := s.next, time.NewTimer(lazy)
-			s.waiting++
-			g.mu.Unlock()
-			select {
-			case <-next:
-			case <-t.C:
-			}
-			t.Stop()
-			g.mu.Lock()
-			s.waiting--
-			lazy = 0
 			continue
 		}
 		s.busy = true
 		s.started++
 		n := s.started
-		if s.next != nil {
-			close(s.next)
-			s.next = nil
-		}
 		g.mu.Unlock()
 		err := fn()
 		g.mu.Lock()

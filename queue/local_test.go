@@ -283,34 +283,6 @@ func TestSyncGroupsFailWritesBegunBeforeAFailure(t *testing.T) {
 	require.NoError(t, g.do("k", func() error { return nil }), "do (directory syncs) is not concerned")
 }
 
-// TestSyncGroupsLazy: a lazy caller (a local delivery) joins the round
-// another caller starts meanwhile instead of running its own, and runs one
-// itself when nobody does within its wait.
-func TestSyncGroupsLazy(t *testing.T) {
-	var g syncGroups
-	var calls atomic.Int32
-	fn := func() error { calls.Add(1); return nil }
-	lazyDone := make(chan error, 1)
-	go func() { lazyDone <- g.doLazy("k", g.begin("k"), time.Hour, fn) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		g.mu.Lock()
-		w := g.group("k").waiting
-		g.mu.Unlock()
-		if w == 1 {
-			break
-		}
-		time.Sleep(time.Millisecond) // waiting for the lazy caller, not timing anything
-	}
-	assert.Empty(t, lazyDone, "waits for someone else's round")
-	require.NoError(t, g.do("k", fn))
-	require.NoError(t, <-lazyDone)
-	assert.Equal(t, int32(1), calls.Load(), "the lazy caller joined the round another started")
-
-	require.NoError(t, g.doLazy("k", g.begin("k"), time.Millisecond, fn), "alone")
-	assert.Equal(t, int32(2), calls.Load(), "nobody started one: it ran its own")
-}
-
 // TestSyncGroupsJoinedFailure: a caller that joined sees a failure of any
 // round since it arrived, even when a later round, which ended before the
 // caller woke, succeeded.

@@ -91,7 +91,7 @@ func syncBegin(f *os.File) (key string, since uint64, err error) {
 // filesystem's shared syncs: one syncfs(2) for every local delivery and
 // every enqueue (committer.commitShared) waiting meanwhile.
 func syncFile(_ *os.File, key string, since uint64) error {
-	return fileSyncs.doLazy(key, since, deliverySyncWait, func() error { return syncFS(key) })
+	return fileSyncs.doSince(key, since, func() error { return syncFS(key) })
 }
 
 // syncRenamed makes durable the renames into dir done before the call and
@@ -99,7 +99,7 @@ func syncFile(_ *os.File, key string, since uint64) error {
 // of dir's filesystem, since syncfs(2) covers renames, instead of an
 // fsync(2) of dir of its own.
 func syncRenamed(key, _ string, since uint64) error {
-	return fileSyncs.doLazy(key, since, deliverySyncWait, func() error { return syncFS(key) })
+	return fileSyncs.doSince(key, since, func() error { return syncFS(key) })
 }
 
 // openFile is os.OpenFile for the spool's regular files and directories

@@ -219,8 +219,13 @@ delivered() { find "$WORK/$1/mail" -path '*/new/*' -type f 2>/dev/null | wc -l; 
 declare -A ACCEPTED=([durable]=0 [nosync]=0)
 
 # load ADDR SIZE CONNS N DURATION: one smtpload run, its JSON on stdout.
+# It starts from a clean page cache: every server shares one filesystem,
+# and a syncfs(2) writes back whatever is dirty on it, so a run would
+# otherwise pay for the writeback the runs before it left (the no-fsync
+# server's spool above all), which made durable/no-fsync swing by +-20%.
 load() {
 	local secs=${5%s}
+	sync
 	timeout $((secs + 30)) "$BIN/smtpload" -addr "$1" -size "$2" -c "$3" -n "$4" -duration "$5" \
 		-from "$FROM" -to "$TO" -helo "$HELO" -source "$SOURCES" -json
 }
