@@ -174,9 +174,6 @@ func NewScheduler(st Store, cfg Config) *Scheduler {
 // are picked up at once. Run one scheduler per store at a time, and stop
 // it before closing the store.
 func (s *Scheduler) Run(ctx context.Context) error {
-	s.mu.Lock()
-	s.runCtx = ctx
-	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
 		s.runCtx = nil // no worker starts any more
@@ -185,6 +182,9 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	}()
 	s.st.Watch(s.wake)
 	defer s.st.Watch(nil)
+	// The scan only queues: were workers started by it, a message enqueued
+	// meanwhile could be started by its notify and queued again by the
+	// scan, and run twice.
 	for _, q := range []string{Working, Deliver, Deferred} {
 		ids, err := s.st.IDs(q)
 		if err != nil {
@@ -194,6 +194,9 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			s.wake(id, q)
 		}
 	}
+	s.mu.Lock()
+	s.runCtx = ctx
+	s.mu.Unlock()
 	for {
 		s.mu.Lock()
 		now := s.cfg.Clock.Now()
