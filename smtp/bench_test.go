@@ -31,41 +31,26 @@ func (nopQueue) Enqueue(context.Context, *policy.Transaction, *policy.Message) e
 // and server run in this process, so the figures include the client's
 // share; compare them before and after a change, not with other servers.
 func BenchmarkAccept(b *testing.B) {
-	line := strings.Repeat("0123456789abcdef", 4) + "\r\n"
-	for _, size := range []struct {
-		name  string
-		bytes int
-	}{{"4KiB", 4 << 10}, {"100KiB", 100 << 10}} {
-		body := []byte("From: a@bench.test\r\nTo: b@mx.test\r\nSubject: bench\r\n\r\n" + strings.Repeat(line, size.bytes/len(line)))
-		for _, lg := range []struct {
-			name string
-			log  *slog.Logger
-		}{
-			{"nolog", slog.New(slog.DiscardHandler)},
-			{"textlog", slog.New(slog.NewTextHandler(io.Discard, nil))},
-		} {
-			b.Run(size.name+"/"+lg.name, func(b *testing.B) {
-				h := start(b, Config{Queue: nopQueue{}, Logger: lg.log})
-				c, err := gosmtp.Dial(h.addr())
-				require.NoError(b, err)
-				defer c.Close()
-				require.NoError(b, c.Hello("bench.test"))
-				b.SetBytes(int64(len(body)))
-				b.ReportAllocs()
-				b.ResetTimer()
-				cpu0 := processCPU()
-				for range b.N {
-					require.NoError(b, c.Mail("s@bench.test", nil))
-					require.NoError(b, c.Rcpt("a@mx.test", nil))
-					w, err := c.Data()
-					require.NoError(b, err)
-					w.Write(body)
-					require.NoError(b, w.Close())
-				}
-				b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N), "cpu-ns/op")
-			})
+	acceptCases(b, func(b *testing.B, body []byte, log *slog.Logger) {
+		h := start(b, Config{Queue: nopQueue{}, Logger: log})
+		c, err := gosmtp.Dial(h.addr())
+		require.NoError(b, err)
+		defer c.Close()
+		require.NoError(b, c.Hello("bench.test"))
+		b.SetBytes(int64(len(body)))
+		b.ReportAllocs()
+		b.ResetTimer()
+		cpu0 := processCPU()
+		for range b.N {
+			require.NoError(b, c.Mail("s@bench.test", nil))
+			require.NoError(b, c.Rcpt("a@mx.test", nil))
+			w, err := c.Data()
+			require.NoError(b, err)
+			w.Write(body)
+			require.NoError(b, w.Close())
 		}
-	}
+		b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N), "cpu-ns/op")
+	})
 }
 
 // BenchmarkBodyChecker measures the smuggling check alone over 1 MiB fed
@@ -115,6 +100,44 @@ func processCPU() time.Duration {
 // CPU per message here is ours alone; BenchmarkAccept adds go-smtp, the
 // client and loopback TCP.
 func BenchmarkReceive(b *testing.B) {
+	acceptCases(b, func(b *testing.B, body []byte, log *slog.Logger) {
+		chain := policy.NewChain(policy.WithLogger(slog.New(slog.DiscardHandler))).Rcpt("all", acceptAll)
+		srv, err := NewServer(Config{Chain: chain, Queue: nopQueue{}, Hostname: "mx.test", Logger: log, SpoolDir: b.TempDir()})
+		require.NoError(b, err)
+		defer srv.Close()
+		ours, peer := net.Pipe()
+		defer ours.Close()
+		defer peer.Close()
+		remote := netip.MustParseAddrPort("127.0.0.1:40000")
+		c := newConn(srv, ours, remote.Addr())
+		c.pc = &policy.Conn{ID: newID(), Listener: "mta", Remote: remote, Local: netip.MustParseAddrPort("127.0.0.1:25"), Started: time.Now(), Helo: "bench.test", ESMTP: true}
+		c.log = log.With("conn", c.pc.ID, "listener", "mta", "remote", remote.String())
+		c.sniff = false
+		defer c.Close()
+		s := &session{srv: srv, lc: Listener{Name: "mta", Role: RoleMTA}, c: c, heloName: "bench.test"}
+		var r bytes.Reader
+		b.SetBytes(int64(len(body)))
+		b.ReportAllocs()
+		b.ResetTimer()
+		cpu0 := processCPU()
+		for range b.N {
+			require.NoError(b, s.Mail("s@bench.test", nil))
+			require.NoError(b, s.Rcpt("a@mx.test", nil))
+			r.Reset(body)
+			reply, ok := srv.receive(c, ours, s.tx, &r)
+			if !ok {
+				b.Fatal(reply)
+			}
+			s.tx = nil
+		}
+		b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N), "cpu-ns/op")
+	})
+}
+
+// acceptCases runs bench for 4 KiB and 100 KiB messages, each with the
+// logs discarded and with an Info-level text handler (as a production
+// server runs).
+func acceptCases(b *testing.B, bench func(b *testing.B, body []byte, log *slog.Logger)) {
 	line := strings.Repeat("0123456789abcdef", 4) + "\r\n"
 	for _, size := range []struct {
 		name  string
@@ -128,38 +151,7 @@ func BenchmarkReceive(b *testing.B) {
 			{"nolog", slog.New(slog.DiscardHandler)},
 			{"textlog", slog.New(slog.NewTextHandler(io.Discard, nil))},
 		} {
-			b.Run(size.name+"/"+lg.name, func(b *testing.B) {
-				chain := policy.NewChain(policy.WithLogger(slog.New(slog.DiscardHandler))).Rcpt("all", acceptAll)
-				srv, err := NewServer(Config{Chain: chain, Queue: nopQueue{}, Hostname: "mx.test", Logger: lg.log, SpoolDir: b.TempDir()})
-				require.NoError(b, err)
-				defer srv.Close()
-				ours, peer := net.Pipe()
-				defer ours.Close()
-				defer peer.Close()
-				remote := netip.MustParseAddrPort("127.0.0.1:40000")
-				c := newConn(srv, ours, remote.Addr())
-				c.pc = &policy.Conn{ID: newID(), Listener: "mta", Remote: remote, Local: netip.MustParseAddrPort("127.0.0.1:25"), Started: time.Now(), Helo: "bench.test", ESMTP: true}
-				c.log = lg.log.With("conn", c.pc.ID, "listener", "mta", "remote", remote.String())
-				c.sniff = false
-				defer c.Close()
-				s := &session{srv: srv, lc: Listener{Name: "mta", Role: RoleMTA}, c: c, heloName: "bench.test"}
-				var r bytes.Reader
-				b.SetBytes(int64(len(body)))
-				b.ReportAllocs()
-				b.ResetTimer()
-				cpu0 := processCPU()
-				for range b.N {
-					require.NoError(b, s.Mail("s@bench.test", nil))
-					require.NoError(b, s.Rcpt("a@mx.test", nil))
-					r.Reset(body)
-					reply, ok := srv.receive(c, ours, s.tx, &r)
-					if !ok {
-						b.Fatal(reply)
-					}
-					s.tx = nil
-				}
-				b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N), "cpu-ns/op")
-			})
+			b.Run(size.name+"/"+lg.name, func(b *testing.B) { bench(b, body, lg.log) })
 		}
 	}
 }
