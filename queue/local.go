@@ -275,26 +275,14 @@ func (g *syncGroups) do(key string, fn func() error) error {
 // filesystem sync reports a writeback error once per handle, so a round
 // that failed after since may have reported this caller's error to others;
 // the caller then fails too (errEarlierSync) even if its own round did not.
+// It returns once a round of key that started after the call has ended:
+// its own, or one it joined.
 func (g *syncGroups) doSince(key string, since uint64, fn func() error) error {
-	err := g.doRound(key, fn)
-	if err == nil {
-		g.mu.Lock()
-		failed := g.group(key).failed
-		g.mu.Unlock()
-		if since != math.MaxUint64 && failed > since {
-			return errEarlierSync
-		}
-	}
-	return err
-}
-
-// doRound returns once a round of key that started after the call has
-// ended: its own, or one it joined.
-func (g *syncGroups) doRound(key string, fn func() error) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	s := g.group(key)
 	ticket := s.started + 1
+	var err error
 	for s.done < ticket {
 		if s.busy {
 			s.waiting++
@@ -306,19 +294,23 @@ func (g *syncGroups) doRound(key string, fn func() error) error {
 		s.started++
 		n := s.started
 		g.mu.Unlock()
-		err := fn()
+		err = fn()
 		g.mu.Lock()
 		s.busy, s.done = false, n
 		if err != nil {
 			s.failed, s.failedErr = n, err
 		}
 		s.cond.Broadcast()
-		return err
 	}
-	// Joined: rounds ticket..done all covered this caller's writes; a
-	// failure of any of them may have been its own.
-	if s.failed >= ticket {
+	switch {
+	case err != nil:
+		return err
+	case s.failed >= ticket:
+		// Joined: rounds ticket..done all covered this caller's writes;
+		// a failure of any of them may have been its own.
 		return s.failedErr
+	case since != math.MaxUint64 && s.failed > since:
+		return errEarlierSync
 	}
 	return nil
 }
