@@ -134,6 +134,7 @@ type env struct {
 	sink                     *sink
 	args                     []string
 	cmd                      *exec.Cmd
+	exited                   chan struct{} // closed when cmd has exited
 	stdout                   *lockedBuffer
 }
 
@@ -203,35 +204,89 @@ func newEnv(t *testing.T, extra ...string) *env {
 
 func dns(name string) string { return strings.TrimSuffix(name, ".") + "." }
 
+// start runs the server and waits until it says it is ready. The ports
+// come from freePort, which closes its listener before the server binds
+// the port, so another test process can take one in between (go test runs
+// packages in parallel, and their client sockets draw from the same
+// ephemeral range). The server then exits with "address already in use",
+// and start tries again on fresh ports.
 func (e *env) start() {
-	t := e.t
-	t.Helper()
-	e.stdout = &lockedBuffer{}
-	e.cmd = exec.Command(binary, e.args...)
-	e.cmd.Stdout = e.stdout
-	e.cmd.Stderr = &testLogWriter{t: t}
-	require.NoError(t, e.cmd.Start())
-	cmd := e.cmd
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			cmd.Wait()
+	e.t.Helper()
+	for attempt := 1; ; attempt++ {
+		err := e.tryStart()
+		if err == nil {
+			return
 		}
+		if !errors.Is(err, errPortTaken) || attempt == 3 {
+			require.NoError(e.t, err)
+		}
+		e.t.Logf("%v; trying new ports", err)
+		e.newPorts()
+	}
+}
+
+var errPortTaken = errors.New("a port was taken before the server bound it")
+
+// tryStart starts the server once and returns when it is ready, has
+// exited, or has taken 20 s.
+func (e *env) tryStart() error {
+	e.stdout = &lockedBuffer{}
+	stderr := &lockedBuffer{}
+	cmd := exec.Command(binary, e.args...)
+	cmd.Stdout = e.stdout
+	cmd.Stderr = io.MultiWriter(&testLogWriter{t: e.t}, stderr)
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan struct{})
+	go func() {
+		cmd.Wait()
+		close(exited)
+	}()
+	e.cmd, e.exited = cmd, exited
+	e.t.Cleanup(func() {
+		cmd.Process.Kill() // fails harmlessly when it has exited
+		<-exited
 	})
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.NewTimer(20 * time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
 	for !strings.Contains(e.stdout.String(), "doe-family ready") {
-		require.True(t, time.Now().Before(deadline), "server did not start; stdout:\n%s", e.stdout.String())
-		time.Sleep(20 * time.Millisecond)
+		select {
+		case <-exited:
+			if strings.Contains(stderr.String(), "address already in use") {
+				return fmt.Errorf("%w: %s", errPortTaken, strings.TrimSpace(stderr.String()))
+			}
+			return fmt.Errorf("server exited before it was ready (%v); stdout:\n%s\nstderr:\n%s", cmd.ProcessState, e.stdout, stderr)
+		case <-deadline.C:
+			return fmt.Errorf("server not ready after 20 s; stdout:\n%s\nstderr:\n%s", e.stdout, stderr)
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// newPorts gives the server fresh listening ports.
+func (e *env) newPorts() {
+	fresh := map[string]string{}
+	for _, p := range []*string{&e.listen, &e.submission, &e.recv} {
+		old := *p
+		*p = freePort(e.t)
+		fresh[old] = *p
+	}
+	for i, arg := range e.args {
+		if p, ok := fresh[arg]; ok {
+			e.args[i] = p
+		}
 	}
 }
 
 func (e *env) stop(sig syscall.Signal) {
 	e.t.Helper()
 	require.NoError(e.t, e.cmd.Process.Signal(sig))
-	done := make(chan error, 1)
-	go func() { done <- e.cmd.Wait() }()
 	select {
-	case <-done:
+	case <-e.exited:
 	case <-time.After(40 * time.Second):
 		e.cmd.Process.Kill()
 		e.t.Fatal("server did not stop")
@@ -567,4 +622,19 @@ func TestRemoteClosesMidData(t *testing.T) {
 	assert.Empty(t, dead, "a connection lost mid-DATA is temporary, never a bounce")
 	_, err = os.Stat(filepath.Join(e.maildir, "john"))
 	assert.True(t, os.IsNotExist(err), "no bounce delivered to the sender")
+}
+
+// TestStartRetriesTakenPort checks the harness itself: when a port picked
+// for the server is taken before the server binds it, start moves the
+// server to fresh ports instead of failing the test.
+func TestStartRetriesTakenPort(t *testing.T) {
+	e := newEnv(t)
+	e.stop(syscall.SIGTERM)
+	taken, err := net.Listen("tcp", e.submission)
+	require.NoError(t, err)
+	defer taken.Close()
+	e.start()
+	require.NotEqual(t, taken.Addr().String(), e.submission)
+	require.NoError(t, sendFrom("127.0.0.1", e.listen, "someone@example.org", []string{"jane@doe-family.com"},
+		message("someone@example.org", "jane@doe-family.com", "after retry", "served")))
 }
