@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"time"
+
+	"github.com/mtakit/mtakit/internal/lazyctx"
 )
 
 // Rule types, one per stage, so that a rule reads only what exists at its
@@ -297,12 +299,13 @@ func run[R any](ctx context.Context, c *Chain, s Stage, rules []named[R], skippe
 // traces the decision.
 func (c *Chain) invoke(ctx context.Context, s Stage, name, connID, txID string, fn func(context.Context) Verdict) (v Verdict) {
 	start := time.Now()
-	// A timer per rule is most of a rule's cost; skip it when the caller's
-	// deadline (the session's) already comes first.
+	// A timer per rule was most of a rule's cost: skip the deadline when
+	// the caller's (the session's) comes first, and start no timer unless
+	// the rule waits on its context (lazyctx).
 	rctx := ctx
 	if dl, ok := ctx.Deadline(); !ok || dl.Sub(start) > c.ruleTimeout {
 		var cancel context.CancelFunc
-		rctx, cancel = context.WithTimeout(ctx, c.ruleTimeout)
+		rctx, cancel = lazyctx.WithDeadline(ctx, start.Add(c.ruleTimeout))
 		defer cancel()
 	}
 	func() {

@@ -594,6 +594,24 @@ func TestRuleTimeout(t *testing.T) {
 	assert.ErrorIs(t, r.Verdict.Err, context.Canceled)
 }
 
+// TestRuleTimeoutPolled: a rule that never waits on Done but checks Err
+// (its deadline's timer never starts, see lazyctx) still runs out of time.
+func TestRuleTimeoutPolled(t *testing.T) {
+	c := policy.NewChain(policy.WithRuleTimeout(20*time.Millisecond),
+		policy.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	c.Mail("busy", func(ctx context.Context, _ *policy.Transaction) policy.Verdict {
+		for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(time.Millisecond) {
+			if err := ctx.Err(); err != nil {
+				return policy.Fail(err)
+			}
+		}
+		return policy.Accept
+	})
+	r := c.EvalMail(context.Background(), newEnv(t).tx)
+	assert.Equal(t, "busy", r.Rule)
+	assert.ErrorIs(t, r.Verdict.Err, context.DeadlineExceeded)
+}
+
 func TestObserverAndLog(t *testing.T) {
 	var (
 		mu        sync.Mutex

@@ -2,7 +2,6 @@ package smtp
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
@@ -16,6 +15,7 @@ import (
 
 	gosmtp "github.com/emersion/go-smtp"
 
+	"github.com/mtakit/mtakit/internal/lazyctx"
 	"github.com/mtakit/mtakit/policy"
 )
 
@@ -486,7 +486,7 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 	}
 	defer m.Close()
 
-	ctx, cancel := context.WithTimeout(c.ctx, s.limits.DataTimeout)
+	ctx, cancel := lazyctx.WithTimeout(c.ctx, s.limits.DataTimeout)
 	defer cancel()
 	res := s.cfg.Chain.EvalPreQ(ctx, tx, m)
 	if logging(log) {
@@ -495,7 +495,7 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 	if !res.Accepted() {
 		return replyError(res.Reply), false
 	}
-	qctx, qcancel := context.WithTimeout(c.keepCtx, s.limits.DataTimeout)
+	qctx, qcancel := lazyctx.WithTimeout(c.keepCtx, s.limits.DataTimeout)
 	defer qcancel()
 	if err := s.cfg.Queue.Enqueue(qctx, tx, m); err != nil {
 		log.Error("enqueue failed", "tx", tx.ID, "error", err)

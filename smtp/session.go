@@ -11,6 +11,7 @@ import (
 	"github.com/emersion/go-sasl"
 	gosmtp "github.com/emersion/go-smtp"
 
+	"github.com/mtakit/mtakit/internal/lazyctx"
 	"github.com/mtakit/mtakit/policy"
 )
 
@@ -129,7 +130,7 @@ type session struct {
 }
 
 func (s *session) ctx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(s.c.ctx, s.srv.limits.CommandTimeout)
+	return lazyctx.WithTimeout(s.c.ctx, s.srv.limits.CommandTimeout)
 }
 
 // helo runs the helo rules for name; a non-nil reply is a refusal.
