@@ -1,6 +1,7 @@
 package delegate
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -45,35 +46,49 @@ func freePort(t *testing.T) int {
 // realClamAV starts clamd and clamsmtpd with testdata/clamav-env.sh,
 // clamsmtpd relaying to the receiver ln, and stops them at the end of the
 // test. It returns the environment's directory and the ports.
+//
+// The ports come from freePort, which closes its listener: another test
+// process (go test runs packages in parallel) can take one before clamd or
+// clamsmtpd binds it. The script then fails saying so, and the start is
+// tried again on fresh ports, at most three times.
 func realClamAV(t *testing.T, receiver string) (dir string, clamdPort, smtpPort int) {
 	t.Helper()
 	requireTools(t, "bash", "/usr/sbin/clamd", "/usr/sbin/clamsmtpd")
 	script, err := filepath.Abs("testdata/clamav-env.sh")
 	require.NoError(t, err)
 	dir = t.TempDir()
-	clamdPort, smtpPort = freePort(t), freePort(t)
-	env := append(os.Environ(),
-		"CLAMD_PORT="+strconv.Itoa(clamdPort),
-		"CLAMSMTP_PORT="+strconv.Itoa(smtpPort),
-		"CLAMSMTP_OUT="+receiver,
-	)
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	start := exec.CommandContext(ctx, "bash", script, "start", dir)
-	start.Env = env
+	clamEnv := func(clamdPort, smtpPort int) []string {
+		return append(os.Environ(),
+			"CLAMD_PORT="+strconv.Itoa(clamdPort),
+			"CLAMSMTP_PORT="+strconv.Itoa(smtpPort),
+			"CLAMSMTP_OUT="+receiver,
+		)
+	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
 		stop := exec.CommandContext(ctx, "bash", script, "stop", dir)
-		stop.Env = env
+		stop.Env = clamEnv(clamdPort, smtpPort)
 		if out, err := stop.CombinedOutput(); err != nil {
 			t.Errorf("clamav-env.sh stop: %v\n%s", err, out)
 		}
 	})
-	out, err := start.CombinedOutput()
-	require.NoError(t, err, "clamav-env.sh start:\n%s", out)
-	t.Logf("%s", strings.TrimSpace(string(out)))
-	return dir, clamdPort, smtpPort
+	for attempt := 1; ; attempt++ {
+		clamdPort, smtpPort = freePort(t), freePort(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		start := exec.CommandContext(ctx, "bash", script, "start", dir)
+		start.Env = clamEnv(clamdPort, smtpPort)
+		out, err := start.CombinedOutput()
+		cancel()
+		if err == nil {
+			t.Logf("%s", strings.TrimSpace(string(out)))
+			return dir, clamdPort, smtpPort
+		}
+		portTaken := bytes.Contains(out, []byte("already in use")) || bytes.Contains(out, []byte("could not bind")) ||
+			bytes.Contains(out, []byte("did not listen on"))
+		require.True(t, portTaken && attempt < 3, "clamav-env.sh start: %v\n%s", err, out)
+		t.Logf("clamav-env.sh start, attempt %d: a port was taken; trying new ports:\n%s", attempt, out)
+	}
 }
 
 // TestIntegrationClamAV runs the delegation through the real clamsmtpd and
