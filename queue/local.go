@@ -15,8 +15,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/mtakit/mtakit/policy"
 )
 
@@ -401,10 +399,10 @@ func (mb *Mbox) deliverOne(ctx context.Context, path string, d *policy.Delivery,
 		return err
 	}
 	defer f.Close()
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+	if err := lockFile(f, true); err != nil {
 		return err
 	}
-	defer unix.Flock(int(f.Fd()), unix.LOCK_UN)
+	defer unlockFile(f)
 	start, err := f.Seek(0, io.SeekEnd)
 	if err != nil {
 		return err

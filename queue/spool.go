@@ -17,8 +17,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/mtakit/mtakit/policy"
 )
 
@@ -163,18 +161,21 @@ func Open(dir string, opts ...Option) (*Spool, error) {
 // another) has the directory open.
 var ErrLocked = errors.New("queue: spool in use by another process")
 
-// lockSpool takes an exclusive flock(2) on <dir>/lock, so that two
-// processes never run one spool (double deliveries, and one's cleanup
-// removing the other's messages being written). The kernel releases it when
-// the process dies.
+// errLockHeld: lockFile without waiting found the lock taken.
+var errLockHeld = errors.New("lock held elsewhere")
+
+// lockSpool takes an exclusive lock on <dir>/lock (flock(2), LockFileEx on
+// Windows), so that two processes never run one spool (double deliveries,
+// and one's cleanup removing the other's messages being written). The
+// kernel releases it when the process dies.
 func lockSpool(dir string) (*os.File, error) {
 	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o640)
 	if err != nil {
 		return nil, err
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+	if err := lockFile(f, false); err != nil {
 		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
+		if errors.Is(err, errLockHeld) {
 			return nil, fmt.Errorf("%w: %s", ErrLocked, dir)
 		}
 		return nil, err

@@ -647,22 +647,6 @@ func TestHardeningDNSFaults(t *testing.T) {
 	normalClient(t, e, "127.0.0.1", "after-dns")
 }
 
-// raiseNoFile makes sure this process (and the server it starts, which
-// inherits the limit) may open n files.
-func raiseNoFile(t *testing.T, n uint64) {
-	t.Helper()
-	var lim syscall.Rlimit
-	require.NoError(t, syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim))
-	if lim.Cur >= n {
-		return
-	}
-	lim.Cur = min(n, lim.Max)
-	require.NoError(t, syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim))
-	if lim.Cur < n {
-		t.Skipf("RLIMIT_NOFILE hard limit %d is below the %d files the test needs", lim.Max, n)
-	}
-}
-
 // openIdle dials from ip and reads the first reply line.
 func openIdle(ip, addr string) (net.Conn, string, error) {
 	conn, err := dialFrom(ip, addr)
