@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-msgauth/authres"
+	"github.com/mtakit/mtakit/internal/lazyctx"
 	"github.com/mtakit/mtakit/policy"
 )
 
@@ -470,7 +471,7 @@ func dkLookupTXT(ctx context.Context, r TXTResolver, timeout time.Duration) func
 		timeout = DefaultLookupTimeout
 	}
 	return func(name string) ([]string, error) {
-		lctx, cancel := context.WithTimeout(ctx, timeout)
+		lctx, cancel := lazyctx.WithTimeout(ctx, timeout) // no timer for a cache hit
 		defer cancel()
 		fqdn := name
 		if !strings.HasSuffix(fqdn, ".") {

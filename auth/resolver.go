@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mtakit/mtakit/internal/lazyctx"
 	"github.com/mtakit/mtakit/policy"
 )
 
@@ -60,7 +61,7 @@ func NewResolver(r policy.Resolver, timeout time.Duration) *Resolver {
 
 func (r *Resolver) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
 	if r.timeout > 0 {
-		return context.WithTimeout(ctx, r.timeout)
+		return lazyctx.WithTimeout(ctx, r.timeout) // no timer for a cache hit
 	}
 	return ctx, func() {}
 }

@@ -14,6 +14,7 @@ import (
 
 	"blitiri.com.ar/go/spf"
 
+	"github.com/mtakit/mtakit/internal/lazyctx"
 	"github.com/mtakit/mtakit/policy"
 )
 
@@ -259,7 +260,7 @@ func CheckSPF(identity SPFIdentity, mode SPFMode, r policy.Resolver, opts ...SPF
 		}
 		if cfg.timeout > 0 {
 			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, cfg.timeout)
+			ctx, cancel = lazyctx.WithTimeout(ctx, cfg.timeout)
 			defer cancel()
 		}
 		ip := tx.Conn.Remote.Addr().Unmap()

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mtakit/mtakit/internal/lazyctx"
 	"github.com/mtakit/mtakit/policy"
 )
 
@@ -607,7 +608,7 @@ func (s *Scheduler) transport(ctx context.Context, d *policy.Delivery) (replies 
 		s.log.Error("queue: unknown transport (configuration error); deferring", "id", d.Tx.ID, "transport", d.Route.Transport)
 		return fill(replyNoTransport)
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.AttemptTimeout)
+	ctx, cancel := lazyctx.WithTimeout(ctx, s.cfg.AttemptTimeout) // local transports never wait on it
 	defer cancel()
 	defer func() {
 		if p := recover(); p != nil {
