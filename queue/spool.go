@@ -3,8 +3,6 @@ package queue
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/base32"
 	"errors"
 	"fmt"
 	"io"
@@ -315,20 +313,10 @@ func (s *Spool) listIDs(q string) ([]string, error) {
 	return ids, nil
 }
 
-// NewID returns a new queue ID: 20 characters of base32, time-ordered
-// prefix, file-name safe.
-func NewID() string {
-	var b [12]byte
-	t := uint64(time.Now().UnixNano())
-	for i := 0; i < 6; i++ {
-		b[i] = byte(t >> (8 * (7 - i)))
-	}
-	rand.Read(b[6:])
-	return idEncoding.EncodeToString(b[:])
-}
-
-// idEncoding is standard base32 in lower case, unpadded.
-var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+// NewID returns a new queue ID: policy.NewID, the IDs the smtp package
+// gives transactions (21 characters, file-name safe, sorting by creation
+// time).
+func NewID() string { return policy.NewID() }
 
 // Enqueue stores an accepted message durably and returns only once the
 // message, its envelope and their directory entries are on disk. tx.ID is

@@ -100,7 +100,7 @@ func BenchmarkReceive(b *testing.B) {
 		defer peer.Close()
 		remote := netip.MustParseAddrPort("127.0.0.1:40000")
 		c := newConn(srv, ours, remote.Addr())
-		c.pc = &policy.Conn{ID: newID(), Listener: "mta", Remote: remote, Local: netip.MustParseAddrPort("127.0.0.1:25"), Started: time.Now(), Helo: "bench.test", ESMTP: true}
+		c.pc = &policy.Conn{ID: policy.NewID(), Listener: "mta", Remote: remote, Local: netip.MustParseAddrPort("127.0.0.1:25"), Started: time.Now(), Helo: "bench.test", ESMTP: true}
 		c.log = log.With("conn", c.pc.ID, "listener", "mta", "remote", remote.String())
 		c.sniff = false
 		defer c.Close()

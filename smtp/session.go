@@ -182,7 +182,7 @@ func (s *session) Mail(from string, opts *gosmtp.MailOptions) error {
 		c.log.Info("mail: bad address", "from", from, "error", err)
 		return c.sessionError(errBadSender)
 	}
-	tx := policy.NewTransaction(c.pc, newID())
+	tx := policy.NewTransaction(c.pc, policy.NewID())
 	tx.From = addr
 	if opts != nil {
 		tx.Params = policy.MailParams{

@@ -280,20 +280,6 @@ func TestParseEnhanced(t *testing.T) {
 	assert.Equal(t, 451, replyError(policy.Reply{Code: 250}).Code, "a success code is never an error reply")
 }
 
-func TestNewID(t *testing.T) {
-	seen := map[string]bool{}
-	prev := ""
-	for range 1000 {
-		id := newID()
-		require.Len(t, id, 21)
-		require.Regexp(t, `^[0-9a-v]+$`, id)
-		require.False(t, seen[id])
-		seen[id] = true
-		require.GreaterOrEqual(t, id[:12], prev[:min(12, len(prev))], "time prefix sorts")
-		prev = id
-	}
-}
-
 func TestGreetingDeny(t *testing.T) {
 	assert.Equal(t, "554 5.7.1 Go away\r\n", greetingDeny(policy.Reply{Code: 550, Enhanced: "5.7.1", Text: "Go away"}))
 	assert.Equal(t, "421 4.3.0 Internal error, try again later\r\n", greetingDeny(policy.ReplyInternalError))
