@@ -479,67 +479,24 @@ func dmParseFrom(v string) ([]string, error) {
 }
 
 // dmParseReceivedSPF reads the result and the checked identity from a
-// Received-SPF value (RFC 7208 section 9.1):
+// Received-SPF value (RFC 7208 section 9.1) with ParseReceivedSPF:
 //
 //	pass (comment) client-ip=192.0.2.1; envelope-from="a@example.com"; helo=mx.example.com; identity=mailfrom; receiver=mx.example.net;
+//
+// A check of an empty envelope-from was one of the HELO name (RFC 7208
+// section 2.4), which is what DMARC must align; a field with another
+// identity, or naming no domain, gives nothing.
 func dmParseReceivedSPF(v string) (SPFInput, bool) {
-	v = arStripComments(v)
-	i := arSkipCFWS(v, 0)
-	result, j := arReadValue(v, i)
-	result = strings.ToLower(result)
-	switch result {
-	case "pass", "fail", "softfail", "neutral", "none", "temperror", "permerror":
-	default:
+	r, err := ParseReceivedSPF(v)
+	if err != nil {
 		return SPFInput{}, false
 	}
-	kv := map[string]string{}
-	rest := v[j:]
-	for len(rest) > 0 {
-		k := arSkipCFWS(rest, 0)
-		rest = rest[k:]
-		name, n := arReadValue(rest, 0)
-		if name == "" {
-			if len(rest) == 0 {
-				break
-			}
-			rest = rest[1:] // skip a stray separator
-			continue
-		}
-		rest = rest[n:]
-		rest = rest[arSkipCFWS(rest, 0):]
-		if !strings.HasPrefix(rest, "=") {
-			continue
-		}
-		rest = rest[1:]
-		rest = rest[arSkipCFWS(rest, 0):]
-		var val string
-		if strings.HasPrefix(rest, `"`) {
-			val, n = arReadValue(rest, 0)
-			if n == 0 {
-				return SPFInput{}, false
-			}
-		} else {
-			// dot-atom, address or IP: up to ';' or white space.
-			n = strings.IndexAny(rest, "; \t\r\n")
-			if n < 0 {
-				n = len(rest)
-			}
-			val = rest[:n]
-		}
-		rest = rest[n:]
-		kv[strings.ToLower(name)] = val
-	}
-	in := SPFInput{Result: result, Identity: strings.ToLower(kv["identity"])}
-	switch in.Identity {
+	in := SPFInput{Result: string(r.Result), Identity: r.Identity, Domain: r.Domain}
+	switch r.Identity {
 	case "helo":
-		in.Domain = dmDomainOf(kv["helo"])
-	case "mailfrom", "":
-		in.Identity = "mailfrom"
-		ef := kv["envelope-from"]
-		if ef == "" || ef == "<>" {
-			in.Identity, in.Domain = "helo", dmDomainOf(kv["helo"])
-		} else {
-			in.Domain = dmDomainOf(ef)
+	case "mailfrom":
+		if r.Sender == "" || r.Sender == "<>" {
+			in.Identity = "helo"
 		}
 	default:
 		return SPFInput{}, false
