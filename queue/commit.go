@@ -302,7 +302,7 @@ func (c *committer) syncDir(d string) error {
 		}
 		c.mu.Unlock()
 	}
-	return f.Sync()
+	return syncDir(f)
 }
 
 // forgetDir closes the cached handle of a removed directory.

@@ -319,7 +319,7 @@ func syncDirPath(dir string) error {
 		return err
 	}
 	defer f.Close()
-	return f.Sync()
+	return syncDir(f)
 }
 
 // writeLocal writes the local header and the message to f; quote, if not

@@ -126,3 +126,6 @@ func rename(from, to string) error {
 	}
 	return nil
 }
+
+// syncDir makes the entries of directory d durable: fsync(2).
+func syncDir(d *os.File) error { return d.Sync() }

@@ -46,8 +46,5 @@ func openFile(name string, flag int, perm os.FileMode) (*os.File, error) {
 	return os.OpenFile(name, flag, perm)
 }
 
-// rename is os.Rename (see the Linux version).
-func rename(from, to string) error { return os.Rename(from, to) }
-
 // syncCoversRenames: fsync(2) of a file does not cover its directory.
 const syncCoversRenames = false
