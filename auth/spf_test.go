@@ -365,9 +365,17 @@ func FuzzParseReceivedSPF(f *testing.F) {
 			}
 			return c
 		}, r.Receiver)
-		r2, err := ParseReceivedSPF(r.ReceivedSPF())
+		out := r.ReceivedSPF()
+		if len(out) > maxReceivedSPF {
+			// The receiver is written twice (comment and receiver=) and
+			// invalid UTF-8 comes out as U+FFFD: a parsed field near the
+			// limit can give more than the parser's DoS bound, which our
+			// own fields (host names, addresses) never come near.
+			return
+		}
+		r2, err := ParseReceivedSPF(out)
 		if err != nil {
-			t.Fatalf("cannot parse our own output %q: %v", r.ReceivedSPF(), err)
+			t.Fatalf("cannot parse our own output %q: %v", out, err)
 		}
 		if r2.Result != r.Result || r2.ClientIP != r.ClientIP {
 			t.Fatalf("round trip changed %+v to %+v", r, r2)
