@@ -234,7 +234,7 @@ func (e *env) tryStart() error {
 	stderr := &lockedBuffer{}
 	cmd := exec.Command(binary, e.args...)
 	cmd.Stdout = e.stdout
-	cmd.Stderr = io.MultiWriter(&testLogWriter{t: e.t}, stderr)
+	cmd.Stderr = io.MultiWriter(&testLogWriter{t: e.t}, &firstBytes{w: stderr, left: 64 << 10})
 	if err := cmd.Start(); err != nil {
 		return err
 	}
@@ -265,6 +265,23 @@ func (e *env) tryStart() error {
 		}
 	}
 	return nil
+}
+
+// firstBytes passes on the first left bytes written to it and drops the
+// rest: start reads the server's stderr up to "ready", and a long test
+// must not keep all its logs.
+type firstBytes struct {
+	w    io.Writer
+	left int
+}
+
+func (f *firstBytes) Write(p []byte) (int, error) {
+	if f.left > 0 {
+		n := min(len(p), f.left)
+		f.left -= n
+		f.w.Write(p[:n])
+	}
+	return len(p), nil
 }
 
 // newPorts gives the server fresh listening ports.
