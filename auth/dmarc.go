@@ -483,9 +483,9 @@ func dmParseFrom(v string) ([]string, error) {
 //
 //	pass (comment) client-ip=192.0.2.1; envelope-from="a@example.com"; helo=mx.example.com; identity=mailfrom; receiver=mx.example.net;
 //
-// A check of an empty envelope-from was one of the HELO name (RFC 7208
-// section 2.4), which is what DMARC must align; a field with another
-// identity, or naming no domain, gives nothing.
+// A check of an empty envelope-from (or one without a domain) was one of
+// the HELO name (RFC 7208 section 2.4), which is what DMARC must align; a
+// field with another identity, or naming no domain, gives nothing.
 func dmParseReceivedSPF(v string) (SPFInput, bool) {
 	r, err := ParseReceivedSPF(v)
 	if err != nil {
@@ -495,7 +495,7 @@ func dmParseReceivedSPF(v string) (SPFInput, bool) {
 	switch r.Identity {
 	case "helo":
 	case "mailfrom":
-		if r.Sender == "" || r.Sender == "<>" {
+		if _, ok := senderDomain(r.Sender); !ok {
 			in.Identity = "helo"
 		}
 	default:

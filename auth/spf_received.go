@@ -87,8 +87,8 @@ func ParseReceivedSPF(value string) (SPFResult, error) {
 	}
 	dom := r.Helo
 	if r.Identity != "helo" {
-		if at := strings.LastIndexByte(r.Sender, '@'); at >= 0 {
-			dom = r.Sender[at+1:]
+		if d, ok := senderDomain(r.Sender); ok {
+			dom = d
 		}
 	}
 	if d, err := policy.NormalizeDomain(dom); err == nil {
@@ -98,6 +98,17 @@ func ParseReceivedSPF(value string) (SPFResult, error) {
 	}
 	r.Domain = dom
 	return r, nil
+}
+
+// senderDomain returns the part after the last "@" of an envelope-from
+// value, written bare or in angle brackets (<a@b.example>).
+func senderDomain(sender string) (string, bool) {
+	sender = strings.Trim(strings.TrimSpace(sender), "<>")
+	at := strings.LastIndexByte(sender, '@')
+	if at < 0 {
+		return "", false
+	}
+	return sender[at+1:], true
 }
 
 // SPFResultFromHeader returns the SPF result recorded in the topmost
