@@ -300,6 +300,9 @@ type conn struct {
 	ahead              *[]byte
 	aheadPos, aheadEnd int
 	aheadErr           error
+	// streaming: the last socket read filled its buffer, so more is
+	// likely waiting (a message body), and the next read reads ahead.
+	streaming bool
 
 	mu         sync.Mutex
 	inData     bool
@@ -420,7 +423,9 @@ func (c *conn) endData() {
 const readAheadSize = 32 << 10
 
 // readAheadBufs lends Read its buffers: a connection holds one only while
-// it has bytes go-smtp has not taken yet, so an idle one holds none.
+// it reads ahead or has bytes go-smtp has not taken yet. A read that may
+// wait for the client (the next command) goes straight into go-smtp's
+// buffer, so an idle connection holds none.
 var readAheadBufs = sync.Pool{New: func() any { b := make([]byte, readAheadSize); return &b }}
 
 // Read reads ahead: go-smtp reads through a 4 KiB bufio.Reader, which
@@ -441,11 +446,14 @@ func (c *conn) Read(p []byte) (int, error) {
 		c.ahead, c.aheadErr = nil, nil
 		return n, err
 	}
-	if len(p) >= readAheadSize/2 {
-		return c.read(p)
+	if len(p) >= readAheadSize/2 || !c.streaming {
+		n, err := c.read(p)
+		c.streaming = n == len(p)
+		return n, err
 	}
 	bp := readAheadBufs.Get().(*[]byte)
 	got, err := c.read(*bp)
+	c.streaming = got == len(*bp)
 	n := copy(p, (*bp)[:got])
 	if n < got {
 		c.ahead, c.aheadPos, c.aheadEnd, c.aheadErr = bp, n, got, err

@@ -103,3 +103,25 @@ func TestSTARTTLSInjectionLarge(t *testing.T) {
 	code, _ = tr.cmd("RCPT TO:<a@mx.test>")
 	assert.Equal(t, 502, code, "no MAIL is pending")
 }
+
+// TestReadAheadIdle: after a short command the next read, which waits for
+// the client, goes into the reader's own buffer (no pooled buffer held by
+// an idle connection); a full read, a body arriving, turns reading ahead on.
+func TestReadAheadIdle(t *testing.T) {
+	ours, peer := net.Pipe()
+	defer ours.Close()
+	defer peer.Close()
+	ours.SetDeadline(time.Now().Add(10 * time.Second))
+	c := &conn{Conn: ours}
+	go peer.Write([]byte("NOOP\r\n"))
+	p := make([]byte, 4096)
+	n, err := c.Read(p)
+	require.NoError(t, err)
+	assert.Equal(t, "NOOP\r\n", string(p[:n]))
+	assert.False(t, c.streaming, "a short read: the next one may wait, without a pooled buffer")
+
+	go peer.Write(bytes.Repeat([]byte("x"), 3*4096))
+	_, err = io.ReadFull(c, p)
+	require.NoError(t, err)
+	assert.True(t, c.streaming, "a full read: more is coming, read ahead")
+}
