@@ -383,6 +383,16 @@ func (s *Spool) enqueue(ctx context.Context, env *Envelope, q string, write func
 	}
 	s.setCommitting(env.ID, true)
 	err = c.commit(ctx, o)
+	if err == nil {
+		// Kept while the entry is still hidden (committing): a Delete,
+		// Move or start-up scan can find it only after, and then drops
+		// this copy before it changes the entry.
+		if c == s.c && q == Working {
+			s.keepHot(env, q, f)
+		} else {
+			f.Close()
+		}
+	}
 	s.setCommitting(env.ID, false)
 	if err != nil {
 		f.Close()
@@ -390,11 +400,6 @@ func (s *Spool) enqueue(ctx context.Context, env *Envelope, q string, write func
 		os.Remove(final)
 		s.release(env.ID)
 		return fmt.Errorf("queue: committing %s: %w", env.ID, err)
-	}
-	if c == s.c && q == Working {
-		s.keepHot(env, q, f)
-	} else {
-		f.Close()
 	}
 	s.notify(env.ID, q)
 	return nil
