@@ -697,12 +697,15 @@ func (s *Spool) replace(ctx context.Context, env *Envelope, from, to string, m *
 		o.renames = append(o.renames, [2]string{cur, entryPath(tdir, env.ID)})
 		o.dirs = append(o.dirs, tdir)
 	}
+	// The old file's handle is done with either way: the commit may
+	// fail after its rename put the new file in place.
+	env.f = nil
 	if err := s.cs.commit(ctx, o); err != nil {
 		os.Remove(tmp)
-		env.Head, env.BodyOff, env.Size, env.end = head, off, size, end
+		// end 0: the next change reads the entry back to find its end.
+		env.Head, env.BodyOff, env.Size, env.end = head, off, size, 0
 		return fmt.Errorf("queue: updating %s: %w", env.ID, err)
 	}
-	env.f = nil // the old file's handle: later changes go to the new one
 	return nil
 }
 
