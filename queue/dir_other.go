@@ -1,4 +1,4 @@
-//go:build !unix && !windows
+//go:build !linux && !windows
 
 package queue
 
@@ -7,5 +7,6 @@ import "os"
 // rename is os.Rename (see the Linux version).
 func rename(from, to string) error { return os.Rename(from, to) }
 
-// syncDir: os.File.Sync, where it is supported.
+// syncDir makes the entries of directory d durable: fsync(2) where there
+// is one.
 func syncDir(d *os.File) error { return d.Sync() }

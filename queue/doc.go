@@ -35,6 +35,10 @@
 //
 // Open takes an exclusive lock on the directory: one spool, one process.
 //
+// The package builds on Windows, but a spool has not been run there: it
+// keeps entry files open while renaming them, which Windows refuses to
+// files Go opened without FILE_SHARE_DELETE.
+//
 // # Storage
 //
 // The scheduler works on a Store, a small interface; *Spool is the

@@ -10,27 +10,26 @@ import (
 // Load (a file handle each).
 const maxHot = 64
 
-// A hotEntry is an entry just enqueued, still open, with its envelope: the
-// scheduler's Load, which follows at once, takes it instead of finding,
-// opening and decoding the entry again.
+// A hotEntry is an entry just enqueued into Working, still open, with its
+// envelope: the scheduler's Load, which follows at once, takes it instead
+// of finding, opening and decoding the entry again.
 type hotEntry struct {
-	q   string
 	env *Envelope
 	f   *os.File
 }
 
-// keepHot keeps the entry of env, just committed into queue q, open in f
-// for the next Load (it closes f when maxHot entries are kept already).
-// The entry counts as read (recycler) while kept.
-func (s *Spool) keepHot(env *Envelope, q string, f *os.File) {
+// keepHot keeps the entry of env, just committed into Working, open in f
+// for the next Load (it closes f when maxHot entries are kept already, or
+// the spool is closed). The entry counts as read (recycler) while kept.
+func (s *Spool) keepHot(env *Envelope, f *os.File) {
 	s.hotMu.Lock()
-	if len(s.hot) >= maxHot || s.hotClosed {
+	if len(s.hot) >= maxHot || s.hot == nil {
 		s.hotMu.Unlock()
 		f.Close()
 		return
 	}
 	s.rec.acquire(env.ID)
-	s.hot[env.ID] = hotEntry{q: q, env: env, f: f}
+	s.hot[env.ID] = hotEntry{env: env, f: f}
 	s.hotMu.Unlock()
 }
 
@@ -58,7 +57,7 @@ func (s *Spool) dropHot(id string) {
 func (s *Spool) closeHot() {
 	s.hotMu.Lock()
 	hot := s.hot
-	s.hot, s.hotClosed = map[string]hotEntry{}, true
+	s.hot = nil // closed: keepHot keeps nothing more
 	s.hotMu.Unlock()
 	for id, h := range hot {
 		s.closeEntry(h.f, id)
@@ -67,12 +66,9 @@ func (s *Spool) closeHot() {
 
 // loadHot returns the message of a kept entry, as loadEntry does.
 func (s *Spool) loadHot(id string, h hotEntry) (*Envelope, *policy.Message, error) {
-	src := &msgSrc{env: h.env, f: h.f}
-	m, err := policy.NewMessage(src, src.size(), &entryCloser{s, h.f, id, h.env})
+	m, err := s.message(h.f, id, h.env)
 	if err != nil {
-		s.closeEntry(h.f, id)
 		return nil, nil, err
 	}
-	h.env.f = h.f
 	return h.env, m, nil
 }

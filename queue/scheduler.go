@@ -311,7 +311,7 @@ func (s *Scheduler) retryAt(id string, at time.Time) {
 	s.poke()
 }
 
-// work processes one message; it never panics and always reports done.
+// work processes one message; it never panics.
 func (s *Scheduler) work(ctx context.Context, id string) {
 	defer func() {
 		if p := recover(); p != nil {

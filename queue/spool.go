@@ -99,10 +99,9 @@ type Spool struct {
 	lock       *os.File
 
 	// hot holds the entries just enqueued for the scheduler's Load (see
-	// hotEntry); hotClosed once the spool is closed.
-	hotMu     sync.Mutex
-	hot       map[string]hotEntry
-	hotClosed bool
+	// hotEntry); nil once the spool is closed.
+	hotMu sync.Mutex
+	hot   map[string]hotEntry
 
 	closeOnce sync.Once
 
@@ -388,7 +387,7 @@ func (s *Spool) enqueue(ctx context.Context, env *Envelope, q string, write func
 		// Move or start-up scan can find it only after, and then drops
 		// this copy before it changes the entry.
 		if c == s.c && q == Working {
-			s.keepHot(env, q, f)
+			s.keepHot(env, f)
 		} else {
 			f.Close()
 		}
@@ -573,6 +572,17 @@ func (s *Spool) loadEntry(q, id string) (*Envelope, *policy.Message, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	m, err := s.message(f, id, env)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: message %s: %v", ErrCorrupt, id, err)
+	}
+	return env, m, nil
+}
+
+// message returns the message of entry id, open in f, with the header
+// edits of postq applied; closing it closes f (closed here on error).
+// env keeps f for later changes of the entry.
+func (s *Spool) message(f *os.File, id string, env *Envelope) (*policy.Message, error) {
 	src := &msgSrc{env: env, f: f}
 	if env.Head != nil {
 		src.head, src.base = env.Head, env.BodyOff
@@ -580,10 +590,10 @@ func (s *Spool) loadEntry(q, id string) (*Envelope, *policy.Message, error) {
 	m, err := policy.NewMessage(src, src.size(), &entryCloser{s, f, id, env})
 	if err != nil {
 		s.closeEntry(f, id)
-		return nil, nil, fmt.Errorf("%w: message %s: %v", ErrCorrupt, id, err)
+		return nil, err
 	}
 	env.f = f
-	return env, m, nil
+	return m, nil
 }
 
 // moveDirs returns the directories of queues from and to, making a new

@@ -64,7 +64,7 @@ func (s *Spool) Load(id string) (string, *Envelope, *policy.Message, error) {
 	if h, ok := s.takeHot(id); ok {
 		env, m, err := s.loadHot(id, h)
 		if err == nil {
-			return h.q, env, m, nil
+			return Working, env, m, nil // only Working entries are kept
 		}
 	}
 	q, err := s.locate(id)
