@@ -401,8 +401,8 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 		log.Error("spool file", "tx", tx.ID, "error", err)
 		return errInternal, false
 	}
-	sp := spoolers.Get().(*spooler)
-	*sp = spooler{file: f, buf: sp.buf[:0], copyBuf: sp.copyBuf}
+	sp := spoolers.Get().(*spooler) // reset when put back
+	sp.file = f
 	defer func() {
 		// m, which may read sp.mem, is closed by now (deferred later).
 		*sp = spooler{buf: sp.buf[:0], copyBuf: sp.copyBuf}
@@ -430,7 +430,6 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 		}
 	}
 	if err != nil && !errors.Is(err, ErrBody) {
-		var ne net.Error
 		switch {
 		case errors.Is(err, gosmtp.ErrDataTooLarge):
 			log.Info("message too big", "tx", tx.ID, "limit", s.limits.MaxMessageBytes)
@@ -438,7 +437,7 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 		case errors.Is(err, gosmtp.ErrTooLongLine):
 			log.Info("line too long in data", "tx", tx.ID, "limit", s.limits.MaxLineLength)
 			return errLongLine, false
-		case errors.As(err, &ne) && ne.Timeout():
+		case isTimeout(err):
 			log.Info("data timeout", "tx", tx.ID)
 			c.mu.Lock()
 			c.closeAfter = true

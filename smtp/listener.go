@@ -53,8 +53,7 @@ func (l *listener) run() {
 				return
 			default:
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
+			if isTimeout(err) || isTemporary(err) {
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 				l.srv.log.Warn("accept failed; retrying", "listener", l.lc.Name, "error", err, "in", delay)
 				select {
