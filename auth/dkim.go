@@ -159,7 +159,7 @@ func (s *DKIMSigner) DNSRecord() string {
 
 // appendHeaderKeys appends to keys the h= list for the header fields:
 // every configured field once per occurrence, and From once more than it
-// occurs. Names compare as strings.ToLower makes them (dkNames.lowerEqual),
+// occurs. Names compare as strings.ToLower makes them (dkLowerEqual),
 // with no map and, for ASCII names, no allocation. A configured name is
 // checked against the earlier ones only when it has fields: names that
 // lowercase alike have the same fields, so the earlier one is then in keys.
@@ -174,12 +174,12 @@ func (s *DKIMSigner) appendHeaderKeys(keys []string, fields *dkNames) []string {
 	first := len(keys)
 	for _, n := range names {
 		nASCII := dkIsASCII(n)
-		if dkLowerEqualString(n, nASCII, "from", true) {
+		if dkLowerEqual(n, nASCII, "from", true) {
 			continue
 		}
 		c := fields.count(n, nASCII)
 		if c == 0 || slices.ContainsFunc(keys[first:], func(prev string) bool {
-			return dkLowerEqualString(prev, dkIsASCII(prev), n, nASCII)
+			return dkLowerEqual(prev, dkIsASCII(prev), n, nASCII)
 		}) {
 			continue
 		}

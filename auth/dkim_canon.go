@@ -345,13 +345,13 @@ func (b *dkBodyHasher) sumInto(dst []byte) ([]byte, error) {
 
 var _ io.Writer = (*dkBodyHasher)(nil)
 
-// dkRelaxedField is dkRelaxedHeader for a field's raw bytes.
+// dkRelaxedField canonicalizes one header field given as its raw bytes,
+// name, value, folding and final line break, as RFC 6376 section 3.4.2
+// "relaxed" says (and as go-msgauth does: every run of white space, line
+// breaks included, becomes one SP); dkAppendRelaxedHeader does the work.
 func dkRelaxedField(raw []byte) string { return string(dkAppendRelaxedHeader(nil, raw)) }
 
-// dkRelaxedHeader canonicalizes one header field, name, value, folding
-// and final line break, as RFC 6376 section 3.4.2 "relaxed" says (and as
-// go-msgauth does: every run of white space, line breaks included, becomes
-// one SP).
+// dkRelaxedHeader is dkRelaxedField for a field given as a string.
 func dkRelaxedHeader(raw string) string { return dkRelaxedField([]byte(raw)) }
 
 // dkAppendRelaxedHeader appends the relaxed form of the field raw to dst,
@@ -452,59 +452,30 @@ func (d *dkNames) count(name string, nameASCII bool) int {
 
 // dkLowerEqual reports whether strings.ToLower(string(a)) ==
 // strings.ToLower(b), without allocating when both are ASCII (then it is
-// ASCII case folding); aASCII and bASCII say whether they are.
-func dkLowerEqual(a []byte, aASCII bool, b string, bASCII bool) bool {
+// ASCII case folding, which bytes.EqualFold does on ASCII input; the
+// conversions to []byte are zero-copy, and the length test is only a
+// shortcut); aASCII and bASCII say whether they are.
+func dkLowerEqual[T string | []byte](a T, aASCII bool, b string, bASCII bool) bool {
 	if aASCII && bASCII {
-		return dkASCIIFoldEqual(a, b)
+		return len(a) == len(b) && bytes.EqualFold([]byte(a), []byte(b))
 	}
 	return strings.ToLower(string(a)) == strings.ToLower(b)
 }
 
-// dkLowerEqualString is dkLowerEqual for two strings.
-func dkLowerEqualString(a string, aASCII bool, b string, bASCII bool) bool {
-	if aASCII && bASCII {
-		return dkASCIIFoldEqual(a, b)
-	}
-	return strings.ToLower(a) == strings.ToLower(b)
-}
-
 // dkFoldEqualLower reports whether strings.EqualFold(string(a),
 // strings.ToLower(b)), without allocating when both are ASCII (then a
-// rune of one can only fold to its ASCII case partner in the other).
+// rune of one can only fold to its ASCII case partner in the other, and
+// bytes.EqualFold of a and b is the same).
 func dkFoldEqualLower(a []byte, aASCII bool, b string, bASCII bool) bool {
 	if aASCII && bASCII {
-		return dkASCIIFoldEqual(a, b)
+		return len(a) == len(b) && bytes.EqualFold(a, []byte(b))
 	}
 	return strings.EqualFold(string(a), strings.ToLower(b))
 }
 
-func dkASCIIFoldEqual[T string | []byte](a T, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := 0; i < len(b); i++ {
-		ca, cb := a[i], b[i]
-		if 'A' <= ca && ca <= 'Z' {
-			ca += 'a' - 'A'
-		}
-		if 'A' <= cb && cb <= 'Z' {
-			cb += 'a' - 'A'
-		}
-		if ca != cb {
-			return false
-		}
-	}
-	return true
-}
-
-// dkHashBody returns the hash (SHA-256) of body under the relaxed
-// canonicalization, the one the signer uses. Reading stops when ctx is
-// done.
-func dkHashBody(ctx context.Context, body io.Reader) ([]byte, error) {
-	return dkHashBodyInto(ctx, body, nil)
-}
-
-// dkHashBodyInto is dkHashBody appending the hash to dst.
+// dkHashBodyInto appends to dst the hash (SHA-256) of body under the
+// relaxed canonicalization, the one the signer uses. Reading stops when
+// ctx is done.
 func dkHashBodyInto(ctx context.Context, body io.Reader, dst []byte) ([]byte, error) {
 	bufp := dkReadBufPool.Get().(*[]byte)
 	defer dkReadBufPool.Put(bufp)
@@ -550,7 +521,7 @@ func dkHashHeaders(h io.Writer, hdr []policy.Field, keys []string, canon func(ds
 	names := &sc.names
 	for _, k := range keys {
 		kASCII := dkIsASCII(k)
-		t := slices.IndexFunc(taken, func(t dkTaken) bool { return dkLowerEqualString(t.key, dkIsASCII(t.key), k, kASCII) })
+		t := slices.IndexFunc(taken, func(t dkTaken) bool { return dkLowerEqual(t.key, dkIsASCII(t.key), k, kASCII) })
 		if t < 0 {
 			taken = append(taken, dkTaken{key: k})
 			t = len(taken) - 1

@@ -58,7 +58,7 @@ func refSign(s *DKIMSigner, ctx context.Context, m *policy.Message, now time.Tim
 	case ed25519.PublicKey:
 		keyAlgo, hashOpt = "ed25519", crypto.Hash(0)
 	}
-	bh, err := dkHashBody(ctx, m.Body())
+	bh, err := dkHashBodyInto(ctx, m.Body(), nil)
 	if err != nil {
 		return nil, err
 	}
