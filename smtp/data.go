@@ -296,8 +296,10 @@ const spoolBufferSize = 64 << 10
 // file: rules and the queue read it from memory, which saves a write and
 // the reads back per message. Nothing is lost: the spool file was never
 // durable (it is unlinked at once and not synced); the queue's fsync is
-// what makes a 250. (The spool file is still had at every DATA, so an
-// unusable SpoolDir fails every message, not only the large ones.)
+// what makes a 250. The file is had only when the buffer first fills
+// (a connection of small messages creates none); NewServer checks that
+// SpoolDir is usable, so a misconfigured one shows at start, not at the
+// first large message.
 //
 // Write is io.MultiWriter(&chk, spool) (a write the check refuses goes no
 // further) without that one's allocations, and spooler carries the copy
@@ -305,7 +307,8 @@ const spoolBufferSize = 64 << 10
 // side has ReadFrom or WriteTo). Recycled through a pool.
 type spooler struct {
 	chk     BodyChecker
-	file    *os.File // the connection's spool file
+	conn    *conn    // whose spool file the message goes to
+	file    *os.File // conn's spool file, once the buffer filled
 	written bool     // file holds the start of this message
 	off     int64    // bytes written to file
 	buf     []byte   // what is not in file yet; cap spoolBufferSize
@@ -352,6 +355,13 @@ func (s *spooler) write(p []byte) (int, error) {
 // flush writes the buffer to the spool file, from offset 0 on with
 // WriteAt: no seek per message.
 func (s *spooler) flush() error {
+	if s.file == nil {
+		f, err := s.conn.spoolFile()
+		if err != nil {
+			return err
+		}
+		s.file = f
+	}
 	s.written = true
 	n, err := s.file.WriteAt(s.buf, s.off)
 	s.off += int64(n)
@@ -396,13 +406,8 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 	for i := len(fields) - 1; i >= 0; i-- {
 		hdr.AddRaw(fields[i].Raw)
 	}
-	f, err := c.spoolFile()
-	if err != nil {
-		log.Error("spool file", "tx", tx.ID, "error", err)
-		return errInternal, false
-	}
 	sp := spoolers.Get().(*spooler) // reset when put back
-	sp.file = f
+	sp.conn = c
 	defer func() {
 		// m, which may read sp.mem, is closed by now (deferred later).
 		*sp = spooler{buf: sp.buf[:0], copyBuf: sp.copyBuf}
@@ -413,7 +418,7 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 		return errInternal, false
 	}
 	chk := &sp.chk
-	_, err = io.CopyBuffer(sp, r, sp.copyBuf)
+	_, err := io.CopyBuffer(sp, r, sp.copyBuf)
 	chk.Close()
 	size := hdr.Size() + chk.Size()
 	if sp.written {

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -356,14 +357,35 @@ func TestEnqueueFailure(t *testing.T) {
 	assert.Empty(t, h.queue.all())
 }
 
+// TestSpoolFailure: NewServer refuses a SpoolDir it cannot create a file
+// in; one that goes away later fails only the messages that need it
+// (over the spooler's buffer) with a 451, and the session goes on.
 func TestSpoolFailure(t *testing.T) {
-	h := start(t, Config{SpoolDir: filepath.Join(t.TempDir(), "missing")})
+	_, err := NewServer(Config{Chain: policy.NewChain(), Queue: discardQueue{},
+		SpoolDir: filepath.Join(t.TempDir(), "missing")})
+	require.ErrorIs(t, err, ErrConfig)
+	assert.Contains(t, err.Error(), "SpoolDir")
+
+	dir := filepath.Join(t.TempDir(), "spool")
+	require.NoError(t, os.Mkdir(dir, 0o700))
+	h := start(t, Config{SpoolDir: dir})
+	require.NoError(t, os.Remove(dir))
+
 	c := begin(t, h.addr())
 	c.expect("DATA", 354)
-	c.send(simpleBody + ".\r\n")
+	c.send("Subject: large\r\n\r\n" + strings.Repeat(strings.Repeat("x", 98)+"\r\n", 2*spoolBufferSize/100) + ".\r\n")
 	code, text := c.reply()
 	assert.Equal(t, 451, code, text)
+	assert.Contains(t, text, "4.3.0")
 	assert.Empty(t, h.queue.all())
+
+	c.expect("MAIL FROM:<s@client.test>", 250)
+	c.expect("RCPT TO:<a@mx.test>", 250)
+	c.expect("DATA", 354)
+	c.send(simpleBody + ".\r\n")
+	code, text = c.reply()
+	assert.Equal(t, 250, code, "a small message needs no spool file: %s", text)
+	assert.Len(t, h.queue.all(), 1)
 }
 
 // TestShutdownDuringData stops the server while a client is sending a

@@ -279,14 +279,16 @@ type conn struct {
 
 	closeOnce sync.Once
 
-	// spool holds the message being received: one file per connection,
-	// created at its first DATA, unlinked at once (nothing is left behind,
-	// even after a crash) and emptied for each message, because creating
-	// and removing a file per message costs more than the rest of the
-	// accept path on some filesystems. Only a message that outgrows the
-	// spooler's buffer is written to it (see spooler). A message is
-	// written over the previous one and read back within its own size, so
-	// the file is truncated only after a large message (see spoolFile).
+	// spool holds the message being received when it outgrows the
+	// spooler's buffer (see spooler): one file per connection, created
+	// for its first such message, unlinked at once (nothing is left
+	// behind, even after a crash) and reused for its later ones, because
+	// creating and removing a file per message costs more than the rest
+	// of the accept path on some filesystems. A message is written over
+	// the previous one and read back within its own size, so the file is
+	// truncated only after a large message (see spoolFile). Nil until
+	// needed: most mail fits in the buffer, and most connections carry
+	// one message.
 	spool *os.File
 	// spoolHigh is the size of the largest message written to spool
 	// since it was last truncated.

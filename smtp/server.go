@@ -176,7 +176,8 @@ type Config struct {
 	Limits   Limits
 	// SpoolDir holds messages larger than 64 KiB while they are received
 	// (default os.TempDir()): one unlinked file per connection, created
-	// at its first DATA. Smaller messages stay in memory.
+	// for its first such message. Smaller messages stay in memory.
+	// NewServer checks that a file can be created there.
 	SpoolDir string
 	// EnableDSN advertises DSN (RFC 3461); it is also enabled when Queue
 	// has a SupportsDSN() bool method returning true.
@@ -216,6 +217,18 @@ var (
 	ErrConfig       = errors.New("smtp: bad configuration")
 )
 
+// checkSpoolDir creates and removes a file in dir, as a connection's
+// spool file is made: a missing or read-only SpoolDir would otherwise
+// show only at the first message over 64 KiB, as a 451.
+func checkSpoolDir(dir string) error {
+	f, err := os.CreateTemp(dir, "mtakit-spool-*")
+	if err != nil {
+		return err
+	}
+	f.Close()
+	return os.Remove(f.Name())
+}
+
 // NewServer checks cfg and returns a Server.
 func NewServer(cfg Config) (*Server, error) {
 	if cfg.Chain == nil {
@@ -233,6 +246,9 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	if cfg.SpoolDir == "" {
 		cfg.SpoolDir = os.TempDir()
+	}
+	if err := checkSpoolDir(cfg.SpoolDir); err != nil {
+		return nil, fmt.Errorf("%w: SpoolDir: %w", ErrConfig, err)
 	}
 	s := &Server{cfg: cfg, limits: cfg.Limits.withDefaults(), log: cfg.Logger,
 		perIP: map[netip.Addr]int{}, conns: map[*conn]struct{}{}}
