@@ -17,7 +17,8 @@
 # the next ab.sh 30 s after one ends, or its creates pay for that removal
 # (measured: the same build 2,459 msg/s right after, 3,027 40 s later).
 #
-# Knobs (environment): ROUNDS=4 CONNS="8 64" SIZE=4096 N=3000
+# Knobs (environment): ROUNDS=4 CONNS="8 64" SIZE=4096 N=3000 PER_CONN=0
+# (messages per connection before reconnecting; 0: never)
 # DKIM_ALG=ed25519|rsa WORKDIR=dir (default: a new temp dir under
 # ${TMPDIR:-/tmp}; the disk measured) KEEP=1 (keep it).
 #
@@ -25,7 +26,7 @@
 # leaves loopback.
 set -euo pipefail
 
-: "${ROUNDS:=4}" "${CONNS:=8 64}" "${SIZE:=4096}" "${N:=3000}" "${DKIM_ALG:=ed25519}" "${KEEP:=0}" "${WORKDIR:=}"
+: "${ROUNDS:=4}" "${CONNS:=8 64}" "${SIZE:=4096}" "${N:=3000}" "${PER_CONN:=0}" "${DKIM_ALG:=ed25519}" "${KEEP:=0}" "${WORKDIR:=}"
 SOURCES=127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,127.0.0.8,127.0.0.9
 HELO=load.doe-family.com
 [[ $# -ge 1 ]] || {
@@ -94,7 +95,7 @@ run() {
 	for _ in $(seq 200); do grep -q 'mta listening' "$dir/out" 2>/dev/null && break; sleep 0.1; done
 	addr=$(sed -nE 's/^mta listening on (.*)$/\1/p' "$dir/out" | head -n1)
 	c0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-	out=$("$WORK/smtpload" -addr "$addr" -size "$SIZE" -c "$2" -n "$N" -duration 60s \
+	out=$("$WORK/smtpload" -addr "$addr" -size "$SIZE" -c "$2" -n "$N" -duration 60s -per-conn "$PER_CONN" \
 		-from load@doe-family.com -to user@doe-family.com -helo "$HELO" -source "$SOURCES" -json)
 	for _ in $(seq 600); do
 		(($(find "$dir/mail" -path '*/new/*' -type f | wc -l) >= N)) && break

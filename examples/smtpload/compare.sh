@@ -21,7 +21,11 @@
 # NOSYNC=1 (0: skip the -unsafe-no-fsync server) DKIM_ALG=rsa|ed25519
 # WORKDIR=dir (default: a new temp dir under ${TMPDIR:-/tmp}; spool and
 # maildir live there, so that is the disk measured) KEEP=1 (keep it)
-# DEADLINE=540 (seconds: later runs are skipped past it).
+# DEADLINE=540 (seconds: later runs are skipped past it) PER_CONN=0
+# (messages per connection before the load generator reconnects; 0: each
+# connection stays open. 1 is closer to an MX, whose clients mostly send
+# one message per connection: it adds connection setup, the reverse DNS
+# lookup and the connect rules to every message, for both servers.)
 #
 # Everything listens on 127.0.0.1 and connects from 127.0.0.2..9 (mtakit
 # limits connections per client IP to 20); nothing leaves loopback. The
@@ -31,7 +35,7 @@ set -euo pipefail
 
 : "${SIZES:=4096 102400}" "${CONNS:=1 8 64}" "${N_SMALL:=3000}" "${N_LARGE:=1000}"
 : "${DURATION:=60s}" "${SOAK:=60}" "${NOSYNC:=1}" "${DKIM_ALG:=rsa}" "${KEEP:=0}"
-: "${DEADLINE:=540}" "${WORKDIR:=}"
+: "${DEADLINE:=540}" "${WORKDIR:=}" "${PER_CONN:=0}"
 SOURCES=127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,127.0.0.8,127.0.0.9
 FROM=load@doe-family.com
 TO=user@doe-family.com
@@ -227,7 +231,7 @@ load() {
 	local secs=${5%s}
 	sync
 	timeout $((secs + 30)) "$BIN/smtpload" -addr "$1" -size "$2" -c "$3" -n "$4" -duration "$5" \
-		-from "$FROM" -to "$TO" -helo "$HELO" -source "$SOURCES" -json
+		-per-conn "$PER_CONN" -from "$FROM" -to "$TO" -helo "$HELO" -source "$SOURCES" -json
 }
 
 # cpu_ticks PID: user+system CPU time of process PID, in clock ticks.
@@ -266,6 +270,7 @@ cat <<EOF
 # $(date -u +%FT%TZ)  built from the working tree at commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo ?)  $(go version | cut -d' ' -f3-)
 # cpu: $(nproc) x $(sed -nE 's/^model name\s*:\s*//p' /proc/cpuinfo | head -n1); load generator on the same cores
 # spool and maildir: $WORK ($FS)
+# messages per connection: $([[ $PER_CONN == 0 ]] && echo "all (connections kept open)" || echo "$PER_CONN, then reconnect")
 EOF
 
 # Warm up every server (page cache, TLS cert, DNS, goroutine stacks).
