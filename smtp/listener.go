@@ -338,6 +338,20 @@ func (c *conn) noteSpooled(size int64) {
 	c.mu.Unlock()
 }
 
+// newSpoolFile creates a spool file in dir, unlinked at once: nothing is
+// left behind, even after a crash.
+func newSpoolFile(dir string) (*os.File, error) {
+	f, err := os.CreateTemp(dir, "mtakit-spool-*")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Remove(f.Name()); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
 // spoolFile returns the connection's spool file, to be written from offset
 // 0 with WriteAt (no seek per message: a system call saved). It may hold
 // the end of an earlier message past what is written now: readers go by
@@ -346,12 +360,8 @@ func (c *conn) spoolFile() (*os.File, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.spool == nil {
-		f, err := os.CreateTemp(c.srv.cfg.SpoolDir, "mtakit-spool-*")
+		f, err := newSpoolFile(c.srv.cfg.SpoolDir)
 		if err != nil {
-			return nil, err
-		}
-		if err := os.Remove(f.Name()); err != nil {
-			f.Close()
 			return nil, err
 		}
 		c.spool = f

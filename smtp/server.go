@@ -217,16 +217,15 @@ var (
 	ErrConfig       = errors.New("smtp: bad configuration")
 )
 
-// checkSpoolDir creates and removes a file in dir, as a connection's
-// spool file is made: a missing or read-only SpoolDir would otherwise
-// show only at the first message over 64 KiB, as a 451.
+// checkSpoolDir makes a spool file in dir as a connection does: a missing
+// or read-only SpoolDir would otherwise show only at the first message
+// over 64 KiB, as a 451.
 func checkSpoolDir(dir string) error {
-	f, err := os.CreateTemp(dir, "mtakit-spool-*")
+	f, err := newSpoolFile(dir)
 	if err != nil {
 		return err
 	}
-	f.Close()
-	return os.Remove(f.Name())
+	return f.Close()
 }
 
 // NewServer checks cfg and returns a Server.
