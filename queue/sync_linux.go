@@ -75,8 +75,12 @@ func fsHandle(key string) *os.File {
 	return h.(*os.File)
 }
 
-// syncFS syncs the filesystem of key (from fsKey) through its handle.
-func syncFS(key string) error { return syncData(fsHandle(key), nil) }
+// syncShared returns once a round of key's shared syncs (one syncfs(2)
+// of the filesystem through its handle) that began after the call has
+// ended; since is as for doSince.
+func syncShared(key string, since uint64) error {
+	return fileSyncs.doSince(key, since, func() error { return syncData(fsHandle(key), nil) })
+}
 
 // syncBegin names the filesystem of f for syncFile and notes the rounds of
 // its shared syncs done before f is written.
@@ -90,17 +94,13 @@ func syncBegin(f *os.File) (key string, since uint64, err error) {
 // syncFile makes f (written, not yet closed) durable with a round of its
 // filesystem's shared syncs: one syncfs(2) for every local delivery and
 // every enqueue (committer.commitShared) waiting meanwhile.
-func syncFile(_ *os.File, key string, since uint64) error {
-	return fileSyncs.doSince(key, since, func() error { return syncFS(key) })
-}
+func syncFile(_ *os.File, key string, since uint64) error { return syncShared(key, since) }
 
 // syncRenamed makes durable the renames into dir done before the call and
 // after round since of key (fileSyncs.begin): a round of the shared syncs
 // of dir's filesystem, since syncfs(2) covers renames, instead of an
 // fsync(2) of dir of its own.
-func syncRenamed(key, _ string, since uint64) error {
-	return fileSyncs.doSince(key, since, func() error { return syncFS(key) })
-}
+func syncRenamed(key, _ string, since uint64) error { return syncShared(key, since) }
 
 // openFile is os.OpenFile for the spool's regular files and directories
 // without the poller registration os.OpenFile attempts on Linux (four

@@ -36,10 +36,8 @@ func syncRenamed(_, dir string, _ uint64) error {
 // itself.
 func fsKey(*os.File) (string, error) { return "", nil }
 
-// fsHandle and syncFS are never called without syncfs(2) (fsKey gives
-// no key).
+// fsHandle is never called without syncfs(2) (fsKey gives no key).
 func fsHandle(string) *os.File { return nil }
-func syncFS(string) error      { return nil }
 
 // openFile is os.OpenFile (see the Linux version).
 func openFile(name string, flag int, perm os.FileMode) (*os.File, error) {
