@@ -36,10 +36,7 @@ func BenchmarkAccept(b *testing.B) {
 		require.NoError(b, err)
 		defer c.Close()
 		require.NoError(b, c.Hello("bench.test"))
-		b.SetBytes(int64(len(body)))
-		b.ReportAllocs()
-		b.ResetTimer()
-		cpu0 := processCPU()
+		report := measure(b, len(body))
 		for range b.N {
 			require.NoError(b, c.Mail("s@bench.test", nil))
 			require.NoError(b, c.Rcpt("a@mx.test", nil))
@@ -48,9 +45,7 @@ func BenchmarkAccept(b *testing.B) {
 			w.Write(body)
 			require.NoError(b, w.Close())
 		}
-		if cpu := processCPU(); cpu > 0 {
-			b.ReportMetric(float64(cpu-cpu0)/float64(b.N), "cpu-ns/op")
-		}
+		report()
 	})
 }
 
@@ -106,10 +101,7 @@ func BenchmarkReceive(b *testing.B) {
 		defer c.Close()
 		s := &session{srv: srv, lc: Listener{Name: "mta", Role: RoleMTA}, c: c, heloName: "bench.test"}
 		var r bytes.Reader
-		b.SetBytes(int64(len(body)))
-		b.ReportAllocs()
-		b.ResetTimer()
-		cpu0 := processCPU()
+		report := measure(b, len(body))
 		for range b.N {
 			require.NoError(b, s.Mail("s@bench.test", nil))
 			require.NoError(b, s.Rcpt("a@mx.test", nil))
@@ -120,10 +112,23 @@ func BenchmarkReceive(b *testing.B) {
 			}
 			s.tx = nil
 		}
+		report()
+	})
+}
+
+// measure starts the timed loop of an accept benchmark (bytes per op,
+// allocations); the func it returns, called after the loop, adds the
+// process's CPU time per op (cpu-ns/op) where getrusage(2) exists.
+func measure(b *testing.B, bytes int) (report func()) {
+	b.SetBytes(int64(bytes))
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0 := processCPU()
+	return func() {
 		if cpu := processCPU(); cpu > 0 {
 			b.ReportMetric(float64(cpu-cpu0)/float64(b.N), "cpu-ns/op")
 		}
-	})
+	}
 }
 
 // acceptCases runs bench for 4 KiB and 100 KiB messages, each with the
