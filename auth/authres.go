@@ -239,7 +239,7 @@ func arResult(method string, value authres.ResultValue, p map[string]string) (au
 
 // arAddedKey remembers the fields this package added during a transaction,
 // so a later rule does not take them for forgeries.
-var arAddedKey = policy.NewKey[[][]byte]("auth.authres-added")
+const arAddedKey policy.Key[[][]byte] = "auth.authres-added"
 
 // arAdd adds an Authentication-Results field to m's header and remembers it
 // as ours for the rest of the transaction.

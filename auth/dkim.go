@@ -414,17 +414,17 @@ func dkAlreadySigned(signer *DKIMSigner, h *policy.Header) bool {
 func SignDKIM(signer *DKIMSigner, localDomains ...string) policy.MessageRule {
 	return func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
 		if ok, _ := dkShouldSign(signer, localDomains, tx, m); !ok {
-			return policy.Next
+			return policy.Next()
 		}
 		if dkAlreadySigned(signer, m.Header) {
-			return policy.Next
+			return policy.Next()
 		}
 		sig, err := signer.Sign(ctx, m)
 		if err != nil {
 			return policy.Fail(err)
 		}
 		m.Header.AddRaw(sig)
-		return policy.Next
+		return policy.Next()
 	}
 }
 
@@ -523,7 +523,7 @@ type DKIMResult struct {
 
 // DKIMResultsKey holds the DKIM results of a message, one per signature
 // verified, for later rules such as CheckDMARC.
-var DKIMResultsKey = policy.NewKey[[]DKIMResult]("auth.dkim")
+const DKIMResultsKey policy.Key[[]DKIMResult] = "auth.dkim"
 
 // DKIMVerifyOptions configure VerifyDKIM.
 type DKIMVerifyOptions struct {
@@ -596,7 +596,7 @@ func VerifyDKIM(opts DKIMVerifyOptions) policy.MessageRule {
 		if opts.DenyOnFail && dkDeserveDeny(results) {
 			return policy.Deny(550, "5.7.20", "No passing DKIM signature found")
 		}
-		return policy.Next
+		return policy.Next()
 	}
 }
 

@@ -79,7 +79,7 @@ func TestDKIMInteropOurSignaturesVerifyWithDkimpy(t *testing.T) {
 				"Subject:  Folded\r\n  subject line\r\n" +
 				sampleMessage[strings.Index(sampleMessage, "Date:"):]
 			m := newTestMessage(t, raw)
-			require.Equal(t, policy.Next, SignDKIM(signer)(context.Background(), newTestTx("alice@example.com"), m))
+			require.Equal(t, policy.Next(), SignDKIM(signer)(context.Background(), newTestTx("alice@example.com"), m))
 			signed := messageString(t, m)
 
 			out, err := runDkimpy(t, py, signed, "verify", txt)
@@ -121,7 +121,7 @@ func TestDKIMInteropDkimpySignaturesVerifyWithUs(t *testing.T) {
 			verify := func(raw string) DKIMResult {
 				tx := newTestTx("alice@example.com")
 				v := VerifyDKIM(DKIMVerifyOptions{Resolver: srv.Resolver(), AuthServID: testAuthServID})(context.Background(), tx, newTestMessage(t, raw))
-				require.Equal(t, policy.Next, v)
+				require.Equal(t, policy.Next(), v)
 				res, _ := DKIMResultsKey.Get(tx)
 				require.Len(t, res, 1)
 				return res[0]

@@ -67,11 +67,11 @@ func TestDKIMLargeMessageAllocations(t *testing.T) {
 
 	var v policy.Verdict
 	signAlloc := allocatedDuring(func() { v = SignDKIM(signer)(context.Background(), tx, m) })
-	require.Equal(t, policy.Next, v)
+	require.Equal(t, policy.Next(), v)
 	verifyAlloc := allocatedDuring(func() {
 		v = VerifyDKIM(DKIMVerifyOptions{Resolver: srv.Resolver(), AuthServID: testAuthServID})(context.Background(), tx, m)
 	})
-	require.Equal(t, policy.Next, v)
+	require.Equal(t, policy.Next(), v)
 	res, ok := DKIMResultsKey.Get(tx)
 	require.True(t, ok)
 	require.Len(t, res, 1)

@@ -195,7 +195,7 @@ func TestSignDKIMRoundTrip(t *testing.T) {
 			m := newTestMessage(t, sampleMessage)
 			tx := newTestTx("alice@example.com")
 			v := SignDKIM(signer)(ctx, tx, m)
-			require.Equal(t, policy.Next, v)
+			require.Equal(t, policy.Next(), v)
 			fields := m.Header.Fields()
 			require.Equal(t, "DKIM-Signature", fields[0].Name(), "signature at the top")
 			tags, err := ParseDKIMTags(fields[0].Value())
@@ -214,7 +214,7 @@ func TestSignDKIMRoundTrip(t *testing.T) {
 			rx := newTestMessage(t, messageString(t, m))
 			rtx := newTestTx("alice@example.com")
 			v = VerifyDKIM(DKIMVerifyOptions{Resolver: srv.Resolver(), AuthServID: testAuthServID})(ctx, rtx, rx)
-			assert.Equal(t, policy.Next, v)
+			assert.Equal(t, policy.Next(), v)
 			res, ok := DKIMResultsKey.Get(rtx)
 			require.True(t, ok)
 			require.Len(t, res, 1)
@@ -276,7 +276,7 @@ func TestSignDKIMWhichMessages(t *testing.T) {
 			m := newTestMessage(t, tt.msg)
 			tx := newTestTx(tt.sender)
 			v := SignDKIM(signer, tt.locals...)(context.Background(), tx, m)
-			assert.Equal(t, policy.Next, v)
+			assert.Equal(t, policy.Next(), v)
 			assert.Equal(t, tt.wantSign, m.Header.Has("DKIM-Signature"))
 		})
 	}
@@ -310,7 +310,7 @@ func TestSignOrVerifyDKIM(t *testing.T) {
 	// Outgoing: signed, not verified.
 	m := newTestMessage(t, sampleMessage)
 	tx := newTestTx("alice@example.com")
-	assert.Equal(t, policy.Next, rule(ctx, tx, m))
+	assert.Equal(t, policy.Next(), rule(ctx, tx, m))
 	assert.True(t, m.Header.Has("DKIM-Signature"))
 	assert.False(t, m.Header.Has(AuthResultsField))
 
@@ -321,7 +321,7 @@ func TestSignOrVerifyDKIM(t *testing.T) {
 	require.NoError(t, err)
 	m.Header.AddRaw(sig)
 	tx = newTestTx("carol@example.org")
-	assert.Equal(t, policy.Next, rule(ctx, tx, m))
+	assert.Equal(t, policy.Next(), rule(ctx, tx, m))
 	res, ok := DKIMResultsKey.Get(tx)
 	require.True(t, ok)
 	require.Len(t, res, 1)
@@ -378,7 +378,7 @@ func TestVerifyDKIMResults(t *testing.T) {
 			m := newTestMessage(t, tt.msg(t))
 			tx := newTestTx("alice@example.com")
 			v := VerifyDKIM(DKIMVerifyOptions{Resolver: srv.Resolver(), AuthServID: testAuthServID, LookupTimeout: tt.timeout})(ctx, tx, m)
-			assert.Equal(t, policy.Next, v, "never denies by default")
+			assert.Equal(t, policy.Next(), v, "never denies by default")
 			res, ok := DKIMResultsKey.Get(tx)
 			require.True(t, ok)
 			var got []authres.ResultValue
@@ -413,7 +413,7 @@ func TestVerifyDKIMCapAndDeny(t *testing.T) {
 
 	tx := newTestTx("a@example.org")
 	v := VerifyDKIM(DKIMVerifyOptions{Resolver: srv.Resolver(), AuthServID: testAuthServID})(ctx, tx, newTestMessage(t, raw))
-	assert.Equal(t, policy.Next, v)
+	assert.Equal(t, policy.Next(), v)
 	res, _ := DKIMResultsKey.Get(tx)
 	assert.Len(t, res, 5, "default cap")
 
@@ -427,7 +427,7 @@ func TestVerifyDKIMCapAndDeny(t *testing.T) {
 	// DenyOnFail lets a message with no signature, or a passing one, through.
 	for _, raw := range []string{sampleMessage} {
 		v = VerifyDKIM(DKIMVerifyOptions{Resolver: srv.Resolver(), AuthServID: testAuthServID, DenyOnFail: true})(ctx, newTestTx("a@example.org"), newTestMessage(t, raw))
-		assert.Equal(t, policy.Next, v)
+		assert.Equal(t, policy.Next(), v)
 	}
 }
 
@@ -517,7 +517,7 @@ func TestSignDKIMLargeMessageStreams(t *testing.T) {
 	peak := peakHeapDuring(func() {
 		v = SignDKIM(signer)(context.Background(), newTestTx("alice@example.com"), m)
 	})
-	require.Equal(t, policy.Next, v)
+	require.Equal(t, policy.Next(), v)
 	t.Logf("signing %d MiB: peak heap growth %d KiB", st.Size()>>20, peak>>10)
 	assert.Less(t, peak, uint64(16<<20), "signing must stream, not buffer the message")
 
@@ -693,13 +693,13 @@ func TestSignDKIMNullSenderFromOutside(t *testing.T) {
 	for _, tt := range tests {
 		t.Run("SignDKIM/"+tt.name, func(t *testing.T) {
 			m := newTestMessage(t, bounce)
-			assert.Equal(t, policy.Next, SignDKIM(signer)(context.Background(), tt.tx, m))
+			assert.Equal(t, policy.Next(), SignDKIM(signer)(context.Background(), tt.tx, m))
 			assert.Equal(t, tt.wantSign, m.Header.Has("DKIM-Signature"))
 		})
 		t.Run("SignOrVerifyDKIM/"+tt.name, func(t *testing.T) {
 			m := newTestMessage(t, bounce)
 			rule := SignOrVerifyDKIM(signer, DKIMVerifyOptions{Resolver: srv.Resolver(), AuthServID: testAuthServID})
-			assert.Equal(t, policy.Next, rule(context.Background(), tt.tx, m))
+			assert.Equal(t, policy.Next(), rule(context.Background(), tt.tx, m))
 			assert.Equal(t, tt.wantSign, m.Header.Has("DKIM-Signature"))
 			// What is not signed is verified instead.
 			assert.Equal(t, !tt.wantSign, m.Header.Has(AuthResultsField))

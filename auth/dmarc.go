@@ -57,7 +57,7 @@ type DMARCResult struct {
 }
 
 // DMARCResultKey holds the DMARC result of the transaction for later rules.
-var DMARCResultKey = policy.NewKey[DMARCResult]("auth.dmarc")
+const DMARCResultKey policy.Key[DMARCResult] = "auth.dmarc"
 
 // DMARCOptions configure CheckDMARC.
 type DMARCOptions struct {
@@ -152,7 +152,7 @@ func CheckDMARC(opts DMARCOptions) policy.MessageRule {
 			return opts.Decide(ctx, tx, res)
 		}
 		if opts.Monitor {
-			return policy.Next
+			return policy.Next()
 		}
 		switch res.Result {
 		case authres.ResultTempError:
@@ -171,7 +171,7 @@ func CheckDMARC(opts DMARCOptions) policy.MessageRule {
 				return policy.Quarantine(opts.QuarantineQueue)
 			}
 		}
-		return policy.Next
+		return policy.Next()
 	}
 }
 

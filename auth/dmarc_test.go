@@ -55,14 +55,14 @@ func TestCheckDMARC(t *testing.T) {
 		arSubstr string
 	}{
 		{name: "aligned DKIM pass", from: "a@example.com", dkim: pass("example.com"),
-			want: authres.ResultPass, verdict: policy.Next, policy: dmarc.PolicyReject, disp: dmarc.PolicyNone,
+			want: authres.ResultPass, verdict: policy.Next(), policy: dmarc.PolicyReject, disp: dmarc.PolicyNone,
 			arSubstr: "dmarc=pass (p=reject dis=none) header.from=example.com"},
 		{name: "relaxed DKIM alignment (subdomain d=)", from: "a@example.com", dkim: pass("mail.example.com"),
-			want: authres.ResultPass, verdict: policy.Next},
+			want: authres.ResultPass, verdict: policy.Next()},
 		{name: "relaxed DKIM alignment (parent d=)", from: "a@news.example.com", dkim: pass("example.com"),
-			want: authres.ResultPass, verdict: policy.Next},
+			want: authres.ResultPass, verdict: policy.Next()},
 		{name: "aligned SPF pass", from: "a@example.com", spf: spf("pass", "bounces.example.com"),
-			want: authres.ResultPass, verdict: policy.Next, arSubstr: "spf=pass smtp.mailfrom=bounces.example.com"},
+			want: authres.ResultPass, verdict: policy.Next(), arSubstr: "spf=pass smtp.mailfrom=bounces.example.com"},
 		{name: "unaligned DKIM and SPF pass: reject", from: "a@example.com", dkim: pass("example.net"), spf: spf("pass", "example.net"),
 			want: authres.ResultFail, verdict: policy.Deny(550, "5.7.1", "Message rejected by the DMARC policy of example.com"),
 			policy: dmarc.PolicyReject, disp: dmarc.PolicyReject, arSubstr: "dmarc=fail (p=reject dis=reject) header.from=example.com"},
@@ -75,35 +75,35 @@ func TestCheckDMARC(t *testing.T) {
 		{name: "quarantine, own queue name", from: "a@quarantine.test", opts: func(o *DMARCOptions) { o.QuarantineQueue = "spoof" },
 			want: authres.ResultFail, verdict: policy.Quarantine("spoof")},
 		{name: "p=none fails but goes on", from: "a@monitor.test",
-			want: authres.ResultFail, verdict: policy.Next, policy: dmarc.PolicyNone, disp: dmarc.PolicyNone},
+			want: authres.ResultFail, verdict: policy.Next(), policy: dmarc.PolicyNone, disp: dmarc.PolicyNone},
 		{name: "no record", from: "a@norecord.test", dkim: pass("norecord.test"),
-			want: authres.ResultNone, verdict: policy.Next, arSubstr: "dmarc=none header.from=norecord.test"},
-		{name: "non-DMARC TXT only", from: "a@other.test", want: authres.ResultNone, verdict: policy.Next},
-		{name: "two records: none", from: "a@two.test", want: authres.ResultNone, verdict: policy.Next},
-		{name: "invalid record: permerror", from: "a@bad.test", want: authres.ResultPermError, verdict: policy.Next},
+			want: authres.ResultNone, verdict: policy.Next(), arSubstr: "dmarc=none header.from=norecord.test"},
+		{name: "non-DMARC TXT only", from: "a@other.test", want: authres.ResultNone, verdict: policy.Next()},
+		{name: "two records: none", from: "a@two.test", want: authres.ResultNone, verdict: policy.Next()},
+		{name: "invalid record: permerror", from: "a@bad.test", want: authres.ResultPermError, verdict: policy.Next()},
 		{name: "strict DKIM: subdomain d= not aligned", from: "a@strict.test", dkim: pass("mail.strict.test"),
 			want: authres.ResultFail, verdict: policy.Deny(550, "5.7.1", "Message rejected by the DMARC policy of strict.test")},
 		{name: "strict SPF: subdomain not aligned", from: "a@strict.test", spf: spf("pass", "bounce.strict.test"),
 			want: authres.ResultFail, verdict: policy.Deny(550, "5.7.1", "Message rejected by the DMARC policy of strict.test")},
 		{name: "strict: exact domain aligned", from: "a@strict.test", dkim: pass("strict.test"),
-			want: authres.ResultPass, verdict: policy.Next},
+			want: authres.ResultPass, verdict: policy.Next()},
 		{name: "org-domain fallback uses sp=", from: "a@deep.sub.example.org", dkim: pass("example.net"),
 			want: authres.ResultFail, verdict: policy.Quarantine("dmarc"), policy: dmarc.PolicyQuarantine},
 		{name: "org-domain fallback, relaxed pass", from: "a@sub.example.org", dkim: pass("example.org"),
-			want: authres.ResultPass, verdict: policy.Next},
+			want: authres.ResultPass, verdict: policy.Next()},
 		{name: "pct sampled in: reject", from: "a@pct.test", opts: func(o *DMARCOptions) { o.Rand = func(int) int { return 49 } },
 			want: authres.ResultFail, verdict: policy.Deny(550, "5.7.1", "Message rejected by the DMARC policy of pct.test"), disp: dmarc.PolicyReject},
 		{name: "pct sampled out: reject becomes quarantine", from: "a@pct.test", opts: func(o *DMARCOptions) { o.Rand = func(int) int { return 50 } },
 			want: authres.ResultFail, verdict: policy.Quarantine("dmarc"), policy: dmarc.PolicyReject, disp: dmarc.PolicyQuarantine},
 		{name: "SERVFAIL: temperror recorded, goes on", from: "a@broken.test", setup: func(s *dnstest.Server) { s.Fail("_dmarc.broken.test", dns.RcodeServerFailure) },
-			want: authres.ResultTempError, verdict: policy.Next, arSubstr: `dmarc=temperror reason="DNS lookup of _dmarc.broken.test failed: server misbehaving" header.from=broken.test`},
+			want: authres.ResultTempError, verdict: policy.Next(), arSubstr: `dmarc=temperror reason="DNS lookup of _dmarc.broken.test failed: server misbehaving" header.from=broken.test`},
 		{name: "SERVFAIL with DeferOnTempError", from: "a@broken.test", setup: func(s *dnstest.Server) { s.Fail("_dmarc.broken.test", dns.RcodeServerFailure) },
 			opts: func(o *DMARCOptions) { o.DeferOnTempError = true },
 			want: authres.ResultTempError, verdict: policy.Deny(451, "4.7.0", "DMARC policy lookup failed, try again later")},
 		{name: "SERVFAIL at org domain: temperror", from: "a@x.example.org", setup: func(s *dnstest.Server) { s.Fail("_dmarc.example.org", dns.RcodeServerFailure) },
-			want: authres.ResultTempError, verdict: policy.Next},
+			want: authres.ResultTempError, verdict: policy.Next()},
 		{name: "monitor mode", from: "a@example.com", opts: func(o *DMARCOptions) { o.Monitor = true },
-			want: authres.ResultFail, verdict: policy.Next, disp: dmarc.PolicyReject},
+			want: authres.ResultFail, verdict: policy.Next(), disp: dmarc.PolicyReject},
 		{name: "Decide overrides", from: "a@example.com", opts: func(o *DMARCOptions) {
 			o.Decide = func(_ context.Context, _ *policy.Transaction, r DMARCResult) policy.Verdict {
 				return policy.Quarantine("review-" + string(r.Result))
@@ -112,18 +112,18 @@ func TestCheckDMARC(t *testing.T) {
 		{name: "two From addresses: denied", from: "a@example.com, b@example.org",
 			want: authres.ResultPermError, verdict: policy.Deny(550, "5.7.1", "DMARC: the From header must hold exactly one address")},
 		{name: "two From addresses allowed", from: "a@example.com, b@example.org", opts: func(o *DMARCOptions) { o.AllowMalformedFrom = true },
-			want: authres.ResultPermError, verdict: policy.Next},
+			want: authres.ResultPermError, verdict: policy.Next()},
 		{name: "unparsable From", from: "<<<", want: authres.ResultPermError,
 			verdict: policy.Deny(550, "5.7.1", "DMARC: the From header must hold exactly one address")},
 		{name: "helo SPF counts for the null sender", from: "postmaster@example.com", sender: "<>",
 			spf:  &SPFInput{Result: "pass", Domain: "mx.example.com", Identity: "helo"},
-			want: authres.ResultPass, verdict: policy.Next},
+			want: authres.ResultPass, verdict: policy.Next()},
 		{name: "helo SPF does not count with a sender", from: "a@example.com", sender: "x@example.net",
 			spf:  &SPFInput{Result: "pass", Domain: "mx.example.com", Identity: "helo"},
 			want: authres.ResultFail, verdict: policy.Deny(550, "5.7.1", "Message rejected by the DMARC policy of example.com")},
 		{name: "display name with encoded word", from: "=?x-unknown?q?Al=E9?= <a@example.com>", dkim: pass("example.com"),
-			want: authres.ResultPass, verdict: policy.Next},
-		{name: "IDN From domain", from: "a@bücher.example", want: authres.ResultNone, verdict: policy.Next,
+			want: authres.ResultPass, verdict: policy.Next()},
+		{name: "IDN From domain", from: "a@bücher.example", want: authres.ResultNone, verdict: policy.Next(),
 			arSubstr: "header.from=xn--bcher-kva.example"},
 	}
 	for _, tt := range tests {
@@ -194,7 +194,7 @@ func TestCheckDMARCFromHeaders(t *testing.T) {
 			m := newTestMessage(t, tt.top+ours+tt.low+sampleMessage)
 			tx := newTestTx("b@example.com")
 			v := CheckDMARC(DMARCOptions{Resolver: srv.Resolver(), AuthServID: testAuthServID, Monitor: true})(context.Background(), tx, m)
-			assert.Equal(t, policy.Next, v)
+			assert.Equal(t, policy.Next(), v)
 			res, _ := DMARCResultKey.Get(tx)
 			assert.Equal(t, tt.want, res.Result, "%+v", res)
 			// No field claiming our id survives below our Received.

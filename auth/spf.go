@@ -110,7 +110,7 @@ type SPFResult struct {
 // SPFResultKey holds the SPF result of the transaction, for later rules
 // (DMARC). It is not set when the check was skipped (an authenticated
 // session).
-var SPFResultKey = policy.NewKey[SPFResult]("auth.spf")
+const SPFResultKey policy.Key[SPFResult] = "auth.spf"
 
 // SPFOption configures CheckSPF.
 type SPFOption func(*spfConfig)
@@ -256,7 +256,7 @@ func CheckSPF(identity SPFIdentity, mode SPFMode, r policy.Resolver, opts ...SPF
 			return policy.Fail(errors.New("auth: SPF: no client address"))
 		}
 		if cfg.skipAuth && tx.Conn.Authenticated() {
-			return policy.Next
+			return policy.Next()
 		}
 		if cfg.timeout > 0 {
 			var cancel context.CancelFunc
@@ -321,7 +321,7 @@ func (m SPFMode) denies(s SPFStatus) bool {
 
 func (m SPFMode) verdict(r SPFResult) policy.Verdict {
 	if !m.denies(r.Result) {
-		return policy.Next
+		return policy.Next()
 	}
 	what := "the domain of " + r.Sender
 	if r.Identity == "helo" {

@@ -206,7 +206,7 @@ func TestCheckSPFAuthenticated(t *testing.T) {
 	// Skipped by default: a roaming user is not held to their domain's SPF.
 	rule := CheckSPF(SPFBoth, SPFStrict, srv.Resolver(), SPFReceiver("mx.test"), SPFLogger(quietLogger()))
 	tx := spfTx("198.51.100.1", "laptop.hotel.test", "jane@fail.test", "jane@fail.test")
-	assert.Equal(t, policy.Next, rule(ctx, tx))
+	assert.Equal(t, policy.Next(), rule(ctx, tx))
 	_, ok := SPFResultKey.Get(tx)
 	assert.False(t, ok)
 	assert.Equal(t, 0, tx.Header.Len())
@@ -244,7 +244,7 @@ func TestCheckSPFContextCancelled(t *testing.T) {
 
 func TestCheckSPFInChain(t *testing.T) {
 	srv := spfTestServer(t)
-	chain := policy.NewChain(policy.WithLogger(quietLogger()))
+	chain := &policy.Chain{Logger: quietLogger()}
 	chain.Mail("spf", CheckSPF(SPFBoth, SPFSoft, srv.Resolver(), SPFReceiver("mx.test"), SPFLogger(quietLogger())))
 	tx := spfTx("192.0.2.10", "mail.pass.test", "bob@fail.test", "")
 	res := chain.EvalMail(context.Background(), tx)
@@ -259,7 +259,7 @@ func TestCheckSPFMisconfiguration(t *testing.T) {
 	rule := CheckSPF(SPFBoth, SPFSoft, &errResolver{})
 	tx := policy.NewTransaction(nil, "tx")
 	v := rule(context.Background(), tx)
-	assert.Equal(t, policy.ReplyInternalError, v.Reply)
+	assert.Equal(t, policy.Fail(nil).Reply, v.Reply)
 	assert.Equal(t, "both", SPFBoth.String())
 	assert.Equal(t, "strict", SPFStrict.String())
 }

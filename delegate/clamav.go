@@ -248,7 +248,7 @@ func ScanRule(c *ClamAV, then func(ctx context.Context, tx *policy.Transaction, 
 			attrs := []any{slog.String("tx", tx.ID), slog.Any("error", err)}
 			if c.FailOpen {
 				c.log().WarnContext(ctx, "clamd scan failed; fail-open: the message goes on unscanned", attrs...)
-				return policy.Next
+				return policy.Next()
 			}
 			return policy.Deny(ReplyUnavailable.Code, ReplyUnavailable.Enhanced, ReplyUnavailable.Text).WithErr(err)
 		}
@@ -261,7 +261,7 @@ func ScanRule(c *ClamAV, then func(ctx context.Context, tx *policy.Transaction, 
 		if virus != "" {
 			return policy.Deny(554, "5.7.1", "Message contains a virus")
 		}
-		return policy.Next
+		return policy.Next()
 	}
 }
 
@@ -272,7 +272,7 @@ func ClamAVRule(c *ClamAV, quarantine string) policy.MessageRule {
 	return ScanRule(c, func(_ context.Context, _ *policy.Transaction, _ *policy.Message, virus string) policy.Verdict {
 		switch {
 		case virus == "":
-			return policy.Next
+			return policy.Next()
 		case quarantine == "":
 			return policy.Deny(554, "5.7.1", "Message contains a virus")
 		}

@@ -199,11 +199,11 @@ func TestClamAVRules(t *testing.T) {
 		quarantine string
 		want       policy.Verdict
 	}{
-		{"clean", clean, false, "virus_q", policy.Next},
+		{"clean", clean, false, "virus_q", policy.Next()},
 		{"infected to quarantine", infected, false, "virus_q", policy.Quarantine("virus_q")},
 		{"infected refused", infected, false, "", policy.Deny(554, "5.7.1", "Message contains a virus")},
 		{"down", down, false, "virus_q", policy.Deny(451, "4.7.1", ReplyUnavailable.Text)},
-		{"down, fail-open", down, true, "virus_q", policy.Next},
+		{"down, fail-open", down, true, "virus_q", policy.Next()},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -220,7 +220,7 @@ func TestClamAVRules(t *testing.T) {
 	var got string
 	rule := ScanRule(&ClamAV{Address: infected}, func(_ context.Context, _ *policy.Transaction, _ *policy.Message, virus string) policy.Verdict {
 		got = virus
-		return policy.Accept
+		return policy.Accept()
 	})
 	v := rule(context.Background(), newTx("t", "a@sender.example", "b@rcpt.example"), newMessage(t, rawMessage("x", "body")))
 	assert.Equal(t, policy.KindAccept, v.Kind)

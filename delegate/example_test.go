@@ -39,7 +39,7 @@ func ExampleRule() {
 		if m.Header.Has("X-Virus-Infected") {
 			return policy.Quarantine("virus_q")
 		}
-		return policy.Next
+		return policy.Next()
 	}))
 	// ... hand chain to the smtp server.
 }

@@ -108,7 +108,7 @@ func TestIntegrationClamAV(t *testing.T) {
 			want      policy.Verdict
 			wantField string
 		}{
-			{"clean", "Just a clean message.\r\n..dot-stuffed line", policy.Next, "X-Virus-Scanned: ClamAV using ClamSMTP\r\n"},
+			{"clean", "Just a clean message.\r\n..dot-stuffed line", policy.Next(), "X-Virus-Scanned: ClamAV using ClamSMTP\r\n"},
 			{"eicar", "Here it is:\r\n" + eicar, policy.Quarantine("virus_q"), "X-Virus-Infected: Virus Detected!\r\n"},
 		}
 		for _, tc := range tests {
@@ -150,7 +150,7 @@ func TestIntegrationClamAV(t *testing.T) {
 				assert.Equal(t, policy.Quarantine("virus_q"), verdicts[i], "message %d: %v", i, verdicts[i].Err)
 				assert.Contains(t, bodies[i], "X-Virus-Infected: Virus Detected!\r\n")
 			} else {
-				assert.Equal(t, policy.Next, verdicts[i], "message %d: %v", i, verdicts[i].Err)
+				assert.Equal(t, policy.Next(), verdicts[i], "message %d: %v", i, verdicts[i].Err)
 				assert.Contains(t, bodies[i], "X-Virus-Scanned: ClamAV using ClamSMTP\r\n")
 			}
 			assert.Contains(t, bodies[i], fmt.Sprintf("Subject: subject %d\r\n", i), "message %d came back to its own transaction", i)
@@ -179,7 +179,7 @@ func TestIntegrationClamAV(t *testing.T) {
 
 				tx := newTx("s", "a@sender.example", "b@rcpt.example")
 				assert.Equal(t, policy.Quarantine("virus_q"), ClamAVRule(clam, "virus_q")(ctx, tx, newMessage(t, rawMessage("eicar", eicar))))
-				assert.Equal(t, policy.Next, ClamAVRule(clam, "virus_q")(ctx, tx, newMessage(t, rawMessage("clean", "fine"))))
+				assert.Equal(t, policy.Next(), ClamAVRule(clam, "virus_q")(ctx, tx, newMessage(t, rawMessage("clean", "fine"))))
 			})
 		}
 	})

@@ -36,7 +36,7 @@ func Rule(svc *Service, then policy.MessageRule) policy.MessageRule {
 			return svc.failed(ctx, tx, err)
 		}
 		if then == nil {
-			return policy.Next
+			return policy.Next()
 		}
 		return then(ctx, tx, m)
 	}
@@ -46,7 +46,7 @@ func (s *Service) failed(ctx context.Context, tx *policy.Transaction, err error)
 	attrs := []any{slog.String("tx", tx.ID), slog.Any("error", err)}
 	if s.FailOpen {
 		s.log().WarnContext(ctx, "delegation failed; fail-open: the message goes on unscanned", attrs...)
-		return policy.Next
+		return policy.Next()
 	}
 	s.log().InfoContext(ctx, "delegation failed; deferring the transaction", attrs...)
 	return policy.Deny(ReplyUnavailable.Code, ReplyUnavailable.Enhanced, ReplyUnavailable.Text).WithErr(err)

@@ -30,7 +30,7 @@ func virusRule(seen *[]string) policy.MessageRule {
 		if m.Header.Has("X-Virus-Infected") {
 			return policy.Quarantine("virus_q")
 		}
-		return policy.Next
+		return policy.Next()
 	}
 }
 
@@ -147,7 +147,7 @@ func TestRuleFailures(t *testing.T) {
 			start := time.Now()
 			v := Rule(svc, func(context.Context, *policy.Transaction, *policy.Message) policy.Verdict {
 				thenRan = true
-				return policy.Accept
+				return policy.Accept()
 			})(context.Background(), newTx("t", "a@sender.example", "b@rcpt.example"), m)
 			t.Logf("verdict %v after %s: %v", v, time.Since(start), v.Err)
 			assertUnavailable(t, v)

@@ -17,7 +17,7 @@ import (
 // (a comparison on what its stage sees) and saying Next, except the last
 // rcpt rule, which accepts.
 func benchChain() *policy.Chain {
-	c := policy.NewChain(policy.WithLogger(slog.New(slog.DiscardHandler)))
+	c := &policy.Chain{Logger: slog.New(slog.DiscardHandler)}
 	blocked := netip.MustParseAddr("203.0.113.66")
 	for i := range 10 {
 		n := fmt.Sprint(i)
@@ -25,50 +25,50 @@ func benchChain() *policy.Chain {
 			if conn.Remote.Addr() == blocked {
 				return policy.Deny(554, "5.7.1", "blocked")
 			}
-			return policy.Next
+			return policy.Next()
 		})
 		c.Helo("helo"+n, func(_ context.Context, _ *policy.Conn, helo string) policy.Verdict {
 			if helo == "" {
 				return policy.Deny(501, "5.5.4", "empty HELO")
 			}
-			return policy.Next
+			return policy.Next()
 		})
 		c.Auth("auth"+n, func(_ context.Context, _ *policy.Conn, a policy.AuthInfo) policy.Verdict {
 			if a.Identity == "mallory" {
 				return policy.Deny(535, "5.7.8", "no")
 			}
-			return policy.Next
+			return policy.Next()
 		})
 		c.Mail("mail"+n, func(_ context.Context, tx *policy.Transaction) policy.Verdict {
 			if tx.From.Domain == "spam.example" {
 				return policy.Deny(550, "5.7.1", "blocked")
 			}
-			return policy.Next
+			return policy.Next()
 		})
 		last := i == 9
 		c.Rcpt("rcpt"+n, func(_ context.Context, _ *policy.Transaction, r policy.Recipient) policy.Verdict {
 			if last && r.Addr.Domain == "example.com" {
-				return policy.Accept
+				return policy.Accept()
 			}
-			return policy.Next
+			return policy.Next()
 		})
 		c.PreQ("preq"+n, func(_ context.Context, _ *policy.Transaction, m *policy.Message) policy.Verdict {
 			if m.Header.Has("X-Virus-Infected") {
 				return policy.Quarantine("virus")
 			}
-			return policy.Next
+			return policy.Next()
 		})
 		c.PostQ("postq"+n, func(_ context.Context, _ *policy.Transaction, m *policy.Message) policy.Verdict {
 			if m.Header.Get("Subject") == "reject me" {
 				return policy.Deny(550, "5.7.1", "no")
 			}
-			return policy.Next
+			return policy.Next()
 		})
 		c.Delivery("delivery"+n, func(_ context.Context, _ *policy.Transaction, r policy.Recipient, route *policy.Route) policy.Verdict {
 			if last {
 				route.Transport, route.Target = "maildir", r.Addr.Local
 			}
-			return policy.Next
+			return policy.Next()
 		})
 	}
 	return c
@@ -125,8 +125,8 @@ func BenchmarkChain(b *testing.B) {
 // BenchmarkRule is the cost of one rule evaluation (deadline, trace,
 // observer-free).
 func BenchmarkRule(b *testing.B) {
-	c := policy.NewChain(policy.WithLogger(slog.New(slog.DiscardHandler)))
-	c.Mail("m", func(context.Context, *policy.Transaction) policy.Verdict { return policy.Next })
+	c := &policy.Chain{Logger: slog.New(slog.DiscardHandler)}
+	c.Mail("m", func(context.Context, *policy.Transaction) policy.Verdict { return policy.Next() })
 	tx := policy.NewTransaction(&policy.Conn{ID: "c"}, "t")
 	ctx := context.Background()
 	b.ReportAllocs()

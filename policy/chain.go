@@ -40,22 +40,22 @@ type (
 
 // ConnectAction makes a connect rule of fn that always goes on.
 func ConnectAction(fn func(ctx context.Context, c *Conn)) ConnectRule {
-	return func(ctx context.Context, c *Conn) Verdict { fn(ctx, c); return Next }
+	return func(ctx context.Context, c *Conn) Verdict { fn(ctx, c); return Next() }
 }
 
 // MailAction makes a mail rule of fn that always goes on.
 func MailAction(fn func(ctx context.Context, tx *Transaction)) MailRule {
-	return func(ctx context.Context, tx *Transaction) Verdict { fn(ctx, tx); return Next }
+	return func(ctx context.Context, tx *Transaction) Verdict { fn(ctx, tx); return Next() }
 }
 
 // RcptAction makes an rcpt rule of fn that always goes on.
 func RcptAction(fn func(ctx context.Context, tx *Transaction, rcpt Recipient)) RcptRule {
-	return func(ctx context.Context, tx *Transaction, rcpt Recipient) Verdict { fn(ctx, tx, rcpt); return Next }
+	return func(ctx context.Context, tx *Transaction, rcpt Recipient) Verdict { fn(ctx, tx, rcpt); return Next() }
 }
 
 // MessageAction makes a preq/postq rule of fn that always goes on.
 func MessageAction(fn func(ctx context.Context, tx *Transaction, m *Message)) MessageRule {
-	return func(ctx context.Context, tx *Transaction, m *Message) Verdict { fn(ctx, tx, m); return Next }
+	return func(ctx context.Context, tx *Transaction, m *Message) Verdict { fn(ctx, tx, m); return Next() }
 }
 
 // Decision is the trace of one rule's verdict, given to the observer and to
@@ -82,46 +82,49 @@ type Result struct {
 // Quarantine or Info).
 func (r Result) Accepted() bool { return r.Verdict.Kind != KindDeny }
 
-// Option configures a Chain.
-type Option func(*Chain)
+// defaultRcptDeny is the verdict for a recipient no rule accepted, when
+// Chain.RcptDefault is unset.
+var defaultRcptDeny = Verdict{Kind: KindDeny, Reply: Reply{Code: 554, Enhanced: "5.7.1", Text: "Relay access denied"}}
 
-// WithLogger sets the logger for decisions (debug level) and rule failures
-// (error level). The default is slog.Default().
-func WithLogger(l *slog.Logger) Option { return func(c *Chain) { c.log = l } }
-
-// WithObserver registers fn to be called after every rule with its decision,
-// for metrics or tracing. fn must be fast and safe for concurrent use.
-func WithObserver(fn func(Decision)) Option {
-	return func(c *Chain) { c.observers = append(c.observers, fn) }
-}
-
-// WithRuleTimeout bounds each rule's run; the rule's context is cancelled
-// after d (default 30s). A rule that ignores its context still runs to the
-// end, but its DNS lookups and delegations are cut short.
-func WithRuleTimeout(d time.Duration) Option { return func(c *Chain) { c.ruleTimeout = d } }
-
-// WithRcptDefault sets the verdict given to a recipient when every rcpt rule
-// said Next. The default denies with 554 5.7.1 "Relay access denied", so a
-// chain with no relay rule, or one that forgets a case, is never an open
-// relay. Only a rule returning Accept (or ForceAccept) admits a recipient.
-func WithRcptDefault(v Verdict) Option { return func(c *Chain) { c.rcptDefault = v } }
-
-// DefaultRcptDeny is the verdict for a recipient no rule accepted.
-var DefaultRcptDeny = Deny(554, "5.7.1", "Relay access denied")
+// defaultRuleTimeout bounds a rule's run when Chain.RuleTimeout is unset.
+const defaultRuleTimeout = 30 * time.Second
 
 type named[R any] struct {
 	name string
 	rule R
 }
 
-// Chain holds the rules of every stage and evaluates them. Register rules
-// while setting up, then share the Chain between sessions: evaluation is safe
-// for concurrent use, registration is not.
+// Chain holds the rules of every stage and evaluates them. Set its fields and
+// register rules while setting up, then share the Chain between sessions:
+// evaluation is safe for concurrent use, registration and changes to the
+// fields are not. The zero Chain is an empty chain ready for use, and so is
+// the one NewChain returns.
 //
 // Within a stage rules run in registration order until one decides (any
 // verdict but Next and Info). A rule that panics, or returns Fail, gives 451
 // 4.3.0 and an error log entry; a panic never reaches the server.
 type Chain struct {
+	// Logger receives decisions (debug level) and rule failures (error
+	// level). nil means slog.Default().
+	Logger *slog.Logger
+
+	// Observer, when set, is called after every rule with its decision, for
+	// metrics or tracing. It must be fast and safe for concurrent use.
+	Observer func(Decision)
+
+	// RuleTimeout bounds each rule's run: the rule's context is cancelled
+	// after it. Zero means 30 seconds. A rule that ignores its context
+	// still runs to the end, but its DNS lookups and delegations are cut
+	// short.
+	RuleTimeout time.Duration
+
+	// RcptDefault is the verdict given to a recipient when every rcpt rule
+	// said Next. The zero Verdict (Next) means the default: deny with 554
+	// 5.7.1 "Relay access denied", so a chain with no relay rule, or one
+	// that forgets a case, is never an open relay. Only a rule returning
+	// Accept (or ForceAccept) admits a recipient.
+	RcptDefault Verdict
+
 	connect  []named[ConnectRule]
 	helo     []named[HeloRule]
 	auth     []named[AuthRule]
@@ -131,25 +134,23 @@ type Chain struct {
 	postq    []named[MessageRule]
 	delivery []named[DeliveryRule]
 
-	log         *slog.Logger
-	observers   []func(Decision)
-	ruleTimeout time.Duration
-	rcptDefault Verdict
-	names       map[string]Stage
+	names map[string]Stage
 }
 
-// NewChain returns an empty chain.
-func NewChain(opts ...Option) *Chain {
-	c := &Chain{ruleTimeout: 30 * time.Second, rcptDefault: DefaultRcptDeny, names: map[string]Stage{}}
-	for _, o := range opts {
-		o(c)
+// NewChain returns an empty chain, the same as new(Chain).
+func NewChain() *Chain { return &Chain{} }
+
+func (c *Chain) logger() *slog.Logger {
+	if c.Logger != nil {
+		return c.Logger
 	}
-	if c.log == nil {
-		c.log = slog.Default()
-	}
-	return c
+	return slog.Default()
 }
 
+// Every registration method panics when name is empty or already names a
+// rule of the chain (in any stage): rule names are what logs, metrics and
+// traces report, so each must say which rule decided. Registration happens
+// while the program sets up, where a panic is a bug found at once.
 func (c *Chain) checkName(name string, s Stage) {
 	if name == "" {
 		panic("policy: rule registered without a name")
@@ -157,59 +158,71 @@ func (c *Chain) checkName(name string, s Stage) {
 	if prev, ok := c.names[name]; ok {
 		panic(fmt.Sprintf("policy: rule name %q registered twice (stages %s and %s)", name, prev, s))
 	}
+	if c.names == nil {
+		c.names = make(map[string]Stage)
+	}
 	c.names[name] = s
 }
 
-// Connect registers a connect rule.
+// Connect registers a connect rule under name, and returns c.
+// It panics if name is empty or already registered.
 func (c *Chain) Connect(name string, r ConnectRule) *Chain {
 	c.checkName(name, StageConnect)
 	c.connect = append(c.connect, named[ConnectRule]{name, r})
 	return c
 }
 
-// Helo registers a helo rule.
+// Helo registers a helo rule under name, and returns c.
+// It panics if name is empty or already registered.
 func (c *Chain) Helo(name string, r HeloRule) *Chain {
 	c.checkName(name, StageHelo)
 	c.helo = append(c.helo, named[HeloRule]{name, r})
 	return c
 }
 
-// Auth registers an auth rule.
+// Auth registers an auth rule under name, and returns c.
+// It panics if name is empty or already registered.
 func (c *Chain) Auth(name string, r AuthRule) *Chain {
 	c.checkName(name, StageAuth)
 	c.auth = append(c.auth, named[AuthRule]{name, r})
 	return c
 }
 
-// Mail registers a mail rule.
+// Mail registers a mail rule under name, and returns c.
+// It panics if name is empty or already registered.
 func (c *Chain) Mail(name string, r MailRule) *Chain {
 	c.checkName(name, StageMail)
 	c.mail = append(c.mail, named[MailRule]{name, r})
 	return c
 }
 
-// Rcpt registers an rcpt rule.
+// Rcpt registers an rcpt rule under name, and returns c.
+// It panics if name is empty or already registered.
 func (c *Chain) Rcpt(name string, r RcptRule) *Chain {
 	c.checkName(name, StageRcpt)
 	c.rcpt = append(c.rcpt, named[RcptRule]{name, r})
 	return c
 }
 
-// PreQ registers a rule that runs after DATA, before the message is queued.
+// PreQ registers a rule that runs after DATA, before the message is queued,
+// under name, and returns c. It panics if name is empty or already
+// registered.
 func (c *Chain) PreQ(name string, r MessageRule) *Chain {
 	c.checkName(name, StagePreQ)
 	c.preq = append(c.preq, named[MessageRule]{name, r})
 	return c
 }
 
-// PostQ registers a rule that runs after the message is queued.
+// PostQ registers a rule that runs after the message is queued, under name,
+// and returns c. It panics if name is empty or already registered.
 func (c *Chain) PostQ(name string, r MessageRule) *Chain {
 	c.checkName(name, StagePostQ)
 	c.postq = append(c.postq, named[MessageRule]{name, r})
 	return c
 }
 
-// Delivery registers a delivery rule.
+// Delivery registers a delivery rule under name, and returns c.
+// It panics if name is empty or already registered.
 func (c *Chain) Delivery(name string, r DeliveryRule) *Chain {
 	c.checkName(name, StageDelivery)
 	c.delivery = append(c.delivery, named[DeliveryRule]{name, r})
@@ -303,9 +316,13 @@ func (c *Chain) invoke(ctx context.Context, s Stage, name, connID, txID string, 
 	// the caller's (the session's) comes first, and start no timer unless
 	// the rule waits on its context (lazyctx).
 	rctx := ctx
-	if dl, ok := ctx.Deadline(); !ok || dl.Sub(start) > c.ruleTimeout {
+	timeout := c.RuleTimeout
+	if timeout <= 0 {
+		timeout = defaultRuleTimeout
+	}
+	if dl, ok := ctx.Deadline(); !ok || dl.Sub(start) > timeout {
 		var cancel context.CancelFunc
-		rctx, cancel = lazyctx.WithDeadline(ctx, start.Add(c.ruleTimeout))
+		rctx, cancel = lazyctx.WithDeadline(ctx, start.Add(timeout))
 		defer cancel()
 	}
 	func() {
@@ -334,12 +351,12 @@ func (c *Chain) invoke(ctx context.Context, s Stage, name, connID, txID string, 
 	// The attributes are built only when a record is written: a chain of
 	// many rules must not pay for debug logging that is off.
 	if v.Err != nil {
-		c.log.LogAttrs(ctx, slog.LevelError, "rule failed", append(decisionAttrs(s, name, v, d, connID, txID), slog.String("error", v.Err.Error()))...)
-	} else if c.log.Enabled(ctx, slog.LevelDebug) {
-		c.log.LogAttrs(ctx, slog.LevelDebug, "rule", decisionAttrs(s, name, v, d, connID, txID)...)
+		c.logger().LogAttrs(ctx, slog.LevelError, "rule failed", append(decisionAttrs(s, name, v, d, connID, txID), slog.String("error", v.Err.Error()))...)
+	} else if l := c.logger(); l.Enabled(ctx, slog.LevelDebug) {
+		l.LogAttrs(ctx, slog.LevelDebug, "rule", decisionAttrs(s, name, v, d, connID, txID)...)
 	}
-	for _, o := range c.observers {
-		o(Decision{Stage: s, Rule: name, Verdict: v, Duration: d, ConnID: connID, TxID: txID})
+	if c.Observer != nil {
+		c.Observer(Decision{Stage: s, Rule: name, Verdict: v, Duration: d, ConnID: connID, TxID: txID})
 	}
 	return v
 }
@@ -397,9 +414,9 @@ func skipVerdict(forceAccepted bool, quarantine string) Verdict {
 	case quarantine != "":
 		return Quarantine(quarantine)
 	case forceAccepted:
-		return ForceAccept
+		return ForceAccept()
 	}
-	return Next
+	return Next()
 }
 
 // EvalConnect runs the connect rules. A deny means: send Reply as the
@@ -443,11 +460,14 @@ func (c *Chain) EvalRcpt(ctx context.Context, tx *Transaction, rcpt Recipient) R
 		// Quarantine is about the message, not about who may receive it:
 		// the rcpt rules still decide each recipient, so that releasing
 		// the message later never relays to a recipient no rule accepted.
-		skip = Next
+		skip = Next()
 	}
 	r := run(ctx, c, StageRcpt, c.rcpt, skip, connID(tx), tx.ID, func(ctx context.Context, rule RcptRule) Verdict { return rule(ctx, tx, rcpt) })
 	if skip.Kind == KindNext && r.Rule == "" && r.Verdict.Kind == KindNext {
-		r.Verdict, r.Rule = c.rcptDefault, "(default)"
+		r.Verdict, r.Rule = c.RcptDefault, "(default)"
+		if r.Verdict.Kind == KindNext {
+			r.Verdict = defaultRcptDeny
+		}
 		if r.Verdict.Kind == KindDeny {
 			r.Reply = r.Verdict.Reply
 		}

@@ -140,51 +140,51 @@ func TestChainVerdicts(t *testing.T) {
 		failLog   string
 	}{
 		{name: "no rules", wantKind: policy.KindNext, rcptDeny: true},
-		{name: "all next", verdicts: []policy.Verdict{policy.Next, policy.Next}, wantKind: policy.KindNext, wantRan: 2, rcptDeny: true},
-		{name: "accept skips the rest", verdicts: []policy.Verdict{policy.Accept, policy.Next, policy.Deny(550, "5.7.1", "No")},
+		{name: "all next", verdicts: []policy.Verdict{policy.Next(), policy.Next()}, wantKind: policy.KindNext, wantRan: 2, rcptDeny: true},
+		{name: "accept skips the rest", verdicts: []policy.Verdict{policy.Accept(), policy.Next(), policy.Deny(550, "5.7.1", "No")},
 			wantKind: policy.KindAccept, wantRule: "r0", wantRan: 1},
-		{name: "next then accept", verdicts: []policy.Verdict{policy.Next, policy.Accept, policy.Next},
+		{name: "next then accept", verdicts: []policy.Verdict{policy.Next(), policy.Accept(), policy.Next()},
 			wantKind: policy.KindAccept, wantRule: "r1", wantRan: 2},
 		{name: "accept with reply", verdicts: []policy.Verdict{{Kind: policy.KindAccept, Reply: custom}},
 			wantKind: policy.KindAccept, wantRule: "r0", wantReply: custom, wantRan: 1},
 		{name: "accept with error reply keeps default", verdicts: []policy.Verdict{{Kind: policy.KindAccept, Reply: replyDeny}},
 			wantKind: policy.KindAccept, wantRule: "r0", wantRan: 1},
-		{name: "force accept", verdicts: []policy.Verdict{policy.ForceAccept, policy.Deny(550, "5.7.1", "No")},
+		{name: "force accept", verdicts: []policy.Verdict{policy.ForceAccept(), policy.Deny(550, "5.7.1", "No")},
 			wantKind: policy.KindForceAccept, wantRule: "r0", wantRan: 1},
-		{name: "deny", verdicts: []policy.Verdict{policy.Next, policy.Deny(550, "5.7.1", "No"), policy.Accept},
+		{name: "deny", verdicts: []policy.Verdict{policy.Next(), policy.Deny(550, "5.7.1", "No"), policy.Accept()},
 			wantKind: policy.KindDeny, wantRule: "r1", wantReply: replyDeny, wantRan: 2},
 		{name: "defer", verdicts: []policy.Verdict{policy.Defer("4.7.1", "Later")},
 			wantKind: policy.KindDeny, wantRule: "r0", wantReply: policy.Reply{Code: 451, Enhanced: "4.7.1", Text: "Later"}, wantRan: 1},
-		{name: "info then next", verdicts: []policy.Verdict{policy.Info(250, "2.1.0", "Sender OK, SPF pass"), policy.Next},
+		{name: "info then next", verdicts: []policy.Verdict{policy.Info(250, "2.1.0", "Sender OK, SPF pass"), policy.Next()},
 			wantKind: policy.KindNext, wantReply: replyInfo, wantRan: 2, rcptDeny: true},
-		{name: "info then accept", verdicts: []policy.Verdict{policy.Info(250, "2.1.0", "Sender OK, SPF pass"), policy.Accept},
+		{name: "info then accept", verdicts: []policy.Verdict{policy.Info(250, "2.1.0", "Sender OK, SPF pass"), policy.Accept()},
 			wantKind: policy.KindAccept, wantRule: "r1", wantReply: replyInfo, wantRan: 2},
 		{name: "info then deny", verdicts: []policy.Verdict{policy.Info(250, "2.1.0", "Sender OK, SPF pass"), policy.Deny(550, "5.7.1", "No")},
 			wantKind: policy.KindDeny, wantRule: "r1", wantReply: replyDeny, wantRan: 2},
-		{name: "info with error code is ignored", verdicts: []policy.Verdict{policy.Info(550, "5.0.0", "x"), policy.Accept},
+		{name: "info with error code is ignored", verdicts: []policy.Verdict{policy.Info(550, "5.0.0", "x"), policy.Accept()},
 			wantKind: policy.KindAccept, wantRule: "r1", wantRan: 2},
 		{name: "quarantine", verdicts: []policy.Verdict{policy.Quarantine("spam"), policy.Deny(550, "5.7.1", "No")},
 			wantKind: policy.KindQuarantine, wantRule: "r0", wantRan: 1},
-		{name: "fail", verdicts: []policy.Verdict{policy.Fail(errors.New("db down")), policy.Accept},
-			wantKind: policy.KindDeny, wantRule: "r0", wantReply: policy.ReplyInternalError, wantRan: 1, failLog: "db down"},
-		{name: "panic", verdicts: []policy.Verdict{policy.Next, policy.Accept, policy.Accept}, // r1 panics
-			wantKind: policy.KindDeny, wantRule: "r1", wantReply: policy.ReplyInternalError, wantRan: 2, failLog: "panicked: boom"},
-		{name: "deny with 2xx code", verdicts: []policy.Verdict{policy.Deny(250, "2.0.0", "oops"), policy.Accept},
-			wantKind: policy.KindDeny, wantRule: "r0", wantReply: policy.ReplyInternalError, wantRan: 1, failLog: "non-error code 250"},
+		{name: "fail", verdicts: []policy.Verdict{policy.Fail(errors.New("db down")), policy.Accept()},
+			wantKind: policy.KindDeny, wantRule: "r0", wantReply: policy.Fail(nil).Reply, wantRan: 1, failLog: "db down"},
+		{name: "panic", verdicts: []policy.Verdict{policy.Next(), policy.Accept(), policy.Accept()}, // r1 panics
+			wantKind: policy.KindDeny, wantRule: "r1", wantReply: policy.Fail(nil).Reply, wantRan: 2, failLog: "panicked: boom"},
+		{name: "deny with 2xx code", verdicts: []policy.Verdict{policy.Deny(250, "2.0.0", "oops"), policy.Accept()},
+			wantKind: policy.KindDeny, wantRule: "r0", wantReply: policy.Fail(nil).Reply, wantRan: 1, failLog: "non-error code 250"},
 		{name: "hand-made deny without reply", verdicts: []policy.Verdict{{Kind: policy.KindDeny}},
-			wantKind: policy.KindDeny, wantRule: "r0", wantReply: policy.ReplyInternalError, wantRan: 1, failLog: "not a 4xx or 5xx"},
+			wantKind: policy.KindDeny, wantRule: "r0", wantReply: policy.Fail(nil).Reply, wantRan: 1, failLog: "not a 4xx or 5xx"},
 		{name: "hand-made deny with 2xx reply", verdicts: []policy.Verdict{{Kind: policy.KindDeny, Reply: custom, Err: errors.New("cause")}},
-			wantKind: policy.KindDeny, wantRule: "r0", wantReply: policy.ReplyInternalError, wantRan: 1, failLog: "cause"},
+			wantKind: policy.KindDeny, wantRule: "r0", wantReply: policy.Fail(nil).Reply, wantRan: 1, failLog: "cause"},
 		{name: "quarantine without a queue", verdicts: []policy.Verdict{policy.Quarantine("")},
-			wantKind: policy.KindDeny, wantRule: "r0", wantReply: policy.ReplyInternalError, wantRan: 1, failLog: "without a queue name"},
+			wantKind: policy.KindDeny, wantRule: "r0", wantReply: policy.Fail(nil).Reply, wantRan: 1, failLog: "without a queue name"},
 		{name: "unknown kind", verdicts: []policy.Verdict{{Kind: policy.Kind(42)}},
-			wantKind: policy.KindDeny, wantRule: "r0", wantReply: policy.ReplyInternalError, wantRan: 1, failLog: "unknown verdict kind"},
+			wantKind: policy.KindDeny, wantRule: "r0", wantReply: policy.Fail(nil).Reply, wantRan: 1, failLog: "unknown verdict kind"},
 	}
 	for _, s := range policy.Stages() {
 		for _, tt := range tests {
 			t.Run(s.String()+"/"+tt.name, func(t *testing.T) {
 				var logs logCapture
-				c := policy.NewChain(policy.WithLogger(logs.logger()))
+				c := &policy.Chain{Logger: logs.logger()}
 				ran := 0
 				for i, v := range tt.verdicts {
 					panics := tt.name == "panic" && i == 1
@@ -241,28 +241,28 @@ func TestChainVerdicts(t *testing.T) {
 func TestRcptDefault(t *testing.T) {
 	tests := []struct {
 		name     string
-		opts     []policy.Option
+		def      policy.Verdict
 		rules    []policy.Verdict
 		wantKind policy.Kind
 		wantRule string
 		reply    policy.Reply
 	}{
 		{name: "no rules denies", wantKind: policy.KindDeny, wantRule: "(default)", reply: replyRcptDef},
-		{name: "actions only deny", rules: []policy.Verdict{policy.Next, policy.Next}, wantKind: policy.KindDeny, wantRule: "(default)", reply: replyRcptDef},
+		{name: "actions only deny", rules: []policy.Verdict{policy.Next(), policy.Next()}, wantKind: policy.KindDeny, wantRule: "(default)", reply: replyRcptDef},
 		{name: "info does not admit", rules: []policy.Verdict{policy.Info(250, "2.1.5", "fine")}, wantKind: policy.KindDeny, wantRule: "(default)", reply: replyRcptDef},
-		{name: "accept admits", rules: []policy.Verdict{policy.Next, policy.Accept}, wantKind: policy.KindAccept, wantRule: "r1", reply: policy.DefaultReply(policy.StageRcpt)},
-		{name: "WithRcptDefault accept", opts: []policy.Option{policy.WithRcptDefault(policy.Accept)},
-			rules: []policy.Verdict{policy.Next}, wantKind: policy.KindAccept, wantRule: "(default)", reply: policy.DefaultReply(policy.StageRcpt)},
-		{name: "WithRcptDefault accept keeps info reply", opts: []policy.Option{policy.WithRcptDefault(policy.Accept)},
+		{name: "accept admits", rules: []policy.Verdict{policy.Next(), policy.Accept()}, wantKind: policy.KindAccept, wantRule: "r1", reply: policy.DefaultReply(policy.StageRcpt)},
+		{name: "RcptDefault accept", def: policy.Accept(),
+			rules: []policy.Verdict{policy.Next()}, wantKind: policy.KindAccept, wantRule: "(default)", reply: policy.DefaultReply(policy.StageRcpt)},
+		{name: "RcptDefault accept keeps info reply", def: policy.Accept(),
 			rules: []policy.Verdict{policy.Info(250, "2.1.5", "fine")}, wantKind: policy.KindAccept, wantRule: "(default)", reply: policy.Reply{Code: 250, Enhanced: "2.1.5", Text: "fine"}},
-		{name: "WithRcptDefault temporary", opts: []policy.Option{policy.WithRcptDefault(policy.Defer("4.7.1", "Greylisted"))},
+		{name: "RcptDefault temporary", def: policy.Defer("4.7.1", "Greylisted"),
 			wantKind: policy.KindDeny, wantRule: "(default)", reply: policy.Reply{Code: 451, Enhanced: "4.7.1", Text: "Greylisted"}},
-		{name: "WithRcptDefault does not override a rule", opts: []policy.Option{policy.WithRcptDefault(policy.Accept)},
+		{name: "RcptDefault does not override a rule", def: policy.Accept(),
 			rules: []policy.Verdict{policy.Deny(550, "5.1.1", "Unknown user")}, wantKind: policy.KindDeny, wantRule: "r0", reply: policy.Reply{Code: 550, Enhanced: "5.1.1", Text: "Unknown user"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := policy.NewChain(append([]policy.Option{policy.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))}, tt.opts...)...)
+			c := &policy.Chain{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), RcptDefault: tt.def}
 			for i, v := range tt.rules {
 				addRule(c, policy.StageRcpt, fmt.Sprintf("r%d", i), func(context.Context) policy.Verdict { return v })
 			}
@@ -287,12 +287,12 @@ type stageRun struct {
 
 func runStages(t *testing.T, verdicts map[policy.Stage]policy.Verdict, rcpts int) *stageRun {
 	t.Helper()
-	c := policy.NewChain(policy.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	c := &policy.Chain{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	sr := &stageRun{ran: map[policy.Stage]int{}, results: map[policy.Stage]policy.Result{}}
 	for _, s := range policy.Stages() {
 		v, ok := verdicts[s]
 		if !ok && s == policy.StageRcpt {
-			v = policy.Accept
+			v = policy.Accept()
 		}
 		addRule(c, s, s.String(), func(context.Context) policy.Verdict { sr.ran[s]++; return v })
 	}
@@ -332,7 +332,7 @@ func TestVerdictsAcrossStages(t *testing.T) {
 	}
 	for _, s := range all {
 		t.Run("force accept at "+s.String(), func(t *testing.T) {
-			sr := runStages(t, map[policy.Stage]policy.Verdict{s: policy.ForceAccept}, 2)
+			sr := runStages(t, map[policy.Stage]policy.Verdict{s: policy.ForceAccept()}, 2)
 			assert.Equal(t, 1, sr.ran[s])
 			assert.Equal(t, policy.KindForceAccept, sr.results[s].Verdict.Kind)
 			for _, later := range filtering(after(s)) {
@@ -380,7 +380,7 @@ func TestVerdictsAcrossStages(t *testing.T) {
 			assert.False(t, sr.tx.ForceAccepted())
 		})
 		t.Run("accept at "+s.String()+" skips nothing later", func(t *testing.T) {
-			sr := runStages(t, map[policy.Stage]policy.Verdict{s: policy.Accept}, 2)
+			sr := runStages(t, map[policy.Stage]policy.Verdict{s: policy.Accept()}, 2)
 			for _, st := range all {
 				want := 1
 				if st == policy.StageRcpt {
@@ -400,16 +400,16 @@ func TestConnectionAndTransactionScope(t *testing.T) {
 	var mailRuns int
 	c.Connect("trusted", func(_ context.Context, conn *policy.Conn) policy.Verdict {
 		if conn.Remote.Addr().IsLoopback() {
-			return policy.ForceAccept
+			return policy.ForceAccept()
 		}
-		return policy.Next
+		return policy.Next()
 	})
 	c.Mail("first-tx-only", func(_ context.Context, tx *policy.Transaction) policy.Verdict {
 		mailRuns++
 		if tx.ID == "t1" {
-			return policy.ForceAccept
+			return policy.ForceAccept()
 		}
-		return policy.Next
+		return policy.Next()
 	})
 	c.Rcpt("deny-all", func(context.Context, *policy.Transaction, policy.Recipient) policy.Verdict {
 		return policy.Deny(550, "5.7.1", "No")
@@ -445,9 +445,9 @@ func TestForceAcceptAtRcptAdmitsLaterRecipients(t *testing.T) {
 	c := policy.NewChain()
 	c.Rcpt("postmaster", func(_ context.Context, _ *policy.Transaction, r policy.Recipient) policy.Verdict {
 		if strings.EqualFold(r.Addr.Local, "postmaster") {
-			return policy.ForceAccept
+			return policy.ForceAccept()
 		}
-		return policy.Next
+		return policy.Next()
 	})
 	ctx := context.Background()
 	tx := policy.NewTransaction(&policy.Conn{ID: "c"}, "t")
@@ -463,7 +463,7 @@ func TestEvalHeloSetsHelo(t *testing.T) {
 	var seen string
 	c.Helo("h", func(_ context.Context, conn *policy.Conn, helo string) policy.Verdict {
 		seen = conn.Helo + "|" + helo
-		return policy.Next
+		return policy.Next()
 	})
 	conn := &policy.Conn{}
 	c.EvalHelo(context.Background(), conn, "mx.example.org")
@@ -476,20 +476,20 @@ func TestRulesSeeTheirStage(t *testing.T) {
 	var got []string
 	c.Auth("a", func(_ context.Context, _ *policy.Conn, a policy.AuthInfo) policy.Verdict {
 		got = append(got, a.Mechanism+":"+a.Identity)
-		return policy.Next
+		return policy.Next()
 	})
 	c.Rcpt("r", func(_ context.Context, tx *policy.Transaction, r policy.Recipient) policy.Verdict {
 		got = append(got, fmt.Sprintf("%s->%s (%d before)", tx.From, r.Addr, len(tx.Rcpts)))
-		return policy.Accept
+		return policy.Accept()
 	})
 	c.PreQ("p", func(_ context.Context, _ *policy.Transaction, m *policy.Message) policy.Verdict {
 		got = append(got, m.Header.Get("Subject"))
 		m.Header.Add("X-Seen", "preq")
-		return policy.Next
+		return policy.Next()
 	})
 	c.Delivery("d", func(_ context.Context, _ *policy.Transaction, r policy.Recipient, route *policy.Route) policy.Verdict {
 		route.Transport, route.Target = "maildir", r.Addr.Local
-		return policy.Next
+		return policy.Next()
 	})
 	ctx := context.Background()
 	e := newEnv(t)
@@ -528,7 +528,7 @@ func TestActionsNeverDecide(t *testing.T) {
 }
 
 func TestRuleNames(t *testing.T) {
-	noop := func(context.Context, *policy.Transaction) policy.Verdict { return policy.Next }
+	noop := func(context.Context, *policy.Transaction) policy.Verdict { return policy.Next() }
 	tests := []struct {
 		name string
 		reg  func(c *policy.Chain)
@@ -536,7 +536,7 @@ func TestRuleNames(t *testing.T) {
 		{"same stage", func(c *policy.Chain) { c.Mail("x", noop).Mail("x", noop) }},
 		{"across stages", func(c *policy.Chain) {
 			c.Mail("x", noop)
-			c.Connect("x", func(context.Context, *policy.Conn) policy.Verdict { return policy.Next })
+			c.Connect("x", func(context.Context, *policy.Conn) policy.Verdict { return policy.Next() })
 		}},
 		{"empty name", func(c *policy.Chain) { c.Mail("", noop) }},
 	}
@@ -549,7 +549,7 @@ func TestRuleNames(t *testing.T) {
 	for _, s := range policy.Stages() {
 		assert.Empty(t, c.Rules(s))
 		for _, n := range []string{"a", "b"} {
-			addRule(c, s, s.String()+"-"+n, func(context.Context) policy.Verdict { return policy.Next })
+			addRule(c, s, s.String()+"-"+n, func(context.Context) policy.Verdict { return policy.Next() })
 		}
 	}
 	for _, s := range policy.Stages() {
@@ -560,28 +560,24 @@ func TestRuleNames(t *testing.T) {
 
 func TestRuleTimeout(t *testing.T) {
 	var decisions []policy.Decision
-	c := policy.NewChain(
-		policy.WithRuleTimeout(20*time.Millisecond),
-		policy.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))),
-		policy.WithObserver(func(d policy.Decision) { decisions = append(decisions, d) }),
-	)
+	c := &policy.Chain{RuleTimeout: 20 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Observer: func(d policy.Decision) { decisions = append(decisions, d) }}
 	c.Mail("slow-dns", func(ctx context.Context, _ *policy.Transaction) policy.Verdict {
 		select {
 		case <-ctx.Done():
 			return policy.Fail(ctx.Err())
 		case <-time.After(10 * time.Second):
-			return policy.Accept
+			return policy.Accept()
 		}
 	})
 	c.Mail("after", func(ctx context.Context, _ *policy.Transaction) policy.Verdict {
 		if ctx.Err() != nil {
 			return policy.Fail(ctx.Err())
 		}
-		return policy.Next
+		return policy.Next()
 	})
 	e := newEnv(t)
 	r := c.EvalMail(context.Background(), e.tx)
-	assert.Equal(t, policy.ReplyInternalError, r.Reply)
+	assert.Equal(t, policy.Fail(nil).Reply, r.Reply)
 	assert.Equal(t, "slow-dns", r.Rule)
 	require.Len(t, decisions, 1)
 	assert.ErrorIs(t, decisions[0].Verdict.Err, context.DeadlineExceeded)
@@ -597,15 +593,14 @@ func TestRuleTimeout(t *testing.T) {
 // TestRuleTimeoutPolled: a rule that never waits on Done but checks Err
 // (its deadline's timer never starts, see lazyctx) still runs out of time.
 func TestRuleTimeoutPolled(t *testing.T) {
-	c := policy.NewChain(policy.WithRuleTimeout(20*time.Millisecond),
-		policy.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	c := &policy.Chain{RuleTimeout: 20 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	c.Mail("busy", func(ctx context.Context, _ *policy.Transaction) policy.Verdict {
 		for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(time.Millisecond) {
 			if err := ctx.Err(); err != nil {
 				return policy.Fail(err)
 			}
 		}
-		return policy.Accept
+		return policy.Accept()
 	})
 	r := c.EvalMail(context.Background(), newEnv(t).tx)
 	assert.Equal(t, "busy", r.Rule)
@@ -618,23 +613,20 @@ func TestObserverAndLog(t *testing.T) {
 		decisions []policy.Decision
 		logs      logCapture
 	)
-	c := policy.NewChain(
-		policy.WithLogger(logs.logger()),
-		policy.WithObserver(func(d policy.Decision) { mu.Lock(); decisions = append(decisions, d); mu.Unlock() }),
-	)
+	c := &policy.Chain{Logger: logs.logger(), Observer: func(d policy.Decision) { mu.Lock(); decisions = append(decisions, d); mu.Unlock() }}
 	c.Connect("slow", func(context.Context, *policy.Conn) policy.Verdict {
 		time.Sleep(5 * time.Millisecond)
-		return policy.Next
+		return policy.Next()
 	})
 	c.Mail("spf", func(context.Context, *policy.Transaction) policy.Verdict {
 		return policy.Info(250, "2.1.0", "SPF pass")
 	})
-	c.Rcpt("relay", func(context.Context, *policy.Transaction, policy.Recipient) policy.Verdict { return policy.Accept })
-	c.Rcpt("never", func(context.Context, *policy.Transaction, policy.Recipient) policy.Verdict { return policy.Next })
+	c.Rcpt("relay", func(context.Context, *policy.Transaction, policy.Recipient) policy.Verdict { return policy.Accept() })
+	c.Rcpt("never", func(context.Context, *policy.Transaction, policy.Recipient) policy.Verdict { return policy.Next() })
 	c.PreQ("av", func(context.Context, *policy.Transaction, *policy.Message) policy.Verdict {
 		return policy.Quarantine("virus")
 	})
-	c.PostQ("skipped", func(context.Context, *policy.Transaction, *policy.Message) policy.Verdict { return policy.Next })
+	c.PostQ("skipped", func(context.Context, *policy.Transaction, *policy.Message) policy.Verdict { return policy.Next() })
 
 	ctx := context.Background()
 	e := newEnv(t)
@@ -684,8 +676,8 @@ func TestObserverAndLog(t *testing.T) {
 // With the logger at info level, decisions are not logged, failures are.
 func TestLogLevels(t *testing.T) {
 	var buf bytes.Buffer
-	c := policy.NewChain(policy.WithLogger(slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))))
-	c.Mail("ok", func(context.Context, *policy.Transaction) policy.Verdict { return policy.Next })
+	c := &policy.Chain{Logger: slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))}
+	c.Mail("ok", func(context.Context, *policy.Transaction) policy.Verdict { return policy.Next() })
 	c.Mail("bad", func(context.Context, *policy.Transaction) policy.Verdict {
 		return policy.Fail(errors.New("ldap unreachable"))
 	})
@@ -701,14 +693,14 @@ func TestLogLevels(t *testing.T) {
 func TestChainConcurrent(t *testing.T) {
 	var mu sync.Mutex
 	count := 0
-	c := policy.NewChain(policy.WithObserver(func(policy.Decision) { mu.Lock(); count++; mu.Unlock() }))
-	c.Connect("c", func(context.Context, *policy.Conn) policy.Verdict { return policy.Next })
-	c.Mail("m", func(context.Context, *policy.Transaction) policy.Verdict { return policy.Next })
+	c := &policy.Chain{Observer: func(policy.Decision) { mu.Lock(); count++; mu.Unlock() }}
+	c.Connect("c", func(context.Context, *policy.Conn) policy.Verdict { return policy.Next() })
+	c.Mail("m", func(context.Context, *policy.Transaction) policy.Verdict { return policy.Next() })
 	c.Rcpt("r", func(_ context.Context, _ *policy.Transaction, r policy.Recipient) policy.Verdict {
 		if r.Addr.Domain == "example.com" {
-			return policy.Accept
+			return policy.Accept()
 		}
-		return policy.Next
+		return policy.Next()
 	})
 	const workers, per = 8, 200
 	var wg sync.WaitGroup
@@ -734,9 +726,9 @@ func TestVerdictAndReplyStrings(t *testing.T) {
 		str     string
 		decides bool
 	}{
-		{policy.Next, "next", false},
-		{policy.Accept, "accept", true},
-		{policy.ForceAccept, "force_accept", true},
+		{policy.Next(), "next", false},
+		{policy.Accept(), "accept", true},
+		{policy.ForceAccept(), "force_accept", true},
 		{policy.Deny(550, "5.7.1", "No"), "deny(550 5.7.1 No)", true},
 		{policy.Defer("4.7.1", "Later"), "deny(451 4.7.1 Later)", true},
 		{policy.Fail(errors.New("x")), "deny(451 4.3.0 Internal error, try again later)", true},
@@ -784,15 +776,15 @@ func joinStages(ss []policy.Stage) string {
 // recipient among three refused, the others delivered.
 func TestChainThroughPolicytest(t *testing.T) {
 	rec := &policytest.Recorder{}
-	c := policy.NewChain(rec.Option())
+	c := &policy.Chain{Observer: rec.Observe}
 	c.Rcpt("known-users", func(_ context.Context, _ *policy.Transaction, r policy.Recipient) policy.Verdict {
 		switch r.Addr.Local {
 		case "alice", "bob":
-			return policy.Accept
+			return policy.Accept()
 		case "gone":
 			return policy.Deny(550, "5.1.1", "No such user")
 		}
-		return policy.Next
+		return policy.Next()
 	})
 	out, err := policytest.Run(context.Background(), c, policytest.Session{
 		From:  "sender@example.org",
@@ -810,13 +802,13 @@ func TestChainThroughPolicytest(t *testing.T) {
 // recipients decided by the rcpt rules, so releasing the message later can
 // never relay to a recipient no rule accepted.
 func TestQuarantineIsNoRelay(t *testing.T) {
-	c := policy.NewChain(policy.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	c := &policy.Chain{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	c.Mail("suspicious", func(context.Context, *policy.Transaction) policy.Verdict { return policy.Quarantine("review") })
 	c.Rcpt("local-only", func(_ context.Context, _ *policy.Transaction, r policy.Recipient) policy.Verdict {
 		if r.Addr.Domain == "example.com" {
-			return policy.Accept
+			return policy.Accept()
 		}
-		return policy.Next
+		return policy.Next()
 	})
 	tx := policy.NewTransaction(&policy.Conn{ID: "c1"}, "t1")
 	ctx := context.Background()

@@ -35,7 +35,7 @@
 // A rule that panics counts as Fail.
 //
 // When every rule of a stage says Next, the stage accepts, except rcpt: a
-// recipient no rule accepted is refused with 554 5.7.1 (WithRcptDefault
+// recipient no rule accepted is refused with 554 5.7.1 (Chain.RcptDefault
 // changes it). A chain that forgets its relay rule is therefore closed, not
 // open.
 //

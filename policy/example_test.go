@@ -20,16 +20,16 @@ func ExampleChain() {
 	})
 	chain.Rcpt("local-domains", func(_ context.Context, _ *policy.Transaction, r policy.Recipient) policy.Verdict {
 		if r.Addr.Domain == "example.com" {
-			return policy.Accept
+			return policy.Accept()
 		}
-		return policy.Next // no rule accepts: the default denies
+		return policy.Next() // no rule accepts: the default denies
 	})
 	chain.PreQ("no-exe", func(_ context.Context, _ *policy.Transaction, m *policy.Message) policy.Verdict {
 		if strings.Contains(m.Header.Get("Content-Type"), ".exe") {
 			return policy.Deny(554, "5.7.1", "Executables are not accepted")
 		}
 		m.Header.Add("X-Checked", "no-exe")
-		return policy.Next
+		return policy.Next()
 	})
 
 	ctx := context.Background()

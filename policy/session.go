@@ -3,6 +3,8 @@ package policy
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
+	"fmt"
 	"net"
 	"net/netip"
 	"time"
@@ -105,7 +107,7 @@ type Transaction struct {
 
 	forceAccepted bool
 	quarantine    string
-	values        map[any]any
+	values        map[string]any
 }
 
 // NewTransaction starts a transaction on conn, inheriting the force-accept
@@ -132,35 +134,83 @@ func (tx *Transaction) Quarantine() string { return tx.quarantine }
 // SetQuarantine chooses a quarantine queue for the transaction.
 func (tx *Transaction) SetQuarantine(q string) { tx.quarantine = q }
 
-// Key is a typed key for values rules attach to a transaction, so a rule can
-// leave a result for a later one (the SPF result for DMARC). Values live in
-// memory with the transaction; what must survive queueing belongs in a
-// header.
-type Key[T any] struct{ name string }
+// Key names a typed value that rules attach to a transaction, so that a rule
+// leaves a result for a later one (the SPF result of mail for DMARC at
+// postq). Declare keys as constants, named after their package so that two
+// packages never share one:
+//
+//	const greylistKey policy.Key[GreylistResult] = "example.com/greylist"
+//
+// Values survive the queue: when a transaction is queued each value is kept
+// as JSON under its key's name (Transaction.EncodeValues), and a transaction
+// rebuilt from the queue decodes it at its key's first Get. T must therefore
+// round-trip through encoding/json; a value that cannot be encoded makes the
+// queue refuse the message with a temporary error.
+type Key[T any] string
 
-// NewKey returns a key; name is for debugging only, keys are compared by
-// identity.
-func NewKey[T any](name string) *Key[T] { return &Key[T]{name: name} }
-
-// Get returns the value stored under k in tx.
-func (k *Key[T]) Get(tx *Transaction) (T, bool) {
-	v, ok := tx.values[k]
-	if !ok {
-		var zero T
-		return zero, false
+// Get returns the value stored under k in tx, and whether there is one. A
+// value kept by the queue that does not decode as a T counts as absent.
+func (k Key[T]) Get(tx *Transaction) (T, bool) {
+	var zero T
+	switch v := tx.values[string(k)].(type) {
+	case T:
+		return v, true
+	case encodedValue:
+		var t T
+		if err := json.Unmarshal(v, &t); err != nil {
+			return zero, false
+		}
+		tx.values[string(k)] = t
+		return t, true
 	}
-	return v.(T), true
+	return zero, false
 }
 
-// Set stores v under k in tx.
-func (k *Key[T]) Set(tx *Transaction, v T) {
+// Set stores v under k in tx, replacing any value it had.
+func (k Key[T]) Set(tx *Transaction, v T) {
 	if tx.values == nil {
-		tx.values = make(map[any]any)
+		tx.values = make(map[string]any)
 	}
-	tx.values[k] = v
+	tx.values[string(k)] = v
 }
 
-func (k *Key[T]) String() string { return k.name }
+// encodedValue is a value restored from the queue, not decoded yet.
+type encodedValue json.RawMessage
+
+// EncodeValues returns the values stored in tx (see Key) as JSON, by key
+// name, for a queue to keep with the message; nil when there are none.
+func (tx *Transaction) EncodeValues() (map[string]json.RawMessage, error) {
+	if len(tx.values) == 0 {
+		return nil, nil
+	}
+	out := make(map[string]json.RawMessage, len(tx.values))
+	for name, v := range tx.values {
+		if e, ok := v.(encodedValue); ok {
+			out[name] = json.RawMessage(e)
+			continue
+		}
+		b, err := json.Marshal(v)
+		if err != nil {
+			return nil, fmt.Errorf("policy: value %q: %w", name, err)
+		}
+		out[name] = b
+	}
+	return out, nil
+}
+
+// SetEncodedValues restores values that EncodeValues returned, on a
+// transaction rebuilt from the queue. Each is decoded at its key's first Get.
+func (tx *Transaction) SetEncodedValues(values map[string]json.RawMessage) {
+	if len(values) == 0 {
+		return
+	}
+	if tx.values == nil {
+		tx.values = make(map[string]any, len(values))
+	}
+	for name, v := range values {
+		tx.values[name] = encodedValue(v)
+	}
+}
 
 // Route is where a delivery rule sends one recipient. Transport names a
 // transport the queue knows ("maildir", "mbox", "lmtp", "smtp", "drop");

@@ -15,31 +15,78 @@ import (
 	"github.com/mtakit/mtakit/policy"
 )
 
+type scoreResult struct {
+	Score   float64  `json:"score"`
+	Symbols []string `json:"symbols"`
+}
+
+const (
+	spfKey   policy.Key[string]      = "test.spf"
+	scoreKey policy.Key[scoreResult] = "test.score"
+	// Same name as spfKey, another type: it cannot read spfKey's value.
+	clashKey policy.Key[int] = "test.spf"
+)
+
 func TestKey(t *testing.T) {
-	spf := policy.NewKey[string]("spf")
-	score := policy.NewKey[int]("score")
-	other := policy.NewKey[string]("spf") // same name, different key
 	tx := policy.NewTransaction(nil, "t")
 
-	_, ok := spf.Get(tx)
+	_, ok := spfKey.Get(tx)
 	assert.False(t, ok)
-	spf.Set(tx, "pass")
-	score.Set(tx, 7)
-	v, ok := spf.Get(tx)
+	spfKey.Set(tx, "pass")
+	scoreKey.Set(tx, scoreResult{Score: 4.5, Symbols: []string{"R_SPF_ALLOW"}})
+	v, ok := spfKey.Get(tx)
 	assert.True(t, ok)
 	assert.Equal(t, "pass", v)
-	n, ok := score.Get(tx)
+	sc, ok := scoreKey.Get(tx)
 	assert.True(t, ok)
-	assert.Equal(t, 7, n)
-	_, ok = other.Get(tx)
-	assert.False(t, ok, "keys compare by identity, not name")
-	spf.Set(tx, "fail")
-	v, _ = spf.Get(tx)
+	assert.Equal(t, 4.5, sc.Score)
+	_, ok = clashKey.Get(tx)
+	assert.False(t, ok, "a value of another type is absent")
+	spfKey.Set(tx, "fail")
+	v, _ = spfKey.Get(tx)
 	assert.Equal(t, "fail", v)
-	assert.Equal(t, "spf", spf.String())
 
-	_, ok = spf.Get(policy.NewTransaction(nil, "other"))
+	_, ok = spfKey.Get(policy.NewTransaction(nil, "other"))
 	assert.False(t, ok, "values belong to their transaction")
+}
+
+// TestKeyQueueRoundTrip is what the queue does: encode the values with the
+// envelope, rebuild the transaction later, and read them with their keys.
+func TestKeyQueueRoundTrip(t *testing.T) {
+	tx := policy.NewTransaction(nil, "t")
+	enc, err := tx.EncodeValues()
+	require.NoError(t, err)
+	assert.Nil(t, enc, "no values, nothing to keep")
+
+	spfKey.Set(tx, "softfail")
+	scoreKey.Set(tx, scoreResult{Score: 7, Symbols: []string{"BAYES_SPAM", "DMARC_NA"}})
+	enc, err = tx.EncodeValues()
+	require.NoError(t, err)
+	assert.JSONEq(t, `"softfail"`, string(enc["test.spf"]))
+	assert.JSONEq(t, `{"score":7,"symbols":["BAYES_SPAM","DMARC_NA"]}`, string(enc["test.score"]))
+
+	rebuilt := policy.NewTransaction(nil, "t")
+	rebuilt.SetEncodedValues(enc)
+	_, ok := clashKey.Get(rebuilt)
+	assert.False(t, ok, "a kept value that does not decode as the key's type is absent")
+	v, ok := spfKey.Get(rebuilt)
+	assert.True(t, ok)
+	assert.Equal(t, "softfail", v)
+	sc, ok := scoreKey.Get(rebuilt)
+	require.True(t, ok)
+	assert.Equal(t, scoreResult{Score: 7, Symbols: []string{"BAYES_SPAM", "DMARC_NA"}}, sc)
+
+	// Encoding again keeps the values, decoded or not, for a second trip.
+	again, err := rebuilt.EncodeValues()
+	require.NoError(t, err)
+	assert.JSONEq(t, string(enc["test.spf"]), string(again["test.spf"]))
+	assert.JSONEq(t, string(enc["test.score"]), string(again["test.score"]))
+
+	// A value JSON cannot encode is an error, so the queue never
+	// acknowledges a message whose results it cannot keep.
+	policy.Key[func()]("test.func").Set(tx, func() {})
+	_, err = tx.EncodeValues()
+	assert.ErrorContains(t, err, "test.func")
 }
 
 func TestTransactionState(t *testing.T) {
@@ -57,7 +104,7 @@ func TestTransactionState(t *testing.T) {
 	ran := false
 	c.Delivery("d", func(context.Context, *policy.Transaction, policy.Recipient, *policy.Route) policy.Verdict {
 		ran = true
-		return policy.Next
+		return policy.Next()
 	})
 	r := c.EvalDelivery(context.Background(), tx, policy.Recipient{}, &policy.Route{})
 	assert.False(t, ran)
@@ -136,10 +183,10 @@ func TestResetTLSForgetsPreTLSDecisions(t *testing.T) {
 		wantForce bool
 		wantQuar  string
 	}{
-		{"force accept at helo", policy.Next, policy.ForceAccept, false, ""},
-		{"quarantine at helo", policy.Next, policy.Quarantine("q"), false, ""},
-		{"force accept at connect", policy.ForceAccept, policy.Next, true, ""},
-		{"quarantine at connect", policy.Quarantine("q"), policy.Next, false, "q"},
+		{"force accept at helo", policy.Next(), policy.ForceAccept(), false, ""},
+		{"quarantine at helo", policy.Next(), policy.Quarantine("q"), false, ""},
+		{"force accept at connect", policy.ForceAccept(), policy.Next(), true, ""},
+		{"quarantine at connect", policy.Quarantine("q"), policy.Next(), false, "q"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -149,7 +196,7 @@ func TestResetTLSForgetsPreTLSDecisions(t *testing.T) {
 				if helo == "trusted.internal" {
 					return tt.helo
 				}
-				return policy.Next
+				return policy.Next()
 			})
 			ctx := context.Background()
 			conn := &policy.Conn{ID: "c"}

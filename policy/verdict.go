@@ -117,14 +117,15 @@ type Verdict struct {
 	Err   error  // for the log only, never sent to the client
 }
 
-// Next is the verdict of a rule that has no opinion.
-var Next = Verdict{}
+// Next is the verdict of a rule that has no opinion. It is the zero
+// Verdict.
+func Next() Verdict { return Verdict{} }
 
 // Accept accepts the current stage and skips its remaining rules.
-var Accept = Verdict{Kind: KindAccept}
+func Accept() Verdict { return Verdict{Kind: KindAccept} }
 
 // ForceAccept accepts and skips every later rule of the transaction.
-var ForceAccept = Verdict{Kind: KindForceAccept}
+func ForceAccept() Verdict { return Verdict{Kind: KindForceAccept} }
 
 // Deny refuses with the given reply. Code must be 4xx or 5xx; enhanced is
 // the RFC 3463 code such as "5.7.1".
@@ -145,11 +146,11 @@ func Defer(enhanced, text string) Verdict { return Deny(451, enhanced, text) }
 // ours (a database down, a DNS timeout): 451 4.3.0 with a generic text; err
 // goes to the log, never to the client.
 func Fail(err error) Verdict {
-	return Verdict{Kind: KindDeny, Reply: ReplyInternalError, Err: err}
+	return Verdict{Kind: KindDeny, Reply: replyInternalError, Err: err}
 }
 
-// ReplyInternalError is the reply for our own failures.
-var ReplyInternalError = Reply{Code: 451, Enhanced: "4.3.0", Text: "Internal error, try again later"}
+// replyInternalError is the reply for our own failures (Fail).
+var replyInternalError = Reply{Code: 451, Enhanced: "4.3.0", Text: "Internal error, try again later"}
 
 // Quarantine accepts the message but stores it in quarantine/<queue>.
 func Quarantine(queue string) Verdict { return Verdict{Kind: KindQuarantine, Queue: queue} }

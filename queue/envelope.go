@@ -50,7 +50,8 @@ const (
 //	  "force_accepted": false,
 //	  "postq_done": false,             // postq rules ran; their header edits are in head
 //	  "dsn": false,                    // this message is a DSN we generated
-//	  "attempts": 0, "next_attempt": "...", "last_attempt": "...", "last_error": ""
+//	  "attempts": 0, "next_attempt": "...", "last_attempt": "...", "last_error": "",
+//	  "values": {"auth.spf": {...}}    // rules' typed results (policy.Key), by key name
 //	}
 type Envelope struct {
 	Version       int         `json:"v"`
@@ -70,6 +71,11 @@ type Envelope struct {
 	NextAttempt   time.Time   `json:"next_attempt,omitzero"`
 	LastAttempt   time.Time   `json:"last_attempt,omitzero"`
 	LastError     string      `json:"last_error,omitempty"`
+
+	// Values are the typed results rules stored in the transaction (see
+	// policy.Key), as JSON by key name, given back to the postq and
+	// delivery rules.
+	Values map[string]json.RawMessage `json:"values,omitempty"`
 
 	end int64 // end of the valid records in the entry file (0: unknown)
 	// f is the entry file, opened for writing by Load and closed with the
@@ -132,9 +138,15 @@ type Client struct {
 // read back; the scheduler moves such entries to the corrupt queue.
 var ErrCorrupt = errors.New("queue: corrupt entry")
 
-// newEnvelope builds the envelope of a transaction being queued.
-func newEnvelope(tx *policy.Transaction, now time.Time) *Envelope {
+// newEnvelope builds the envelope of a transaction being queued. It fails
+// when a value of the transaction cannot be kept.
+func newEnvelope(tx *policy.Transaction, now time.Time) (*Envelope, error) {
+	values, err := tx.EncodeValues()
+	if err != nil {
+		return nil, fmt.Errorf("queue: %w", err)
+	}
 	e := &Envelope{
+		Values:        values,
 		Version:       EnvelopeVersion,
 		ID:            tx.ID,
 		From:          toAddr(tx.From),
@@ -173,7 +185,7 @@ func newEnvelope(tx *policy.Transaction, now time.Time) *Envelope {
 			e.Client.TLSSNI = c.TLS.ServerName
 		}
 	}
-	return e
+	return e, nil
 }
 
 // Transaction rebuilds the transaction the postq and delivery rules see,
@@ -197,6 +209,7 @@ func (e *Envelope) Transaction(states ...string) *policy.Transaction {
 	tx.From = e.From.Address()
 	tx.Received = e.Received
 	tx.SetForceAccepted(e.ForceAccepted)
+	tx.SetEncodedValues(e.Values)
 	tx.Params = policy.MailParams{
 		Size: e.Params.Size, Body: e.Params.Body, SMTPUTF8: e.Params.SMTPUTF8,
 		RequireTLS: e.Params.RequireTLS, Ret: e.Params.Ret, EnvID: e.Params.EnvID, Auth: e.Params.Auth,

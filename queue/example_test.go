@@ -56,7 +56,7 @@ func ExampleScheduler() {
 		if rcpt.Addr.Domain == "example.com" {
 			*route = policy.Route{Transport: "maildir"} // mailbox: the local part
 		}
-		return policy.Next
+		return policy.Next()
 	})
 
 	// Signal the example when the maildir delivered (a real server just runs).

@@ -144,12 +144,12 @@ func boolInt(b bool) int {
 
 func TestLocalDeliveryThroughScheduler(t *testing.T) {
 	root := t.TempDir()
-	chain := policy.NewChain(policy.WithLogger(quietLogger()))
+	chain := &policy.Chain{Logger: quietLogger()}
 	chain.Delivery("local", func(ctx context.Context, tx *policy.Transaction, rcpt policy.Recipient, route *policy.Route) policy.Verdict {
 		if rcpt.Addr.Domain == "example.com" {
 			route.Transport = "maildir"
 		}
-		return policy.Next
+		return policy.Next()
 	})
 	h := newHarness(t, "", Config{Chain: chain, Transports: map[string]Transport{"maildir": &Maildir{Root: root}}, DefaultRoute: policy.Route{Transport: "mbox"}})
 	h.start()

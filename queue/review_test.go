@@ -30,14 +30,14 @@ func TestMoveToWorkingDoesNotRepeatPostQEdits(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			first := true
-			chain := policy.NewChain(policy.WithLogger(quietLogger()))
+			chain := &policy.Chain{Logger: quietLogger()}
 			chain.PostQ("sign", func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
 				m.Header.AddRaw([]byte(sig))
 				if tt.hold && first {
 					first = false
 					return policy.Quarantine("hold")
 				}
-				return policy.Next
+				return policy.Next()
 			})
 			h := newHarness(t, "", Config{Chain: chain})
 			if !tt.hold {
@@ -83,7 +83,7 @@ func TestEntryHeaderWithHugeLengthIsCorrupt(t *testing.T) {
 			sp, err := Open(t.TempDir(), WithLogger(quietLogger()))
 			require.NoError(t, err)
 			t.Cleanup(func() { sp.Close() })
-			rec, err := encodeRecord(newEnvelope(newTx("bad1", "a@example.org", "b@example.com"), time.Unix(1700000000, 0)))
+			rec, err := encodeRecord(mustEnvelope(newTx("bad1", "a@example.org", "b@example.com")))
 			require.NoError(t, err)
 			require.NoError(t, os.WriteFile(entryPath(filepath.Join(sp.Dir(), Working), "bad1"), append([]byte(tt.head+testMsg), rec...), 0o640))
 			l, err := sp.List(Working)
@@ -99,7 +99,7 @@ func TestEntryHeaderWithHugeLengthIsCorrupt(t *testing.T) {
 // FuzzReadEntry: readEntry on any file content returns an envelope or an
 // error, never panics, and what it accepts is consistent with the file.
 func FuzzReadEntry(f *testing.F) {
-	env := newEnvelope(newTx("f1", "a@example.org", "b@example.com"), time.Unix(1700000000, 0))
+	env := mustEnvelope(newTx("f1", "a@example.org", "b@example.com"))
 	env.Size = int64(len(testMsg))
 	rec, err := encodeRecord(env)
 	if err != nil {

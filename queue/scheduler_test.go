@@ -302,7 +302,7 @@ func TestQuarantineAndRelease(t *testing.T) {
 }
 
 func TestPostQQuarantineAndRelease(t *testing.T) {
-	chain := policy.NewChain(policy.WithLogger(quietLogger()))
+	chain := &policy.Chain{Logger: quietLogger()}
 	chain.PostQ("spam", func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
 		m.Header.Add("X-Spam", "yes")
 		return policy.Quarantine("spam")
@@ -336,7 +336,7 @@ func TestPostQQuarantineAndRelease(t *testing.T) {
 func TestPostQ(t *testing.T) {
 	var fail atomic.Bool
 	var runs atomic.Int32
-	chain := policy.NewChain(policy.WithLogger(quietLogger()))
+	chain := &policy.Chain{Logger: quietLogger()}
 	chain.PostQ("test", func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
 		runs.Add(1)
 		switch m.Header.Get("X-Test") {
@@ -356,7 +356,7 @@ func TestPostQ(t *testing.T) {
 			return policy.Quarantine("spam")
 		}
 		m.Header.Add("X-Signed", "yes")
-		return policy.Next
+		return policy.Next()
 	})
 	tests := []struct {
 		name      string
@@ -405,7 +405,7 @@ func TestPostQ(t *testing.T) {
 }
 
 func TestPostQSkippedWhenForceAccepted(t *testing.T) {
-	chain := policy.NewChain(policy.WithLogger(quietLogger()))
+	chain := &policy.Chain{Logger: quietLogger()}
 	chain.PostQ("deny-all", func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
 		return policy.Deny(550, "5.7.1", "no")
 	})
@@ -423,11 +423,11 @@ func TestPostQSkippedWhenForceAccepted(t *testing.T) {
 
 func TestPostQEditsSavedAndNotRepeated(t *testing.T) {
 	var runs atomic.Int32
-	chain := policy.NewChain(policy.WithLogger(quietLogger()))
+	chain := &policy.Chain{Logger: quietLogger()}
 	chain.PostQ("sign", func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
 		runs.Add(1)
 		m.Header.AddRaw([]byte("DKIM-Signature: v=1; a=rsa-sha256; d=example.org; b=abc\r\n"))
-		return policy.Next
+		return policy.Next()
 	})
 	h := newHarness(t, "", Config{Chain: chain})
 	h.tr.script = func(rcpt string, n int) policy.Reply {
@@ -471,7 +471,7 @@ func TestPostQEditsSavedAndNotRepeated(t *testing.T) {
 }
 
 func TestDeliveryRulesAndRoutes(t *testing.T) {
-	chain := policy.NewChain(policy.WithLogger(quietLogger()))
+	chain := &policy.Chain{Logger: quietLogger()}
 	chain.Delivery("route", func(ctx context.Context, tx *policy.Transaction, rcpt policy.Recipient, route *policy.Route) policy.Verdict {
 		switch rcpt.Addr.Local {
 		case "local":
@@ -485,7 +485,7 @@ func TestDeliveryRulesAndRoutes(t *testing.T) {
 		case "tempdenied":
 			return policy.Defer("4.3.0", "directory down")
 		}
-		return policy.Next
+		return policy.Next()
 	})
 	h := newHarness(t, "", Config{Chain: chain, DefaultRoute: policy.Route{Transport: "fake", Target: "default"}})
 	h.start()
@@ -683,4 +683,58 @@ func TestWorkersBoundAndStop(t *testing.T) {
 	cancel()
 	require.ErrorIs(t, <-stopped, context.Canceled)
 	assert.Zero(t, inside.Load(), "Run returned with an attempt under way")
+}
+
+// resultKey is a typed result a mail rule leaves for postq and delivery.
+const resultKey policy.Key[struct {
+	Verdict string   `json:"verdict"`
+	Reasons []string `json:"reasons"`
+}] = "queue_test.result"
+
+// TestValuesSurviveQueue: a typed result stored before queueing is what the
+// postq and delivery rules read from the transaction the queue rebuilds,
+// after a restart too (the scheduler reads it from the entry on disk).
+func TestValuesSurviveQueue(t *testing.T) {
+	var postq, delivery atomic.Value
+	chain := &policy.Chain{Logger: quietLogger()}
+	chain.PostQ("read-postq", func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
+		r, ok := resultKey.Get(tx)
+		postq.Store(fmt.Sprintln(ok, r.Verdict, r.Reasons))
+		return policy.Next()
+	})
+	chain.Delivery("read-delivery", func(ctx context.Context, tx *policy.Transaction, rcpt policy.Recipient, route *policy.Route) policy.Verdict {
+		r, ok := resultKey.Get(tx)
+		delivery.Store(fmt.Sprintln(ok, r.Verdict, r.Reasons))
+		return policy.Next()
+	})
+	dir := t.TempDir()
+	h := newHarness(t, dir, Config{Chain: chain})
+	tx := newTx("v1", "a@example.org", "b@example.com")
+	v, _ := resultKey.Get(tx)
+	v.Verdict, v.Reasons = "pass", []string{"spf", "dkim"}
+	resultKey.Set(tx, v)
+	h.enqueue(tx, testMsg)
+	h.sp.Close() // a restart between the 250 and postq
+
+	h = newHarness(t, dir, Config{Chain: chain})
+	h.start()
+	h.wait("v1")
+	assert.Equal(t, "", h.queueOf("v1"), "delivered")
+	assert.Equal(t, "true pass [spf dkim]\n", postq.Load())
+	assert.Equal(t, "true pass [spf dkim]\n", delivery.Load())
+}
+
+// TestValueNotKept: a value JSON cannot encode fails Enqueue, so the server
+// answers 4xx rather than accept mail whose results it cannot keep.
+func TestValueNotKept(t *testing.T) {
+	sp, err := Open(t.TempDir(), WithLogger(quietLogger()))
+	require.NoError(t, err)
+	defer sp.Close()
+	tx := newTx("v2", "a@example.org", "b@example.com")
+	policy.Key[chan int]("queue_test.chan").Set(tx, make(chan int))
+	err = sp.Enqueue(context.Background(), tx, newMessage(t, testMsg))
+	require.ErrorContains(t, err, "queue_test.chan")
+	ids, err := sp.IDs(Working)
+	require.NoError(t, err)
+	assert.Empty(t, ids, "nothing queued")
 }

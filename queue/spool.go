@@ -342,7 +342,11 @@ func (s *Spool) Enqueue(ctx context.Context, tx *policy.Transaction, m *policy.M
 	if name := tx.Quarantine(); name != "" {
 		q = QuarantinePrefix + name
 	}
-	return s.enqueue(ctx, newEnvelope(tx, s.now()), q, writeMessage(m), s.c)
+	env, err := newEnvelope(tx, s.now())
+	if err != nil {
+		return err
+	}
+	return s.enqueue(ctx, env, q, writeMessage(m), s.c)
 }
 
 // enqueue writes the entry (message, then envelope) in tmp/ and commits it

@@ -209,7 +209,7 @@ func (p *Policy) MailRule() policy.MailRule {
 		if p.spoofed(tx) {
 			return deny(ReplySpoofedSender)
 		}
-		return policy.Next
+		return policy.Next()
 	}
 }
 
@@ -223,7 +223,7 @@ func (p *Policy) MailRule() policy.MailRule {
 func (p *Policy) RcptRule() policy.RcptRule {
 	return func(_ context.Context, tx *policy.Transaction, rcpt policy.Recipient) policy.Verdict {
 		if p.Local.Has(rcpt.Addr) || p.mayRelay(tx) {
-			return policy.Accept
+			return policy.Accept()
 		}
 		return deny(ReplyRelayDenied)
 	}

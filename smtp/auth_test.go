@@ -23,7 +23,7 @@ var users = mapAuth{"alice": "secret", "bob": "hunter2"}
 
 func authServer(t *testing.T, chain *policy.Chain) *harness {
 	if chain == nil {
-		chain = policy.NewChain(policy.WithLogger(testLogger(t))).Rcpt("all", acceptAll)
+		chain = (&policy.Chain{Logger: testLogger(t)}).Rcpt("all", acceptAll)
 	}
 	return start(t, Config{Chain: chain, Authenticator: users, TLSConfig: testTLS(t)},
 		Listener{Name: "mta", Role: RoleMTA},
@@ -71,13 +71,13 @@ func TestSubmissionAuthOnlyAfterSTARTTLS(t *testing.T) {
 
 func TestAuthMechanismsAndFailures(t *testing.T) {
 	var authRuleSaw []policy.AuthInfo
-	chain := policy.NewChain(policy.WithLogger(testLogger(t))).Rcpt("all", acceptAll).
+	chain := (&policy.Chain{Logger: testLogger(t)}).Rcpt("all", acceptAll).
 		Auth("no-bob", func(_ context.Context, c *policy.Conn, a policy.AuthInfo) policy.Verdict {
 			authRuleSaw = append(authRuleSaw, a)
 			if a.Identity == "bob" {
 				return policy.Deny(535, "5.7.8", "Account disabled")
 			}
-			return policy.Next
+			return policy.Next()
 		})
 	h := authServer(t, chain)
 	cases := []struct {
@@ -221,10 +221,10 @@ func (a trimAuth) Authenticate(ctx context.Context, ip netip.Addr, user, pass st
 // a name is refused as malformed, before the Authenticator sees it.
 func TestAuthIdentityControlCharacters(t *testing.T) {
 	var got []string
-	chain := policy.NewChain(policy.WithLogger(testLogger(t))).
+	chain := (&policy.Chain{Logger: testLogger(t)}).
 		Auth("record", func(_ context.Context, c *policy.Conn, a policy.AuthInfo) policy.Verdict {
 			got = append(got, a.Identity)
-			return policy.Next
+			return policy.Next()
 		}).
 		Rcpt("all", acceptAll)
 	h := start(t, Config{Chain: chain, Authenticator: trimAuth{users}, TLSConfig: testTLS(t)},

@@ -86,7 +86,7 @@ func BenchmarkBodyChecker(b *testing.B) {
 // client and loopback TCP.
 func BenchmarkReceive(b *testing.B) {
 	acceptCases(b, func(b *testing.B, body []byte, log *slog.Logger) {
-		chain := policy.NewChain(policy.WithLogger(slog.New(slog.DiscardHandler))).Rcpt("all", acceptAll)
+		chain := (&policy.Chain{Logger: slog.New(slog.DiscardHandler)}).Rcpt("all", acceptAll)
 		srv, err := NewServer(Config{Chain: chain, Queue: nopQueue{}, Hostname: "mx.test", Logger: log, SpoolDir: b.TempDir()})
 		require.NoError(b, err)
 		defer srv.Close()

@@ -33,9 +33,9 @@ func Example() {
 	chain := policy.NewChain()
 	chain.Rcpt("local-domain", func(_ context.Context, _ *policy.Transaction, r policy.Recipient) policy.Verdict {
 		if r.Addr.Domain == "example.org" {
-			return policy.Accept
+			return policy.Accept()
 		}
-		return policy.Next // the default denies: no open relay
+		return policy.Next() // the default denies: no open relay
 	})
 	srv, err := smtp.NewServer(smtp.Config{
 		Hostname: "mx.example.org",

@@ -149,7 +149,7 @@ func clientTLS() *tls.Config {
 
 // acceptAll accepts every recipient (the default denies).
 func acceptAll(context.Context, *policy.Transaction, policy.Recipient) policy.Verdict {
-	return policy.Accept
+	return policy.Accept()
 }
 
 type harness struct {
@@ -168,7 +168,7 @@ func start(t testing.TB, cfg Config, lcs ...Listener) *harness {
 		cfg.Queue = h.queue
 	}
 	if cfg.Chain == nil {
-		cfg.Chain = policy.NewChain(policy.WithLogger(testLogger(t))).Rcpt("all", acceptAll)
+		cfg.Chain = (&policy.Chain{Logger: testLogger(t)}).Rcpt("all", acceptAll)
 	}
 	if cfg.Hostname == "" {
 		cfg.Hostname = "mx.test"

@@ -54,7 +54,7 @@ func TestStages(t *testing.T) {
 				if r.Addr.Local == "b" {
 					return policy.Deny(550, "5.1.1", "No such user")
 				}
-				return policy.Next
+				return policy.Next()
 			})
 		}, want{rcpts: []int{250, 550, 250}, queued: []string{"a@mx.test", "c@mx.test"}, text: "550 5.1.1 No such user"}},
 		{"rcpt default deny", func(c *policy.Chain) {}, want{rcpts: []int{554, 554, 554}, text: "554 5.7.1 Relay access denied"}},
@@ -65,11 +65,13 @@ func TestStages(t *testing.T) {
 			})
 		}, want{queued: rcpts, text: "250 2.6.0 Scanned (queued as"}},
 		{"force accept at rcpt skips preq", func(c *policy.Chain) {
-			c.Rcpt("force", func(context.Context, *policy.Transaction, policy.Recipient) policy.Verdict { return policy.ForceAccept })
+			c.Rcpt("force", func(context.Context, *policy.Transaction, policy.Recipient) policy.Verdict {
+				return policy.ForceAccept()
+			})
 			c.PreQ("deny", denyPreq)
 		}, want{queued: rcpts}},
 		{"force accept at connect skips everything", func(c *policy.Chain) {
-			c.Connect("force", func(context.Context, *policy.Conn) policy.Verdict { return policy.ForceAccept })
+			c.Connect("force", func(context.Context, *policy.Conn) policy.Verdict { return policy.ForceAccept() })
 			c.Mail("deny-mail", func(context.Context, *policy.Transaction) policy.Verdict { return policy.Deny(550, "5.7.1", "no") })
 			c.PreQ("deny", denyPreq)
 		}, want{queued: rcpts}},
@@ -93,7 +95,7 @@ func TestStages(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			chain := policy.NewChain(policy.WithLogger(testLogger(t)))
+			chain := &policy.Chain{Logger: testLogger(t)}
 			tc.chain(chain)
 			if tc.name != "rcpt default deny" {
 				chain.Rcpt("all", acceptAll)
@@ -189,13 +191,13 @@ func (c *rawConn) expectCode(line string) int {
 // server down: the next connection is served normally.
 func TestPanicKeepsServing(t *testing.T) {
 	var n int
-	chain := policy.NewChain(policy.WithLogger(testLogger(t))).Rcpt("all", acceptAll).
+	chain := (&policy.Chain{Logger: testLogger(t)}).Rcpt("all", acceptAll).
 		Mail("boom-once", func(context.Context, *policy.Transaction) policy.Verdict {
 			n++
 			if n == 1 {
 				panic("boom")
 			}
-			return policy.Next
+			return policy.Next()
 		})
 	h := start(t, Config{Chain: chain})
 	err := sendMail(t, h.addr(), "s@client.test", []string{"a@mx.test"}, simpleBody)
@@ -209,13 +211,13 @@ func TestPanicKeepsServing(t *testing.T) {
 // changes the name, and that their refusal holds at MAIL.
 func TestSecondEHLO(t *testing.T) {
 	var seen []string
-	chain := policy.NewChain(policy.WithLogger(testLogger(t))).Rcpt("all", acceptAll).
+	chain := (&policy.Chain{Logger: testLogger(t)}).Rcpt("all", acceptAll).
 		Helo("no-bad", func(_ context.Context, c *policy.Conn, h string) policy.Verdict {
 			seen = append(seen, h)
 			if h == "bad.test" {
 				return policy.Deny(550, "5.7.1", "Bad HELO")
 			}
-			return policy.Next
+			return policy.Next()
 		})
 	h := start(t, Config{Chain: chain})
 	c := dialRaw(t, h.addr())
@@ -231,7 +233,7 @@ func TestSecondEHLO(t *testing.T) {
 // TestReceivedHeader checks the Received field and the fields rules added
 // before DATA are on top of the queued message, in that order.
 func TestReceivedHeader(t *testing.T) {
-	chain := policy.NewChain(policy.WithLogger(testLogger(t))).Rcpt("all", acceptAll).
+	chain := (&policy.Chain{Logger: testLogger(t)}).Rcpt("all", acceptAll).
 		Mail("spf", policy.MailAction(func(_ context.Context, tx *policy.Transaction) {
 			tx.Header.Add("Received-SPF", "pass (test) client-ip=127.0.0.1")
 		}))

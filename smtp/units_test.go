@@ -282,7 +282,7 @@ func TestParseEnhanced(t *testing.T) {
 
 func TestGreetingDeny(t *testing.T) {
 	assert.Equal(t, "554 5.7.1 Go away\r\n", greetingDeny(policy.Reply{Code: 550, Enhanced: "5.7.1", Text: "Go away"}))
-	assert.Equal(t, "421 4.3.0 Internal error, try again later\r\n", greetingDeny(policy.ReplyInternalError))
+	assert.Equal(t, "421 4.3.0 Internal error, try again later\r\n", greetingDeny(policy.Fail(nil).Reply))
 	assert.Equal(t, "554 5.7.1 Service unavailable\r\n", greetingDeny(policy.Reply{Code: 554}))
 }
 
@@ -387,7 +387,7 @@ func TestReverseDNS(t *testing.T) {
 	dns.AddPTR("127.0.0.2", "client.test.")
 	var mu sync.Mutex
 	var seen string
-	chain := policy.NewChain(policy.WithLogger(testLogger(t))).Rcpt("all", acceptAll).
+	chain := (&policy.Chain{Logger: testLogger(t)}).Rcpt("all", acceptAll).
 		Connect("see", policy.ConnectAction(func(_ context.Context, c *policy.Conn) {
 			mu.Lock()
 			seen = c.ReverseName
@@ -447,7 +447,7 @@ func TestBDAT(t *testing.T) {
 // TestMailParams checks that MAIL and RCPT parameters reach the rules.
 func TestMailParams(t *testing.T) {
 	var tx *policy.Transaction
-	chain := policy.NewChain(policy.WithLogger(testLogger(t))).Rcpt("all", acceptAll).
+	chain := (&policy.Chain{Logger: testLogger(t)}).Rcpt("all", acceptAll).
 		PreQ("see", policy.MessageAction(func(_ context.Context, t *policy.Transaction, _ *policy.Message) { tx = t }))
 	h := start(t, Config{Chain: chain, EnableDSN: true})
 	c := dialRaw(t, h.addr())

@@ -11,7 +11,6 @@ import (
 	"testing"
 
 	"github.com/mtakit/mtakit/auth"
-	"github.com/mtakit/mtakit/policy"
 	"github.com/mtakit/mtakit/policy/policytest"
 )
 
@@ -55,7 +54,7 @@ func BenchmarkPolicy(b *testing.B) {
 	}
 	rs := ruleSet{domains: []string{"doe-family.com"}, internal: []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24")},
 		resolver: res, hostname: "mx.doe-family.com", signer: signer}
-	chain := rs.chain(policy.WithLogger(discardLogger()))
+	chain := rs.chain(discardLogger())
 	body := strings.Repeat(strings.Repeat("x", 76)+"\r\n", 4096/78)
 	cases := []struct {
 		name string

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"log/slog"
 	"net/netip"
 
 	"github.com/emersion/go-msgauth/authres"
@@ -24,8 +25,8 @@ type ruleSet struct {
 }
 
 // chain is the policy of doe-family: vSMTP's hardening guide as Go rules.
-func (rs ruleSet) chain(opts ...policy.Option) *policy.Chain {
-	chain := policy.NewChain(opts...)
+func (rs ruleSet) chain(log *slog.Logger) *policy.Chain {
+	chain := &policy.Chain{Logger: log}
 	// Built once: the rules below ask per message and per recipient.
 	local := relay.NewDomains(rs.domains...)
 
@@ -51,7 +52,7 @@ func (rs ruleSet) chain(opts ...policy.Option) *policy.Chain {
 			if m.Header.Has("X-Virus-Infected") {
 				return policy.Quarantine("virus_q")
 			}
-			return policy.Next
+			return policy.Next()
 		}))
 	}
 
@@ -74,7 +75,7 @@ func (rs ruleSet) chain(opts ...policy.Option) *policy.Chain {
 			if r.Result == authres.ResultFail && r.Disposition != dmarc.PolicyNone {
 				return policy.Quarantine("dmarc")
 			}
-			return policy.Next
+			return policy.Next()
 		},
 	})))
 
@@ -85,7 +86,7 @@ func (rs ruleSet) chain(opts ...policy.Option) *policy.Chain {
 		} else {
 			*route = policy.Route{Transport: "smtp"}
 		}
-		return policy.Accept
+		return policy.Accept()
 	})
 	return chain
 }
@@ -96,10 +97,10 @@ func skipOutgoing(rs ruleSet, local relay.Domains, rule policy.MessageRule) poli
 	return func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
 		c := tx.Conn
 		if c != nil && (c.Authenticated() || relay.InNetworks(c.Remote.Addr(), rs.internal)) {
-			return policy.Next
+			return policy.Next()
 		}
 		if local.Has(tx.From) {
-			return policy.Next
+			return policy.Next()
 		}
 		return rule(ctx, tx, m)
 	}

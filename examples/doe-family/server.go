@@ -13,7 +13,6 @@ import (
 
 	"github.com/mtakit/mtakit/auth"
 	"github.com/mtakit/mtakit/delegate"
-	"github.com/mtakit/mtakit/policy"
 	"github.com/mtakit/mtakit/policy/dnscache"
 	"github.com/mtakit/mtakit/queue"
 	"github.com/mtakit/mtakit/relay"
@@ -64,7 +63,7 @@ func build(cfg *config, log *slog.Logger) (*server, error) {
 			Hostname: cfg.hostname, MaxConcurrent: 10, Logger: log}
 		rs.antivirus = s.antivirus
 	}
-	chain := rs.chain(policy.WithLogger(log))
+	chain := rs.chain(log)
 
 	qopts := []queue.Option{queue.WithLogger(log)}
 	if cfg.unsafeNoSync {

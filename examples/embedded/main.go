@@ -28,15 +28,15 @@ func main() {
 		if tx.From.Domain == "spam.example" {
 			return policy.Deny(550, "5.7.1", "Not from you")
 		}
-		return policy.Next
+		return policy.Next()
 	})
 	// Rule 2: accept recipients of example.com only (any other recipient
 	// is refused by the chain's default: no open relay).
 	chain.Rcpt("local-only", func(ctx context.Context, tx *policy.Transaction, rcpt policy.Recipient) policy.Verdict {
 		if rcpt.Addr.Domain == "example.com" && !strings.HasPrefix(rcpt.Addr.Local, "noreply") {
-			return policy.Accept
+			return policy.Accept()
 		}
-		return policy.Next
+		return policy.Next()
 	})
 
 	spool, err := queue.Open("./data/embedded/queue")

@@ -18,6 +18,6 @@
 // postq. A denied recipient is only left out of the transaction.
 //
 // To call one rule directly, build its arguments with Conn, Transaction,
-// Recipient and Message. A Recorder attached to a chain with
-// policy.WithObserver lists which rules ran and what they decided.
+// Recipient and Message. A Recorder set as a chain's Observer (its
+// Observe method) lists which rules ran and what they decided.
 package policytest

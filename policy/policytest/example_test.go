@@ -17,7 +17,7 @@ func blockSenders(domains ...string) policy.MailRule {
 				return policy.Deny(550, "5.7.1", "Sender domain blocked")
 			}
 		}
-		return policy.Next
+		return policy.Next()
 	}
 }
 
@@ -26,14 +26,14 @@ func blockSenders(domains ...string) policy.MailRule {
 func relayFor(local ...string) policy.RcptRule {
 	return func(_ context.Context, tx *policy.Transaction, r policy.Recipient) policy.Verdict {
 		if tx.Conn.Authenticated() {
-			return policy.Accept
+			return policy.Accept()
 		}
 		for _, d := range local {
 			if r.Addr.Domain == d {
-				return policy.Accept
+				return policy.Accept()
 			}
 		}
-		return policy.Next // the chain's default denies: not an open relay
+		return policy.Next() // the chain's default denies: not an open relay
 	}
 }
 
@@ -85,12 +85,12 @@ func stage(s policy.Stage) string {
 // A Recorder shows which rules ran.
 func ExampleRecorder() {
 	rec := &policytest.Recorder{}
-	chain := policy.NewChain(rec.Option())
+	chain := &policy.Chain{Observer: rec.Observe}
 	chain.Connect("trusted", func(_ context.Context, c *policy.Conn) policy.Verdict {
 		if c.Remote.Addr().IsLoopback() {
-			return policy.ForceAccept
+			return policy.ForceAccept()
 		}
-		return policy.Next
+		return policy.Next()
 	})
 	chain.Rcpt("relay", relayFor("example.com"))
 	out, _ := policytest.Run(context.Background(), chain, policytest.Session{

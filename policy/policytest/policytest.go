@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -66,7 +67,9 @@ type RouteResult struct {
 // did not run are zero.
 type Outcome struct {
 	Conn *policy.Conn
-	Tx   *policy.Transaction // nil when the session stopped before MAIL
+	// Tx is the transaction; nil when the session stopped before MAIL.
+	// From postq on it is the one the queue gives back (see Run).
+	Tx *policy.Transaction
 
 	Connect, Helo, Auth, Mail policy.Result
 	Rcpts                     []policy.Result    // one per Session.Rcpts, in order
@@ -80,9 +83,12 @@ type Outcome struct {
 	// Quarantine is the quarantine queue the message went to, or "".
 	Quarantine string
 	// Stopped is the stage at which the session ended because of a deny
-	// (StageRcpt: no recipient was accepted), or 0 when it ran through.
+	// (StageRcpt: no recipient was accepted), or RanThrough.
 	Stopped policy.Stage
 }
+
+// RanThrough is Outcome.Stopped of a session no stage stopped.
+const RanThrough policy.Stage = 0
 
 // Final returns the result of the stage the session stopped at, or the
 // preq result (the reply to DATA) when it ran through.
@@ -112,10 +118,14 @@ func (o *Outcome) Final() policy.Result {
 // recipient, then (when one was accepted) preq, postq, and the delivery
 // rules for each accepted recipient unless the message was quarantined.
 // Before preq, as the SMTP server does, a Received field and, above it, the
-// fields rules added to tx.Header are put on top of the message.
+// fields rules added to tx.Header are put on top of the message. Between
+// preq and postq the transaction goes through what the queue keeps of it,
+// as in a server: the values rules stored with a policy.Key come back
+// decoded from JSON, and tx.Header is empty (its fields are in the message).
 //
 // An error means s itself is wrong (an address that does not parse, a
-// message whose header is too large), not that the chain denied.
+// message whose header is too large), or that the queue would refuse the
+// message (a stored value JSON cannot encode), not that the chain denied.
 func Run(ctx context.Context, chain *policy.Chain, s Session) (*Outcome, error) {
 	conn, err := newConn(s)
 	if err != nil {
@@ -192,6 +202,13 @@ func Run(ctx context.Context, chain *policy.Chain, s Session) (*Outcome, error) 
 		o.Stopped = policy.StagePreQ
 		return o, nil
 	}
+	// The postq and delivery rules see the transaction the queue rebuilds
+	// from its envelope: rules' typed values come back from their JSON,
+	// and the fields added before DATA are in the message only.
+	if tx, err = requeued(tx); err != nil {
+		return nil, err
+	}
+	o.Tx = tx
 	if o.PostQ = chain.EvalPostQ(ctx, tx, m); !o.PostQ.Accepted() {
 		o.Stopped = policy.StagePostQ
 		return o, nil
@@ -205,6 +222,22 @@ func Run(ctx context.Context, chain *policy.Chain, s Session) (*Outcome, error) 
 		o.Delivery = append(o.Delivery, rr)
 	}
 	return o, nil
+}
+
+// requeued is tx as the queue gives it back after queueing.
+func requeued(tx *policy.Transaction) (*policy.Transaction, error) {
+	values, err := tx.EncodeValues()
+	if err != nil {
+		return nil, fmt.Errorf("policytest: the queue would refuse the message: %w", err)
+	}
+	conn := *tx.Conn
+	out := policy.NewTransaction(&conn, tx.ID)
+	out.From, out.Params, out.Received = tx.From, tx.Params, tx.Received
+	out.Rcpts = slices.Clone(tx.Rcpts)
+	out.SetForceAccepted(tx.ForceAccepted())
+	out.SetQuarantine(tx.Quarantine())
+	out.SetEncodedValues(values)
+	return out, nil
 }
 
 // received is the trace field the SMTP server writes on top, with a fixed
@@ -407,16 +440,13 @@ func defaultMessage(tx *policy.Transaction) string {
 	return b.String()
 }
 
-// Recorder records the decisions of a chain, in order. Attach it when
-// building the chain with policy.NewChain(rec.Option()). It is safe for
+// Recorder records the decisions of a chain, in order. Attach it as the
+// chain's observer (chain.Observer = rec.Observe). It is safe for
 // concurrent use.
 type Recorder struct {
 	mu        sync.Mutex
 	decisions []policy.Decision
 }
-
-// Option returns the chain option that feeds r.
-func (r *Recorder) Option() policy.Option { return policy.WithObserver(r.Observe) }
 
 // Observe records d; it is the observer function.
 func (r *Recorder) Observe(d policy.Decision) {

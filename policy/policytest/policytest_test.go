@@ -19,9 +19,9 @@ import (
 // authenticated client.
 func relay(_ context.Context, tx *policy.Transaction, r policy.Recipient) policy.Verdict {
 	if r.Addr.Domain == "example.com" || tx.Conn.Authenticated() {
-		return policy.Accept
+		return policy.Accept()
 	}
-	return policy.Next
+	return policy.Next()
 }
 
 func denyAt(s policy.Stage) *policy.Chain {
@@ -78,21 +78,23 @@ func TestRunStopsWhereAServerWould(t *testing.T) {
 	}
 }
 
+// spfKey is the key the rules of TestRunThrough share.
+const spfKey policy.Key[string] = "policytest_test.spf"
+
 func TestRunThrough(t *testing.T) {
 	rec := &policytest.Recorder{}
-	spfKey := policy.NewKey[string]("spf")
-	c := policy.NewChain(rec.Option())
+	c := &policy.Chain{Observer: rec.Observe}
 	c.Connect("conn", func(_ context.Context, conn *policy.Conn) policy.Verdict {
 		if conn.Helo != "" {
 			return policy.Deny(554, "5.5.1", "HELO before connect")
 		}
-		return policy.Next
+		return policy.Next()
 	})
 	c.Helo("helo", func(_ context.Context, conn *policy.Conn, helo string) policy.Verdict {
 		if helo != conn.Helo || !conn.ESMTP {
 			return policy.Deny(501, "5.5.4", "inconsistent")
 		}
-		return policy.Next
+		return policy.Next()
 	})
 	c.Mail("spf", func(_ context.Context, tx *policy.Transaction) policy.Verdict {
 		spfKey.Set(tx, "pass")
@@ -103,11 +105,11 @@ func TestRunThrough(t *testing.T) {
 	c.PreQ("tag", func(_ context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
 		spf, _ := spfKey.Get(tx)
 		m.Header.Add("Authentication-Results", "mx.example.com; spf="+spf)
-		return policy.Next
+		return policy.Next()
 	})
 	c.PostQ("sign", func(_ context.Context, _ *policy.Transaction, m *policy.Message) policy.Verdict {
 		m.Header.AddRaw([]byte("DKIM-Signature: v=1; d=example.com\r\n"))
-		return policy.Next
+		return policy.Next()
 	})
 	c.Delivery("route", func(_ context.Context, _ *policy.Transaction, r policy.Recipient, route *policy.Route) policy.Verdict {
 		if r.Addr.Domain == "example.com" {
@@ -115,7 +117,7 @@ func TestRunThrough(t *testing.T) {
 		} else {
 			route.Transport = "smtp"
 		}
-		return policy.Next
+		return policy.Next()
 	})
 
 	out, err := policytest.Run(context.Background(), c, policytest.Session{
@@ -165,8 +167,8 @@ func TestRunThrough(t *testing.T) {
 
 func TestRunNoRecipientAccepted(t *testing.T) {
 	rec := &policytest.Recorder{}
-	c := policy.NewChain(rec.Option()).Rcpt("relay", relay)
-	c.PreQ("never", func(context.Context, *policy.Transaction, *policy.Message) policy.Verdict { return policy.Next })
+	c := (&policy.Chain{Observer: rec.Observe}).Rcpt("relay", relay)
+	c.PreQ("never", func(context.Context, *policy.Transaction, *policy.Message) policy.Verdict { return policy.Next() })
 	out, err := policytest.Run(context.Background(), c, policytest.Session{
 		From:  "alice@example.org",
 		Rcpts: []string{"a@elsewhere.example", "b@elsewhere.example"},
@@ -192,7 +194,7 @@ func TestRunAuth(t *testing.T) {
 		if conn.TLS == nil {
 			return policy.Deny(538, "5.7.11", "Encryption required")
 		}
-		return policy.Next
+		return policy.Next()
 	})
 	s := policytest.Session{AuthUser: "alice", AuthMechanism: "LOGIN", Rcpts: []string{"x@elsewhere.example"}}
 	out, err := policytest.Run(context.Background(), c, s)
@@ -221,16 +223,16 @@ func TestRunAuth(t *testing.T) {
 
 func TestRunQuarantineAndForceAccept(t *testing.T) {
 	rec := &policytest.Recorder{}
-	c := policy.NewChain(rec.Option()).Rcpt("relay", relay)
+	c := (&policy.Chain{Observer: rec.Observe}).Rcpt("relay", relay)
 	c.PreQ("av", func(_ context.Context, _ *policy.Transaction, m *policy.Message) policy.Verdict {
 		if strings.Contains(m.Header.Get("Subject"), "virus") {
 			return policy.Quarantine("virus")
 		}
-		return policy.Next
+		return policy.Next()
 	})
-	c.PostQ("post", func(context.Context, *policy.Transaction, *policy.Message) policy.Verdict { return policy.Next })
+	c.PostQ("post", func(context.Context, *policy.Transaction, *policy.Message) policy.Verdict { return policy.Next() })
 	c.Delivery("route", func(context.Context, *policy.Transaction, policy.Recipient, *policy.Route) policy.Verdict {
-		return policy.Next
+		return policy.Next()
 	})
 	out, err := policytest.Run(context.Background(), c, policytest.Session{
 		Rcpts:   []string{"bob@example.com"},
@@ -248,17 +250,17 @@ func TestRunQuarantineAndForceAccept(t *testing.T) {
 	// Force-accept at connect: the later filtering rules are skipped, the
 	// delivery rules run.
 	rec2 := &policytest.Recorder{}
-	c2 := policy.NewChain(rec2.Option())
+	c2 := &policy.Chain{Observer: rec2.Observe}
 	c2.Connect("internal", func(_ context.Context, conn *policy.Conn) policy.Verdict {
 		if conn.Remote.Addr().IsPrivate() {
-			return policy.ForceAccept
+			return policy.ForceAccept()
 		}
-		return policy.Next
+		return policy.Next()
 	})
 	c2.Rcpt("relay", relay)
 	c2.Delivery("route", func(_ context.Context, _ *policy.Transaction, _ policy.Recipient, r *policy.Route) policy.Verdict {
 		r.Transport = "smtp"
-		return policy.Next
+		return policy.Next()
 	})
 	out, err = policytest.Run(context.Background(), c2, policytest.Session{Remote: "10.1.2.3", Rcpts: []string{"x@elsewhere.example"}})
 	require.NoError(t, err)
@@ -303,7 +305,7 @@ func TestRunPassesContext(t *testing.T) {
 	var got any
 	c.Connect("ctx", func(ctx context.Context, _ *policy.Conn) policy.Verdict {
 		got = ctx.Value(ctxKey{})
-		return policy.Next
+		return policy.Next()
 	})
 	_, err := policytest.Run(context.WithValue(context.Background(), ctxKey{}, "v"), c, policytest.Session{})
 	require.NoError(t, err)
