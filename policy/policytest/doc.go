@@ -20,4 +20,24 @@
 // To call one rule directly, build its arguments with Conn, Transaction,
 // Recipient and Message. A Recorder set as a chain's Observer (its
 // Observe method) lists which rules ran and what they decided.
+//
+// Resolver is a fake DNS for rules that take a policy.Resolver (SPF, DKIM,
+// DMARC, blocklists): records are given in maps, names can be made to fail
+// temporarily or time out, and every answer and error is what
+// *net.Resolver would return, so a rule's handling of "not found" versus
+// "try again" is tested without a DNS server:
+//
+//	r := &policytest.Resolver{
+//		TXT:      map[string][]string{"example.com": {"v=spf1 ip4:192.0.2.25 -all"}},
+//		ServFail: []string{"broken.example"},
+//	}
+//
+// # Configuration and logging
+//
+// Everything here is configured by exported fields whose zero values work:
+// a Session's empty fields take the defaults listed with it, the zero
+// Recorder records, and the zero Resolver answers "no such host" to every
+// name. Fields must not be changed while a value is in use. The package has
+// no logger of its own: the rules it runs log through the chain's Logger
+// field (&policy.Chain{Logger: l}; nil means slog.Default()).
 package policytest

@@ -2,7 +2,9 @@ package policytest_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"strings"
 
 	"github.com/mtakit/mtakit/policy"
@@ -99,4 +101,59 @@ func ExampleRecorder() {
 	})
 	fmt.Println(rec.Rules(), out.Rcpts[0].Reply)
 	// Output: [trusted] 250 2.1.5 Recipient OK
+}
+
+// dnsbl is a user's rule: refuse clients listed in a DNS blocklist zone
+// (an A record under the reversed IPv4 address), and ask them to come back
+// when the list cannot be asked.
+func dnsbl(r policy.Resolver, zone string) policy.ConnectRule {
+	return func(ctx context.Context, c *policy.Conn) policy.Verdict {
+		ip := c.Remote.Addr().Unmap()
+		if !ip.Is4() {
+			return policy.Next()
+		}
+		a := ip.As4()
+		name := fmt.Sprintf("%d.%d.%d.%d.%s", a[3], a[2], a[1], a[0], zone)
+		_, err := r.LookupIPAddr(ctx, name)
+		var dnsErr *net.DNSError
+		switch {
+		case err == nil:
+			return policy.Deny(554, "5.7.1", "Listed at "+zone)
+		case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
+			return policy.Next()
+		default:
+			return policy.Defer("4.7.1", "Blocklist unavailable, try again later")
+		}
+	}
+}
+
+// Testing a DNS rule of one's own with a fake resolver: records are given
+// in maps, and failures answer as net.Resolver's do.
+func ExampleResolver() {
+	r := &policytest.Resolver{
+		IP: map[string][]string{
+			"9.113.0.203.dnsbl.example": {"127.0.0.2"},
+		},
+		ServFail: []string{"7.113.0.203.dnsbl.example"},
+	}
+	chain := policy.NewChain()
+	chain.Connect("dnsbl", dnsbl(r, "dnsbl.example"))
+
+	for _, remote := range []string{"203.0.113.9", "203.0.113.8", "203.0.113.7"} {
+		out, err := policytest.Run(context.Background(), chain, policytest.Session{Remote: remote})
+		if err != nil {
+			fmt.Println(err)
+			continue
+		}
+		fmt.Println(remote, out.Connect.Reply)
+	}
+
+	// The rule called directly, as any Go function.
+	conn := policytest.Conn(policytest.Session{Remote: "203.0.113.9"})
+	fmt.Println(dnsbl(r, "dnsbl.example")(context.Background(), conn))
+	// Output:
+	// 203.0.113.9 554 5.7.1 Listed at dnsbl.example
+	// 203.0.113.8 220 ESMTP ready
+	// 203.0.113.7 451 4.7.1 Blocklist unavailable, try again later
+	// deny(554 5.7.1 Listed at dnsbl.example)
 }
