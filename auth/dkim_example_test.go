@@ -11,8 +11,8 @@ import (
 	"strings"
 
 	"github.com/mtakit/mtakit/auth"
-	"github.com/mtakit/mtakit/internal/dnstest"
 	"github.com/mtakit/mtakit/policy"
+	"github.com/mtakit/mtakit/policy/policytest"
 )
 
 const exampleRaw = "From: Alice <alice@example.com>\r\n" +
@@ -77,12 +77,10 @@ func ExampleVerifyDKIM() {
 	key := ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize))
 	signer, _ := auth.NewDKIMSigner("example.com", "2025", key)
 
-	// A DNS server on loopback stands in for the Internet.
-	dns, err := dnstest.Start(signer.DNSName() + `. TXT "` + signer.DNSRecord() + `"`)
-	if err != nil {
-		panic(err)
+	// A fake DNS stands in for the Internet's.
+	dns := &policytest.Resolver{
+		TXT: map[string][]string{signer.DNSName(): {signer.DNSRecord()}},
 	}
-	defer dns.Close()
 
 	// The message as it arrives, signed by the sender's server.
 	m := exampleMessage(exampleRaw)
@@ -91,7 +89,7 @@ func ExampleVerifyDKIM() {
 
 	chain := policy.NewChain()
 	chain.PreQ("dkim", auth.VerifyDKIM(auth.DKIMVerifyOptions{
-		Resolver:   dns.Resolver(),
+		Resolver:   dns,
 		AuthServID: "mx.example.org",
 	}))
 	tx := policy.NewTransaction(&policy.Conn{ID: "c1"}, "q1")

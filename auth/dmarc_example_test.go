@@ -5,22 +5,21 @@ import (
 	"fmt"
 
 	"github.com/mtakit/mtakit/auth"
-	"github.com/mtakit/mtakit/internal/dnstest"
 	"github.com/mtakit/mtakit/policy"
+	"github.com/mtakit/mtakit/policy/policytest"
 )
 
 // Evaluate DMARC after DKIM verification; a spoofed From of a domain with
 // p=reject is refused.
 func ExampleCheckDMARC() {
-	dns, err := dnstest.Start(`_dmarc.example.com. TXT "v=DMARC1; p=reject; rua=mailto:dmarc@example.com"`)
-	if err != nil {
-		panic(err)
+	// A fake DNS stands in for the Internet's.
+	dns := &policytest.Resolver{
+		TXT: map[string][]string{"_dmarc.example.com": {"v=DMARC1; p=reject; rua=mailto:dmarc@example.com"}},
 	}
-	defer dns.Close()
 
 	chain := policy.NewChain()
-	chain.PreQ("dkim", auth.VerifyDKIM(auth.DKIMVerifyOptions{Resolver: dns.Resolver(), AuthServID: "mx.example.org"}))
-	chain.PreQ("dmarc", auth.CheckDMARC(auth.DMARCOptions{Resolver: dns.Resolver(), AuthServID: "mx.example.org"}))
+	chain.PreQ("dkim", auth.VerifyDKIM(auth.DKIMVerifyOptions{Resolver: dns, AuthServID: "mx.example.org"}))
+	chain.PreQ("dmarc", auth.CheckDMARC(auth.DMARCOptions{Resolver: dns, AuthServID: "mx.example.org"}))
 
 	// Unsigned, from a sender SPF says nothing about.
 	tx := policy.NewTransaction(&policy.Conn{ID: "c1"}, "q1")

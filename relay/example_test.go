@@ -4,13 +4,14 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
 
-	"github.com/mtakit/mtakit/internal/dnstest"
 	"github.com/mtakit/mtakit/policy"
+	"github.com/mtakit/mtakit/policy/policytest"
 	"github.com/mtakit/mtakit/relay"
 )
 
@@ -91,25 +92,23 @@ func exampleDelivery(rcpts ...string) *policy.Delivery {
 }
 
 func ExampleMX() {
-	// A receiving server and a DNS server on loopback stand in for the
+	// A receiving server on loopback and a fake DNS stand in for the
 	// Internet.
 	recv, stop, err := newReceiver(receiverOpts{TLS: true})
 	if err != nil {
 		panic(err)
 	}
 	defer stop()
-	dns, err := dnstest.Start(
-		`dest.test. MX 10 mx.dest.test.`,
-		`mx.dest.test. A 127.0.0.1`,
-		`void.test. MX 0 .`,
-	)
-	if err != nil {
-		panic(err)
+	dns := &policytest.Resolver{
+		MX: map[string][]*net.MX{
+			"dest.test": {{Host: "mx.dest.test", Pref: 10}},
+			"void.test": {{Host: ".", Pref: 0}}, // null MX: accepts no mail
+		},
+		IP: map[string][]string{"mx.dest.test": {"127.0.0.1"}},
 	}
-	defer dns.Close()
 
 	mx := &relay.MX{
-		Resolver: dns.Resolver(),
+		Resolver: dns,
 		Hostname: "mail.example.com",
 		Port:     recv.Port, // 25 in production
 	}
