@@ -43,7 +43,7 @@ func build(cfg *config, log *slog.Logger) (*server, error) {
 	if cfg.dns != "" {
 		dnsServers = []string{cfg.dns}
 	}
-	resolver := dnscache.New(dnsServers, dnscache.WithLogger(log))
+	resolver := dnscache.New(dnscache.Config{Servers: dnsServers, Logger: log})
 	s := &server{cfg: cfg, log: log}
 
 	rs := ruleSet{domains: cfg.domains, internal: internal, resolver: resolver, hostname: cfg.hostname}

@@ -18,8 +18,8 @@ func BenchmarkLookupTXT(b *testing.B) {
 		name string
 		r    policy.Resolver
 	}{
-		{"cached", dnscache.New([]string{srv.Addr()})},
-		{"uncached", dnscache.New([]string{srv.Addr()}, dnscache.WithMaxTTL(0))},
+		{"cached", dnscache.New(dnscache.Config{Servers: []string{srv.Addr()}})},
+		{"uncached", dnscache.New(dnscache.Config{Servers: []string{srv.Addr()}, MaxTTL: -1})},
 		{"net.Resolver", policy.ResolverAt(srv.Addr())},
 	} {
 		b.Run(bc.name, func(b *testing.B) {

@@ -10,7 +10,7 @@
 // for its TTL, and concurrent lookups of the same name and type share one
 // query.
 //
-//	r := dnscache.New([]string{"127.0.0.1:53"}) // nil: the servers of /etc/resolv.conf
+//	r := dnscache.New(dnscache.Config{Servers: []string{"127.0.0.1:53"}}) // none: those of /etc/resolv.conf
 //	chain.Mail("spf", auth.CheckSPF(auth.SPFBoth, auth.SPFSoft, r))
 //
 // It answers as net.Resolver does, so the libraries that classify DNS
@@ -35,15 +35,24 @@
 // alias alone. Servers are tried in order, two rounds.
 //
 // Caching: a positive answer is kept for the smallest TTL of the records
-// and CNAMEs it used, at most [WithMaxTTL]; a negative answer (NXDOMAIN,
+// and CNAMEs it used, at most [Config.MaxTTL]; a negative answer (NXDOMAIN,
 // NODATA) for the smaller of its SOA record's TTL and MINIMUM field (RFC
-// 2308), at most [WithMaxNegativeTTL], and not at all when the reply has
+// 2308), at most [Config.MaxNegativeTTL], and not at all when the reply has
 // no SOA. SERVFAIL, REFUSED, timeouts and network errors are never kept.
 // Expired answers are never served. The cache holds at most
-// [WithMaxEntries] answers, dropping the least recently used.
+// [Config.MaxEntries] answers, dropping the least recently used.
 //
 // A query shared by several lookups is not canceled when the lookup that
-// started it gives up: it runs to its own timeout ([WithTimeout]) so the
-// others, and the cache, get the answer. Each lookup still returns when
-// its own context ends.
+// started it gives up: it runs to its own timeout ([Config.Timeout]) so
+// the others, and the cache, get the answer. Each lookup still returns
+// when its own context ends.
+//
+// # Configuration and logging
+//
+// New takes a Config: exported fields whose zero values are documented
+// defaults (the servers of /etc/resolv.conf, 5 s per query, 10,000
+// answers, TTLs capped at 1 h and 5 min). New copies it; a Resolver's
+// configuration cannot change afterwards. Config.Logger receives failed
+// queries at debug level and a missing server list at warn level; a nil
+// Logger means slog.Default().
 package dnscache

@@ -94,7 +94,7 @@ func soa(t *testing.T, ttl, minimum uint32) dns.RR {
 	return s
 }
 
-// clock is a settable clock for WithClock.
+// clock is a settable clock for SetClock.
 type clock struct {
 	mu  sync.Mutex
 	now time.Time

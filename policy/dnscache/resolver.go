@@ -16,12 +16,12 @@ import (
 	"github.com/mtakit/mtakit/policy"
 )
 
-// Defaults for the options.
+// Defaults for the zero fields of Config.
 const (
-	DefaultTimeout        = 5 * time.Second
-	DefaultMaxEntries     = 10000
-	DefaultMaxTTL         = time.Hour
-	DefaultMaxNegativeTTL = 5 * time.Minute
+	defaultTimeout        = 5 * time.Second
+	defaultMaxEntries     = 10000
+	defaultMaxTTL         = time.Hour
+	defaultMaxNegativeTTL = 5 * time.Minute
 )
 
 // resolvConf is where New finds the servers when it is given none (a
@@ -31,7 +31,7 @@ var resolvConf = "/etc/resolv.conf"
 // Resolver is a caching stub resolver: it sends recursive queries to the
 // configured servers and keeps their answers for their TTL. It satisfies
 // policy.Resolver and is safe for concurrent use. The zero value is not
-// usable; call New.
+// usable; call New with a Config.
 type Resolver struct {
 	servers   []string
 	serverErr error // why there are no servers (resolv.conf unreadable)
@@ -51,89 +51,58 @@ type Resolver struct {
 
 var _ policy.Resolver = (*Resolver)(nil)
 
-// Option configures a Resolver.
-type Option func(*Resolver)
+// Config configures a Resolver. The zero Config is usable: it sends
+// queries to the nameservers of /etc/resolv.conf with the defaults below.
+type Config struct {
+	// Servers are the DNS servers queries are sent to (host:port; a
+	// missing port means 53), tried in order. Empty means the nameservers
+	// of /etc/resolv.conf; if that cannot be read, every lookup fails with
+	// a temporary error (and the reason is logged once).
+	Servers []string
 
-// WithTimeout bounds each query sent to a server (default 5 s). A lookup
-// is bounded by its context as well; a query that several lookups share
-// runs until this timeout even when the lookup that started it gives up,
-// so that the others (and the cache) still get its answer.
-func WithTimeout(d time.Duration) Option {
-	return func(r *Resolver) {
-		if d > 0 {
-			r.timeout = d
-		}
-	}
+	// Timeout bounds each query sent to a server; 0 means 5 s. A lookup
+	// is bounded by its context as well; a query that several lookups
+	// share runs until this timeout even when the lookup that started it
+	// gives up, so that the others (and the cache) still get its answer.
+	Timeout time.Duration
+
+	// MaxEntries bounds the number of cached answers (one per name and
+	// type); 0 means 10,000. When the cache is full, the least recently
+	// used answer is dropped.
+	MaxEntries int
+
+	// MaxTTL caps how long a positive answer is kept, whatever its TTL;
+	// 0 means 1 h, and a negative value turns positive caching off.
+	MaxTTL time.Duration
+
+	// MaxNegativeTTL caps how long a "no such name" or "no such record"
+	// answer is kept; 0 means 5 min, and a negative value turns negative
+	// caching off.
+	MaxNegativeTTL time.Duration
+
+	// Logger receives failed queries (at debug level) and a missing
+	// server list (at warn level); nil means slog.Default().
+	Logger *slog.Logger
 }
 
-// WithMaxEntries bounds the number of cached answers (one per name and
-// type; default 10,000). When the cache is full, the least recently used
-// answer is dropped.
-func WithMaxEntries(n int) Option {
-	return func(r *Resolver) {
-		if n > 0 {
-			r.maxEntries = n
-		}
-	}
-}
-
-// WithMaxTTL caps how long a positive answer is kept, whatever its TTL
-// (default 1 h); 0 turns positive caching off.
-func WithMaxTTL(d time.Duration) Option {
-	return func(r *Resolver) {
-		if d >= 0 {
-			r.maxTTL = d
-		}
-	}
-}
-
-// WithMaxNegativeTTL caps how long a "no such name" or "no such record"
-// answer is kept (default 5 min); 0 turns negative caching off.
-func WithMaxNegativeTTL(d time.Duration) Option {
-	return func(r *Resolver) {
-		if d >= 0 {
-			r.maxNegTTL = d
-		}
-	}
-}
-
-// WithClock replaces time.Now for the cache's expiry, for tests. Query
-// timeouts always use the real clock.
-func WithClock(now func() time.Time) Option {
-	return func(r *Resolver) {
-		if now != nil {
-			r.now = now
-		}
-	}
-}
-
-// WithLogger sets where failed queries are logged (at debug level); the
-// default discards.
-func WithLogger(l *slog.Logger) Option {
-	return func(r *Resolver) {
-		if l != nil {
-			r.log = l
-		}
-	}
-}
-
-// New returns a resolver sending its queries to servers (host:port; a
-// missing port means 53), tried in order. With no servers it uses the
-// nameservers of /etc/resolv.conf; if that cannot be read, every lookup
-// fails with a temporary error (and the reason is logged once).
-func New(servers []string, opts ...Option) *Resolver {
+// New returns a resolver configured by cfg. cfg is copied: changing it
+// afterwards has no effect on the Resolver.
+func New(cfg Config) *Resolver {
 	r := &Resolver{
-		timeout:    DefaultTimeout,
-		maxEntries: DefaultMaxEntries,
-		maxTTL:     DefaultMaxTTL,
-		maxNegTTL:  DefaultMaxNegativeTTL,
+		timeout:    positive(cfg.Timeout, defaultTimeout),
+		maxEntries: defaultMaxEntries,
+		maxTTL:     positive(cfg.MaxTTL, defaultMaxTTL),
+		maxNegTTL:  positive(cfg.MaxNegativeTTL, defaultMaxNegativeTTL),
 		now:        time.Now,
-		log:        slog.New(slog.DiscardHandler),
+		log:        cfg.Logger,
 	}
-	for _, o := range opts {
-		o(r)
+	if cfg.MaxEntries > 0 {
+		r.maxEntries = cfg.MaxEntries
 	}
-	for _, s := range servers {
+	if r.log == nil {
+		r.log = slog.Default()
+	}
+	for _, s := range cfg.Servers {
 		r.servers = append(r.servers, withPort(s, "53"))
 	}
 	if len(r.servers) == 0 {
@@ -156,6 +125,18 @@ func New(servers []string, opts ...Option) *Resolver {
 	r.tcp = &dns.Client{Net: "tcp", Timeout: r.timeout}
 	r.cache = newCache(r.maxEntries)
 	return r
+}
+
+// positive returns d for a positive d, def for 0, and 0 (off) for a
+// negative d.
+func positive(d, def time.Duration) time.Duration {
+	switch {
+	case d > 0:
+		return d
+	case d == 0:
+		return def
+	}
+	return 0
 }
 
 // withPort adds port to a server address that has none.

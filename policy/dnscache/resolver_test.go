@@ -80,7 +80,7 @@ var lookups = map[string]func(ctx context.Context, r policy.Resolver, name strin
 // same server (the "net" column checks the expectation itself).
 func TestLookups(t *testing.T) {
 	srv := zone(t)
-	r := dnscache.New([]string{srv.Addr()})
+	r := dnscache.New(dnscache.Config{Servers: []string{srv.Addr()}})
 	tests := []struct {
 		name, kind, query string
 		want              []string
@@ -125,7 +125,7 @@ func TestLookups(t *testing.T) {
 // orders (RFC 5321 section 5.1 load spreading), lower preference first.
 func TestMXEqualPreferenceShuffled(t *testing.T) {
 	srv := dnstest.New(t, `eq.test. MX 10 a.test.`, `eq.test. MX 10 b.test.`, `eq.test. MX 5 first.test.`)
-	r := dnscache.New([]string{srv.Addr()})
+	r := dnscache.New(dnscache.Config{Servers: []string{srv.Addr()}})
 	seen := map[string]bool{}
 	for range 200 {
 		mxs, err := r.LookupMX(context.Background(), "eq.test.")
@@ -145,7 +145,7 @@ func TestErrors(t *testing.T) {
 	srv.Fail("servfail.test.", dns.RcodeServerFailure)
 	srv.Fail("refused.test.", dns.RcodeRefused)
 	srv.Add(`sub.empty.test. TXT "x"`)
-	r := dnscache.New([]string{srv.Addr()})
+	r := dnscache.New(dnscache.Config{Servers: []string{srv.Addr()}})
 	type class struct{ notFound, temporary, timeout bool }
 	notFound, temporary := class{notFound: true}, class{temporary: true}
 	tests := []struct {
@@ -191,7 +191,7 @@ func TestServfailNotCached(t *testing.T) {
 	for _, rcode := range []int{dns.RcodeServerFailure, dns.RcodeRefused} {
 		t.Run(dns.RcodeToString[rcode], func(t *testing.T) {
 			srv := dnstest.New(t, `flaky.test. TXT "ok"`)
-			r := dnscache.New([]string{srv.Addr()})
+			r := dnscache.New(dnscache.Config{Servers: []string{srv.Addr()}})
 			srv.Fail("flaky.test.", rcode)
 			_, err := r.LookupTXT(context.Background(), "flaky.test.")
 			var de *net.DNSError
@@ -213,7 +213,7 @@ func TestTimeout(t *testing.T) {
 	srv.Timeout("slow.test.")
 
 	t.Run("bounded by the context", func(t *testing.T) {
-		r := dnscache.New([]string{srv.Addr()}, dnscache.WithTimeout(20*time.Second))
+		r := dnscache.New(dnscache.Config{Servers: []string{srv.Addr()}, Timeout: 20 * time.Second})
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		defer cancel()
 		start := time.Now()
@@ -225,7 +225,7 @@ func TestTimeout(t *testing.T) {
 		assert.Less(t, time.Since(start), 10*time.Second, "the lookup waited for the 20 s query timeout, not its context")
 	})
 	t.Run("bounded by the query timeout", func(t *testing.T) {
-		r := dnscache.New([]string{srv.Addr()}, dnscache.WithTimeout(50*time.Millisecond))
+		r := dnscache.New(dnscache.Config{Servers: []string{srv.Addr()}, Timeout: 50 * time.Millisecond})
 		_, err := r.LookupTXT(context.Background(), "slow.test.")
 		var de *net.DNSError
 		require.ErrorAs(t, err, &de)
@@ -237,7 +237,7 @@ func TestTimeout(t *testing.T) {
 		assert.Equal(t, []string{"late"}, txt)
 	})
 	t.Run("a canceled context", func(t *testing.T) {
-		r := dnscache.New([]string{srv.Addr()})
+		r := dnscache.New(dnscache.Config{Servers: []string{srv.Addr()}})
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
 		_, err := r.LookupTXT(ctx, "anything.test.")
@@ -258,7 +258,7 @@ func TestTruncatedRetriedOverTCP(t *testing.T) {
 		want = append(want, s)
 		srv.Add(`big.test. TXT "` + s + `"`)
 	}
-	r := dnscache.New([]string{srv.Addr()})
+	r := dnscache.New(dnscache.Config{Servers: []string{srv.Addr()}})
 	got, err := r.LookupTXT(context.Background(), "big.test.")
 	require.NoError(t, err)
 	slices.Sort(got)
@@ -271,7 +271,7 @@ func TestTruncatedRetriedOverTCP(t *testing.T) {
 }
 
 // TestTTL: an answer is served from the cache until its TTL (the smallest
-// along a CNAME chain, capped by WithMaxTTL) runs out, then asked again.
+// along a CNAME chain, capped by Config.MaxTTL) runs out, then asked again.
 func TestTTL(t *testing.T) {
 	srv := dnstest.New(t,
 		`ttl.test. 60 TXT "x"`,
@@ -291,7 +291,8 @@ func TestTTL(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			clk := newClock()
-			r := dnscache.New([]string{srv.Addr()}, dnscache.WithClock(clk.Now), dnscache.WithMaxTTL(time.Hour))
+			r := dnscache.New(dnscache.Config{Servers: []string{srv.Addr()}, MaxTTL: time.Hour})
+			dnscache.SetClock(r, clk.Now)
 			srv.ResetQueries()
 			lookup := func() {
 				txt, err := r.LookupTXT(context.Background(), tt.name)
@@ -309,8 +310,8 @@ func TestTTL(t *testing.T) {
 		})
 	}
 
-	t.Run("WithMaxTTL(0) turns caching off", func(t *testing.T) {
-		r := dnscache.New([]string{srv.Addr()}, dnscache.WithMaxTTL(0))
+	t.Run("a negative MaxTTL turns caching off", func(t *testing.T) {
+		r := dnscache.New(dnscache.Config{Servers: []string{srv.Addr()}, MaxTTL: -1})
 		srv.ResetQueries()
 		for range 3 {
 			_, err := r.LookupTXT(context.Background(), "ttl.test.")
@@ -345,7 +346,8 @@ func TestNegativeCaching(t *testing.T) {
 				return m
 			})
 			clk := newClock()
-			r := dnscache.New([]string{f.addr}, dnscache.WithClock(clk.Now))
+			r := dnscache.New(dnscache.Config{Servers: []string{f.addr}})
+			dnscache.SetClock(r, clk.Now)
 			lookup := func() {
 				_, err := r.LookupTXT(context.Background(), "missing.test.")
 				var de *net.DNSError
@@ -383,7 +385,7 @@ func TestAliasOnlyAnswer(t *testing.T) {
 		}
 		return reply(t, req, dns.RcodeNameError)
 	})
-	r := dnscache.New([]string{f.addr})
+	r := dnscache.New(dnscache.Config{Servers: []string{f.addr}})
 	txt, err := r.LookupTXT(context.Background(), "alias.test.")
 	require.NoError(t, err)
 	assert.Equal(t, []string{"found"}, txt)
@@ -398,7 +400,7 @@ func TestWrongQuestionRejected(t *testing.T) {
 		m.Question[0].Name = "other.test."
 		return m
 	})
-	r := dnscache.New([]string{f.addr})
+	r := dnscache.New(dnscache.Config{Servers: []string{f.addr}})
 	txt, err := r.LookupTXT(context.Background(), "asked.test.")
 	assert.Empty(t, txt)
 	var de *net.DNSError
@@ -411,7 +413,7 @@ func TestWrongQuestionRejected(t *testing.T) {
 func TestServersInOrder(t *testing.T) {
 	bad := startFake(t, func(req *dns.Msg) *dns.Msg { return reply(t, req, dns.RcodeServerFailure) })
 	good := dnstest.New(t, `txt.test. TXT "ok"`)
-	r := dnscache.New([]string{bad.addr, good.Addr()})
+	r := dnscache.New(dnscache.Config{Servers: []string{bad.addr, good.Addr()}})
 	txt, err := r.LookupTXT(context.Background(), "txt.test.")
 	require.NoError(t, err)
 	assert.Equal(t, []string{"ok"}, txt)
@@ -429,7 +431,7 @@ func TestConcurrentLookupsShareOneQuery(t *testing.T) {
 		// query for every lookup.
 		return reply(t, req, dns.RcodeSuccess, `shared.test. 0 IN TXT "one answer"`)
 	})
-	r := dnscache.New([]string{f.addr})
+	r := dnscache.New(dnscache.Config{Servers: []string{f.addr}})
 
 	const n = 20
 	var started, done sync.WaitGroup
@@ -463,11 +465,11 @@ func TestConcurrentLookupsShareOneQuery(t *testing.T) {
 	assert.Equal(t, 2, f.count(), "TTL 0: the next lookup asks again")
 }
 
-// TestEviction: the cache holds at most WithMaxEntries answers and drops
+// TestEviction: the cache holds at most Config.MaxEntries answers and drops
 // the least recently used one.
 func TestEviction(t *testing.T) {
 	srv := dnstest.New(t, `a.test. TXT "a"`, `b.test. TXT "b"`, `c.test. TXT "c"`, `d.test. TXT "d"`, `e.test. TXT "e"`)
-	r := dnscache.New([]string{srv.Addr()}, dnscache.WithMaxEntries(3))
+	r := dnscache.New(dnscache.Config{Servers: []string{srv.Addr()}, MaxEntries: 3})
 	lookup := func(name string) {
 		_, err := r.LookupTXT(context.Background(), name)
 		require.NoError(t, err)
@@ -495,7 +497,7 @@ func TestServerAddresses(t *testing.T) {
 	srv := dnstest.New(t, `txt.test. TXT "ok"`)
 	host, port, err := net.SplitHostPort(srv.Addr())
 	require.NoError(t, err)
-	r := dnscache.New([]string{"[" + host + "]:" + port})
+	r := dnscache.New(dnscache.Config{Servers: []string{"[" + host + "]:" + port}})
 	_, err = r.LookupTXT(context.Background(), "txt.test.")
 	assert.NoError(t, err)
 }

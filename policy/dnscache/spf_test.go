@@ -32,7 +32,7 @@ func TestSPFThroughCache(t *testing.T) {
 	)
 	srv.Fail("servfail.test.", dns.RcodeServerFailure)
 	srv.Timeout("slow.test.")
-	r := dnscache.New([]string{srv.Addr()})
+	r := dnscache.New(dnscache.Config{Servers: []string{srv.Addr()}})
 
 	tests := []struct {
 		domain string
