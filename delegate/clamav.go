@@ -34,7 +34,7 @@ type ClamAV struct {
 	// go on unscanned (with a warning) when clamd fails; by default the
 	// transaction gets 451 4.7.1.
 	FailOpen bool
-	// Logger receives the rules' logs. Default slog.Default().
+	// Logger receives the rules' logs; nil means slog.Default().
 	Logger *slog.Logger
 }
 
@@ -239,7 +239,7 @@ func (c *ClamAV) log() *slog.Logger {
 // ("" when clean). With then nil an infected message is refused with
 // 554 5.7.1.
 //
-// When the scan fails the rule answers 451 4.7.1 (ReplyUnavailable), or,
+// When the scan fails the rule answers 451 4.7.1, or,
 // with c.FailOpen, logs a warning and says Next.
 func ScanRule(c *ClamAV, then func(ctx context.Context, tx *policy.Transaction, m *policy.Message, virus string) policy.Verdict) policy.MessageRule {
 	return func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
@@ -250,7 +250,7 @@ func ScanRule(c *ClamAV, then func(ctx context.Context, tx *policy.Transaction, 
 				c.log().WarnContext(ctx, "clamd scan failed; fail-open: the message goes on unscanned", attrs...)
 				return policy.Next()
 			}
-			return policy.Deny(ReplyUnavailable.Code, ReplyUnavailable.Enhanced, ReplyUnavailable.Text).WithErr(err)
+			return policy.Deny(replyUnavailable.Code, replyUnavailable.Enhanced, replyUnavailable.Text).WithErr(err)
 		}
 		if virus != "" {
 			c.log().InfoContext(ctx, "virus found", slog.String("tx", tx.ID), slog.String("virus", virus))

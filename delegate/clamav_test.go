@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"strings"
@@ -202,7 +203,7 @@ func TestClamAVRules(t *testing.T) {
 		{"clean", clean, false, "virus_q", policy.Next()},
 		{"infected to quarantine", infected, false, "virus_q", policy.Quarantine("virus_q")},
 		{"infected refused", infected, false, "", policy.Deny(554, "5.7.1", "Message contains a virus")},
-		{"down", down, false, "virus_q", policy.Deny(451, "4.7.1", ReplyUnavailable.Text)},
+		{"down", down, false, "virus_q", policy.Deny(451, "4.7.1", replyUnavailable.Text)},
 		{"down, fail-open", down, true, "virus_q", policy.Next()},
 	}
 	for _, tc := range tests {
@@ -259,4 +260,11 @@ func TestParseReply(t *testing.T) {
 			assert.Equal(t, tc.virus, virus, "%q", tc.reply)
 		}
 	}
+}
+
+// TestClamAVNilLoggerIsDefault: nil Logger means slog.Default().
+func TestClamAVNilLoggerIsDefault(t *testing.T) {
+	assert.Same(t, slog.Default(), (&ClamAV{}).log())
+	l := slog.New(slog.DiscardHandler)
+	assert.Same(t, l, (&ClamAV{Logger: l}).log())
 }

@@ -37,7 +37,7 @@
 // so the fields the filter added are visible, and returns the verdict of
 // its then-rule.
 //
-// Every failure is answered 451 4.7.1 (ReplyUnavailable): at preq the
+// Every failure is answered 451 4.7.1: at preq the
 // client retries, at postq the queue defers. Failures include:
 //
 //   - the filter is down, or refuses the message with 4xx or 5xx at any
@@ -76,4 +76,13 @@
 //   - clamd failing: 451 4.7.1, unless FailOpen.
 //
 // A message larger than clamd's StreamMaxLength fails with ErrSizeLimit.
+//
+// # Configuration and logging
+//
+// Service and ClamAV are configured by their exported fields, each zero
+// value a documented default (&delegate.Service{...}, &delegate.ClamAV{...});
+// their fields must not be changed once they are in use (a Service once it
+// serves or delegates). Rule, ClamAVRule and ScanRule take the configured
+// value. Service.Logger receives the receiver's and the delegation rules'
+// logs, ClamAV.Logger the scan rules'; nil means slog.Default().
 package delegate

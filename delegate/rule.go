@@ -15,9 +15,9 @@ import (
 	"github.com/mtakit/mtakit/policy"
 )
 
-// ReplyUnavailable is the reply of a transaction whose delegation (or
+// replyUnavailable is the reply of a transaction whose delegation (or
 // ClamAV scan) failed when fail-open is off: the client tries again later.
-var ReplyUnavailable = policy.Reply{Code: 451, Enhanced: "4.7.1", Text: "Content scan unavailable, try again later"}
+var replyUnavailable = policy.Reply{Code: 451, Enhanced: "4.7.1", Text: "Content scan unavailable, try again later"}
 
 // Rule returns a preq or postq rule that sends the message through the
 // filter of svc, replaces the message's content with what came back (the
@@ -27,7 +27,7 @@ var ReplyUnavailable = policy.Reply{Code: 451, Enhanced: "4.7.1", Text: "Content
 //
 // When the delegation fails (filter down, filter rejecting the message,
 // nothing back within svc.Timeout, the receiver closed) the rule answers
-// 451 4.7.1 (ReplyUnavailable): at preq the client retries, at postq the
+// 451 4.7.1: at preq the client retries, at postq the
 // queue defers. With svc.FailOpen it logs a warning and says Next instead,
 // leaving the message as it was.
 func Rule(svc *Service, then policy.MessageRule) policy.MessageRule {
@@ -49,7 +49,7 @@ func (s *Service) failed(ctx context.Context, tx *policy.Transaction, err error)
 		return policy.Next()
 	}
 	s.log().InfoContext(ctx, "delegation failed; deferring the transaction", attrs...)
-	return policy.Deny(ReplyUnavailable.Code, ReplyUnavailable.Enhanced, ReplyUnavailable.Text).WithErr(err)
+	return policy.Deny(replyUnavailable.Code, replyUnavailable.Enhanced, replyUnavailable.Text).WithErr(err)
 }
 
 // Delegate sends m through the filter of s with the envelope of tx and

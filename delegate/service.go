@@ -89,7 +89,7 @@ type Service struct {
 	// (clamsmtpd's MaxConnections, 64 by default), which answers 421 to
 	// the connections above it.
 	MaxConcurrent int
-	// Logger receives the service's logs. Default slog.Default().
+	// Logger receives the service's logs; nil means slog.Default().
 	Logger *slog.Logger
 
 	semOnce sync.Once

@@ -3,6 +3,7 @@ package relay
 import (
 	"bufio"
 	"bytes"
+	"log/slog"
 	"strings"
 	"testing"
 
@@ -146,4 +147,12 @@ func FuzzDotWriter(f *testing.F) {
 func TestXtext(t *testing.T) {
 	assert.Equal(t, "a+2Bb+3Dc+20d", xtext("a+b=c d"))
 	assert.Equal(t, "user@example.com", xtext("user@example.com"))
+}
+
+// TestNilLoggerIsDefault: a transport whose Logger is nil logs to
+// slog.Default(), as the fields' docs say.
+func TestNilLoggerIsDefault(t *testing.T) {
+	assert.Same(t, slog.Default(), orDefault(nil))
+	l := slog.New(slog.DiscardHandler)
+	assert.Same(t, l, orDefault(l))
 }

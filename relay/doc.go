@@ -50,4 +50,15 @@
 // 5321 timeouts of Timeouts. The message is streamed from
 // policy.Message.Reader, dot-stuffed, with every line ending in CRLF: a bare
 // CR or LF is sent as CRLF, so no bare line end ever leaves.
+//
+// # Configuration and logging
+//
+// The transports are configured by their exported fields, each zero value
+// a documented default (&relay.MX{Resolver: r, Hostname: h}, &relay.LMTP{...},
+// &relay.Smarthost{...}); a transport's fields must not be changed once it
+// delivers. The relay rules are made from a Policy (its fields Internal
+// and Local, or NewPolicy) or by the CheckRelay shortcuts, whose arguments
+// are the same. Each transport logs to its Logger field; nil
+// means slog.Default(). The rules do not log: their verdicts go to the
+// chain's Logger and Observer.
 package relay

@@ -20,7 +20,8 @@ type LMTP struct {
 	// Dial opens the connection; default net.Dialer.
 	Dial     DialFunc
 	Timeouts Timeouts
-	Logger   *slog.Logger
+	// Logger receives the transport's logs; nil means slog.Default().
+	Logger *slog.Logger
 }
 
 // Deliver sends d over one LMTP session and returns one reply per

@@ -17,11 +17,11 @@ import (
 
 // Replies of the MX transport for DNS outcomes.
 var (
-	ReplyNullMX        = policy.Reply{Code: 556, Enhanced: "5.1.10", Text: "Domain does not accept mail (null MX)"}
-	ReplyNoDomain      = policy.Reply{Code: 550, Enhanced: "5.1.2", Text: "Domain not found (no MX and no address records)"}
-	ReplyDNSTemp       = policy.Reply{Code: 451, Enhanced: "4.4.3", Text: "Temporary DNS failure looking up the domain"}
-	ReplyNoHostAddress = policy.Reply{Code: 550, Enhanced: "5.4.4", Text: "No address found for any mail exchanger of the domain"}
-	ReplyNoAnswer      = policy.Reply{Code: 451, Enhanced: "4.4.1", Text: "No mail exchanger of the domain could be reached"}
+	replyNullMX        = policy.Reply{Code: 556, Enhanced: "5.1.10", Text: "Domain does not accept mail (null MX)"}
+	replyNoDomain      = policy.Reply{Code: 550, Enhanced: "5.1.2", Text: "Domain not found (no MX and no address records)"}
+	replyDNSTemp       = policy.Reply{Code: 451, Enhanced: "4.4.3", Text: "Temporary DNS failure looking up the domain"}
+	replyNoHostAddress = policy.Reply{Code: 550, Enhanced: "5.4.4", Text: "No address found for any mail exchanger of the domain"}
+	replyNoAnswer      = policy.Reply{Code: 451, Enhanced: "4.4.1", Text: "No mail exchanger of the domain could be reached"}
 )
 
 // MX delivers to the mail exchangers of each recipient's domain (RFC 5321
@@ -55,7 +55,8 @@ type MX struct {
 	// 5 (Postfix's smtp_mx_address_limit).
 	MaxAddresses int
 	Timeouts     Timeouts
-	Logger       *slog.Logger
+	// Logger receives the transport's logs; nil means slog.Default().
+	Logger *slog.Logger
 }
 
 // mxHost is one host to try.
@@ -66,7 +67,10 @@ type mxHost struct {
 
 // Deliver sends d to the mail exchangers of its recipients' domains and
 // returns one reply per recipient, in order: 2xx delivered, 4xx try again
-// later, 5xx failed for good.
+// later, 5xx failed for good. Besides the servers' own replies, a domain's
+// DNS gives 556 5.1.10 for a null MX, 550 5.1.2 for a domain with no MX
+// and no address, 451 4.4.3 for a temporary DNS failure, 550 5.4.4 when no
+// mail exchanger has an address, and 451 4.4.1 when none could be reached.
 func (m *MX) Deliver(ctx context.Context, d *policy.Delivery) []policy.Reply {
 	if r, bad := checkDelivery(d); bad {
 		return r
@@ -165,13 +169,13 @@ func (m *MX) deliverDomain(ctx context.Context, d *policy.Delivery, domain strin
 	}
 	switch {
 	case tried == 0 && tempLookup:
-		return sameReply(len(rcpts), ReplyDNSTemp)
+		return sameReply(len(rcpts), replyDNSTemp)
 	case tried == 0 && notFound > 0:
-		return sameReply(len(rcpts), ReplyNoHostAddress)
+		return sameReply(len(rcpts), replyNoHostAddress)
 	case ctx.Err() != nil:
 		return sameReply(len(rcpts), policy.Reply{Code: 451, Enhanced: "4.4.7", Text: "Delivery attempt cancelled: " + ctx.Err().Error()})
 	case last.IsZero():
-		return sameReply(len(rcpts), ReplyNoAnswer)
+		return sameReply(len(rcpts), replyNoAnswer)
 	}
 	// The last host's failure: connection refused (4.4.1), a 554
 	// greeting, TLS required but not offered (4.7.4), ...
@@ -193,12 +197,12 @@ func (m *MX) hosts(ctx context.Context, domain string) ([]mxHost, policy.Reply) 
 	mxs, err := m.Resolver.LookupMX(ctx, domain+".")
 	if err != nil && len(mxs) == 0 {
 		if !isNotFound(err) {
-			return nil, ReplyDNSTemp
+			return nil, replyDNSTemp
 		}
 	}
 	for _, mx := range mxs {
 		if mx.Host == "." || mx.Host == "" {
-			return nil, ReplyNullMX
+			return nil, replyNullMX
 		}
 	}
 	if len(mxs) == 0 {
@@ -207,9 +211,9 @@ func (m *MX) hosts(ctx context.Context, domain string) ([]mxHost, policy.Reply) 
 		ips, err := m.Resolver.LookupIPAddr(ctx, domain+".")
 		if err != nil || len(ips) == 0 {
 			if err == nil || isNotFound(err) {
-				return nil, ReplyNoDomain
+				return nil, replyNoDomain
 			}
-			return nil, ReplyDNSTemp
+			return nil, replyDNSTemp
 		}
 		return []mxHost{{name: domain}}, policy.Reply{}
 	}

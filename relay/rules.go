@@ -11,12 +11,12 @@ import (
 
 // Replies given by the relay rules.
 var (
-	// ReplyRelayDenied refuses a recipient outside the local domains from a
+	// replyRelayDenied refuses a recipient outside the local domains from a
 	// client that may not relay.
-	ReplyRelayDenied = policy.Reply{Code: 554, Enhanced: "5.7.1", Text: "Relay access denied"}
-	// ReplySpoofedSender refuses a sender address in a local domain from a
+	replyRelayDenied = policy.Reply{Code: 554, Enhanced: "5.7.1", Text: "Relay access denied"}
+	// replySpoofedSender refuses a sender address in a local domain from a
 	// client outside the internal networks that has not authenticated.
-	ReplySpoofedSender = policy.Reply{Code: 550, Enhanced: "5.7.1", Text: "Sender address in a local domain requires authentication"}
+	replySpoofedSender = policy.Reply{Code: 550, Enhanced: "5.7.1", Text: "Sender address in a local domain requires authentication"}
 )
 
 // Domains is a set of local domains, normalized as policy.Address.Domain is
@@ -207,7 +207,7 @@ func (p *Policy) spoofed(tx *policy.Transaction) bool {
 func (p *Policy) MailRule() policy.MailRule {
 	return func(_ context.Context, tx *policy.Transaction) policy.Verdict {
 		if p.spoofed(tx) {
-			return deny(ReplySpoofedSender)
+			return deny(replySpoofedSender)
 		}
 		return policy.Next()
 	}
@@ -225,7 +225,7 @@ func (p *Policy) RcptRule() policy.RcptRule {
 		if p.Local.Has(rcpt.Addr) || p.mayRelay(tx) {
 			return policy.Accept()
 		}
-		return deny(ReplyRelayDenied)
+		return deny(replyRelayDenied)
 	}
 }
 
@@ -236,7 +236,7 @@ func (p *Policy) Rule() policy.RcptRule {
 	rcpt := p.RcptRule()
 	return func(ctx context.Context, tx *policy.Transaction, r policy.Recipient) policy.Verdict {
 		if p.spoofed(tx) {
-			return deny(ReplySpoofedSender)
+			return deny(replySpoofedSender)
 		}
 		return rcpt(ctx, tx, r)
 	}

@@ -128,7 +128,7 @@ func TestRulesWithoutConn(t *testing.T) {
 	assert.Equal(t, policy.KindNext, p.MailRule()(ctx, tx).Kind)
 	assert.Equal(t, policy.KindAccept, p.RcptRule()(ctx, tx, policy.Recipient{Addr: policy.MustParseAddress("postmaster")}).Kind)
 	v := p.Rule()(ctx, tx, policy.Recipient{Addr: policy.MustParseAddress("u@other.test")})
-	assert.Equal(t, relay.ReplyRelayDenied, v.Reply)
+	assert.Equal(t, policy.Reply{Code: 554, Enhanced: "5.7.1", Text: "Relay access denied"}, v.Reply)
 	assert.True(t, p.LocalAccount("Alice@Local.Test"))
 	assert.False(t, p.LocalAccount("alice"))
 	assert.False(t, p.LocalAccount("alice@other.test"))

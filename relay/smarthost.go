@@ -32,7 +32,8 @@ type Smarthost struct {
 	// Dial opens the connection; default net.Dialer.
 	Dial     DialFunc
 	Timeouts Timeouts
-	Logger   *slog.Logger
+	// Logger receives the transport's logs; nil means slog.Default().
+	Logger *slog.Logger
 }
 
 // Deliver sends d through the smarthost in one session and returns one
