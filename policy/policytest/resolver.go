@@ -24,6 +24,7 @@ import (
 //		MX:  map[string][]*net.MX{"example.com": {{Host: "mx.example.com", Pref: 10}}},
 //		IP:  map[string][]string{"mx.example.com": {"192.0.2.25", "2001:db8::25"}},
 //		PTR: map[string][]string{"192.0.2.25": {"mx.example.com"}},
+//
 //		ServFail: []string{"broken.example"},
 //	}
 //
@@ -41,8 +42,8 @@ import (
 //   - LookupIPAddr of an IP address returns it without a lookup.
 //   - A name with no records of the asked type (not in the map, or an
 //     empty list) fails with IsNotFound and Err "no such host", as net
-//     reports both NXDOMAIN and NODATA. A PTR miss is named by its
-//     in-addr.arpa or ip6.arpa name, as net names it.
+//     reports both NXDOMAIN and NODATA. The errors of LookupAddr name the
+//     in-addr.arpa or ip6.arpa name, as net's do.
 //   - LookupAddr of something that is not an IP address fails with Err
 //     "unrecognized address".
 //   - A name in ServFail fails every lookup with IsTemporary and Err
@@ -55,8 +56,9 @@ import (
 //     canceled" for a cancellation (temporary except for LookupIPAddr),
 //     with errors.Is reaching ctx.Err().
 //
-// An entry of IP or PTR that cannot be parsed is a mistake in the test: the
-// lookup panics saying which.
+// An entry of IP or PTR that cannot be parsed, or two keys of one map
+// naming the same domain, is a mistake in the test: the lookup panics
+// saying which.
 //
 // The zero value answers "no such host" to everything. A Resolver is safe
 // for concurrent use; its fields must not be changed once it is in use.
