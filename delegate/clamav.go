@@ -63,7 +63,7 @@ func (c *ClamAV) network() string {
 func (c *ClamAV) dial(ctx context.Context) (net.Conn, context.Context, func(), error) {
 	t := c.Timeout
 	if t <= 0 {
-		t = DefaultTimeout
+		t = defaultTimeout
 	}
 	ctx, cancel := context.WithTimeout(ctx, t)
 	var d net.Dialer

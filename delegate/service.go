@@ -18,9 +18,9 @@ import (
 
 // Defaults of the Service fields left zero.
 const (
-	DefaultTimeout        = 2 * time.Minute
-	DefaultMaxGrowth      = 1 << 20
-	DefaultCommandTimeout = time.Minute
+	defaultTimeout        = 2 * time.Minute
+	defaultMaxGrowth      = 1 << 20
+	defaultCommandTimeout = time.Minute
 )
 
 // Errors a delegation can end with, for errors.Is.
@@ -146,7 +146,7 @@ func (s *Service) timeout() time.Duration {
 	if s.Timeout > 0 {
 		return s.Timeout
 	}
-	return DefaultTimeout
+	return defaultTimeout
 }
 
 func (s *Service) hostname() string {
@@ -163,7 +163,7 @@ func (s *Service) maxGrowth() int64 {
 	if s.MaxGrowth > 0 {
 		return s.MaxGrowth
 	}
-	return DefaultMaxGrowth
+	return defaultMaxGrowth
 }
 
 var loopback = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
@@ -208,7 +208,7 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 	srv.Domain = s.hostname()
 	ct := s.CommandTimeout
 	if ct <= 0 {
-		ct = DefaultCommandTimeout
+		ct = defaultCommandTimeout
 	}
 	srv.ReadTimeout, srv.WriteTimeout = ct, ct
 	srv.MaxRecipients = 1000
