@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-msgauth/authres"
+	"github.com/mtakit/mtakit/internal/dnserr"
 	"github.com/mtakit/mtakit/internal/lazyctx"
 	"github.com/mtakit/mtakit/policy"
 )
@@ -458,11 +459,12 @@ type TXTResolver interface {
 // when their options leave LookupTimeout zero.
 const DefaultLookupTimeout = 10 * time.Second
 
-// dkLookupTXT returns the key lookup of the verifier: each lookup runs
-// under ctx and timeout, and every error comes back as a *net.DNSError
-// whose Temporary method tells temperror from permerror (dkQueryKey asks
-// it, as go-msgauth does): a timeout or a foreign error type is temporary,
-// NXDOMAIN and NODATA permanent.
+// dkLookupTXT returns the TXT lookup of the DKIM and DMARC rules: each
+// lookup runs under ctx and timeout, and every error comes back classified
+// by dnserr.Classify, as the SPF rule's are: NXDOMAIN and NODATA are "not
+// found" (permerror for a DKIM key, no record for DMARC), everything else,
+// REFUSED and SERVFAIL included, is temporary (temperror). dkQueryKey asks
+// the error's Temporary method, as go-msgauth does.
 func dkLookupTXT(ctx context.Context, r TXTResolver, timeout time.Duration) func(string) ([]string, error) {
 	if r == nil {
 		r = net.DefaultResolver
@@ -478,31 +480,7 @@ func dkLookupTXT(ctx context.Context, r TXTResolver, timeout time.Duration) func
 			fqdn += "."
 		}
 		txts, err := r.LookupTXT(lctx, fqdn)
-		return txts, dnsError(name, err)
-	}
-}
-
-// dnsError returns err as a *net.DNSError whose Temporary method tells the
-// truth (see dkLookupTXT).
-func dnsError(name string, err error) error {
-	if err == nil {
-		return nil
-	}
-	timeout := errors.Is(err, context.DeadlineExceeded)
-	var de *net.DNSError
-	if errors.As(err, &de) {
-		if timeout && !de.IsTimeout {
-			c := *de
-			c.IsTimeout, c.IsTemporary = true, true
-			return &c
-		}
-		return de
-	}
-	return &net.DNSError{
-		Err:         err.Error(),
-		Name:        name,
-		IsTimeout:   timeout,
-		IsTemporary: true,
+		return txts, dnserr.Classify(lctx, name, err)
 	}
 }
 

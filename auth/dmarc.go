@@ -15,6 +15,7 @@ import (
 
 	"github.com/emersion/go-msgauth/authres"
 	"github.com/emersion/go-msgauth/dmarc"
+	"github.com/mtakit/mtakit/internal/dnserr"
 	"github.com/mtakit/mtakit/policy"
 	"golang.org/x/net/publicsuffix"
 )
@@ -370,8 +371,9 @@ func dmIsTemp(err error) bool {
 func dmLookup(lookup func(string) ([]string, error), domain string) (*dmarc.Record, error) {
 	txts, err := lookup("_dmarc." + domain)
 	if err != nil {
-		var de *net.DNSError
-		if errors.As(err, &de) && de.IsNotFound {
+		// lookup classifies with dnserr: REFUSED and SERVFAIL are
+		// temporary, as they are for SPF and DKIM.
+		if dnserr.IsNotFound(err) {
 			return nil, nil
 		}
 		return nil, errDMARCTemp{err}
