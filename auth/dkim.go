@@ -484,7 +484,9 @@ func dkLookupTXT(ctx context.Context, r TXTResolver, timeout time.Duration) func
 	}
 }
 
-// DKIMResult is the outcome of verifying one DKIM-Signature.
+// DKIMResult is the outcome of verifying one DKIM-Signature. It
+// round-trips through encoding/json, so it survives queueing (see
+// policy.Key).
 type DKIMResult struct {
 	// Result is the RFC 8601 result: pass, fail (bad signature or body
 	// hash), permerror (unusable signature or key: syntax, no key, revoked,
@@ -496,7 +498,9 @@ type DKIMResult struct {
 	Identifier string // i=, or "@"+d= when absent
 	Algorithm  string // a=
 	Signature  string // the first 12 characters of b=, for header.b
-	Err        error  // why it did not pass; nil on pass
+	// Reason is why it did not pass, as written in reason= of
+	// Authentication-Results; "" on pass and none.
+	Reason string
 }
 
 // DKIMResultsKey holds the DKIM results of a message, one per signature
@@ -606,8 +610,8 @@ func (r DKIMResult) authres() authres.Result {
 		"header.a": arSafe(r.Algorithm),
 		"header.b": arSafe(r.Signature),
 	}
-	if r.Err != nil {
-		params["reason"] = arSafe(strings.TrimPrefix(r.Err.Error(), "dkim: "))
+	if r.Reason != "" {
+		params["reason"] = arSafe(r.Reason)
 	}
 	return &authres.GenericResult{Method: "dkim", Value: r.Result, Params: params}
 }

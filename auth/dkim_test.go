@@ -218,7 +218,7 @@ func TestSignDKIMRoundTrip(t *testing.T) {
 			res, ok := DKIMResultsKey.Get(rtx)
 			require.True(t, ok)
 			require.Len(t, res, 1)
-			assert.Equal(t, authres.ResultValue(authres.ResultPass), res[0].Result, "%v", res[0].Err)
+			assert.Equal(t, authres.ResultValue(authres.ResultPass), res[0].Result, "%v", res[0].Reason)
 			assert.Equal(t, "example.com", res[0].Domain)
 			assert.Equal(t, "sel1", res[0].Selector)
 			assert.Equal(t, tc.alg, res[0].Algorithm)

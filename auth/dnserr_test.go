@@ -46,7 +46,7 @@ func TestDNSErrorsAgreeAcrossRules(t *testing.T) {
 			tx := policy.NewTransaction(conn, "tx1")
 			tx.From = policy.MustParseAddress("alice@example.com")
 
-			spfRule := CheckSPF(SPFMailFrom, SPFSoft, srv.Resolver(), SPFReceiver(testAuthServID))
+			spfRule := CheckSPF(SPFOptions{Identity: SPFMailFrom, Mode: SPFSoft, Resolver: srv.Resolver(), Receiver: testAuthServID, Logger: quietLogger()})
 			require.Equal(t, policy.Next(), spfRule(ctx, tx))
 			spf, ok := SPFResultKey.Get(tx)
 			require.True(t, ok)

@@ -28,11 +28,20 @@
 //	soft    550 5.7.23 accept     accept     accept     accept
 //	strict  550 5.7.23 550 5.7.23 550 5.7.23 451 4.7.24 accept
 //
-// The rule adds a Received-SPF field (RFC 7208 section 9.1) to the
-// transaction's header and stores an SPFResult under SPFResultKey for
-// later rules (DMARC). After queueing, ParseReceivedSPF reads the result
-// back from the message header. Sessions that authenticated are skipped by
-// default (SPFOptions.SkipAuthenticated).
+// The rule stores an SPFResult under SPFResultKey for later rules (DMARC)
+// and adds a Received-SPF trace field (RFC 7208 section 9.1) to the
+// transaction's header for readers downstream. Sessions that authenticated
+// are skipped by default (SPFOptions.CheckAuthenticated).
+//
+// # Results between rules
+//
+// The rules hand their results to later rules as typed values in the
+// transaction, never as header text to parse back: SPFResultKey,
+// DKIMResultsKey and DMARCResultKey. The queue keeps these values with the
+// message (as JSON, see policy.Key), so a postq rule after a restart reads
+// the same values as a preq rule; every type stored under them round-trips
+// through encoding/json. Header fields (Received-SPF, Authentication-Results)
+// are written for readers downstream and are never trusted as results.
 //
 // The SPF library tells a temporary DNS error from a permanent one by a
 // type assertion on *net.DNSError, so a resolver that wraps its errors, or
@@ -41,6 +50,11 @@
 // wraps any policy.Resolver, applies a per-lookup timeout and turns every
 // error into a plain *net.DNSError with IsNotFound, IsTimeout and
 // IsTemporary set right. Other rules may use it for the same reason.
+//
+// Every rule here, and package relay, classifies DNS errors the same way:
+// NXDOMAIN and "no such record" mean the name or record does not exist;
+// every other error, REFUSED and SERVFAIL included, timeouts and cancelled
+// contexts, is temporary (temperror, a 4xx where the rule defers).
 //
 // # DKIM, DMARC and Authentication-Results
 //
