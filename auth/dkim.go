@@ -37,11 +37,9 @@ const MinRSAKeyBits = 2048
 // dkSigField is the name of the DKIM signature field.
 const dkSigField = "DKIM-Signature"
 
-// DefaultDKIMHeaders are the header fields a DKIMSigner signs when they are
-// present (RFC 6376 section 5.4.1's list). Each is signed as many times as
-// it occurs; From is also oversigned (listed once more than it occurs), so
-// a second From field added in transit breaks the signature.
-var DefaultDKIMHeaders = []string{
+// defaultDKIMHeaders is the list DefaultDKIMHeaders returns a copy of;
+// never changed.
+var defaultDKIMHeaders = []string{
 	"From", "Reply-To", "Subject", "Date", "To", "Cc",
 	"Resent-Date", "Resent-From", "Resent-To", "Resent-Cc",
 	"In-Reply-To", "References", "Message-ID", "Sender",
@@ -50,6 +48,14 @@ var DefaultDKIMHeaders = []string{
 	"List-Id", "List-Help", "List-Unsubscribe", "List-Unsubscribe-Post",
 	"List-Subscribe", "List-Post", "List-Owner", "List-Archive",
 }
+
+// DefaultDKIMHeaders returns the header fields a DKIMSigner signs when its
+// Headers is nil (RFC 6376 section 5.4.1's list), in a new slice the
+// caller may change, for example to build a list of its own from it. Each
+// field is signed as many times as it occurs; From is also oversigned
+// (listed once more than it occurs), so a second From field added in
+// transit breaks the signature.
+func DefaultDKIMHeaders() []string { return slices.Clone(defaultDKIMHeaders) }
 
 // LoadDKIMKey reads a private key from a PEM file: RSA in PKCS#1 ("RSA
 // PRIVATE KEY") or PKCS#8 ("PRIVATE KEY") form, of at least MinRSAKeyBits,
@@ -105,14 +111,14 @@ func dkCheckKey(key any) (crypto.Signer, error) {
 
 // DKIMSigner signs messages for one domain with one selector and key.
 // Build it with NewDKIMSigner; the exported fields may be changed before
-// first use. It is safe for concurrent use.
+// first use, never after. It is safe for concurrent use.
 type DKIMSigner struct {
 	Domain   string        // the d= tag: the signing domain, normalized
 	Selector string        // the s= tag
 	Key      crypto.Signer // RSA (2048+ bits) or Ed25519
 
 	// Headers lists the fields to sign when present; nil means
-	// DefaultDKIMHeaders. From is always signed and oversigned.
+	// DefaultDKIMHeaders(). From is always signed and oversigned.
 	Headers []string
 
 	// Expiration, when positive, sets x= to the signing time plus it.
@@ -167,7 +173,7 @@ func (s *DKIMSigner) DNSRecord() string {
 func (s *DKIMSigner) appendHeaderKeys(keys []string, fields *dkNames) []string {
 	names := s.Headers
 	if names == nil {
-		names = DefaultDKIMHeaders
+		names = defaultDKIMHeaders
 	}
 	for range fields.count("from", true) + 1 {
 		keys = append(keys, "From")

@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/metrics"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -707,4 +708,22 @@ func TestSignDKIMNullSenderFromOutside(t *testing.T) {
 			assert.Equal(t, !tt.wantSign, m.Header.Has(AuthResultsField))
 		})
 	}
+}
+
+// TestDefaultDKIMHeadersIsACopy: changing the returned list changes
+// nothing else, and a signer with nil Headers signs the default list.
+func TestDefaultDKIMHeadersIsACopy(t *testing.T) {
+	h := DefaultDKIMHeaders()
+	require.Contains(t, h, "Subject")
+	h[slices.Index(h, "Subject")] = "X-Not-Signed"
+	assert.Contains(t, DefaultDKIMHeaders(), "Subject")
+	assert.NotContains(t, DefaultDKIMHeaders(), "X-Not-Signed")
+
+	signer := newTestSigner(t, "example.com", testEd25519())
+	m := newTestMessage(t, sampleMessage)
+	sig, err := signer.Sign(context.Background(), m)
+	require.NoError(t, err)
+	tags, err := ParseDKIMTags(strings.SplitN(string(sig), ":", 2)[1])
+	require.NoError(t, err)
+	assert.Contains(t, strings.Split(dkStripWS(tags["h"]), ":"), "Subject")
 }
