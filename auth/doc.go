@@ -6,6 +6,26 @@
 // policy.Resolver the caller passes in, so tests can point it at a DNS
 // server on loopback.
 //
+// # Configuration and logging
+//
+// Rules and components are configured by exported fields of a struct, each
+// field's zero value a documented default; there are no option functions.
+// The ready-made rules take an options struct: CheckSPF(SPFOptions{...}),
+// VerifyDKIM(DKIMVerifyOptions{...}), CheckDMARC(DMARCOptions{...}), and
+// SignOrVerifyDKIM takes the latter beside its signer. LoadCredentialFile
+// takes CredentialOptions{...}. A DKIMSigner (from NewDKIMSigner) and a
+// FailureLimiter are configured by their own fields. The rules copy their
+// options when built; the fields of a DKIMSigner or FailureLimiter must not
+// change once it is in use.
+//
+// Logging goes to the Logger field (*slog.Logger) of the options: nil means
+// slog.Default(). There is no other way to set a logger. The rules log
+// results at debug level and DNS trouble at warn level; a CredentialFile
+// logs reloads and refused attempts, never passwords.
+//
+// The package has no mutable exported variables other than its sentinel
+// errors; DefaultDKIMHeaders returns a fresh copy of its list.
+//
 // # SMTP AUTH
 //
 // Authenticator is the interface the smtp server calls for each AUTH
