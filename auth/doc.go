@@ -46,7 +46,7 @@
 //
 //	mode    fail       softfail   permerror  temperror  none, neutral, pass
 //	soft    550 5.7.23 accept     accept     accept     accept
-//	strict  550 5.7.23 550 5.7.23 550 5.7.23 451 4.7.24 accept
+//	strict  550 5.7.23 550 5.7.23 550 5.7.24 451 4.7.24 accept
 //
 // The rule stores an SPFResult under SPFResultKey for later rules (DMARC)
 // and adds a Received-SPF trace field (RFC 7208 section 9.1) to the
