@@ -238,7 +238,8 @@ func arResult(method string, value authres.ResultValue, p map[string]string) (au
 }
 
 // arAddedKey remembers the fields this package added during a transaction,
-// so a later rule does not take them for forgeries.
+// so a later rule does not take them for forgeries, even after queueing
+// (the fields are kept as JSON, base64 each).
 const arAddedKey policy.Key[[][]byte] = "auth.authres-added"
 
 // arAdd adds an Authentication-Results field to m's header and remembers it
@@ -306,24 +307,6 @@ func arStripForged(tx *policy.Transaction, h *policy.Header, authservID string) 
 		}
 		return !trusted(i, f)
 	})
-}
-
-// arOurResults returns the results of every trusted Authentication-Results
-// field of h that carries authservID, in header order (newest first).
-func arOurResults(tx *policy.Transaction, h *policy.Header, authservID string) []authres.Result {
-	trusted := arTrusted(tx, h)
-	var out []authres.Result
-	for i, f := range h.Fields() {
-		if !strings.EqualFold(f.Name(), AuthResultsField) || !trusted(i, f) {
-			continue
-		}
-		id, rs, _ := ParseAuthResults(f.Value())
-		if !strings.EqualFold(id, authservID) {
-			continue
-		}
-		out = append(out, rs...)
-	}
-	return out
 }
 
 // arIsSpecial reports whether c is a MIME tspecial (RFC 2045), which ends a

@@ -1,7 +1,6 @@
 package auth
 
 import (
-	"errors"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -172,7 +171,7 @@ func TestParseAuthResultsQuotedValues(t *testing.T) {
 // after it.
 func TestVerifyResultsQuotingIntact(t *testing.T) {
 	rs := []DKIMResult{
-		{Result: authres.ResultPermError, Domain: "example.org", Selector: `x"\`, Err: errors.New(`dkim: bad "t\"`)},
+		{Result: authres.ResultPermError, Domain: "example.org", Selector: `x"\`, Reason: `bad "t\"`},
 		{Result: authres.ResultPass, Domain: "example.net", Selector: "s1"},
 	}
 	var h policy.Header

@@ -22,10 +22,10 @@ import (
 // calls it for every AUTH attempt with the client's address.
 //
 // A nil error means the credentials are good. An error wrapping
-// ErrInvalidCredentials means they are not (535 5.7.8). An error whose
-// chain has a method Temporary() bool returning true (such as a
-// *RateLimitError) means "try again later" (454 4.7.0). Any other error is a
-// failure of ours and is answered with a 454 as well.
+// ErrInvalidCredentials means they are not (535 5.7.8). Any other error
+// is answered 454 4.7.0 ("try again later"): an error whose chain has a
+// method Temporary() bool returning true (such as a *RateLimitError), and
+// any failure of ours.
 type Authenticator interface {
 	Authenticate(ctx context.Context, remote netip.Addr, username, password string) error
 }
@@ -162,19 +162,17 @@ func identityKey(s string) (string, error) {
 	return a.String(), nil
 }
 
-// CredentialOption configures a CredentialFile.
-type CredentialOption func(*CredentialFile)
-
-// WithLimiter replaces the default failure limiter (NewFailureLimiter()).
-// A nil limiter turns limiting off.
-func WithLimiter(l *FailureLimiter) CredentialOption {
-	return func(f *CredentialFile) { f.limiter = l }
-}
-
-// WithCredentialLogger sets the logger for reloads and refused attempts
-// (default slog.Default()). Passwords are never logged.
-func WithCredentialLogger(l *slog.Logger) CredentialOption {
-	return func(f *CredentialFile) { f.log = l }
+// CredentialOptions configure LoadCredentialFile. Every field's zero value
+// is a usable default; LoadCredentialFile copies them.
+type CredentialOptions struct {
+	// Limiter counts failed attempts per client address; nil means
+	// NewFailureLimiter(). Limiting is always on: it is what makes
+	// guessing passwords slow.
+	Limiter *FailureLimiter
+	// Logger receives reloads (info), a world-readable file and refused
+	// attempts (warn), failed reloads (error); nil means slog.Default().
+	// Passwords are never logged.
+	Logger *slog.Logger
 }
 
 // CredentialFile is an Authenticator backed by a file of
@@ -204,10 +202,13 @@ type fileStamp struct {
 
 // LoadCredentialFile reads the credential file at path. Any bad line makes
 // it fail, with every bad line reported (see ParseCredentials).
-func LoadCredentialFile(path string, opts ...CredentialOption) (*CredentialFile, error) {
-	f := &CredentialFile{path: path, limiter: NewFailureLimiter(), log: slog.Default()}
-	for _, o := range opts {
-		o(f)
+func LoadCredentialFile(path string, opts CredentialOptions) (*CredentialFile, error) {
+	f := &CredentialFile{path: path, limiter: opts.Limiter, log: opts.Logger}
+	if f.limiter == nil {
+		f.limiter = NewFailureLimiter()
+	}
+	if f.log == nil {
+		f.log = slog.Default()
 	}
 	if err := f.Reload(); err != nil {
 		return nil, err

@@ -23,7 +23,7 @@ func ExampleCredentialFile() {
 	hash := "$2a$04$vED7jZ6RfwqtAjIROjDQw.xgWuG4RXpOkkubLyMqE2RZBL19Bm1we"
 	os.WriteFile(path, []byte("# doe-family users\njane@doe-family.com:"+hash+"\n"), 0o600)
 
-	creds, err := auth.LoadCredentialFile(path)
+	creds, err := auth.LoadCredentialFile(path, auth.CredentialOptions{})
 	if err != nil {
 		panic(err)
 	}

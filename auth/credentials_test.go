@@ -137,19 +137,23 @@ func FuzzParseCredentials(f *testing.F) {
 	})
 }
 
-func newTestFile(t *testing.T, content string, opts ...CredentialOption) *CredentialFile {
+// newTestFile loads content; a nil lim turns failure limiting off (which
+// the API does not offer), so tests can fail at will.
+func newTestFile(t *testing.T, content string, lim *FailureLimiter) *CredentialFile {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "passwd")
 	writeFile(t, path, content)
-	opts = append([]CredentialOption{WithCredentialLogger(quietLogger())}, opts...)
-	f, err := LoadCredentialFile(path, opts...)
+	f, err := LoadCredentialFile(path, CredentialOptions{Limiter: lim, Logger: quietLogger()})
 	require.NoError(t, err)
+	if lim == nil {
+		f.limiter = nil
+	}
 	return f
 }
 
 func TestCredentialFileAuthenticate(t *testing.T) {
 	ha, hb := testHashes(t)
-	f := newTestFile(t, "# test users\nalice@example.com:"+ha+"\nbob@xn--bcher-kva.example:"+hb+"\n", WithLimiter(nil))
+	f := newTestFile(t, "# test users\nalice@example.com:"+ha+"\nbob@xn--bcher-kva.example:"+hb+"\n", nil)
 	require.Equal(t, 2, f.Len())
 	ip := netip.MustParseAddr("192.0.2.1")
 	tests := []struct {
@@ -186,13 +190,13 @@ func TestCredentialFileAuthenticate(t *testing.T) {
 func TestCredentialFileDummyHashMatchesCost(t *testing.T) {
 	h, err := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost+1)
 	require.NoError(t, err)
-	f := newTestFile(t, "alice@example.com:"+string(h)+"\n")
+	f := newTestFile(t, "alice@example.com:"+string(h)+"\n", NewFailureLimiter())
 	cost, err := bcrypt.Cost(f.dummy)
 	require.NoError(t, err)
 	assert.Equal(t, bcrypt.MinCost+1, cost, "unknown users must cost the same bcrypt work as known ones")
 
 	// An empty file still compares unknown users against a real hash.
-	f2 := newTestFile(t, "")
+	f2 := newTestFile(t, "", NewFailureLimiter())
 	cost, err = bcrypt.Cost(f2.dummy)
 	require.NoError(t, err)
 	assert.Equal(t, bcrypt.DefaultCost, cost)
@@ -200,12 +204,12 @@ func TestCredentialFileDummyHashMatchesCost(t *testing.T) {
 
 func TestLoadCredentialFileErrors(t *testing.T) {
 	ha, _ := testHashes(t)
-	_, err := LoadCredentialFile(filepath.Join(t.TempDir(), "missing"), WithCredentialLogger(quietLogger()))
+	_, err := LoadCredentialFile(filepath.Join(t.TempDir(), "missing"), CredentialOptions{Logger: quietLogger()})
 	require.ErrorIs(t, err, os.ErrNotExist)
 
 	path := filepath.Join(t.TempDir(), "passwd")
 	writeFile(t, path, "alice@example.com:"+ha+"\nnonsense\n")
-	_, err = LoadCredentialFile(path, WithCredentialLogger(quietLogger()))
+	_, err = LoadCredentialFile(path, CredentialOptions{Logger: quietLogger()})
 	require.Error(t, err)
 	var ce *CredentialError
 	require.ErrorAs(t, err, &ce)
@@ -216,7 +220,7 @@ func TestLoadCredentialFileErrors(t *testing.T) {
 
 func TestCredentialFileReload(t *testing.T) {
 	ha, hb := testHashes(t)
-	f := newTestFile(t, "alice@example.com:"+ha+"\n", WithLimiter(nil))
+	f := newTestFile(t, "alice@example.com:"+ha+"\n", nil)
 	ctx := context.Background()
 	ip := netip.MustParseAddr("192.0.2.1")
 	require.NoError(t, f.Authenticate(ctx, ip, "alice@example.com", "alice-pw"))
@@ -242,7 +246,7 @@ func TestCredentialFileReload(t *testing.T) {
 
 func TestCredentialFileWatch(t *testing.T) {
 	ha, hb := testHashes(t)
-	f := newTestFile(t, "alice@example.com:"+ha+"\n", WithLimiter(nil))
+	f := newTestFile(t, "alice@example.com:"+ha+"\n", nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- f.Watch(ctx, 10*time.Millisecond) }()
@@ -287,7 +291,7 @@ func TestFailureLimiter(t *testing.T) {
 	ha, _ := testHashes(t)
 	clock := &fakeClock{t: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}
 	lim := &FailureLimiter{MaxFailures: 3, RefuseAfter: 5, Window: time.Minute, Delay: 20 * time.Millisecond, Cooldown: 10 * time.Minute, now: clock.now}
-	f := newTestFile(t, "alice@example.com:"+ha+"\n", WithLimiter(lim))
+	f := newTestFile(t, "alice@example.com:"+ha+"\n", lim)
 	ctx := context.Background()
 	attacker := netip.MustParseAddr("198.51.100.7")
 	other := netip.MustParseAddr("198.51.100.8")

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-msgauth/authres"
+	"github.com/mtakit/mtakit/internal/dnserr"
 	"github.com/mtakit/mtakit/internal/lazyctx"
 	"github.com/mtakit/mtakit/policy"
 )
@@ -36,11 +37,9 @@ const MinRSAKeyBits = 2048
 // dkSigField is the name of the DKIM signature field.
 const dkSigField = "DKIM-Signature"
 
-// DefaultDKIMHeaders are the header fields a DKIMSigner signs when they are
-// present (RFC 6376 section 5.4.1's list). Each is signed as many times as
-// it occurs; From is also oversigned (listed once more than it occurs), so
-// a second From field added in transit breaks the signature.
-var DefaultDKIMHeaders = []string{
+// defaultDKIMHeaders is the list DefaultDKIMHeaders returns a copy of;
+// never changed.
+var defaultDKIMHeaders = []string{
 	"From", "Reply-To", "Subject", "Date", "To", "Cc",
 	"Resent-Date", "Resent-From", "Resent-To", "Resent-Cc",
 	"In-Reply-To", "References", "Message-ID", "Sender",
@@ -49,6 +48,14 @@ var DefaultDKIMHeaders = []string{
 	"List-Id", "List-Help", "List-Unsubscribe", "List-Unsubscribe-Post",
 	"List-Subscribe", "List-Post", "List-Owner", "List-Archive",
 }
+
+// DefaultDKIMHeaders returns the header fields a DKIMSigner signs when its
+// Headers is nil (RFC 6376 section 5.4.1's list), in a new slice the
+// caller may change, for example to build a list of its own from it. Each
+// field is signed as many times as it occurs; From is also oversigned
+// (listed once more than it occurs), so a second From field added in
+// transit breaks the signature.
+func DefaultDKIMHeaders() []string { return slices.Clone(defaultDKIMHeaders) }
 
 // LoadDKIMKey reads a private key from a PEM file: RSA in PKCS#1 ("RSA
 // PRIVATE KEY") or PKCS#8 ("PRIVATE KEY") form, of at least MinRSAKeyBits,
@@ -104,14 +111,14 @@ func dkCheckKey(key any) (crypto.Signer, error) {
 
 // DKIMSigner signs messages for one domain with one selector and key.
 // Build it with NewDKIMSigner; the exported fields may be changed before
-// first use. It is safe for concurrent use.
+// first use, never after. It is safe for concurrent use.
 type DKIMSigner struct {
 	Domain   string        // the d= tag: the signing domain, normalized
 	Selector string        // the s= tag
 	Key      crypto.Signer // RSA (2048+ bits) or Ed25519
 
 	// Headers lists the fields to sign when present; nil means
-	// DefaultDKIMHeaders. From is always signed and oversigned.
+	// DefaultDKIMHeaders(). From is always signed and oversigned.
 	Headers []string
 
 	// Expiration, when positive, sets x= to the signing time plus it.
@@ -166,7 +173,7 @@ func (s *DKIMSigner) DNSRecord() string {
 func (s *DKIMSigner) appendHeaderKeys(keys []string, fields *dkNames) []string {
 	names := s.Headers
 	if names == nil {
-		names = DefaultDKIMHeaders
+		names = defaultDKIMHeaders
 	}
 	for range fields.count("from", true) + 1 {
 		keys = append(keys, "From")
@@ -458,11 +465,12 @@ type TXTResolver interface {
 // when their options leave LookupTimeout zero.
 const DefaultLookupTimeout = 10 * time.Second
 
-// dkLookupTXT returns the key lookup of the verifier: each lookup runs
-// under ctx and timeout, and every error comes back as a *net.DNSError
-// whose Temporary method tells temperror from permerror (dkQueryKey asks
-// it, as go-msgauth does): a timeout or a foreign error type is temporary,
-// NXDOMAIN and NODATA permanent.
+// dkLookupTXT returns the TXT lookup of the DKIM and DMARC rules: each
+// lookup runs under ctx and timeout, and every error comes back classified
+// by dnserr.Classify, as the SPF rule's are: NXDOMAIN and NODATA are "not
+// found" (permerror for a DKIM key, no record for DMARC), everything else,
+// REFUSED and SERVFAIL included, is temporary (temperror). dkQueryKey asks
+// the error's Temporary method, as go-msgauth does.
 func dkLookupTXT(ctx context.Context, r TXTResolver, timeout time.Duration) func(string) ([]string, error) {
 	if r == nil {
 		r = net.DefaultResolver
@@ -478,35 +486,13 @@ func dkLookupTXT(ctx context.Context, r TXTResolver, timeout time.Duration) func
 			fqdn += "."
 		}
 		txts, err := r.LookupTXT(lctx, fqdn)
-		return txts, dnsError(name, err)
+		return txts, dnserr.Classify(lctx, name, err)
 	}
 }
 
-// dnsError returns err as a *net.DNSError whose Temporary method tells the
-// truth (see dkLookupTXT).
-func dnsError(name string, err error) error {
-	if err == nil {
-		return nil
-	}
-	timeout := errors.Is(err, context.DeadlineExceeded)
-	var de *net.DNSError
-	if errors.As(err, &de) {
-		if timeout && !de.IsTimeout {
-			c := *de
-			c.IsTimeout, c.IsTemporary = true, true
-			return &c
-		}
-		return de
-	}
-	return &net.DNSError{
-		Err:         err.Error(),
-		Name:        name,
-		IsTimeout:   timeout,
-		IsTemporary: true,
-	}
-}
-
-// DKIMResult is the outcome of verifying one DKIM-Signature.
+// DKIMResult is the outcome of verifying one DKIM-Signature. It
+// round-trips through encoding/json, so it survives queueing (see
+// policy.Key).
 type DKIMResult struct {
 	// Result is the RFC 8601 result: pass, fail (bad signature or body
 	// hash), permerror (unusable signature or key: syntax, no key, revoked,
@@ -518,7 +504,9 @@ type DKIMResult struct {
 	Identifier string // i=, or "@"+d= when absent
 	Algorithm  string // a=
 	Signature  string // the first 12 characters of b=, for header.b
-	Err        error  // why it did not pass; nil on pass
+	// Reason is why it did not pass, as written in reason= of
+	// Authentication-Results; "" on pass and none.
+	Reason string
 }
 
 // DKIMResultsKey holds the DKIM results of a message, one per signature
@@ -628,8 +616,8 @@ func (r DKIMResult) authres() authres.Result {
 		"header.a": arSafe(r.Algorithm),
 		"header.b": arSafe(r.Signature),
 	}
-	if r.Err != nil {
-		params["reason"] = arSafe(strings.TrimPrefix(r.Err.Error(), "dkim: "))
+	if r.Reason != "" {
+		params["reason"] = arSafe(r.Reason)
 	}
 	return &authres.GenericResult{Method: "dkim", Value: r.Result, Params: params}
 }

@@ -127,7 +127,7 @@ func TestDKIMInteropDkimpySignaturesVerifyWithUs(t *testing.T) {
 				return res[0]
 			}
 			r := verify(signed)
-			assert.Equal(t, authres.ResultValue(authres.ResultPass), r.Result, "%v", r.Err)
+			assert.Equal(t, authres.ResultValue(authres.ResultPass), r.Result, "%v", r.Reason)
 			assert.Equal(t, tc.algo, r.Algorithm)
 			assert.Equal(t, "example.com", r.Domain)
 

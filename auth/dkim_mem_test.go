@@ -75,7 +75,7 @@ func TestDKIMLargeMessageAllocations(t *testing.T) {
 	res, ok := DKIMResultsKey.Get(tx)
 	require.True(t, ok)
 	require.Len(t, res, 1)
-	assert.Equal(t, authres.ResultValue(authres.ResultPass), res[0].Result, "%v", res[0].Err)
+	assert.Equal(t, authres.ResultValue(authres.ResultPass), res[0].Result, "%v", res[0].Reason)
 
 	t.Logf("%d MiB message: signing allocated %s, verifying %s", mib, kib(signAlloc), kib(verifyAlloc))
 	assert.Less(t, signAlloc, uint64(1<<20), "signing allocates per byte")

@@ -25,7 +25,7 @@ import (
 func refHeaderKeys(s *DKIMSigner, h *policy.Header) []string {
 	names := s.Headers
 	if names == nil {
-		names = DefaultDKIMHeaders
+		names = defaultDKIMHeaders
 	}
 	count := map[string]int{}
 	for _, f := range h.Fields() {

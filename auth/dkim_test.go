@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/metrics"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -218,7 +219,7 @@ func TestSignDKIMRoundTrip(t *testing.T) {
 			res, ok := DKIMResultsKey.Get(rtx)
 			require.True(t, ok)
 			require.Len(t, res, 1)
-			assert.Equal(t, authres.ResultValue(authres.ResultPass), res[0].Result, "%v", res[0].Err)
+			assert.Equal(t, authres.ResultValue(authres.ResultPass), res[0].Result, "%v", res[0].Reason)
 			assert.Equal(t, "example.com", res[0].Domain)
 			assert.Equal(t, "sel1", res[0].Selector)
 			assert.Equal(t, tc.alg, res[0].Algorithm)
@@ -525,7 +526,9 @@ func TestSignDKIMLargeMessageStreams(t *testing.T) {
 	assert.True(t, m.Header.Has("DKIM-Signature"))
 }
 
-func TestDNSErrorTemporary(t *testing.T) {
+// TestDKLookupTXTClassifies: the DKIM and DMARC lookups classify errors
+// with dnserr, as the SPF rule's Resolver does.
+func TestDKLookupTXTClassifies(t *testing.T) {
 	tests := []struct {
 		name          string
 		err           error
@@ -536,17 +539,17 @@ func TestDNSErrorTemporary(t *testing.T) {
 		{"foreign error", io.ErrUnexpectedEOF, true, false},
 		{"not found", &net.DNSError{IsNotFound: true}, false, false},
 		{"wrapped servfail", fmt.Errorf("x: %w", &net.DNSError{IsTemporary: true}), true, false},
+		{"refused, as Go reports it", &net.DNSError{Err: "server misbehaving"}, true, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := dnsError("x.example", tt.err)
+			_, err := dkLookupTXT(context.Background(), &errResolver{err: tt.err}, 0)("x.example")
 			de, ok := err.(*net.DNSError)
 			require.True(t, ok, "must be a *net.DNSError, got %T", err)
 			assert.Equal(t, tt.temp, de.Temporary())
 			assert.Equal(t, tt.timeout, de.IsTimeout)
 		})
 	}
-	assert.NoError(t, dnsError("x", nil))
 }
 
 func TestParseDKIMTags(t *testing.T) {
@@ -705,4 +708,22 @@ func TestSignDKIMNullSenderFromOutside(t *testing.T) {
 			assert.Equal(t, !tt.wantSign, m.Header.Has(AuthResultsField))
 		})
 	}
+}
+
+// TestDefaultDKIMHeadersIsACopy: changing the returned list changes
+// nothing else, and a signer with nil Headers signs the default list.
+func TestDefaultDKIMHeadersIsACopy(t *testing.T) {
+	h := DefaultDKIMHeaders()
+	require.Contains(t, h, "Subject")
+	h[slices.Index(h, "Subject")] = "X-Not-Signed"
+	assert.Contains(t, DefaultDKIMHeaders(), "Subject")
+	assert.NotContains(t, DefaultDKIMHeaders(), "X-Not-Signed")
+
+	signer := newTestSigner(t, "example.com", testEd25519())
+	m := newTestMessage(t, sampleMessage)
+	sig, err := signer.Sign(context.Background(), m)
+	require.NoError(t, err)
+	tags, err := ParseDKIMTags(strings.SplitN(string(sig), ":", 2)[1])
+	require.NoError(t, err)
+	assert.Contains(t, strings.Split(dkStripWS(tags["h"]), ":"), "Subject")
 }

@@ -44,6 +44,7 @@ func dkFail(reason string) error { return &dkVerifyError{authres.ResultFail, rea
 // dkSigCheck is one signature on its way through verification.
 type dkSigCheck struct {
 	res      DKIMResult
+	err      error  // why it did not pass
 	raw      string // the field as received
 	tags     map[string]string
 	keys     []string // h=
@@ -78,7 +79,7 @@ func verifyDKIM(ctx context.Context, opts DKIMVerifyOptions, m *policy.Message) 
 	var pending []*dkSigCheck
 	for _, c := range checks {
 		if err := c.prepare(lookup); err != nil {
-			c.res.Err = err
+			c.err = err
 			continue
 		}
 		pending = append(pending, c)
@@ -88,7 +89,7 @@ func verifyDKIM(ctx context.Context, opts DKIMVerifyOptions, m *policy.Message) 
 			return nil, fmt.Errorf("auth: DKIM verification: reading message: %w", err)
 		}
 		for _, c := range pending {
-			c.res.Err = c.finish(fields)
+			c.err = c.finish(fields)
 		}
 	}
 	out := make([]DKIMResult, 0, len(checks))
@@ -97,12 +98,12 @@ func verifyDKIM(ctx context.Context, opts DKIMVerifyOptions, m *policy.Message) 
 		r.Domain = strings.ToLower(r.Domain)
 		var ve *dkVerifyError
 		switch {
-		case r.Err == nil:
+		case c.err == nil:
 			r.Result = authres.ResultPass
-		case errors.As(r.Err, &ve):
-			r.Result = ve.result
+		case errors.As(c.err, &ve):
+			r.Result, r.Reason = ve.result, ve.reason
 		default:
-			r.Result = authres.ResultFail
+			r.Result, r.Reason = authres.ResultFail, strings.TrimPrefix(c.err.Error(), "dkim: ")
 		}
 		out = append(out, r)
 	}

@@ -15,20 +15,14 @@ import (
 
 	"github.com/emersion/go-msgauth/authres"
 	"github.com/emersion/go-msgauth/dmarc"
+	"github.com/mtakit/mtakit/internal/dnserr"
 	"github.com/mtakit/mtakit/policy"
 	"golang.org/x/net/publicsuffix"
 )
 
-// SPFInput is the SPF result DMARC evaluates: the result ("pass", "fail",
-// ...), the domain that was checked, and which identity it was ("mailfrom"
-// or "helo").
-type SPFInput struct {
-	Result   string
-	Domain   string
-	Identity string
-}
-
-// DMARCResult is the outcome of a DMARC evaluation (RFC 7489).
+// DMARCResult is the outcome of a DMARC evaluation (RFC 7489). It
+// round-trips through encoding/json, so it survives queueing (see
+// policy.Key).
 type DMARCResult struct {
 	// Result is pass (an aligned SPF or DKIM pass), fail (a policy was found
 	// and nothing aligned passed), none (no policy published), temperror
@@ -48,12 +42,17 @@ type DMARCResult struct {
 	// policy); "none" on pass.
 	Disposition dmarc.Policy
 
-	SPF         SPFInput // the SPF result used, if any
-	SPFAligned  bool     // SPF passed for a domain aligned with FromDomain
-	DKIMDomain  string   // the d= of the aligned passing signature
+	// SPF is the SPF result evaluated, from SPFResultKey; its Result is ""
+	// when the transaction holds none (SPF was not checked).
+	SPF         SPFResult
+	SPFAligned  bool   // SPF passed for a domain aligned with FromDomain
+	DKIMDomain  string // the d= of the aligned passing signature
 	DKIMAligned bool
 
-	Err error // the cause of temperror and permerror
+	// Reason is why the result is temperror or permerror, as written in
+	// reason= of Authentication-Results (without our DNS server's
+	// address); "" otherwise.
+	Reason string
 }
 
 // DMARCResultKey holds the DMARC result of the transaction for later rules.
@@ -88,13 +87,6 @@ type DMARCOptions struct {
 	// math/rand/v2.IntN. Tests inject a fixed source.
 	Rand func(n int) int
 
-	// SPF returns the SPF result to evaluate; nil means: the result the SPF
-	// rule left in the transaction, else the spf= result in an
-	// Authentication-Results field this server wrote, else the topmost
-	// trusted Received-SPF field (after a restart, rule values are gone
-	// but headers remain).
-	SPF func(tx *policy.Transaction, m *policy.Message) (SPFInput, bool)
-
 	// Decide, when set, turns the result into the verdict instead of the
 	// default (reject: 550 5.7.1; quarantine: QuarantineQueue; others: Next).
 	// The result is recorded before Decide runs.
@@ -111,14 +103,18 @@ type DMARCOptions struct {
 // SPF or DKIM passed for a domain aligned with it (relaxed: same
 // organizational domain; strict: same domain, per adkim= and aspf=).
 //
-// DKIM results come from DKIMResultsKey (VerifyDKIM must run first) or,
-// after a restart, from Authentication-Results fields this server wrote;
-// SPF results as DMARCOptions.SPF describes.
+// The SPF result comes from SPFResultKey (CheckSPF must run first) and the
+// DKIM results from DKIMResultsKey (VerifyDKIM must run first); both keys
+// survive queueing, so the rule works the same before and after it. Nothing
+// is read back from header fields. A transaction without an SPF result
+// (CheckSPF not configured, or skipped for an authenticated session) is
+// evaluated as SPF none: nothing SPF-aligned, and no spf= clause written.
+// Likewise no DKIM results means no aligned DKIM pass.
 //
 // The result is recorded in an Authentication-Results field
-// ("dmarc=fail (p=reject dis=reject) header.from=example.com", preceded by
-// the spf= result it used when no field of ours recorded it yet) and under
-// DMARCResultKey. The verdict, unless Monitor or Decide says otherwise: a
+// ("spf=pass smtp.mailfrom=example.com; dmarc=fail (p=reject dis=reject)
+// header.from=example.com", the spf= clause being the SPF result it used)
+// and under DMARCResultKey. The verdict, unless Monitor or Decide says otherwise: a
 // failing message under p=reject is denied with 550 5.7.1, under
 // p=quarantine quarantined, and goes on otherwise; pass, none, temperror
 // and permerror go on (see DeferOnTempError and AllowMalformedFrom for the
@@ -139,12 +135,15 @@ func CheckDMARC(opts DMARCOptions) policy.MessageRule {
 	}
 	return func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
 		arStripForged(tx, m.Header, opts.AuthServID)
-		spfIn, spfFromAR, haveSPF := dmSPF(opts, tx, m)
-		res := dmEvaluate(ctx, opts, tx, m, spfIn, haveSPF)
+		var spfRes SPFResult
+		if tx != nil {
+			spfRes, _ = SPFResultKey.Get(tx)
+		}
+		res, err := dmEvaluate(ctx, opts, tx, m, spfRes)
 		if tx != nil {
 			DMARCResultKey.Set(tx, res)
 		}
-		dmRecord(tx, m, opts.AuthServID, res, spfIn, haveSPF && !spfFromAR)
+		dmRecord(tx, m, opts.AuthServID, res)
 		log.DebugContext(ctx, "dmarc", slog.String("result", string(res.Result)),
 			slog.String("from", res.FromDomain), slog.String("policy", string(res.Policy)),
 			slog.String("disposition", string(res.Disposition)))
@@ -157,7 +156,7 @@ func CheckDMARC(opts DMARCOptions) policy.MessageRule {
 		switch res.Result {
 		case authres.ResultTempError:
 			if opts.DeferOnTempError {
-				return policy.Deny(451, "4.7.0", "DMARC policy lookup failed, try again later").WithErr(res.Err)
+				return policy.Deny(451, "4.7.0", "DMARC policy lookup failed, try again later").WithErr(err)
 			}
 		case authres.ResultPermError:
 			if res.FromDomain == "" && !opts.AllowMalformedFrom {
@@ -175,51 +174,6 @@ func CheckDMARC(opts DMARCOptions) policy.MessageRule {
 	}
 }
 
-// dmSPF finds the SPF result (see DMARCOptions.SPF). fromAR reports that it
-// came from an Authentication-Results field of ours (so it is not recorded
-// again).
-func dmSPF(opts DMARCOptions, tx *policy.Transaction, m *policy.Message) (in SPFInput, fromAR, ok bool) {
-	if opts.SPF != nil {
-		in, ok = opts.SPF(tx, m)
-		return in, false, ok
-	}
-	if in, ok = spfFromTransaction(tx); ok {
-		return in, false, true
-	}
-	for _, r := range arOurResults(tx, m.Header, opts.AuthServID) {
-		if s, isSPF := r.(*authres.SPFResult); isSPF {
-			in = SPFInput{Result: string(s.Value), Identity: "mailfrom", Domain: dmDomainOf(s.From)}
-			if s.From == "" {
-				in.Identity, in.Domain = "helo", dmDomainOf(s.Helo)
-			}
-			return in, true, true
-		}
-	}
-	trusted := arTrusted(tx, m.Header)
-	for i, f := range m.Header.Fields() {
-		if strings.EqualFold(f.Name(), "Received-SPF") && trusted(i, f) {
-			if in, ok = dmParseReceivedSPF(f.Value()); ok {
-				return in, false, true
-			}
-		}
-	}
-	if tx != nil {
-		for _, f := range tx.Header.Fields() {
-			if strings.EqualFold(f.Name(), "Received-SPF") {
-				if in, ok = dmParseReceivedSPF(f.Value()); ok {
-					return in, false, true
-				}
-			}
-		}
-	}
-	return SPFInput{}, false, false
-}
-
-// spfFromTransaction reads the SPF result the SPF rule of this package left
-// in tx. It is a variable so that the SPF rule's file can wire its key in
-// without this file depending on it.
-var spfFromTransaction = func(tx *policy.Transaction) (SPFInput, bool) { return SPFInput{}, false }
-
 // dmDomainOf returns the normalized domain of an address or domain s.
 func dmDomainOf(s string) string {
 	s = strings.Trim(strings.TrimSpace(s), "<>")
@@ -233,16 +187,19 @@ func dmDomainOf(s string) string {
 	return d
 }
 
-// dmEvaluate computes the DMARC result.
-func dmEvaluate(ctx context.Context, opts DMARCOptions, tx *policy.Transaction, m *policy.Message, spfIn SPFInput, haveSPF bool) DMARCResult {
-	res := DMARCResult{Disposition: dmarc.PolicyNone}
+// dmEvaluate computes the DMARC result for the SPF result spfRes (zero
+// when SPF was not checked). The error is the cause of a temperror or
+// permerror result, nil otherwise.
+func dmEvaluate(ctx context.Context, opts DMARCOptions, tx *policy.Transaction, m *policy.Message, spfRes SPFResult) (DMARCResult, error) {
+	res := DMARCResult{Disposition: dmarc.PolicyNone, SPF: spfRes}
 	from, err := dkFromDomain(m.Header)
 	if err == nil && strings.HasPrefix(from, "[") {
 		err = errors.New("From domain is an address literal")
 	}
 	if err != nil {
-		res.Result, res.Err = authres.ResultPermError, fmt.Errorf("auth: DMARC: %w", err)
-		return res
+		err = fmt.Errorf("auth: DMARC: %w", err)
+		res.Result, res.Reason = authres.ResultPermError, dmReason(err)
+		return res, err
 	}
 	res.FromDomain = from
 	org := OrganizationalDomain(from)
@@ -263,13 +220,13 @@ func dmEvaluate(ctx context.Context, opts DMARCOptions, tx *policy.Transaction, 
 		res.PolicyDomain = ""
 		switch {
 		case dmIsTemp(perr):
-			res.Result, res.Err = authres.ResultTempError, perr
+			res.Result, res.Reason = authres.ResultTempError, dmReason(perr)
 		case perr != nil:
-			res.Result, res.Err = authres.ResultPermError, perr
+			res.Result, res.Reason = authres.ResultPermError, dmReason(perr)
 		default:
 			res.Result = authres.ResultNone
 		}
-		return res
+		return res, perr
 	}
 	res.Record = rec
 	res.Policy = rec.Policy
@@ -277,16 +234,18 @@ func dmEvaluate(ctx context.Context, opts DMARCOptions, tx *policy.Transaction, 
 		res.Policy = rec.SubdomainPolicy
 	}
 
-	// SPF: the identity is MAIL FROM, or HELO for a null sender.
-	if haveSPF {
-		res.SPF = spfIn
-		usable := spfIn.Identity != "helo" || tx == nil || tx.From.IsNull()
-		if usable && strings.EqualFold(spfIn.Result, "pass") && dmAligned(spfIn.Domain, from, rec.SPFAlignment) {
-			res.SPFAligned = true
-		}
+	// SPF: the identity is MAIL FROM, or HELO for a null sender. No
+	// result (SPF not checked) counts as none: nothing aligned.
+	usable := spfRes.Identity != "helo" || tx == nil || tx.From.IsNull()
+	if usable && spfRes.Result == SPFPass && dmAligned(spfRes.Domain, from, rec.SPFAlignment) {
+		res.SPFAligned = true
 	}
 	// DKIM: any passing signature with an aligned d=.
-	for _, d := range dmDKIM(opts, tx, m) {
+	var dkimResults []DKIMResult
+	if tx != nil {
+		dkimResults, _ = DKIMResultsKey.Get(tx)
+	}
+	for _, d := range dkimResults {
 		if d.Result == authres.ResultPass && dmAligned(d.Domain, from, rec.DKIMAlignment) {
 			res.DKIMAligned, res.DKIMDomain = true, d.Domain
 			break
@@ -294,7 +253,7 @@ func dmEvaluate(ctx context.Context, opts DMARCOptions, tx *policy.Transaction, 
 	}
 	if res.SPFAligned || res.DKIMAligned {
 		res.Result = authres.ResultPass
-		return res
+		return res, nil
 	}
 	res.Result = authres.ResultFail
 	res.Disposition = res.Policy
@@ -307,24 +266,7 @@ func dmEvaluate(ctx context.Context, opts DMARCOptions, tx *policy.Transaction, 
 			}
 		}
 	}
-	return res
-}
-
-// dmDKIM returns the DKIM results: from DKIMResultsKey, else from the
-// Authentication-Results fields this server wrote.
-func dmDKIM(opts DMARCOptions, tx *policy.Transaction, m *policy.Message) []DKIMResult {
-	if tx != nil {
-		if rs, ok := DKIMResultsKey.Get(tx); ok {
-			return rs
-		}
-	}
-	var out []DKIMResult
-	for _, r := range arOurResults(tx, m.Header, opts.AuthServID) {
-		if d, ok := r.(*authres.DKIMResult); ok {
-			out = append(out, DKIMResult{Result: d.Value, Domain: dmDomainOf(d.Domain), Identifier: d.Identifier})
-		}
-	}
-	return out
+	return res, nil
 }
 
 // OrganizationalDomain returns the organizational domain of domain (RFC
@@ -370,8 +312,9 @@ func dmIsTemp(err error) bool {
 func dmLookup(lookup func(string) ([]string, error), domain string) (*dmarc.Record, error) {
 	txts, err := lookup("_dmarc." + domain)
 	if err != nil {
-		var de *net.DNSError
-		if errors.As(err, &de) && de.IsNotFound {
+		// lookup classifies with dnserr: REFUSED and SERVFAIL are
+		// temporary, as they are for SPF and DKIM.
+		if dnserr.IsNotFound(err) {
 			return nil, nil
 		}
 		return nil, errDMARCTemp{err}
@@ -404,10 +347,10 @@ func dmIsDMARCRecord(t string) bool {
 }
 
 // dmRecord adds the Authentication-Results field of the DMARC rule.
-func dmRecord(tx *policy.Transaction, m *policy.Message, authservID string, res DMARCResult, spfIn SPFInput, withSPF bool) {
+func dmRecord(tx *policy.Transaction, m *policy.Message, authservID string, res DMARCResult) {
 	var parts []string
-	if withSPF {
-		s := &authres.SPFResult{Value: authres.ResultValue(strings.ToLower(spfIn.Result))}
+	if spfIn := res.SPF; spfIn.Result != "" {
+		s := &authres.SPFResult{Value: spfIn.Result.authres()}
 		// The domain may be the client's HELO name as it was sent (SPF
 		// gives none for a malformed one): only a well-formed domain is
 		// written, so no client-chosen ";" or quote reaches our field.
@@ -424,8 +367,8 @@ func dmRecord(tx *policy.Transaction, m *policy.Message, authservID string, res 
 	if res.Record != nil {
 		clause += " (p=" + string(res.Policy) + " dis=" + string(res.Disposition) + ")"
 	}
-	if reason := dmReason(res); reason != "" {
-		clause += ` reason="` + dmQuoteEscaper.Replace(reason) + `"`
+	if res.Reason != "" {
+		clause += ` reason="` + dmQuoteEscaper.Replace(res.Reason) + `"`
 	}
 	if res.FromDomain != "" {
 		clause += " header.from=" + res.FromDomain
@@ -437,17 +380,15 @@ func dmRecord(tx *policy.Transaction, m *policy.Message, authservID string, res 
 // dmQuoteEscaper escapes a reason= value for a quoted-string.
 var dmQuoteEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`)
 
-// dmReason is the reason= text of a temperror or permerror: short, and
-// without the address of our DNS server that a *net.DNSError carries.
-func dmReason(res DMARCResult) string {
-	if res.Err == nil || (res.Result != authres.ResultTempError && res.Result != authres.ResultPermError) {
-		return ""
-	}
+// dmReason is the reason= text of a temperror or permerror caused by err:
+// short, and without the address of our DNS server that a *net.DNSError
+// carries.
+func dmReason(err error) string {
 	var de *net.DNSError
-	if errors.As(res.Err, &de) {
+	if errors.As(err, &de) {
 		return "DNS lookup of " + strings.TrimSuffix(de.Name, ".") + " failed: " + de.Err
 	}
-	return strings.TrimPrefix(res.Err.Error(), "auth: ")
+	return strings.TrimPrefix(err.Error(), "auth: ")
 }
 
 // dmAddressParser parses From values leniently as to charsets: an unknown
@@ -476,30 +417,4 @@ func dmParseFrom(v string) ([]string, error) {
 		out = append(out, d)
 	}
 	return out, nil
-}
-
-// dmParseReceivedSPF reads the result and the checked identity from a
-// Received-SPF value (RFC 7208 section 9.1) with ParseReceivedSPF:
-//
-//	pass (comment) client-ip=192.0.2.1; envelope-from="a@example.com"; helo=mx.example.com; identity=mailfrom; receiver=mx.example.net;
-//
-// A check of an empty envelope-from (or one without a domain) was one of
-// the HELO name (RFC 7208 section 2.4), which is what DMARC must align; a
-// field with another identity, or naming no domain, gives nothing.
-func dmParseReceivedSPF(v string) (SPFInput, bool) {
-	r, err := ParseReceivedSPF(v)
-	if err != nil {
-		return SPFInput{}, false
-	}
-	in := SPFInput{Result: string(r.Result), Identity: r.Identity, Domain: r.Domain}
-	switch r.Identity {
-	case "helo":
-	case "mailfrom":
-		if _, ok := senderDomain(r.Sender); !ok {
-			in.Identity = "helo"
-		}
-	default:
-		return SPFInput{}, false
-	}
-	return in, in.Domain != ""
 }

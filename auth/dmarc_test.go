@@ -37,15 +37,15 @@ func fromMsg(from string) string {
 func TestCheckDMARC(t *testing.T) {
 	pass := func(d string) []DKIMResult { return []DKIMResult{{Result: authres.ResultPass, Domain: d}} }
 	failDKIM := []DKIMResult{{Result: authres.ResultFail, Domain: "example.com"}}
-	spf := func(res, domain string) *SPFInput {
-		return &SPFInput{Result: res, Domain: domain, Identity: "mailfrom"}
+	spf := func(res SPFStatus, domain string) *SPFResult {
+		return &SPFResult{Result: res, Domain: domain, Identity: "mailfrom"}
 	}
 	tests := []struct {
 		name     string
 		from     string // From header value
 		sender   string // MAIL FROM
 		dkim     []DKIMResult
-		spf      *SPFInput
+		spf      *SPFResult
 		opts     func(*DMARCOptions)
 		setup    func(*dnstest.Server)
 		want     authres.ResultValue
@@ -116,10 +116,10 @@ func TestCheckDMARC(t *testing.T) {
 		{name: "unparsable From", from: "<<<", want: authres.ResultPermError,
 			verdict: policy.Deny(550, "5.7.1", "DMARC: the From header must hold exactly one address")},
 		{name: "helo SPF counts for the null sender", from: "postmaster@example.com", sender: "<>",
-			spf:  &SPFInput{Result: "pass", Domain: "mx.example.com", Identity: "helo"},
+			spf:  &SPFResult{Result: SPFPass, Domain: "mx.example.com", Identity: "helo"},
 			want: authres.ResultPass, verdict: policy.Next()},
 		{name: "helo SPF does not count with a sender", from: "a@example.com", sender: "x@example.net",
-			spf:  &SPFInput{Result: "pass", Domain: "mx.example.com", Identity: "helo"},
+			spf:  &SPFResult{Result: SPFPass, Domain: "mx.example.com", Identity: "helo"},
 			want: authres.ResultFail, verdict: policy.Deny(550, "5.7.1", "Message rejected by the DMARC policy of example.com")},
 		{name: "display name with encoded word", from: "=?x-unknown?q?Al=E9?= <a@example.com>", dkim: pass("example.com"),
 			want: authres.ResultPass, verdict: policy.Next()},
@@ -133,12 +133,6 @@ func TestCheckDMARC(t *testing.T) {
 				tt.setup(srv)
 			}
 			opts := DMARCOptions{Resolver: srv.Resolver(), AuthServID: testAuthServID, Rand: func(int) int { return 0 }}
-			if tt.spf != nil {
-				in := *tt.spf
-				opts.SPF = func(*policy.Transaction, *policy.Message) (SPFInput, bool) { return in, true }
-			} else {
-				opts.SPF = func(*policy.Transaction, *policy.Message) (SPFInput, bool) { return SPFInput{}, false }
-			}
 			if tt.opts != nil {
 				tt.opts(&opts)
 			}
@@ -148,6 +142,9 @@ func TestCheckDMARC(t *testing.T) {
 			}
 			tx := newTestTx(sender)
 			DKIMResultsKey.Set(tx, tt.dkim)
+			if tt.spf != nil {
+				SPFResultKey.Set(tx, *tt.spf)
+			}
 			m := newTestMessage(t, fromMsg(tt.from))
 			v := CheckDMARC(opts)(context.Background(), tx, m)
 			assert.Equal(t, tt.verdict, policy.Verdict{Kind: v.Kind, Reply: v.Reply, Queue: v.Queue})
@@ -170,23 +167,23 @@ func TestCheckDMARC(t *testing.T) {
 	}
 }
 
-// TestCheckDMARCFromHeaders covers a DMARC check after a restart: no rule
-// values, only the fields written at our hop (above our Received field);
-// forged ones below it are ignored or removed.
-func TestCheckDMARCFromHeaders(t *testing.T) {
+// TestCheckDMARCIgnoresHeaderResults: results come from the transaction's
+// values only (which survive queueing), never from header fields, not even
+// fields of ours above our Received field; fields claiming our authserv-id
+// below it (forged by the client) are removed.
+func TestCheckDMARCIgnoresHeaderResults(t *testing.T) {
 	ours := "Received: from c (c [192.0.2.9]) by " + testAuthServID + " with ESMTP id tx1\r\n"
 	tests := []struct {
 		name string
 		top  string // fields above our Received
 		low  string // fields the client sent
-		want authres.ResultValue
 	}{
-		{"DKIM result of ours", "Authentication-Results: " + testAuthServID + "; dkim=pass header.d=example.com header.s=s1\r\n", "", authres.ResultPass},
-		{"forged DKIM result", "", "Authentication-Results: " + testAuthServID + "; dkim=pass header.d=example.com\r\n", authres.ResultFail},
-		{"Received-SPF of ours", "Received-SPF: pass (" + testAuthServID + ": good) client-ip=192.0.2.9; envelope-from=\"b@example.com\"; helo=c; identity=mailfrom; receiver=" + testAuthServID + ";\r\n", "", authres.ResultPass},
-		{"forged Received-SPF", "", "Received-SPF: pass client-ip=192.0.2.9; envelope-from=\"b@example.com\"; identity=mailfrom;\r\n", authres.ResultFail},
-		{"spf result in our A-R", "Authentication-Results: " + testAuthServID + "; spf=pass smtp.mailfrom=b@example.com\r\n", "", authres.ResultPass},
-		{"someone else's results", "", "Authentication-Results: other.example; dkim=pass header.d=example.com\r\n", authres.ResultFail},
+		{"DKIM result above our Received", "Authentication-Results: " + testAuthServID + "; dkim=pass header.d=example.com header.s=s1\r\n", ""},
+		{"forged DKIM result", "", "Authentication-Results: " + testAuthServID + "; dkim=pass header.d=example.com\r\n"},
+		{"Received-SPF above our Received", "Received-SPF: pass (" + testAuthServID + ": good) client-ip=192.0.2.9; envelope-from=\"b@example.com\"; helo=c; identity=mailfrom; receiver=" + testAuthServID + ";\r\n", ""},
+		{"forged Received-SPF", "", "Received-SPF: pass client-ip=192.0.2.9; envelope-from=\"b@example.com\"; identity=mailfrom;\r\n"},
+		{"spf result in an A-R above our Received", "Authentication-Results: " + testAuthServID + "; spf=pass smtp.mailfrom=b@example.com\r\n", ""},
+		{"someone else's results", "", "Authentication-Results: other.example; dkim=pass header.d=example.com\r\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -196,7 +193,9 @@ func TestCheckDMARCFromHeaders(t *testing.T) {
 			v := CheckDMARC(DMARCOptions{Resolver: srv.Resolver(), AuthServID: testAuthServID, Monitor: true})(context.Background(), tx, m)
 			assert.Equal(t, policy.Next(), v)
 			res, _ := DMARCResultKey.Get(tx)
-			assert.Equal(t, tt.want, res.Result, "%+v", res)
+			assert.Equal(t, authres.ResultValue(authres.ResultFail), res.Result, "%+v", res)
+			assert.Equal(t, SPFResult{}, res.SPF, "no SPF result in the transaction: SPF not checked")
+			assert.NotContains(t, m.Header.Get(AuthResultsField), "spf=", "no spf= clause for an unchecked SPF")
 			// No field claiming our id survives below our Received.
 			below := false
 			for _, f := range m.Header.Fields() {
@@ -255,54 +254,6 @@ func TestOrganizationalDomain(t *testing.T) {
 	}
 }
 
-func TestParseReceivedSPFForDMARC(t *testing.T) {
-	tests := []struct {
-		in   string
-		want SPFInput
-		ok   bool
-	}{
-		{`pass (mx: ok) client-ip=192.0.2.1; envelope-from="a@Example.COM"; helo=mx.example.org; identity=mailfrom; receiver=mx;`,
-			SPFInput{"pass", "example.com", "mailfrom"}, true},
-		{`SoftFail client-ip=192.0.2.1; envelope-from=<>; helo=mx.example.org;`, SPFInput{"softfail", "mx.example.org", "helo"}, true},
-		{`fail identity=helo; helo=h.example`, SPFInput{"fail", "h.example", "helo"}, true},
-		{`pass envelope-from=a@b.example`, SPFInput{"pass", "b.example", "mailfrom"}, true},
-		{`pass envelope-from=<a@B.example>; helo=h.example`, SPFInput{"pass", "b.example", "mailfrom"}, true},
-		{`pass envelope-from="<a@b.example>"; helo=h.example`, SPFInput{"pass", "b.example", "mailfrom"}, true},
-		{`pass envelope-from=postmaster; helo=h.example`, SPFInput{"pass", "h.example", "helo"}, true},
-		{`excellent envelope-from=a@b.example`, SPFInput{}, false},
-		{`pass identity=other; helo=x.example`, SPFInput{}, false},
-		{`pass`, SPFInput{}, false},
-		{``, SPFInput{}, false},
-	}
-	for _, tt := range tests {
-		got, ok := dmParseReceivedSPF(tt.in)
-		assert.Equal(t, tt.ok, ok, tt.in)
-		if tt.ok {
-			assert.Equal(t, tt.want, got, tt.in)
-		}
-	}
-}
-
-func FuzzParseReceivedSPFForDMARC(f *testing.F) {
-	for _, s := range []string{
-		`pass (mx: ok) client-ip=192.0.2.1; envelope-from="a@example.com"; helo=mx; identity=mailfrom; receiver=mx;`,
-		`fail identity=helo; helo=h.example`,
-		`neutral (unterminated comment envelope-from="x`,
-		`pass envelope-from="a\"@b.example"`,
-	} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		in, ok := dmParseReceivedSPF(s)
-		if !ok {
-			return
-		}
-		if in.Domain == "" || (in.Identity != "helo" && in.Identity != "mailfrom") {
-			t.Fatalf("accepted %+v", in)
-		}
-	})
-}
-
 func FuzzParseFrom(f *testing.F) {
 	for _, s := range []string{"a@example.com", `"A, B" <a@example.com>`, "a@x, b@y", "=?utf-8?q?x?= <a@b.c>", "<<<", "group: a@b.c;"} {
 		f.Add(s)
@@ -323,8 +274,8 @@ func FuzzParseFrom(f *testing.F) {
 // The HELO name is the client's to choose (go-smtp passes any bytes but
 // space); a malformed one must not reach the spf clause DMARC records,
 // where a reader (go-msgauth's parser, a MUA) takes ";dkim=pass ..." in it
-// for a result of ours. A DMARC check run again on the message (postq
-// after a restart) must not find a forged pass there.
+// for a result of ours. A DMARC check run again on the message must not
+// find a forged pass there.
 func TestCheckDMARCMalformedHelo(t *testing.T) {
 	srv := dmarcZone(t)
 	opts := DMARCOptions{Resolver: srv.Resolver(), AuthServID: testAuthServID, Monitor: true}
@@ -338,7 +289,8 @@ func TestCheckDMARCMalformedHelo(t *testing.T) {
 	ar := m.Header.Get(AuthResultsField)
 	assert.NotContains(t, ar, "dkim=pass")
 
-	// Again, as after a restart: only the header to go by.
+	// Again, with only the header to go by (no values): nothing in it is
+	// taken for a result.
 	tx2 := newTestTx("<>")
 	CheckDMARC(opts)(context.Background(), tx2, m)
 	res2, _ := DMARCResultKey.Get(tx2)

@@ -6,6 +6,26 @@
 // policy.Resolver the caller passes in, so tests can point it at a DNS
 // server on loopback.
 //
+// # Configuration and logging
+//
+// Rules and components are configured by exported fields of a struct, each
+// field's zero value a documented default; there are no option functions.
+// The ready-made rules take an options struct: CheckSPF(SPFOptions{...}),
+// VerifyDKIM(DKIMVerifyOptions{...}), CheckDMARC(DMARCOptions{...}), and
+// SignOrVerifyDKIM takes the latter beside its signer. LoadCredentialFile
+// takes CredentialOptions{...}. A DKIMSigner (from NewDKIMSigner) and a
+// FailureLimiter are configured by their own fields. The rules copy their
+// options when built; the fields of a DKIMSigner or FailureLimiter must not
+// change once it is in use.
+//
+// Logging goes to the Logger field (*slog.Logger) of the options: nil means
+// slog.Default(). There is no other way to set a logger. The rules log
+// results at debug level and DNS trouble at warn level; a CredentialFile
+// logs reloads and refused attempts, never passwords.
+//
+// The package has no mutable exported variables other than its sentinel
+// errors; DefaultDKIMHeaders returns a fresh copy of its list.
+//
 // # SMTP AUTH
 //
 // Authenticator is the interface the smtp server calls for each AUTH
@@ -26,13 +46,22 @@
 //
 //	mode    fail       softfail   permerror  temperror  none, neutral, pass
 //	soft    550 5.7.23 accept     accept     accept     accept
-//	strict  550 5.7.23 550 5.7.23 550 5.7.23 451 4.7.24 accept
+//	strict  550 5.7.23 550 5.7.23 550 5.7.24 451 4.7.24 accept
 //
-// The rule adds a Received-SPF field (RFC 7208 section 9.1) to the
-// transaction's header and stores an SPFResult under SPFResultKey for
-// later rules (DMARC). After queueing, ParseReceivedSPF reads the result
-// back from the message header. Sessions that authenticated are skipped by
-// default (SPFOptions.SkipAuthenticated).
+// The rule stores an SPFResult under SPFResultKey for later rules (DMARC)
+// and adds a Received-SPF trace field (RFC 7208 section 9.1) to the
+// transaction's header for readers downstream. Sessions that authenticated
+// are skipped by default (SPFOptions.CheckAuthenticated).
+//
+// # Results between rules
+//
+// The rules hand their results to later rules as typed values in the
+// transaction, never as header text to parse back: SPFResultKey,
+// DKIMResultsKey and DMARCResultKey. The queue keeps these values with the
+// message (as JSON, see policy.Key), so a postq rule after a restart reads
+// the same values as a preq rule; every type stored under them round-trips
+// through encoding/json. Header fields (Received-SPF, Authentication-Results)
+// are written for readers downstream and are never trusted as results.
 //
 // The SPF library tells a temporary DNS error from a permanent one by a
 // type assertion on *net.DNSError, so a resolver that wraps its errors, or
@@ -41,6 +70,11 @@
 // wraps any policy.Resolver, applies a per-lookup timeout and turns every
 // error into a plain *net.DNSError with IsNotFound, IsTimeout and
 // IsTemporary set right. Other rules may use it for the same reason.
+//
+// Every rule here, and package relay, classifies DNS errors the same way:
+// NXDOMAIN and "no such record" mean the name or record does not exist;
+// every other error, REFUSED and SERVFAIL included, timeouts and cancelled
+// contexts, is temporary (temperror, a 4xx where the rule defers).
 //
 // # DKIM, DMARC and Authentication-Results
 //

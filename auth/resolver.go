@@ -2,20 +2,20 @@ package auth
 
 import (
 	"context"
-	"errors"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"time"
 
+	"github.com/mtakit/mtakit/internal/dnserr"
 	"github.com/mtakit/mtakit/internal/lazyctx"
 	"github.com/mtakit/mtakit/policy"
 )
 
 // Resolver wraps a policy.Resolver for libraries that classify DNS errors
 // by their type: every error it returns is a plain *net.DNSError (never
-// wrapped) with
+// wrapped), classified as every rule of this package and of package relay
+// classifies DNS errors, with
 //
 //   - IsNotFound set for NXDOMAIN and "no such record" (and nothing else),
 //   - IsTimeout and IsTemporary set for timeouts, including the per-lookup
@@ -80,7 +80,7 @@ func (r *Resolver) LookupTXT(ctx context.Context, name string) ([]string, error)
 	lctx, cancel := r.ctx(ctx)
 	defer cancel()
 	v, err := r.r.LookupTXT(lctx, r.name(name))
-	return v, normalizeDNSError(lctx, err, name)
+	return v, dnserr.Classify(lctx, name, err)
 }
 
 // LookupMX implements policy.Resolver.
@@ -88,7 +88,7 @@ func (r *Resolver) LookupMX(ctx context.Context, name string) ([]*net.MX, error)
 	lctx, cancel := r.ctx(ctx)
 	defer cancel()
 	v, err := r.r.LookupMX(lctx, r.name(name))
-	return v, normalizeDNSError(lctx, err, name)
+	return v, dnserr.Classify(lctx, name, err)
 }
 
 // LookupIPAddr implements policy.Resolver.
@@ -96,7 +96,7 @@ func (r *Resolver) LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr,
 	lctx, cancel := r.ctx(ctx)
 	defer cancel()
 	v, err := r.r.LookupIPAddr(lctx, r.name(host))
-	return v, normalizeDNSError(lctx, err, host)
+	return v, dnserr.Classify(lctx, host, err)
 }
 
 // LookupAddr implements policy.Resolver.
@@ -104,42 +104,5 @@ func (r *Resolver) LookupAddr(ctx context.Context, addr string) ([]string, error
 	lctx, cancel := r.ctx(ctx)
 	defer cancel()
 	v, err := r.r.LookupAddr(lctx, addr)
-	return v, normalizeDNSError(lctx, err, addr)
-}
-
-// normalizeDNSError returns err as a plain *net.DNSError classified as the
-// Resolver documents; nil stays nil.
-func normalizeDNSError(ctx context.Context, err error, name string) error {
-	if err == nil {
-		return nil
-	}
-	out := &net.DNSError{Err: err.Error(), Name: name, UnwrapErr: err}
-	var de *net.DNSError
-	if errors.As(err, &de) {
-		out.Err, out.Server = de.Err, de.Server
-		if de.Name != "" {
-			out.Name = de.Name
-		}
-		out.IsNotFound, out.IsTimeout, out.IsTemporary = de.IsNotFound, de.IsTimeout, de.IsTemporary
-	}
-	var ne net.Error
-	switch {
-	case de != nil && de.IsNotFound && !de.IsTimeout:
-		// An answer: the name does not exist.
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
-		errors.As(err, &ne) && ne.Timeout(),
-		errors.Is(ctx.Err(), context.DeadlineExceeded):
-		out.IsTimeout, out.IsTemporary, out.IsNotFound = true, true, false
-	case errors.Is(err, context.Canceled), ctx.Err() != nil:
-		out.IsTemporary, out.IsNotFound = true, false
-	default:
-		// SERVFAIL, REFUSED, a malformed answer, or not a DNS error at
-		// all (the resolver itself failed): RFC 7208 section 4.4 makes any
-		// error but NXDOMAIN a temperror.
-		out.IsTemporary = true
-	}
-	if out.IsNotFound {
-		out.IsTemporary, out.IsTimeout = false, false
-	}
-	return out
+	return v, dnserr.Classify(lctx, addr, err)
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"blitiri.com.ar/go/spf"
+	"github.com/emersion/go-msgauth/authres"
 
 	"github.com/mtakit/mtakit/internal/lazyctx"
 	"github.com/mtakit/mtakit/policy"
@@ -72,7 +73,9 @@ func (m SPFMode) String() string {
 }
 
 // SPFStatus is an SPF result (RFC 7208 section 2.6), as written in
-// Received-SPF and Authentication-Results.
+// Received-SPF and Authentication-Results (spf=). It is the one type of an
+// SPF result in this package: SPFResult.Result, and through it
+// DMARCResult.SPF.
 type SPFStatus string
 
 // The SPF results.
@@ -86,6 +89,9 @@ const (
 	SPFPermError SPFStatus = "permerror"
 )
 
+// authres returns s as an Authentication-Results result value.
+func (s SPFStatus) authres() authres.ResultValue { return authres.ResultValue(s) }
+
 func (s SPFStatus) valid() bool {
 	switch s {
 	case SPFNone, SPFNeutral, SPFPass, SPFFail, SPFSoftFail, SPFTempError, SPFPermError:
@@ -95,7 +101,8 @@ func (s SPFStatus) valid() bool {
 }
 
 // SPFResult is the outcome of one SPF check, as recorded under SPFResultKey
-// and in the Received-SPF field.
+// and in the Received-SPF field. It round-trips through encoding/json, so
+// it survives queueing (see policy.Key).
 type SPFResult struct {
 	Result   SPFStatus
 	Identity string     // "mailfrom" or "helo"
@@ -108,28 +115,51 @@ type SPFResult struct {
 }
 
 // SPFResultKey holds the SPF result of the transaction, for later rules
-// (DMARC). It is not set when the check was skipped (an authenticated
-// session).
+// (CheckDMARC), before and after queueing. It is not set when the check was
+// skipped (an authenticated session) or not configured; CheckDMARC then
+// evaluates with no SPF result (as SPF none).
 const SPFResultKey policy.Key[SPFResult] = "auth.spf"
 
-// SPFOption configures CheckSPF.
-type SPFOption func(*spfConfig)
-
-type spfConfig struct {
-	timeout       time.Duration
-	lookupTimeout time.Duration
-	receiver      string
-	skipAuth      bool
-	header        bool
-	heloTTL       time.Duration
-	log           *slog.Logger
+// SPFOptions configure CheckSPF. Every field's zero value is a usable
+// default. CheckSPF copies the options: changing them afterwards has no
+// effect on the rule.
+type SPFOptions struct {
+	// Identity selects the identity checked (see SPFIdentity); zero means
+	// SPFMailFrom, the identity DMARC aligns.
+	Identity SPFIdentity
+	// Mode selects what the rule does with a result (see SPFMode); zero
+	// means SPFSoft.
+	Mode SPFMode
+	// Resolver answers the DNS lookups; nil means net.DefaultResolver. It
+	// is wrapped in a Resolver, so any policy.Resolver classifies its
+	// errors right.
+	Resolver policy.Resolver
+	// Timeout bounds the whole check; zero means 10 s. The rule's context
+	// bounds it too. Running out of time gives temperror.
+	Timeout time.Duration
+	// LookupTimeout bounds each DNS lookup; zero means
+	// DefaultLookupTimeout.
+	LookupTimeout time.Duration
+	// Receiver is our host name, written in receiver= of Received-SPF;
+	// "" means os.Hostname() (or "localhost" when it is unknown).
+	Receiver string
+	// CheckAuthenticated also checks sessions that authenticated with SMTP
+	// AUTH. By default they are skipped: a roaming user sending through
+	// our submission service from a hotel network is not an SPF-authorized
+	// host of their domain, and the result must not be held against them.
+	CheckAuthenticated bool
+	// OmitReceivedSPF leaves out the Received-SPF field; by default the
+	// rule adds one. The result is stored under SPFResultKey either way.
+	OmitReceivedSPF bool
+	// HeloCacheTTL keeps the result of the HELO identity for a client
+	// address and HELO name this long, so that a session sending many
+	// messages checks its HELO once; zero means 5 minutes, a negative
+	// value turns the cache off. Temporary errors are never kept.
+	HeloCacheTTL time.Duration
+	// Logger receives check results (debug) and DNS trouble (warn); nil
+	// means slog.Default().
+	Logger *slog.Logger
 }
-
-// SPFHeloCache keeps the result of the HELO identity for a client address
-// and HELO name this long (default 5 minutes; 0 turns the cache off). A
-// session that sends many messages then checks its HELO once, not once per
-// message. Temporary errors are never kept.
-func SPFHeloCache(ttl time.Duration) SPFOption { return func(c *spfConfig) { c.heloTTL = ttl } }
 
 // heloCache holds HELO identity results by client address and HELO name.
 type heloCache struct {
@@ -177,37 +207,9 @@ func (c *heloCache) put(ip netip.Addr, helo string, r SPFResult, now time.Time) 
 	c.entries[heloKey{ip, helo}] = heloEntry{result: r, expires: now.Add(c.ttl)}
 }
 
-// SPFTimeout bounds the whole check (default 10 s); the rule's context
-// bounds it too. Running out of time gives temperror.
-func SPFTimeout(d time.Duration) SPFOption { return func(c *spfConfig) { c.timeout = d } }
-
-// SPFLookupTimeout bounds each DNS lookup (default: only SPFTimeout).
-func SPFLookupTimeout(d time.Duration) SPFOption {
-	return func(c *spfConfig) { c.lookupTimeout = d }
-}
-
-// SPFReceiver sets the receiver= name of Received-SPF, our host name
-// (default os.Hostname()).
-func SPFReceiver(name string) SPFOption { return func(c *spfConfig) { c.receiver = name } }
-
-// SPFSkipAuthenticated chooses whether sessions that authenticated with SMTP
-// AUTH skip the check (default true): a roaming user sending through our
-// submission service from a hotel network is not an SPF-authorized host of
-// their domain, and the result must not be held against them.
-func SPFSkipAuthenticated(skip bool) SPFOption { return func(c *spfConfig) { c.skipAuth = skip } }
-
-// SPFHeader chooses whether the rule adds a Received-SPF field (default
-// true).
-func SPFHeader(add bool) SPFOption { return func(c *spfConfig) { c.header = add } }
-
-// SPFLogger sets the logger for check results (debug) and DNS trouble
-// (warn); default slog.Default().
-func SPFLogger(l *slog.Logger) SPFOption { return func(c *spfConfig) { c.log = l } }
-
 // CheckSPF returns a mail-stage rule that checks SPF (RFC 7208) for the
-// client's address and the identity chosen (see SPFIdentity), through r
-// wrapped in a Resolver (nil r means net.DefaultResolver), and applies mode
-// (see SPFMode):
+// client's address and the identity opts.Identity chooses (see
+// SPFIdentity), and applies opts.Mode (see SPFMode):
 //
 //	result      soft          strict
 //	fail        550 5.7.23    550 5.7.23
@@ -216,53 +218,66 @@ func SPFLogger(l *slog.Logger) SPFOption { return func(c *spfConfig) { c.log = l
 //	temperror   Next          451 4.7.24
 //	pass, neutral, none: Next
 //
-// It stores the deciding result under SPFResultKey and adds a Received-SPF
+// It stores the deciding result under SPFResultKey, which later rules
+// (CheckDMARC, even after queueing) read, and adds a Received-SPF trace
 // field (RFC 7208 section 9.1) to tx.Header, which the smtp package
-// prepends to the message, so the result survives queueing
-// (SPFResultFromHeader reads it back). A HELO name or domain that is an
-// address literal, malformed, or a single label gives none without any
-// lookup (RFC 7208 section 4.3).
+// prepends to the message, for whoever reads the message downstream. A
+// HELO name or domain that is an address literal, malformed, or a single
+// label gives none without any lookup (RFC 7208 section 4.3).
 //
-// CheckSPF panics on an invalid identity or mode: that is a configuration
-// error to catch at start-up.
-func CheckSPF(identity SPFIdentity, mode SPFMode, r policy.Resolver, opts ...SPFOption) policy.MailRule {
+// CheckSPF panics on an invalid identity or mode (other than zero): that
+// is a configuration error to catch at start-up.
+func CheckSPF(opts SPFOptions) policy.MailRule {
+	identity, mode := opts.Identity, opts.Mode
+	if identity == 0 {
+		identity = SPFMailFrom
+	}
+	if mode == 0 {
+		mode = SPFSoft
+	}
 	if identity < SPFMailFrom || identity > SPFBoth {
 		panic("auth: CheckSPF: invalid identity " + identity.String())
 	}
 	if mode != SPFSoft && mode != SPFStrict {
 		panic("auth: CheckSPF: invalid mode " + mode.String())
 	}
-	cfg := spfConfig{timeout: 10 * time.Second, skipAuth: true, header: true, heloTTL: 5 * time.Minute}
-	for _, o := range opts {
-		o(&cfg)
+	timeout := opts.Timeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
 	}
-	if cfg.log == nil {
-		cfg.log = slog.Default()
+	lookupTimeout := opts.LookupTimeout
+	if lookupTimeout <= 0 {
+		lookupTimeout = DefaultLookupTimeout
 	}
-	if cfg.receiver == "" {
-		cfg.receiver, _ = os.Hostname()
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
 	}
-	if cfg.receiver == "" {
-		cfg.receiver = "localhost"
+	receiver := opts.Receiver
+	if receiver == "" {
+		receiver, _ = os.Hostname()
 	}
-	res := NewResolver(r, cfg.lookupTimeout)
+	if receiver == "" {
+		receiver = "localhost"
+	}
+	res := NewResolver(opts.Resolver, lookupTimeout)
 	var cache *heloCache
-	if cfg.heloTTL > 0 {
-		cache = &heloCache{ttl: cfg.heloTTL, entries: map[heloKey]heloEntry{}}
+	switch ttl := opts.HeloCacheTTL; {
+	case ttl == 0:
+		cache = &heloCache{ttl: 5 * time.Minute, entries: map[heloKey]heloEntry{}}
+	case ttl > 0:
+		cache = &heloCache{ttl: ttl, entries: map[heloKey]heloEntry{}}
 	}
 
 	return func(ctx context.Context, tx *policy.Transaction) policy.Verdict {
 		if tx.Conn == nil || !tx.Conn.Remote.Addr().IsValid() {
 			return policy.Fail(errors.New("auth: SPF: no client address"))
 		}
-		if cfg.skipAuth && tx.Conn.Authenticated() {
+		if !opts.CheckAuthenticated && tx.Conn.Authenticated() {
 			return policy.Next()
 		}
-		if cfg.timeout > 0 {
-			var cancel context.CancelFunc
-			ctx, cancel = lazyctx.WithTimeout(ctx, cfg.timeout)
-			defer cancel()
-		}
+		ctx, cancel := lazyctx.WithTimeout(ctx, timeout)
+		defer cancel()
 		ip := tx.Conn.Remote.Addr().Unmap()
 		helo := tx.Conn.Helo
 
@@ -272,7 +287,7 @@ func CheckSPF(identity SPFIdentity, mode SPFMode, r policy.Resolver, opts ...SPF
 			now := time.Now()
 			var ok bool
 			if result, ok = cache.get(ip, helo, now); !ok {
-				result = checkSPF(ctx, res, ip, helo, heloSender(helo), "helo", cfg.receiver)
+				result = checkSPF(ctx, res, ip, helo, heloSender(helo), "helo", receiver)
 				cache.put(ip, helo, result, now)
 			}
 			if identity == SPFBoth && mode.denies(result.Result) && result.Result != SPFTempError {
@@ -287,11 +302,11 @@ func CheckSPF(identity SPFIdentity, mode SPFMode, r policy.Resolver, opts ...SPF
 		}
 		if checkMail {
 			sender, _ := mailSender(tx.From, helo)
-			result = checkSPF(ctx, res, ip, helo, sender, "mailfrom", cfg.receiver)
+			result = checkSPF(ctx, res, ip, helo, sender, "mailfrom", receiver)
 		}
 
 		SPFResultKey.Set(tx, result)
-		if cfg.header {
+		if !opts.OmitReceivedSPF {
 			// foldField, not Header.Add: Add folds at every Unicode space
 			// (strings.Fields), and would turn a U+00A0 in a quoted
 			// SMTPUTF8 sender or HELO name into an ASCII space.
@@ -301,7 +316,7 @@ func CheckSPF(identity SPFIdentity, mode SPFMode, r policy.Resolver, opts ...SPF
 		if result.Result == SPFTempError {
 			lvl = slog.LevelWarn
 		}
-		cfg.log.Log(ctx, lvl, "spf", slog.String("result", string(result.Result)),
+		log.Log(ctx, lvl, "spf", slog.String("result", string(result.Result)),
 			slog.String("identity", result.Identity), slog.String("domain", result.Domain),
 			slog.String("client_ip", ip.String()), slog.String("problem", result.Problem))
 		return mode.verdict(result)
@@ -552,19 +567,4 @@ func foldField(name, value string) []byte {
 	}
 	b.WriteString("\r\n")
 	return []byte(b.String())
-}
-
-func init() {
-	// Give the DMARC rule (dmarc.go) the result this rule left in the
-	// transaction.
-	spfFromTransaction = func(tx *policy.Transaction) (SPFInput, bool) {
-		if tx == nil {
-			return SPFInput{}, false
-		}
-		r, ok := SPFResultKey.Get(tx)
-		if !ok {
-			return SPFInput{}, false
-		}
-		return SPFInput{Result: string(r.Result), Domain: r.Domain, Identity: r.Identity}, true
-	}
 }

@@ -37,7 +37,7 @@ func TestSPFHeloCache(t *testing.T) {
 		return r
 	}
 
-	cached := CheckSPF(SPFBoth, SPFStrict, srv.Resolver(), SPFReceiver("mx.test"))
+	cached := CheckSPF(SPFOptions{Identity: SPFBoth, Mode: SPFStrict, Resolver: srv.Resolver(), Receiver: "mx.test"})
 	for range 5 {
 		assert.Equal(t, SPFPass, run(cached, "192.0.2.10").Result)
 	}
@@ -46,7 +46,7 @@ func TestSPFHeloCache(t *testing.T) {
 	assert.Equal(t, 2, heloQueries(), "another client address is checked anew")
 
 	srv.ResetQueries()
-	uncached := CheckSPF(SPFBoth, SPFStrict, srv.Resolver(), SPFReceiver("mx.test"), SPFHeloCache(0))
+	uncached := CheckSPF(SPFOptions{Identity: SPFBoth, Mode: SPFStrict, Resolver: srv.Resolver(), Receiver: "mx.test", HeloCacheTTL: -1})
 	for range 3 {
 		run(uncached, "192.0.2.10")
 	}

@@ -20,8 +20,7 @@ func ExampleCheckSPF() {
 	}
 
 	chain := policy.NewChain()
-	chain.Mail("spf", auth.CheckSPF(auth.SPFBoth, auth.SPFStrict, dns,
-		auth.SPFReceiver("mx.doe-family.com")))
+	chain.Mail("spf", auth.CheckSPF(auth.SPFOptions{Identity: auth.SPFBoth, Mode: auth.SPFStrict, Resolver: dns, Receiver: "mx.doe-family.com"}))
 
 	for _, ip := range []string{"192.0.2.25", "203.0.113.9"} {
 		conn := &policy.Conn{ID: "c1", Remote: netip.AddrPortFrom(netip.MustParseAddr(ip), 41000), Helo: "[" + ip + "]"}
@@ -37,15 +36,6 @@ func ExampleCheckSPF() {
 	// pass mailfrom example.com
 	// 550 5.7.23 SPF fail: the domain of alice@example.com does not designate 203.0.113.9 as permitted sender
 	// fail mailfrom example.com
-}
-
-func ExampleParseReceivedSPF() {
-	r, err := auth.ParseReceivedSPF(`pass (mx.example.org: domain of alice@example.com designates 192.0.2.25 as permitted sender) client-ip=192.0.2.25; envelope-from="alice@example.com"; helo=mail.example.com; receiver=mx.example.org; identity=mailfrom`)
-	if err != nil {
-		panic(err)
-	}
-	fmt.Println(r.Result, r.Identity, r.Domain, r.ClientIP)
-	// Output: pass mailfrom example.com 192.0.2.25
 }
 
 func ExampleNewResolver() {

@@ -3,7 +3,6 @@ package relay
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -12,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/mtakit/mtakit/internal/dnserr"
 	"github.com/mtakit/mtakit/policy"
 )
 
@@ -140,7 +140,7 @@ func (m *MX) deliverDomain(ctx context.Context, d *policy.Delivery, domain strin
 			ips, err := m.Resolver.LookupIPAddr(ctx, h.name)
 			if err != nil || len(ips) == 0 {
 				log.Info("MX host has no address", slog.String("host", h.name), slog.Any("error", err))
-				if isNotFound(err) || err == nil {
+				if dnserr.IsNotFound(err) || err == nil {
 					notFound++
 				} else {
 					tempLookup = true
@@ -196,7 +196,7 @@ func (m *MX) hosts(ctx context.Context, domain string) ([]mxHost, policy.Reply) 
 	}
 	mxs, err := m.Resolver.LookupMX(ctx, domain+".")
 	if err != nil && len(mxs) == 0 {
-		if !isNotFound(err) {
+		if !dnserr.IsNotFound(err) {
 			return nil, replyDNSTemp
 		}
 	}
@@ -210,7 +210,7 @@ func (m *MX) hosts(ctx context.Context, domain string) ([]mxHost, policy.Reply) 
 		// an address.
 		ips, err := m.Resolver.LookupIPAddr(ctx, domain+".")
 		if err != nil || len(ips) == 0 {
-			if err == nil || isNotFound(err) {
+			if err == nil || dnserr.IsNotFound(err) {
 				return nil, replyNoDomain
 			}
 			return nil, replyDNSTemp
@@ -225,9 +225,4 @@ func (m *MX) hosts(ctx context.Context, domain string) ([]mxHost, policy.Reply) 
 		hosts = append(hosts, mxHost{name: strings.TrimSuffix(mx.Host, ".")})
 	}
 	return hosts, policy.Reply{}
-}
-
-func isNotFound(err error) bool {
-	var de *net.DNSError
-	return errors.As(err, &de) && de.IsNotFound
 }

@@ -34,7 +34,7 @@ func (rs ruleSet) chain(log *slog.Logger) *policy.Chain {
 	// "fail" is refused with 550 5.7.23, everything else recorded in a
 	// Received-SPF field. Authenticated (roaming) users are skipped: their
 	// SPF result is not held against them.
-	chain.Mail("spf", auth.CheckSPF(auth.SPFBoth, auth.SPFSoft, rs.resolver, auth.SPFReceiver(rs.hostname)))
+	chain.Mail("spf", auth.CheckSPF(auth.SPFOptions{Identity: auth.SPFBoth, Mode: auth.SPFSoft, Resolver: rs.resolver, Receiver: rs.hostname}))
 
 	// No open relay: from outside, only local recipients, unless the client
 	// authenticated as a local account; the internal networks may send

@@ -104,7 +104,7 @@ func build(cfg *config, log *slog.Logger) (*server, error) {
 		scfg.Resolver = resolver // reverse names only when DNS was pointed somewhere
 	}
 	if cfg.users != "" {
-		if s.creds, err = auth.LoadCredentialFile(cfg.users, auth.WithCredentialLogger(log)); err != nil {
+		if s.creds, err = auth.LoadCredentialFile(cfg.users, auth.CredentialOptions{Logger: log}); err != nil {
 			return nil, fmt.Errorf("-users: %w", err)
 		}
 		scfg.Authenticator = s.creds

@@ -18,6 +18,7 @@ const module = "github.com/mtakit/mtakit"
 // production code only.
 var allowed = map[string][]string{
 	"internal/lazyctx":  {},
+	"internal/dnserr":   {},
 	"policy":            {},
 	"policy/policytest": {"policy"},
 	"policy/dnscache":   {"policy"},
@@ -30,7 +31,7 @@ var allowed = map[string][]string{
 
 // everywhere lists the internal helpers any package may import: leaves
 // that import nothing of ours (checked above like the others).
-var everywhere = []string{"internal/lazyctx"}
+var everywhere = []string{"internal/lazyctx", "internal/dnserr"}
 
 // forbidden lists third-party packages a package must not depend on.
 var forbidden = map[string][]string{

@@ -11,7 +11,7 @@
 // query.
 //
 //	r := dnscache.New(dnscache.Config{Servers: []string{"127.0.0.1:53"}}) // none: those of /etc/resolv.conf
-//	chain.Mail("spf", auth.CheckSPF(auth.SPFBoth, auth.SPFSoft, r))
+//	chain.Mail("spf", auth.CheckSPF(auth.SPFOptions{Identity: auth.SPFBoth, Mode: auth.SPFSoft, Resolver: r}))
 //
 // It answers as net.Resolver does, so the libraries that classify DNS
 // errors behave the same: every error is a *net.DNSError; NXDOMAIN and

@@ -54,8 +54,7 @@ func TestSPFThroughCache(t *testing.T) {
 				name string
 				r    policy.Resolver
 			}{{"dnscache", r}, {"net.Resolver", srv.Resolver()}} {
-				rule := auth.CheckSPF(auth.SPFMailFrom, auth.SPFSoft, res.r,
-					auth.SPFReceiver("mx.test"), auth.SPFTimeout(300*time.Millisecond))
+				rule := auth.CheckSPF(auth.SPFOptions{Identity: auth.SPFMailFrom, Mode: auth.SPFSoft, Resolver: res.r, Receiver: "mx.test", Timeout: 300 * time.Millisecond})
 				conn := &policy.Conn{ID: "c1", Remote: netip.MustParseAddrPort("192.0.2.10:40000"), Helo: "client.test"}
 				tx := policy.NewTransaction(conn, "tx1")
 				tx.From = policy.MustParseAddress("someone@" + tt.domain)
