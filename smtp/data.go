@@ -494,7 +494,7 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 	defer cancel()
 	res := s.cfg.Chain.EvalPreQ(ctx, tx, m)
 	if logging(log) {
-		log.LogAttrs(logCtx, slog.LevelInfo, "preq", slog.String("tx", tx.ID), slog.String("verdict", res.Verdict.String()), slog.String("rule", res.Rule), slog.Int64("size", chk.Size()))
+		log.LogAttrs(logCtx, slog.LevelInfo, "preq", slog.String("tx", tx.ID), slog.String("verdict", res.Verdict.String()), ruleAttr(res), slog.Int64("size", chk.Size()))
 	}
 	if !res.Accepted() {
 		return replyError(res.Reply), false
@@ -509,9 +509,9 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 		log.LogAttrs(logCtx, slog.LevelInfo, "queued", slog.String("tx", tx.ID), slog.String("from", tx.From.Path()), slog.Int("rcpts", len(tx.Rcpts)), slog.Int64("size", chk.Size()), slog.String("quarantine", tx.Quarantine()))
 	}
 
-	text := "OK: queued as " + tx.ID
+	ok := policy.Reply{Code: 250, Enhanced: res.Reply.Enhanced, Text: "OK: queued as " + tx.ID}
 	if res.Reply.Code == 250 && res.Reply != policy.DefaultReply(policy.StagePreQ) {
-		text = sanitizeText(res.Reply.Text) + " (queued as " + tx.ID + ")"
+		ok.Text = sanitizeText(res.Reply.Text) + " (queued as " + tx.ID + ")"
 	}
-	return &gosmtp.SMTPError{Code: 250, EnhancedCode: parseEnhanced(res.Reply.Enhanced, 250), Message: text}, true
+	return positiveReply(ok), true
 }

@@ -68,7 +68,18 @@
 //
 // Shutdown stops accepting, closes idle sessions, lets a session that is
 // receiving a message finish (its message is queued and gets its 250) and
-// then closes it. Close stops everything at once.
+// then closes it. Close stops everything at once, and so does the end of the
+// context given to Serve or ListenAndServe. The module's root package,
+// mtakit, runs a Server with a queue and its scheduler and stops all three
+// in order.
+//
+// # Configuration and logging
+//
+// A Server is configured by the Config given to NewServer: exported fields
+// whose zero values are documented defaults (Limits' zero fields take
+// DefaultLimits), as everywhere in the SDK; there are no functional options.
+// Config.Logger receives the connection and transaction logs, one line per
+// command decision, never AUTH secrets; nil means slog.Default().
 //
 // # TLS
 //

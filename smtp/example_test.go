@@ -52,7 +52,7 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	go srv.Serve(l, smtp.Listener{Name: "mta", Role: smtp.RoleMTA})
+	go srv.Serve(context.Background(), l, smtp.Listener{Name: "mta", Role: smtp.RoleMTA})
 
 	c, err := gosmtp.Dial(l.Addr().String())
 	if err != nil {
@@ -115,6 +115,6 @@ func ExampleNewServer() {
 		},
 	})
 	fmt.Println(err, srv.Hostname())
-	// srv.ListenAndServe() would now serve the three ports.
+	// srv.ListenAndServe(ctx) would now serve the three ports.
 	// Output: <nil> mail.example.org
 }

@@ -189,7 +189,7 @@ func start(t testing.TB, cfg Config, lcs ...Listener) *harness {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		require.NoError(t, err)
 		h.addrs[lc.Name] = l.Addr().String()
-		go func() { h.errc <- srv.Serve(l, lc) }()
+		go func() { h.errc <- srv.Serve(context.Background(), l, lc) }()
 	}
 	t.Cleanup(func() { srv.Close() })
 	return h

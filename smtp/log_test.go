@@ -68,10 +68,10 @@ func TestLogLines(t *testing.T) {
 	}
 	size := len(body)
 	assert.Equal(t, []string{
-		`level=INFO source=session.go msg=helo conn=ID listener=mta remote=ADDR helo=client.test verdict=next rule=""`,
-		`level=INFO source=session.go msg=mail conn=ID listener=mta remote=ADDR tx=ID from=<s@client.test> verdict=next rule=""`,
+		`level=INFO source=session.go msg=helo conn=ID listener=mta remote=ADDR helo=client.test verdict=next`,
+		`level=INFO source=session.go msg=mail conn=ID listener=mta remote=ADDR tx=ID from=<s@client.test> verdict=next`,
 		`level=INFO source=session.go msg=rcpt conn=ID listener=mta remote=ADDR tx=ID to=<a@mx.test> verdict=accept rule=all`,
-		`level=INFO source=data.go msg=preq conn=ID listener=mta remote=ADDR tx=ID verdict=next rule="" size=` + strconv.Itoa(size),
+		`level=INFO source=data.go msg=preq conn=ID listener=mta remote=ADDR tx=ID verdict=next size=` + strconv.Itoa(size),
 		`level=INFO source=data.go msg=queued conn=ID listener=mta remote=ADDR tx=ID from=<s@client.test> rcpts=1 size=` + strconv.Itoa(size) + ` quarantine=""`,
 	}, got)
 }

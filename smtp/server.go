@@ -296,13 +296,15 @@ func (s *Server) checkListener(l Listener) error {
 func (s *Server) Hostname() string { return s.cfg.Hostname }
 
 // Serve accepts connections on l and serves them with the settings of lc
-// (lc.Addr is ignored) until Shutdown or Close; it then returns
-// ErrServerClosed. l is closed when Serve returns.
-func (s *Server) Serve(l net.Listener, lc Listener) error {
+// (lc.Addr is ignored) until Shutdown or Close, or until ctx ends, which
+// closes the server as Close does (for a graceful stop call Shutdown); it
+// then returns ErrServerClosed. l is closed when Serve returns.
+func (s *Server) Serve(ctx context.Context, l net.Listener, lc Listener) error {
 	if err := s.checkListener(lc); err != nil {
 		l.Close()
 		return err
 	}
+	defer context.AfterFunc(ctx, func() { s.Close() })()
 	gs := gosmtp.NewServer(&backend{srv: s, lc: lc})
 	gs.Domain = s.cfg.Hostname
 	gs.MaxMessageBytes = s.limits.MaxMessageBytes
@@ -350,15 +352,16 @@ func (s *Server) Serve(l net.Listener, lc Listener) error {
 }
 
 // ListenAndServe listens on every Config.Listeners address and serves them
-// until Shutdown or Close. It returns the first error of a listener (a
-// failure to listen closes those already open) or ErrServerClosed.
-func (s *Server) ListenAndServe() error {
+// as Serve does. It returns the first error of a listener (a failure to
+// listen closes those already open) or ErrServerClosed.
+func (s *Server) ListenAndServe(ctx context.Context) error {
 	if len(s.cfg.Listeners) == 0 {
 		return fmt.Errorf("%w: no listeners", ErrConfig)
 	}
 	var ls []net.Listener
 	for _, lc := range s.cfg.Listeners {
-		l, err := net.Listen("tcp", lc.Addr)
+		var cfg net.ListenConfig
+		l, err := cfg.Listen(ctx, "tcp", lc.Addr)
 		if err != nil {
 			for _, o := range ls {
 				o.Close()
@@ -369,7 +372,7 @@ func (s *Server) ListenAndServe() error {
 	}
 	errc := make(chan error, len(ls))
 	for i, l := range ls {
-		go func() { errc <- s.Serve(l, s.cfg.Listeners[i]) }()
+		go func() { errc <- s.Serve(ctx, l, s.cfg.Listeners[i]) }()
 	}
 	first := <-errc
 	if !errors.Is(first, ErrServerClosed) {

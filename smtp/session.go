@@ -45,6 +45,23 @@ func replyError(r policy.Reply) *gosmtp.SMTPError {
 	return e
 }
 
+// ruleAttr names the rule that decided a stage, for a log line; when none
+// did (every rule said Next) it is the empty Attr, which handlers leave out.
+func ruleAttr(res policy.Result) slog.Attr {
+	if res.Rule == "" {
+		return slog.Attr{}
+	}
+	return slog.String("rule", res.Rule)
+}
+
+// positiveReply is r, a 2xx reply, in the form go-smtp sends: a command's
+// returned error is its reply whatever the code, the only way to answer a
+// positive reply of our own (the queue ID after DATA) rather than go-smtp's
+// fixed one.
+func positiveReply(r policy.Reply) *gosmtp.SMTPError {
+	return &gosmtp.SMTPError{Code: r.Code, EnhancedCode: parseEnhanced(r.Enhanced, r.Code), Message: r.Text}
+}
+
 // parseEnhanced parses "5.7.1"; a missing or malformed code gives X.0.0
 // with X the class of code. It runs for every 250 to DATA, so it cuts the
 // string instead of splitting it into a new slice.
@@ -139,7 +156,7 @@ func (s *session) helo(name string) *policy.Reply {
 	ctx, cancel := s.ctx()
 	defer cancel()
 	res := s.srv.cfg.Chain.EvalHelo(ctx, s.c.pc, name)
-	s.c.log.LogAttrs(logCtx, slog.LevelInfo, "helo", slog.String("helo", name), slog.String("verdict", res.Verdict.String()), slog.String("rule", res.Rule))
+	s.c.log.LogAttrs(logCtx, slog.LevelInfo, "helo", slog.String("helo", name), slog.String("verdict", res.Verdict.String()), ruleAttr(res))
 	if !res.Accepted() {
 		r := res.Reply
 		return &r
@@ -200,7 +217,7 @@ func (s *session) Mail(from string, opts *gosmtp.MailOptions) error {
 	defer cancel()
 	res := s.srv.cfg.Chain.EvalMail(ctx, tx)
 	if logging(c.log) {
-		c.log.LogAttrs(logCtx, slog.LevelInfo, "mail", slog.String("tx", tx.ID), slog.String("from", addr.Path()), slog.String("verdict", res.Verdict.String()), slog.String("rule", res.Rule))
+		c.log.LogAttrs(logCtx, slog.LevelInfo, "mail", slog.String("tx", tx.ID), slog.String("from", addr.Path()), slog.String("verdict", res.Verdict.String()), ruleAttr(res))
 	}
 	if !res.Accepted() {
 		return c.sessionError(replyError(res.Reply))
@@ -260,7 +277,7 @@ func (s *session) Rcpt(to string, opts *gosmtp.RcptOptions) error {
 	defer cancel()
 	res := s.srv.cfg.Chain.EvalRcpt(ctx, tx, rcpt)
 	if logging(c.log) {
-		c.log.LogAttrs(logCtx, slog.LevelInfo, "rcpt", slog.String("tx", tx.ID), slog.String("to", addr.Path()), slog.String("verdict", res.Verdict.String()), slog.String("rule", res.Rule))
+		c.log.LogAttrs(logCtx, slog.LevelInfo, "rcpt", slog.String("tx", tx.ID), slog.String("to", addr.Path()), slog.String("verdict", res.Verdict.String()), ruleAttr(res))
 	}
 	if !res.Accepted() {
 		return c.sessionError(replyError(res.Reply))

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mtakit/mtakit"
 	"github.com/mtakit/mtakit/auth"
 	"github.com/mtakit/mtakit/delegate"
 	"github.com/mtakit/mtakit/policy/dnscache"
@@ -19,14 +20,12 @@ import (
 	"github.com/mtakit/mtakit/smtp"
 )
 
-// server is doe-family put together: the SMTP server, the queue and its
-// scheduler, and the antivirus receiver.
+// server is doe-family put together: the mail server (SMTP, queue and
+// scheduler) and the antivirus receiver.
 type server struct {
 	cfg       *config
 	log       *slog.Logger
-	smtp      *smtp.Server
-	spool     *queue.Spool
-	scheduler *queue.Scheduler
+	mta       *mtakit.Server
 	antivirus *delegate.Service
 	creds     *auth.CredentialFile
 }
@@ -65,24 +64,20 @@ func build(cfg *config, log *slog.Logger) (*server, error) {
 	}
 	chain := rs.chain(log)
 
-	qopts := []queue.Option{queue.WithLogger(log)}
-	if cfg.unsafeNoSync {
-		qopts = append(qopts, queue.WithUnsafeNoSync())
-	}
-	if s.spool, err = queue.Open(cfg.spool, qopts...); err != nil {
-		return nil, fmt.Errorf("-spool: %w", err)
-	}
 	var outbound queue.Transport = &relay.MX{Resolver: resolver, Hostname: cfg.hostname, Logger: log}
 	if cfg.relayhost != "" {
 		outbound = &relay.Smarthost{Addr: cfg.relayhost, Hostname: cfg.hostname, Logger: log}
 	}
-	s.scheduler = queue.NewScheduler(s.spool, queue.Config{
-		Chain:      chain,
-		Transports: map[string]queue.Transport{"maildir": &queue.Maildir{Root: cfg.maildir}, "smtp": outbound},
-		Hostname:   cfg.hostname,
-		MinBackoff: cfg.retryMin,
-		Logger:     log,
-	})
+	s.mta = &mtakit.Server{
+		Hostname: cfg.hostname,
+		Chain:    chain,
+		Logger:   log,
+		Delivery: queue.Config{
+			Transports: map[string]queue.Transport{"maildir": &queue.Maildir{Root: cfg.maildir}, "smtp": outbound},
+			MinBackoff: cfg.retryMin,
+		},
+		ShutdownTimeout: shutdownTimeout,
+	}
 
 	// Made once and kept under ./data when no certificate was given.
 	if _, err := smtp.SelfSignedCertificate(cfg.tlsCert, cfg.tlsKey, []string{cfg.hostname, "localhost", "127.0.0.1"}); err != nil {
@@ -92,61 +87,64 @@ func build(cfg *config, log *slog.Logger) (*server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("TLS certificate: %w", err)
 	}
-	scfg := smtp.Config{
-		Hostname:  cfg.hostname,
-		Chain:     chain,
-		Queue:     s.spool,
+	s.mta.SMTP = smtp.Config{
 		TLSConfig: &tls.Config{GetCertificate: reloader.GetCertificate},
 		Limits:    cfg.limits,
-		Logger:    log,
 	}
 	if cfg.dns != "" {
-		scfg.Resolver = resolver // reverse names only when DNS was pointed somewhere
+		s.mta.SMTP.Resolver = resolver // reverse names only when DNS was pointed somewhere
 	}
 	if cfg.users != "" {
 		if s.creds, err = auth.LoadCredentialFile(cfg.users, auth.CredentialOptions{Logger: log}); err != nil {
 			return nil, fmt.Errorf("-users: %w", err)
 		}
-		scfg.Authenticator = s.creds
+		s.mta.SMTP.Authenticator = s.creds
 	}
-	if s.smtp, err = smtp.NewServer(scfg); err != nil {
-		return nil, err
+	// The spool is opened last: nothing above can fail after it, and Serve
+	// closes it.
+	qopts := []queue.Option{queue.WithLogger(log)}
+	if cfg.unsafeNoSync {
+		qopts = append(qopts, queue.WithUnsafeNoSync())
+	}
+	if s.mta.Store, err = queue.Open(cfg.spool, qopts...); err != nil {
+		return nil, fmt.Errorf("-spool: %w", err)
 	}
 	return s, nil
 }
 
 // serve runs everything until ctx ends, then shuts down in order: stop
 // taking mail, let sessions in DATA finish, stop the scheduler, close the
-// spool.
+// spool (mtakit.Server.Serve does all that), and the antivirus receiver.
 func (s *server) serve(ctx context.Context, stdout io.Writer) error {
-	defer s.spool.Close()
-	type job struct {
-		what string
-		ln   net.Listener
-		lc   smtp.Listener
+	var lns []net.Listener
+	closeAll := func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+		s.mta.Store.Close()
 	}
-	var jobs []job
 	mta, err := listen(stdout, "mta", s.cfg.listen)
 	if err != nil {
+		closeAll()
 		return err
 	}
-	jobs = append(jobs, job{"mta", mta, smtp.Listener{Name: "mta", Role: smtp.RoleMTA}})
+	lns = append(lns, mta)
+	s.mta.SMTP.Listeners = []smtp.Listener{{Name: "mta", Role: smtp.RoleMTA}}
 	if s.creds != nil && s.cfg.submission != "" {
 		sub, err := listen(stdout, "submission", s.cfg.submission)
 		if err != nil {
-			mta.Close()
+			closeAll()
 			return err
 		}
-		jobs = append(jobs, job{"submission", sub, smtp.Listener{Name: "submission", Role: smtp.RoleSubmission}})
+		lns = append(lns, sub)
+		s.mta.SMTP.Listeners = append(s.mta.SMTP.Listeners, smtp.Listener{Name: "submission", Role: smtp.RoleSubmission})
 	} else {
 		s.log.Info("submission port not opened: it needs -users")
 	}
 	var antivirusLn net.Listener
 	if s.antivirus != nil {
 		if antivirusLn, err = listen(stdout, "antivirus receiver", s.cfg.receiver); err != nil {
-			for _, j := range jobs {
-				j.ln.Close()
-			}
+			closeAll()
 			return err
 		}
 	}
@@ -154,55 +152,28 @@ func (s *server) serve(ctx context.Context, stdout io.Writer) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, len(jobs)+3)
-	for _, j := range jobs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := s.smtp.Serve(j.ln, j.lc); err != nil && !errors.Is(err, smtp.ErrServerClosed) {
-				errc <- fmt.Errorf("%s: %w", j.what, err)
-			}
-		}()
-	}
+	defer wg.Wait()
 	if antivirusLn != nil {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			if err := s.antivirus.Serve(ctx, antivirusLn); err != nil && ctx.Err() == nil {
-				errc <- fmt.Errorf("antivirus receiver: %w", err)
+				s.log.Error("antivirus receiver stopped", "error", err)
+				cancel()
 			}
 		}()
 	}
-	schedCtx, stopScheduler := context.WithCancel(context.Background())
-	defer stopScheduler()
-	schedDone := make(chan error, 1)
-	go func() { schedDone <- s.scheduler.Run(schedCtx) }()
 	if s.creds != nil {
 		go s.creds.Watch(ctx, 5*time.Second)
 	}
 	fmt.Fprintf(stdout, "doe-family ready: domains %v, spool %s, maildir %s\n", s.cfg.domains, s.cfg.spool, s.cfg.maildir)
-
-	var runErr error
-	select {
-	case <-ctx.Done():
-	case runErr = <-errc:
-	}
-	s.log.Info("shutting down")
-	sctx, scancel := context.WithTimeout(context.Background(), shutdownTimeout)
-	defer scancel()
-	if err := s.smtp.Shutdown(sctx); err != nil {
-		s.log.Warn("shutdown", "error", err)
-		s.smtp.Close()
-	}
+	err = s.mta.Serve(ctx, lns)
+	// Messages held by the antivirus filter fail their delegation (a 451 to
+	// their client) once the mail server has stopped taking new ones.
 	cancel()
 	if s.antivirus != nil {
 		s.antivirus.Close()
 	}
-	wg.Wait()
-	stopScheduler()
-	if err := <-schedDone; err != nil && !errors.Is(err, context.Canceled) {
-		s.log.Warn("scheduler", "error", err)
-	}
 	fmt.Fprintln(stdout, "doe-family stopped")
-	return runErr
+	return err
 }

@@ -7,12 +7,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"log"
 	"os"
 	"os/signal"
 	"strings"
 
+	"github.com/mtakit/mtakit"
 	"github.com/mtakit/mtakit/policy"
 	"github.com/mtakit/mtakit/queue"
 	"github.com/mtakit/mtakit/smtp"
@@ -43,28 +43,18 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer spool.Close()
-	go queue.NewScheduler(spool, queue.Config{
-		Chain:        chain,
-		Transports:   map[string]queue.Transport{"maildir": &queue.Maildir{Root: "./data/embedded/mail"}},
-		DefaultRoute: policy.Route{Transport: "maildir"},
-	}).Run(ctx)
-
-	srv, err := smtp.NewServer(smtp.Config{
-		Hostname:  "mx.example.com",
-		Chain:     chain,
-		Queue:     spool,
-		Listeners: []smtp.Listener{{Name: "mta", Addr: "127.0.0.1:2526", Role: smtp.RoleMTA}},
-	})
-	if err != nil {
-		log.Fatal(err)
+	srv := &mtakit.Server{
+		Hostname: "mx.example.com",
+		Chain:    chain,
+		Store:    spool, // closed by Run
+		SMTP:     smtp.Config{Listeners: []smtp.Listener{{Name: "mta", Addr: "127.0.0.1:2526", Role: smtp.RoleMTA}}},
+		Delivery: queue.Config{
+			Transports:   map[string]queue.Transport{"maildir": &queue.Maildir{Root: "./data/embedded/mail"}},
+			DefaultRoute: policy.Route{Transport: "maildir"},
+		},
 	}
-	go func() {
-		<-ctx.Done()
-		srv.Shutdown(context.Background())
-	}()
 	log.Print("embedded server on 127.0.0.1:2526")
-	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, smtp.ErrServerClosed) {
+	if err := srv.Run(ctx); err != nil { // until Ctrl-C, then a graceful stop
 		log.Fatal(err)
 	}
 }
