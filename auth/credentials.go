@@ -31,8 +31,15 @@ type Authenticator interface {
 }
 
 // ErrInvalidCredentials is returned for an unknown user or a wrong
-// password; the two are not told apart, not even by timing.
-var ErrInvalidCredentials = errors.New("auth: invalid credentials")
+// password; the two are not told apart, not even by timing. Its Temporary
+// method returns false, which is how the smtp package (which does not
+// import this one) tells a refusal of the credentials from a failure.
+var ErrInvalidCredentials error = invalidCredentials{}
+
+type invalidCredentials struct{}
+
+func (invalidCredentials) Error() string   { return "auth: invalid credentials" }
+func (invalidCredentials) Temporary() bool { return false }
 
 // ErrTooManyFailures is wrapped by *RateLimitError.
 var ErrTooManyFailures = errors.New("auth: too many failed authentication attempts")

@@ -91,6 +91,7 @@ func TestAuthMechanismsAndFailures(t *testing.T) {
 		{"login unknown user", sasl.NewLoginClient("carol", "x"), 535},
 		{"authzid differs", sasl.NewPlainClient("bob", "alice", "secret"), 535},
 		{"temporary failure", sasl.NewPlainClient("", "locked", "x"), 454},
+		{"failure of the authenticator", sasl.NewPlainClient("", "database-down", "x"), 454},
 		{"auth rule denies", sasl.NewPlainClient("", "bob", "hunter2"), 535},
 	}
 	for _, tc := range cases {

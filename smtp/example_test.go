@@ -15,6 +15,7 @@ import (
 
 	gosmtp "github.com/emersion/go-smtp"
 
+	"github.com/mtakit/mtakit/auth"
 	"github.com/mtakit/mtakit/policy"
 	"github.com/mtakit/mtakit/smtp"
 )
@@ -83,7 +84,7 @@ func (a staticAuth) Authenticate(_ context.Context, _ netip.Addr, user, pass str
 	if p, ok := a[user]; ok && p == pass {
 		return nil
 	}
-	return fmt.Errorf("bad credentials")
+	return auth.ErrInvalidCredentials // 535; any other error is a 454
 }
 
 // ExampleNewServer configures the three usual listeners: port 25 for other

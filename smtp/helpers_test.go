@@ -106,6 +106,12 @@ type tempErr struct{}
 func (tempErr) Error() string   { return "too many failures" }
 func (tempErr) Temporary() bool { return true }
 
+// badCredentials refuses credentials, as auth.ErrInvalidCredentials does.
+type badCredentials struct{}
+
+func (badCredentials) Error() string   { return "bad credentials" }
+func (badCredentials) Temporary() bool { return false }
+
 func (a mapAuth) Authenticate(_ context.Context, _ netip.Addr, user, pass string) error {
 	if user == "locked" {
 		return fmt.Errorf("rate limit: %w", tempErr{})
@@ -113,7 +119,10 @@ func (a mapAuth) Authenticate(_ context.Context, _ netip.Addr, user, pass string
 	if p, ok := a[user]; ok && p == pass {
 		return nil
 	}
-	return errors.New("bad credentials")
+	if user == "database-down" {
+		return errors.New("credential store unavailable")
+	}
+	return badCredentials{}
 }
 
 func testLogger(t testing.TB) *slog.Logger {

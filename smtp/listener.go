@@ -85,6 +85,13 @@ func (l *listener) run() {
 	}
 }
 
+// refusedCredentials reports whether an Authenticator's error refuses the
+// credentials (see Authenticator) rather than failing to check them.
+func refusedCredentials(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && !t.Temporary()
+}
+
 func isTemporary(err error) bool {
 	var t interface{ Temporary() bool }
 	return errors.As(err, &t) && t.Temporary()

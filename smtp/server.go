@@ -26,9 +26,13 @@ type Queue interface {
 	Enqueue(ctx context.Context, tx *policy.Transaction, m *policy.Message) error
 }
 
-// Authenticator checks SASL PLAIN/LOGIN credentials. An error whose chain has
-// a `Temporary() bool` method returning true (for example too many failures
-// from this IP) gives 454 4.7.0; any other error 535 5.7.8.
+// Authenticator checks SASL PLAIN/LOGIN credentials. A nil error accepts
+// them. An error whose chain has a `Temporary() bool` method returning false
+// refuses them with 535 5.7.8: auth.ErrInvalidCredentials is such an error.
+// Any other error gives 454 4.7.0 (try again later): one whose Temporary
+// method returns true (too many failures from this IP), and one that says
+// nothing, a failure of the Authenticator's own (a database down), which
+// must never read to the client as a wrong password.
 type Authenticator interface {
 	Authenticate(ctx context.Context, remote netip.Addr, username, password string) error
 }

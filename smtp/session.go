@@ -351,10 +351,10 @@ func (s *session) authenticate(mech, identity, user, pass string) error {
 	defer cancel()
 	if err := s.srv.cfg.Authenticator.Authenticate(ctx, c.ip, user, pass); err != nil {
 		c.log.Info("auth failed", "mechanism", mech, "user", user, "error", err)
-		if isTemporary(err) {
-			return c.sessionError(errAuthTemp)
+		if refusedCredentials(err) {
+			return c.sessionError(errAuthFailed)
 		}
-		return c.sessionError(errAuthFailed)
+		return c.sessionError(errAuthTemp)
 	}
 	res := s.srv.cfg.Chain.EvalAuth(ctx, c.pc, policy.AuthInfo{Mechanism: mech, Identity: user})
 	if !res.Accepted() {
