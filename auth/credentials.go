@@ -18,18 +18,6 @@ import (
 	"github.com/mtakit/mtakit/policy"
 )
 
-// Authenticator verifies the credentials of SMTP AUTH. The smtp package
-// calls it for every AUTH attempt with the client's address.
-//
-// A nil error means the credentials are good. An error wrapping
-// ErrInvalidCredentials means they are not (535 5.7.8). Any other error
-// is answered 454 4.7.0 ("try again later"): an error whose chain has a
-// method Temporary() bool returning true (such as a *RateLimitError), and
-// any failure of ours.
-type Authenticator interface {
-	Authenticate(ctx context.Context, remote netip.Addr, username, password string) error
-}
-
 // ErrInvalidCredentials is returned for an unknown user or a wrong
 // password; the two are not told apart, not even by timing. Its Temporary
 // method returns false, which is how the smtp package (which does not
@@ -182,7 +170,7 @@ type CredentialOptions struct {
 	Logger *slog.Logger
 }
 
-// CredentialFile is an Authenticator backed by a file of
+// CredentialFile is an smtp.Authenticator backed by a file of
 // "address:bcrypt-hash" lines (see ParseCredentials). It is safe for
 // concurrent use; Reload and Watch swap in a new set of users atomically.
 //
@@ -332,7 +320,10 @@ func (f *CredentialFile) Watch(ctx context.Context, interval time.Duration) erro
 	}
 }
 
-// Authenticate implements Authenticator. username is an address; its
+// Authenticate checks a user's password, as smtp.Authenticator asks: nil
+// for good credentials, ErrInvalidCredentials (535 5.7.8) for an unknown
+// user or a wrong password, a *RateLimitError (454 4.7.0) while the
+// client's address is refused after too many failures. username is an address; its
 // domain is compared case-insensitively, its local part exactly.
 func (f *CredentialFile) Authenticate(ctx context.Context, remote netip.Addr, username, password string) error {
 	if err := ctx.Err(); err != nil {

@@ -28,8 +28,8 @@
 //
 // # SMTP AUTH
 //
-// Authenticator is the interface the smtp server calls for each AUTH
-// attempt. CredentialFile implements it over a file of
+// CredentialFile is an smtp.Authenticator, which the smtp server calls for
+// each AUTH attempt: it checks passwords against a file of
 // "address:bcrypt-hash" lines (HashPassword makes a hash), reloadable by
 // Reload or automatically by Watch. Unknown users cost the same bcrypt
 // comparison as known ones. A FailureLimiter counts failures per client

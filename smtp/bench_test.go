@@ -61,7 +61,7 @@ func BenchmarkBodyChecker(b *testing.B) {
 			b.SetBytes(int64(len(body)))
 			b.ReportAllocs()
 			for range b.N {
-				var chk BodyChecker
+				var chk bodyChecker
 				for p := body; len(p) > 0; {
 					n := min(len(p), 32<<10)
 					if _, err := chk.Write(p[:n]); err != nil {
@@ -70,7 +70,7 @@ func BenchmarkBodyChecker(b *testing.B) {
 					p = p[n:]
 				}
 				chk.Close()
-				if chk.Err() != BodyOK {
+				if chk.Err() != bodyOK {
 					b.Fatal(chk.Err())
 				}
 			}

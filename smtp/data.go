@@ -28,39 +28,39 @@ var (
 	errDataTime     = &gosmtp.SMTPError{Code: 421, EnhancedCode: gosmtp.EnhancedCode{4, 4, 2}, Message: "Timeout receiving data, closing connection"}
 )
 
-// BodyError is the violation found by BodyChecker.
-type BodyError int
+// bodyError is the violation found by bodyChecker.
+type bodyError int
 
 const (
-	BodyOK     BodyError = iota
-	BodyBareLF           // LF not preceded by CR
-	BodyBareCR           // CR not followed by LF
-	BodyNUL              // a NUL byte
+	bodyOK     bodyError = iota
+	bodyBareLF           // LF not preceded by CR
+	bodyBareCR           // CR not followed by LF
+	bodyNUL              // a NUL byte
 )
 
-func (e BodyError) String() string {
+func (e bodyError) String() string {
 	return [...]string{"ok", "bare LF", "bare CR", "NUL"}[e]
 }
 
-// BodyChecker checks a message body as it streams past: every line must end
+// bodyChecker checks a message body as it streams past: every line must end
 // in CRLF (a bare LF or CR is how SMTP smuggling hides a second message
 // behind a non-standard end-of-data), no NUL, and it notes 8-bit bytes.
 // The zero value is ready; feed it with Write and finish with Close.
-type BodyChecker struct {
+type bodyChecker struct {
 	prevCR bool
-	err    BodyError
+	err    bodyError
 	eight  bool
 	n      int64
 }
 
-// ErrBody is returned by BodyChecker.Write once a violation is found.
-var ErrBody = errors.New("smtp: malformed message body")
+// errBody is returned by bodyChecker.Write once a violation is found.
+var errBody = errors.New("smtp: malformed message body")
 
-// Write checks p. Once a violation is found (see Err) it returns ErrBody,
+// Write checks p. Once a violation is found (see Err) it returns errBody,
 // so that a copy stops there.
-func (b *BodyChecker) Write(p []byte) (int, error) {
-	if b.err != BodyOK {
-		return 0, ErrBody
+func (b *bodyChecker) Write(p []byte) (int, error) {
+	if b.err != bodyOK {
+		return 0, errBody
 	}
 	if b.clean(p) {
 		return len(p), nil
@@ -70,22 +70,22 @@ func (b *BodyChecker) Write(p []byte) (int, error) {
 	for i, c := range p {
 		if c > '\r' && c < 0x80 {
 			if prevCR {
-				return b.fail(BodyBareCR, i)
+				return b.fail(bodyBareCR, i)
 			}
 			continue
 		}
 		switch {
 		case c == '\n':
 			if !prevCR {
-				return b.fail(BodyBareLF, i)
+				return b.fail(bodyBareLF, i)
 			}
 			prevCR = false
 		case prevCR:
-			return b.fail(BodyBareCR, i)
+			return b.fail(bodyBareCR, i)
 		case c == '\r':
 			prevCR = true
 		case c == 0:
-			return b.fail(BodyNUL, i)
+			return b.fail(bodyNUL, i)
 		case c >= 0x80:
 			b.eight = true
 		}
@@ -109,7 +109,7 @@ var cr = []byte("\r")
 // LFs are found one by one (IndexByte, a call per line) and their CRs
 // checked; the CRs are then only counted: there must be one per CRLF
 // found, plus at most the last byte.
-func (b *BodyChecker) clean(p []byte) bool {
+func (b *bodyChecker) clean(p []byte) bool {
 	if len(p) == 0 {
 		return true
 	}
@@ -171,28 +171,28 @@ func hasHigh(p []byte) bool {
 	return acc&high != 0
 }
 
-func (b *BodyChecker) fail(e BodyError, i int) (int, error) {
+func (b *bodyChecker) fail(e bodyError, i int) (int, error) {
 	b.err = e
 	b.n += int64(i)
-	return i, ErrBody
+	return i, errBody
 }
 
 // Close ends the body; a CR at its very end is a bare CR.
-func (b *BodyChecker) Close() error {
-	if b.err == BodyOK && b.prevCR {
-		b.err = BodyBareCR
+func (b *bodyChecker) Close() error {
+	if b.err == bodyOK && b.prevCR {
+		b.err = bodyBareCR
 	}
 	return nil
 }
 
 // Err returns the first violation found.
-func (b *BodyChecker) Err() BodyError { return b.err }
+func (b *bodyChecker) Err() bodyError { return b.err }
 
 // EightBit reports whether a byte above 127 was seen.
-func (b *BodyChecker) EightBit() bool { return b.eight }
+func (b *bodyChecker) EightBit() bool { return b.eight }
 
 // Size returns the number of bytes checked and found good.
-func (b *BodyChecker) Size() int64 { return b.n }
+func (b *bodyChecker) Size() int64 { return b.n }
 
 // SanitizeHelo makes a HELO argument (or any client-given host name) safe
 // for a Received header: letters, digits and "-._:[]" are kept, any other
@@ -306,7 +306,7 @@ const spoolBufferSize = 64 << 10
 // buffer too (io.Copy would make a new 32 KiB one per message: neither
 // side has ReadFrom or WriteTo). Recycled through a pool.
 type spooler struct {
-	chk     BodyChecker
+	chk     bodyChecker
 	conn    *conn    // whose spool file the message goes to
 	file    *os.File // conn's spool file, once the buffer filled
 	written bool     // file holds the start of this message
@@ -434,7 +434,7 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 			return errInternal, false
 		}
 	}
-	if err != nil && !errors.Is(err, ErrBody) {
+	if err != nil && !errors.Is(err, errBody) {
 		switch {
 		case errors.Is(err, gosmtp.ErrDataTooLarge):
 			log.Info("message too big", "tx", tx.ID, "limit", s.limits.MaxMessageBytes)
@@ -459,10 +459,10 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 		return errInternal, false
 	}
 	switch chk.Err() {
-	case BodyBareLF, BodyBareCR:
+	case bodyBareLF, bodyBareCR:
 		log.Warn("message refused: "+chk.Err().String()+" (possible SMTP smuggling)", "tx", tx.ID, "size", chk.Size())
 		return errBareLF, false
-	case BodyNUL:
+	case bodyNUL:
 		log.Info("message refused: NUL byte", "tx", tx.ID, "size", chk.Size())
 		return errNUL, false
 	}

@@ -20,18 +20,18 @@ func (p *plainServer) Next(resp []byte) ([]byte, bool, error) {
 		p.asked = true
 		return []byte{}, false, nil // empty challenge: "334 "
 	}
-	id, user, pass, ok := ParsePlain(resp)
+	id, user, pass, ok := parsePlain(resp)
 	if !ok {
 		return nil, true, errAuthSyntax
 	}
 	return nil, true, p.check(id, user, pass)
 }
 
-// ParsePlain splits a SASL PLAIN response into authorization identity,
+// parsePlain splits a SASL PLAIN response into authorization identity,
 // user name and password. ok is false when the response is malformed (not
 // three NUL-separated parts, an empty user name or password, or more than
 // 255 bytes in a part, as RFC 4616 allows).
-func ParsePlain(resp []byte) (identity, username, password string, ok bool) {
+func parsePlain(resp []byte) (identity, username, password string, ok bool) {
 	parts := bytes.Split(resp, []byte{0})
 	if len(parts) != 3 || len(parts[1]) == 0 || len(parts[2]) == 0 {
 		return "", "", "", false

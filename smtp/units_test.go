@@ -26,8 +26,8 @@ import (
 	"github.com/mtakit/mtakit/policy"
 )
 
-func checkBody(chunks ...string) (BodyError, bool, int64) {
-	var b BodyChecker
+func checkBody(chunks ...string) (bodyError, bool, int64) {
+	var b bodyChecker
 	for _, c := range chunks {
 		if _, err := b.Write([]byte(c)); err != nil {
 			break
@@ -41,21 +41,21 @@ func TestBodyChecker(t *testing.T) {
 	cases := []struct {
 		name   string
 		chunks []string
-		want   BodyError
+		want   bodyError
 		eight  bool
 	}{
-		{"empty", nil, BodyOK, false},
-		{"crlf", []string{"a\r\nb\r\n"}, BodyOK, false},
-		{"crlf split across writes", []string{"a\r", "\nb\r\n"}, BodyOK, false},
-		{"bare lf", []string{"a\nb\r\n"}, BodyBareLF, false},
-		{"bare lf at start", []string{"\n"}, BodyBareLF, false},
-		{"bare cr", []string{"a\rb\r\n"}, BodyBareCR, false},
-		{"bare cr at end", []string{"a\r\nb\r"}, BodyBareCR, false},
-		{"bare cr split", []string{"a\r", "b"}, BodyBareCR, false},
-		{"cr cr lf", []string{"a\r\r\n"}, BodyBareCR, false},
-		{"nul", []string{"a\x00\r\n"}, BodyNUL, false},
-		{"8bit", []string{"caf\xc3\xa9\r\n"}, BodyOK, true},
-		{"tab and ff", []string{"a\tb\x0c\r\n"}, BodyOK, false},
+		{"empty", nil, bodyOK, false},
+		{"crlf", []string{"a\r\nb\r\n"}, bodyOK, false},
+		{"crlf split across writes", []string{"a\r", "\nb\r\n"}, bodyOK, false},
+		{"bare lf", []string{"a\nb\r\n"}, bodyBareLF, false},
+		{"bare lf at start", []string{"\n"}, bodyBareLF, false},
+		{"bare cr", []string{"a\rb\r\n"}, bodyBareCR, false},
+		{"bare cr at end", []string{"a\r\nb\r"}, bodyBareCR, false},
+		{"bare cr split", []string{"a\r", "b"}, bodyBareCR, false},
+		{"cr cr lf", []string{"a\r\r\n"}, bodyBareCR, false},
+		{"nul", []string{"a\x00\r\n"}, bodyNUL, false},
+		{"8bit", []string{"caf\xc3\xa9\r\n"}, bodyOK, true},
+		{"tab and ff", []string{"a\tb\x0c\r\n"}, bodyOK, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -64,9 +64,9 @@ func TestBodyChecker(t *testing.T) {
 			assert.Equal(t, tc.eight, eight)
 		})
 	}
-	var b BodyChecker
+	var b bodyChecker
 	n, err := b.Write([]byte("ok\r\nbad\nrest"))
-	assert.ErrorIs(t, err, ErrBody)
+	assert.ErrorIs(t, err, errBody)
 	assert.Equal(t, 7, n, "stops at the violation")
 	assert.Equal(t, int64(7), b.Size())
 }
@@ -74,26 +74,26 @@ func TestBodyChecker(t *testing.T) {
 // naiveBodyCheck is the reference the fuzz test compares against: the
 // first violation, the bytes found good before it (up to the byte after
 // a bare CR) and whether those hold a byte above 127.
-func naiveBodyCheck(s string) (BodyError, int64, bool) {
+func naiveBodyCheck(s string) (bodyError, int64, bool) {
 	eight := func(n int) bool { return strings.IndexFunc(s[:n], func(r rune) bool { return r >= 0x80 }) >= 0 }
 	for i := 0; i < len(s); i++ {
 		switch s[i] {
 		case '\n':
 			if i == 0 || s[i-1] != '\r' {
-				return BodyBareLF, int64(i), eight(i)
+				return bodyBareLF, int64(i), eight(i)
 			}
 		case '\r':
 			if i+1 == len(s) {
-				return BodyBareCR, int64(i + 1), eight(i + 1)
+				return bodyBareCR, int64(i + 1), eight(i + 1)
 			}
 			if s[i+1] != '\n' {
-				return BodyBareCR, int64(i + 1), eight(i + 1)
+				return bodyBareCR, int64(i + 1), eight(i + 1)
 			}
 		case 0:
-			return BodyNUL, int64(i), eight(i)
+			return bodyNUL, int64(i), eight(i)
 		}
 	}
-	return BodyOK, int64(len(s)), eight(len(s))
+	return bodyOK, int64(len(s)), eight(len(s))
 }
 
 func FuzzBodyChecker(f *testing.F) {
@@ -104,7 +104,7 @@ func FuzzBodyChecker(f *testing.F) {
 		f.Add(s, 64)
 	}
 	f.Fuzz(func(t *testing.T, s string, split int) {
-		var b BodyChecker
+		var b bodyChecker
 		// Feed in chunks of the given size to exercise state across writes.
 		if split <= 0 || split > len(s) {
 			split = len(s) + 1
@@ -117,10 +117,10 @@ func FuzzBodyChecker(f *testing.F) {
 		b.Close()
 		want, size, eight := naiveBodyCheck(s)
 		if got := b.Err(); got != want {
-			t.Fatalf("BodyChecker(%q) = %v, want %v", s, got, want)
+			t.Fatalf("bodyChecker(%q) = %v, want %v", s, got, want)
 		}
 		if b.Size() != size || b.EightBit() != eight {
-			t.Fatalf("BodyChecker(%q): size %d, 8-bit %v; want %d, %v", s, b.Size(), b.EightBit(), size, eight)
+			t.Fatalf("bodyChecker(%q): size %d, 8-bit %v; want %d, %v", s, b.Size(), b.EightBit(), size, eight)
 		}
 	})
 }
@@ -211,7 +211,7 @@ func TestParsePlain(t *testing.T) {
 		{"\x00" + strings.Repeat("u", 256) + "\x00p", "", "", "", false},
 	}
 	for _, tc := range cases {
-		id, user, pass, ok := ParsePlain([]byte(tc.in))
+		id, user, pass, ok := parsePlain([]byte(tc.in))
 		assert.Equal(t, tc.ok, ok, "%q", tc.in)
 		if tc.ok {
 			assert.Equal(t, []string{tc.id, tc.user, tc.pass}, []string{id, user, pass})
@@ -223,7 +223,7 @@ func FuzzParsePlain(f *testing.F) {
 	f.Add([]byte("\x00alice\x00secret"))
 	f.Add([]byte("a\x00b\x00c\x00"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		id, user, pass, ok := ParsePlain(b)
+		id, user, pass, ok := parsePlain(b)
 		if !ok {
 			return
 		}
@@ -515,7 +515,7 @@ func BenchmarkDataStream(b *testing.B) {
 					b.Fatal(err)
 				}
 				sp.chk.Close()
-				if sp.chk.Err() != BodyOK {
+				if sp.chk.Err() != bodyOK {
 					b.Fatal(sp.chk.Err())
 				}
 				if _, err := sp.source(); err != nil {
