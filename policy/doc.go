@@ -50,6 +50,26 @@
 // values left by rules through Key). Message is the message at preq and
 // postq: an editable Header and a body streamed from where it is stored.
 //
+// # Results between rules
+//
+// A rule leaves a typed result for a later one with a Key: a constant of
+// type Key[T] named after its package ("auth.spf"). Set stores the value in
+// the transaction and Get reads it back. The queue keeps the values with the
+// message as JSON (Transaction.EncodeValues), so the postq and delivery
+// rules, which see a transaction rebuilt from the queue, read them as the
+// mail and preq rules left them; T must round-trip through encoding/json.
+// Header text is for other programs, never the way our rules talk to each
+// other.
+//
+// # Configuration and logging
+//
+// A Chain is configured by its fields (Logger, Observer, RuleTimeout,
+// RcptDefault), each zero value a documented default, as the rest of the
+// SDK is; there are no functional options. Chain.Logger receives each
+// decision at debug level and each rule failure at error level; nil means
+// slog.Default(). Verdicts are built by functions (Next, Accept, Deny, ...):
+// the package has no exported variables but its sentinel errors.
+//
 // Addresses are parsed once into Address: the domain normalized (lower case,
 // A-label, no trailing dot), the local part unquoted and re-quoted when
 // printed.
