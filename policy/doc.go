@@ -50,6 +50,10 @@
 // values left by rules through Key). Message is the message at preq and
 // postq: an editable Header and a body streamed from where it is stored.
 //
+// Addresses are parsed once into Address: the domain normalized (lower case,
+// A-label, no trailing dot), the local part unquoted and re-quoted when
+// printed.
+//
 // # Results between rules
 //
 // A rule leaves a typed result for a later one with a Key: a constant of
@@ -69,10 +73,6 @@
 // decision at debug level and each rule failure at error level; nil means
 // slog.Default(). Verdicts are built by functions (Next, Accept, Deny, ...):
 // the package has no exported variables but its sentinel errors.
-//
-// Addresses are parsed once into Address: the domain normalized (lower case,
-// A-label, no trailing dot), the local part unquoted and re-quoted when
-// printed.
 //
 // policy imports nothing of the rest of mtakit and nothing of go-smtp; rules
 // written against it can be unit-tested without sockets with the policytest
