@@ -18,7 +18,7 @@ import (
 )
 
 func TestGroupCommitSharesSyncs(t *testing.T) {
-	sp, err := Open(t.TempDir(), WithLogger(quietLogger()))
+	sp, err := Open(t.TempDir(), SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	defer sp.Close()
 	// Hold the first sync until the other writers have all queued their
@@ -75,7 +75,7 @@ func (c *committer) queued() int {
 
 func TestEnqueueFailureLeavesNothing(t *testing.T) {
 	dir := t.TempDir()
-	sp, err := Open(dir, WithLogger(quietLogger()))
+	sp, err := Open(dir, SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	defer sp.Close()
 	sp.c.sync = func(*os.File, []string) error { return errors.New("EIO") }
@@ -151,7 +151,7 @@ func TestEnqueueAndDeliveryShareSyncs(t *testing.T) {
 		t.Skip("shared sync rounds need syncfs(2) (Linux)")
 	}
 	dir := t.TempDir()
-	sp, err := Open(filepath.Join(dir, "spool"), WithLogger(quietLogger()))
+	sp, err := Open(filepath.Join(dir, "spool"), SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	defer sp.Close()
 	rounds := func() uint64 { return fileSyncs.begin(sp.c.key) }

@@ -17,7 +17,7 @@
 // filesystem, waiting meanwhile; the first waiter runs it, so no goroutine
 // hand-off is paid. Elsewhere a committer goroutine batches the enqueues:
 // each file is fsynced, then renamed, then each directory fsynced.
-// WithUnsafeNoSync turns syncing off, for benchmarks only.
+// SpoolConfig.UnsafeNoSync turns syncing off, for benchmarks only.
 //
 // A change of envelope appends a record to the entry (the last valid one
 // counts; a record torn by a crash is ignored), and a move between queues

@@ -545,7 +545,7 @@ func TestCorruptEntriesSetAside(t *testing.T) {
 	// A good message, a truncated one, one with a garbage envelope, one
 	// whose message file vanished, found by a process started after the
 	// damage (one that enqueued them itself keeps what it wrote: hotEntry).
-	sp, err := Open(dir, WithLogger(quietLogger()))
+	sp, err := Open(dir, SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	for _, id := range []string{"good", "trunc", "nomsg"} {
 		require.NoError(t, sp.Enqueue(ctx, newTx(id, "a@example.org", "b@example.com"), newMessage(t, testMsg)))
@@ -579,7 +579,7 @@ func TestCorruptEntriesSetAside(t *testing.T) {
 
 func TestRestartPicksUpEverything(t *testing.T) {
 	dir := t.TempDir()
-	sp, err := Open(dir, WithLogger(quietLogger()))
+	sp, err := Open(dir, SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	ctx := context.Background()
 	for _, id := range []string{"w1", "w2", "d1", "f1"} {
@@ -637,7 +637,7 @@ func TestRestartHonoursRecordedNextAttempt(t *testing.T) {
 // at once, every message is delivered, and Run returns only after the
 // attempts under way have ended (they are cut short by its context).
 func TestWorkersBoundAndStop(t *testing.T) {
-	sp, err := Open(t.TempDir(), WithLogger(quietLogger()))
+	sp, err := Open(t.TempDir(), SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	defer sp.Close()
 	const workers, n = 3, 12
@@ -727,7 +727,7 @@ func TestValuesSurviveQueue(t *testing.T) {
 // TestValueNotKept: a value JSON cannot encode fails Enqueue, so the server
 // answers 4xx rather than accept mail whose results it cannot keep.
 func TestValueNotKept(t *testing.T) {
-	sp, err := Open(t.TempDir(), WithLogger(quietLogger()))
+	sp, err := Open(t.TempDir(), SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	defer sp.Close()
 	tx := newTx("v2", "a@example.org", "b@example.com")

@@ -42,23 +42,27 @@ var (
 
 var baseQueues = []string{Working, Deliver, Deferred, Dead, Corrupt}
 
-// Option configures a Spool.
-type Option func(*Spool)
-
-// WithLogger sets the logger (default slog.Default()).
-func WithLogger(l *slog.Logger) Option { return func(s *Spool) { s.log = l } }
-
-// WithUnsafeNoSync turns every fsync off. UNSAFE: a crash or power loss
-// loses mail that was acknowledged. It exists only to measure what
-// durability costs (benchmarks); never use it in production.
-func WithUnsafeNoSync() Option { return func(s *Spool) { s.noSync = true } }
-
-// WithDSN sets what SupportsDSN reports (default true: the spool stores
-// NOTIFY, RET, ENVID and ORCPT and the scheduler honours them).
-func WithDSN(on bool) Option { return func(s *Spool) { s.dsn = on } }
-
-// WithNow sets the clock used for arrival and attempt times (tests).
-func WithNow(now func() time.Time) Option { return func(s *Spool) { s.now = now } }
+// SpoolConfig configures a Spool (see Open). The zero value is a working
+// configuration: every field's zero value is its default. Open copies what
+// it needs; changing the struct afterwards has no effect.
+type SpoolConfig struct {
+	// Logger receives the spool's log entries (corrupt entries set aside).
+	// Nil means slog.Default().
+	Logger *slog.Logger
+	// Clock gives the arrival and attempt times stamped on entries. Nil
+	// means the real clock. Tests share one Clock between the Spool and
+	// the Scheduler (Config.Clock).
+	Clock Clock
+	// NoDSN makes SupportsDSN report false, so that the smtp package does
+	// not advertise DSN. Zero (false): the spool stores NOTIFY, RET, ENVID
+	// and ORCPT and the scheduler honours them.
+	NoDSN bool
+	// UnsafeNoSync turns every fsync off. UNSAFE: a crash or power loss
+	// loses mail that was acknowledged. It exists only to measure what
+	// durability costs (benchmarks); never set it in production. Zero
+	// (false): every change is durable before the call making it returns.
+	UnsafeNoSync bool
+}
 
 // Spool is the durable store of queued messages, a directory laid out as:
 //
@@ -111,11 +115,14 @@ type Spool struct {
 
 // Open opens (creating it if needed) the spool in dir. Leftovers of writes
 // a crash interrupted (tmp/ files, messages without an envelope) are
-// removed.
-func Open(dir string, opts ...Option) (*Spool, error) {
-	s := &Spool{root: dir, log: slog.Default(), dsn: true, now: time.Now, ids: map[string]struct{}{}, committing: map[string]struct{}{}, hot: map[string]hotEntry{}}
-	for _, o := range opts {
-		o(s)
+// removed. cfg is read once; see SpoolConfig for its defaults.
+func Open(dir string, cfg SpoolConfig) (*Spool, error) {
+	s := &Spool{root: dir, log: cfg.Logger, noSync: cfg.UnsafeNoSync, dsn: !cfg.NoDSN, now: time.Now, ids: map[string]struct{}{}, committing: map[string]struct{}{}, hot: map[string]hotEntry{}}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if cfg.Clock != nil {
+		s.now = cfg.Clock.Now
 	}
 	for _, d := range append([]string{"tmp", "quarantine"}, baseQueues...) {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o750); err != nil {

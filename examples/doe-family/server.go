@@ -65,11 +65,7 @@ func build(cfg *config, log *slog.Logger) (*server, error) {
 	}
 	chain := rs.chain(log)
 
-	qopts := []queue.Option{queue.WithLogger(log)}
-	if cfg.unsafeNoSync {
-		qopts = append(qopts, queue.WithUnsafeNoSync())
-	}
-	if s.spool, err = queue.Open(cfg.spool, qopts...); err != nil {
+	if s.spool, err = queue.Open(cfg.spool, queue.SpoolConfig{Logger: log, UnsafeNoSync: cfg.unsafeNoSync}); err != nil {
 		return nil, fmt.Errorf("-spool: %w", err)
 	}
 	var outbound queue.Transport = &relay.MX{Resolver: resolver, Hostname: cfg.hostname, Logger: log}
