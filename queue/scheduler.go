@@ -96,6 +96,9 @@ type Scheduler struct {
 	st  Store
 	cfg Config
 	log *slog.Logger
+	// syncs are the sync rounds of st when it is a *Spool: its Maildir
+	// deliveries join them (see Maildir).
+	syncs *fsSyncs
 
 	mu      sync.Mutex
 	ready   []string
@@ -162,11 +165,15 @@ func NewScheduler(st Store, cfg Config) *Scheduler {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Scheduler{
+	s := &Scheduler{
 		st: st, cfg: cfg, log: cfg.Logger,
 		state: map[string]int{}, timerAt: map[string]time.Time{},
 		kick: make(chan struct{}, 1),
 	}
+	if sp, ok := st.(*Spool); ok {
+		s.syncs = &sp.syncs
+	}
+	return s
 }
 
 // Run picks up every message in working, deliver and deferred and processes
@@ -616,7 +623,12 @@ func (s *Scheduler) transport(ctx context.Context, d *policy.Delivery) (replies 
 			replies = fill(replyBadTransport)
 		}
 	}()
-	got := t.Deliver(ctx, d)
+	var got []policy.Reply
+	if md, ok := t.(*Maildir); ok && s.syncs != nil {
+		got = md.deliver(ctx, d, s.syncs) // one sync round for it and the enqueues
+	} else {
+		got = t.Deliver(ctx, d)
+	}
 	if len(got) != n {
 		s.log.Error("queue: transport gave wrong number of replies", "id", d.Tx.ID, "transport", d.Route.Transport, "want", n, "got", len(got))
 	}

@@ -93,6 +93,10 @@ type Spool struct {
 	cs     *committer // everything else: the scheduler and the admin API
 	locks  idLocks
 	rec    *recycler
+	// syncs holds the shared sync rounds of the enqueues and of the
+	// Maildir deliveries of a Scheduler on this spool, and the filesystem
+	// handles they go through, closed by Close.
+	syncs fsSyncs
 
 	idMu sync.Mutex
 	ids  map[string]struct{} // IDs in use: every entry, and enqueues under way
@@ -141,19 +145,21 @@ func Open(dir string, cfg SpoolConfig) (*Spool, error) {
 		lock.Close()
 		return nil, err
 	}
-	c, err := newCommitter(dir, s.noSync)
+	c, err := newCommitter(dir, s.noSync, &s.syncs)
 	if err == nil {
 		if err = c.shareSyncs(); err != nil {
 			c.close()
 		}
 	}
 	if err != nil {
+		s.syncs.close()
 		lock.Close()
 		return nil, err
 	}
-	cs, err := newCommitter(dir, s.noSync)
+	cs, err := newCommitter(dir, s.noSync, &s.syncs)
 	if err != nil {
 		c.close()
+		s.syncs.close()
 		lock.Close()
 		return nil, err
 	}
@@ -187,12 +193,15 @@ func lockSpool(dir string) (*os.File, error) {
 	return f, nil
 }
 
-// Close stops the spool after the changes under way are committed. Stop
-// the Scheduler first.
+// Close stops the spool after the changes under way are committed, and
+// releases what it holds open: the lock, the directory and filesystem
+// handles its syncs go through (also those of the Maildir deliveries of a
+// Scheduler on it). Stop the Scheduler first.
 func (s *Spool) Close() error {
 	s.closeOnce.Do(func() {
 		s.c.close()
 		s.cs.close()
+		s.syncs.close()
 		s.closeHot()
 		s.lock.Close()
 	})
