@@ -738,3 +738,63 @@ func TestValueNotKept(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, ids, "nothing queued")
 }
+
+// failingReaderAt reads r up to from; every read at or beyond from fails
+// with errFailingRead (a disk error in the stored message's body).
+type failingReaderAt struct {
+	r    io.ReaderAt
+	from int64
+}
+
+var errFailingRead = errors.New("injected read error")
+
+func (f *failingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if off >= f.from {
+		return 0, errFailingRead
+	}
+	return f.r.ReadAt(p, off)
+}
+
+// TestDSNNotQueuedTruncated: a DSN returning the whole message is not
+// queued when the message cannot be read (the bounce fails, to be retried),
+// while a header-only DSN, which does not read the body, is.
+func TestDSNNotQueuedTruncated(t *testing.T) {
+	h := newHarness(t, "", Config{})
+	defer h.sp.Close()
+	raw := testMsg + strings.Repeat("body line\r\n", 20<<10)
+	bodyOff := int64(strings.Index(testMsg, "\r\n\r\n") + 4)
+	for _, tt := range []struct {
+		ret     string
+		wantErr bool
+	}{{"FULL", true}, {"HDRS", false}} {
+		t.Run(tt.ret, func(t *testing.T) {
+			m, err := policy.NewMessage(&failingReaderAt{r: strings.NewReader(raw), from: bodyOff + 4096}, int64(len(raw)), nil)
+			require.NoError(t, err)
+			env := &Envelope{
+				ID:     "m-" + tt.ret,
+				From:   Addr{Local: "a", Domain: "example.org"},
+				Params: Params{Ret: tt.ret},
+				Rcpts:  []RcptState{{Addr: Addr{Local: "b", Domain: "example.com"}, State: RcptFailed, Reply: reply(550, "5.1.1", "no such user")}},
+			}
+			err = h.sch.bounce(context.Background(), env, m, []int{0}, "failed")
+			ids, lerr := h.sp.IDs(Working)
+			require.NoError(t, lerr)
+			if tt.wantErr {
+				require.ErrorIs(t, err, errFailingRead)
+				assert.Empty(t, ids, "no truncated DSN queued")
+				return
+			}
+			require.NoError(t, err)
+			require.Len(t, ids, 1)
+			_, _, dm, err := h.sp.Load(ids[0])
+			require.NoError(t, err)
+			defer dm.Close()
+			var b strings.Builder
+			_, err = dm.WriteTo(&b)
+			require.NoError(t, err)
+			assert.Contains(t, b.String(), "Subject: hello")
+			assert.NotContains(t, b.String(), "body line")
+			require.NoError(t, h.sp.Delete(context.Background(), ids[0]))
+		})
+	}
+}
