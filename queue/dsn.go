@@ -56,7 +56,7 @@ func (s *Scheduler) bounce(ctx context.Context, env *Envelope, m *policy.Message
 	host := s.cfg.Hostname
 	denv := &Envelope{
 		Version:  EnvelopeVersion,
-		ID:       NewID(),
+		ID:       policy.NewID(),
 		Rcpts:    []RcptState{{Addr: env.From, Notify: []string{"NEVER"}, State: RcptPending}},
 		Received: now,
 		DSN:      true,
@@ -162,7 +162,7 @@ func writeDSN(w *bufio.Writer, in dsnInput) error {
 	p("")
 	for _, i := range in.idx {
 		r := env.Rcpts[i]
-		p("<%s>: %s", clean(r.Addr.Address().String()), clean(r.Reply.String()))
+		p("<%s>: %s", clean(r.Addr.String()), clean(r.Reply.String()))
 	}
 	p("")
 	part("Delivery report", "message/delivery-status")
@@ -176,7 +176,7 @@ func writeDSN(w *bufio.Writer, in dsnInput) error {
 	for _, i := range in.idx {
 		r := env.Rcpts[i]
 		p("")
-		p("Final-Recipient: rfc822; %s", clean(r.Addr.Address().String()))
+		p("Final-Recipient: rfc822; %s", clean(r.Addr.String()))
 		if r.ORCPT != "" {
 			orcpt := r.ORCPT
 			if !strings.Contains(orcpt, ";") {

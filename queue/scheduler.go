@@ -694,7 +694,7 @@ func rcptErrors(env *Envelope, state string) string {
 	var errs []string
 	for _, r := range env.Rcpts {
 		if r.State == state {
-			errs = append(errs, r.Addr.Address().String()+": "+r.Reply.String())
+			errs = append(errs, r.Addr.String()+": "+r.Reply.String())
 		}
 	}
 	return strings.Join(errs, "; ")

@@ -328,15 +328,11 @@ func (s *Spool) listIDs(q string) ([]string, error) {
 	return ids, nil
 }
 
-// NewID returns a new queue ID: policy.NewID, the IDs the smtp package
-// gives transactions (21 characters, file-name safe, sorting by creation
-// time).
-func NewID() string { return policy.NewID() }
-
 // Enqueue stores an accepted message durably and returns only once the
 // message, its envelope and their directory entries are on disk. tx.ID is
-// the queue ID (a new one is assigned when empty); it must be file-name
-// safe ([A-Za-z0-9._-], at most 128, no leading dot) and unused. A
+// the queue ID (a new one, policy.NewID, is assigned when empty); it must
+// be file-name safe ([A-Za-z0-9._-], at most 128, no leading dot) and
+// unused. A
 // transaction with tx.Quarantine() set goes straight to
 // quarantine/<name>; any other to working, where the scheduler picks it up.
 //
@@ -346,7 +342,7 @@ func (s *Spool) Enqueue(ctx context.Context, tx *policy.Transaction, m *policy.M
 		return ErrNoMessage
 	}
 	if tx.ID == "" {
-		tx.ID = NewID()
+		tx.ID = policy.NewID()
 	}
 	if !validID(tx.ID) {
 		return fmt.Errorf("%w: %q", ErrBadID, tx.ID)
