@@ -417,7 +417,11 @@ func (s *Scheduler) postq(ctx, rctx context.Context, q string, env *Envelope, m 
 	before := headerBytes(m.Header)
 	res := s.cfg.Chain.EvalPostQ(rctx, tx, m)
 	changed := !headerIs(m.Header, before)
-	log := s.log.With("id", env.ID, "stage", "postq", "rule", res.Rule)
+	attrs := []any{"id", env.ID, "stage", "postq"}
+	if res.Rule != "" { // no rule="" when none decided
+		attrs = append(attrs, "rule", res.Rule)
+	}
+	log := s.log.With(attrs...)
 	switch res.Verdict.Kind {
 	case policy.KindDeny:
 		if res.Reply.Permanent() {
