@@ -417,11 +417,10 @@ func (s *Scheduler) postq(ctx, rctx context.Context, q string, env *Envelope, m 
 	before := headerBytes(m.Header)
 	res := s.cfg.Chain.EvalPostQ(rctx, tx, m)
 	changed := !headerIs(m.Header, before)
-	attrs := []any{"id", env.ID, "stage", "postq"}
-	if res.Rule != "" { // no rule="" when none decided
-		attrs = append(attrs, "rule", res.Rule)
+	var log *slog.Logger // for the outcomes that log, made only for them
+	if k := res.Verdict.Kind; k == policy.KindDeny || k == policy.KindQuarantine {
+		log = s.postqLog(env.ID, res.Rule)
 	}
-	log := s.log.With(attrs...)
 	switch res.Verdict.Kind {
 	case policy.KindDeny:
 		if res.Reply.Permanent() {
@@ -462,6 +461,15 @@ func (s *Scheduler) postq(ctx, rctx context.Context, q string, env *Envelope, m 
 		return m, true
 	}
 	return nil, true
+}
+
+// postqLog returns the logger of a postq outcome of message id: the rule
+// attribute only when a rule decided (rule is not ""), never rule="".
+func (s *Scheduler) postqLog(id, rule string) *slog.Logger {
+	if rule == "" {
+		return s.log.With("id", id, "stage", "postq")
+	}
+	return s.log.With("id", id, "stage", "postq", "rule", rule)
 }
 
 // save stores env, moving it from q to "to", with the message's header
