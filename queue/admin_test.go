@@ -104,7 +104,7 @@ func TestAdmin(t *testing.T) {
 
 	require.NoError(t, h.sp.Delete(ctx, "a3"))
 	assert.Equal(t, "", h.queueOf("a3"))
-	_, err = os.Stat(filepath.Join(h.sp.Dir(), Working, "a3.q"))
+	_, err = os.Stat(filepath.Join(h.sp.root, Working, "a3.q"))
 	assert.ErrorIs(t, err, os.ErrNotExist)
 	assert.ErrorIs(t, h.sp.Delete(ctx, "a3"), ErrNotFound)
 

@@ -85,7 +85,7 @@ func TestEntryHeaderWithHugeLengthIsCorrupt(t *testing.T) {
 			t.Cleanup(func() { sp.Close() })
 			rec, err := encodeRecord(mustEnvelope(newTx("bad1", "a@example.org", "b@example.com")))
 			require.NoError(t, err)
-			require.NoError(t, os.WriteFile(entryPath(filepath.Join(sp.Dir(), Working), "bad1"), append([]byte(tt.head+testMsg), rec...), 0o640))
+			require.NoError(t, os.WriteFile(entryPath(filepath.Join(sp.root, Working), "bad1"), append([]byte(tt.head+testMsg), rec...), 0o640))
 			l, err := sp.List(Working)
 			require.NoError(t, err)
 			require.Len(t, l, 1)

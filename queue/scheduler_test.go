@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"mime"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -38,7 +40,7 @@ func TestDeliverAndRemove(t *testing.T) {
 	assert.Equal(t, 1, h.tr.callCount(), "one route: one transport call for both recipients")
 	assert.Equal(t, "", h.queueOf("m1"), "delivered message is removed")
 	for _, q := range []string{"tmp", Working, Deliver} {
-		ents, err := os.ReadDir(filepath.Join(h.sp.Dir(), q))
+		ents, err := os.ReadDir(filepath.Join(h.sp.root, q))
 		require.NoError(t, err)
 		assert.Empty(t, ents, "entry file removed from %s", q)
 	}
@@ -443,7 +445,7 @@ func TestPostQEditsSavedAndNotRepeated(t *testing.T) {
 	env := h.envelope("m1")
 	assert.True(t, env.PostQDone)
 	assert.True(t, strings.HasPrefix(string(env.Head), "DKIM-Signature:"), "edits stored durably in the envelope")
-	b, err := os.ReadFile(filepath.Join(h.sp.Dir(), Deferred, "m1.q"))
+	b, err := os.ReadFile(filepath.Join(h.sp.root, Deferred, "m1.q"))
 	require.NoError(t, err)
 	assert.Equal(t, entryHeadLen+len(testMsg), bytes.Index(b, []byte("\nE "))+1, "the stored message is not rewritten: records follow it")
 	_, _, m, err := h.sp.Load("m1")
@@ -457,7 +459,7 @@ func TestPostQEditsSavedAndNotRepeated(t *testing.T) {
 	// Restart from the same directory: the edit survives, postq is not run again.
 	h.stop()
 	require.NoError(t, h.sp.Close())
-	h2 := newHarness(t, h.sp.Dir(), Config{Chain: chain})
+	h2 := newHarness(t, h.sp.root, Config{Chain: chain})
 	h2.tr = h.tr
 	h2.sch.cfg.Transports["fake"] = h.tr
 	h2.clock.Set(h.clock.Now().Add(5 * time.Minute))
@@ -797,4 +799,43 @@ func TestDSNNotQueuedTruncated(t *testing.T) {
 			require.NoError(t, h.sp.Delete(context.Background(), ids[0]))
 		})
 	}
+}
+
+// lockedBuffer is a bytes.Buffer for a logger written by several workers.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestPostQLogRule: a postq outcome is logged with the rule that decided
+// it, and without a rule attribute (no rule="") when none did.
+func TestPostQLogRule(t *testing.T) {
+	chain := &policy.Chain{Logger: quietLogger()}
+	chain.PostQ("later", func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
+		return policy.Defer("4.7.0", "try later")
+	})
+	h := newHarness(t, "", Config{Chain: chain})
+	var logs lockedBuffer
+	h.sch.log = slog.New(slog.NewTextHandler(&logs, nil))
+	h.start()
+	h.enqueue(newTx("m1", "a@example.org", "b@example.com"), testMsg)
+	h.wait("m1")
+	assert.Contains(t, logs.String(), `msg="queue: postq deferred" id=m1 stage=postq rule=later`)
+
+	var none bytes.Buffer
+	(&Scheduler{log: slog.New(slog.NewTextHandler(&none, nil))}).postqLog("m2", "").Info("outcome")
+	assert.Contains(t, none.String(), "id=m2 stage=postq")
+	assert.NotContains(t, none.String(), "rule")
 }

@@ -208,9 +208,6 @@ func (s *Spool) Close() error {
 	return nil
 }
 
-// Dir returns the spool directory.
-func (s *Spool) Dir() string { return s.root }
-
 // SupportsDSN reports whether DSN parameters are honoured (the smtp package
 // advertises DSN when it is true).
 func (s *Spool) SupportsDSN() bool { return s.dsn }
