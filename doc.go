@@ -10,7 +10,7 @@
 // let messages being received finish, then stop the scheduler, then close the
 // store.
 //
-//	spool, err := queue.Open("./data/queue")
+//	spool, err := queue.Open("./data/queue", queue.SpoolConfig{})
 //	...
 //	srv := &mtakit.Server{
 //		Hostname: "mx.example.com",

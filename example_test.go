@@ -34,7 +34,7 @@ func ExampleServer() {
 		log.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	spool, err := queue.Open(dir)
+	spool, err := queue.Open(dir, queue.SpoolConfig{})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -24,6 +24,7 @@ import (
 // closeCounter is a spool that counts its Close calls.
 type closeCounter struct {
 	*queue.Spool
+	dir    string
 	closed atomic.Int32
 }
 
@@ -31,10 +32,11 @@ func (c *closeCounter) Close() error { c.closed.Add(1); return c.Spool.Close() }
 
 func openStore(t *testing.T) *closeCounter {
 	t.Helper()
-	sp, err := queue.Open(t.TempDir())
+	dir := t.TempDir()
+	sp, err := queue.Open(dir, queue.SpoolConfig{Logger: quiet()})
 	require.NoError(t, err)
 	t.Cleanup(func() { sp.Close() })
-	return &closeCounter{Spool: sp}
+	return &closeCounter{Spool: sp, dir: dir}
 }
 
 func quiet() *slog.Logger { return slog.New(slog.DiscardHandler) }
@@ -182,7 +184,7 @@ func TestServerShutdownLetsDataFinish(t *testing.T) {
 	require.NoError(t, <-stopped)
 	assert.Equal(t, int32(1), s.store.closed.Load())
 
-	sp, err := queue.Open(s.store.Dir())
+	sp, err := queue.Open(s.store.dir, queue.SpoolConfig{Logger: quiet()})
 	require.NoError(t, err)
 	defer sp.Close()
 	var n int

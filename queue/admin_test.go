@@ -14,7 +14,7 @@ import (
 )
 
 func TestEnqueueValidation(t *testing.T) {
-	sp, err := Open(t.TempDir(), WithLogger(quietLogger()))
+	sp, err := Open(t.TempDir(), SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	defer sp.Close()
 	ctx := context.Background()
@@ -47,7 +47,7 @@ func TestEnqueueValidation(t *testing.T) {
 }
 
 func TestEnvelopeRoundTrip(t *testing.T) {
-	sp, err := Open(t.TempDir(), WithLogger(quietLogger()))
+	sp, err := Open(t.TempDir(), SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	defer sp.Close()
 	conn := &policy.Conn{ID: "c9", Listener: "submission", Helo: "pc.example.org", ESMTP: true,
@@ -104,7 +104,7 @@ func TestAdmin(t *testing.T) {
 
 	require.NoError(t, h.sp.Delete(ctx, "a3"))
 	assert.Equal(t, "", h.queueOf("a3"))
-	_, err = os.Stat(filepath.Join(h.sp.Dir(), Working, "a3.q"))
+	_, err = os.Stat(filepath.Join(h.sp.root, Working, "a3.q"))
 	assert.ErrorIs(t, err, os.ErrNotExist)
 	assert.ErrorIs(t, h.sp.Delete(ctx, "a3"), ErrNotFound)
 
@@ -177,12 +177,12 @@ func TestAdminWhileRunning(t *testing.T) {
 
 func TestSpoolLocked(t *testing.T) {
 	dir := t.TempDir()
-	sp, err := Open(dir, WithLogger(quietLogger()))
+	sp, err := Open(dir, SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
-	_, err = Open(dir, WithLogger(quietLogger()))
+	_, err = Open(dir, SpoolConfig{Logger: quietLogger()})
 	assert.ErrorIs(t, err, ErrLocked, "one spool, one owner")
 	require.NoError(t, sp.Close())
-	sp2, err := Open(dir, WithLogger(quietLogger()))
+	sp2, err := Open(dir, SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err, "free again after Close")
 	require.NoError(t, sp2.Close())
 }

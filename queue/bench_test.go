@@ -25,11 +25,7 @@ func BenchmarkEnqueue(b *testing.B) {
 			for _, sync := range []bool{true, false} {
 				name := fmt.Sprintf("size=%dKiB/conc=%d/sync=%v", size>>10, par, map[bool]string{true: "on", false: "off"}[sync])
 				b.Run(name, func(b *testing.B) {
-					opts := []Option{WithLogger(quietLogger())}
-					if !sync {
-						opts = append(opts, WithUnsafeNoSync())
-					}
-					sp, err := Open(b.TempDir(), opts...)
+					sp, err := Open(b.TempDir(), SpoolConfig{Logger: quietLogger(), UnsafeNoSync: !sync})
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -77,7 +73,7 @@ func BenchmarkDrain(b *testing.B) {
 }
 
 func benchDrain(b *testing.B, workers int) {
-	sp, err := Open(b.TempDir(), WithLogger(quietLogger()))
+	sp, err := Open(b.TempDir(), SpoolConfig{Logger: quietLogger()})
 	if err != nil {
 		b.Fatal(err)
 	}

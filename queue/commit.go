@@ -36,8 +36,10 @@ type committer struct {
 	sync   func(root *os.File, files []string) error // syncData; a seam for tests
 	syncs  int                                       // batches synced, for tests
 	// key, when set (shareSyncs), names the filesystem whose shared
-	// rounds (fileSyncs) commit the renameFirst ops: see commitShared.
+	// rounds (fs, the spool's) commit the renameFirst ops: see
+	// commitShared.
 	key string
+	fs  *fsSyncs
 
 	mu    sync.Mutex
 	dirFD map[string]*os.File
@@ -59,12 +61,14 @@ type committer struct {
 
 const maxBatch = 1024
 
-func newCommitter(root string, noSync bool) (*committer, error) {
+// newCommitter returns a committer of the spool in root; fs holds the
+// spool's shared sync rounds (used once shareSyncs is called).
+func newCommitter(root string, noSync bool, fs *fsSyncs) (*committer, error) {
 	rf, err := os.Open(root)
 	if err != nil {
 		return nil, err
 	}
-	c := &committer{root: root, noSync: noSync, ops: make(chan *op, maxBatch), sync: syncData, dirFD: map[string]*os.File{}, rootF: rf, stop: make(chan struct{})}
+	c := &committer{root: root, noSync: noSync, fs: fs, ops: make(chan *op, maxBatch), sync: syncData, dirFD: map[string]*os.File{}, rootF: rf, stop: make(chan struct{})}
 	c.wg.Add(1)
 	go c.loop()
 	return c, nil
@@ -76,7 +80,7 @@ func (c *committer) shareSyncs() error {
 	if !syncCoversRenames {
 		return nil
 	}
-	key, err := fsKey(c.rootF)
+	key, err := c.fs.key(c.rootF)
 	c.key = key
 	return err
 }
@@ -91,7 +95,7 @@ var errEarlierSync = errors.New("queue: a sync failed while this was being writt
 // the op's files.
 func (c *committer) begin() uint64 {
 	if c.key != "" {
-		return fileSyncs.begin(c.key)
+		return c.fs.groups.begin(c.key)
 	}
 	return c.gen.Load()
 }
@@ -255,9 +259,9 @@ func (c *committer) commitShared(o *op) error {
 		return err
 	}
 	if !c.noSync && len(o.files) > 0 {
-		err := fileSyncs.doSince(c.key, o.since, func() error {
+		err := c.fs.groups.doSince(c.key, o.since, func() error {
 			c.syncs++ // rounds of a key never overlap
-			return c.sync(fsHandle(c.key), o.files)
+			return c.sync(c.fs.handle(c.key), o.files)
 		})
 		if err != nil {
 			return err

@@ -18,7 +18,7 @@ import (
 )
 
 func TestGroupCommitSharesSyncs(t *testing.T) {
-	sp, err := Open(t.TempDir(), WithLogger(quietLogger()))
+	sp, err := Open(t.TempDir(), SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	defer sp.Close()
 	// Hold the first sync until the other writers have all queued their
@@ -66,16 +66,16 @@ func TestGroupCommitSharesSyncs(t *testing.T) {
 func (c *committer) queued() int {
 	n := len(c.ops)
 	if c.key != "" {
-		fileSyncs.mu.Lock()
-		n += fileSyncs.group(c.key).waiting
-		fileSyncs.mu.Unlock()
+		c.fs.groups.mu.Lock()
+		n += c.fs.groups.group(c.key).waiting
+		c.fs.groups.mu.Unlock()
 	}
 	return n
 }
 
 func TestEnqueueFailureLeavesNothing(t *testing.T) {
 	dir := t.TempDir()
-	sp, err := Open(dir, WithLogger(quietLogger()))
+	sp, err := Open(dir, SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	defer sp.Close()
 	sp.c.sync = func(*os.File, []string) error { return errors.New("EIO") }
@@ -106,7 +106,7 @@ func TestEnqueueFailureLeavesNothing(t *testing.T) {
 // one begun after it is committed.
 func TestSyncFailureFailsWritesBegunBefore(t *testing.T) {
 	dir := t.TempDir()
-	c, err := newCommitter(dir, false)
+	c, err := newCommitter(dir, false, &fsSyncs{})
 	require.NoError(t, err)
 	defer c.close()
 	fail := true
@@ -142,7 +142,9 @@ func TestSyncFailureFailsWritesBegunBefore(t *testing.T) {
 }
 
 // TestEnqueueAndDeliveryShareSyncs: where syncfs(2) covers the renames,
-// enqueues and maildir deliveries on one filesystem share its sync rounds.
+// enqueues and maildir deliveries on one filesystem share its sync rounds
+// (the deliveries of a Scheduler on the spool: Maildir.deliver with the
+// spool's syncs, as Scheduler.transport calls it).
 // With an enqueue's round held, a second enqueue and a delivery (its data)
 // wait for the next round and share it; the delivery's rename then takes
 // one more: three rounds, where separate syncs would take four.
@@ -151,10 +153,10 @@ func TestEnqueueAndDeliveryShareSyncs(t *testing.T) {
 		t.Skip("shared sync rounds need syncfs(2) (Linux)")
 	}
 	dir := t.TempDir()
-	sp, err := Open(filepath.Join(dir, "spool"), WithLogger(quietLogger()))
+	sp, err := Open(filepath.Join(dir, "spool"), SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	defer sp.Close()
-	rounds := func() uint64 { return fileSyncs.begin(sp.c.key) }
+	rounds := func() uint64 { return sp.syncs.groups.begin(sp.c.key) }
 	before := rounds()
 	inSync, release := make(chan struct{}), make(chan struct{})
 	first := true
@@ -174,7 +176,7 @@ func TestEnqueueAndDeliveryShareSyncs(t *testing.T) {
 	md := &Maildir{Root: filepath.Join(dir, "mail")}
 	delivered := make(chan []policy.Reply, 1)
 	d := delivery(t, "a@example.org", policy.Route{}, testMsg, "john@example.com")
-	go func() { delivered <- md.Deliver(ctx, d) }()
+	go func() { delivered <- md.deliver(ctx, d, &sp.syncs) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for sp.c.queued() < 2 && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond) // waiting for the two writers, not timing anything

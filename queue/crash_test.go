@@ -24,7 +24,7 @@ func TestCrashChild(t *testing.T) {
 	if dir == "" {
 		t.Skip("child process of TestCrashDurability only")
 	}
-	sp, err := Open(dir, WithLogger(quietLogger()))
+	sp, err := Open(dir, SpoolConfig{Logger: quietLogger()})
 	if err != nil {
 		fmt.Println("ERR", err)
 		os.Exit(2)

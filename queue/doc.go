@@ -13,11 +13,14 @@
 // writes its entry (in tmp/, or over a file of free/), renames it into its
 // queue (it stays invisible until its commit returns), then joins a round
 // of its filesystem's shared syncs: one syncfs(2) makes durable the data
-// and renames of every enqueue, and of every Maildir delivery on the same
-// filesystem, waiting meanwhile; the first waiter runs it, so no goroutine
-// hand-off is paid. Elsewhere a committer goroutine batches the enqueues:
-// each file is fsynced, then renamed, then each directory fsynced.
-// WithUnsafeNoSync turns syncing off, for benchmarks only.
+// and renames of every enqueue, and of every Maildir delivery of the
+// spool's Scheduler on the same filesystem, waiting meanwhile; the first
+// waiter runs it, so no goroutine hand-off is paid. The rounds and the
+// filesystem handles they go through belong to the Spool (two spools share
+// nothing), and Close releases them. Elsewhere a committer goroutine
+// batches the enqueues: each file is fsynced, then renamed, then each
+// directory fsynced.
+// SpoolConfig.UnsafeNoSync turns syncing off, for benchmarks only.
 //
 // A change of envelope appends a record to the entry (the last valid one
 // counts; a record torn by a crash is ignored), and a move between queues
@@ -38,6 +41,23 @@
 // The package builds on Windows, but a spool has not been run there: it
 // keeps entry files open while renaming them, which Windows refuses to
 // files Go opened without FILE_SHARE_DELETE.
+//
+// # Configuration and logging
+//
+// Each component is configured by the exported fields of a struct, every
+// field's zero value a documented default; there are no option functions.
+// Open takes a SpoolConfig (logger, clock, DSN support, the unsafe no-sync
+// mode of benchmarks) and NewScheduler a Config (rules, transports, routes,
+// workers, backoff, lifetime, clock, logger); both read their struct once.
+// Maildir and Mbox are configured by their own fields (&Maildir{Root: dir}),
+// which must not change once in use.
+//
+// Logging goes to the Logger field of SpoolConfig (the spool: corrupt
+// entries set aside) and of Config (the scheduler: postq outcomes,
+// deliveries, DSNs, errors), each nil meaning slog.Default(). There is no
+// other way to set a logger, and no package-level setting or state: the
+// sync rounds and handles live in the Spool (and in a Maildir used without
+// a Scheduler), not in the package.
 //
 // # Storage
 //

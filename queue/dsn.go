@@ -56,7 +56,7 @@ func (s *Scheduler) bounce(ctx context.Context, env *Envelope, m *policy.Message
 	host := s.cfg.Hostname
 	denv := &Envelope{
 		Version:  EnvelopeVersion,
-		ID:       NewID(),
+		ID:       policy.NewID(),
 		Rcpts:    []RcptState{{Addr: env.From, Notify: []string{"NEVER"}, State: RcptPending}},
 		Received: now,
 		DSN:      true,
@@ -66,13 +66,17 @@ func (s *Scheduler) bounce(ctx context.Context, env *Envelope, m *policy.Message
 	write := func(w io.Writer) (int64, error) {
 		cw := &countWriter{w: w}
 		bw := bufio.NewWriter(cw)
-		writeDSN(bw, dsnInput{
+		err := writeDSN(bw, dsnInput{
 			env: env, m: m, idx: idx, action: action, host: host, now: now, id: denv.ID,
 			boundary: boundary, full: !strings.EqualFold(env.Params.Ret, "HDRS") && m.Size() <= s.cfg.MaxReturnSize,
 		})
-		err := bw.Flush()
+		if err == nil {
+			err = bw.Flush()
+		}
 		return cw.n, err
 	}
+	// A failed write (the original message unreadable) fails the Add: no
+	// truncated DSN is queued, and finish retries it later.
 	if err := s.st.Add(ctx, denv, Working, write); err != nil {
 		return err
 	}
@@ -116,7 +120,10 @@ func clean(s string) string {
 	}, s)
 }
 
-func writeDSN(w *bufio.Writer, in dsnInput) {
+// writeDSN writes the DSN of in to w. Its error is that of copying the
+// original message (or its header), a read error of the stored entry;
+// errors of w itself stay in w for its Flush.
+func writeDSN(w *bufio.Writer, in dsnInput) error {
 	p := func(format string, a ...any) { fmt.Fprintf(w, format+"\r\n", a...) }
 	// part starts a body part: its boundary and the fields every part has.
 	part := func(desc, ctype string) {
@@ -155,7 +162,7 @@ func writeDSN(w *bufio.Writer, in dsnInput) {
 	p("")
 	for _, i := range in.idx {
 		r := env.Rcpts[i]
-		p("<%s>: %s", clean(r.Addr.Address().String()), clean(r.Reply.String()))
+		p("<%s>: %s", clean(r.Addr.String()), clean(r.Reply.String()))
 	}
 	p("")
 	part("Delivery report", "message/delivery-status")
@@ -169,7 +176,7 @@ func writeDSN(w *bufio.Writer, in dsnInput) {
 	for _, i := range in.idx {
 		r := env.Rcpts[i]
 		p("")
-		p("Final-Recipient: rfc822; %s", clean(r.Addr.Address().String()))
+		p("Final-Recipient: rfc822; %s", clean(r.Addr.String()))
 		if r.ORCPT != "" {
 			orcpt := r.ORCPT
 			if !strings.Contains(orcpt, ";") {
@@ -193,14 +200,20 @@ func writeDSN(w *bufio.Writer, in dsnInput) {
 			p("Content-Transfer-Encoding: 8bit")
 		}
 		p("")
-		in.m.WriteTo(w) // the empty line below ends it if its last line has no CRLF
+		// The empty line below ends it if its last line has no CRLF.
+		if _, err := in.m.WriteTo(w); err != nil {
+			return fmt.Errorf("queue: DSN of %s: copying the message: %w", env.ID, err)
+		}
 	} else {
 		part("Undelivered Message Headers", "text/rfc822-headers")
 		p("")
-		in.m.Header.WriteTo(w)
+		if _, err := in.m.Header.WriteTo(w); err != nil {
+			return fmt.Errorf("queue: DSN of %s: copying the header: %w", env.ID, err)
+		}
 	}
 	p("")
 	p("--%s--", in.boundary)
+	return nil
 }
 
 // status returns the RFC 3463 status of a recipient's final reply.

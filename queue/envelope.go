@@ -95,6 +95,10 @@ type Addr struct {
 func toAddr(a policy.Address) Addr     { return Addr{Local: a.Local, Domain: a.Domain} }
 func (a Addr) Address() policy.Address { return policy.Address{Local: a.Local, Domain: a.Domain} }
 
+// String returns the address as policy.Address prints it: local@domain,
+// the local part quoted where it needs to be; "" for the null sender.
+func (a Addr) String() string { return a.Address().String() }
+
 // Params are the stored MAIL FROM parameters.
 type Params struct {
 	Size       int64  `json:"size,omitempty"`

@@ -18,7 +18,7 @@ func ExampleOpen() {
 	dir, _ := os.MkdirTemp("", "spool")
 	defer os.RemoveAll(dir)
 
-	sp, err := queue.Open(dir)
+	sp, err := queue.Open(dir, queue.SpoolConfig{})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -45,7 +45,7 @@ func ExampleOpen() {
 func ExampleScheduler() {
 	dir, _ := os.MkdirTemp("", "spool")
 	defer os.RemoveAll(dir)
-	sp, err := queue.Open(filepath.Join(dir, "spool"))
+	sp, err := queue.Open(filepath.Join(dir, "spool"), queue.SpoolConfig{})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -177,7 +177,7 @@ func newHarness(t *testing.T, dir string, cfg Config) *harness {
 		cfg.Clock = h.clock
 	}
 	var err error
-	h.sp, err = Open(dir, WithLogger(quietLogger()), WithNow(cfg.Clock.Now))
+	h.sp, err = Open(dir, SpoolConfig{Logger: quietLogger(), Clock: cfg.Clock})
 	require.NoError(t, err)
 	if cfg.Transports == nil {
 		cfg.Transports = map[string]Transport{"fake": h.tr}

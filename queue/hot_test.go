@@ -16,7 +16,7 @@ import (
 // that Load then sees the change. At most maxHot entries are kept, and
 // Close closes them.
 func TestLoadAfterEnqueue(t *testing.T) {
-	sp, err := Open(t.TempDir(), WithLogger(quietLogger()))
+	sp, err := Open(t.TempDir(), SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	defer sp.Close()
 	ctx := context.Background()

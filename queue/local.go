@@ -129,17 +129,46 @@ func (l *lfWriter) flush() error {
 // gets its own file (with its own Delivered-To), written to tmp/ under the
 // spec's unique name, made durable, renamed into new/, and the rename is
 // made durable before the delivery is reported. Concurrent deliveries share
-// these syncs, with the spool's enqueues when it lies on the same
-// filesystem: one syncfs(2) of Root's filesystem covers the files written
-// and the renames done meanwhile. Where syncfs is not available each file
-// is fsynced, and new/ once for the renames into it.
+// these syncs: one syncfs(2) of Root's filesystem covers the files written
+// and the renames done meanwhile. A Scheduler on a Spool (the Maildir one
+// of its Config.Transports) has them join the spool's own sync rounds,
+// shared with its enqueues when Root lies on the spool's filesystem, and
+// Spool.Close releases what they hold. A Maildir called on its own keeps
+// its state (a handle per filesystem it delivers to, the mailboxes it
+// made) in itself, released when it is no longer referenced. Where syncfs
+// is not available each file is fsynced, and new/ once for the renames
+// into it.
+//
+// The fields must not be changed, nor the Maildir copied, once it is in
+// use.
 type Maildir struct {
 	Root string
 	// KeepCRLF stores messages with CRLF line ends (default: LF).
 	KeepCRLF bool
+
+	state atomic.Pointer[maildirState] // made by the first delivery
 }
 
-var maildirSeq atomic.Uint64
+// maildirState is what a Maildir keeps between deliveries.
+type maildirState struct {
+	// syncs are the Maildir's own sync rounds, for deliveries that do not
+	// join a spool's (see Maildir).
+	syncs fsSyncs
+	// made remembers the maildirs known to exist (dir -> true), sparing
+	// three MkdirAll per delivery.
+	made sync.Map
+	// seq numbers the deliveries in unique names.
+	seq atomic.Uint64
+}
+
+// st returns md's state, made the first time.
+func (md *Maildir) st() *maildirState {
+	if st := md.state.Load(); st != nil {
+		return st
+	}
+	md.state.CompareAndSwap(nil, &maildirState{})
+	return md.state.Load()
+}
 
 // maildirHost is the host part of maildir names, read once (os.Hostname
 // costs three system calls).
@@ -155,20 +184,30 @@ var maildirHost = sync.OnceValue(func() string {
 // maildirPID is the process ID in maildir names (getpid(2) once).
 var maildirPID = sync.OnceValue(os.Getpid)
 
-func maildirUnique() string {
+func maildirUnique(seq uint64) string {
 	now := time.Now()
-	return fmt.Sprintf("%d.M%dP%dQ%d.%s", now.Unix(), now.Nanosecond()/1000, maildirPID(), maildirSeq.Add(1), maildirHost())
+	return fmt.Sprintf("%d.M%dP%dQ%d.%s", now.Unix(), now.Nanosecond()/1000, maildirPID(), seq, maildirHost())
 }
 
 // Deliver implements Transport.
 func (md *Maildir) Deliver(ctx context.Context, d *policy.Delivery) []policy.Reply {
+	return md.deliver(ctx, d, nil)
+}
+
+// deliver is Deliver with the deliveries' syncs joining the rounds of
+// syncs (a spool's, see Scheduler.transport), or md's own when nil.
+func (md *Maildir) deliver(ctx context.Context, d *policy.Delivery, syncs *fsSyncs) []policy.Reply {
+	st := md.st()
+	if syncs == nil {
+		syncs = &st.syncs
+	}
 	out := make([]policy.Reply, len(d.Rcpts))
 	for i, r := range d.Rcpts {
 		if err := ctx.Err(); err != nil {
 			out[i] = replyLocalError
 			continue
 		}
-		if err := md.deliverOne(filepath.Join(md.Root, routeMailbox(d.Route, r.Addr)), d, r); err != nil {
+		if err := md.deliverOne(st, syncs, filepath.Join(md.Root, routeMailbox(d.Route, r.Addr)), d, r); err != nil {
 			out[i] = replyLocalError
 			continue
 		}
@@ -177,35 +216,50 @@ func (md *Maildir) Deliver(ctx context.Context, d *policy.Delivery) []policy.Rep
 	return out
 }
 
-func (md *Maildir) deliverOne(dir string, d *policy.Delivery, r policy.Recipient) error {
-	if _, ok := madeDirs.Load(dir); !ok {
+// maildirTries bounds the unique names tried for one file: names can
+// collide only between Maildir values delivering into one maildir in the
+// same microsecond (each numbers its own deliveries).
+const maildirTries = 8
+
+func (md *Maildir) deliverOne(st *maildirState, syncs *fsSyncs, dir string, d *policy.Delivery, r policy.Recipient) error {
+	if _, ok := st.made.Load(dir); !ok {
 		for _, sub := range []string{"tmp", "new", "cur"} {
 			if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 				return err
 			}
 		}
-		madeDirs.Store(dir, true)
+		st.made.Store(dir, true)
 	}
-	name := maildirUnique()
-	tmp := filepath.Join(dir, "tmp", name)
-	f, err := openFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	var (
+		name, tmp string
+		f         *os.File
+		err       error
+	)
+	for range maildirTries {
+		name = maildirUnique(st.seq.Add(1))
+		tmp = filepath.Join(dir, "tmp", name)
+		f, err = openFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if !errors.Is(err, os.ErrExist) {
+			break
+		}
+	}
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			madeDirs.Delete(dir) // removed behind our back: make it again next time
+			st.made.Delete(dir) // removed behind our back: make it again next time
 		}
 		return err
 	}
-	key, since, err := syncBegin(f)
+	key, since, err := syncs.begin(f)
 	if err == nil {
 		err = writeLocal(f, d, r, md.KeepCRLF, nil)
 	}
 	if err == nil {
-		err = syncFile(f, key, since)
+		err = syncs.file(f, key, since)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	renamed := fileSyncs.begin(key)
+	renamed := syncs.groups.begin(key)
 	if err == nil {
 		err = rename(tmp, filepath.Join(dir, "new", name))
 	}
@@ -213,16 +267,33 @@ func (md *Maildir) deliverOne(dir string, d *policy.Delivery, r policy.Recipient
 		os.Remove(tmp)
 		return err
 	}
-	return syncRenamed(key, filepath.Join(dir, "new"), renamed)
+	return syncs.renamed(key, filepath.Join(dir, "new"), renamed)
 }
 
-// madeDirs remembers the maildirs known to exist (dir -> true), sparing
-// three MkdirAll per delivery.
-var madeDirs sync.Map
+// fsSyncs coalesces concurrent syncs of the same thing (a filesystem, a
+// directory): the state of a Spool, shared with the Maildir deliveries of
+// its Scheduler, or of a Maildir on its own. On Linux it also holds one
+// handle per filesystem the rounds go through (see key), which close
+// releases.
+type fsSyncs struct {
+	groups  syncGroups
+	handles sync.Map // "fs:<device>" -> *os.File (Linux)
 
-// fileSyncs coalesces concurrent syncs of the same thing (a filesystem, a
-// directory) across every local delivery and enqueue of the process.
-var fileSyncs syncGroups
+	mu     sync.Mutex // serialises storing handles with close
+	closed bool
+}
+
+// close closes the handles; syncs needing one fail with errClosed after.
+func (y *fsSyncs) close() {
+	y.mu.Lock()
+	defer y.mu.Unlock()
+	y.closed = true
+	y.handles.Range(func(k, v any) bool {
+		v.(*os.File).Close()
+		y.handles.Delete(k)
+		return true
+	})
+}
 
 // syncGroups runs, for each key, at most one sync at a time; a caller
 // arriving while one runs waits for the next, which one of the waiters

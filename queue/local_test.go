@@ -223,7 +223,7 @@ func TestLargeMessageStreams(t *testing.T) {
 		t.Skip("short")
 	}
 	dir := t.TempDir()
-	sp, err := Open(filepath.Join(dir, "spool"), WithLogger(quietLogger()), WithUnsafeNoSync())
+	sp, err := Open(filepath.Join(dir, "spool"), SpoolConfig{Logger: quietLogger(), UnsafeNoSync: true})
 	require.NoError(t, err)
 	defer sp.Close()
 	const size = 20 << 20

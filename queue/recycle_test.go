@@ -43,7 +43,7 @@ func fileOf(t *testing.T, sp *Spool, q, id string) os.FileInfo {
 func TestRecycledEntryHoldsOnlyTheNewMessage(t *testing.T) {
 	requireRecycling(t)
 	ctx := context.Background()
-	sp, err := Open(t.TempDir(), WithLogger(quietLogger()))
+	sp, err := Open(t.TempDir(), SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	defer sp.Close()
 
@@ -81,7 +81,7 @@ func TestRecycledEntryHoldsOnlyTheNewMessage(t *testing.T) {
 func TestRecycleWaitsForReaders(t *testing.T) {
 	requireRecycling(t)
 	ctx := context.Background()
-	sp, err := Open(t.TempDir(), WithLogger(quietLogger()))
+	sp, err := Open(t.TempDir(), SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	defer sp.Close()
 
@@ -106,7 +106,7 @@ func TestRecycleLimits(t *testing.T) {
 	requireRecycling(t)
 	ctx := context.Background()
 	dir := t.TempDir()
-	sp, err := Open(dir, WithLogger(quietLogger()))
+	sp, err := Open(dir, SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 
 	big := testMsg + strings.Repeat("x", maxRecycledSize)
@@ -129,7 +129,7 @@ func TestRecycleLimits(t *testing.T) {
 
 	// A new process takes in free/ (and drops what is not an entry file).
 	require.NoError(t, os.WriteFile(filepath.Join(dir, freeDir, "stray"), []byte("x"), 0o600))
-	sp, err = Open(dir, WithLogger(quietLogger()))
+	sp, err = Open(dir, SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	defer sp.Close()
 	assert.Equal(t, 1, sp.rec.size())
@@ -171,7 +171,7 @@ func TestRecycleFreeDirBroken(t *testing.T) {
 	requireRecycling(t)
 	ctx := context.Background()
 	dir := t.TempDir()
-	sp, err := Open(dir, WithLogger(quietLogger()))
+	sp, err := Open(dir, SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	defer sp.Close()
 	require.NoError(t, sp.Enqueue(ctx, newTx("m1", "a@example.org", "b@example.com"), newMessage(t, testMsg)))

@@ -80,12 +80,12 @@ func TestEntryHeaderWithHugeLengthIsCorrupt(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			sp, err := Open(t.TempDir(), WithLogger(quietLogger()))
+			sp, err := Open(t.TempDir(), SpoolConfig{Logger: quietLogger()})
 			require.NoError(t, err)
 			t.Cleanup(func() { sp.Close() })
 			rec, err := encodeRecord(mustEnvelope(newTx("bad1", "a@example.org", "b@example.com")))
 			require.NoError(t, err)
-			require.NoError(t, os.WriteFile(entryPath(filepath.Join(sp.Dir(), Working), "bad1"), append([]byte(tt.head+testMsg), rec...), 0o640))
+			require.NoError(t, os.WriteFile(entryPath(filepath.Join(sp.root, Working), "bad1"), append([]byte(tt.head+testMsg), rec...), 0o640))
 			l, err := sp.List(Working)
 			require.NoError(t, err)
 			require.Len(t, l, 1)
@@ -133,7 +133,7 @@ func FuzzReadEntry(f *testing.F) {
 // the torn record was longer than it.
 func TestTornRecordIgnoredAndOverwritten(t *testing.T) {
 	dir := t.TempDir()
-	sp, err := Open(dir, WithLogger(quietLogger()))
+	sp, err := Open(dir, SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	require.NoError(t, sp.Enqueue(context.Background(), newTx("t1", "a@example.org", "b@example.com"), newMessage(t, testMsg)))
 	env, err := sp.readEnvelope(Working, "t1")
@@ -150,7 +150,7 @@ func TestTornRecordIgnoredAndOverwritten(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, f.Close())
 
-	sp, err = Open(dir, WithLogger(quietLogger()))
+	sp, err = Open(dir, SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	defer sp.Close()
 	got, err := sp.readEnvelope(Working, "t1")

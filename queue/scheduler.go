@@ -96,6 +96,9 @@ type Scheduler struct {
 	st  Store
 	cfg Config
 	log *slog.Logger
+	// syncs are the sync rounds of st when it is a *Spool: its Maildir
+	// deliveries join them (see Maildir).
+	syncs *fsSyncs
 
 	mu      sync.Mutex
 	ready   []string
@@ -162,11 +165,15 @@ func NewScheduler(st Store, cfg Config) *Scheduler {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Scheduler{
+	s := &Scheduler{
 		st: st, cfg: cfg, log: cfg.Logger,
 		state: map[string]int{}, timerAt: map[string]time.Time{},
 		kick: make(chan struct{}, 1),
 	}
+	if sp, ok := st.(*Spool); ok {
+		s.syncs = &sp.syncs
+	}
+	return s
 }
 
 // Run picks up every message in working, deliver and deferred and processes
@@ -410,7 +417,10 @@ func (s *Scheduler) postq(ctx, rctx context.Context, q string, env *Envelope, m 
 	before := headerBytes(m.Header)
 	res := s.cfg.Chain.EvalPostQ(rctx, tx, m)
 	changed := !headerIs(m.Header, before)
-	log := s.log.With("id", env.ID, "stage", "postq", "rule", res.Rule)
+	var log *slog.Logger // for the outcomes that log, made only for them
+	if k := res.Verdict.Kind; k == policy.KindDeny || k == policy.KindQuarantine {
+		log = s.postqLog(env.ID, res.Rule)
+	}
 	switch res.Verdict.Kind {
 	case policy.KindDeny:
 		if res.Reply.Permanent() {
@@ -451,6 +461,15 @@ func (s *Scheduler) postq(ctx, rctx context.Context, q string, env *Envelope, m 
 		return m, true
 	}
 	return nil, true
+}
+
+// postqLog returns the logger of a postq outcome of message id: the rule
+// attribute only when a rule decided (rule is not ""), never rule="".
+func (s *Scheduler) postqLog(id, rule string) *slog.Logger {
+	if rule == "" {
+		return s.log.With("id", id, "stage", "postq")
+	}
+	return s.log.With("id", id, "stage", "postq", "rule", rule)
 }
 
 // save stores env, moving it from q to "to", with the message's header
@@ -616,7 +635,12 @@ func (s *Scheduler) transport(ctx context.Context, d *policy.Delivery) (replies 
 			replies = fill(replyBadTransport)
 		}
 	}()
-	got := t.Deliver(ctx, d)
+	var got []policy.Reply
+	if md, ok := t.(*Maildir); ok && s.syncs != nil {
+		got = md.deliver(ctx, d, s.syncs) // one sync round for it and the enqueues
+	} else {
+		got = t.Deliver(ctx, d)
+	}
 	if len(got) != n {
 		s.log.Error("queue: transport gave wrong number of replies", "id", d.Tx.ID, "transport", d.Route.Transport, "want", n, "got", len(got))
 	}
@@ -682,7 +706,7 @@ func rcptErrors(env *Envelope, state string) string {
 	var errs []string
 	for _, r := range env.Rcpts {
 		if r.State == state {
-			errs = append(errs, r.Addr.Address().String()+": "+r.Reply.String())
+			errs = append(errs, r.Addr.String()+": "+r.Reply.String())
 		}
 	}
 	return strings.Join(errs, "; ")

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"mime"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -38,7 +40,7 @@ func TestDeliverAndRemove(t *testing.T) {
 	assert.Equal(t, 1, h.tr.callCount(), "one route: one transport call for both recipients")
 	assert.Equal(t, "", h.queueOf("m1"), "delivered message is removed")
 	for _, q := range []string{"tmp", Working, Deliver} {
-		ents, err := os.ReadDir(filepath.Join(h.sp.Dir(), q))
+		ents, err := os.ReadDir(filepath.Join(h.sp.root, q))
 		require.NoError(t, err)
 		assert.Empty(t, ents, "entry file removed from %s", q)
 	}
@@ -443,7 +445,7 @@ func TestPostQEditsSavedAndNotRepeated(t *testing.T) {
 	env := h.envelope("m1")
 	assert.True(t, env.PostQDone)
 	assert.True(t, strings.HasPrefix(string(env.Head), "DKIM-Signature:"), "edits stored durably in the envelope")
-	b, err := os.ReadFile(filepath.Join(h.sp.Dir(), Deferred, "m1.q"))
+	b, err := os.ReadFile(filepath.Join(h.sp.root, Deferred, "m1.q"))
 	require.NoError(t, err)
 	assert.Equal(t, entryHeadLen+len(testMsg), bytes.Index(b, []byte("\nE "))+1, "the stored message is not rewritten: records follow it")
 	_, _, m, err := h.sp.Load("m1")
@@ -457,7 +459,7 @@ func TestPostQEditsSavedAndNotRepeated(t *testing.T) {
 	// Restart from the same directory: the edit survives, postq is not run again.
 	h.stop()
 	require.NoError(t, h.sp.Close())
-	h2 := newHarness(t, h.sp.Dir(), Config{Chain: chain})
+	h2 := newHarness(t, h.sp.root, Config{Chain: chain})
 	h2.tr = h.tr
 	h2.sch.cfg.Transports["fake"] = h.tr
 	h2.clock.Set(h.clock.Now().Add(5 * time.Minute))
@@ -545,7 +547,7 @@ func TestCorruptEntriesSetAside(t *testing.T) {
 	// A good message, a truncated one, one with a garbage envelope, one
 	// whose message file vanished, found by a process started after the
 	// damage (one that enqueued them itself keeps what it wrote: hotEntry).
-	sp, err := Open(dir, WithLogger(quietLogger()))
+	sp, err := Open(dir, SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	for _, id := range []string{"good", "trunc", "nomsg"} {
 		require.NoError(t, sp.Enqueue(ctx, newTx(id, "a@example.org", "b@example.com"), newMessage(t, testMsg)))
@@ -579,7 +581,7 @@ func TestCorruptEntriesSetAside(t *testing.T) {
 
 func TestRestartPicksUpEverything(t *testing.T) {
 	dir := t.TempDir()
-	sp, err := Open(dir, WithLogger(quietLogger()))
+	sp, err := Open(dir, SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	ctx := context.Background()
 	for _, id := range []string{"w1", "w2", "d1", "f1"} {
@@ -637,7 +639,7 @@ func TestRestartHonoursRecordedNextAttempt(t *testing.T) {
 // at once, every message is delivered, and Run returns only after the
 // attempts under way have ended (they are cut short by its context).
 func TestWorkersBoundAndStop(t *testing.T) {
-	sp, err := Open(t.TempDir(), WithLogger(quietLogger()))
+	sp, err := Open(t.TempDir(), SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	defer sp.Close()
 	const workers, n = 3, 12
@@ -727,7 +729,7 @@ func TestValuesSurviveQueue(t *testing.T) {
 // TestValueNotKept: a value JSON cannot encode fails Enqueue, so the server
 // answers 4xx rather than accept mail whose results it cannot keep.
 func TestValueNotKept(t *testing.T) {
-	sp, err := Open(t.TempDir(), WithLogger(quietLogger()))
+	sp, err := Open(t.TempDir(), SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	defer sp.Close()
 	tx := newTx("v2", "a@example.org", "b@example.com")
@@ -737,4 +739,103 @@ func TestValueNotKept(t *testing.T) {
 	ids, err := sp.IDs(Working)
 	require.NoError(t, err)
 	assert.Empty(t, ids, "nothing queued")
+}
+
+// failingReaderAt reads r up to from; every read at or beyond from fails
+// with errFailingRead (a disk error in the stored message's body).
+type failingReaderAt struct {
+	r    io.ReaderAt
+	from int64
+}
+
+var errFailingRead = errors.New("injected read error")
+
+func (f *failingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if off >= f.from {
+		return 0, errFailingRead
+	}
+	return f.r.ReadAt(p, off)
+}
+
+// TestDSNNotQueuedTruncated: a DSN returning the whole message is not
+// queued when the message cannot be read (the bounce fails, to be retried),
+// while a header-only DSN, which does not read the body, is.
+func TestDSNNotQueuedTruncated(t *testing.T) {
+	h := newHarness(t, "", Config{})
+	defer h.sp.Close()
+	raw := testMsg + strings.Repeat("body line\r\n", 20<<10)
+	bodyOff := int64(strings.Index(testMsg, "\r\n\r\n") + 4)
+	for _, tt := range []struct {
+		ret     string
+		wantErr bool
+	}{{"FULL", true}, {"HDRS", false}} {
+		t.Run(tt.ret, func(t *testing.T) {
+			m, err := policy.NewMessage(&failingReaderAt{r: strings.NewReader(raw), from: bodyOff + 4096}, int64(len(raw)), nil)
+			require.NoError(t, err)
+			env := &Envelope{
+				ID:     "m-" + tt.ret,
+				From:   Addr{Local: "a", Domain: "example.org"},
+				Params: Params{Ret: tt.ret},
+				Rcpts:  []RcptState{{Addr: Addr{Local: "b", Domain: "example.com"}, State: RcptFailed, Reply: reply(550, "5.1.1", "no such user")}},
+			}
+			err = h.sch.bounce(context.Background(), env, m, []int{0}, "failed")
+			ids, lerr := h.sp.IDs(Working)
+			require.NoError(t, lerr)
+			if tt.wantErr {
+				require.ErrorIs(t, err, errFailingRead)
+				assert.Empty(t, ids, "no truncated DSN queued")
+				return
+			}
+			require.NoError(t, err)
+			require.Len(t, ids, 1)
+			_, _, dm, err := h.sp.Load(ids[0])
+			require.NoError(t, err)
+			defer dm.Close()
+			var b strings.Builder
+			_, err = dm.WriteTo(&b)
+			require.NoError(t, err)
+			assert.Contains(t, b.String(), "Subject: hello")
+			assert.NotContains(t, b.String(), "body line")
+			require.NoError(t, h.sp.Delete(context.Background(), ids[0]))
+		})
+	}
+}
+
+// lockedBuffer is a bytes.Buffer for a logger written by several workers.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestPostQLogRule: a postq outcome is logged with the rule that decided
+// it, and without a rule attribute (no rule="") when none did.
+func TestPostQLogRule(t *testing.T) {
+	chain := &policy.Chain{Logger: quietLogger()}
+	chain.PostQ("later", func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
+		return policy.Defer("4.7.0", "try later")
+	})
+	h := newHarness(t, "", Config{Chain: chain})
+	var logs lockedBuffer
+	h.sch.log = slog.New(slog.NewTextHandler(&logs, nil))
+	h.start()
+	h.enqueue(newTx("m1", "a@example.org", "b@example.com"), testMsg)
+	h.wait("m1")
+	assert.Contains(t, logs.String(), `msg="queue: postq deferred" id=m1 stage=postq rule=later`)
+
+	var none bytes.Buffer
+	(&Scheduler{log: slog.New(slog.NewTextHandler(&none, nil))}).postqLog("m2", "").Info("outcome")
+	assert.Contains(t, none.String(), "id=m2 stage=postq")
+	assert.NotContains(t, none.String(), "rule")
 }

@@ -42,23 +42,27 @@ var (
 
 var baseQueues = []string{Working, Deliver, Deferred, Dead, Corrupt}
 
-// Option configures a Spool.
-type Option func(*Spool)
-
-// WithLogger sets the logger (default slog.Default()).
-func WithLogger(l *slog.Logger) Option { return func(s *Spool) { s.log = l } }
-
-// WithUnsafeNoSync turns every fsync off. UNSAFE: a crash or power loss
-// loses mail that was acknowledged. It exists only to measure what
-// durability costs (benchmarks); never use it in production.
-func WithUnsafeNoSync() Option { return func(s *Spool) { s.noSync = true } }
-
-// WithDSN sets what SupportsDSN reports (default true: the spool stores
-// NOTIFY, RET, ENVID and ORCPT and the scheduler honours them).
-func WithDSN(on bool) Option { return func(s *Spool) { s.dsn = on } }
-
-// WithNow sets the clock used for arrival and attempt times (tests).
-func WithNow(now func() time.Time) Option { return func(s *Spool) { s.now = now } }
+// SpoolConfig configures a Spool (see Open). The zero value is a working
+// configuration: every field's zero value is its default. Open copies what
+// it needs; changing the struct afterwards has no effect.
+type SpoolConfig struct {
+	// Logger receives the spool's log entries (corrupt entries set aside).
+	// Nil means slog.Default().
+	Logger *slog.Logger
+	// Clock gives the arrival and attempt times stamped on entries. Nil
+	// means the real clock. Tests share one Clock between the Spool and
+	// the Scheduler (Config.Clock).
+	Clock Clock
+	// NoDSN makes SupportsDSN report false, so that the smtp package does
+	// not advertise DSN. Zero (false): the spool stores NOTIFY, RET, ENVID
+	// and ORCPT and the scheduler honours them.
+	NoDSN bool
+	// UnsafeNoSync turns every fsync off. UNSAFE: a crash or power loss
+	// loses mail that was acknowledged. It exists only to measure what
+	// durability costs (benchmarks); never set it in production. Zero
+	// (false): every change is durable before the call making it returns.
+	UnsafeNoSync bool
+}
 
 // Spool is the durable store of queued messages, a directory laid out as:
 //
@@ -89,6 +93,10 @@ type Spool struct {
 	cs     *committer // everything else: the scheduler and the admin API
 	locks  idLocks
 	rec    *recycler
+	// syncs holds the shared sync rounds of the enqueues and of the
+	// Maildir deliveries of a Scheduler on this spool, and the filesystem
+	// handles they go through, closed by Close.
+	syncs fsSyncs
 
 	idMu sync.Mutex
 	ids  map[string]struct{} // IDs in use: every entry, and enqueues under way
@@ -111,11 +119,14 @@ type Spool struct {
 
 // Open opens (creating it if needed) the spool in dir. Leftovers of writes
 // a crash interrupted (tmp/ files, messages without an envelope) are
-// removed.
-func Open(dir string, opts ...Option) (*Spool, error) {
-	s := &Spool{root: dir, log: slog.Default(), dsn: true, now: time.Now, ids: map[string]struct{}{}, committing: map[string]struct{}{}, hot: map[string]hotEntry{}}
-	for _, o := range opts {
-		o(s)
+// removed. cfg is read once; see SpoolConfig for its defaults.
+func Open(dir string, cfg SpoolConfig) (*Spool, error) {
+	s := &Spool{root: dir, log: cfg.Logger, noSync: cfg.UnsafeNoSync, dsn: !cfg.NoDSN, now: time.Now, ids: map[string]struct{}{}, committing: map[string]struct{}{}, hot: map[string]hotEntry{}}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if cfg.Clock != nil {
+		s.now = cfg.Clock.Now
 	}
 	for _, d := range append([]string{"tmp", "quarantine"}, baseQueues...) {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o750); err != nil {
@@ -134,19 +145,21 @@ func Open(dir string, opts ...Option) (*Spool, error) {
 		lock.Close()
 		return nil, err
 	}
-	c, err := newCommitter(dir, s.noSync)
+	c, err := newCommitter(dir, s.noSync, &s.syncs)
 	if err == nil {
 		if err = c.shareSyncs(); err != nil {
 			c.close()
 		}
 	}
 	if err != nil {
+		s.syncs.close()
 		lock.Close()
 		return nil, err
 	}
-	cs, err := newCommitter(dir, s.noSync)
+	cs, err := newCommitter(dir, s.noSync, &s.syncs)
 	if err != nil {
 		c.close()
+		s.syncs.close()
 		lock.Close()
 		return nil, err
 	}
@@ -180,20 +193,20 @@ func lockSpool(dir string) (*os.File, error) {
 	return f, nil
 }
 
-// Close stops the spool after the changes under way are committed. Stop
-// the Scheduler first.
+// Close stops the spool after the changes under way are committed, and
+// releases what it holds open: the lock, the directory and filesystem
+// handles its syncs go through (also those of the Maildir deliveries of a
+// Scheduler on it). Stop the Scheduler first.
 func (s *Spool) Close() error {
 	s.closeOnce.Do(func() {
 		s.c.close()
 		s.cs.close()
+		s.syncs.close()
 		s.closeHot()
 		s.lock.Close()
 	})
 	return nil
 }
-
-// Dir returns the spool directory.
-func (s *Spool) Dir() string { return s.root }
 
 // SupportsDSN reports whether DSN parameters are honoured (the smtp package
 // advertises DSN when it is true).
@@ -312,15 +325,11 @@ func (s *Spool) listIDs(q string) ([]string, error) {
 	return ids, nil
 }
 
-// NewID returns a new queue ID: policy.NewID, the IDs the smtp package
-// gives transactions (21 characters, file-name safe, sorting by creation
-// time).
-func NewID() string { return policy.NewID() }
-
 // Enqueue stores an accepted message durably and returns only once the
 // message, its envelope and their directory entries are on disk. tx.ID is
-// the queue ID (a new one is assigned when empty); it must be file-name
-// safe ([A-Za-z0-9._-], at most 128, no leading dot) and unused. A
+// the queue ID (a new one, policy.NewID, is assigned when empty); it must
+// be file-name safe ([A-Za-z0-9._-], at most 128, no leading dot) and
+// unused. A
 // transaction with tx.Quarantine() set goes straight to
 // quarantine/<name>; any other to working, where the scheduler picks it up.
 //
@@ -330,7 +339,7 @@ func (s *Spool) Enqueue(ctx context.Context, tx *policy.Transaction, m *policy.M
 		return ErrNoMessage
 	}
 	if tx.ID == "" {
-		tx.ID = NewID()
+		tx.ID = policy.NewID()
 	}
 	if !validID(tx.ID) {
 		return fmt.Errorf("%w: %q", ErrBadID, tx.ID)

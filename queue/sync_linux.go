@@ -5,7 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -29,25 +28,24 @@ func syncData(root *os.File, _ []string) error {
 // cache flush per batch.
 const syncCoversRenames = true
 
-// fsHandles holds, per filesystem, the handle every shared sync of it goes
-// through (key "fs:<device>" -> *os.File, never closed). syncfs(2) reports
-// a writeback error once per open file, and only an error that came after
-// that file was opened: rounds made through the file of whoever leads each
-// one could miss an error that another file would have reported. One
-// handle per filesystem, opened before any write its rounds cover, reports
-// each error once, to the round after it; doSince then fails everyone who
-// began writing before that round ended.
-var fsHandles sync.Map
+// The handles of fsSyncs: per filesystem, the handle every shared sync of
+// it goes through (key "fs:<device>" -> *os.File, closed by fsSyncs.close).
+// syncfs(2) reports a writeback error once per open file, and only an error
+// that came after that file was opened: rounds made through the file of
+// whoever leads each one could miss an error that another file would have
+// reported. One handle per filesystem, opened before any write its rounds
+// cover, reports each error once, to the round after it; doSince then
+// fails everyone who began writing before that round ended.
 
-// fsKey returns the shared-sync key of f's filesystem, opening its handle
+// key returns the shared-sync key of f's filesystem, opening its handle
 // (f's directory, or f if it is one) the first time.
-func fsKey(f *os.File) (string, error) {
+func (y *fsSyncs) key(f *os.File) (string, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return "", err
 	}
 	key := "fs:" + strconv.FormatUint(st.Dev, 10)
-	if _, ok := fsHandles.Load(key); ok {
+	if _, ok := y.handles.Load(key); ok {
 		return key, nil
 	}
 	dir := f.Name()
@@ -63,44 +61,59 @@ func fsKey(f *os.File) (string, error) {
 		h.Close()
 		return "", fmt.Errorf("queue: %s moved to another filesystem", dir)
 	}
-	if _, loaded := fsHandles.LoadOrStore(key, h); loaded {
+	y.mu.Lock()
+	defer y.mu.Unlock()
+	if y.closed {
+		h.Close()
+		return "", errClosed
+	}
+	if _, loaded := y.handles.LoadOrStore(key, h); loaded {
 		h.Close()
 	}
 	return key, nil
 }
 
-// fsHandle returns the handle of key (from fsKey).
-func fsHandle(key string) *os.File {
-	h, _ := fsHandles.Load(key)
+// handle returns the handle of key (from key), nil once closed.
+func (y *fsSyncs) handle(key string) *os.File {
+	h, ok := y.handles.Load(key)
+	if !ok {
+		return nil
+	}
 	return h.(*os.File)
 }
 
-// syncShared returns once a round of key's shared syncs (one syncfs(2)
-// of the filesystem through its handle) that began after the call has
-// ended; since is as for doSince.
-func syncShared(key string, since uint64) error {
-	return fileSyncs.doSince(key, since, func() error { return syncData(fsHandle(key), nil) })
+// shared returns once a round of key's shared syncs (one syncfs(2) of the
+// filesystem through its handle) that began after the call has ended;
+// since is as for doSince.
+func (y *fsSyncs) shared(key string, since uint64) error {
+	return y.groups.doSince(key, since, func() error {
+		h := y.handle(key)
+		if h == nil {
+			return errClosed
+		}
+		return syncData(h, nil)
+	})
 }
 
-// syncBegin names the filesystem of f for syncFile and notes the rounds of
-// its shared syncs done before f is written.
-func syncBegin(f *os.File) (key string, since uint64, err error) {
-	if key, err = fsKey(f); err != nil {
+// begin names the filesystem of f for file and notes the rounds of its
+// shared syncs done before f is written.
+func (y *fsSyncs) begin(f *os.File) (key string, since uint64, err error) {
+	if key, err = y.key(f); err != nil {
 		return "", 0, err
 	}
-	return key, fileSyncs.begin(key), nil
+	return key, y.groups.begin(key), nil
 }
 
-// syncFile makes f (written, not yet closed) durable with a round of its
+// file makes f (written, not yet closed) durable with a round of its
 // filesystem's shared syncs: one syncfs(2) for every local delivery and
 // every enqueue (committer.commitShared) waiting meanwhile.
-func syncFile(_ *os.File, key string, since uint64) error { return syncShared(key, since) }
+func (y *fsSyncs) file(_ *os.File, key string, since uint64) error { return y.shared(key, since) }
 
-// syncRenamed makes durable the renames into dir done before the call and
-// after round since of key (fileSyncs.begin): a round of the shared syncs
-// of dir's filesystem, since syncfs(2) covers renames, instead of an
-// fsync(2) of dir of its own.
-func syncRenamed(key, _ string, since uint64) error { return syncShared(key, since) }
+// renamed makes durable the renames into dir done before the call and
+// after round since of key (groups.begin): a round of the shared syncs of
+// dir's filesystem, since syncfs(2) covers renames, instead of an fsync(2)
+// of dir of its own.
+func (y *fsSyncs) renamed(key, _ string, since uint64) error { return y.shared(key, since) }
 
 // openFile is os.OpenFile for the spool's regular files and directories
 // without the poller registration os.OpenFile attempts on Linux (four

@@ -20,24 +20,24 @@ func syncData(_ *os.File, files []string) error {
 	return nil
 }
 
-// syncBegin has nothing to note without syncfs(2).
-func syncBegin(*os.File) (string, uint64, error) { return "", 0, nil }
+// begin has nothing to note without syncfs(2).
+func (y *fsSyncs) begin(*os.File) (string, uint64, error) { return "", 0, nil }
 
-// syncFile makes f (written, not yet closed) durable.
-func syncFile(f *os.File, _ string, _ uint64) error { return f.Sync() }
+// file makes f (written, not yet closed) durable.
+func (y *fsSyncs) file(f *os.File, _ string, _ uint64) error { return f.Sync() }
 
-// syncRenamed makes durable the renames into dir done before the call: an
+// renamed makes durable the renames into dir done before the call: an
 // fsync(2) of dir, shared by the deliveries renaming into it meanwhile.
-func syncRenamed(_, dir string, _ uint64) error {
-	return fileSyncs.do(dir, func() error { return syncDirPath(dir) })
+func (y *fsSyncs) renamed(_, dir string, _ uint64) error {
+	return y.groups.do(dir, func() error { return syncDirPath(dir) })
 }
 
-// fsKey: shared rounds need syncfs(2); without it the committer runs ops
+// key: shared rounds need syncfs(2); without it the committer runs ops
 // itself.
-func fsKey(*os.File) (string, error) { return "", nil }
+func (y *fsSyncs) key(*os.File) (string, error) { return "", nil }
 
-// fsHandle is never called without syncfs(2) (fsKey gives no key).
-func fsHandle(string) *os.File { return nil }
+// handle is never called without syncfs(2) (key gives no key).
+func (y *fsSyncs) handle(string) *os.File { return nil }
 
 // openFile is os.OpenFile (see the Linux version).
 func openFile(name string, flag int, perm os.FileMode) (*os.File, error) {

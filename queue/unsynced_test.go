@@ -19,7 +19,7 @@ import (
 // for; a later durable change of the entry carries it.
 func TestSaveUnsynced(t *testing.T) {
 	dir := t.TempDir()
-	sp, err := Open(dir, WithLogger(quietLogger()))
+	sp, err := Open(dir, SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	ctx := context.Background()
 	require.NoError(t, sp.Enqueue(ctx, newTx("m1", "a@example.org", "b@example.com"), newMessage(t, testMsg)))
@@ -41,7 +41,7 @@ func TestSaveUnsynced(t *testing.T) {
 	require.NoError(t, sp.Close())
 
 	// A new process finds the attempt recorded.
-	sp, err = Open(dir, WithLogger(quietLogger()))
+	sp, err = Open(dir, SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	defer sp.Close()
 	q, got, m, err = sp.Load("m1")
@@ -73,7 +73,7 @@ func TestEnqueuePublishedBeforeSync(t *testing.T) {
 		t.Skip("entries are published before their sync only where syncfs(2) covers renames (Linux)")
 	}
 	dir := t.TempDir()
-	sp, err := Open(dir, WithLogger(quietLogger()))
+	sp, err := Open(dir, SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	defer sp.Close()
 	ctx := context.Background()
@@ -125,7 +125,7 @@ func TestEnqueuePublishedBeforeSync(t *testing.T) {
 // renames took it; after a rule replaced the body (a new entry file), and
 // after the message is closed, they go to the entry's current file.
 func TestSaveThroughLoadedHandle(t *testing.T) {
-	sp, err := Open(t.TempDir(), WithLogger(quietLogger()))
+	sp, err := Open(t.TempDir(), SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	defer sp.Close()
 	ctx := context.Background()

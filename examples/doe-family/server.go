@@ -102,11 +102,7 @@ func build(cfg *config, log *slog.Logger) (*server, error) {
 	}
 	// The spool is opened last: nothing above can fail after it, and Serve
 	// closes it.
-	qopts := []queue.Option{queue.WithLogger(log)}
-	if cfg.unsafeNoSync {
-		qopts = append(qopts, queue.WithUnsafeNoSync())
-	}
-	if s.mta.Store, err = queue.Open(cfg.spool, qopts...); err != nil {
+	if s.mta.Store, err = queue.Open(cfg.spool, queue.SpoolConfig{Logger: log, UnsafeNoSync: cfg.unsafeNoSync}); err != nil {
 		return nil, fmt.Errorf("-spool: %w", err)
 	}
 	return s, nil

@@ -39,7 +39,7 @@ func main() {
 		return policy.Next()
 	})
 
-	spool, err := queue.Open("./data/embedded/queue")
+	spool, err := queue.Open("./data/embedded/queue", queue.SpoolConfig{})
 	if err != nil {
 		log.Fatal(err)
 	}
