@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"net/mail"
 	"net/netip"
 	"strings"
 	"testing"
@@ -191,4 +192,39 @@ func TestSenderLoginOverSMTP(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the owned sender's message was not delivered")
 	}
+}
+
+// FuzzCheckFromLogin: whatever the From field holds, the rule never
+// panics, and it accepts only fields whose every address is john's.
+func FuzzCheckFromLogin(f *testing.F) {
+	for _, s := range []string{"john@doe.test", "John <john@doe.test>", "a@b, c@d", "=?utf-8?q?x?= <john+x@doe.test>", "undisclosed:;", "\"x\" <>", ""} {
+		f.Add(s)
+	}
+	rule := auth.CheckFromLogin(auth.SenderLoginOptions{})
+	f.Fuzz(func(t *testing.T, from string) {
+		if strings.ContainsAny(from, "\r\n") {
+			return
+		}
+		tx := policytest.Transaction(policytest.Session{AuthUser: "john@doe.test"})
+		m := policytest.Message(t, "From: "+from+"\r\nSubject: x\r\n\r\nx\r\n")
+		v := rule(context.Background(), tx, m)
+		if v.Kind != policy.KindNext && v.Kind != policy.KindDeny {
+			t.Fatalf("verdict %v", v)
+		}
+		if v.Kind == policy.KindNext {
+			for _, val := range m.Header.Values("From") {
+				list, err := mail.ParseAddressList(val)
+				if err != nil {
+					t.Fatalf("accepted an unparsable From %q", val)
+				}
+				for _, a := range list {
+					pa, err := policy.ParseAddress(a.Address)
+					local, _, _ := strings.Cut(pa.Local, "+")
+					if err != nil || pa.Domain != "doe.test" || !strings.EqualFold(local, "john") {
+						t.Fatalf("accepted From %q for john", a.Address)
+					}
+				}
+			}
+		}
+	})
 }
