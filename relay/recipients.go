@@ -130,6 +130,9 @@ type recipientSnapshot struct {
 // target is neither an account nor an alias.
 func NewRecipientTable(cfg RecipientConfig) (*RecipientTable, error) {
 	cfg.Domains = slices.Clone(cfg.Domains)
+	cfg.Accounts = slices.Clone(cfg.Accounts)
+	cfg.Aliases = cloneLists(cfg.Aliases)
+	cfg.Senders = cloneLists(cfg.Senders)
 	if len(cfg.Domains) == 0 {
 		return nil, errors.New("relay: RecipientConfig.Domains is empty")
 	}
@@ -141,6 +144,17 @@ func NewRecipientTable(cfg RecipientConfig) (*RecipientTable, error) {
 		return nil, err
 	}
 	return t, nil
+}
+
+func cloneLists(m map[string][]string) map[string][]string {
+	if m == nil {
+		return nil
+	}
+	out := make(map[string][]string, len(m))
+	for k, v := range m {
+		out[k] = slices.Clone(v)
+	}
+	return out
 }
 
 // Reload reads the account and alias files again and swaps the new table

@@ -386,3 +386,12 @@ func TestRecipientTableWatch(t *testing.T) {
 	assert.True(t, tab.Has(policy.MustParseAddress("family@doe.test")))
 	assert.Error(t, tab.Watch(ctx, 0))
 }
+
+func TestRecipientTableCopiesConfig(t *testing.T) {
+	aliases := map[string][]string{"family@doe.test": {"john@doe.test"}}
+	tab, err := relay.NewRecipientTable(relay.RecipientConfig{Domains: []string{"doe.test"}, Accounts: []string{"john@doe.test"}, Aliases: aliases, Logger: quietLog()})
+	require.NoError(t, err)
+	aliases["team@doe.test"] = []string{"john@doe.test"}
+	require.NoError(t, tab.Reload())
+	assert.False(t, tab.Has(policy.MustParseAddress("team@doe.test")), "the table copied its config")
+}
