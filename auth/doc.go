@@ -13,7 +13,8 @@
 // The ready-made rules take an options struct: CheckSPF(SPFOptions{...}),
 // VerifyDKIM(DKIMVerifyOptions{...}), CheckDMARC(DMARCOptions{...}), and
 // SignOrVerifyDKIM takes the latter beside its signer. LoadCredentialFile
-// takes CredentialOptions{...}. A DKIMSigner (from NewDKIMSigner) and a
+// takes CredentialOptions{...}, CheckSenderLogin and CheckFromLogin take
+// SenderLoginOptions{...}. A DKIMSigner (from NewDKIMSigner) and a
 // FailureLimiter are configured by their own fields. The rules copy their
 // options when built; the fields of a DKIMSigner or FailureLimiter must not
 // change once it is in use.
@@ -37,6 +38,19 @@
 // down, after RefuseAfter they are refused for a cool-down with a
 // *RateLimitError, whose Temporary method makes the server answer 454
 // 4.7.0. A wrong password is ErrInvalidCredentials (535 5.7.8).
+//
+// # Sender ownership
+//
+// CheckSenderLogin (mail stage) and CheckFromLogin (preq, the header From)
+// are Postfix's reject_sender_login_mismatch: an authenticated user may
+// send only as an address they own, their login (in any case, with or
+// without a "+" subaddress) or one that SenderLoginOptions.Owners grants
+// them; anything else gets 553 5.7.1 "Sender address rejected: not owned
+// by user". The null sender stays allowed; sessions that did not
+// authenticate are left to the relay rules. Owners is a one-method
+// interface, SenderOwners, declared here so that this package needs
+// nothing of relay: relay.RecipientTable satisfies it with its aliases
+// and grants.
 //
 // # SPF
 //

@@ -39,6 +39,39 @@
 // Accept for the allowed cases, which ends the rcpt stage, so rules that
 // must see every recipient (mailbox checks) are registered before them.
 //
+// # Local recipients
+//
+// A RecipientTable knows the recipients of the local (virtual) domains:
+// accounts, aliases to local or remote targets, a catch-all per domain
+// ("@example.com" as an alias), subaddresses ("john+news@" is john's; the
+// separator is configurable), local parts in any case, and the postmaster
+// and abuse addresses RFC 2142 requires of every domain. Accounts and
+// aliases come from the config and from files (an alias file of lines
+// "alias@domain: target, target", an account file of addresses, which
+// the credential file of package auth is); Reload and Watch read the
+// files again and swap the new table in atomically. A table with an alias
+// cycle, a bad line (the error names the file and line), or an alias to a
+// local address that does not exist never loads.
+//
+//	table, err := relay.NewRecipientTable(relay.RecipientConfig{
+//		Domains: []string{"example.com"}, AccountFile: "users", AliasFile: "aliases"})
+//	chain.Rcpt("recipients", table.RcptRule())     // unknown local: 550 5.1.1
+//	chain.Rcpt("relay", relay.CheckRelay(internal, "example.com"))
+//	chain.PreQ("aliases", table.ExpandRule())      // aliases become their targets
+//	chain.Delivery("local", table.DeliveryRule()) // accounts to their maildir
+//
+// Aliases are expanded at preq, before the message is queued, as
+// Postfix's cleanup applies virtual_alias_maps: the queue's envelope is
+// made of tx.Rcpts, so each target is then delivered, retried and bounced
+// on its own, with the alias kept as its ORCPT for DSNs. A delivery rule
+// could not do it: it routes one recipient, it cannot make two. An
+// expansion too deep (a loop the load could not see) or too large fails
+// the message at the end of DATA, so the sender learns it at once.
+//
+// The table also tells which addresses a login owns (Owns: the login, the
+// aliases that lead to it, addresses granted in RecipientConfig.Senders),
+// for auth.CheckSenderLogin.
+//
 // # Transports
 //
 // MX, Smarthost and LMTP deliver a policy.Delivery and return one

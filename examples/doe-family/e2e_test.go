@@ -188,7 +188,7 @@ func newEnv(t *testing.T, extra ...string) *env {
 	hash, err := auth.HashPassword(password)
 	require.NoError(t, err)
 	users := filepath.Join(dir, "users")
-	require.NoError(t, os.WriteFile(users, []byte("john@doe-family.com:"+hash+"\noutsider@other.test:"+hash+"\n"), 0o600))
+	require.NoError(t, os.WriteFile(users, []byte("john@doe-family.com:"+hash+"\noutsider@other.test:"+hash+"\n"+harnessUsers(hash)), 0o600))
 
 	sinkAddr := freePort(t)
 	e.sink = startSink(t, sinkAddr)

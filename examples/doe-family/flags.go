@@ -32,6 +32,7 @@ type config struct {
 	unsafeNoSync                 bool
 	pprof                        string
 	limits                       smtp.Limits
+	aliases                      string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -66,6 +67,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.pprof, "pprof", "", "serve net/http/pprof on this loopback host:port, for profiling under load; empty: off")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.aliases, "aliases", "", "alias file, lines alias@domain: target[, target...]; with -users, the only local recipients")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}

@@ -15,7 +15,18 @@
 //     p=reject or p=quarantine is quarantined in "dmarc" (refusing after
 //     the 250 would bounce to a likely forged sender);
 //   - local recipients are delivered to <maildir>/<localpart>/new, all other
-//     mail goes out through MX lookup or the -relayhost.
+//     mail goes out through MX lookup or the -relayhost;
+//   - the local recipients are the addresses of -users and the aliases of
+//     -aliases ("alias@domain: target, target"): any other local part gets
+//     550 5.1.1; "john+tag@" is john's; postmaster@ and abuse@ of every
+//     -domain go to its first account; aliases are expanded before queueing;
+//     accounts of a -domain other than the first are delivered to
+//     <maildir>/<localpart>@<domain>; both files are reloaded when they
+//     change. With neither file every local part is accepted (a WARN says
+//     so at start);
+//   - an authenticated user sends only as an address they own (their login,
+//     an alias leading to them), in MAIL FROM and in the From field: 553
+//     5.7.1 otherwise.
 //
 // Run it on its defaults (data under ./data, loopback ports, a self-signed
 // certificate made at start):

@@ -28,6 +28,7 @@ type server struct {
 	mta       *mtakit.Server
 	antivirus *delegate.Service
 	creds     *auth.CredentialFile
+	rcpts     *relay.RecipientTable
 }
 
 func build(cfg *config, log *slog.Logger) (*server, error) {
@@ -46,6 +47,10 @@ func build(cfg *config, log *slog.Logger) (*server, error) {
 	s := &server{cfg: cfg, log: log}
 
 	rs := ruleSet{domains: cfg.domains, internal: internal, resolver: resolver, hostname: cfg.hostname}
+	if s.rcpts, err = loadRecipients(cfg, log); err != nil {
+		return nil, err
+	}
+	rs.rcpts = s.rcpts
 	if cfg.dkimKey != "" {
 		key, err := auth.LoadDKIMKey(cfg.dkimKey)
 		if err != nil {
@@ -162,6 +167,7 @@ func (s *server) serve(ctx context.Context, stdout io.Writer) error {
 	if s.creds != nil {
 		go s.creds.Watch(ctx, 5*time.Second)
 	}
+	s.watchRecipients(ctx)
 	fmt.Fprintf(stdout, "doe-family ready: domains %v, spool %s, maildir %s\n", s.cfg.domains, s.cfg.spool, s.cfg.maildir)
 	err = s.mta.Serve(ctx, lns)
 	// Messages held by the antivirus filter fail their delegation (a 451 to
