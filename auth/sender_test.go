@@ -131,7 +131,7 @@ func (p password) Authenticate(_ context.Context, _ netip.Addr, _, pw string) er
 func TestSenderLoginOverSMTP(t *testing.T) {
 	chain := senderChain(auth.SenderLoginOptions{})
 	delivered := make(chan *policy.Delivery, 4)
-	store, err := queue.Open(t.TempDir())
+	store, err := queue.Open(t.TempDir(), queue.SpoolConfig{})
 	require.NoError(t, err)
 	srv := &mtakit.Server{
 		Hostname: "mx.doe.test", Chain: chain, Store: store, Logger: slog.New(slog.DiscardHandler),

@@ -35,7 +35,7 @@ func startTableServer(t *testing.T, tab *relay.RecipientTable) *tableServer {
 	ts := &tableServer{root: t.TempDir(), delivered: make(chan *policy.Delivery, 20)}
 	chain := tableChain(tab)
 	md := &queue.Maildir{Root: ts.root}
-	store, err := queue.Open(t.TempDir())
+	store, err := queue.Open(t.TempDir(), queue.SpoolConfig{})
 	require.NoError(t, err)
 	srv := &mtakit.Server{
 		Hostname: "mx.doe.test",
