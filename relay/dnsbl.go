@@ -62,7 +62,7 @@ func (z DNSBLZone) String() string {
 	if z.Codes != "" {
 		s += "=" + z.Codes
 	}
-	if z.Weight != 0 && z.Weight != 1 {
+	if z.Weight != 0 {
 		s += "*" + strconv.Itoa(z.Weight)
 	}
 	return s

@@ -27,6 +27,7 @@ func TestParseDNSBLZone(t *testing.T) {
 		{in: "zen.spamhaus.org=127.0.0.[2..11]*3", want: relay.DNSBLZone{Zone: "zen.spamhaus.org", Codes: "127.0.0.[2..11]", Weight: 3}},
 		{in: "list.dnswl.org=127.0.[0..255].[1;3]*-5", want: relay.DNSBLZone{Zone: "list.dnswl.org", Codes: "127.0.[0..255].[1;3]", Weight: -5}},
 		{in: " bl.test*2 ", want: relay.DNSBLZone{Zone: "bl.test", Weight: 2}},
+		{in: "bl.test*1", want: relay.DNSBLZone{Zone: "bl.test", Weight: 1}},
 		{in: "bl.test*0", wantErr: "bad weight"},
 		{in: "bl.test*x", wantErr: "bad weight"},
 		{in: "", wantErr: "bad zone name"},
