@@ -32,6 +32,9 @@ type config struct {
 	unsafeNoSync                 bool
 	pprof                        string
 	limits                       smtp.Limits
+	dnsbl, rateLimit             string        // see rules_abuse.go
+	greylist                     bool          //
+	greylistDelay                time.Duration //
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -66,6 +69,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.pprof, "pprof", "", "serve net/http/pprof on this loopback host:port, for profiling under load; empty: off")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.dnsbl, "dnsbl", "", "DNS block lists checked at connect on the MTA port, comma-separated, each zone[=codes][*weight] as Postfix writes them; empty: none")
+	fs.StringVar(&c.rateLimit, "rate-limit", defaultRateLimit, "limits per client address or authenticated user, e.g. msgs=200/h,rcpts=1000/h,conns=60/m (periods s, m, h, d); off: none")
+	fs.BoolVar(&c.greylist, "greylist", false, "greylist mail from new (client network, sender, recipient) triplets; state kept under -data")
+	fs.DurationVar(&c.greylistDelay, "greylist-delay", defaultGreylistDelay, "for tests only: how long -greylist refuses a new triplet")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}

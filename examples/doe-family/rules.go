@@ -22,6 +22,7 @@ type ruleSet struct {
 	hostname  string
 	antivirus *delegate.Service // nil: no antivirus
 	signer    *auth.DKIMSigner  // nil: no signing
+	abuse     *abuse            // nil: none (see rules_abuse.go)
 }
 
 // chain is the policy of doe-family: vSMTP's hardening guide as Go rules.
@@ -29,6 +30,10 @@ func (rs ruleSet) chain(log *slog.Logger) *policy.Chain {
 	chain := &policy.Chain{Logger: log}
 	// Built once: the rules below ask per message and per recipient.
 	local := relay.NewDomains(rs.domains...)
+
+	// Anti-abuse (rules_abuse.go): DNSBL, rate limits, HELO checks,
+	// greylisting; first in each stage.
+	rs.abuse.register(chain)
 
 	// SPF on incoming mail, both identities (HELO first), soft mode: a
 	// "fail" is refused with 550 5.7.23, everything else recorded in a

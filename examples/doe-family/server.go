@@ -28,6 +28,7 @@ type server struct {
 	mta       *mtakit.Server
 	antivirus *delegate.Service
 	creds     *auth.CredentialFile
+	abuse     *abuse
 }
 
 func build(cfg *config, log *slog.Logger) (*server, error) {
@@ -46,6 +47,10 @@ func build(cfg *config, log *slog.Logger) (*server, error) {
 	s := &server{cfg: cfg, log: log}
 
 	rs := ruleSet{domains: cfg.domains, internal: internal, resolver: resolver, hostname: cfg.hostname}
+	if rs.abuse, err = newAbuse(cfg, internal, resolver, log); err != nil {
+		return nil, err
+	}
+	s.abuse = rs.abuse
 	if cfg.dkimKey != "" {
 		key, err := auth.LoadDKIMKey(cfg.dkimKey)
 		if err != nil {
@@ -168,6 +173,7 @@ func (s *server) serve(ctx context.Context, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "doe-family ready: domains %v, spool %s, maildir %s\n", s.cfg.domains, s.cfg.spool, s.cfg.maildir)
 	err = s.mta.Serve(ctx, lns)
+	s.abuse.close()
 	// Messages held by the antivirus filter fail their delegation (a 451 to
 	// their client) once the mail server has stopped taking new ones.
 	cancel()
