@@ -5,6 +5,8 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"net/textproto"
@@ -50,7 +52,7 @@ func (abAuth) Authenticate(_ context.Context, _ netip.Addr, user, pass string) e
 func abServe(t *testing.T, chain *policy.Chain) (mta, submission string) {
 	t.Helper()
 	srv, err := smtp.NewServer(smtp.Config{Hostname: "mx.local.test", Chain: chain, Queue: &abQueue{},
-		Authenticator: abAuth{}, SpoolDir: t.TempDir()})
+		Authenticator: abAuth{}, SpoolDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(func() { cancel(); srv.Close() })

@@ -1,5 +1,6 @@
-// Package relay holds the anti-open-relay rules and the outbound transports
-// of mtakit.
+// Package relay holds the anti-open-relay rules, the anti-abuse rules
+// (DNS lists, rate limits, greylisting, HELO checks) and the outbound
+// transports of mtakit.
 //
 // # Relay control
 //
