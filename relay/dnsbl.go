@@ -280,10 +280,10 @@ func NewDNSBL(opts DNSBLOptions) (*DNSBL, error) {
 	return d, nil
 }
 
-// QueryName returns the name looked up for ip under zone, with a trailing
+// queryName returns the name looked up for ip under zone, with a trailing
 // dot: "2.0.0.127.zen.spamhaus.org." for 127.0.0.2, the 32 reversed
 // nibbles of an IPv6 address. IPv4-mapped addresses are looked up as IPv4.
-func QueryName(ip netip.Addr, zone string) string {
+func queryName(ip netip.Addr, zone string) string {
 	ip = ip.Unmap().WithZone("")
 	var b strings.Builder
 	if ip.Is4() {
@@ -328,7 +328,7 @@ func (d *DNSBL) Check(ctx context.Context, ip netip.Addr) DNSBLResult {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			name := QueryName(ip, z.name)
+			name := queryName(ip, z.name)
 			addrs, err := d.resolver.LookupIPAddr(ctx, name)
 			if err != nil {
 				if !dnserr.IsNotFound(dnserr.Classify(ctx, name, err)) {
