@@ -1,5 +1,6 @@
-// Package relay holds the anti-open-relay rules and the outbound transports
-// of mtakit.
+// Package relay holds the anti-open-relay rules, the anti-abuse rules
+// (DNS lists, rate limits, greylisting, HELO checks) and the outbound
+// transports of mtakit.
 //
 // # Relay control
 //
@@ -84,6 +85,47 @@
 // policy.Message.Reader, dot-stuffed, with every line ending in CRLF: a bare
 // CR or LF is sent as CRLF, so no bare line end ever leaves.
 //
+// # Anti-abuse rules
+//
+// Ready-made rules a server composes against spam and abuse, each made
+// from an options struct and each giving the rules of the stages where it
+// belongs:
+//
+//   - NewDNSBL checks the client's address in DNS block lists and allow
+//     lists (RFC 5782), weighted and with Postfix's code mapping
+//     (ParseDNSBLZone reads "zen.spamhaus.org=127.0.0.[2..11]*3"), at
+//     connect, mail or rcpt. A listed client gets "554 5.7.1 Service
+//     unavailable; Client host [192.0.2.1] blocked using
+//     zen.spamhaus.org"; a DNS failure never refuses (it passes, or
+//     tempfails with TempFail). The result is stored under DNSBLResultKey.
+//   - NewRateLimiter counts connections per client address, and messages
+//     and recipients per authenticated user or client address, with
+//     golang.org/x/time/rate token buckets in a memory bounded by an LRU;
+//     over a limit, 450 4.7.1. ParseRateLimits reads
+//     "msgs=200/h,rcpts=1000/h,conns=60/m".
+//   - NewGreylist greylists (client /24 or /64, sender, recipient)
+//     triplets: 451 4.7.1 until a retry after 5 minutes, then allowed for
+//     36 days; the state is kept in a file written atomically. It is off
+//     unless registered; authenticated and internal clients, and
+//     transactions a Skip function exempts (SPF pass), are never
+//     greylisted.
+//   - CheckHelo refuses a HELO that is neither a host name nor an address
+//     literal (501 5.5.2), a name without a dot (504 5.5.2), and, from
+//     outside, one that claims our names or addresses (550 5.7.1).
+//
+// A typical MX, in stage order:
+//
+//	chain.Connect("dnsbl", dnsbl.ConnectRule())
+//	chain.Connect("rate-conns", limiter.ConnectRule())
+//	chain.Helo("helo", relay.CheckHelo(relay.HeloOptions{Names: ours, Internal: internal}))
+//	chain.Mail("rate-msgs", limiter.MailRule())
+//	chain.Rcpt("rate-rcpts", limiter.RcptRule())
+//	chain.Rcpt("greylist", greylist.RcptRule())
+//	chain.Rcpt("relay", relay.CheckRelay(internal, "example.com"))
+//
+// The rules that never accept (Next or a refusal) come before the relay
+// rules, which accept and so end the rcpt stage.
+//
 // # Configuration and logging
 //
 // The transports are configured by their exported fields, each zero value
@@ -91,7 +133,11 @@
 // &relay.Smarthost{...}); a transport's fields must not be changed once it
 // delivers. The relay rules are made from a Policy (its fields Internal
 // and Local, or NewPolicy) or by the CheckRelay shortcuts, whose arguments
-// are the same. Each transport logs to its Logger field; nil
-// means slog.Default(). The rules do not log: their verdicts go to the
+// are the same. The anti-abuse rules are made from DNSBLOptions,
+// RateLimitOptions and GreylistOptions (NewDNSBL, NewRateLimiter and
+// NewGreylist validate them) and HeloOptions (CheckHelo); their fields
+// must not be changed once the rules run. Each transport, and DNSBL,
+// RateLimiter and Greylist, logs to its Logger field; nil means
+// slog.Default(). The other rules do not log: their verdicts go to the
 // chain's Logger and Observer.
 package relay

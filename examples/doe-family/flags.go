@@ -33,6 +33,9 @@ type config struct {
 	pprof                        string
 	limits                       smtp.Limits
 	aliases                      string
+	dnsbl, rateLimit             string        // see rules_abuse.go
+	greylist                     bool          //
+	greylistDelay                time.Duration //
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -68,6 +71,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.aliases, "aliases", "", "alias file, lines alias@domain: target[, target...]; with -users, the only local recipients")
+	fs.StringVar(&c.dnsbl, "dnsbl", "", "DNS block lists checked at connect on the MTA port, comma-separated, each zone[=codes][*weight] as Postfix writes them; empty: none")
+	fs.StringVar(&c.rateLimit, "rate-limit", defaultRateLimit, "limits per client address or authenticated user, e.g. msgs=200/h,rcpts=1000/h,conns=60/m (periods s, m, h, d); off: none")
+	fs.BoolVar(&c.greylist, "greylist", false, "greylist mail from new (client network, sender, recipient) triplets; state kept under -data")
+	fs.DurationVar(&c.greylistDelay, "greylist-delay", defaultGreylistDelay, "for tests only: how long -greylist refuses a new triplet")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}

@@ -23,6 +23,7 @@ type ruleSet struct {
 	antivirus *delegate.Service // nil: no antivirus
 	signer    *auth.DKIMSigner  // nil: no signing
 	rcpts     *relay.RecipientTable
+	abuse     *abuse // nil: none (see rules_abuse.go)
 }
 
 // chain is the policy of doe-family: vSMTP's hardening guide as Go rules.
@@ -31,6 +32,11 @@ func (rs ruleSet) chain(log *slog.Logger) *policy.Chain {
 	// Built once: the rules below ask per message and per recipient.
 	local := relay.NewDomains(rs.domains...)
 	rs.recipientRules(chain) // rules_rcpt.go: known recipients, aliases, sender ownership
+
+	// Anti-abuse (rules_abuse.go): DNSBL, rate limits, HELO checks,
+	// greylisting; after the recipient table (an unknown user gets its 550
+	// before any greylisting), before everything else.
+	rs.abuse.register(chain)
 
 	// SPF on incoming mail, both identities (HELO first), soft mode: a
 	// "fail" is refused with 550 5.7.23, everything else recorded in a

@@ -29,6 +29,7 @@ type server struct {
 	antivirus *delegate.Service
 	creds     *auth.CredentialFile
 	rcpts     *relay.RecipientTable
+	abuse     *abuse
 }
 
 func build(cfg *config, log *slog.Logger) (*server, error) {
@@ -51,6 +52,10 @@ func build(cfg *config, log *slog.Logger) (*server, error) {
 		return nil, err
 	}
 	rs.rcpts = s.rcpts
+	if rs.abuse, err = newAbuse(cfg, internal, resolver, log); err != nil {
+		return nil, err
+	}
+	s.abuse = rs.abuse
 	if cfg.dkimKey != "" {
 		key, err := auth.LoadDKIMKey(cfg.dkimKey)
 		if err != nil {
@@ -170,6 +175,7 @@ func (s *server) serve(ctx context.Context, stdout io.Writer) error {
 	s.watchRecipients(ctx)
 	fmt.Fprintf(stdout, "doe-family ready: domains %v, spool %s, maildir %s\n", s.cfg.domains, s.cfg.spool, s.cfg.maildir)
 	err = s.mta.Serve(ctx, lns)
+	s.abuse.close()
 	// Messages held by the antivirus filter fail their delegation (a 451 to
 	// their client) once the mail server has stopped taking new ones.
 	cancel()
