@@ -196,7 +196,7 @@ func (l *listener) admit(raw net.Conn) {
 		c.Close()
 		return
 	}
-	if res.Reply != policy.DefaultReply(policy.StageConnect) && res.Reply.Code == 220 {
+	if res.Reply != policy.DefaultReply(policy.StageConnect) {
 		// An Info or Accept reply is the text of the greeting, after our
 		// name (RFC 5321 section 4.2).
 		c.greetText = []byte("220 " + s.cfg.Hostname + " " + replyText(res.Reply, "ESMTP ready") + "\r\n")

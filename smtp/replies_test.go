@@ -88,6 +88,7 @@ func TestStageReplies(t *testing.T) {
 	}{
 		{"connect info", policy.StageConnect, info(220, "", "Welcome, family"), "220 mx.test Welcome, family"},
 		{"helo info", policy.StageHelo, info(250, "", "pleased to meet you"), "250-mx.test pleased to meet you"},
+		{"connect info with another code", policy.StageConnect, info(250, "", "Welcome"), "220 mx.test Welcome"},
 		{"auth info", policy.StageAuth, info(235, "2.7.0", "Welcome back"), "235 2.7.0 Welcome back"},
 		{"auth default", policy.StageAuth, policy.Next(), "235 2.7.0 Authentication succeeded"},
 		{"mail info", policy.StageMail, info(250, "2.1.0", "Sender OK, SPF pass"), "250 2.1.0 Sender OK, SPF pass"},

@@ -156,7 +156,7 @@ func (s *session) helo(name string) *policy.Reply {
 	// An Info or Accept reply becomes the text of the reply's first line.
 	s.c.mu.Lock()
 	s.c.helloText = nil
-	if res.Reply != policy.DefaultReply(policy.StageHelo) && res.Reply.Code == 250 {
+	if res.Reply != policy.DefaultReply(policy.StageHelo) {
 		s.c.helloText = []byte(replyText(res.Reply, "Hello"))
 	}
 	s.c.mu.Unlock()
