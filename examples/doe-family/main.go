@@ -15,7 +15,10 @@
 //     p=reject or p=quarantine is quarantined in "dmarc" (refusing after
 //     the 250 would bounce to a likely forged sender);
 //   - local recipients are delivered to <maildir>/<localpart>/new, all other
-//     mail goes out through MX lookup or the -relayhost.
+//     mail goes out through MX lookup or the -relayhost;
+//   - a bare RCPT TO:<postmaster> (no domain, RFC 5321 section 4.5.1) is
+//     postmaster@<first -domain>, delivered like any local recipient (to
+//     <maildir>/postmaster/new).
 //
 // Run it on its defaults (data under ./data, loopback ports, a self-signed
 // certificate made at start):
