@@ -355,3 +355,19 @@ func TestSTARTTLSResets(t *testing.T) {
 	assert.Equal(t, []bool{false, true}, helos, "the helo rules ran again, over TLS")
 	mu.Unlock()
 }
+
+// TestSTARTTLSHandshakeFails: a client that answers 220 with no TLS
+// handshake is disconnected (go-smtp went on in the clear after a "550
+// Handshake error").
+func TestSTARTTLSHandshakeFails(t *testing.T) {
+	h := tlsServer(t, Config{})
+	c := dialRaw(t, h.addrs["mta"])
+	c.reply()
+	c.expect("EHLO client.test", 250)
+	c.expect("STARTTLS", 220)
+	c.send("EHLO client.test\r\n")
+	assert.True(t, c.closed())
+	c2 := dialRaw(t, h.addrs["mta"]) // the server goes on
+	c2.reply()
+	c2.expect("EHLO client.test", 250)
+}
