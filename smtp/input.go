@@ -40,6 +40,7 @@ var readAheadBufs = sync.Pool{New: func() any { b := make([]byte, readAheadSize)
 var (
 	cmdNOOP          = []byte("NOOP\r\n")
 	cmdRSET          = []byte("RSET\r\n")
+	cmdSTARTTLS      = []byte("STARTTLS\r\n")
 	replyTLSReady    = []byte("220 2.0.0 Ready to start TLS\r\n")
 	replyTLSParam    = []byte("501 5.5.4 Syntax: STARTTLS takes no parameters\r\n")
 	replyTLSAgain    = []byte("502 5.5.1 Already running in TLS\r\n")
@@ -290,8 +291,6 @@ func (c *conn) starttls(rest []byte) ([]byte, bool) {
 	c.tlsPending = true
 	return cmdRSET, true
 }
-
-var cmdSTARTTLS = []byte("STARTTLS\r\n")
 
 // rcpt hands go-smtp a bare "RCPT TO:<postmaster>" (RFC 5321 section 4.5.1:
 // it must be accepted, without a domain, case-insensitively) as
