@@ -97,7 +97,6 @@ func BenchmarkReceive(b *testing.B) {
 		c := newConn(srv, ours, remote.Addr())
 		c.pc = &policy.Conn{ID: policy.NewID(), Listener: "mta", Remote: remote, Local: netip.MustParseAddrPort("127.0.0.1:25"), Started: time.Now(), Helo: "bench.test", ESMTP: true}
 		c.log = log.With("conn", c.pc.ID, "listener", "mta", "remote", remote.String())
-		c.sniff = false
 		defer c.Close()
 		s := &session{srv: srv, lc: Listener{Name: "mta", Role: RoleMTA}, c: c, heloName: "bench.test"}
 		var r bytes.Reader

@@ -509,9 +509,14 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 		log.LogAttrs(logCtx, slog.LevelInfo, "queued", slog.String("tx", tx.ID), slog.String("from", tx.From.Path()), slog.Int("rcpts", len(tx.Rcpts)), slog.Int64("size", chk.Size()), slog.String("quarantine", tx.Quarantine()))
 	}
 
-	ok := policy.Reply{Code: 250, Enhanced: res.Reply.Enhanced, Text: "OK: queued as " + tx.ID}
+	ok := policy.Reply{Code: 250, Enhanced: "2.0.0", Text: "OK: queued as " + tx.ID}
 	if res.Reply.Code == 250 && res.Reply != policy.DefaultReply(policy.StagePreQ) {
-		ok.Text = sanitizeText(res.Reply.Text) + " (queued as " + tx.ID + ")"
+		// A rule's reply (see Replies in doc.go); a malformed enhanced
+		// code gives 2.0.0.
+		ok.Enhanced = res.Reply.Enhanced
+		if t := sanitizeText(res.Reply.Text); t != "" {
+			ok.Text = t + " (queued as " + tx.ID + ")"
+		}
 	}
 	return positiveReply(ok), true
 }

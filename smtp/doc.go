@@ -17,11 +17,11 @@
 // The connect rules run before the greeting, in a goroutine per connection
 // (go-smtp has no hook there): a refusal is sent as the greeting (554, or
 // 421 for a temporary one) and the connection closed. The helo rules run at
-// the first EHLO and again when a later EHLO changes the name; the auth
-// rules after the Authenticator accepted the credentials; the mail rules at
-// MAIL, where a new policy.Transaction gets its queue ID; the rcpt rules at
-// each RCPT (a refusal rejects that recipient only; with no accepting rule
-// the policy default denies). After DATA the body is streamed through a 64
+// the first EHLO, again when a later EHLO changes the name, and again at the
+// first EHLO after STARTTLS; the auth rules after the Authenticator accepted
+// the credentials; the mail rules at MAIL, where a new policy.Transaction
+// gets its queue ID; the rcpt rules at each RCPT (a refusal rejects that
+// recipient only; with no accepting rule the policy default denies). After DATA the body is streamed through a 64
 // KiB buffer to a spool file (a message that fits stays in memory) while
 // its size is counted and its line endings checked; our Received
 // field and the fields rules added to tx.Header are written on top; the preq
@@ -33,8 +33,34 @@
 //
 // Facts about the connection (address, reverse name, TLS, AUTH) live in a
 // policy.Conn that outlives go-smtp's sessions; STARTTLS resets what the
-// client said before it (RFC 3207). Plaintext sent after STARTTLS in the same
-// packet is discarded (the STARTTLS command-injection class, CVE-2011-0411).
+// client said before it (RFC 3207): the client must send EHLO again (MAIL
+// and AUTH get 503 5.5.1 before it). Plaintext sent after STARTTLS in the
+// same packet is discarded (the STARTTLS command-injection class,
+// CVE-2011-0411).
+//
+// # Replies
+//
+// A refusal is sent as the rule gave it. A positive reply is the chain's
+// Result.Reply: the stage's default (policy.DefaultReply) unless an Info or
+// Accept verdict of a rule set one. What the client receives, by stage:
+//
+//	stage    default                                   with a rule's reply
+//	connect  220 <Hostname> ESMTP Service Ready        220 <Hostname> <text>
+//	helo     EHLO: 250-Hello <name>, the extensions    250-<Hostname> <text>, the extensions
+//	         HELO: 250 2.0.0 Hello <name>              250 <Hostname> <text>
+//	auth     235 2.7.0 Authentication succeeded        235 <enh> <text>
+//	mail     250 2.1.0 Sender OK                       250 <enh> <text>
+//	rcpt     250 2.1.5 Recipient OK                    250 or 251 <enh> <text>
+//	preq     250 2.0.0 OK: queued as <ID>              250 <enh> <text> (queued as <ID>), when its code is 250
+//
+// The code is always the stage's own: a rule's other code (251 at MAIL, a
+// 220 at helo) is replaced by it (at preq the rule's reply is then not
+// used). The enhanced code is the rule's when it is well formed and of the
+// code's class, else the stage's default. The text is made one line
+// (control characters become spaces); an empty one keeps the default. At
+// connect and helo only the text is the rule's, after our name (RFC 5321
+// section 4.1.1.1); the EHLO reply goes on with the extensions. postq and
+// delivery rules have no client to reply to.
 //
 // # Message content
 //
@@ -56,13 +82,34 @@
 //
 // # What go-smtp decides
 //
-// go-smtp writes the positive replies to EHLO, MAIL and RCPT itself, so an
-// Info reply of a helo, mail or rcpt rule is logged but not sent (the preq
-// one is: it becomes the 250 text). policy.Conn.ESMTP is known from MAIL on
-// (it is read from the reply go-smtp gave to HELO or EHLO). go-smtp's
-// reader drops "." + CR at the start of a data line when no LF follows, so
-// that bare CR never reaches the checks: the text after it is kept as data
-// of the same message, never a second one.
+// go-smtp parses the commands and writes the replies. The server sits below
+// it, sees every byte it reads and writes in plaintext (it makes the TLS of
+// STARTTLS itself, below go-smtp), and corrects it where it is wrong:
+//
+//   - A bare "RCPT TO:<postmaster>" (no domain; any case; parameters
+//     allowed), which RFC 5321 section 4.5.1 requires a server to accept
+//     and go-smtp refuses with 501, is handed to go-smtp as
+//     "RCPT TO:<postmaster@D>", D being Config.PostmasterDomain (default
+//     Hostname) in lower case. The rcpt rules, the queue and the Received
+//     field see policy.Address{Local: "postmaster", Domain: D}, exactly as
+//     if the client had written it, so the rules that accept D's
+//     postmaster accept the bare form. Make D a domain they accept (the
+//     primary mail domain, not the host name, when they differ).
+//   - STARTTLS with a parameter gets 501 5.5.4 and no handshake (RFC 3207
+//     section 4); STARTTLS over TLS 502 5.5.1, after AUTH or during a mail
+//     transaction 503 5.5.1. The session goes on in each case.
+//   - go-smtp's own positive replies (250 2.0.0 to MAIL and RCPT, 235
+//     2.0.0 to AUTH) are replaced as described under Replies.
+//
+// go-smtp still decides the syntax of commands and parameters (its 500,
+// 501 and 504 replies and their texts), the order of commands (502 5.5.1
+// before the first EHLO, or for RCPT without MAIL), the list of EHLO
+// extensions, and it closes a session after its fourth unknown or malformed
+// command. policy.Conn.ESMTP is known from MAIL on (it is read from the
+// reply go-smtp gave to HELO or EHLO). go-smtp's reader drops "." + CR at
+// the start of a data line when no LF follows, so that bare CR never
+// reaches the checks: the text after it is kept as data of the same
+// message, never a second one.
 //
 // # Shutdown
 //
@@ -83,8 +130,9 @@
 //
 // # TLS
 //
-// Config.TLSConfig enables STARTTLS and implicit TLS, with TLS 1.2 as the
-// minimum and Go's default cipher suites. CertReloader reloads a renewed
+// Config.TLSConfig enables STARTTLS (offered on MTA and submission
+// listeners) and implicit TLS, with TLS 1.2 as the minimum and Go's default
+// cipher suites. A failed STARTTLS handshake closes the connection. CertReloader reloads a renewed
 // certificate without a restart; SelfSignedCertificate creates a pair for
 // tests and first starts.
 package smtp

@@ -196,6 +196,11 @@ func (l *listener) admit(raw net.Conn) {
 		c.Close()
 		return
 	}
+	if res.Reply != policy.DefaultReply(policy.StageConnect) {
+		// An Info or Accept reply is the text of the greeting, after our
+		// name (RFC 5321 section 4.2).
+		c.greetText = []byte("220 " + s.cfg.Hostname + " " + replyText(res.Reply, "ESMTP ready") + "\r\n")
+	}
 	select {
 	case l.ready <- c:
 	case <-l.done:
@@ -264,13 +269,14 @@ func reverseName(ctx context.Context, r Resolver, ip netip.Addr) string {
 
 // conn is the connection go-smtp serves. It lives as long as the TCP
 // connection, so it holds what is known of the client outside go-smtp's
-// sessions (which are recreated after STARTTLS). go-smtp finds it through
-// Conn.Conn(), unwrapping the *tls.Conn it creates at STARTTLS.
+// session. go-smtp finds it through Conn.Conn().
 //
-// While go-smtp writes plaintext through it (before STARTTLS, and always on
-// an implicit TLS listener, whose TLS lies below), conn reads the replies
-// go-smtp writes: it counts error replies for MaxErrors and tells HELO from
-// EHLO. After STARTTLS the session counts the errors it returns itself.
+// Every byte go-smtp reads or writes passes through it in plaintext: the
+// TLS of an implicit TLS listener lies below it, and so does the TLS of
+// STARTTLS, which conn does itself (see input.go). So conn sees every
+// command line before go-smtp does and every reply go-smtp writes: it
+// counts error replies for MaxErrors, tells HELO from EHLO, and replaces
+// go-smtp's fixed positive replies by the chain's (see output.go).
 type conn struct {
 	net.Conn
 	srv    *Server
@@ -312,21 +318,40 @@ type conn struct {
 	// likely waiting (a message body), and the next read reads ahead.
 	streaming bool
 
+	// The input filter and the reply rewriting (input.go, output.go),
+	// used only by go-smtp's goroutine of the connection.
+	tc         *tls.Conn // the TLS of STARTTLS, between the socket and us
+	tlsPending bool      // STARTTLS was answered: the next Read makes the handshake
+	needHelo   bool      // after STARTTLS, until the client's EHLO
+	greeting   bool      // the command go-smtp handles is HELO or EHLO
+	inTx       bool      // the session has a transaction (MAIL accepted)
+	cont       bool      // the last reply was 334: the next line answers AUTH
+	body       bool      // between a 354 and the end of the message
+	bodyState  int       // go-smtp's data reader state (see bodyEnd)
+	chunk      int64     // bytes of a BDAT chunk go-smtp has yet to read
+	longLine   bool      // handing over the rest of a line too long to filter
+	pending    []byte    // the rest of a rewritten line go-smtp has not taken
+	rerr       error     // the error of the last read, for after pending
+	helloText  []byte    // a helo rule's reply text, for the next HELO/EHLO reply
+
 	mu         sync.Mutex
 	inData     bool
 	stopping   bool // Shutdown: close once the current message is done
 	closeAfter bool // close after the next write (the reply that ends it)
 	timedOut   bool
 	errors     int
-	sniff      bool // go-smtp writes plaintext through us
 	greeted    bool
 	esmtp      bool
 	lineStart  bool
 	head       []byte // first bytes of the reply line being written
+	// replace is written instead of go-smtp's next reply, a one-line 2xx
+	// (see Write); greetText replaces the text of the greeting.
+	replace   []byte
+	greetText []byte
 }
 
 func newConn(s *Server, raw net.Conn, ip netip.Addr) *conn {
-	c := &conn{Conn: raw, srv: s, ip: ip, sniff: true, lineStart: true, esmtp: true}
+	c := &conn{Conn: raw, srv: s, ip: ip, lineStart: true, esmtp: true}
 	c.ctx, c.cancel = context.WithCancel(s.ctx)
 	c.keepCtx = context.WithoutCancel(c.ctx)
 	return c
@@ -437,73 +462,6 @@ func (c *conn) endData() {
 	}
 }
 
-// readAheadSize is what Read asks the socket for at once.
-const readAheadSize = 32 << 10
-
-// readAheadBufs lends Read its buffers: a connection holds one only while
-// it reads ahead or has bytes go-smtp has not taken yet. A read that may
-// wait for the client (the next command) goes straight into go-smtp's
-// buffer, so an idle connection holds none.
-var readAheadBufs = sync.Pool{New: func() any { b := make([]byte, readAheadSize); return &b }}
-
-// Read reads ahead: go-smtp reads through a 4 KiB bufio.Reader, which
-// would make a system call (and often a trip through the poller) per 4
-// KiB of message. Read asks the socket for up to readAheadSize bytes and
-// serves the next reads from what it got, so go-smtp and everything below
-// it (a TLS handshake after STARTTLS included) sees the same bytes in the
-// same order, with fewer system calls.
-func (c *conn) Read(p []byte) (int, error) {
-	if c.ahead != nil {
-		n := copy(p, (*c.ahead)[c.aheadPos:c.aheadEnd])
-		c.aheadPos += n
-		if c.aheadPos < c.aheadEnd {
-			return n, nil
-		}
-		err := c.aheadErr
-		readAheadBufs.Put(c.ahead)
-		c.ahead, c.aheadErr = nil, nil
-		return n, err
-	}
-	if len(p) >= readAheadSize/2 || !c.streaming {
-		n, err := c.read(p)
-		c.streaming = n == len(p)
-		return n, err
-	}
-	bp := readAheadBufs.Get().(*[]byte)
-	got, err := c.read(*bp)
-	c.streaming = got == len(*bp)
-	n := copy(p, (*bp)[:got])
-	if n < got {
-		c.ahead, c.aheadPos, c.aheadEnd, c.aheadErr = bp, n, got, err
-		return n, nil
-	}
-	readAheadBufs.Put(bp)
-	return n, err
-}
-
-// read ends the connection when a read times out. go-smtp reads commands
-// through bufio.Reader.ReadLine, which returns a partial line with a nil
-// error when the deadline strikes mid-line; go-smtp would run that partial
-// command and go on. So a timeout is final: 421 4.4.2 (when go-smtp talks
-// plaintext through us) and close; the session refuses whatever go-smtp
-// still hands it (see dead).
-func (c *conn) read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	if err != nil && isTimeout(err) {
-		c.mu.Lock()
-		c.timedOut = true
-		sniff := c.sniff
-		c.mu.Unlock()
-		c.log.Info("timeout; disconnecting")
-		if sniff {
-			c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
-			c.Conn.Write([]byte("421 4.4.2 Timeout, closing connection\r\n"))
-		}
-		c.Close()
-	}
-	return n, err
-}
-
 // isTimeout reports whether err is a net.Error that timed out. It is a
 // function of its own so that the net.Error errors.As needs (which escapes)
 // is allocated only when there is an error, not on every Read.
@@ -520,22 +478,6 @@ func (c *conn) dead() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.timedOut
-}
-
-func (c *conn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
-	c.mu.Lock()
-	closeNow := c.closeAfter
-	if c.sniff && err == nil {
-		if c.scan(p) {
-			closeNow = true
-		}
-	}
-	c.mu.Unlock()
-	if closeNow {
-		c.Close()
-	}
-	return n, err
 }
 
 // scan looks at reply lines as go-smtp writes them. It reports whether
@@ -566,17 +508,17 @@ func (c *conn) reply(h string) bool {
 		return false
 	}
 	code, sep := h[:3], h[3]
+	if sep == ' ' {
+		c.cont = false
+	}
 	switch {
 	case code == "220" && sep == ' ':
-		if c.greeted {
-			// "220 Ready to start TLS": what follows is TLS.
-			c.sniff = false
-		}
 		c.greeted = true
-	case code == "250" && sep == '-' && strings.HasPrefix(h[4:], "Hello"):
-		c.esmtp = true // EHLO: "250-Hello name", then the extensions
-	case code == "250" && sep == ' ' && strings.HasPrefix(h[4:], "2.0.0 Hello"):
-		c.esmtp = false // HELO: one line "250 2.0.0 Hello name"
+	case code == "354" && sep == ' ':
+		c.body, c.bodyState = true, bodyBeginLine // the message follows
+	case code == "334" && sep == ' ':
+		c.cont = true // the next line answers AUTH's challenge
+		return false
 	case (h[0] == '4' || h[0] == '5') && sep == ' ':
 		if strings.HasPrefix(h, "452 4.5.3") || strings.HasPrefix(h, "421") {
 			return false
@@ -592,7 +534,7 @@ func (c *conn) countError() bool {
 	if !c.overErrorLimit() {
 		return false
 	}
-	c.Conn.Write([]byte("421 4.7.0 Too many errors, closing connection\r\n"))
+	c.wire().Write([]byte("421 4.7.0 Too many errors, closing connection\r\n"))
 	return true
 }
 
@@ -605,22 +547,6 @@ func (c *conn) overErrorLimit() bool {
 		return true
 	}
 	return false
-}
-
-// sessionError counts an error the session returns when the replies are
-// not visible to scan (after STARTTLS). At the limit it replaces err by 421
-// and closes the connection after it is written.
-func (c *conn) sessionError(err error) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.sniff {
-		return err // scan counts it when written
-	}
-	if c.overErrorLimit() {
-		c.closeAfter = true
-		return errTooManyErrors
-	}
-	return err
 }
 
 func (c *conn) resetErrors() {

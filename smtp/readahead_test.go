@@ -51,7 +51,8 @@ func TestReadAhead(t *testing.T) {
 				peer.Close()
 			}()
 			ours.SetDeadline(time.Now().Add(10 * time.Second))
-			c := &conn{Conn: ours}
+			// As a BDAT chunk: bytes handed over as they come.
+			c := &conn{Conn: ours, chunk: int64(len(data))}
 			var got bytes.Buffer
 			if tc.read == 0 {
 				br := bufio.NewReaderSize(c, 4096)
@@ -120,6 +121,7 @@ func TestReadAheadIdle(t *testing.T) {
 	assert.Equal(t, "NOOP\r\n", string(p[:n]))
 	assert.False(t, c.streaming, "a short read: the next one may wait, without a pooled buffer")
 
+	c.chunk = 3 * 4096 // a BDAT chunk
 	go peer.Write(bytes.Repeat([]byte("x"), 3*4096))
 	_, err = io.ReadFull(c, p)
 	require.NoError(t, err)

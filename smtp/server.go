@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -186,6 +187,13 @@ type Config struct {
 	// EnableDSN advertises DSN (RFC 3461); it is also enabled when Queue
 	// has a SupportsDSN() bool method returning true.
 	EnableDSN bool
+	// PostmasterDomain is the domain of the address a bare
+	// "RCPT TO:<postmaster>" (no domain, RFC 5321 section 4.5.1) is taken
+	// to name: the recipient rules see postmaster@PostmasterDomain, in
+	// lower case, as if the client had written it. Set it to the primary
+	// mail domain, one the recipient rules accept as local. Default:
+	// Hostname.
+	PostmasterDomain string
 	// Listeners are opened by ListenAndServe.
 	Listeners []Listener
 	// Logger receives connection and transaction logs (never AUTH
@@ -197,22 +205,23 @@ type Config struct {
 // hands accepted mail to a Queue. Create it with NewServer, then call Serve
 // or ListenAndServe; stop it with Shutdown or Close.
 type Server struct {
-	cfg      Config
-	limits   Limits
-	tls      *tls.Config
-	log      *slog.Logger
-	dsn      bool
-	ctx      context.Context // cancelled by Close
-	cancel   context.CancelFunc
-	mu       sync.Mutex
-	closed   bool
-	shutdown bool
-	total    int
-	perIP    map[netip.Addr]int
-	conns    map[*conn]struct{}
-	servers  []*gosmtp.Server
-	lns      []*listener
-	wg       sync.WaitGroup // Serve calls and connection admissions
+	cfg        Config
+	limits     Limits
+	postmaster string // the domain of a bare postmaster (see input.go)
+	tls        *tls.Config
+	log        *slog.Logger
+	dsn        bool
+	ctx        context.Context // cancelled by Close
+	cancel     context.CancelFunc
+	mu         sync.Mutex
+	closed     bool
+	shutdown   bool
+	total      int
+	perIP      map[netip.Addr]int
+	conns      map[*conn]struct{}
+	servers    []*gosmtp.Server
+	lns        []*listener
+	wg         sync.WaitGroup // Serve calls and connection admissions
 }
 
 // Errors returned by NewServer, Serve and ListenAndServe.
@@ -253,7 +262,18 @@ func NewServer(cfg Config) (*Server, error) {
 	if err := checkSpoolDir(cfg.SpoolDir); err != nil {
 		return nil, fmt.Errorf("%w: SpoolDir: %w", ErrConfig, err)
 	}
-	s := &Server{cfg: cfg, limits: cfg.Limits.withDefaults(), log: cfg.Logger,
+	pm := cfg.PostmasterDomain
+	if pm == "" {
+		pm = cfg.Hostname
+	}
+	pm = strings.ToLower(strings.TrimSuffix(pm, "."))
+	if a, err := policy.ParseAddress("postmaster@" + pm); err != nil || a.Domain != pm {
+		if cfg.PostmasterDomain != "" {
+			return nil, fmt.Errorf("%w: PostmasterDomain %q is not a domain", ErrConfig, cfg.PostmasterDomain)
+		}
+		pm = "" // a host name that is no domain: a bare postmaster gets 501
+	}
+	s := &Server{cfg: cfg, limits: cfg.Limits.withDefaults(), log: cfg.Logger, postmaster: pm,
 		perIP: map[netip.Addr]int{}, conns: map[*conn]struct{}{}}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -319,15 +339,11 @@ func (s *Server) Serve(ctx context.Context, l net.Listener, lc Listener) error {
 	gs.EnableSMTPUTF8 = true
 	gs.EnableDSN = s.dsn
 	gs.ErrorLog = slogPrinter{s.log.With("listener", lc.Name)}
-	switch lc.Role {
-	case RoleImplicitTLS:
-		// TLS is done below go-smtp (see admit), so it sees plaintext and
-		// must neither offer STARTTLS nor refuse AUTH for want of TLS.
-		gs.AllowInsecureAuth = true
-	default:
-		gs.TLSConfig = s.tls
-		gs.AllowInsecureAuth = lc.AllowInsecureAuth && lc.Role == RoleSubmission
-	}
+	// TLS, implicit or STARTTLS, is done below go-smtp (see admit and
+	// input.go), so go-smtp sees plaintext: it must neither handle STARTTLS
+	// nor refuse AUTH for want of TLS. The session decides where AUTH is
+	// offered.
+	gs.AllowInsecureAuth = true
 
 	wl := newListener(s, l, lc)
 	s.mu.Lock()

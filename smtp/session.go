@@ -2,7 +2,6 @@ package smtp
 
 import (
 	"context"
-	"crypto/tls"
 	"io"
 	"log/slog"
 	"strconv"
@@ -30,6 +29,8 @@ var (
 	errAuthTemp      = &gosmtp.SMTPError{Code: 454, EnhancedCode: gosmtp.EnhancedCode{4, 7, 0}, Message: "Temporary authentication failure"}
 	errAuthSyntax    = &gosmtp.SMTPError{Code: 501, EnhancedCode: gosmtp.EnhancedCode{5, 5, 2}, Message: "Malformed authentication response"}
 	errNoConn        = &gosmtp.SMTPError{Code: 421, EnhancedCode: gosmtp.EnhancedCode{4, 3, 0}, Message: "Internal error, closing connection"}
+	errNoHelo        = &gosmtp.SMTPError{Code: 503, EnhancedCode: gosmtp.EnhancedCode{5, 5, 1}, Message: "Send EHLO first"}
+	errAuthNeedsTLS  = &gosmtp.SMTPError{Code: 523, EnhancedCode: gosmtp.EnhancedCode{5, 7, 10}, Message: "TLS is required"}
 )
 
 // replyError turns a policy reply into the error go-smtp sends as is.
@@ -100,8 +101,8 @@ func logging(l *slog.Logger) bool { return l.Enabled(logCtx, slog.LevelInfo) }
 // record's source is the caller of LogAttrs.)
 var logCtx = context.Background()
 
-// backend makes a session per go-smtp session (first EHLO, and again
-// after STARTTLS).
+// backend makes a session per go-smtp session: at the first EHLO (go-smtp
+// never sees STARTTLS, which conn does below it).
 type backend struct {
 	srv *Server
 	lc  Listener
@@ -109,11 +110,7 @@ type backend struct {
 
 // connOf finds our conn below go-smtp's.
 func connOf(gc *gosmtp.Conn) *conn {
-	nc := gc.Conn()
-	if t, ok := nc.(*tls.Conn); ok {
-		nc = t.NetConn()
-	}
-	c, _ := nc.(*conn)
+	c, _ := gc.Conn().(*conn)
 	return c
 }
 
@@ -122,14 +119,9 @@ func (b *backend) NewSession(gc *gosmtp.Conn) (gosmtp.Session, error) {
 	if c == nil || c.dead() {
 		return nil, errNoConn
 	}
-	if st, ok := gc.TLSConnectionState(); ok && c.pc.TLS == nil {
-		// First session after STARTTLS: forget what came before (RFC 3207).
-		c.pc.ResetTLS(&st)
-		c.log.Info("starttls", "version", tls.VersionName(st.Version), "cipher", tls.CipherSuiteName(st.CipherSuite))
-	}
 	s := &session{srv: b.srv, lc: b.lc, c: c, gc: gc}
 	if rep := s.helo(gc.Hostname()); rep != nil {
-		return nil, c.sessionError(replyError(*rep))
+		return nil, replyError(*rep)
 	}
 	return s, nil
 }
@@ -161,14 +153,28 @@ func (s *session) helo(name string) *policy.Reply {
 		r := res.Reply
 		return &r
 	}
+	// An Info or Accept reply becomes the text of the reply's first line.
+	s.c.mu.Lock()
+	s.c.helloText = nil
+	if res.Reply != policy.DefaultReply(policy.StageHelo) {
+		s.c.helloText = []byte(replyText(res.Reply, "Hello"))
+	}
+	s.c.mu.Unlock()
 	return nil
 }
 
-// Reset runs on RSET, after DATA, and on a second EHLO: go-smtp gives no
-// other sign of the latter, so the HELO name is compared here.
+// Reset runs on RSET, after DATA, and on a later HELO/EHLO (conn's filter
+// tells which). The helo rules run again for a new name, and for any name
+// after STARTTLS.
 func (s *session) Reset() {
 	s.tx = nil
-	if h := s.gc.Hostname(); h != "" && h != s.heloName {
+	c := s.c
+	c.inTx = false
+	if !c.greeting {
+		return
+	}
+	if h := s.gc.Hostname(); h != "" && (h != s.heloName || c.needHelo) {
+		c.needHelo = false
 		s.heloDenied = s.helo(h)
 	}
 }
@@ -181,23 +187,27 @@ func (s *session) Logout() error {
 func (s *session) Mail(from string, opts *gosmtp.MailOptions) error {
 	c := s.c
 	s.tx = nil
+	c.inTx = false
 	if c.dead() {
 		return errNoConn
 	}
+	if c.needHelo {
+		return errNoHelo
+	}
 	if s.heloDenied != nil {
-		return c.sessionError(replyError(*s.heloDenied))
+		return replyError(*s.heloDenied)
 	}
 	if s.lc.authRequired() && !c.pc.Authenticated() {
 		if c.pc.TLS == nil && !s.lc.AllowInsecureAuth {
-			return c.sessionError(errTLSRequired)
+			return errTLSRequired
 		}
-		return c.sessionError(errAuthRequired)
+		return errAuthRequired
 	}
 	c.pc.ESMTP = c.isESMTP()
 	addr, err := parsePath(from)
 	if err != nil {
 		c.log.Info("mail: bad address", "from", from, "error", err)
-		return c.sessionError(errBadSender)
+		return errBadSender
 	}
 	tx := policy.NewTransaction(c.pc, policy.NewID())
 	tx.From = addr
@@ -220,9 +230,10 @@ func (s *session) Mail(from string, opts *gosmtp.MailOptions) error {
 		c.log.LogAttrs(logCtx, slog.LevelInfo, "mail", slog.String("tx", tx.ID), slog.String("from", addr.Path()), slog.String("verdict", res.Verdict.String()), ruleAttr(res))
 	}
 	if !res.Accepted() {
-		return c.sessionError(replyError(res.Reply))
+		return replyError(res.Reply)
 	}
-	s.tx = tx
+	s.tx, c.inTx = tx, true
+	c.setReply(positiveLine(policy.StageMail, res.Reply, 250))
 	return nil
 }
 
@@ -257,12 +268,12 @@ func (s *session) Rcpt(to string, opts *gosmtp.RcptOptions) error {
 		return errNoConn
 	}
 	if tx == nil {
-		return c.sessionError(errNoTx)
+		return errNoTx
 	}
 	addr, err := parsePath(to)
 	if err != nil {
 		c.log.Info("rcpt: bad address", "tx", tx.ID, "to", to, "error", err)
-		return c.sessionError(errBadRcpt)
+		return errBadRcpt
 	}
 	rcpt := policy.Recipient{Addr: addr}
 	if opts != nil {
@@ -280,9 +291,10 @@ func (s *session) Rcpt(to string, opts *gosmtp.RcptOptions) error {
 		c.log.LogAttrs(logCtx, slog.LevelInfo, "rcpt", slog.String("tx", tx.ID), slog.String("to", addr.Path()), slog.String("verdict", res.Verdict.String()), ruleAttr(res))
 	}
 	if !res.Accepted() {
-		return c.sessionError(replyError(res.Reply))
+		return replyError(res.Reply)
 	}
 	tx.Rcpts = append(tx.Rcpts, rcpt)
+	c.setReply(positiveLine(policy.StageRcpt, res.Reply, 250, 251))
 	return nil
 }
 
@@ -292,7 +304,7 @@ func (s *session) Data(r io.Reader) error {
 		return errNoConn
 	}
 	if tx == nil || len(tx.Rcpts) == 0 {
-		return c.sessionError(errNoTx)
+		return errNoTx
 	}
 	if !c.beginData() {
 		return errShutdown
@@ -300,25 +312,37 @@ func (s *session) Data(r io.Reader) error {
 	defer c.endData()
 	reply, ok := s.srv.receive(c, s.gc.Conn(), tx, r)
 	if !ok {
-		return c.sessionError(reply)
+		return reply
 	}
 	c.resetErrors()
 	return reply // a 250 carrying the queue ID
 }
 
-// AuthMechanisms lists PLAIN and LOGIN when AUTH is possible; go-smtp
-// offers them only on TLS connections unless the listener allows
-// insecure AUTH.
+// AuthMechanisms lists PLAIN and LOGIN when AUTH is possible: on a TLS
+// connection, or a submission listener that allows insecure AUTH. (go-smtp
+// is told that AUTH is always allowed: it cannot see the TLS of
+// STARTTLS, which is below it.)
 func (s *session) AuthMechanisms() []string {
-	if s.srv.cfg.Authenticator == nil {
+	if !s.authOffered() {
 		return nil
 	}
 	return []string{"PLAIN", "LOGIN"}
 }
 
+func (s *session) authOffered() bool {
+	return s.srv.cfg.Authenticator != nil &&
+		(s.c.pc.TLS != nil || s.lc.Role == RoleSubmission && s.lc.AllowInsecureAuth)
+}
+
 func (s *session) Auth(mech string) (sasl.Server, error) {
+	if s.c.needHelo {
+		return nil, errNoHelo
+	}
 	if s.srv.cfg.Authenticator == nil {
 		return nil, gosmtp.ErrAuthUnsupported
+	}
+	if !s.authOffered() {
+		return nil, errAuthNeedsTLS
 	}
 	check := func(identity, user, pass string) error { return s.authenticate(mech, identity, user, pass) }
 	switch strings.ToUpper(mech) {
@@ -327,7 +351,7 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	case "LOGIN":
 		return &loginServer{check: check}, nil
 	}
-	return nil, s.c.sessionError(gosmtp.ErrAuthUnknownMechanism)
+	return nil, gosmtp.ErrAuthUnknownMechanism
 }
 
 // authenticate verifies credentials, then runs the auth rules.
@@ -341,35 +365,36 @@ func (s *session) authenticate(mech, identity, user, pass string) error {
 		// clean identity; an Authenticator that trims it would let
 		// "alice\r\n..." through.
 		c.log.Info("auth failed: control character in the identity", "mechanism", mech)
-		return c.sessionError(errAuthSyntax)
+		return errAuthSyntax
 	}
 	if identity != "" && identity != user {
 		c.log.Info("auth failed: authorization identity differs", "mechanism", mech, "user", user)
-		return c.sessionError(errAuthFailed)
+		return errAuthFailed
 	}
 	ctx, cancel := s.ctx()
 	defer cancel()
 	if err := s.srv.cfg.Authenticator.Authenticate(ctx, c.ip, user, pass); err != nil {
 		c.log.Info("auth failed", "mechanism", mech, "user", user, "error", err)
 		if refusedCredentials(err) {
-			return c.sessionError(errAuthFailed)
+			return errAuthFailed
 		}
-		return c.sessionError(errAuthTemp)
+		return errAuthTemp
 	}
 	res := s.srv.cfg.Chain.EvalAuth(ctx, c.pc, policy.AuthInfo{Mechanism: mech, Identity: user})
 	if !res.Accepted() {
 		c.log.Info("auth refused by rule", "mechanism", mech, "user", user, "rule", res.Rule, "reply", res.Reply.String())
 		if res.Reply.Temporary() {
-			return c.sessionError(errAuthTemp)
+			return errAuthTemp
 		}
 		e := *errAuthFailed
 		if t := sanitizeText(res.Reply.Text); t != "" {
 			e.Message = t
 		}
-		return c.sessionError(&e)
+		return &e
 	}
 	c.pc.AuthUser, c.pc.AuthMechanism = user, mech
 	c.log.Info("auth", "mechanism", mech, "user", user)
+	c.setReply(positiveLine(policy.StageAuth, res.Reply, 235))
 	return nil
 }
 

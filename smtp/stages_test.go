@@ -64,6 +64,16 @@ func TestStages(t *testing.T) {
 				return policy.Info(250, "2.6.0", "Scanned")
 			})
 		}, want{queued: rcpts, text: "250 2.6.0 Scanned (queued as"}},
+		{"preq info without text", func(c *policy.Chain) {
+			c.PreQ("info", func(context.Context, *policy.Transaction, *policy.Message) policy.Verdict {
+				return policy.Info(250, "2.6.0", "")
+			})
+		}, want{queued: rcpts, text: "250 2.6.0 OK: queued as "}},
+		{"preq info with another code is not used", func(c *policy.Chain) {
+			c.PreQ("info", func(context.Context, *policy.Transaction, *policy.Message) policy.Verdict {
+				return policy.Info(251, "2.1.5", "Forwarded")
+			})
+		}, want{queued: rcpts, text: "250 2.0.0 OK: queued as "}},
 		{"force accept at rcpt skips preq", func(c *policy.Chain) {
 			c.Rcpt("force", func(context.Context, *policy.Transaction, policy.Recipient) policy.Verdict {
 				return policy.ForceAccept()

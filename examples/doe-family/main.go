@@ -26,7 +26,9 @@
 //     so at start);
 //   - an authenticated user sends only as an address they own (their login,
 //     an alias leading to them), in MAIL FROM and in the From field: 553
-//     5.7.1 otherwise.
+//     5.7.1 otherwise;
+//   - a bare RCPT TO:<postmaster> (no domain, RFC 5321 section 4.5.1) is
+//     postmaster@<first -domain> (see above for where it goes).
 //
 // Run it on its defaults (data under ./data, loopback ports, a self-signed
 // certificate made at start):

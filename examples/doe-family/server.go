@@ -101,6 +101,9 @@ func build(cfg *config, log *slog.Logger) (*server, error) {
 		TLSConfig: &tls.Config{GetCertificate: reloader.GetCertificate},
 		Limits:    cfg.limits,
 	}
+	// A bare RCPT TO:<postmaster> names the postmaster of the first
+	// -domain, a local domain (the host name may not be one).
+	s.mta.SMTP.PostmasterDomain = cfg.domains[0]
 	if cfg.dns != "" {
 		s.mta.SMTP.Resolver = resolver // reverse names only when DNS was pointed somewhere
 	}
