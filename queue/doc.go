@@ -86,9 +86,22 @@
 // deferred. A corrupt envelope or message (unparsable, truncated) is moved
 // to corrupt with an error log entry; the queue goes on. Delivery is at
 // least once: a crash between a delivery and its record may deliver twice.
-// Before each attempt the attempt count and the time of the next attempt
-// are saved (with the move out of working and the postq header edits, in
-// one commit), so a crash loop cannot hammer a destination.
+// Before each attempt the attempt count, the time of the next attempt and
+// the mark of an attempt under way (Envelope.InFlight) are saved (with the
+// move out of working and the postq header edits, in one commit); the
+// record of the outcome clears the mark.
+//
+// A message found with the mark (the process stopped during its attempt:
+// a crash, kill -9) is tried again at once when the scheduler starts, as
+// Postfix does, not after its backoff. The crashed attempts are counted in
+// the envelope (Envelope.Crashes); after 3 in a row the message waits for
+// its backoff, as after a temporary failure, and a warning says why
+// ("delivery attempt N of message X did not finish: the process stopped
+// during it; backing off"), so a message that crashes the process every
+// time cannot keep it in a crash loop nor hammer a destination. An attempt
+// that finishes, or an operator's Requeue or Move, resets the count; an
+// attempt whose outcome could not be recorded (an I/O error) counts as
+// interrupted.
 //
 // # Bounces
 //

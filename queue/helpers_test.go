@@ -191,7 +191,9 @@ func newHarness(t *testing.T, dir string, cfg Config) *harness {
 	if cfg.Hostname == "" {
 		cfg.Hostname = "mx.test"
 	}
-	cfg.Logger = quietLogger()
+	if cfg.Logger == nil {
+		cfg.Logger = quietLogger()
+	}
 	h.sch = NewScheduler(h.sp, cfg)
 	h.sch.afterWork = func(id string) { h.done <- id }
 	return h

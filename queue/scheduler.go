@@ -5,6 +5,7 @@ import (
 	"container/heap"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -348,7 +349,13 @@ func (s *Scheduler) work(ctx context.Context, id string) {
 		return
 	}
 	now := s.cfg.Clock.Now()
-	if env.Attempts > 0 && env.NextAttempt.After(now) && (q == Deferred || q == Deliver) {
+	resume := false
+	if env.InFlight && (q == Deferred || q == Deliver) {
+		if resume = s.interrupted(ctx, q, env); !resume && env.InFlight {
+			return // could not record it: retried later
+		}
+	}
+	if !resume && env.Attempts > 0 && env.NextAttempt.After(now) && (q == Deferred || q == Deliver) {
 		s.retryAt(id, env.NextAttempt)
 		return
 	}
@@ -365,6 +372,38 @@ func (s *Scheduler) work(ctx context.Context, id string) {
 		}
 	}
 	s.deliver(ctx, rctx, q, env, m, edited)
+}
+
+// maxCrashes is the number of attempts in a row that the process may stop
+// during (a crash, kill -9) before the message waits for its backoff:
+// below it, an interrupted attempt is made again at once.
+const maxCrashes = 3
+
+// interrupted handles a message whose last attempt did not finish: the
+// process stopped during it (env.InFlight). It counts the crash and
+// reports whether the attempt is to be made again at once, whatever
+// env.NextAttempt says: yes for the first maxCrashes-1 crashes in a row, so
+// that a restart puts the mail back to work as Postfix does; then the
+// message backs off as after a temporary failure (its NextAttempt was
+// saved with the attempt record), so that a message that crashes the
+// process every time cannot keep it in a crash loop. In that case the
+// count is saved now (env.InFlight left set if that failed).
+func (s *Scheduler) interrupted(ctx context.Context, q string, env *Envelope) bool {
+	env.InFlight = false
+	env.Crashes++
+	if env.Crashes < maxCrashes {
+		s.log.Info(fmt.Sprintf("queue: delivery attempt %d of message %s did not finish: the process stopped during it; trying again now", env.Attempts, env.ID),
+			"id", env.ID, "attempt", env.Attempts, "crashes", env.Crashes)
+		return true
+	}
+	s.log.Warn(fmt.Sprintf("queue: delivery attempt %d of message %s did not finish: the process stopped during it; backing off", env.Attempts, env.ID),
+		"id", env.ID, "attempt", env.Attempts, "crashes", env.Crashes, "next", env.NextAttempt)
+	if err := s.st.Save(ctx, env, q, q, nil); err != nil {
+		env.InFlight = true
+		s.log.Error("queue: cannot record interrupted attempt", "id", env.ID, "error", err)
+		s.retryAt(env.ID, s.cfg.Clock.Now().Add(s.cfg.MinBackoff))
+	}
+	return false
 }
 
 func (s *Scheduler) corrupt(ctx context.Context, q, id string, err error) {
@@ -523,12 +562,14 @@ func (s *Scheduler) deliver(ctx, rctx context.Context, q string, env *Envelope, 
 		env.Attempts++
 		env.LastAttempt = now
 		env.NextAttempt = s.next(env, now)
+		env.InFlight = true // cleared by the record of the outcome
 		// Not synced: a process that crashes during the attempt finds the
 		// record (no crash loop hammering a destination), and a machine
 		// that loses it runs postq and the attempt again, which at least
 		// once delivery allows. Syncing here cost a sync, two directory
 		// syncs and a rename's wait per message.
 		if err := s.st.SaveUnsynced(ctx, env, q, to, edited); err != nil {
+			env.InFlight = false
 			s.log.Error("queue: cannot record attempt", "id", env.ID, "error", err)
 			s.retryAt(env.ID, now.Add(s.cfg.MinBackoff))
 			return
@@ -569,6 +610,7 @@ func (s *Scheduler) deliver(ctx, rctx context.Context, q string, env *Envelope, 
 		g.idx = append(g.idx, i)
 	}
 	if quarantine != "" {
+		env.InFlight, env.Crashes = false, 0
 		to := QuarantinePrefix + quarantine
 		if err := s.st.Save(ctx, env, q, to, nil); err != nil {
 			s.log.Error("queue: cannot quarantine", "id", env.ID, "error", err)
@@ -660,6 +702,8 @@ func (s *Scheduler) transport(ctx context.Context, d *policy.Delivery) (replies 
 // left), dead (some failed) or removal (all delivered).
 func (s *Scheduler) finish(ctx context.Context, q string, env *Envelope, m *policy.Message) {
 	now := s.cfg.Clock.Now()
+	// The attempt (if one was made) finished: its outcome is recorded below.
+	env.InFlight, env.Crashes = false, 0
 	if env.pending() && !now.Before(env.Received.Add(s.cfg.Lifetime)) {
 		for i := range env.Rcpts {
 			r := &env.Rcpts[i]
