@@ -107,11 +107,20 @@
 //
 // A recipient that fails for good (5xx, or the lifetime ran out) gets a
 // multipart/report DSN to the envelope sender, from the null sender and
-// MAILER-DAEMON@<hostname>, with a message/delivery-status part and the
-// original message (or its header for RET=HDRS or a large message). NOTIFY
-// is honoured (NEVER: none; SUCCESS: a "delivered" DSN), and so are ENVID
-// and ORCPT. Nothing is ever sent to the null sender. DSNs are queued like
-// any message and go through the postq and delivery rules.
+// Config.BounceFrom (default MAILER-DAEMON@<hostname>), with a
+// message/delivery-status part and the original message (or its header for
+// RET=HDRS or a large message). NOTIFY is honoured (NEVER: none; SUCCESS: a
+// "delivered" DSN), and so are ENVID and ORCPT. Nothing is ever sent to the
+// null sender. DSNs are queued like any message and go through the postq
+// and delivery rules.
+//
+// Those rules see a DSN marked with GeneratedKey: it came from no client,
+// so it has no client address and no SPF or DKIM results, and a rule
+// judging incoming mail (DMARC above all) must let it pass, or it fails
+// our own bounces. Point BounceFrom at the mail domain whose DKIM key a
+// postq rule signs with (auth.SignDKIM signs a null-sender message made
+// here whose From is in its domain), and DSNs pass DMARC where they
+// arrive.
 //
 // # Transports
 //

@@ -3,6 +3,7 @@ package queue
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -10,6 +11,29 @@ import (
 
 	"github.com/mtakit/mtakit/policy"
 )
+
+// Generated describes a message that the scheduler generated itself: a
+// DSN or a delay warning. It round-trips through encoding/json.
+type Generated struct {
+	// Report is the DSN's Action: "failed", "delayed" or "delivered".
+	// Empty for a DSN queued by a version that did not record it.
+	Report string `json:"report,omitempty"`
+	// Original is the queue ID of the message reported on ("" as Report).
+	Original string `json:"original,omitempty"`
+}
+
+// GeneratedKey marks the transaction of a message the scheduler generated
+// (see Generated), as the postq and delivery rules see it: such a message
+// did not come from a client, and has no client address (Conn.Remote is
+// zero), no SPF or DKIM verification results, and the null sender. Rules
+// that judge incoming mail (SPF, DMARC, reputation) should let it pass:
+//
+//	if _, ok := queue.GeneratedKey.Get(tx); ok {
+//		return policy.Next() // our own DSN: sign it, do not judge it
+//	}
+//
+// Only the scheduler sets it; no client can.
+const GeneratedKey policy.Key[Generated] = "queue.generated"
 
 // report queues the DSNs owed for env's recipients that reached a final
 // state: "failed" for failures (unless NOTIFY excludes FAILURE), and
@@ -54,6 +78,10 @@ func (s *Scheduler) report(ctx context.Context, env *Envelope, m *policy.Message
 func (s *Scheduler) bounce(ctx context.Context, env *Envelope, m *policy.Message, idx []int, action string) error {
 	now := s.cfg.Clock.Now()
 	host := s.cfg.Hostname
+	mark, err := json.Marshal(Generated{Report: action, Original: env.ID})
+	if err != nil {
+		return err
+	}
 	denv := &Envelope{
 		Version:  EnvelopeVersion,
 		ID:       policy.NewID(),
@@ -61,13 +89,14 @@ func (s *Scheduler) bounce(ctx context.Context, env *Envelope, m *policy.Message
 		Received: now,
 		DSN:      true,
 		Client:   Client{Helo: host, Started: now},
+		Values:   map[string]json.RawMessage{string(GeneratedKey): mark},
 	}
 	boundary := "dsn=" + denv.ID + "/" + host
 	write := func(w io.Writer) (int64, error) {
 		cw := &countWriter{w: w}
 		bw := bufio.NewWriter(cw)
 		err := writeDSN(bw, dsnInput{
-			env: env, m: m, idx: idx, action: action, host: host, now: now, id: denv.ID,
+			env: env, m: m, idx: idx, action: action, host: host, from: s.cfg.BounceFrom, now: now, id: denv.ID,
 			boundary: boundary, full: !strings.EqualFold(env.Params.Ret, "HDRS") && m.Size() <= s.cfg.MaxReturnSize,
 		})
 		if err == nil {
@@ -101,6 +130,7 @@ type dsnInput struct {
 	idx      []int
 	action   string
 	host     string
+	from     policy.Address
 	now      time.Time
 	id       string
 	boundary string
@@ -136,7 +166,7 @@ func writeDSN(w *bufio.Writer, in dsnInput) error {
 	if in.action == "delivered" {
 		subject = "Successful Mail Delivery Report"
 	}
-	p("From: Mail Delivery System <MAILER-DAEMON@%s>", in.host)
+	p("From: Mail Delivery System <%s>", clean(in.from.String()))
 	p("To: %s", clean(env.From.Address().Path()))
 	p("Subject: %s", subject)
 	p("Date: %s", in.now.Format(time.RFC1123Z))

@@ -234,6 +234,9 @@ func (e *Envelope) Transaction(states ...string) *policy.Transaction {
 	tx.Received = e.Received
 	tx.SetForceAccepted(e.ForceAccepted)
 	tx.SetEncodedValues(e.Values)
+	if e.DSN && e.Values[string(GeneratedKey)] == nil {
+		GeneratedKey.Set(tx, Generated{}) // a DSN queued before the mark existed
+	}
 	tx.Params = policy.MailParams{
 		Size: e.Params.Size, Body: e.Params.Body, SMTPUTF8: e.Params.SMTPUTF8,
 		RequireTLS: e.Params.RequireTLS, Ret: e.Params.Ret, EnvID: e.Params.EnvID, Auth: e.Params.Auth,

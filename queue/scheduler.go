@@ -72,9 +72,16 @@ type Config struct {
 	Jitter float64
 	// AttemptTimeout bounds one transport call (default 10 min).
 	AttemptTimeout time.Duration
-	// Hostname names this MTA in DSNs (MAILER-DAEMON@Hostname,
-	// Reporting-MTA). Default os.Hostname().
+	// Hostname names this MTA in DSNs (Reporting-MTA, Message-ID, the
+	// From address unless BounceFrom is set). Default os.Hostname().
 	Hostname string
+	// BounceFrom is the From address of the messages the scheduler
+	// generates (DSNs, delay warnings); their envelope sender is always
+	// the null sender. Zero means MAILER-DAEMON@Hostname, as Postfix does.
+	// Set it to an address of the mail domain (MAILER-DAEMON@example.com,
+	// postmaster@example.com) whose DKIM key signs them at postq, so that
+	// they align and pass DMARC where they arrive.
+	BounceFrom policy.Address
 	// MaxReturnSize: a DSN includes the whole original message up to this
 	// size, only its header above it or when the sender asked RET=HDRS
 	// (default 10 MiB).
@@ -156,6 +163,9 @@ func NewScheduler(st Store, cfg Config) *Scheduler {
 		if cfg.Hostname == "" {
 			cfg.Hostname = "localhost"
 		}
+	}
+	if cfg.BounceFrom.IsNull() {
+		cfg.BounceFrom = policy.Address{Local: "MAILER-DAEMON", Domain: cfg.Hostname}
 	}
 	if cfg.MaxReturnSize <= 0 {
 		cfg.MaxReturnSize = 10 << 20
