@@ -114,6 +114,14 @@
 // null sender. DSNs are queued like any message and go through the postq
 // and delivery rules.
 //
+// A recipient that asked NOTIFY=DELAY and is still undelivered
+// Config.DelayWarning after arrival (default 4 hours) gets a DSN with
+// Action: delayed (the header of the message only, and Will-Retry-Until),
+// then one every Config.DelayRepeat (default daily) until it is delivered,
+// fails or expires. The scheduler wakes the message for it even when no
+// attempt is due then; the time of the last one is saved in the envelope
+// (Envelope.DelayWarned), so a restart sends none twice for one period.
+//
 // Those rules see a DSN marked with GeneratedKey: it came from no client,
 // so it has no client address and no SPF or DKIM results, and a rule
 // judging incoming mail (DMARC above all) must let it pass, or it fails

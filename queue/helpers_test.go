@@ -288,6 +288,15 @@ func (h *harness) take(pick func([]string) int, what string) string {
 	}
 }
 
+// setClock moves the fake clock to t and wakes the scheduler's loop. The
+// loop computes a timer's duration from the time it read, so a Set that
+// comes between that read and its Clock.After would push the timer late by
+// the move; the wake-up makes it look at the timers again at the new time.
+func (h *harness) setClock(t time.Time) {
+	h.clock.Set(t)
+	h.sch.poke()
+}
+
 func (h *harness) enqueue(tx *policy.Transaction, raw string) {
 	h.t.Helper()
 	require.NoError(h.t, h.sp.Enqueue(context.Background(), tx, newMessage(h.t, raw)))

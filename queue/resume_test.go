@@ -120,7 +120,7 @@ func TestCrashLoopBacksOff(t *testing.T) {
 	assert.Contains(t, logs.String(), "level=WARN")
 	assert.Contains(t, logs.String(), "delivery attempt 3 of message m1 did not finish: the process stopped during it; backing off")
 
-	h.clock.Advance(20 * time.Minute)
+	h.setClock(t0.Add(20 * time.Minute))
 	h.wait("m1")
 	assert.Equal(t, 1, h.tr.callCount(), "tried once the backoff is over")
 	env = h.envelope("m1")

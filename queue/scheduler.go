@@ -70,6 +70,14 @@ type Config struct {
 	// Jitter spreads retries by ±Jitter of the delay (default 0.1;
 	// negative: none).
 	Jitter float64
+	// DelayWarning: a recipient that asked for delay notifications
+	// (NOTIFY=DELAY, RFC 3461) and is still undelivered this long after
+	// its message arrived gets a DSN with Action: delayed, and another
+	// every DelayRepeat after that until it is delivered or fails. Zero
+	// means 4 hours (Postfix's delay_warning_time, where it is on);
+	// negative: no delay notifications. DelayRepeat zero means 24 hours.
+	// Recipients without NOTIFY get none (RFC 3461 leaves it to the MTA).
+	DelayWarning, DelayRepeat time.Duration
 	// AttemptTimeout bounds one transport call (default 10 min).
 	AttemptTimeout time.Duration
 	// Hostname names this MTA in DSNs (Reporting-MTA, Message-ID, the
@@ -154,6 +162,12 @@ func NewScheduler(st Store, cfg Config) *Scheduler {
 	}
 	if cfg.Jitter == 0 {
 		cfg.Jitter = 0.1
+	}
+	if cfg.DelayWarning == 0 {
+		cfg.DelayWarning = 4 * time.Hour
+	}
+	if cfg.DelayRepeat <= 0 {
+		cfg.DelayRepeat = 24 * time.Hour
 	}
 	if cfg.AttemptTimeout <= 0 {
 		cfg.AttemptTimeout = 10 * time.Minute
@@ -366,7 +380,15 @@ func (s *Scheduler) work(ctx context.Context, id string) {
 		}
 	}
 	if !resume && env.Attempts > 0 && env.NextAttempt.After(now) && (q == Deferred || q == Deliver) {
-		s.retryAt(id, env.NextAttempt)
+		// Not time for an attempt; maybe for a delay notification.
+		if due := s.delayDue(env); !due.IsZero() && !due.After(now) {
+			if s.warnDelayed(ctx, env, m, now) {
+				if err := s.st.Save(context.WithoutCancel(ctx), env, q, q, nil); err != nil {
+					s.log.Error("queue: cannot record delay DSN", "id", id, "error", err)
+				}
+			}
+		}
+		s.retryAt(id, s.wakeAt(env, now))
 		return
 	}
 	// Rules and transports run under ctx, so that stopping the scheduler
@@ -740,6 +762,9 @@ func (s *Scheduler) finish(ctx context.Context, q string, env *Envelope, m *poli
 	}
 	switch {
 	case env.pending():
+		if due := s.delayDue(env); !due.IsZero() && !due.After(now) {
+			s.warnDelayed(ctx, env, m, now) // recorded with the move below
+		}
 		env.LastError = rcptErrors(env, RcptPending)
 		s.moveOn(ctx, q, Deferred, env)
 	case slices.ContainsFunc(env.Rcpts, func(r RcptState) bool { return r.State == RcptFailed }):
@@ -774,7 +799,7 @@ func (s *Scheduler) moveOn(ctx context.Context, q, to string, env *Envelope) {
 	}
 	if to == Deferred {
 		s.log.Info("queue: deferred", "id", env.ID, "attempts", env.Attempts, "next", env.NextAttempt, "error", env.LastError)
-		s.retryAt(env.ID, env.NextAttempt)
+		s.retryAt(env.ID, s.wakeAt(env, s.cfg.Clock.Now()))
 	} else {
 		s.log.Info("queue: moved", "id", env.ID, "queue", to, "error", env.LastError)
 	}
