@@ -32,7 +32,8 @@
 // not create and unlink a file per message (see recycleEntries).
 //
 // A message's state is the place of its entry: working (accepted, postq
-// rules not yet run), deliver, deferred, dead, quarantine/<name>, corrupt.
+// rules not yet run), deliver, deferred, dead, quarantine/<name>, corrupt
+// (dead and the quarantines are purged after a retention, see below).
 // List, Show, Requeue, Move and Delete administer them while the scheduler
 // runs.
 //
@@ -48,13 +49,15 @@
 // field's zero value a documented default; there are no option functions.
 // Open takes a SpoolConfig (logger, clock, DSN support, the unsafe no-sync
 // mode of benchmarks) and NewScheduler a Config (rules, transports, routes,
-// workers, backoff, lifetime, clock, logger); both read their struct once.
+// workers, backoff, lifetime, DSN sender, delay notifications, retention,
+// clock, logger); both read their struct once.
 // Maildir and Mbox are configured by their own fields (&Maildir{Root: dir}),
 // which must not change once in use.
 //
 // Logging goes to the Logger field of SpoolConfig (the spool: corrupt
 // entries set aside) and of Config (the scheduler: postq outcomes,
-// deliveries, DSNs, errors), each nil meaning slog.Default(). There is no
+// deliveries, DSNs, interrupted attempts, purges, errors), each nil
+// meaning slog.Default(). There is no
 // other way to set a logger, and no package-level setting or state: the
 // sync rounds and handles live in the Spool (and in a Maildir used without
 // a Scheduler), not in the package.
@@ -102,6 +105,17 @@
 // that finishes, or an operator's Requeue or Move, resets the count; an
 // attempt whose outcome could not be recorded (an I/O error) counts as
 // interrupted.
+//
+// # Retention
+//
+// Messages in dead and in the quarantine queues are kept for inspection,
+// then deleted Config.Retention after they came there (default 30 days;
+// negative: kept until deleted by hand), each deletion logged at INFO
+// ("queue: purged: retention ran out", with id, queue and age). The
+// scheduler looks for them when it starts and every hour. Their age is
+// counted from Envelope.Moved, which the spool sets on each move between
+// queues (from their arrival, or their last attempt when later, for a
+// message quarantined as it arrived).
 //
 // # Bounces
 //

@@ -78,6 +78,12 @@ type Config struct {
 	// negative: no delay notifications. DelayRepeat zero means 24 hours.
 	// Recipients without NOTIFY get none (RFC 3461 leaves it to the MTA).
 	DelayWarning, DelayRepeat time.Duration
+	// Retention: messages in dead and in the quarantine queues are
+	// deleted this long after they came there, each deletion logged with
+	// its ID, queue and age; the scheduler looks for them when it starts
+	// and then every hour (or every Retention, when shorter). Zero means
+	// 30 days; negative: they are kept until deleted by hand.
+	Retention time.Duration
 	// AttemptTimeout bounds one transport call (default 10 min).
 	AttemptTimeout time.Duration
 	// Hostname names this MTA in DSNs (Reporting-MTA, Message-ID, the
@@ -128,7 +134,8 @@ type Scheduler struct {
 	running int
 	wg      sync.WaitGroup
 
-	afterWork func(id string) // test hook: called when a worker is done with id
+	afterWork  func(id string) // test hook: called when a worker is done with id
+	afterPurge func()          // test hook: called after each retention run
 }
 
 const (
@@ -168,6 +175,9 @@ func NewScheduler(st Store, cfg Config) *Scheduler {
 	}
 	if cfg.DelayRepeat <= 0 {
 		cfg.DelayRepeat = 24 * time.Hour
+	}
+	if cfg.Retention == 0 {
+		cfg.Retention = 30 * 24 * time.Hour
 	}
 	if cfg.AttemptTimeout <= 0 {
 		cfg.AttemptTimeout = 10 * time.Minute
@@ -230,6 +240,10 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	s.mu.Lock()
 	s.runCtx = ctx
 	s.mu.Unlock()
+	if s.cfg.Retention > 0 {
+		s.wg.Add(1)
+		go s.retain(ctx)
+	}
 	for {
 		s.mu.Lock()
 		now := s.cfg.Clock.Now()
