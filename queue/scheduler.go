@@ -396,8 +396,9 @@ func (s *Scheduler) work(ctx context.Context, id string) {
 	if !resume && env.Attempts > 0 && env.NextAttempt.After(now) && (q == Deferred || q == Deliver) {
 		// Not time for an attempt; maybe for a delay notification.
 		if due := s.delayDue(env); !due.IsZero() && !due.After(now) {
-			if s.warnDelayed(ctx, env, m, now) {
-				if err := s.st.Save(context.WithoutCancel(ctx), env, q, q, nil); err != nil {
+			wctx := context.WithoutCancel(ctx) // a stop does not cut it in half
+			if s.warnDelayed(wctx, env, m, now) {
+				if err := s.st.Save(wctx, env, q, q, nil); err != nil {
 					s.log.Error("queue: cannot record delay DSN", "id", id, "error", err)
 				}
 			}
