@@ -445,7 +445,7 @@ func (s *Scheduler) interrupted(ctx context.Context, q string, env *Envelope) bo
 	}
 	s.log.Warn(fmt.Sprintf("queue: delivery attempt %d of message %s did not finish: the process stopped during it; backing off", env.Attempts, env.ID),
 		"id", env.ID, "attempt", env.Attempts, "crashes", env.Crashes, "next", env.NextAttempt)
-	if err := s.st.Save(ctx, env, q, q, nil); err != nil {
+	if err := s.st.Save(context.WithoutCancel(ctx), env, q, q, nil); err != nil {
 		env.InFlight = true
 		s.log.Error("queue: cannot record interrupted attempt", "id", env.ID, "error", err)
 		s.retryAt(env.ID, s.cfg.Clock.Now().Add(s.cfg.MinBackoff))
