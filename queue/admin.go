@@ -93,6 +93,7 @@ func (s *Spool) Requeue(ctx context.Context, id string) error {
 		}
 	}
 	env.NextAttempt = s.now()
+	env.InFlight, env.Crashes = false, 0 // an operator's retry starts afresh
 	to := Deliver
 	if !env.PostQDone {
 		to = Working
@@ -127,6 +128,7 @@ func (s *Spool) Move(ctx context.Context, id, to string) error {
 	}
 	if to == Deliver || to == Working || to == Deferred {
 		env.NextAttempt = s.now()
+		env.InFlight, env.Crashes = false, 0 // an operator's retry starts afresh
 		if !env.pending() {
 			return fmt.Errorf("queue: %s has no recipient left to deliver", id)
 		}

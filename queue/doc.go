@@ -32,7 +32,8 @@
 // not create and unlink a file per message (see recycleEntries).
 //
 // A message's state is the place of its entry: working (accepted, postq
-// rules not yet run), deliver, deferred, dead, quarantine/<name>, corrupt.
+// rules not yet run), deliver, deferred, dead, quarantine/<name>, corrupt
+// (dead and the quarantines are purged after a retention, see below).
 // List, Show, Requeue, Move and Delete administer them while the scheduler
 // runs.
 //
@@ -48,13 +49,15 @@
 // field's zero value a documented default; there are no option functions.
 // Open takes a SpoolConfig (logger, clock, DSN support, the unsafe no-sync
 // mode of benchmarks) and NewScheduler a Config (rules, transports, routes,
-// workers, backoff, lifetime, clock, logger); both read their struct once.
+// workers, backoff, lifetime, DSN sender, delay notifications, retention,
+// clock, logger); both read their struct once.
 // Maildir and Mbox are configured by their own fields (&Maildir{Root: dir}),
 // which must not change once in use.
 //
 // Logging goes to the Logger field of SpoolConfig (the spool: corrupt
 // entries set aside) and of Config (the scheduler: postq outcomes,
-// deliveries, DSNs, errors), each nil meaning slog.Default(). There is no
+// deliveries, DSNs, interrupted attempts, purges, errors), each nil
+// meaning slog.Default(). There is no
 // other way to set a logger, and no package-level setting or state: the
 // sync rounds and handles live in the Spool (and in a Maildir used without
 // a Scheduler), not in the package.
@@ -86,19 +89,60 @@
 // deferred. A corrupt envelope or message (unparsable, truncated) is moved
 // to corrupt with an error log entry; the queue goes on. Delivery is at
 // least once: a crash between a delivery and its record may deliver twice.
-// Before each attempt the attempt count and the time of the next attempt
-// are saved (with the move out of working and the postq header edits, in
-// one commit), so a crash loop cannot hammer a destination.
+// Before each attempt the attempt count, the time of the next attempt and
+// the mark of an attempt under way (Envelope.InFlight) are saved (with the
+// move out of working and the postq header edits, in one commit); the
+// record of the outcome clears the mark.
+//
+// A message found with the mark (the process stopped during its attempt:
+// a crash, kill -9) is tried again at once when the scheduler starts, as
+// Postfix does, not after its backoff. The crashed attempts are counted in
+// the envelope (Envelope.Crashes); after 3 in a row the message waits for
+// its backoff, as after a temporary failure, and a warning says why
+// ("delivery attempt N of message X did not finish: the process stopped
+// during it; backing off"), so a message that crashes the process every
+// time cannot keep it in a crash loop nor hammer a destination. An attempt
+// that finishes, or an operator's Requeue or Move, resets the count; an
+// attempt whose outcome could not be recorded (an I/O error) counts as
+// interrupted.
+//
+// # Retention
+//
+// Messages in dead and in the quarantine queues are kept for inspection,
+// then deleted Config.Retention after they came there (default 30 days;
+// negative: kept until deleted by hand), each deletion logged at INFO
+// ("queue: purged: retention ran out", with id, queue and age). The
+// scheduler looks for them when it starts and every hour. Their age is
+// counted from Envelope.Moved, which the spool sets on each move between
+// queues (from their arrival, or their last attempt when later, for a
+// message quarantined as it arrived).
 //
 // # Bounces
 //
 // A recipient that fails for good (5xx, or the lifetime ran out) gets a
 // multipart/report DSN to the envelope sender, from the null sender and
-// MAILER-DAEMON@<hostname>, with a message/delivery-status part and the
-// original message (or its header for RET=HDRS or a large message). NOTIFY
-// is honoured (NEVER: none; SUCCESS: a "delivered" DSN), and so are ENVID
-// and ORCPT. Nothing is ever sent to the null sender. DSNs are queued like
-// any message and go through the postq and delivery rules.
+// Config.BounceFrom (default MAILER-DAEMON@<hostname>), with a
+// message/delivery-status part and the original message (or its header for
+// RET=HDRS or a large message). NOTIFY is honoured (NEVER: none; SUCCESS: a
+// "delivered" DSN), and so are ENVID and ORCPT. Nothing is ever sent to the
+// null sender. DSNs are queued like any message and go through the postq
+// and delivery rules.
+//
+// A recipient that asked NOTIFY=DELAY and is still undelivered
+// Config.DelayWarning after arrival (default 4 hours) gets a DSN with
+// Action: delayed (the header of the message only, and Will-Retry-Until),
+// then one every Config.DelayRepeat (default daily) until it is delivered,
+// fails or expires. The scheduler wakes the message for it even when no
+// attempt is due then; the time of the last one is saved in the envelope
+// (Envelope.DelayWarned), so a restart sends none twice for one period.
+//
+// Those rules see a DSN marked with GeneratedKey: it came from no client,
+// so it has no client address and no SPF or DKIM results, and a rule
+// judging incoming mail (DMARC above all) must let it pass, or it fails
+// our own bounces. Point BounceFrom at the mail domain whose DKIM key a
+// postq rule signs with (auth.SignDKIM signs a null-sender message made
+// here whose From is in its domain), and DSNs pass DMARC where they
+// arrive.
 //
 // # Transports
 //

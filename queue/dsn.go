@@ -3,13 +3,38 @@ package queue
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/mtakit/mtakit/policy"
 )
+
+// Generated describes a message that the scheduler generated itself: a
+// DSN or a delay warning. It round-trips through encoding/json.
+type Generated struct {
+	// Report is the DSN's Action: "failed", "delayed" or "delivered".
+	// Empty for a DSN queued by a version that did not record it.
+	Report string `json:"report,omitempty"`
+	// Original is the queue ID of the message reported on ("" as Report).
+	Original string `json:"original,omitempty"`
+}
+
+// GeneratedKey marks the transaction of a message the scheduler generated
+// (see Generated), as the postq and delivery rules see it: such a message
+// did not come from a client, and has no client address (Conn.Remote is
+// zero), no SPF or DKIM verification results, and the null sender. Rules
+// that judge incoming mail (SPF, DMARC, reputation) should let it pass:
+//
+//	if _, ok := queue.GeneratedKey.Get(tx); ok {
+//		return policy.Next() // our own DSN: sign it, do not judge it
+//	}
+//
+// Only the scheduler sets it; no client can.
+const GeneratedKey policy.Key[Generated] = "queue.generated"
 
 // report queues the DSNs owed for env's recipients that reached a final
 // state: "failed" for failures (unless NOTIFY excludes FAILURE), and
@@ -49,11 +74,70 @@ func (s *Scheduler) report(ctx context.Context, env *Envelope, m *policy.Message
 	return nil
 }
 
+// delayDue returns when the next delay DSN of env is due: DelayWarning
+// after its arrival, then DelayRepeat after the last one; zero when none
+// is owed (no pending recipient asked NOTIFY=DELAY, the null sender, delay
+// notifications off, or the message expires first).
+func (s *Scheduler) delayDue(env *Envelope) time.Time {
+	if s.cfg.DelayWarning < 0 || env.From.Address().IsNull() {
+		return time.Time{}
+	}
+	if !slices.ContainsFunc(env.Rcpts, func(r RcptState) bool { return r.State == RcptPending && r.notify("DELAY") }) {
+		return time.Time{}
+	}
+	due := env.Received.Add(s.cfg.DelayWarning)
+	if !env.DelayWarned.IsZero() {
+		due = env.DelayWarned.Add(s.cfg.DelayRepeat)
+	}
+	if !due.Before(env.Received.Add(s.cfg.Lifetime)) {
+		return time.Time{} // the failure DSN comes then
+	}
+	return due
+}
+
+// wakeAt returns when message env (deferred) is next to be looked at: its
+// next attempt, or its next delay DSN when that comes first.
+func (s *Scheduler) wakeAt(env *Envelope, now time.Time) time.Time {
+	at := env.NextAttempt
+	if due := s.delayDue(env); !due.IsZero() && due.Before(at) {
+		if !due.After(now) {
+			due = now.Add(s.cfg.MinBackoff) // queueing it failed: try again later
+		}
+		at = due
+	}
+	return at
+}
+
+// warnDelayed queues a delay DSN for env's pending recipients that asked
+// NOTIFY=DELAY and sets env.DelayWarned (the caller saves env); it reports
+// whether it did. A failure is logged, and tried again later.
+func (s *Scheduler) warnDelayed(ctx context.Context, env *Envelope, m *policy.Message, now time.Time) bool {
+	var idx []int
+	for i, r := range env.Rcpts {
+		if r.State == RcptPending && r.notify("DELAY") {
+			idx = append(idx, i)
+		}
+	}
+	if len(idx) == 0 {
+		return false
+	}
+	if err := s.bounce(ctx, env, m, idx, "delayed"); err != nil {
+		s.log.Error("queue: cannot queue delay DSN", "id", env.ID, "error", err)
+		return false
+	}
+	env.DelayWarned = now
+	return true
+}
+
 // bounce queues one RFC 3464 DSN for the recipients idx of env, with the
 // given Action, to env's sender from the null sender.
 func (s *Scheduler) bounce(ctx context.Context, env *Envelope, m *policy.Message, idx []int, action string) error {
 	now := s.cfg.Clock.Now()
 	host := s.cfg.Hostname
+	mark, err := json.Marshal(Generated{Report: action, Original: env.ID})
+	if err != nil {
+		return err
+	}
 	denv := &Envelope{
 		Version:  EnvelopeVersion,
 		ID:       policy.NewID(),
@@ -61,14 +145,17 @@ func (s *Scheduler) bounce(ctx context.Context, env *Envelope, m *policy.Message
 		Received: now,
 		DSN:      true,
 		Client:   Client{Helo: host, Started: now},
+		Values:   map[string]json.RawMessage{string(GeneratedKey): mark},
 	}
 	boundary := "dsn=" + denv.ID + "/" + host
 	write := func(w io.Writer) (int64, error) {
 		cw := &countWriter{w: w}
 		bw := bufio.NewWriter(cw)
 		err := writeDSN(bw, dsnInput{
-			env: env, m: m, idx: idx, action: action, host: host, now: now, id: denv.ID,
-			boundary: boundary, full: !strings.EqualFold(env.Params.Ret, "HDRS") && m.Size() <= s.cfg.MaxReturnSize,
+			env: env, m: m, idx: idx, action: action, host: host, from: s.cfg.BounceFrom, now: now, id: denv.ID,
+			boundary: boundary, retryUntil: env.Received.Add(s.cfg.Lifetime),
+			// A delay warning returns the header only, as Postfix's does.
+			full: action != "delayed" && !strings.EqualFold(env.Params.Ret, "HDRS") && m.Size() <= s.cfg.MaxReturnSize,
 		})
 		if err == nil {
 			err = bw.Flush()
@@ -96,15 +183,17 @@ func (c *countWriter) Write(p []byte) (int, error) {
 }
 
 type dsnInput struct {
-	env      *Envelope
-	m        *policy.Message
-	idx      []int
-	action   string
-	host     string
-	now      time.Time
-	id       string
-	boundary string
-	full     bool
+	env        *Envelope
+	m          *policy.Message
+	idx        []int
+	action     string
+	host       string
+	from       policy.Address
+	now        time.Time
+	id         string
+	boundary   string
+	full       bool
+	retryUntil time.Time // for "delayed": the end of the message's lifetime
 }
 
 // clean keeps a value on one line of printable ASCII for a header field.
@@ -133,10 +222,13 @@ func writeDSN(w *bufio.Writer, in dsnInput) error {
 	}
 	env := in.env
 	subject := "Undelivered Mail Returned to Sender"
-	if in.action == "delivered" {
+	switch in.action {
+	case "delivered":
 		subject = "Successful Mail Delivery Report"
+	case "delayed":
+		subject = "Delayed Mail (still being retried)"
 	}
-	p("From: Mail Delivery System <MAILER-DAEMON@%s>", in.host)
+	p("From: Mail Delivery System <%s>", clean(in.from.String()))
 	p("To: %s", clean(env.From.Address().Path()))
 	p("Subject: %s", subject)
 	p("Date: %s", in.now.Format(time.RFC1123Z))
@@ -152,10 +244,18 @@ func writeDSN(w *bufio.Writer, in dsnInput) error {
 	p("")
 	p("This is the mail system at host %s.", in.host)
 	p("")
-	if in.action == "failed" {
+	switch in.action {
+	case "failed":
 		p("I'm sorry to have to inform you that your message could not")
 		p("be delivered to one or more recipients. It's attached below.")
-	} else {
+	case "delayed":
+		p("####################################################################")
+		p("# THIS IS A WARNING ONLY.  YOU DO NOT NEED TO RESEND YOUR MESSAGE. #")
+		p("####################################################################")
+		p("")
+		p("Your message could not be delivered for %s.", age(in.now.Sub(env.Received)))
+		p("It will be retried until it is %s old.", age(in.retryUntil.Sub(env.Received)))
+	default:
 		p("Your message was successfully delivered to the destination(s)")
 		p("listed below.")
 	}
@@ -192,6 +292,9 @@ func writeDSN(w *bufio.Writer, in dsnInput) error {
 		if !env.LastAttempt.IsZero() {
 			p("Last-Attempt-Date: %s", env.LastAttempt.Format(time.RFC1123Z))
 		}
+		if in.action == "delayed" {
+			p("Will-Retry-Until: %s", in.retryUntil.Format(time.RFC1123Z))
+		}
 	}
 	p("")
 	if in.full {
@@ -216,8 +319,32 @@ func writeDSN(w *bufio.Writer, in dsnInput) error {
 	return nil
 }
 
-// status returns the RFC 3463 status of a recipient's final reply.
+// age says how long d is, for people: minutes, hours or days.
+func age(d time.Duration) string {
+	plural := func(n int64, unit string) string {
+		if n == 1 {
+			return "1 " + unit
+		}
+		return fmt.Sprintf("%d %ss", n, unit)
+	}
+	switch {
+	case d >= 48*time.Hour:
+		return plural(int64(d/(24*time.Hour)), "day")
+	case d >= 2*time.Hour:
+		return plural(int64(d/time.Hour), "hour")
+	}
+	return plural(int64(d/time.Minute), "minute")
+}
+
+// status returns the RFC 3463 status of a recipient's reply: its final
+// one, or for "delayed" its last (always a 4.x.x status).
 func status(r policy.Reply, action string) string {
+	if action == "delayed" {
+		if strings.HasPrefix(r.Enhanced, "4.") {
+			return r.Enhanced
+		}
+		return "4.0.0"
+	}
 	if r.Enhanced != "" {
 		return r.Enhanced
 	}

@@ -51,6 +51,10 @@ const (
 //	  "postq_done": false,             // postq rules ran; their header edits are in head
 //	  "dsn": false,                    // this message is a DSN we generated
 //	  "attempts": 0, "next_attempt": "...", "last_attempt": "...", "last_error": "",
+//	  "in_flight": false,              // an attempt was recorded as started, its outcome not yet
+//	  "crashes": 0,                    // attempts in a row the process stopped during
+//	  "delay_warned": "...",           // when the last delay DSN (NOTIFY=DELAY) was queued
+//	  "moved": "...",                  // when the entry came into its queue (set on each move)
 //	  "values": {"auth.spf": {...}}    // rules' typed results (policy.Key), by key name
 //	}
 type Envelope struct {
@@ -71,6 +75,22 @@ type Envelope struct {
 	NextAttempt   time.Time   `json:"next_attempt,omitzero"`
 	LastAttempt   time.Time   `json:"last_attempt,omitzero"`
 	LastError     string      `json:"last_error,omitempty"`
+	// InFlight is set by the record saved just before a delivery attempt
+	// and cleared by the record of its outcome: found set when the
+	// scheduler loads the message, it means the process stopped during
+	// that attempt (a crash, kill -9).
+	InFlight bool `json:"in_flight,omitempty"`
+	// Crashes counts the attempts in a row that did not finish because
+	// the process stopped during them; an attempt that finishes resets it.
+	Crashes int `json:"crashes,omitempty"`
+	// DelayWarned is when the last delay DSN (Action: delayed, for
+	// recipients with NOTIFY=DELAY) was queued; zero: none yet.
+	DelayWarned time.Time `json:"delay_warned,omitzero"`
+	// Moved is when the entry came into its current queue, set by the
+	// spool on each move between queues; zero when it is still in the
+	// queue it was stored in (then Received, or LastAttempt when later,
+	// tells its age there).
+	Moved time.Time `json:"moved,omitzero"`
 
 	// Values are the typed results rules stored in the transaction (see
 	// policy.Key), as JSON by key name, given back to the postq and
@@ -214,6 +234,9 @@ func (e *Envelope) Transaction(states ...string) *policy.Transaction {
 	tx.Received = e.Received
 	tx.SetForceAccepted(e.ForceAccepted)
 	tx.SetEncodedValues(e.Values)
+	if e.DSN && e.Values[string(GeneratedKey)] == nil {
+		GeneratedKey.Set(tx, Generated{}) // a DSN queued before the mark existed
+	}
 	tx.Params = policy.MailParams{
 		Size: e.Params.Size, Body: e.Params.Body, SMTPUTF8: e.Params.SMTPUTF8,
 		RequireTLS: e.Params.RequireTLS, Ret: e.Params.Ret, EnvID: e.Params.EnvID, Auth: e.Params.Auth,
@@ -286,6 +309,8 @@ func (e *Envelope) validate() error {
 		return errors.New("no recipients")
 	case e.Attempts < 0:
 		return errors.New("negative attempts")
+	case e.Crashes < 0:
+		return errors.New("negative crashes")
 	}
 	for i, r := range e.Rcpts {
 		switch r.State {

@@ -99,3 +99,34 @@ func ExampleScheduler() {
 	//
 	// Hello Bob.
 }
+
+// A postq rule that judges incoming mail lets the DSNs of our own queue
+// pass: they come from no client, so they have no SPF or DKIM results of
+// their own and would fail DMARC.
+func ExampleGeneratedKey() {
+	onlyIncoming := func(rule policy.MessageRule) policy.MessageRule {
+		return func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
+			if g, ok := queue.GeneratedKey.Get(tx); ok {
+				fmt.Println("our own DSN:", g.Report, "for", g.Original)
+				return policy.Next()
+			}
+			return rule(ctx, tx, m)
+		}
+	}
+	quarantineAll := func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
+		return policy.Quarantine("dmarc")
+	}
+	chain := &policy.Chain{}
+	chain.PostQ("dmarc", onlyIncoming(quarantineAll))
+
+	// What the scheduler gives the rules for a DSN it generated.
+	tx := policy.NewTransaction(&policy.Conn{}, "dsn1")
+	queue.GeneratedKey.Set(tx, queue.Generated{Report: "failed", Original: "msg1"})
+	raw := "From: MAILER-DAEMON@example.org\r\nSubject: Undelivered Mail Returned to Sender\r\n\r\n...\r\n"
+	m, _ := policy.NewMessage(strings.NewReader(raw), int64(len(raw)), nil)
+	res := chain.EvalPostQ(context.Background(), tx, m)
+	fmt.Println(res.Verdict.Kind == policy.KindQuarantine)
+	// Output:
+	// our own DSN: failed for msg1
+	// false
+}

@@ -191,7 +191,9 @@ func newHarness(t *testing.T, dir string, cfg Config) *harness {
 	if cfg.Hostname == "" {
 		cfg.Hostname = "mx.test"
 	}
-	cfg.Logger = quietLogger()
+	if cfg.Logger == nil {
+		cfg.Logger = quietLogger()
+	}
 	h.sch = NewScheduler(h.sp, cfg)
 	h.sch.afterWork = func(id string) { h.done <- id }
 	return h
@@ -284,6 +286,15 @@ func (h *harness) take(pick func([]string) int, what string) string {
 			h.t.Fatalf("timed out %s", what)
 		}
 	}
+}
+
+// setClock moves the fake clock to t and wakes the scheduler's loop. The
+// loop computes a timer's duration from the time it read, so a Set that
+// comes between that read and its Clock.After would push the timer late by
+// the move; the wake-up makes it look at the timers again at the new time.
+func (h *harness) setClock(t time.Time) {
+	h.clock.Set(t)
+	h.sch.poke()
 }
 
 func (h *harness) enqueue(tx *policy.Transaction, raw string) {

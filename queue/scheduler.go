@@ -5,6 +5,7 @@ import (
 	"container/heap"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -69,11 +70,32 @@ type Config struct {
 	// Jitter spreads retries by ±Jitter of the delay (default 0.1;
 	// negative: none).
 	Jitter float64
+	// DelayWarning: a recipient that asked for delay notifications
+	// (NOTIFY=DELAY, RFC 3461) and is still undelivered this long after
+	// its message arrived gets a DSN with Action: delayed, and another
+	// every DelayRepeat after that until it is delivered or fails. Zero
+	// means 4 hours (Postfix's delay_warning_time, where it is on);
+	// negative: no delay notifications. DelayRepeat zero means 24 hours.
+	// Recipients without NOTIFY get none (RFC 3461 leaves it to the MTA).
+	DelayWarning, DelayRepeat time.Duration
+	// Retention: messages in dead and in the quarantine queues are
+	// deleted this long after they came there, each deletion logged with
+	// its ID, queue and age; the scheduler looks for them when it starts
+	// and then every hour (or every Retention, when shorter). Zero means
+	// 30 days; negative: they are kept until deleted by hand.
+	Retention time.Duration
 	// AttemptTimeout bounds one transport call (default 10 min).
 	AttemptTimeout time.Duration
-	// Hostname names this MTA in DSNs (MAILER-DAEMON@Hostname,
-	// Reporting-MTA). Default os.Hostname().
+	// Hostname names this MTA in DSNs (Reporting-MTA, Message-ID, the
+	// From address unless BounceFrom is set). Default os.Hostname().
 	Hostname string
+	// BounceFrom is the From address of the messages the scheduler
+	// generates (DSNs, delay warnings); their envelope sender is always
+	// the null sender. Zero means MAILER-DAEMON@Hostname, as Postfix does.
+	// Set it to an address of the mail domain (MAILER-DAEMON@example.com,
+	// postmaster@example.com) whose DKIM key signs them at postq, so that
+	// they align and pass DMARC where they arrive.
+	BounceFrom policy.Address
 	// MaxReturnSize: a DSN includes the whole original message up to this
 	// size, only its header above it or when the sender asked RET=HDRS
 	// (default 10 MiB).
@@ -112,7 +134,8 @@ type Scheduler struct {
 	running int
 	wg      sync.WaitGroup
 
-	afterWork func(id string) // test hook: called when a worker is done with id
+	afterWork  func(id string) // test hook: called when a worker is done with id
+	afterPurge func()          // test hook: called after each retention run
 }
 
 const (
@@ -147,6 +170,15 @@ func NewScheduler(st Store, cfg Config) *Scheduler {
 	if cfg.Jitter == 0 {
 		cfg.Jitter = 0.1
 	}
+	if cfg.DelayWarning == 0 {
+		cfg.DelayWarning = 4 * time.Hour
+	}
+	if cfg.DelayRepeat <= 0 {
+		cfg.DelayRepeat = 24 * time.Hour
+	}
+	if cfg.Retention == 0 {
+		cfg.Retention = 30 * 24 * time.Hour
+	}
 	if cfg.AttemptTimeout <= 0 {
 		cfg.AttemptTimeout = 10 * time.Minute
 	}
@@ -155,6 +187,9 @@ func NewScheduler(st Store, cfg Config) *Scheduler {
 		if cfg.Hostname == "" {
 			cfg.Hostname = "localhost"
 		}
+	}
+	if cfg.BounceFrom.IsNull() {
+		cfg.BounceFrom = policy.Address{Local: "MAILER-DAEMON", Domain: cfg.Hostname}
 	}
 	if cfg.MaxReturnSize <= 0 {
 		cfg.MaxReturnSize = 10 << 20
@@ -205,6 +240,10 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	s.mu.Lock()
 	s.runCtx = ctx
 	s.mu.Unlock()
+	if s.cfg.Retention > 0 {
+		s.wg.Add(1)
+		go s.retain(ctx)
+	}
 	for {
 		s.mu.Lock()
 		now := s.cfg.Clock.Now()
@@ -348,8 +387,23 @@ func (s *Scheduler) work(ctx context.Context, id string) {
 		return
 	}
 	now := s.cfg.Clock.Now()
-	if env.Attempts > 0 && env.NextAttempt.After(now) && (q == Deferred || q == Deliver) {
-		s.retryAt(id, env.NextAttempt)
+	resume := false
+	if env.InFlight && (q == Deferred || q == Deliver) {
+		if resume = s.interrupted(ctx, q, env); !resume && env.InFlight {
+			return // could not record it: retried later
+		}
+	}
+	if !resume && env.Attempts > 0 && env.NextAttempt.After(now) && (q == Deferred || q == Deliver) {
+		// Not time for an attempt; maybe for a delay notification.
+		if due := s.delayDue(env); !due.IsZero() && !due.After(now) {
+			wctx := context.WithoutCancel(ctx) // a stop does not cut it in half
+			if s.warnDelayed(wctx, env, m, now) {
+				if err := s.st.Save(wctx, env, q, q, nil); err != nil {
+					s.log.Error("queue: cannot record delay DSN", "id", id, "error", err)
+				}
+			}
+		}
+		s.retryAt(id, s.wakeAt(env, now))
 		return
 	}
 	// Rules and transports run under ctx, so that stopping the scheduler
@@ -365,6 +419,38 @@ func (s *Scheduler) work(ctx context.Context, id string) {
 		}
 	}
 	s.deliver(ctx, rctx, q, env, m, edited)
+}
+
+// maxCrashes is the number of attempts in a row that the process may stop
+// during (a crash, kill -9) before the message waits for its backoff:
+// below it, an interrupted attempt is made again at once.
+const maxCrashes = 3
+
+// interrupted handles a message whose last attempt did not finish: the
+// process stopped during it (env.InFlight). It counts the crash and
+// reports whether the attempt is to be made again at once, whatever
+// env.NextAttempt says: yes for the first maxCrashes-1 crashes in a row, so
+// that a restart puts the mail back to work as Postfix does; then the
+// message backs off as after a temporary failure (its NextAttempt was
+// saved with the attempt record), so that a message that crashes the
+// process every time cannot keep it in a crash loop. In that case the
+// count is saved now (env.InFlight left set if that failed).
+func (s *Scheduler) interrupted(ctx context.Context, q string, env *Envelope) bool {
+	env.InFlight = false
+	env.Crashes++
+	if env.Crashes < maxCrashes {
+		s.log.Info(fmt.Sprintf("queue: delivery attempt %d of message %s did not finish: the process stopped during it; trying again now", env.Attempts, env.ID),
+			"id", env.ID, "attempt", env.Attempts, "crashes", env.Crashes)
+		return true
+	}
+	s.log.Warn(fmt.Sprintf("queue: delivery attempt %d of message %s did not finish: the process stopped during it; backing off", env.Attempts, env.ID),
+		"id", env.ID, "attempt", env.Attempts, "crashes", env.Crashes, "next", env.NextAttempt)
+	if err := s.st.Save(context.WithoutCancel(ctx), env, q, q, nil); err != nil {
+		env.InFlight = true
+		s.log.Error("queue: cannot record interrupted attempt", "id", env.ID, "error", err)
+		s.retryAt(env.ID, s.cfg.Clock.Now().Add(s.cfg.MinBackoff))
+	}
+	return false
 }
 
 func (s *Scheduler) corrupt(ctx context.Context, q, id string, err error) {
@@ -523,12 +609,14 @@ func (s *Scheduler) deliver(ctx, rctx context.Context, q string, env *Envelope, 
 		env.Attempts++
 		env.LastAttempt = now
 		env.NextAttempt = s.next(env, now)
+		env.InFlight = true // cleared by the record of the outcome
 		// Not synced: a process that crashes during the attempt finds the
 		// record (no crash loop hammering a destination), and a machine
 		// that loses it runs postq and the attempt again, which at least
 		// once delivery allows. Syncing here cost a sync, two directory
 		// syncs and a rename's wait per message.
 		if err := s.st.SaveUnsynced(ctx, env, q, to, edited); err != nil {
+			env.InFlight = false
 			s.log.Error("queue: cannot record attempt", "id", env.ID, "error", err)
 			s.retryAt(env.ID, now.Add(s.cfg.MinBackoff))
 			return
@@ -569,6 +657,7 @@ func (s *Scheduler) deliver(ctx, rctx context.Context, q string, env *Envelope, 
 		g.idx = append(g.idx, i)
 	}
 	if quarantine != "" {
+		env.InFlight, env.Crashes = false, 0
 		to := QuarantinePrefix + quarantine
 		if err := s.st.Save(ctx, env, q, to, nil); err != nil {
 			s.log.Error("queue: cannot quarantine", "id", env.ID, "error", err)
@@ -660,6 +749,8 @@ func (s *Scheduler) transport(ctx context.Context, d *policy.Delivery) (replies 
 // left), dead (some failed) or removal (all delivered).
 func (s *Scheduler) finish(ctx context.Context, q string, env *Envelope, m *policy.Message) {
 	now := s.cfg.Clock.Now()
+	// The attempt (if one was made) finished: its outcome is recorded below.
+	env.InFlight, env.Crashes = false, 0
 	if env.pending() && !now.Before(env.Received.Add(s.cfg.Lifetime)) {
 		for i := range env.Rcpts {
 			r := &env.Rcpts[i]
@@ -686,6 +777,9 @@ func (s *Scheduler) finish(ctx context.Context, q string, env *Envelope, m *poli
 	}
 	switch {
 	case env.pending():
+		if due := s.delayDue(env); !due.IsZero() && !due.After(now) {
+			s.warnDelayed(ctx, env, m, now) // recorded with the move below
+		}
 		env.LastError = rcptErrors(env, RcptPending)
 		s.moveOn(ctx, q, Deferred, env)
 	case slices.ContainsFunc(env.Rcpts, func(r RcptState) bool { return r.State == RcptFailed }):
@@ -720,7 +814,7 @@ func (s *Scheduler) moveOn(ctx context.Context, q, to string, env *Envelope) {
 	}
 	if to == Deferred {
 		s.log.Info("queue: deferred", "id", env.ID, "attempts", env.Attempts, "next", env.NextAttempt, "error", env.LastError)
-		s.retryAt(env.ID, env.NextAttempt)
+		s.retryAt(env.ID, s.wakeAt(env, s.cfg.Clock.Now()))
 	} else {
 		s.log.Info("queue: moved", "id", env.ID, "queue", to, "error", env.LastError)
 	}

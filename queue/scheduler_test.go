@@ -615,8 +615,10 @@ func TestRestartPicksUpEverything(t *testing.T) {
 }
 
 func TestRestartHonoursRecordedNextAttempt(t *testing.T) {
-	// A crash during an attempt leaves the message in deliver with its next
-	// attempt recorded: a restart waits for it instead of hammering.
+	// A message in deliver whose last attempt finished (none in flight)
+	// with its next attempt recorded: a restart waits for it instead of
+	// hammering. (An attempt the process stopped during is resumed at
+	// once: see TestResumeInterruptedAttempt.)
 	h := newHarness(t, "", Config{})
 	h.tr.script = func(string, int) policy.Reply { return reply(451, "4.0.0", "x") }
 	h.start()

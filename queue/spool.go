@@ -637,6 +637,9 @@ func (s *Spool) update(ctx context.Context, env *Envelope, from, to string, dura
 	if err != nil {
 		return err
 	}
+	if to != from {
+		env.Moved = s.now()
+	}
 	cur := entryPath(fdir, env.ID)
 	rec, err := encodeRecord(env)
 	if err != nil {
@@ -700,6 +703,9 @@ func (s *Spool) replace(ctx context.Context, env *Envelope, from, to string, m *
 	}
 	head, off, size, end := env.Head, env.BodyOff, env.Size, env.end
 	env.Head, env.BodyOff = nil, 0
+	if to != from {
+		env.Moved = s.now()
+	}
 	tmp := entryPath(filepath.Join(s.root, "tmp"), env.ID)
 	os.Remove(tmp)
 	since := s.cs.begin()

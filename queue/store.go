@@ -21,6 +21,9 @@ type Store interface {
 	Watch(fn func(id, queue string))
 	// IDs lists the message IDs of queue q.
 	IDs(q string) ([]string, error)
+	// Queues lists the queues: Working, Deliver, Deferred, Dead, Corrupt
+	// and every quarantine queue ("quarantine/<name>") that exists.
+	Queues() ([]string, error)
 	// Lock gives the caller exclusive use of message id until unlock is
 	// called; it waits while another holds it, up to ctx.
 	Lock(ctx context.Context, id string) (unlock func(), err error)
@@ -29,7 +32,7 @@ type Store interface {
 	// ErrCorrupt (queue then set) when the entry cannot be read back.
 	Load(id string) (queue string, env *Envelope, m *policy.Message, err error)
 	// Save stores env and moves it from queue "from" to queue "to" (the
-	// same to stay). When m is not nil its current content (header edits
+	// same to stay); a move sets env.Moved to the time of the move. When m is not nil its current content (header edits
 	// included) replaces the stored message, atomically with the envelope.
 	Save(ctx context.Context, env *Envelope, from, to string, m *policy.Message) error
 	// SaveUnsynced is Save without waiting for durability: the change is
@@ -37,8 +40,9 @@ type Store interface {
 	// the machine may undo it, the message coming back as it was before.
 	// The scheduler records an attempt this way just before making it.
 	SaveUnsynced(ctx context.Context, env *Envelope, from, to string, m *policy.Message) error
-	// Remove deletes the message env of queue q after its delivery; it
-	// need not be durable at once (a crash may bring the message back).
+	// Remove deletes the message env of queue q after its delivery, or
+	// when its retention ran out; it need not be durable at once (a crash
+	// may bring the message back).
 	Remove(ctx context.Context, q string, env *Envelope) error
 	// SetAside moves the unreadable entry id of queue q to the corrupt
 	// queue, logging cause.

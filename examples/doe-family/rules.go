@@ -11,6 +11,7 @@ import (
 	"github.com/mtakit/mtakit/auth"
 	"github.com/mtakit/mtakit/delegate"
 	"github.com/mtakit/mtakit/policy"
+	"github.com/mtakit/mtakit/queue"
 	"github.com/mtakit/mtakit/relay"
 )
 
@@ -100,9 +101,14 @@ func (rs ruleSet) chain(log *slog.Logger) *policy.Chain {
 }
 
 // skipOutgoing runs rule only on incoming mail: not for authenticated
-// clients, the internal networks, or local senders (whose mail we sign).
+// clients, the internal networks, local senders (whose mail we sign), or
+// the DSNs our queue generates (signed too, and with no SPF or DKIM
+// results of their own: DMARC would fail them).
 func skipOutgoing(rs ruleSet, local relay.Domains, rule policy.MessageRule) policy.MessageRule {
 	return func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
+		if _, ok := queue.GeneratedKey.Get(tx); ok {
+			return policy.Next()
+		}
 		c := tx.Conn
 		if c != nil && (c.Authenticated() || relay.InNetworks(c.Remote.Addr(), rs.internal)) {
 			return policy.Next()

@@ -14,6 +14,7 @@ import (
 	"github.com/mtakit/mtakit"
 	"github.com/mtakit/mtakit/auth"
 	"github.com/mtakit/mtakit/delegate"
+	"github.com/mtakit/mtakit/policy"
 	"github.com/mtakit/mtakit/policy/dnscache"
 	"github.com/mtakit/mtakit/queue"
 	"github.com/mtakit/mtakit/relay"
@@ -85,6 +86,9 @@ func build(cfg *config, log *slog.Logger) (*server, error) {
 		Delivery: queue.Config{
 			Transports: map[string]queue.Transport{"maildir": &queue.Maildir{Root: cfg.maildir}, "smtp": outbound},
 			MinBackoff: cfg.retryMin,
+			// DSNs come from the primary domain, whose key signs them
+			// (the dkim rule signs our null-sender mail): they pass DMARC.
+			BounceFrom: policy.Address{Local: "MAILER-DAEMON", Domain: cfg.domains[0]},
 		},
 		ShutdownTimeout: shutdownTimeout,
 	}
