@@ -52,20 +52,26 @@ func localChain() *policy.Chain {
 	return chain
 }
 
+// delivery is what the test transport was given.
+type delivery struct {
+	rcpts []policy.Recipient
+	data  string
+}
+
 // server is a Server on a loopback listener whose deliveries arrive on a
 // channel; Serve runs until the test cancels ctx.
 type server struct {
 	srv       *mtakit.Server
 	store     *closeCounter
 	addr      string
-	delivered chan *policy.Delivery
+	delivered chan delivery
 	cancel    context.CancelFunc
 	done      chan error
 }
 
 func startServer(t *testing.T, chain *policy.Chain) *server {
 	t.Helper()
-	s := &server{store: openStore(t), delivered: make(chan *policy.Delivery, 10), done: make(chan error, 1)}
+	s := &server{store: openStore(t), delivered: make(chan delivery, 10), done: make(chan error, 1)}
 	s.srv = &mtakit.Server{
 		Hostname: "mx.example.com",
 		Chain:    chain,
@@ -74,7 +80,12 @@ func startServer(t *testing.T, chain *policy.Chain) *server {
 		SMTP:     smtp.Config{Listeners: []smtp.Listener{{Name: "mta", Role: smtp.RoleMTA}}},
 		Delivery: queue.Config{
 			Transports: map[string]queue.Transport{"test": queue.TransportFunc(func(ctx context.Context, d *policy.Delivery) []policy.Reply {
-				s.delivered <- d
+				// The message is the transport's only while Deliver runs.
+				var b strings.Builder
+				if _, err := d.Message.WriteTo(&b); err != nil {
+					return []policy.Reply{{Code: 451, Enhanced: "4.3.0", Text: err.Error()}}
+				}
+				s.delivered <- delivery{rcpts: d.Rcpts, data: b.String()}
 				return make([]policy.Reply, len(d.Rcpts)) // zero replies: delivered
 			})},
 			DefaultRoute: policy.Route{Transport: "test"},
@@ -128,13 +139,10 @@ func TestServerDelivers(t *testing.T) {
 	require.NoError(t, send(s.addr, "bob@example.com", "Subject: hi\r\n\r\nHello.\r\n"))
 	select {
 	case d := <-s.delivered:
-		require.Len(t, d.Rcpts, 1)
-		assert.Equal(t, "bob@example.com", d.Rcpts[0].Addr.String())
-		var b strings.Builder
-		_, err := d.Message.WriteTo(&b)
-		require.NoError(t, err)
-		assert.Contains(t, b.String(), "by mx.example.com", "the hostname was given once, to Server")
-		assert.Contains(t, b.String(), "Hello.")
+		require.Len(t, d.rcpts, 1)
+		assert.Equal(t, "bob@example.com", d.rcpts[0].Addr.String())
+		assert.Contains(t, d.data, "by mx.example.com", "the hostname was given once, to Server")
+		assert.Contains(t, d.data, "Hello.")
 	case <-time.After(10 * time.Second):
 		t.Fatal("not delivered")
 	}
