@@ -185,16 +185,18 @@ func statFile(path string) fileStamp {
 	return fileStamp{mod: st.ModTime(), size: st.Size(), ok: true}
 }
 
-// Watch reloads the table whenever the modification time or size of one of
-// its files changes, checking every interval, until ctx is done; it then
-// returns nil. A failed reload is logged and the table in force stays
-// until the files change again.
+// Watch checks the table's files every interval until ctx is done, then
+// returns nil. When the modification time or size of one changes and then
+// stays the same for one more interval (a file being written in place is
+// not read half-written), the table is reloaded. A failed reload is logged
+// and the table in force stays until the files change again.
 func (t *RecipientTable) Watch(ctx context.Context, interval time.Duration) error {
 	if interval <= 0 {
 		return errors.New("relay: Watch interval must be positive")
 	}
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
+	var pending *[2]fileStamp // a change seen at the last tick, not loaded yet
 	for {
 		select {
 		case <-ctx.Done():
@@ -203,8 +205,17 @@ func (t *RecipientTable) Watch(ctx context.Context, interval time.Duration) erro
 		}
 		now := [2]fileStamp{statFile(t.cfg.AccountFile), statFile(t.cfg.AliasFile)}
 		if prev := t.stamps.Load(); prev != nil && *prev == now {
+			pending = nil
 			continue
 		}
+		// A file seen changing is read once it has stayed the same for a
+		// whole interval: one being written in place (truncated, then
+		// filled) must not load half-written.
+		if pending == nil || *pending != now {
+			pending = &now
+			continue
+		}
+		pending = nil
 		if err := t.Reload(); err != nil {
 			t.log.Error("recipients reload failed, keeping the previous table", slog.String("error", err.Error()))
 			// Do not retry the same broken files every tick.
