@@ -245,7 +245,7 @@ func ScanRule(c *ClamAV, then func(ctx context.Context, tx *policy.Transaction, 
 	return func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
 		virus, err := c.Scan(ctx, m.Reader())
 		if err != nil {
-			attrs := []any{slog.String("tx", tx.ID), slog.Any("error", err)}
+			attrs := []any{slog.String("id", tx.ID), slog.Any("error", err)}
 			if c.FailOpen {
 				c.log().WarnContext(ctx, "clamd scan failed; fail-open: the message goes on unscanned", attrs...)
 				return policy.Next()
@@ -253,7 +253,7 @@ func ScanRule(c *ClamAV, then func(ctx context.Context, tx *policy.Transaction, 
 			return policy.Deny(replyUnavailable.Code, replyUnavailable.Enhanced, replyUnavailable.Text).WithErr(err)
 		}
 		if virus != "" {
-			c.log().InfoContext(ctx, "virus found", slog.String("tx", tx.ID), slog.String("virus", virus))
+			c.log().InfoContext(ctx, "virus found", slog.String("id", tx.ID), slog.String("virus", virus))
 		}
 		if then != nil {
 			return then(ctx, tx, m, virus)

@@ -43,7 +43,7 @@ func Rule(svc *Service, then policy.MessageRule) policy.MessageRule {
 }
 
 func (s *Service) failed(ctx context.Context, tx *policy.Transaction, err error) policy.Verdict {
-	attrs := []any{slog.String("tx", tx.ID), slog.Any("error", err)}
+	attrs := []any{slog.String("id", tx.ID), slog.Any("error", err)}
 	if s.FailOpen {
 		s.log().WarnContext(ctx, "delegation failed; fail-open: the message goes on unscanned", attrs...)
 		return policy.Next()
@@ -98,7 +98,7 @@ func (s *Service) Delegate(ctx context.Context, tx *policy.Transaction, m *polic
 			r.file.Close()
 			return fmt.Errorf("delegate %s: returned message: %w", s.Name, err)
 		}
-		s.log().DebugContext(ctx, "message back from the filter", slog.String("tx", tx.ID), slog.Duration("took", time.Since(start)))
+		s.log().DebugContext(ctx, "message back from the filter", slog.String("id", tx.ID), slog.Duration("took", time.Since(start)))
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("delegate %s: %w after %s (%w)", s.Name, ErrTimeout, time.Since(start).Round(time.Millisecond), ctx.Err())

@@ -369,7 +369,7 @@ func decisionAttrs(s Stage, name string, v Verdict, d time.Duration, connID, txI
 		slog.String("conn", connID),
 	)
 	if txID != "" {
-		attrs = append(attrs, slog.String("tx", txID))
+		attrs = append(attrs, slog.String("id", txID))
 	}
 	return attrs
 }

@@ -665,9 +665,9 @@ func TestObserverAndLog(t *testing.T) {
 		assert.Equal(t, "c1", rec["conn"])
 		assert.Contains(t, rec, "took")
 		if w.tx == "" {
-			assert.NotContains(t, rec, "tx")
+			assert.NotContains(t, rec, "id")
 		} else {
-			assert.Equal(t, w.tx, rec["tx"])
+			assert.Equal(t, w.tx, rec["id"])
 		}
 	}
 	assert.GreaterOrEqual(t, decisions[0].Duration, 5*time.Millisecond)

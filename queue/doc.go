@@ -57,7 +57,13 @@
 // Logging goes to the Logger field of SpoolConfig (the spool: corrupt
 // entries set aside) and of Config (the scheduler: postq outcomes,
 // deliveries, DSNs, interrupted attempts, purges, errors), each nil
-// meaning slog.Default(). There is no
+// meaning slog.Default(). Every line about a message carries its queue ID
+// under "id" (the key the smtp package's lines use too). Each recipient
+// gets one INFO line "queue: result" when its delivery ends, Postfix
+// style: id, from, to, relay (the transport), delay (seconds since it was
+// received), attempts, dsn (the enhanced code), status (delivered,
+// bounced, expired, quarantined) and reply; a deferred attempt writes the
+// same line with status=deferred. There is no
 // other way to set a logger, and no package-level setting or state: the
 // sync rounds and handles live in the Spool (and in a Maildir used without
 // a Scheduler), not in the package.

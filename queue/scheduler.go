@@ -500,6 +500,7 @@ func (c *prefixWriter) Write(p []byte) (int, error) {
 // for deliver to save with its attempt record (one commit, not two).
 func (s *Scheduler) postq(ctx, rctx context.Context, q string, env *Envelope, m *policy.Message) (edited *policy.Message, ok bool) {
 	tx := env.Transaction(RcptPending)
+	att := newAttempt(env)
 	before := headerBytes(m.Header)
 	res := s.cfg.Chain.EvalPostQ(rctx, tx, m)
 	changed := !headerIs(m.Header, before)
@@ -516,7 +517,7 @@ func (s *Scheduler) postq(ctx, rctx context.Context, q string, env *Envelope, m 
 					env.Rcpts[i].State, env.Rcpts[i].Reply = RcptFailed, res.Reply
 				}
 			}
-			s.finish(ctx, q, env, m)
+			s.finish(ctx, q, env, m, att)
 			return nil, false
 		}
 		log.Warn("queue: postq deferred", "reply", res.Reply.String())
@@ -530,7 +531,7 @@ func (s *Scheduler) postq(ctx, rctx context.Context, q string, env *Envelope, m 
 				env.Rcpts[i].Reply = res.Reply
 			}
 		}
-		s.finish(ctx, q, env, m)
+		s.finish(ctx, q, env, m, att)
 		return nil, false
 	case policy.KindQuarantine:
 		to := QuarantinePrefix + res.Verdict.Queue
@@ -540,6 +541,7 @@ func (s *Scheduler) postq(ctx, rctx context.Context, q string, env *Envelope, m 
 			return nil, false
 		}
 		log.Info("queue: quarantined", "queue", to)
+		logQuarantined(ctx, s.log, env, to, s.cfg.Clock.Now())
 		return nil, false
 	}
 	env.PostQDone = true
@@ -601,6 +603,7 @@ type group struct {
 // header edits (edited not nil).
 func (s *Scheduler) deliver(ctx, rctx context.Context, q string, env *Envelope, m, edited *policy.Message) {
 	now := s.cfg.Clock.Now()
+	att := newAttempt(env)
 	to := q
 	if q == Working {
 		to = Deliver
@@ -648,6 +651,7 @@ func (s *Scheduler) deliver(ctx, rctx context.Context, q string, env *Envelope, 
 		if route == (policy.Route{}) {
 			route = s.cfg.DefaultRoute
 		}
+		att.routes[i] = route
 		g := byRoute[route]
 		if g == nil {
 			g = &group{route: route}
@@ -664,6 +668,7 @@ func (s *Scheduler) deliver(ctx, rctx context.Context, q string, env *Envelope, 
 			s.retryAt(env.ID, env.NextAttempt)
 		} else {
 			s.log.Info("queue: quarantined at delivery", "id", env.ID, "queue", to)
+			logQuarantined(ctx, s.log, env, to, s.cfg.Clock.Now())
 		}
 		return
 	}
@@ -683,11 +688,12 @@ func (s *Scheduler) deliver(ctx, rctx context.Context, q string, env *Envelope, 
 			case rep.Permanent():
 				r.State = RcptFailed
 			}
-			s.log.Info("queue: delivery", "id", env.ID, "rcpt", r.Addr.Address().String(),
+			// The result line (finish) says it at INFO.
+			s.log.Debug("queue: delivery", "id", env.ID, "rcpt", r.Addr.Address().String(),
 				"transport", g.route.Transport, "target", g.route.Target, "reply", rep.String(), "state", r.State)
 		}
 	}
-	s.finish(ctx, q, env, m)
+	s.finish(ctx, q, env, m, att)
 }
 
 var (
@@ -747,7 +753,10 @@ func (s *Scheduler) transport(ctx context.Context, d *policy.Delivery) (replies 
 // finish records the outcome of an attempt: DSNs for recipients that
 // reached a final state and asked for one, then deferred (recipients
 // left), dead (some failed) or removal (all delivered).
-func (s *Scheduler) finish(ctx context.Context, q string, env *Envelope, m *policy.Message) {
+//
+// It writes the result line of every recipient att saw pending (see
+// results.go).
+func (s *Scheduler) finish(ctx context.Context, q string, env *Envelope, m *policy.Message, att *attempt) {
 	now := s.cfg.Clock.Now()
 	// The attempt (if one was made) finished: its outcome is recorded below.
 	env.InFlight, env.Crashes = false, 0
@@ -761,10 +770,14 @@ func (s *Scheduler) finish(ctx context.Context, q string, env *Envelope, m *poli
 					code, last = 451, "none"
 				}
 				r.Reply = policy.Reply{Code: code, Enhanced: "4.4.7", Text: "Message expired; last error: " + last}
+				if att != nil && i < len(att.expired) {
+					att.expired[i] = true
+				}
 			}
 		}
 		s.log.Warn("queue: message expired", "id", env.ID, "received", env.Received)
 	}
+	s.logResults(ctx, env, att)
 	if err := s.report(ctx, env, m); err != nil {
 		// The DSN could not be queued: keep the message deferred so that
 		// the next attempt queues it.

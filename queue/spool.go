@@ -46,7 +46,8 @@ var baseQueues = []string{Working, Deliver, Deferred, Dead, Corrupt}
 // configuration: every field's zero value is its default. Open copies what
 // it needs; changing the struct afterwards has no effect.
 type SpoolConfig struct {
-	// Logger receives the spool's log entries (corrupt entries set aside).
+	// Logger receives the spool's log entries (corrupt entries set aside,
+	// the result lines of a message queued straight into quarantine).
 	// Nil means slog.Default().
 	Logger *slog.Logger
 	// Clock gives the arrival and attempt times stamped on entries. Nil
@@ -355,7 +356,15 @@ func (s *Spool) Enqueue(ctx context.Context, tx *policy.Transaction, m *policy.M
 	if err != nil {
 		return err
 	}
-	return s.enqueue(ctx, env, q, writeMessage(m), s.c)
+	if err := s.enqueue(ctx, env, q, writeMessage(m), s.c); err != nil {
+		return err
+	}
+	if q != Working {
+		// Quarantined before the queue: its recipients' delivery ends
+		// here, and the result lines say so.
+		logQuarantined(ctx, s.log, env, q, s.now())
+	}
+	return nil
 }
 
 // enqueue writes the entry (message, then envelope) in tmp/ and commits it

@@ -47,7 +47,7 @@ func (l *LMTP) Deliver(ctx context.Context, d *policy.Delivery) []policy.Reply {
 	}
 	log := orDefault(l.Logger).With(slog.String("transport", "lmtp"), slog.String("addr", addr))
 	if d.Tx != nil {
-		log = log.With(slog.String("tx", d.Tx.ID))
+		log = log.With(slog.String("id", d.Tx.ID))
 	}
 	s := &session{hostname: l.Hostname, lmtp: true, tlsMode: TLSNone, timeouts: l.Timeouts, log: log}
 	// TLSNone: no STARTTLS, so no plaintext retry either.

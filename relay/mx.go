@@ -104,7 +104,7 @@ func (m *MX) log() *slog.Logger { return orDefault(m.Logger).With(slog.String("t
 func (m *MX) deliverDomain(ctx context.Context, d *policy.Delivery, domain string, rcpts []policy.Recipient) []policy.Reply {
 	log := m.log().With(slog.String("domain", domain))
 	if d.Tx != nil {
-		log = log.With(slog.String("tx", d.Tx.ID))
+		log = log.With(slog.String("id", d.Tx.ID))
 	}
 	if domain == "" {
 		return sameReply(len(rcpts), policy.Reply{Code: 550, Enhanced: "5.1.3", Text: "Recipient without a domain"})

@@ -48,7 +48,7 @@ func (h *Smarthost) Deliver(ctx context.Context, d *policy.Delivery) []policy.Re
 	}
 	log := orDefault(h.Logger).With(slog.String("transport", "smarthost"), slog.String("addr", addr))
 	if d.Tx != nil {
-		log = log.With(slog.String("tx", d.Tx.ID))
+		log = log.With(slog.String("id", d.Tx.ID))
 	}
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {

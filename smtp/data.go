@@ -414,7 +414,7 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 		spoolers.Put(sp)
 	}()
 	if _, err := hdr.WriteTo(spoolRaw{sp}); err != nil {
-		log.Error("spool write", "tx", tx.ID, "error", err)
+		log.Error("spool write", "id", tx.ID, "error", err)
 		return errInternal, false
 	}
 	chk := &sp.chk
@@ -430,20 +430,20 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 		var we spoolWriteError
 		if errors.As(err, &we) {
 			// Our disk, not the client: full, read-only, failing.
-			log.Error("spool write", "tx", tx.ID, "error", we.err)
+			log.Error("spool write", "id", tx.ID, "error", we.err)
 			return errInternal, false
 		}
 	}
 	if err != nil && !errors.Is(err, errBody) {
 		switch {
 		case errors.Is(err, gosmtp.ErrDataTooLarge):
-			log.Info("message too big", "tx", tx.ID, "limit", s.limits.MaxMessageBytes)
+			log.Info("message too big", "id", tx.ID, "limit", s.limits.MaxMessageBytes)
 			return errTooBig, false
 		case errors.Is(err, gosmtp.ErrTooLongLine):
-			log.Info("line too long in data", "tx", tx.ID, "limit", s.limits.MaxLineLength)
+			log.Info("line too long in data", "id", tx.ID, "limit", s.limits.MaxLineLength)
 			return errLongLine, false
 		case isTimeout(err):
-			log.Info("data timeout", "tx", tx.ID)
+			log.Info("data timeout", "id", tx.ID)
 			c.mu.Lock()
 			c.closeAfter = true
 			c.mu.Unlock()
@@ -455,24 +455,24 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 		if errors.As(err, &se) {
 			return se, false
 		}
-		log.Info("data read failed", "tx", tx.ID, "error", err)
+		log.Info("data read failed", "id", tx.ID, "error", err)
 		return errInternal, false
 	}
 	switch chk.Err() {
 	case bodyBareLF, bodyBareCR:
-		log.Warn("message refused: "+chk.Err().String()+" (possible SMTP smuggling)", "tx", tx.ID, "size", chk.Size())
+		log.Warn("message refused: "+chk.Err().String()+" (possible SMTP smuggling)", "id", tx.ID, "size", chk.Size())
 		return errBareLF, false
 	case bodyNUL:
-		log.Info("message refused: NUL byte", "tx", tx.ID, "size", chk.Size())
+		log.Info("message refused: NUL byte", "id", tx.ID, "size", chk.Size())
 		return errNUL, false
 	}
 	if chk.EightBit() && tx.Params.Body != "8BITMIME" && tx.Params.Body != "BINARYMIME" {
 		// Accepted as Postfix does; recorded for the log.
-		log.Info("8-bit data without BODY=8BITMIME", "tx", tx.ID)
+		log.Info("8-bit data without BODY=8BITMIME", "id", tx.ID)
 	}
 	src, err := sp.source()
 	if err != nil {
-		log.Error("spool write", "tx", tx.ID, "error", err)
+		log.Error("spool write", "id", tx.ID, "error", err)
 		return errInternal, false
 	}
 
@@ -482,10 +482,10 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 		// policy.MaxHeaderBytes; anything else is reading our own spool
 		// file back, which must not bounce the message with a 5xx.
 		if errors.Is(err, policy.ErrHeaderTooLarge) {
-			log.Info("header too large", "tx", tx.ID, "limit", policy.MaxHeaderBytes)
+			log.Info("header too large", "id", tx.ID, "limit", policy.MaxHeaderBytes)
 			return errHeaderTooBig, false
 		}
-		log.Error("spool read", "tx", tx.ID, "error", err)
+		log.Error("spool read", "id", tx.ID, "error", err)
 		return errInternal, false
 	}
 	defer m.Close()
@@ -494,7 +494,7 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 	defer cancel()
 	res := s.cfg.Chain.EvalPreQ(ctx, tx, m)
 	if logging(log) {
-		log.LogAttrs(logCtx, slog.LevelInfo, "preq", slog.String("tx", tx.ID), slog.String("verdict", res.Verdict.String()), ruleAttr(res), slog.Int64("size", chk.Size()))
+		log.LogAttrs(logCtx, slog.LevelInfo, "preq", slog.String("id", tx.ID), slog.String("verdict", res.Verdict.String()), ruleAttr(res), slog.Int64("size", chk.Size()))
 	}
 	if !res.Accepted() {
 		return replyError(res.Reply), false
@@ -502,11 +502,11 @@ func (s *Server) receive(c *conn, nc net.Conn, tx *policy.Transaction, r io.Read
 	qctx, qcancel := lazyctx.WithTimeout(c.keepCtx, s.limits.DataTimeout)
 	defer qcancel()
 	if err := s.cfg.Queue.Enqueue(qctx, tx, m); err != nil {
-		log.Error("enqueue failed", "tx", tx.ID, "error", err)
+		log.Error("enqueue failed", "id", tx.ID, "error", err)
 		return errInternal, false
 	}
 	if logging(log) {
-		log.LogAttrs(logCtx, slog.LevelInfo, "queued", slog.String("tx", tx.ID), slog.String("from", tx.From.Path()), slog.Int("rcpts", len(tx.Rcpts)), slog.Int64("size", chk.Size()), slog.String("quarantine", tx.Quarantine()))
+		log.LogAttrs(logCtx, slog.LevelInfo, "queued", slog.String("id", tx.ID), slog.String("from", tx.From.Path()), slog.Int("rcpts", len(tx.Rcpts)), slog.Int64("size", chk.Size()), slog.String("quarantine", tx.Quarantine()))
 	}
 
 	ok := policy.Reply{Code: 250, Enhanced: "2.0.0", Text: "OK: queued as " + tx.ID}

@@ -126,7 +126,10 @@
 // whose zero values are documented defaults (Limits' zero fields take
 // DefaultLimits), as everywhere in the SDK; there are no functional options.
 // Config.Logger receives the connection and transaction logs, one line per
-// command decision, never AUTH secrets; nil means slog.Default().
+// command decision, never AUTH secrets; nil means slog.Default(). Every
+// line of a transaction carries its queue ID under the key "id", the key
+// the queue's lines of the same message use; the connection's lines carry
+// "conn".
 //
 // # TLS
 //

@@ -55,7 +55,7 @@ func TestLogLines(t *testing.T) {
 	// The queued line is written before the 250 sendMail waited for.
 	require.Contains(t, out.String(), "msg=queued")
 
-	ids := regexp.MustCompile(` (conn|tx)=[0-9a-v]{21}`)
+	ids := regexp.MustCompile(` (conn|id)=[0-9a-v]{21}`)
 	remote := regexp.MustCompile(` remote=127\.0\.0\.1:[0-9]+`)
 	var got []string
 	for _, line := range strings.Split(out.String(), "\n") {
@@ -69,9 +69,9 @@ func TestLogLines(t *testing.T) {
 	size := len(body)
 	assert.Equal(t, []string{
 		`level=INFO source=session.go msg=helo conn=ID listener=mta remote=ADDR helo=client.test verdict=next`,
-		`level=INFO source=session.go msg=mail conn=ID listener=mta remote=ADDR tx=ID from=<s@client.test> verdict=next`,
-		`level=INFO source=session.go msg=rcpt conn=ID listener=mta remote=ADDR tx=ID to=<a@mx.test> verdict=accept rule=all`,
-		`level=INFO source=data.go msg=preq conn=ID listener=mta remote=ADDR tx=ID verdict=next size=` + strconv.Itoa(size),
-		`level=INFO source=data.go msg=queued conn=ID listener=mta remote=ADDR tx=ID from=<s@client.test> rcpts=1 size=` + strconv.Itoa(size) + ` quarantine=""`,
+		`level=INFO source=session.go msg=mail conn=ID listener=mta remote=ADDR id=ID from=<s@client.test> verdict=next`,
+		`level=INFO source=session.go msg=rcpt conn=ID listener=mta remote=ADDR id=ID to=<a@mx.test> verdict=accept rule=all`,
+		`level=INFO source=data.go msg=preq conn=ID listener=mta remote=ADDR id=ID verdict=next size=` + strconv.Itoa(size),
+		`level=INFO source=data.go msg=queued conn=ID listener=mta remote=ADDR id=ID from=<s@client.test> rcpts=1 size=` + strconv.Itoa(size) + ` quarantine=""`,
 	}, got)
 }

@@ -227,7 +227,7 @@ func (s *session) Mail(from string, opts *gosmtp.MailOptions) error {
 	defer cancel()
 	res := s.srv.cfg.Chain.EvalMail(ctx, tx)
 	if logging(c.log) {
-		c.log.LogAttrs(logCtx, slog.LevelInfo, "mail", slog.String("tx", tx.ID), slog.String("from", addr.Path()), slog.String("verdict", res.Verdict.String()), ruleAttr(res))
+		c.log.LogAttrs(logCtx, slog.LevelInfo, "mail", slog.String("id", tx.ID), slog.String("from", addr.Path()), slog.String("verdict", res.Verdict.String()), ruleAttr(res))
 	}
 	if !res.Accepted() {
 		return replyError(res.Reply)
@@ -272,7 +272,7 @@ func (s *session) Rcpt(to string, opts *gosmtp.RcptOptions) error {
 	}
 	addr, err := parsePath(to)
 	if err != nil {
-		c.log.Info("rcpt: bad address", "tx", tx.ID, "to", to, "error", err)
+		c.log.Info("rcpt: bad address", "id", tx.ID, "to", to, "error", err)
 		return errBadRcpt
 	}
 	rcpt := policy.Recipient{Addr: addr}
@@ -288,7 +288,7 @@ func (s *session) Rcpt(to string, opts *gosmtp.RcptOptions) error {
 	defer cancel()
 	res := s.srv.cfg.Chain.EvalRcpt(ctx, tx, rcpt)
 	if logging(c.log) {
-		c.log.LogAttrs(logCtx, slog.LevelInfo, "rcpt", slog.String("tx", tx.ID), slog.String("to", addr.Path()), slog.String("verdict", res.Verdict.String()), ruleAttr(res))
+		c.log.LogAttrs(logCtx, slog.LevelInfo, "rcpt", slog.String("id", tx.ID), slog.String("to", addr.Path()), slog.String("verdict", res.Verdict.String()), ruleAttr(res))
 	}
 	if !res.Accepted() {
 		return replyError(res.Reply)

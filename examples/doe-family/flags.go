@@ -36,6 +36,8 @@ type config struct {
 	dnsbl, rateLimit             string        // see rules_abuse.go
 	greylist                     bool          //
 	greylistDelay                time.Duration //
+	dkimGenKey, dkimGenKeyType   string        // see startup.go
+	selfSigned                   bool          // neither -tls-cert nor -tls-key: the self-signed certificate
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -75,6 +77,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.rateLimit, "rate-limit", defaultRateLimit, "limits per client address or authenticated user, e.g. msgs=200/h,rcpts=1000/h,conns=60/m (periods s, m, h, d); off: none")
 	fs.BoolVar(&c.greylist, "greylist", false, "greylist mail from new (client network, sender, recipient) triplets; state kept under -data")
 	fs.DurationVar(&c.greylistDelay, "greylist-delay", defaultGreylistDelay, "for tests only: how long -greylist refuses a new triplet")
+	fs.StringVar(&c.dkimGenKey, "dkim-genkey", "", "write a new DKIM key to this file (mode 0600), print the TXT record to publish for it (-domain, -dkim-selector), and exit")
+	fs.StringVar(&c.dkimGenKeyType, "dkim-genkey-type", "rsa", "the type of the -dkim-genkey key: rsa (2048 bits, verified everywhere) or ed25519")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -83,7 +87,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 			c.domains = append(c.domains, d)
 		}
 	}
+	if err := checkFlags(c, fs.Args()); err != nil {
+		return nil, err
+	}
 	if c.tlsCert == "" && c.tlsKey == "" {
+		c.selfSigned = true
 		c.tlsCert = filepath.Join(c.dataDir, "tls", "cert.pem")
 		c.tlsKey = filepath.Join(c.dataDir, "tls", "key.pem")
 	}

@@ -81,6 +81,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stdout, hash)
 		return nil
 	}
+	if cfg.dkimGenKey != "" {
+		return genDKIMKey(cfg, stdout)
+	}
 	log, err := newLogger(cfg, stderr)
 	if err != nil {
 		return err
@@ -114,13 +117,17 @@ func newLogger(cfg *config, w io.Writer) (*slog.Logger, error) {
 	return nil, fmt.Errorf("-log-format: want text or json, not %q", cfg.logFormat)
 }
 
-// listen opens addr and names what it is for in the output.
-func listen(stdout io.Writer, what, addr string) (net.Listener, error) {
+// listen opens addr and names what it is for in the output, and in the
+// log unless log is nil (mtakit.Server logs its SMTP listeners itself).
+func listen(stdout io.Writer, log *slog.Logger, what, addr string) (net.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	fmt.Fprintf(stdout, "%s listening on %s\n", what, ln.Addr())
+	if log != nil {
+		log.Info("listening", slog.String("listener", what), slog.String("addr", ln.Addr().String()))
+	}
 	return ln, nil
 }
 
@@ -135,7 +142,7 @@ func servePprof(stdout io.Writer, addr string, log *slog.Logger) (stop func(), e
 	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
 		return nil, fmt.Errorf("-pprof: %q is not a loopback address", addr)
 	}
-	ln, err := listen(stdout, "pprof", addr)
+	ln, err := listen(stdout, log, "pprof", addr)
 	if err != nil {
 		return nil, err
 	}

@@ -23,6 +23,7 @@ type ruleSet struct {
 	hostname  string
 	antivirus *delegate.Service // nil: no antivirus
 	signer    *auth.DKIMSigner  // nil: no signing
+	dkim      *dkimKey          // when set, signs instead of signer: a key SIGHUP reloads (reload.go)
 	rcpts     *relay.RecipientTable
 	abuse     *abuse // nil: none (see rules_abuse.go)
 }
@@ -67,7 +68,9 @@ func (rs ruleSet) chain(log *slog.Logger) *policy.Chain {
 
 	// DKIM after queueing: sign what local senders send, verify the rest.
 	verify := auth.DKIMVerifyOptions{Resolver: rs.resolver, AuthServID: rs.hostname}
-	if rs.signer != nil {
+	if rs.dkim != nil {
+		chain.PostQ("dkim", rs.dkim.rule(verify, rs.domains))
+	} else if rs.signer != nil {
 		chain.PostQ("dkim", auth.SignOrVerifyDKIM(rs.signer, verify, rs.domains...))
 	} else {
 		chain.PostQ("dkim", auth.VerifyDKIM(verify))

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mtakit/mtakit"
@@ -31,6 +32,9 @@ type server struct {
 	creds     *auth.CredentialFile
 	rcpts     *relay.RecipientTable
 	abuse     *abuse
+	cert      atomic.Pointer[smtp.CertReloader] // the TLS certificate; SIGHUP swaps it (reload.go)
+	dkim      *dkimKey                          // nil: no signing
+	reloaded  reloadState
 }
 
 func build(cfg *config, log *slog.Logger) (*server, error) {
@@ -58,13 +62,10 @@ func build(cfg *config, log *slog.Logger) (*server, error) {
 	}
 	s.abuse = rs.abuse
 	if cfg.dkimKey != "" {
-		key, err := auth.LoadDKIMKey(cfg.dkimKey)
-		if err != nil {
+		if s.dkim, err = newDKIMKey(cfg); err != nil {
 			return nil, fmt.Errorf("-dkim-key: %w", err)
 		}
-		if rs.signer, err = auth.NewDKIMSigner(cfg.domains[0], cfg.dkimSelector, key); err != nil {
-			return nil, fmt.Errorf("-dkim-key: %w", err)
-		}
+		rs.dkim = s.dkim
 	}
 	if cfg.clamav != "" {
 		// MaxConcurrent stays below clamsmtpd's MaxConnections, above which
@@ -93,16 +94,15 @@ func build(cfg *config, log *slog.Logger) (*server, error) {
 		ShutdownTimeout: shutdownTimeout,
 	}
 
-	// Made once and kept under ./data when no certificate was given.
-	if _, err := smtp.SelfSignedCertificate(cfg.tlsCert, cfg.tlsKey, []string{cfg.hostname, "localhost", "127.0.0.1"}); err != nil {
-		return nil, fmt.Errorf("TLS certificate: %w", err)
-	}
-	reloader, err := smtp.NewCertReloader(cfg.tlsCert, cfg.tlsKey)
+	// Self-signed, made once and kept under ./data, when no certificate
+	// was given (startup.go).
+	reloader, err := s.loadCertificate()
 	if err != nil {
-		return nil, fmt.Errorf("TLS certificate: %w", err)
+		return nil, err
 	}
+	s.cert.Store(reloader)
 	s.mta.SMTP = smtp.Config{
-		TLSConfig: &tls.Config{GetCertificate: reloader.GetCertificate},
+		TLSConfig: &tls.Config{GetCertificate: s.certificate},
 		Limits:    cfg.limits,
 	}
 	// A bare RCPT TO:<postmaster> names the postmaster of the first
@@ -122,6 +122,7 @@ func build(cfg *config, log *slog.Logger) (*server, error) {
 	if s.mta.Store, err = queue.Open(cfg.spool, queue.SpoolConfig{Logger: log, UnsafeNoSync: cfg.unsafeNoSync}); err != nil {
 		return nil, fmt.Errorf("-spool: %w", err)
 	}
+	s.remember() // what SIGHUP compares with (reload.go)
 	return s, nil
 }
 
@@ -136,7 +137,7 @@ func (s *server) serve(ctx context.Context, stdout io.Writer) error {
 		}
 		s.mta.Store.Close()
 	}
-	mta, err := listen(stdout, "mta", s.cfg.listen)
+	mta, err := listen(stdout, nil, "mta", s.cfg.listen)
 	if err != nil {
 		closeAll()
 		return err
@@ -144,7 +145,7 @@ func (s *server) serve(ctx context.Context, stdout io.Writer) error {
 	lns = append(lns, mta)
 	s.mta.SMTP.Listeners = []smtp.Listener{{Name: "mta", Role: smtp.RoleMTA}}
 	if s.creds != nil && s.cfg.submission != "" {
-		sub, err := listen(stdout, "submission", s.cfg.submission)
+		sub, err := listen(stdout, nil, "submission", s.cfg.submission)
 		if err != nil {
 			closeAll()
 			return err
@@ -156,7 +157,7 @@ func (s *server) serve(ctx context.Context, stdout io.Writer) error {
 	}
 	var antivirusLn net.Listener
 	if s.antivirus != nil {
-		if antivirusLn, err = listen(stdout, "antivirus receiver", s.cfg.receiver); err != nil {
+		if antivirusLn, err = listen(stdout, s.log, "antivirus receiver", s.cfg.receiver); err != nil {
 			closeAll()
 			return err
 		}
@@ -180,7 +181,8 @@ func (s *server) serve(ctx context.Context, stdout io.Writer) error {
 		go s.creds.Watch(ctx, 5*time.Second)
 	}
 	s.watchRecipients(ctx)
-	fmt.Fprintf(stdout, "doe-family ready: domains %v, spool %s, maildir %s\n", s.cfg.domains, s.cfg.spool, s.cfg.maildir)
+	s.watchSignals(ctx) // SIGHUP reloads (reload.go)
+	s.announce(stdout)  // "doe-family ready" (startup.go)
 	err = s.mta.Serve(ctx, lns)
 	s.abuse.close()
 	// Messages held by the antivirus filter fail their delegation (a 451 to
@@ -190,5 +192,6 @@ func (s *server) serve(ctx context.Context, stdout io.Writer) error {
 		s.antivirus.Close()
 	}
 	fmt.Fprintln(stdout, "doe-family stopped")
+	s.log.Info("doe-family stopped")
 	return err
 }
