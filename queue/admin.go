@@ -122,6 +122,12 @@ func (s *Spool) Move(ctx context.Context, id, to string) error {
 		return err
 	}
 	defer unlock()
+	return s.move(ctx, q, id, to)
+}
+
+// move moves message id from queue q to queue to, as Move does; the
+// caller holds id's lock.
+func (s *Spool) move(ctx context.Context, q, id, to string) error {
 	env, err := s.readEnvelope(q, id)
 	if err != nil {
 		return err
