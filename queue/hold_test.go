@@ -38,7 +38,7 @@ func TestHoldAndRelease(t *testing.T) {
 	require.NoError(t, h.sp.Hold(ctx, "h2"), "a deferred message can be held")
 	assert.Equal(t, Hold, h.queueOf("h2"))
 	h.setClock(h.clock.Now().Add(24 * time.Hour)) // its retry time passes: still held
-	h.wait("h2")                                   // the scheduler looked at it, and left it
+	h.wait("h2")                                  // the scheduler looked at it, and left it
 	assert.Equal(t, Hold, h.queueOf("h2"))
 	assert.Empty(t, h.tr.deliveries()[1:], "only the first attempt of h2; h1 never")
 
