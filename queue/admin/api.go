@@ -60,7 +60,8 @@ type Detail struct {
 	Queue string `json:"queue"`
 	// Envelope is the queue's record of the message: sender, recipients
 	// with their state and last reply, client, attempts, last error (see
-	// queue.Envelope for the fields).
+	// queue.Envelope for the fields; "head" and "body_off" are left out:
+	// Header has the header as delivered).
 	Envelope *queue.Envelope `json:"envelope"`
 	// Header holds the header fields as delivered (the postq rules'
 	// edits applied), each as written, unfolded lines joined.

@@ -337,7 +337,9 @@ func (h *Handler) show(w http.ResponseWriter, r *http.Request) {
 		fail(w, status(err), err)
 		return
 	}
-	d := Detail{ID: id, Queue: it.Queue, Envelope: it.Envelope, Header: []string{}}
+	env := *it.Envelope
+	env.Head, env.BodyOff = nil, 0 // the header is below, as text
+	d := Detail{ID: id, Queue: it.Queue, Envelope: &env, Header: []string{}}
 	if it.Header != nil {
 		for _, f := range it.Header.Fields() {
 			d.Header = append(d.Header, unfold(f.Raw))
