@@ -36,6 +36,8 @@ type config struct {
 	dnsbl, rateLimit             string        // see rules_abuse.go
 	greylist                     bool          //
 	greylistDelay                time.Duration //
+	adminSocket, adminAddr       string        // see queuecmd.go
+	adminTokenFile               string        //
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -75,6 +77,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.rateLimit, "rate-limit", defaultRateLimit, "limits per client address or authenticated user, e.g. msgs=200/h,rcpts=1000/h,conns=60/m (periods s, m, h, d); off: none")
 	fs.BoolVar(&c.greylist, "greylist", false, "greylist mail from new (client network, sender, recipient) triplets; state kept under -data")
 	fs.DurationVar(&c.greylistDelay, "greylist-delay", defaultGreylistDelay, "for tests only: how long -greylist refuses a new triplet")
+	fs.StringVar(&c.adminSocket, "admin", "", "queue admin socket, for \"doe-family queue\" (default <-data>/admin.sock; off: none)")
+	fs.StringVar(&c.adminAddr, "admin-addr", "", "also serve the queue admin API on this loopback host:port, with the token of -admin-token-file; empty: off")
+	fs.StringVar(&c.adminTokenFile, "admin-token-file", "", "file holding the bearer token of -admin-addr")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
