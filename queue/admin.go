@@ -78,7 +78,12 @@ func (s *Spool) Requeue(ctx context.Context, id string) error {
 	defer unlock()
 	switch q {
 	case Deferred, Dead, Working, Deliver:
+	case Hold:
+		return fmt.Errorf("%w: cannot requeue from %s (use Release)", ErrBadQueue, q)
 	default:
+		if strings.HasPrefix(q, QuarantinePrefix) {
+			return fmt.Errorf("%w: cannot requeue from %s (use Release)", ErrBadQueue, q)
+		}
 		return fmt.Errorf("%w: cannot requeue from %s (use Move)", ErrBadQueue, q)
 	}
 	env, err := s.readEnvelope(q, id)

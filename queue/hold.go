@@ -39,7 +39,9 @@ func (s *Spool) Hold(ctx context.Context, id string) error {
 
 // Release sends a held or quarantined message on to delivery now. From a
 // quarantine it goes to deliver as it is: the postq rules, whose verdict
-// the operator overrides, do not run again. From hold it goes to deliver,
+// the operator overrides, do not run again (the delivery rules do, as for
+// every attempt: a message a delivery rule quarantined is quarantined
+// again unless the rule changed its mind). From hold it goes to deliver,
 // or to working when its postq rules had not run yet. It waits while a
 // delivery attempt of the message is under way.
 func (s *Spool) Release(ctx context.Context, id string) error {

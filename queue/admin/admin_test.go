@@ -234,6 +234,7 @@ func TestListenConfig(t *testing.T) {
 		{"not a socket", admin.Config{Queue: sp, Socket: notSocket}, "not a socket"},
 		{"stale socket", admin.Config{Queue: sp, Socket: stale}, ""},
 		{"live socket", admin.Config{Queue: sp, Socket: live}, "another server answers"},
+		{"socket path too long", admin.Config{Queue: sp, Socket: filepath.Join(dir, strings.Repeat("x", 100))}, "too long"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -476,4 +477,46 @@ func TestBatchAndCounts(t *testing.T) {
 	assert.Len(t, r.Results, 2)
 	require.Equal(t, http.StatusOK, f.do("GET", "/v1/counts", nil, &c))
 	assert.Equal(t, 0, c.Total)
+}
+
+// TestWhileDelivering: actions racing with the scheduler's workers (run
+// with -race) leave every message delivered exactly once.
+func TestWhileDelivering(t *testing.T) {
+	f := newFixture(t)
+	const n = 30
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range n {
+			f.enqueue("m"+strconv.Itoa(i), "alice@example.org", "hi", 0, "bob@example.com")
+		}
+	}()
+	var l admin.Listing
+	var r admin.Results
+	for range 5 {
+		f.do("POST", "/v1/batch/hold", admin.Batch{Filter: &admin.Filter{}}, &r)
+		f.do("GET", "/v1/messages", nil, &l)
+	}
+	<-done
+	f.do("POST", "/v1/batch/hold", admin.Batch{Filter: &admin.Filter{}}, &r)
+	require.Equal(t, http.StatusOK, f.do("POST", "/v1/batch/release", admin.Batch{Filter: &admin.Filter{Queue: queue.Hold}}, &r))
+	assert.Equal(t, 0, r.Failed, "%+v", r.Results)
+	seen := map[string]int{}
+	for range n {
+		select {
+		case d := <-f.delivered:
+			seen[d]++
+		case <-time.After(10 * time.Second):
+			t.Fatalf("only %d of %d delivered", len(seen), n)
+		}
+	}
+	for d, k := range seen {
+		assert.Equal(t, 1, k, d)
+	}
+	assert.Len(t, seen, n)
+	// Once the queue is empty nothing more can come: none was twice.
+	for i := range n {
+		f.waitQueue("m"+strconv.Itoa(i), "")
+	}
+	assert.Empty(t, f.delivered)
 }

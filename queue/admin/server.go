@@ -22,6 +22,8 @@ type Config struct {
 	// Socket is the path of a Unix socket to serve the API on, without a
 	// token: the socket is made mode 0600 (only the server's user may
 	// connect), so keep it in a directory only that user can write to.
+	// Its path is limited to 104 bytes, its directory's to about 89 (the
+	// socket is bound in a private directory there, then renamed).
 	// A socket file left by a server that is gone is replaced; one that
 	// answers is an error (another server runs). Empty: none.
 	Socket string
@@ -110,6 +112,10 @@ func checkLoopback(addr string) error {
 	return fmt.Errorf("admin: Config.Addr %q is not a loopback address (set Config.AllowRemote to allow it)", addr)
 }
 
+// maxSocketPath is the longest Unix socket path accepted: 104 bytes on
+// the BSDs and macOS, 108 on Linux.
+const maxSocketPath = 104
+
 // listenUnix listens on the Unix socket path, mode 0600, replacing a
 // socket file nobody answers on.
 func listenUnix(path string) (net.Listener, error) {
@@ -126,12 +132,16 @@ func listenUnix(path string) (net.Listener, error) {
 	// Bound in a directory of its own (mode 0700) and given mode 0600
 	// there, then renamed into place: no other user can connect between
 	// the bind and the chmod, whatever the umask.
-	dir, err := os.MkdirTemp(filepath.Dir(path), ".admin-")
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".a")
 	if err != nil {
 		return nil, fmt.Errorf("admin: %w", err)
 	}
 	defer os.RemoveAll(dir)
 	tmp := filepath.Join(dir, "s")
+	if len(tmp) > maxSocketPath || len(path) > maxSocketPath {
+		return nil, fmt.Errorf("admin: socket path %s too long: Unix socket paths are limited to %d bytes (its directory's path to about %d)",
+			path, maxSocketPath, maxSocketPath-15)
+	}
 	ln, err := net.Listen("unix", tmp)
 	if err != nil {
 		return nil, fmt.Errorf("admin: %w", err)
