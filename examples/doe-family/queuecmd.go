@@ -259,7 +259,9 @@ func dialQueue(o *queueOpts, stderr io.Writer) (*queueClient, func(), error) {
 		return nil, nil, fmt.Errorf("-spool: %w", err)
 	}
 	fmt.Fprintf(stderr, "doe-family queue: no server answers on %s; working on the spool %s directly\n", sock, o.spool)
-	h := &admin.Handler{Queue: sp, Logger: log}
+	// The outcome of each action is printed: the handler's log lines
+	// would say it twice.
+	h := &admin.Handler{Queue: sp, Logger: slog.New(slog.DiscardHandler)}
 	return &queueClient{http: &http.Client{Transport: handlerTransport{h}}, base: "http://spool", offline: true}, func() { sp.Close() }, nil
 }
 

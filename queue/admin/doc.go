@@ -39,6 +39,9 @@
 //	   "attempts": 2, "next_attempt": "...", "last_error": "b@example.com: 451 4.4.1 ..."}]}
 //
 // A message whose envelope cannot be read is listed with "error" set.
+// Each request reads the envelopes of every message in the queues it looks
+// at (the pages are cut after filtering): on a queue of a hundred thousand
+// messages, filter by queue.
 //
 //	GET /v1/messages/{id}
 //
