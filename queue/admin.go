@@ -78,7 +78,12 @@ func (s *Spool) Requeue(ctx context.Context, id string) error {
 	defer unlock()
 	switch q {
 	case Deferred, Dead, Working, Deliver:
+	case Hold:
+		return fmt.Errorf("%w: cannot requeue from %s (use Release)", ErrBadQueue, q)
 	default:
+		if strings.HasPrefix(q, QuarantinePrefix) {
+			return fmt.Errorf("%w: cannot requeue from %s (use Release)", ErrBadQueue, q)
+		}
 		return fmt.Errorf("%w: cannot requeue from %s (use Move)", ErrBadQueue, q)
 	}
 	env, err := s.readEnvelope(q, id)
@@ -122,6 +127,12 @@ func (s *Spool) Move(ctx context.Context, id, to string) error {
 		return err
 	}
 	defer unlock()
+	return s.move(ctx, q, id, to)
+}
+
+// move moves message id from queue q to queue to, as Move does; the
+// caller holds id's lock.
+func (s *Spool) move(ctx context.Context, q, id, to string) error {
 	env, err := s.readEnvelope(q, id)
 	if err != nil {
 		return err

@@ -32,10 +32,17 @@
 // not create and unlink a file per message (see recycleEntries).
 //
 // A message's state is the place of its entry: working (accepted, postq
-// rules not yet run), deliver, deferred, dead, quarantine/<name>, corrupt
-// (dead and the quarantines are purged after a retention, see below).
-// List, Show, Requeue, Move and Delete administer them while the scheduler
-// runs.
+// rules not yet run), deliver, deferred, hold, dead, quarantine/<name>,
+// corrupt (dead and the quarantines are purged after a retention, see
+// below; hold is kept until released).
+// List, Show, ReadMessage, Requeue, Move, Hold, Release, Bounce and Delete
+// administer them while the scheduler runs (each waits for the message's
+// delivery attempt under way, if any); package queue/admin serves them as
+// an HTTP API. Hold keeps a message waiting for delivery out of it until
+// Release; Release sends a held or quarantined message on to delivery
+// without running the postq rules again; Bounce fails the recipients left
+// and has the scheduler return the message to its sender in a DSN, then
+// delete it.
 //
 // Open takes an exclusive lock on the directory: one spool, one process.
 //

@@ -55,6 +55,7 @@ const (
 //	  "crashes": 0,                    // attempts in a row the process stopped during
 //	  "delay_warned": "...",           // when the last delay DSN (NOTIFY=DELAY) was queued
 //	  "moved": "...",                  // when the entry came into its queue (set on each move)
+//	  "returned": false,               // an operator bounced it: deleted once its DSN is queued
 //	  "values": {"auth.spf": {...}}    // rules' typed results (policy.Key), by key name
 //	}
 type Envelope struct {
@@ -91,6 +92,10 @@ type Envelope struct {
 	// queue it was stored in (then Received, or LastAttempt when later,
 	// tells its age there).
 	Moved time.Time `json:"moved,omitzero"`
+	// Returned is set by Spool.Bounce: an operator returned the message
+	// to its sender. Its recipients are failed; the scheduler queues the
+	// DSN owed and then deletes the message instead of keeping it in dead.
+	Returned bool `json:"returned,omitempty"`
 
 	// Values are the typed results rules stored in the transaction (see
 	// policy.Key), as JSON by key name, given back to the postq and

@@ -795,6 +795,14 @@ func (s *Scheduler) finish(ctx context.Context, q string, env *Envelope, m *poli
 		}
 		env.LastError = rcptErrors(env, RcptPending)
 		s.moveOn(ctx, q, Deferred, env)
+	case env.Returned:
+		// Bounced by an operator (Spool.Bounce): returned to its sender
+		// above, it is deleted, not kept in dead.
+		if err := s.st.Remove(ctx, q, env); err != nil {
+			s.log.Error("queue: cannot remove returned message", "id", env.ID, "error", err)
+			return
+		}
+		s.log.Info("queue: returned to sender by an operator", "id", env.ID)
 	case slices.ContainsFunc(env.Rcpts, func(r RcptState) bool { return r.State == RcptFailed }):
 		env.LastError = rcptErrors(env, RcptFailed)
 		s.moveOn(ctx, q, Dead, env)

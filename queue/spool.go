@@ -23,6 +23,7 @@ const (
 	Working  = "working"  // accepted, postq rules not yet run
 	Deliver  = "deliver"  // ready for delivery
 	Deferred = "deferred" // waiting for its next attempt
+	Hold     = "hold"     // kept by an operator, never delivered until released (see Spool.Hold)
 	Dead     = "dead"     // failed for good (bounced where asked), kept for inspection
 	Corrupt  = "corrupt"  // unreadable entries set aside
 )
@@ -40,7 +41,7 @@ var (
 	ErrNoMessage = errors.New("queue: nil message")
 )
 
-var baseQueues = []string{Working, Deliver, Deferred, Dead, Corrupt}
+var baseQueues = []string{Working, Deliver, Deferred, Hold, Dead, Corrupt}
 
 // SpoolConfig configures a Spool (see Open). The zero value is a working
 // configuration: every field's zero value is its default. Open copies what
@@ -71,6 +72,7 @@ type SpoolConfig struct {
 //	working/<id>.q            accepted messages, postq not yet run
 //	deliver/<id>.q            ready for delivery
 //	deferred/<id>.q           waiting for a retry
+//	hold/<id>.q               held by an operator until released
 //	dead/<id>.q               failed for good
 //	quarantine/<name>/<id>.q
 //	corrupt/                  unreadable entries, set aside

@@ -21,8 +21,8 @@ type Store interface {
 	Watch(fn func(id, queue string))
 	// IDs lists the message IDs of queue q.
 	IDs(q string) ([]string, error)
-	// Queues lists the queues: Working, Deliver, Deferred, Dead, Corrupt
-	// and every quarantine queue ("quarantine/<name>") that exists.
+	// Queues lists the queues: Working, Deliver, Deferred, Hold, Dead,
+	// Corrupt and every quarantine queue ("quarantine/<name>") that exists.
 	Queues() ([]string, error)
 	// Lock gives the caller exclusive use of message id until unlock is
 	// called; it waits while another holds it, up to ctx.

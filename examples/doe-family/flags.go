@@ -38,6 +38,8 @@ type config struct {
 	greylistDelay                time.Duration //
 	dkimGenKey, dkimGenKeyType   string        // see startup.go
 	selfSigned                   bool          // neither -tls-cert nor -tls-key: the self-signed certificate
+	adminSocket, adminAddr       string        // see queuecmd.go
+	adminTokenFile               string        //
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -79,6 +81,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.greylistDelay, "greylist-delay", defaultGreylistDelay, "for tests only: how long -greylist refuses a new triplet")
 	fs.StringVar(&c.dkimGenKey, "dkim-genkey", "", "write a new DKIM key to this file (mode 0600), print the TXT record to publish for it (-domain, -dkim-selector), and exit")
 	fs.StringVar(&c.dkimGenKeyType, "dkim-genkey-type", "rsa", "the type of the -dkim-genkey key: rsa (2048 bits, verified everywhere) or ed25519")
+	fs.StringVar(&c.adminSocket, "admin", "", "queue admin socket, for \"doe-family queue\" (default <-data>/admin.sock; off: none)")
+	fs.StringVar(&c.adminAddr, "admin-addr", "", "also serve the queue admin API on this loopback host:port, with the token of -admin-token-file; empty: off")
+	fs.StringVar(&c.adminTokenFile, "admin-token-file", "", "file holding the bearer token of -admin-addr")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}

@@ -34,6 +34,9 @@
 // certificate made at start):
 //
 //	go run ./examples/doe-family
+//
+// Operate its queue with "doe-family queue list|show|release|requeue|hold|
+// delete|bounce|count" (see queuecmd.go).
 package main
 
 import (
@@ -69,6 +72,9 @@ func main() {
 // run starts the server with the given command line and serves until ctx
 // ends, then shuts down gracefully. It reports where it listens on stdout.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "queue" {
+		return queueCommand(ctx, args[1:], stdout, stderr)
+	}
 	cfg, err := parseFlags(args, stderr)
 	if err != nil {
 		return err

@@ -155,6 +155,12 @@ func (s *server) serve(ctx context.Context, stdout io.Writer) error {
 	} else {
 		s.log.Info("submission port not opened: it needs -users")
 	}
+	stopAdmin, err := s.serveAdmin(ctx, stdout)
+	if err != nil {
+		closeAll()
+		return err
+	}
+	defer stopAdmin()
 	var antivirusLn net.Listener
 	if s.antivirus != nil {
 		if antivirusLn, err = listen(stdout, s.log, "antivirus receiver", s.cfg.receiver); err != nil {

@@ -31,7 +31,10 @@ import (
 // checkFlags checks the command line as given, before parseFlags fills in
 // defaults. rest is what follows the flags: nothing, or the queue command.
 func checkFlags(c *config, rest []string) error {
-	if len(rest) > 0 && rest[0] != "queue" {
+	if len(rest) > 0 && rest[0] == "queue" {
+		return errors.New(`the queue command comes first: "doe-family queue [flags] list|show|..."`)
+	}
+	if len(rest) > 0 {
 		return fmt.Errorf("unexpected argument %q: doe-family takes only flags (each -name value), or the queue command", rest[0])
 	}
 	if c.relayhost != "" {
