@@ -36,6 +36,7 @@ type config struct {
 	dnsbl, rateLimit             string        // see rules_abuse.go
 	greylist                     bool          //
 	greylistDelay                time.Duration //
+	metrics                      string        // see metrics.go
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -75,6 +76,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.rateLimit, "rate-limit", defaultRateLimit, "limits per client address or authenticated user, e.g. msgs=200/h,rcpts=1000/h,conns=60/m (periods s, m, h, d); off: none")
 	fs.BoolVar(&c.greylist, "greylist", false, "greylist mail from new (client network, sender, recipient) triplets; state kept under -data")
 	fs.DurationVar(&c.greylistDelay, "greylist-delay", defaultGreylistDelay, "for tests only: how long -greylist refuses a new triplet")
+	fs.StringVar(&c.metrics, "metrics", "", "serve Prometheus metrics on http://host:port/metrics, e.g. 127.0.0.1:9025; empty: off")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
