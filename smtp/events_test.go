@@ -19,8 +19,10 @@ type recorder struct{ ch chan string }
 
 func newRecorder() *recorder { return &recorder{ch: make(chan string, 100)} }
 
-func (r *recorder) Connected(l string, admitted bool) { r.ch <- fmt.Sprintf("connected %s %v", l, admitted) }
-func (r *recorder) Disconnected(l string)             { r.ch <- "disconnected " + l }
+func (r *recorder) Connected(l string, admitted bool) {
+	r.ch <- fmt.Sprintf("connected %s %v", l, admitted)
+}
+func (r *recorder) Disconnected(l string) { r.ch <- "disconnected " + l }
 func (r *recorder) TLSHandshake(l string, err error) {
 	r.ch <- fmt.Sprintf("tls %s %v", l, err == nil)
 }
