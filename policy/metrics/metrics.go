@@ -36,7 +36,8 @@ type Metrics struct {
 	commitOps                                                     prometheus.Histogram
 
 	listeners  cache[string, *listenerSeries]
-	rules      cache[ruleKey, ruleSeries]
+	rules      cache[string, *ruleSeries]
+	ruleStages cache[stageRule, *ruleSeries]
 	transports cache[string, *transportSeries]
 	dsnActions cache[string, prometheus.Counter]
 
@@ -174,37 +175,74 @@ func (m *Metrics) MessageReceived(listener string, code int, size int64) {
 	l.received.Add(float64(size))
 }
 
-type ruleKey struct {
-	stage   policy.Stage
-	rule    string
-	verdict string
-}
-
+// ruleSeries holds the series of one rule: its run times, and a counter
+// per verdict, made at the rule's first verdict of that kind.
 type ruleSeries struct {
-	count    prometheus.Counter
+	stage    policy.Stage
+	stageL   string
+	rule     string
 	duration prometheus.Observer
+	mu       sync.Mutex // serialises making counters
+	verdicts [len(verdictLabels)]atomic.Pointer[prometheus.Counter]
 }
 
-// verdictLabel is the verdict label of v: its kind, or "fail" for the
-// verdict of a rule that failed (policy.Fail, a panic, a malformed
-// verdict).
-func verdictLabel(v policy.Verdict) string {
-	if v.Kind == policy.KindDeny && v.Err != nil {
-		return "fail"
+// verdictLabels are the values of the verdict label: the kinds, then
+// "fail" for the verdict of a rule that failed (policy.Fail, a panic, a
+// malformed verdict).
+var verdictLabels = [...]string{
+	policy.KindNext: "next", policy.KindAccept: "accept", policy.KindForceAccept: "force_accept",
+	policy.KindDeny: "deny", policy.KindQuarantine: "quarantine", policy.KindInfo: "info",
+	policy.KindInfo + 1: "fail",
+}
+
+const verdictFail = int(policy.KindInfo) + 1
+
+// verdictIndex is the index of v's label in verdictLabels.
+func verdictIndex(v policy.Verdict) int {
+	if v.Kind == policy.KindDeny && v.Err != nil || int(v.Kind) >= verdictFail {
+		return verdictFail
 	}
-	return v.Kind.String()
+	return int(v.Kind)
+}
+
+// counter returns the counter of verdict i, making it the first time.
+func (r *ruleSeries) counter(m *Metrics, i int) prometheus.Counter {
+	if c := r.verdicts[i].Load(); c != nil {
+		return *c
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c := r.verdicts[i].Load(); c != nil {
+		return *c
+	}
+	c := m.verdicts.WithLabelValues(r.stageL, r.rule, verdictLabels[i])
+	r.verdicts[i].Store(&c)
+	return c
+}
+
+// stageRule names a rule of a stage: the key of the rules met again
+// under another stage (several chains sharing a Metrics).
+type stageRule struct {
+	stage policy.Stage
+	rule  string
+}
+
+func (m *Metrics) newRule(stage policy.Stage, rule string) *ruleSeries {
+	sl := stage.String()
+	return &ruleSeries{stage: stage, stageL: sl, rule: rule, duration: m.ruleSeconds.WithLabelValues(sl, rule)}
 }
 
 // Observe counts one rule's decision; set it as policy.Chain.Observer
 // (calling any observer that was there before too).
 func (m *Metrics) Observe(d policy.Decision) {
-	k := ruleKey{d.Stage, d.Rule, verdictLabel(d.Verdict)}
-	s := m.rules.get(k, func() ruleSeries {
-		stage := k.stage.String()
-		return ruleSeries{count: m.verdicts.WithLabelValues(stage, k.rule, k.verdict), duration: m.ruleSeconds.WithLabelValues(stage, k.rule)}
-	})
-	s.count.Inc()
-	s.duration.Observe(d.Duration.Seconds())
+	// A chain's rule names are unique across its stages: the name alone
+	// finds the series (a string key hashes fastest).
+	r := m.rules.get(d.Rule, func() *ruleSeries { return m.newRule(d.Stage, d.Rule) })
+	if r.stage != d.Stage {
+		r = m.ruleStages.get(stageRule{d.Stage, d.Rule}, func() *ruleSeries { return m.newRule(d.Stage, d.Rule) })
+	}
+	r.counter(m, verdictIndex(d.Verdict)).Inc()
+	r.duration.Observe(d.Duration.Seconds())
 }
 
 type transportSeries struct {
