@@ -127,6 +127,9 @@
 // DefaultLimits), as everywhere in the SDK; there are no functional options.
 // Config.Logger receives the connection and transaction logs, one line per
 // command decision, never AUTH secrets; nil means slog.Default().
+// Config.Events, nil by default, is told of connections, sessions, TLS
+// handshakes, AUTH attempts and messages, for metrics (see Events; the
+// package mtakit/policy/metrics implements it).
 //
 // # TLS
 //
