@@ -54,6 +54,21 @@ type Server struct {
 	// Logger receives the logs of the SMTP server, the scheduler and (see
 	// Chain) the rules. nil means slog.Default().
 	Logger *slog.Logger
+	// Events, when set, is told what the SMTP server, the scheduler and
+	// the rules do, for metrics: Run sets it as SMTP.Events and
+	// Delivery.Events (unless they are set) and adds its Observe to
+	// Chain.Observer (after an observer already there). *metrics.Metrics
+	// of mtakit/policy/metrics is one; give it to the spool too
+	// (queue.SpoolConfig.Events) for the commit rounds.
+	Events Events
+}
+
+// Events receives the events of a whole server, for metrics: those of the
+// SMTP server, of the scheduler (and spool), and the rules' decisions.
+type Events interface {
+	smtp.Events
+	queue.Events
+	Observe(policy.Decision)
 }
 
 // Run listens on the address of each of SMTP.Listeners and serves them as
@@ -181,11 +196,26 @@ func (s *Server) build(lns []net.Listener) (*smtp.Server, *queue.Scheduler, erro
 	}
 	scfg := s.SMTP
 	scfg.Hostname, scfg.Chain, scfg.Queue, scfg.Logger = host, s.Chain, s.Store, log
+	qcfg := s.Delivery
+	if ev := s.Events; ev != nil {
+		if scfg.Events == nil {
+			scfg.Events = ev
+		}
+		if qcfg.Events == nil {
+			qcfg.Events = ev
+		}
+	}
 	srv, err := smtp.NewServer(scfg)
 	if err != nil {
 		return nil, nil, err
 	}
-	qcfg := s.Delivery
+	if ev := s.Events; ev != nil {
+		if prev := s.Chain.Observer; prev != nil {
+			s.Chain.Observer = func(d policy.Decision) { prev(d); ev.Observe(d) }
+		} else {
+			s.Chain.Observer = ev.Observe
+		}
+	}
 	qcfg.Hostname, qcfg.Chain, qcfg.Logger = host, s.Chain, log
 	return srv, queue.NewScheduler(s.Store, qcfg), nil
 }

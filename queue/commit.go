@@ -40,6 +40,8 @@ type committer struct {
 	// commitShared.
 	key string
 	fs  *fsSyncs
+	// events, when set, is told of each batch committed (SpoolConfig.Events).
+	events Events
 
 	mu    sync.Mutex
 	dirFD map[string]*os.File
@@ -247,6 +249,9 @@ func (c *committer) run(batch []*op) {
 		}
 		o.done <- errs[i]
 	}
+	if c.events != nil && !c.noSync {
+		c.events.SpoolCommitted(len(batch))
+	}
 }
 
 // commitShared commits o (renameFirst, without dirs: see enqueue) in the
@@ -259,7 +264,7 @@ func (c *committer) commitShared(o *op) error {
 		return err
 	}
 	if !c.noSync && len(o.files) > 0 {
-		err := c.fs.groups.doSince(c.key, o.since, func() error {
+		err := c.fs.groups.doCommit(c.key, o.since, func() error {
 			c.syncs++ // rounds of a key never overlap
 			return c.sync(c.fs.handle(c.key), o.files)
 		})

@@ -60,6 +60,9 @@
 // clock, logger); both read their struct once.
 // Maildir and Mbox are configured by their own fields (&Maildir{Root: dir}),
 // which must not change once in use.
+// The Events field of Config (delivery attempts, DSNs) and of SpoolConfig
+// (commit rounds), nil by default, reports to metrics (see Events; the
+// package mtakit/policy/metrics implements it).
 //
 // Logging goes to the Logger field of SpoolConfig (the spool: corrupt
 // entries set aside) and of Config (the scheduler: postq outcomes,

@@ -168,6 +168,9 @@ func (s *Scheduler) bounce(ctx context.Context, env *Envelope, m *policy.Message
 		return err
 	}
 	s.log.Info("queue: DSN queued", "id", env.ID, "dsn", denv.ID, "action", action, "to", env.From.Address().String(), "rcpts", len(idx))
+	if s.cfg.Events != nil {
+		s.cfg.Events.DSNQueued(action)
+	}
 	return nil
 }
 

@@ -302,6 +302,9 @@ func (y *fsSyncs) close() {
 type syncGroups struct {
 	mu sync.Mutex
 	m  map[string]*syncGroup
+	// committed, when set, is told of each round that carried commits of
+	// the spool (doCommit), with their number (SpoolConfig.Events).
+	committed func(ops int)
 }
 
 type syncGroup struct {
@@ -312,6 +315,7 @@ type syncGroup struct {
 	failed    uint64 // the last round that failed
 	failedErr error  // its error
 	waiting   int    // callers waiting (tests)
+	commits   int    // doCommit callers for the next round to start
 }
 
 // group returns the group of key; g.mu is held.
@@ -347,10 +351,25 @@ func (g *syncGroups) do(key string, fn func() error) error {
 // It returns once a round of key that started after the call has ended:
 // its own, or one it joined.
 func (g *syncGroups) doSince(key string, since uint64, fn func() error) error {
+	return g.doRound(key, since, false, fn)
+}
+
+// doCommit is doSince for a commit of the spool, counted in the round
+// that covers it (see committed).
+func (g *syncGroups) doCommit(key string, since uint64, fn func() error) error {
+	return g.doRound(key, since, true, fn)
+}
+
+func (g *syncGroups) doRound(key string, since uint64, commit bool, fn func() error) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	s := g.group(key)
 	ticket := s.started + 1
+	if commit {
+		// Every caller arriving now waits for the next round to start
+		// (ticket): that round covers it.
+		s.commits++
+	}
 	var err error
 	for s.done < ticket {
 		if s.busy {
@@ -361,9 +380,13 @@ func (g *syncGroups) doSince(key string, since uint64, fn func() error) error {
 		}
 		s.busy = true
 		s.started++
-		n := s.started
+		n, commits := s.started, s.commits
+		s.commits = 0
 		g.mu.Unlock()
 		err = fn()
+		if commits > 0 && g.committed != nil {
+			g.committed(commits)
+		}
 		g.mu.Lock()
 		s.busy, s.done = false, n
 		if err != nil {

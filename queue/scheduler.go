@@ -104,6 +104,9 @@ type Config struct {
 	Clock Clock
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
+	// Events, when set, is told of delivery attempts and DSNs, for
+	// metrics (see Events). Nil: nothing is reported.
+	Events Events
 }
 
 // Scheduler runs queued messages through the postq rules, the delivery
@@ -678,6 +681,7 @@ func (s *Scheduler) deliver(ctx, rctx context.Context, q string, env *Envelope, 
 			rcpts[j] = env.Rcpts[i].Recipient()
 		}
 		replies := s.transport(rctx, &policy.Delivery{Tx: tx, Rcpts: rcpts, Route: g.route, Message: m})
+		s.attempted(g.route.Transport, replies, env.Received)
 		for j, i := range g.idx {
 			r := &env.Rcpts[i]
 			rep := replies[j]

@@ -64,6 +64,9 @@ type SpoolConfig struct {
 	// durability costs (benchmarks); never set it in production. Zero
 	// (false): every change is durable before the call making it returns.
 	UnsafeNoSync bool
+	// Events, when set, is told of each commit round (see
+	// Events.SpoolCommitted), for metrics. Nil: nothing is reported.
+	Events Events
 }
 
 // Spool is the durable store of queued messages, a directory laid out as:
@@ -167,6 +170,10 @@ func Open(dir string, cfg SpoolConfig) (*Spool, error) {
 		return nil, err
 	}
 	s.c, s.cs, s.lock = c, cs, lock
+	if cfg.Events != nil {
+		c.events, cs.events = cfg.Events, cfg.Events
+		s.syncs.groups.committed = cfg.Events.SpoolCommitted
+	}
 	return s, nil
 }
 

@@ -129,7 +129,9 @@
 // command decision, never AUTH secrets; nil means slog.Default(). Every
 // line of a transaction carries its queue ID under the key "id", the key
 // the queue's lines of the same message use; the connection's lines carry
-// "conn".
+// "conn". Config.Events, nil by default, is told of connections,
+// sessions, TLS handshakes, AUTH attempts and messages, for metrics (see
+// Events; the package mtakit/policy/metrics implements it).
 //
 // # TLS
 //

@@ -393,7 +393,9 @@ func (c *conn) startTLS() error {
 	c.tlsPending = false
 	tc := tls.Server(c.Conn, c.srv.tls)
 	c.Conn.SetDeadline(time.Now().Add(c.srv.limits.CommandTimeout))
-	if err := tc.HandshakeContext(c.ctx); err != nil {
+	err := tc.HandshakeContext(c.ctx)
+	c.srv.tlsHandshake(c.pc.Listener, err)
+	if err != nil {
 		c.log.Info("TLS handshake failed", "error", err)
 		c.Close()
 		return io.EOF // go-smtp ends the connection quietly

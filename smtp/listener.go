@@ -145,6 +145,7 @@ func (l *listener) admit(raw net.Conn) {
 	ip := remote.Addr()
 	implicit := l.lc.Role == RoleImplicitTLS
 	if !s.acquire(ip) {
+		s.connected(l.lc.Name, false)
 		s.log.Warn("connection refused: too many connections", "listener", l.lc.Name, "remote", remote.String())
 		if !implicit {
 			raw.SetWriteDeadline(time.Now().Add(5 * time.Second))
@@ -167,7 +168,10 @@ func (l *listener) admit(raw net.Conn) {
 	if implicit {
 		tc := tls.Server(raw, s.tls)
 		raw.SetDeadline(time.Now().Add(s.limits.CommandTimeout))
-		if err := tc.HandshakeContext(ctx); err != nil {
+		err := tc.HandshakeContext(ctx)
+		s.tlsHandshake(l.lc.Name, err)
+		if err != nil {
+			s.connected(l.lc.Name, false)
 			s.log.Info("TLS handshake failed", "listener", l.lc.Name, "remote", remote.String(), "error", err)
 			raw.Close()
 			s.release(ip)
@@ -181,6 +185,7 @@ func (l *listener) admit(raw net.Conn) {
 	c.pc = &policy.Conn{ID: policy.NewID(), Listener: l.lc.Name, Remote: remote, Local: local, Started: time.Now(), TLS: tlsState}
 	c.log = s.log.With("conn", c.pc.ID, "listener", l.lc.Name, "remote", remote.String())
 	if !s.register(c) {
+		s.connected(l.lc.Name, false)
 		c.Close()
 		return
 	}
@@ -190,6 +195,7 @@ func (l *listener) admit(raw net.Conn) {
 	c.log.Info("connect", "rdns", c.pc.ReverseName, "tls", c.pc.TLS != nil)
 	res := s.cfg.Chain.EvalConnect(ctx, c.pc)
 	if !res.Accepted() {
+		s.connected(l.lc.Name, false)
 		c.log.Info("connection refused by rule", "rule", res.Rule, "reply", res.Reply.String())
 		c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		c.Conn.Write([]byte(greetingDeny(res.Reply)))
@@ -201,6 +207,7 @@ func (l *listener) admit(raw net.Conn) {
 		// name (RFC 5321 section 4.2).
 		c.greetText = []byte("220 " + s.cfg.Hostname + " " + replyText(res.Reply, "ESMTP ready") + "\r\n")
 	}
+	c.startSession(l.lc.Name)
 	select {
 	case l.ready <- c:
 	case <-l.done:
@@ -348,6 +355,9 @@ type conn struct {
 	// (see Write); greetText replaces the text of the greeting.
 	replace   []byte
 	greetText []byte
+	// session: the client was admitted and Events told so (Connected);
+	// closed: Close ran. See startSession.
+	session, closed bool
 }
 
 func newConn(s *Server, raw net.Conn, ip netip.Addr) *conn {
@@ -418,7 +428,12 @@ func (c *conn) Close() error {
 		if c.spool != nil {
 			c.spool.Close()
 		}
+		c.closed = true
+		session := c.session
 		c.mu.Unlock()
+		if session {
+			c.srv.cfg.Events.Disconnected(c.pc.Listener)
+		}
 		c.srv.unregister(c)
 		c.srv.release(c.ip)
 		if c.log != nil {

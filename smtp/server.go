@@ -199,6 +199,10 @@ type Config struct {
 	// Logger receives connection and transaction logs (never AUTH
 	// secrets). Default slog.Default().
 	Logger *slog.Logger
+	// Events, when set, is told of connections, sessions, TLS handshakes,
+	// AUTH attempts and messages, for metrics (see Events). Nil: nothing
+	// is reported.
+	Events Events
 }
 
 // Server is an SMTP server that runs a policy.Chain on every connection and

@@ -136,6 +136,7 @@ type session struct {
 	heloName   string        // the HELO name the helo rules last judged
 	heloDenied *policy.Reply // a second EHLO's name was refused
 	tx         *policy.Transaction
+	size       sizeReader // counts a message's bytes for Events
 }
 
 func (s *session) ctx() (context.Context, context.CancelFunc) {
@@ -310,7 +311,15 @@ func (s *session) Data(r io.Reader) error {
 		return errShutdown
 	}
 	defer c.endData()
+	ev := s.srv.cfg.Events
+	if ev != nil {
+		s.size = sizeReader{r: r}
+		r = &s.size
+	}
 	reply, ok := s.srv.receive(c, s.gc.Conn(), tx, r)
+	if ev != nil {
+		ev.MessageReceived(s.lc.Name, reply.Code, s.size.n)
+	}
 	if !ok {
 		return reply
 	}
@@ -347,9 +356,9 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	check := func(identity, user, pass string) error { return s.authenticate(mech, identity, user, pass) }
 	switch strings.ToUpper(mech) {
 	case "PLAIN":
-		return &plainServer{check: check}, nil
+		return s.srv.authEvents(&plainServer{check: check}, s.lc.Name), nil
 	case "LOGIN":
-		return &loginServer{check: check}, nil
+		return s.srv.authEvents(&loginServer{check: check}, s.lc.Name), nil
 	}
 	return nil, gosmtp.ErrAuthUnknownMechanism
 }

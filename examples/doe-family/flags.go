@@ -40,6 +40,7 @@ type config struct {
 	selfSigned                   bool          // neither -tls-cert nor -tls-key: the self-signed certificate
 	adminSocket, adminAddr       string        // see queuecmd.go
 	adminTokenFile               string        //
+	metrics                      string        // see metrics.go
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -84,6 +85,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.adminSocket, "admin", "", "queue admin socket, for \"doe-family queue\" (default <-data>/admin.sock; off: none)")
 	fs.StringVar(&c.adminAddr, "admin-addr", "", "also serve the queue admin API on this loopback host:port, with the token of -admin-token-file; empty: off")
 	fs.StringVar(&c.adminTokenFile, "admin-token-file", "", "file holding the bearer token of -admin-addr")
+	fs.StringVar(&c.metrics, "metrics", "", "serve Prometheus metrics on http://host:port/metrics, e.g. 127.0.0.1:9025; empty: off")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}

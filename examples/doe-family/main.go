@@ -105,6 +105,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		defer stopProfiling()
 	}
+	if cfg.metrics != "" {
+		stopMetrics, err := serveMetrics(stdout, srv, log)
+		if err != nil {
+			srv.mta.Store.Close()
+			return err
+		}
+		defer stopMetrics()
+	}
 	return srv.serve(ctx, stdout)
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/mtakit/mtakit/delegate"
 	"github.com/mtakit/mtakit/policy"
 	"github.com/mtakit/mtakit/policy/dnscache"
+	"github.com/mtakit/mtakit/policy/metrics"
 	"github.com/mtakit/mtakit/queue"
 	"github.com/mtakit/mtakit/relay"
 	"github.com/mtakit/mtakit/smtp"
@@ -35,6 +36,7 @@ type server struct {
 	cert      atomic.Pointer[smtp.CertReloader] // the TLS certificate; SIGHUP swaps it (reload.go)
 	dkim      *dkimKey                          // nil: no signing
 	reloaded  reloadState
+	metrics   *metrics.Metrics // with -metrics (see metrics.go)
 }
 
 func build(cfg *config, log *slog.Logger) (*server, error) {
@@ -119,7 +121,7 @@ func build(cfg *config, log *slog.Logger) (*server, error) {
 	}
 	// The spool is opened last: nothing above can fail after it, and Serve
 	// closes it.
-	if s.mta.Store, err = queue.Open(cfg.spool, queue.SpoolConfig{Logger: log, UnsafeNoSync: cfg.unsafeNoSync}); err != nil {
+	if s.mta.Store, err = queue.Open(cfg.spool, s.withMetrics(queue.SpoolConfig{Logger: log, UnsafeNoSync: cfg.unsafeNoSync})); err != nil {
 		return nil, fmt.Errorf("-spool: %w", err)
 	}
 	s.remember() // what SIGHUP compares with (reload.go)
