@@ -54,29 +54,17 @@ type aliasLine struct {
 // *TableError, joined with errors.Join; the good lines are returned.
 func parseAliases(r io.Reader, path string) ([]aliasLine, error) {
 	var out []aliasLine
-	var errs []error
 	first := map[string]int{}
-	n := 0
-	bad := func(msg string, args ...any) {
-		errs = append(errs, &TableError{Path: path, Line: n, Msg: fmt.Sprintf(msg, args...)})
-	}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 512), maxTableLine)
-	for sc.Scan() {
-		n++
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
+	err := tableLines(r, path, func(n int, line string, bad func(string, ...any)) {
 		name, rest, ok := cutUnquoted(line, ':')
 		if !ok {
 			bad("want alias@domain: target[, target...]")
-			continue
+			return
 		}
 		key, err := aliasKey(strings.TrimSpace(name))
 		if err != nil {
 			bad("bad alias %q: %v", strings.TrimSpace(name), err)
-			continue
+			return
 		}
 		var targets []policy.Address
 		ok = true
@@ -96,18 +84,41 @@ func parseAliases(r io.Reader, path string) ([]aliasLine, error) {
 			targets = append(targets, a)
 		}
 		if !ok {
-			continue
+			return
 		}
 		if len(targets) == 0 {
 			bad("alias %s has no target", key)
-			continue
+			return
 		}
 		if prev, dup := first[key]; dup {
 			bad("duplicate alias %s (first on line %d)", key, prev)
-			continue
+			return
 		}
 		first[key] = n
 		out = append(out, aliasLine{key: key, targets: targets, path: path, line: n})
+	})
+	return out, err
+}
+
+// tableLines calls fn with each line of a table file that is neither blank
+// nor a comment ("#"), trimmed, with its number and a function that reports
+// it as bad (a *TableError). It returns the reports and any read error
+// joined with errors.Join.
+func tableLines(r io.Reader, path string, fn func(n int, line string, bad func(format string, args ...any))) error {
+	var errs []error
+	n := 0
+	bad := func(msg string, args ...any) {
+		errs = append(errs, &TableError{Path: path, Line: n, Msg: fmt.Sprintf(msg, args...)})
+	}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 512), maxTableLine)
+	for sc.Scan() {
+		n++
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		fn(n, line, bad)
 	}
 	if err := sc.Err(); err != nil {
 		if errors.Is(err, bufio.ErrTooLong) {
@@ -117,7 +128,7 @@ func parseAliases(r io.Reader, path string) ([]aliasLine, error) {
 			errs = append(errs, fmt.Errorf("relay: reading %s: %w", orStdin(path), err))
 		}
 	}
-	return out, errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
 // accountLine is one account as read from a file.
@@ -134,37 +145,17 @@ type accountLine struct {
 // errors.Join; the good lines are returned.
 func parseAccounts(r io.Reader, path string) ([]accountLine, error) {
 	var out []accountLine
-	var errs []error
-	n := 0
-	bad := func(msg string, args ...any) {
-		errs = append(errs, &TableError{Path: path, Line: n, Msg: fmt.Sprintf(msg, args...)})
-	}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 512), maxTableLine)
-	for sc.Scan() {
-		n++
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
+	err := tableLines(r, path, func(n int, line string, bad func(string, ...any)) {
 		name, _, _ := cutUnquoted(line, ':')
 		name = strings.TrimSpace(name)
 		a, err := targetAddress(name)
 		if err != nil {
 			bad("bad account %q: %v", name, err)
-			continue
+			return
 		}
 		out = append(out, accountLine{addr: a, line: n})
-	}
-	if err := sc.Err(); err != nil {
-		if errors.Is(err, bufio.ErrTooLong) {
-			n++
-			bad("line longer than %d bytes", maxTableLine)
-		} else {
-			errs = append(errs, fmt.Errorf("relay: reading %s: %w", orStdin(path), err))
-		}
-	}
-	return out, errors.Join(errs...)
+	})
+	return out, err
 }
 
 func orStdin(path string) string {
