@@ -284,15 +284,18 @@ func withPath(err error, path string) error {
 	return err
 }
 
-// Watch reloads the file whenever its modification time or size changes,
-// checking every interval, until ctx is done; it then returns nil. A failed
-// reload is logged and the previous users stay in force.
+// Watch checks the file every interval until ctx is done, then returns
+// nil. When its modification time or size changes and then stays the same
+// for one more interval (a file being written in place is not read
+// half-written), it is reloaded. A failed reload is logged and the
+// previous users stay in force.
 func (f *CredentialFile) Watch(ctx context.Context, interval time.Duration) error {
 	if interval <= 0 {
 		return errors.New("auth: Watch interval must be positive")
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	var pending *fileStamp // a change seen at the last tick, not loaded yet
 	for {
 		select {
 		case <-ctx.Done():
@@ -304,12 +307,22 @@ func (f *CredentialFile) Watch(ctx context.Context, interval time.Duration) erro
 			f.log.Error("credential file", slog.String("path", f.path), slog.String("error", err.Error()))
 			continue
 		}
+		now := fileStamp{mod: st.ModTime(), size: st.Size()}
 		f.mu.RLock()
-		same := f.stamp == fileStamp{mod: st.ModTime(), size: st.Size()}
+		same := f.stamp == now
 		f.mu.RUnlock()
 		if same {
+			pending = nil
 			continue
 		}
+		// Read a changed file once it has stayed the same for a whole
+		// interval: one being written in place (truncated, then filled)
+		// must not load as fewer users.
+		if pending == nil || *pending != now {
+			pending = &now
+			continue
+		}
+		pending = nil
 		if err := f.Reload(); err != nil {
 			f.log.Error("credential reload failed, keeping previous users", slog.String("path", f.path), slog.String("error", err.Error()))
 			// Do not retry the same broken version every tick.
