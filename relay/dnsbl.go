@@ -50,6 +50,7 @@ func ParseDNSBLZone(s string) (DNSBLZone, error) {
 		z.Weight, rest = w, rest[:i]
 	}
 	z.Zone, z.Codes, _ = strings.Cut(rest, "=")
+	z.Zone, z.Codes = strings.TrimSpace(z.Zone), strings.TrimSpace(z.Codes)
 	if _, err := z.compile(); err != nil {
 		return DNSBLZone{}, err
 	}
