@@ -551,11 +551,11 @@ func foldField(name, value string) []byte {
 	b.WriteString(name)
 	b.WriteString(":")
 	lineLen := len(name) + 1
+	// Every space is kept (a run of them may be inside a quoted value);
+	// a fold goes before a space that precedes a word, never making a
+	// line of white space only.
 	for i, word := range strings.Split(value, " ") {
-		if word == "" {
-			continue
-		}
-		if i > 0 && lineLen+1+len(word) > 78 {
+		if i > 0 && word != "" && lineLen+1+len(word) > 78 {
 			b.WriteString("\r\n ")
 			lineLen = 1
 		} else {

@@ -195,7 +195,7 @@ func TestCheckSPFHostileHelo(t *testing.T) {
 	assert.Equal(t, "pass", result)
 	assert.Equal(t, "mx.test", kv["receiver"])
 	assert.Equal(t, "alice@pass.test", kv["envelope-from"])
-	assert.Equal(t, `evil (x") \ X-Injected: yes;`, kv["helo"], "quoted, CR and LF made spaces")
+	assert.Equal(t, `evil (x") \  X-Injected: yes;`, kv["helo"], "quoted, CR and LF each made a space")
 }
 
 func TestCheckSPFAuthenticated(t *testing.T) {
