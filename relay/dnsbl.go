@@ -332,8 +332,8 @@ func (d *DNSBL) Check(ctx context.Context, ip netip.Addr) DNSBLResult {
 			name := queryName(ip, z.name)
 			addrs, err := d.resolver.LookupIPAddr(ctx, name)
 			if err != nil {
-				if !dnserr.IsNotFound(dnserr.Classify(ctx, name, err)) {
-					answers[i].err = dnserr.Classify(ctx, name, err)
+				if err := dnserr.Classify(ctx, name, err); !dnserr.IsNotFound(err) {
+					answers[i].err = err
 				}
 				return
 			}
