@@ -616,12 +616,17 @@ func (s *recipientSnapshot) mailbox(addr policy.Address) (string, bool) {
 	if !ok || kind != kindAccount {
 		return "", false
 	}
+	return s.accountMailbox(key), true
+}
+
+// accountMailbox returns the mailbox of the account key found by lookup.
+func (s *recipientSnapshot) accountMailbox(key string) string {
 	a := s.accounts[key]
 	local := strings.ToLower(a.Local)
 	if a.Domain == s.primary {
-		return local, true
+		return local
 	}
-	return local + "@" + a.Domain, true
+	return local + "@" + a.Domain
 }
 
 // Owns reports whether the authenticated login may use addr as its sender:

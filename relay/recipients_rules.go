@@ -151,15 +151,14 @@ func (t *RecipientTable) DeliveryRule() policy.DeliveryRule {
 		if !s.domains.Has(a) {
 			return policy.Next()
 		}
-		kind, _, ok := s.lookup(a, true)
+		kind, key, ok := s.lookup(a, true)
 		switch {
 		case !ok:
 			return policy.Deny(550, "5.1.1", a.Path()+": Recipient address rejected: User unknown in virtual mailbox table")
 		case kind == kindAlias:
 			return policy.Defer("4.3.0", "Alias not expanded").WithErr(fmt.Errorf("relay: %s is an alias that was not expanded before queueing: register RecipientTable.ExpandRule at preq", a))
 		}
-		box, _ := s.mailbox(a)
-		*route = policy.Route{Transport: transport, Target: box}
+		*route = policy.Route{Transport: transport, Target: s.accountMailbox(key)}
 		return policy.Accept()
 	}
 }
