@@ -467,6 +467,19 @@ func (s *recipientSnapshot) subBase(local string) (string, bool) {
 	return local, false
 }
 
+// keys returns the keys a is looked up under: a folded, then, when it has
+// a subaddress, a folded without it. base is the folded local part without
+// its subaddress.
+func (s *recipientSnapshot) keys(a policy.Address) (keys []string, base string) {
+	local := strings.ToLower(a.Local)
+	keys = []string{policy.Address{Local: local, Domain: a.Domain}.String()}
+	base, sub := s.subBase(local)
+	if sub {
+		keys = append(keys, policy.Address{Local: base, Domain: a.Domain}.String())
+	}
+	return keys, base
+}
+
 // lookup resolves a local recipient: the exact address first, then without
 // its subaddress, then postmaster and abuse, then the domain's catch-all
 // (when catchAll is set). It returns the kind, the key found (an account's
@@ -479,12 +492,7 @@ func (s *recipientSnapshot) lookup(a policy.Address, catchAll bool) (kind int, k
 	if !s.domains.Has(a) {
 		return kindUnknown, "", false
 	}
-	local := strings.ToLower(a.Local)
-	cands := []string{policy.Address{Local: local, Domain: a.Domain}.String()}
-	base, sub := s.subBase(local)
-	if sub {
-		cands = append(cands, policy.Address{Local: base, Domain: a.Domain}.String())
-	}
+	cands, base := s.keys(a)
 	for _, k := range cands {
 		if _, ok := s.aliases[k]; ok {
 			return kindAlias, k, true
@@ -645,11 +653,7 @@ func (t *RecipientTable) Owns(login string, addr policy.Address) bool {
 	if l == "" {
 		return false
 	}
-	local := strings.ToLower(addr.Local)
-	cands := []string{policy.Address{Local: local, Domain: addr.Domain}.String()}
-	if base, sub := s.subBase(local); sub {
-		cands = append(cands, policy.Address{Local: base, Domain: addr.Domain}.String())
-	}
+	cands, _ := s.keys(addr)
 	for _, k := range cands {
 		if k == l || s.owners[k][l] {
 			return true
