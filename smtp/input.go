@@ -346,8 +346,16 @@ const (
 // the end-of-data line, or -1 if b does not hold it.
 func (c *conn) bodyEnd(b []byte) int {
 	st := c.bodyState
-	for i, ch := range b {
-		switch st {
+	for i := 0; i < len(b); i++ {
+		if st == bodyData {
+			// Only a CR matters here: skip to it at memchr speed.
+			j := bytes.IndexByte(b[i:], '\r')
+			if j < 0 {
+				break
+			}
+			i += j
+		}
+		switch ch := b[i]; st {
 		case bodyBeginLine:
 			switch ch {
 			case '.':
