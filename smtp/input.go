@@ -164,16 +164,16 @@ func (c *conn) unread(b []byte, err error) {
 // readCommand hands over one command line (or an AUTH response line).
 func (c *conn) readCommand(p []byte) (int, error) {
 	if c.ahead == nil {
-		// The common case: the read brings exactly one line, which the
-		// filter leaves alone. No buffer of ours is involved.
+		// The common case: the read brings exactly one line, nothing after
+		// it (so nothing to discard). No buffer of ours is involved.
 		n, err := c.read(p)
 		c.streaming = n == len(p)
 		if n == 0 {
 			return 0, err
 		}
-		if i := bytes.IndexByte(p[:n], '\n'); i == n-1 && !c.mayRewrite(p[:n]) {
-			c.command(p[:n])
-			return n, err
+		if i := bytes.IndexByte(p[:n], '\n'); i == n-1 {
+			out, _ := c.command(p[:n])
+			return c.handOver(p, out, err)
 		}
 		c.unread(p[:n], err)
 	}
@@ -189,20 +189,12 @@ func (c *conn) readCommand(p []byte) (int, error) {
 				c.log.Info("starttls: discarding plaintext sent before the handshake", "bytes", c.aheadEnd-c.aheadPos)
 				c.aheadPos = c.aheadEnd
 			}
-			n := copy(p, out)
-			if n < len(out) {
-				c.pending = append([]byte(nil), out[n:]...)
-			}
 			if c.aheadPos < c.aheadEnd {
-				return n, nil
+				return c.handOver(p, out, nil)
 			}
 			err := c.aheadErr
 			c.releaseAhead()
-			if len(c.pending) > 0 {
-				c.rerr = err
-				return n, nil
-			}
-			return n, err
+			return c.handOver(p, out, err)
 		}
 		if c.aheadErr != nil || len(buf) >= c.maxLine() {
 			// No complete line will come (the client is gone), or the line
@@ -221,6 +213,19 @@ func (c *conn) readCommand(p []byte) (int, error) {
 	}
 }
 
+// handOver gives go-smtp out, what command made of a line, in p; what does
+// not fit waits in pending, and err, the error of the read that ended the
+// line, waits after it.
+func (c *conn) handOver(p, out []byte, err error) (int, error) {
+	n := copy(p, out)
+	if n < len(out) {
+		c.pending = append([]byte(nil), out[n:]...)
+		c.rerr = err
+		return n, nil
+	}
+	return n, err
+}
+
 // maxLine is the longest command line the filter buffers whole.
 func (c *conn) maxLine() int {
 	n := len(*c.ahead)
@@ -228,12 +233,6 @@ func (c *conn) maxLine() int {
 		n = min(n, c.srv.limits.MaxLineLength)
 	}
 	return n
-}
-
-// mayRewrite reports whether command might hand go-smtp something other
-// than line.
-func (c *conn) mayRewrite(line []byte) bool {
-	return !c.cont && (hasPrefixFold(line, "STARTTLS") || hasPrefixFold(line, "RCPT "))
 }
 
 // command looks at a line go-smtp is about to read as a command and
@@ -347,8 +346,16 @@ const (
 // the end-of-data line, or -1 if b does not hold it.
 func (c *conn) bodyEnd(b []byte) int {
 	st := c.bodyState
-	for i, ch := range b {
-		switch st {
+	for i := 0; i < len(b); i++ {
+		if st == bodyData {
+			// Only a CR matters here: skip to it at memchr speed.
+			j := bytes.IndexByte(b[i:], '\r')
+			if j < 0 {
+				break
+			}
+			i += j
+		}
+		switch ch := b[i]; st {
 		case bodyBeginLine:
 			switch ch {
 			case '.':

@@ -546,22 +546,13 @@ func (c *conn) reply(h string) bool {
 // countError counts one error reply; at the limit it writes 421 and reports
 // that the connection must close. Called with c.mu held.
 func (c *conn) countError() bool {
-	if !c.overErrorLimit() {
+	c.errors++
+	if max := c.srv.limits.MaxErrors; max <= 0 || c.errors < max {
 		return false
 	}
+	c.log.Warn("too many errors; disconnecting", "errors", c.errors)
 	c.wire().Write([]byte("421 4.7.0 Too many errors, closing connection\r\n"))
 	return true
-}
-
-// overErrorLimit counts one error and reports whether MaxErrors is reached.
-// Called with c.mu held.
-func (c *conn) overErrorLimit() bool {
-	c.errors++
-	if max := c.srv.limits.MaxErrors; max > 0 && c.errors >= max {
-		c.log.Warn("too many errors; disconnecting", "errors", c.errors)
-		return true
-	}
-	return false
 }
 
 func (c *conn) resetErrors() {
