@@ -237,7 +237,7 @@ func dmEvaluate(ctx context.Context, opts DMARCOptions, tx *policy.Transaction, 
 	// SPF: the identity is MAIL FROM, or HELO for a null sender. No
 	// result (SPF not checked) counts as none: nothing aligned.
 	usable := spfRes.Identity != "helo" || tx == nil || tx.From.IsNull()
-	if usable && spfRes.Result == SPFPass && dmAligned(spfRes.Domain, from, rec.SPFAlignment) {
+	if usable && spfRes.Result == SPFPass && dmAligned(spfRes.Domain, from, org, rec.SPFAlignment) {
 		res.SPFAligned = true
 	}
 	// DKIM: any passing signature with an aligned d=.
@@ -246,7 +246,7 @@ func dmEvaluate(ctx context.Context, opts DMARCOptions, tx *policy.Transaction, 
 		dkimResults, _ = DKIMResultsKey.Get(tx)
 	}
 	for _, d := range dkimResults {
-		if d.Result == authres.ResultPass && dmAligned(d.Domain, from, rec.DKIMAlignment) {
+		if d.Result == authres.ResultPass && dmAligned(d.Domain, from, org, rec.DKIMAlignment) {
 			res.DKIMAligned, res.DKIMDomain = true, d.Domain
 			break
 		}
@@ -282,8 +282,9 @@ func OrganizationalDomain(domain string) string {
 }
 
 // dmAligned reports whether an authenticated domain is aligned with the
-// From domain in mode (RFC 7489 section 3.1).
-func dmAligned(authDomain, from string, mode dmarc.AlignmentMode) bool {
+// From domain in mode (RFC 7489 section 3.1). fromOrg is the organizational
+// domain of from, computed once by the caller for every check.
+func dmAligned(authDomain, from, fromOrg string, mode dmarc.AlignmentMode) bool {
 	authDomain = dmDomainOf(authDomain)
 	if authDomain == "" || from == "" {
 		return false
@@ -291,7 +292,7 @@ func dmAligned(authDomain, from string, mode dmarc.AlignmentMode) bool {
 	if mode == dmarc.AlignmentStrict {
 		return authDomain == from
 	}
-	return OrganizationalDomain(authDomain) == OrganizationalDomain(from)
+	return OrganizationalDomain(authDomain) == fromOrg
 }
 
 // errDMARCTemp marks a temporary lookup failure.

@@ -262,10 +262,11 @@ func CheckSPF(opts SPFOptions) policy.MailRule {
 	}
 	res := NewResolver(opts.Resolver, lookupTimeout)
 	var cache *heloCache
-	switch ttl := opts.HeloCacheTTL; {
-	case ttl == 0:
-		cache = &heloCache{ttl: 5 * time.Minute, entries: map[heloKey]heloEntry{}}
-	case ttl > 0:
+	ttl := opts.HeloCacheTTL
+	if ttl == 0 {
+		ttl = 5 * time.Minute
+	}
+	if ttl > 0 {
 		cache = &heloCache{ttl: ttl, entries: map[heloKey]heloEntry{}}
 	}
 

@@ -152,7 +152,7 @@ func (s *server) reload() {
 	}
 
 	if s.dkim != nil {
-		old := s.dkim.cur.Load().signer
+		old := s.dkim.signer()
 		if signer, err := s.dkim.load(); err != nil {
 			fail("DKIM key (-dkim-key)", err)
 			changes = append(changes, slog.String("dkim", "error, kept"))

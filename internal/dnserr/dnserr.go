@@ -58,10 +58,10 @@ func Classify(ctx context.Context, name string, err error) error {
 
 // IsNotFound reports whether err, classified as Classify does, is an
 // answer that the name or record does not exist. A nil err is not.
+//
+// It asks err directly what Classify would decide, without building the
+// classified error.
 func IsNotFound(err error) bool {
-	if err == nil {
-		return false
-	}
 	var de *net.DNSError
-	return errors.As(Classify(context.Background(), "", err), &de) && de.IsNotFound
+	return errors.As(err, &de) && de.IsNotFound && !de.IsTimeout
 }
