@@ -127,16 +127,17 @@ func (s *Spool) Move(ctx context.Context, id, to string) error {
 		return err
 	}
 	defer unlock()
-	return s.move(ctx, q, id, to)
-}
-
-// move moves message id from queue q to queue to, as Move does; the
-// caller holds id's lock.
-func (s *Spool) move(ctx context.Context, q, id, to string) error {
 	env, err := s.readEnvelope(q, id)
 	if err != nil {
 		return err
 	}
+	return s.move(ctx, q, env, to)
+}
+
+// move moves env, read from queue q, to queue to, as Move does; the
+// caller holds its lock.
+func (s *Spool) move(ctx context.Context, q string, env *Envelope, to string) error {
+	id := env.ID
 	if to == Deliver || to == Working || to == Deferred {
 		env.NextAttempt = s.now()
 		env.InFlight, env.Crashes = false, 0 // an operator's retry starts afresh

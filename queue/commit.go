@@ -241,6 +241,11 @@ func (c *committer) run(batch []*op) {
 			}
 		}
 	}
+	// Reported before the callers are released, as the shared rounds do
+	// (syncGroups.doRound): once a change returns, its round is counted.
+	if c.events != nil && !c.noSync {
+		c.events.SpoolCommitted(len(batch))
+	}
 	for i, o := range batch {
 		if errs[i] == nil {
 			for _, p := range o.after {
@@ -248,9 +253,6 @@ func (c *committer) run(batch []*op) {
 			}
 		}
 		o.done <- errs[i]
-	}
-	if c.events != nil && !c.noSync {
-		c.events.SpoolCommitted(len(batch))
 	}
 }
 

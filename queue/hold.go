@@ -50,21 +50,18 @@ func (s *Spool) Release(ctx context.Context, id string) error {
 		return err
 	}
 	defer unlock()
-	to := Deliver
-	switch {
-	case strings.HasPrefix(q, QuarantinePrefix):
-	case q == Hold:
-		env, err := s.readEnvelope(q, id)
-		if err != nil {
-			return err
-		}
-		if !env.PostQDone {
-			to = Working
-		}
-	default:
+	if q != Hold && !strings.HasPrefix(q, QuarantinePrefix) {
 		return fmt.Errorf("%w: cannot release a message of %s (only hold and quarantine)", ErrBadQueue, q)
 	}
-	return s.move(ctx, q, id, to)
+	env, err := s.readEnvelope(q, id)
+	if err != nil {
+		return err
+	}
+	to := Deliver
+	if q == Hold && !env.PostQDone {
+		to = Working
+	}
+	return s.move(ctx, q, env, to)
 }
 
 // Bounce returns message id to its sender: each recipient not yet

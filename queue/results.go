@@ -41,17 +41,23 @@ const (
 )
 
 // attempt is what one run of the postq and delivery stages knows about a
-// message's recipients, for the result lines.
+// message's recipients, for the result lines: rcpts[i] is recipient i's.
 type attempt struct {
-	pending []bool         // recipient i was pending when the attempt began
-	routes  []policy.Route // recipient i's route in this attempt, if any
-	expired []bool         // recipient i failed because the message expired
+	rcpts []attemptRcpt
 }
 
+type attemptRcpt struct {
+	pending bool         // pending when the attempt began
+	route   policy.Route // its route in this attempt, if any
+	expired bool         // failed because the message expired
+}
+
+// newAttempt notes which recipients of env are pending; call it before
+// the attempt changes their states.
 func newAttempt(env *Envelope) *attempt {
-	a := &attempt{pending: make([]bool, len(env.Rcpts)), routes: make([]policy.Route, len(env.Rcpts)), expired: make([]bool, len(env.Rcpts))}
+	a := &attempt{rcpts: make([]attemptRcpt, len(env.Rcpts))}
 	for i, r := range env.Rcpts {
-		a.pending[i] = r.State == RcptPending
+		a.rcpts[i].pending = r.State == RcptPending
 	}
 	return a
 }
@@ -59,12 +65,12 @@ func newAttempt(env *Envelope) *attempt {
 // logResults writes the result line of every recipient that was pending
 // when the attempt began: its final status, or deferred.
 func (s *Scheduler) logResults(ctx context.Context, env *Envelope, a *attempt) {
-	if a == nil || !s.log.Enabled(ctx, slog.LevelInfo) {
+	if !s.log.Enabled(ctx, slog.LevelInfo) {
 		return
 	}
 	now := s.cfg.Clock.Now()
-	for i := range env.Rcpts {
-		if i >= len(a.pending) || !a.pending[i] {
+	for i, ar := range a.rcpts {
+		if !ar.pending {
 			continue
 		}
 		r := &env.Rcpts[i]
@@ -72,14 +78,14 @@ func (s *Scheduler) logResults(ctx context.Context, env *Envelope, a *attempt) {
 		switch {
 		case r.State == RcptDelivered:
 			status = statusDelivered
-		case r.State == RcptFailed && a.expired[i]:
+		case r.State == RcptFailed && ar.expired:
 			status = statusExpired
 		case r.State == RcptFailed:
 			status = statusBounced
 		default:
 			status = statusDeferred
 		}
-		s.log.LogAttrs(ctx, slog.LevelInfo, resultMsg, resultAttrs(env, r, relayName(a.routes[i]), now, status)...)
+		s.log.LogAttrs(ctx, slog.LevelInfo, resultMsg, resultAttrs(env, r, relayName(ar.route), now, status)...)
 	}
 }
 

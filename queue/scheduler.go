@@ -503,7 +503,6 @@ func (c *prefixWriter) Write(p []byte) (int, error) {
 // for deliver to save with its attempt record (one commit, not two).
 func (s *Scheduler) postq(ctx, rctx context.Context, q string, env *Envelope, m *policy.Message) (edited *policy.Message, ok bool) {
 	tx := env.Transaction(RcptPending)
-	att := newAttempt(env)
 	before := headerBytes(m.Header)
 	res := s.cfg.Chain.EvalPostQ(rctx, tx, m)
 	changed := !headerIs(m.Header, before)
@@ -513,6 +512,7 @@ func (s *Scheduler) postq(ctx, rctx context.Context, q string, env *Envelope, m 
 	}
 	switch res.Verdict.Kind {
 	case policy.KindDeny:
+		att := newAttempt(env) // the rules do not change env's recipients
 		if res.Reply.Permanent() {
 			log.Info("queue: postq denied; bouncing", "reply", res.Reply.String())
 			for i := range env.Rcpts {
@@ -654,7 +654,7 @@ func (s *Scheduler) deliver(ctx, rctx context.Context, q string, env *Envelope, 
 		if route == (policy.Route{}) {
 			route = s.cfg.DefaultRoute
 		}
-		att.routes[i] = route
+		att.rcpts[i].route = route
 		g := byRoute[route]
 		if g == nil {
 			g = &group{route: route}
@@ -774,9 +774,7 @@ func (s *Scheduler) finish(ctx context.Context, q string, env *Envelope, m *poli
 					code, last = 451, "none"
 				}
 				r.Reply = policy.Reply{Code: code, Enhanced: "4.4.7", Text: "Message expired; last error: " + last}
-				if att != nil && i < len(att.expired) {
-					att.expired[i] = true
-				}
+				att.rcpts[i].expired = true
 			}
 		}
 		s.log.Warn("queue: message expired", "id", env.ID, "received", env.Received)

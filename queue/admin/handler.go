@@ -366,10 +366,19 @@ func (h *Handler) raw(w http.ResponseWriter, r *http.Request) {
 	io.Copy(w, rc)
 }
 
-// do runs action on message id and logs it.
-func (h *Handler) do(ctx context.Context, action, id string) (Result, error) {
+// action returns the request's {action} and the Queue method that does
+// it; it answers 404 and returns ok false when there is no such action.
+func (h *Handler) action(w http.ResponseWriter, r *http.Request) (action string, fn func(context.Context, string) error, ok bool) {
+	action = r.PathValue("action")
+	if fn, ok = actions(h.Queue)[action]; !ok {
+		fail(w, http.StatusNotFound, fmt.Errorf("no such action %q (release, requeue, hold, bounce, delete)", action))
+	}
+	return action, fn, ok
+}
+
+// do runs action (the Queue method fn) on message id and logs it.
+func (h *Handler) do(ctx context.Context, action string, fn func(context.Context, string) error, id string) (Result, error) {
 	res := Result{ID: id, Action: action}
-	fn := actions(h.Queue)[action]
 	if err := fn(ctx, id); err != nil {
 		res.Error = err.Error()
 		h.log().Warn("queue admin: "+action+" failed", "id", id, "action", action, "error", err)
@@ -380,19 +389,16 @@ func (h *Handler) do(ctx context.Context, action, id string) (Result, error) {
 }
 
 func (h *Handler) act(w http.ResponseWriter, r *http.Request) {
-	action := r.PathValue("action")
-	if _, ok := actions(h.Queue)[action]; !ok {
-		fail(w, http.StatusNotFound, fmt.Errorf("no such action %q (release, requeue, hold, bounce, delete)", action))
-		return
+	if action, fn, ok := h.action(w, r); ok {
+		h.act1(w, r, action, fn)
 	}
-	h.act1(w, r, action)
 }
 
-func (h *Handler) del(w http.ResponseWriter, r *http.Request) { h.act1(w, r, "delete") }
+func (h *Handler) del(w http.ResponseWriter, r *http.Request) { h.act1(w, r, "delete", h.Queue.Delete) }
 
-func (h *Handler) act1(w http.ResponseWriter, r *http.Request, action string) {
+func (h *Handler) act1(w http.ResponseWriter, r *http.Request, action string, fn func(context.Context, string) error) {
 	id := r.PathValue("id")
-	res, err := h.do(r.Context(), action, id)
+	res, err := h.do(r.Context(), action, fn, id)
 	if err != nil {
 		reply(w, status(err), res)
 		return
@@ -401,9 +407,8 @@ func (h *Handler) act1(w http.ResponseWriter, r *http.Request, action string) {
 }
 
 func (h *Handler) batch(w http.ResponseWriter, r *http.Request) {
-	action := r.PathValue("action")
-	if _, ok := actions(h.Queue)[action]; !ok {
-		fail(w, http.StatusNotFound, fmt.Errorf("no such action %q (release, requeue, hold, bounce, delete)", action))
+	action, fn, ok := h.action(w, r)
+	if !ok {
 		return
 	}
 	var b Batch
@@ -433,7 +438,7 @@ func (h *Handler) batch(w http.ResponseWriter, r *http.Request) {
 	}
 	out := Results{Results: make([]Result, 0, len(ids))}
 	for _, id := range ids {
-		res, err := h.do(r.Context(), action, id)
+		res, err := h.do(r.Context(), action, fn, id)
 		if err != nil {
 			out.Failed++
 		}
