@@ -60,10 +60,11 @@ type Config struct {
 	// a temporary error (and the reason is logged once).
 	Servers []string
 
-	// Timeout bounds each query sent to a server; 0 means 5 s. A lookup
-	// is bounded by its context as well; a query that several lookups
-	// share runs until this timeout even when the lookup that started it
-	// gives up, so that the others (and the cache) still get its answer.
+	// Timeout bounds each query sent to a server; 0 (or less) means 5 s.
+	// A lookup is bounded by its context as well; a query that several
+	// lookups share runs until this timeout even when the lookup that
+	// started it gives up, so that the others (and the cache) still get
+	// its answer.
 	Timeout time.Duration
 
 	// MaxEntries bounds the number of cached answers (one per name and
@@ -89,12 +90,15 @@ type Config struct {
 // afterwards has no effect on the Resolver.
 func New(cfg Config) *Resolver {
 	r := &Resolver{
-		timeout:    positive(cfg.Timeout, defaultTimeout),
+		timeout:    defaultTimeout,
 		maxEntries: defaultMaxEntries,
 		maxTTL:     positive(cfg.MaxTTL, defaultMaxTTL),
 		maxNegTTL:  positive(cfg.MaxNegativeTTL, defaultMaxNegativeTTL),
 		now:        time.Now,
 		log:        cfg.Logger,
+	}
+	if cfg.Timeout > 0 {
+		r.timeout = cfg.Timeout
 	}
 	if cfg.MaxEntries > 0 {
 		r.maxEntries = cfg.MaxEntries
