@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"sync"
 	"time"
 
@@ -182,14 +181,8 @@ func (s *Server) build(lns []net.Listener) (*smtp.Server, *queue.Scheduler, erro
 	case s.Delivery.Hostname != "" || s.Delivery.Chain != nil || s.Delivery.Logger != nil:
 		return nil, nil, fmt.Errorf("%w: set Hostname, Chain and Logger on Server, not in Server.Delivery", smtp.ErrConfig)
 	}
+	// An empty Hostname is defaulted by smtp and queue alike.
 	host := s.Hostname
-	if host == "" {
-		h, err := os.Hostname()
-		if err != nil || h == "" {
-			h = "localhost"
-		}
-		host = h
-	}
 	log := s.logger()
 	if s.Chain.Logger == nil {
 		s.Chain.Logger = log
