@@ -25,17 +25,17 @@ var allowed = map[string][]string{
 	"auth":              {"policy"},
 	"relay":             {"policy"},
 	"delegate":          {"policy"},
-	// The milter client is rules: policy only (its tests run it through
-	// a real smtp.Server, which tests may import).
-	"delegate/milter": {"policy"},
-	"queue":           {"policy"},
-	"smtp":            {"policy", "queue"},
+	"queue":             {"policy"},
+	"smtp":              {"policy", "queue"},
 	// The metrics are fed through event interfaces that smtp and queue
 	// declare: it imports neither, and neither imports it.
 	"policy/metrics": {"policy"},
 	// The module's root package assembles a whole server (mtakit.Server):
 	// it is the one place that wires smtp to queue.
 	".": {"policy", "queue", "smtp"},
+	// The milter client is rules: policy only (its tests run it through
+	// a real smtp.Server, which tests may import).
+	"delegate/milter": {"policy"},
 }
 
 // everywhere lists the internal helpers any package may import: leaves
