@@ -148,14 +148,6 @@ func (c *fakeConn) record(stage string, m gomilter.Modifier) {
 	}
 }
 
-func hook[F any](fn F, call func(F) (*gomilter.Response, error)) (*gomilter.Response, error) {
-	var zero F
-	if any(fn) == any(zero) {
-		return gomilter.RespContinue, nil
-	}
-	return call(fn)
-}
-
 func (c *fakeConn) NewConnection(gomilter.Modifier) error {
 	c.f.mu.Lock()
 	c.f.conns++
@@ -315,27 +307,36 @@ func startServer(t testing.TB, ms ...*Milter) *harness {
 		h.after = append(h.after, m.Header.Get("Subject")+"|"+m.Header.Get("X-Milter"))
 		h.mu.Unlock()
 	}))
+	h.addr = serve(t, chain, h.queue)
+	t.Cleanup(func() {
+		for _, m := range ms {
+			m.Close()
+		}
+	})
+	return h
+}
+
+// serve runs an smtp.Server with chain and q on loopback until the test
+// ends, and returns its address.
+func serve(t testing.TB, chain *policy.Chain, q smtp.Queue) string {
+	t.Helper()
 	srv, err := smtp.NewServer(smtp.Config{
 		Hostname: "mx.test.example",
 		Chain:    chain,
-		Queue:    h.queue,
+		Queue:    q,
 		SpoolDir: t.TempDir(),
 		Logger:   testLogger(t),
 	})
 	require.NoError(t, err)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	h.addr = ln.Addr().String()
 	go srv.Serve(context.Background(), ln, smtp.Listener{Name: "mta", Role: smtp.RoleMTA})
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx)
-		for _, m := range ms {
-			m.Close()
-		}
 	})
-	return h
+	return ln.Addr().String()
 }
 
 func (h *harness) After() []string {
