@@ -85,7 +85,7 @@ func (s *session) close() {
 // run runs fn unless the session's outcome is known already.
 func (s *session) run(ctx context.Context, stage policy.Stage, fn func(*session) policy.Verdict) policy.Verdict {
 	if s.failed != nil {
-		return s.m.unavailable(ctx, stage, nil, s.failed)
+		return s.m.unavailable(ctx, stage, nil, s.failed, false)
 	}
 	if s.connDone {
 		return policy.Next()
@@ -102,7 +102,7 @@ func (s *session) fail(ctx context.Context, stage policy.Stage, tx *policy.Trans
 	}
 	s.cs, s.nc = nil, nil
 	s.failed = err
-	return s.m.unavailable(ctx, stage, tx, err)
+	return s.m.unavailable(ctx, stage, tx, err, true)
 }
 
 // op runs one exchange with the milter within timeout and ctx. A panic of
