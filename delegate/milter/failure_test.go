@@ -90,7 +90,10 @@ func TestFailures(t *testing.T) {
 		{"hangs at end of message", func(t *testing.T) string {
 			release := hang(t)
 			return fakeWith(func(f *fake) {
-				f.eom = func(gomilter.Modifier, *fakeConn) (*gomilter.Response, error) { <-release; return gomilter.RespContinue, nil }
+				f.eom = func(gomilter.Modifier, *fakeConn) (*gomilter.Response, error) {
+					<-release
+					return gomilter.RespContinue, nil
+				}
 			})(t)
 		}, "data"},
 		{"closes mid-body", fakeWith(func(f *fake) {
