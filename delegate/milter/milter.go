@@ -395,3 +395,17 @@ func (m *Milter) unavailable(ctx context.Context, stage policy.Stage, tx *policy
 	log("milter unavailable; deferring (default action tempfail)")
 	return policy.Verdict{Kind: policy.KindDeny, Reply: replyTempfail}
 }
+
+// closeSession closes the milter connection of an SMTP session now.
+func (m *Milter) closeSession(c *policy.Conn) {
+	m.mu.Lock()
+	s := m.sessions[c]
+	if s == nil || s.busy {
+		m.mu.Unlock()
+		return
+	}
+	delete(m.sessions, c)
+	s.timer.Stop()
+	m.mu.Unlock()
+	s.close()
+}
