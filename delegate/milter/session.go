@@ -65,6 +65,7 @@ type session struct {
 	connDone bool  // the milter accepted the connection: nothing more to send
 	helloed  bool
 	heloSent string
+	heloTLS  bool // the HELO sent came after STARTTLS (with the TLS macros)
 
 	tx          *policy.Transaction // the transaction MAIL was sent for
 	inTx        bool                // MAIL sent, message not ended: ABORT before the next
@@ -280,7 +281,7 @@ func (s *session) rcptMacros(r policy.Recipient) {
 // stage starts a new one.
 func (s *session) reset() {
 	s.close()
-	s.helloed, s.heloSent = false, ""
+	s.helloed, s.heloSent, s.heloTLS = false, "", false
 	s.forgetTx()
 }
 
@@ -315,11 +316,13 @@ func (s *session) catchUp(ctx context.Context, stage policy.Stage, c *policy.Con
 			return v, true
 		}
 	}
-	helo := ""
+	helo, overTLS := "", false
 	if c != nil {
-		helo = c.Helo
+		helo, overTLS = c.Helo, c.TLS != nil
 	}
-	if stage != policy.StageConnect && (helo != "" || tx != nil) && (!s.helloed || helo != "" && helo != s.heloSent) {
+	// HELO again for a new name, and after STARTTLS (the client's EHLO
+	// then often repeats the name, but the TLS macros are new).
+	if stage != policy.StageConnect && (helo != "" || tx != nil) && (!s.helloed || helo != "" && (helo != s.heloSent || overTLS != s.heloTLS)) {
 		if helo == "" {
 			helo = o.Hostname // no client (postq): our own name
 		}
@@ -332,7 +335,7 @@ func (s *session) catchUp(ctx context.Context, stage policy.Stage, c *policy.Con
 		if err != nil {
 			return s.fail(ctx, stage, tx, err), true
 		}
-		s.helloed, s.heloSent = true, helo
+		s.helloed, s.heloSent, s.heloTLS = true, helo, overTLS
 		if v, done := s.connVerdict(ctx, policy.StageHelo, a); done {
 			return v, true
 		}
@@ -715,9 +718,13 @@ func (s *session) body(ctx context.Context, tx *policy.Transaction, m *policy.Me
 	defer chunkBufs.Put(bp)
 	buf := *bp
 	r := m.Body()
+	sent := false
 	for {
 		n, rerr := io.ReadFull(r, buf)
-		if n > 0 {
+		if n > 0 || !sent && rerr != nil {
+			// An empty body still gets one (empty) chunk: go-milter ends
+			// a message only after a chunk.
+			sent = true
 			chunk := buf[:n]
 			a, err := s.act(ctx, s.m.opts.CommandTimeout, func() (*gomilter.Action, error) { return s.cs.BodyChunk(chunk) })
 			if err != nil {
