@@ -102,3 +102,26 @@ func FuzzParseReply(f *testing.F) {
 		}
 	})
 }
+
+func TestWriteMessage(t *testing.T) {
+	for _, c := range []struct {
+		chunks []string
+		want   string
+	}{
+		{[]string{"a\nb\n"}, "a\r\nb\r\n"},
+		{[]string{"a\r\nb\r\n"}, "a\r\nb\r\n"},
+		{[]string{"a\r", "\nb"}, "a\r\nb"},
+		{[]string{"a\rb"}, "a\r\nb"},
+		{[]string{"a\r\r\n"}, "a\r\n\r\n"},
+		{[]string{"", "x", ""}, "x"},
+		{nil, ""},
+	} {
+		var b strings.Builder
+		var chunks [][]byte
+		for _, s := range c.chunks {
+			chunks = append(chunks, []byte(s))
+		}
+		require.NoError(t, writeMessage(&b, []byte("H: v\r\n"), chunks))
+		assert.Equal(t, "H: v\r\n\r\n"+c.want, b.String(), "%q", c.chunks)
+	}
+}
