@@ -1,9 +1,11 @@
 package milter
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +13,8 @@ import (
 	gosmtp "github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/mtakit/mtakit/policy"
 )
 
 // startRaw starts a TCP server that is not a milter: serve runs for each
@@ -139,4 +143,57 @@ func TestFailures(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestRuleTimeout: the chain's RuleTimeout, shorter than EOMTimeout, cuts
+// a hanging end of message short (the rule's context ends the command).
+func TestRuleTimeout(t *testing.T) {
+	release := make(chan struct{})
+	f := startFake(t, "tcp", func(f *fake) {
+		f.eom = func(gomilter.Modifier, *fakeConn) (*gomilter.Response, error) {
+			<-release
+			return gomilter.RespContinue, nil
+		}
+	})
+	t.Cleanup(func() { close(release) })
+	m := newMilter(t, f, func(o *Options) { o.EOMTimeout = time.Hour; o.CommandTimeout = time.Hour })
+	t.Cleanup(func() { m.Close() })
+	chain := &policy.Chain{Logger: testLogger(t), RuleTimeout: 300 * time.Millisecond}
+	Register(chain, m)
+	chain.Rcpt("accept", func(context.Context, *policy.Transaction, policy.Recipient) policy.Verdict { return policy.Accept() })
+	q := &memQueue{}
+	h := &harness{t: t, addr: serve(t, chain, q), queue: q}
+	start := time.Now()
+	res := h.send("alice@sender.example", twoRcpts, testMessage)
+	assert.Equal(t, 451, code(res.data), "%v", res.data)
+	assert.Less(t, time.Since(start), 30*time.Second)
+	assert.Empty(t, q.all())
+}
+
+// TestCancel: a rule's context cancelled (the connection closed, the
+// server stopping) ends the command in progress at once.
+func TestCancel(t *testing.T) {
+	release, started := make(chan struct{}), make(chan struct{})
+	f := startFake(t, "tcp", func(f *fake) {
+		f.eom = func(gomilter.Modifier, *fakeConn) (*gomilter.Response, error) {
+			close(started)
+			<-release
+			return gomilter.RespContinue, nil
+		}
+	})
+	t.Cleanup(func() { close(release) })
+	m := newMilter(t, f, func(o *Options) { o.EOMTimeout = time.Hour; o.CommandTimeout = time.Hour })
+	defer m.Close()
+	tx := policy.NewTransaction(nil, "cancel1")
+	tx.From = policy.MustParseAddress("alice@sender.example")
+	tx.Rcpts = []policy.Recipient{{Addr: policy.MustParseAddress("bob@rcpt.example")}}
+	msg, err := policy.NewMessage(strings.NewReader(testMessage), int64(len(testMessage)), nil)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		<-started
+		cancel()
+	}()
+	v := m.MessageRule()(ctx, tx, msg)
+	assert.Equal(t, 451, v.Reply.Code)
 }

@@ -321,7 +321,9 @@ func (m *Milter) with(ctx context.Context, conn *policy.Conn, tx *policy.Transac
 	s.busy = true
 	m.mu.Unlock()
 
+	end := s.beginRule(ctx)
 	v := s.run(ctx, stage, fn)
+	end()
 
 	m.mu.Lock()
 	s.busy = false

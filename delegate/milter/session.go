@@ -57,7 +57,7 @@ type session struct {
 	timer *time.Timer // closes it when idle (Milter.expire)
 
 	cs        *gomilter.ClientSession // nil: not connected
-	nc        *guardConn
+	nc        *guardConn              // written under dl (see cancelRule)
 	macros    macroMap
 	leadSpace bool // the milter wants header values with their leading space
 
@@ -73,13 +73,52 @@ type session struct {
 	discard     bool                // ... discarded
 	mailRefused *policy.Verdict     // the milter refused tx at MAIL
 	rcpts       []policy.Address    // recipients of tx sent and not refused
+
+	// The context of the rule running: one context.AfterFunc per rule
+	// (not per command, which cost two allocations each) cuts the
+	// command in progress short when it ends.
+	dl       sync.Mutex
+	rule     uint64 // the rule running (beginRule)
+	ruleDone bool   // its context is done
+}
+
+// beginRule starts a rule with ctx: when ctx ends, the command in
+// progress ends at once and the later ones fail. Call the returned
+// function when the rule is over.
+func (s *session) beginRule(ctx context.Context) (end func()) {
+	s.dl.Lock()
+	s.rule++
+	s.ruleDone = ctx.Err() != nil
+	gen := s.rule
+	s.dl.Unlock()
+	stop := context.AfterFunc(ctx, func() { s.cancelRule(gen) })
+	return func() { stop() }
+}
+
+func (s *session) cancelRule(gen uint64) {
+	s.dl.Lock()
+	defer s.dl.Unlock()
+	if s.rule != gen {
+		return // a late call: its rule is over
+	}
+	s.ruleDone = true
+	if s.nc != nil {
+		s.nc.SetDeadline(time.Unix(1, 0))
+	}
+}
+
+// setConn sets (or clears) the milter connection and its session.
+func (s *session) setConn(nc *guardConn, cs *gomilter.ClientSession) {
+	s.dl.Lock()
+	s.nc, s.cs = nc, cs
+	s.dl.Unlock()
 }
 
 // close sends QUIT and closes the connection.
 func (s *session) close() {
 	if s.cs != nil {
 		s.cs.Close()
-		s.cs, s.nc = nil, nil
+		s.setConn(nil, nil)
 	}
 }
 
@@ -101,7 +140,7 @@ func (s *session) fail(ctx context.Context, stage policy.Stage, tx *policy.Trans
 	if s.nc != nil {
 		s.nc.Close() // no QUIT: the connection is in an unknown state
 	}
-	s.cs, s.nc = nil, nil
+	s.setConn(nil, nil)
 	s.failed = err
 	return s.m.unavailable(ctx, stage, tx, err, true)
 }
@@ -109,18 +148,20 @@ func (s *session) fail(ctx context.Context, stage policy.Stage, tx *policy.Trans
 // op runs one exchange with the milter within timeout and ctx. A panic of
 // go-milter is an error: it is a broken milter's doing.
 func (s *session) op(ctx context.Context, timeout time.Duration, fn func() error) (err error) {
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("milter: %w", context.Cause(ctx))
-	}
 	dl := time.Now().Add(timeout)
 	if cd, ok := ctx.Deadline(); ok && cd.Before(dl) {
 		dl = cd
 	}
-	nc := s.nc
-	gen := nc.begin(dl)
-	stop := context.AfterFunc(ctx, func() { nc.expire(gen) })
+	s.dl.Lock()
+	done := s.ruleDone || ctx.Err() != nil
+	if !done {
+		s.nc.SetDeadline(dl)
+	}
+	s.dl.Unlock()
+	if done {
+		return fmt.Errorf("milter: %w", context.Cause(ctx))
+	}
 	defer func() {
-		stop()
 		if p := recover(); p != nil {
 			err = fmt.Errorf("milter: protocol error (go-milter panicked: %v)", p)
 		}
@@ -155,7 +196,7 @@ func (s *session) open(ctx context.Context, c *policy.Conn) (*gomilter.Action, e
 	if err != nil {
 		return nil, fmt.Errorf("milter: connect: %w", err)
 	}
-	s.nc = &guardConn{Conn: raw}
+	s.setConn(&guardConn{Conn: raw}, nil)
 	s.macros = macroMap{}
 	s.connMacros(c)
 	opts := []gomilter.Option{
@@ -168,16 +209,18 @@ func (s *session) open(ctx context.Context, c *policy.Conn) (*gomilter.Action, e
 		opts = append(opts, gomilter.WithMacroRequest(gomilter.MacroStage(st), names))
 	}
 	client := gomilter.NewClient(s.m.addr.Network, s.m.addr.Address, opts...)
+	var cs *gomilter.ClientSession
 	err = s.op(ctx, o.CommandTimeout, func() error {
-		cs, err := client.Session(s.macros)
-		s.cs = cs
+		var err error
+		cs, err = client.Session(s.macros)
 		return err
 	})
 	if err != nil {
 		raw.Close()
-		s.cs, s.nc = nil, nil
+		s.setConn(nil, nil)
 		return nil, err
 	}
+	s.setConn(s.nc, cs)
 	s.leadSpace = s.cs.ProtocolOption(gomilter.OptHeaderLeadingSpace)
 	host, family, port, addr := "unknown", gomilter.FamilyUnknown, uint16(0), ""
 	if c != nil {
