@@ -96,8 +96,12 @@
 // add and delete recipient, replace body. Header values go to the
 // milter without the space after the colon and with LF line ends, as
 // Postfix sends them (with the space when the milter asks for it,
-// SMFIP_HDR_LEADSPC); the indexes count every field of the message as
-// sent, our Received field included. A replaced body larger than 1 MiB
+// SMFIP_HDR_LEADSPC). As Postfix and Sendmail hide their own Received
+// field, the milter is not shown this hop's trace fields (our Received
+// field and those rules put above it, such as Received-SPF): it sees the
+// header as the client sent it. A change index counts the fields it saw;
+// an insert index counts our trace fields as one, as in Postfix (0 is
+// the very top, 1 just below our Received field). A replaced body larger than 1 MiB
 // is written to an unlinked file in TempDir. A message left without
 // recipients is discarded. Several milters see the message in turn, each
 // as the ones before left it.
