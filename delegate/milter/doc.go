@@ -46,7 +46,7 @@
 // # One milter connection per SMTP session
 //
 // The connect rule dials the milter and sends the client's address and
-// verified reverse name (or "unknown", as Postfix); the helo rule sends
+// verified reverse name (or, as Postfix, "[address]"); the helo rule sends
 // HELO (again after STARTTLS, with the TLS macros); the mail rule MAIL
 // FROM with its ESMTP parameters; the rcpt rule each RCPT TO; the preq
 // rule DATA, each header field, end of header, the body in chunks of 64

@@ -23,7 +23,7 @@ func TestStages(t *testing.T) {
 
 			ev := f.Events()
 			require.GreaterOrEqual(t, len(ev), 8, "%q", ev)
-			assert.Equal(t, "connect unknown tcp4 127.0.0.1", ev[0])
+			assert.Equal(t, "connect [127.0.0.1] tcp4 127.0.0.1", ev[0], "an unverified client is named by its address, as Postfix does")
 			assert.Equal(t, "helo client.test.example", ev[1])
 			assert.Equal(t, "mail <alice@sender.example> BODY=8BITMIME", ev[2]) // go-smtp's client sends BODY
 			assert.Equal(t, "rcpt <bob@rcpt.example>", ev[3])

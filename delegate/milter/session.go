@@ -222,16 +222,19 @@ func (s *session) open(ctx context.Context, c *policy.Conn) (*gomilter.Action, e
 	}
 	s.setConn(s.nc, cs)
 	s.leadSpace = s.cs.ProtocolOption(gomilter.OptHeaderLeadingSpace)
+	// The client's verified name, else its address in brackets (Postfix
+	// turns its "unknown" into that Sendmail form), else "unknown".
 	host, family, port, addr := "unknown", gomilter.FamilyUnknown, uint16(0), ""
 	if c != nil {
-		if c.ReverseName != "" {
-			host = c.ReverseName
-		}
 		if ip := c.Remote.Addr().Unmap(); ip.IsValid() {
 			family, port, addr = gomilter.FamilyInet, c.Remote.Port(), ip.String()
 			if ip.Is6() {
 				family = gomilter.FamilyInet6
 			}
+			host = "[" + addr + "]"
+		}
+		if c.ReverseName != "" {
+			host = c.ReverseName
 		}
 	}
 	return s.act(ctx, o.CommandTimeout, func() (*gomilter.Action, error) { return s.cs.Conn(host, family, port, addr) })
