@@ -67,7 +67,9 @@
 // it) or a connection closed meanwhile is made good by opening a new
 // connection and sending connect, HELO, MAIL and the recipients again.
 // The milter therefore sees every stage, in order, whatever the chain
-// skipped.
+// skipped. A connection that the message rule opened (the rule used
+// alone, or at postq on a transaction rebuilt from the queue) is closed
+// once the message is done: one milter session per message.
 //
 // # Verdicts
 //

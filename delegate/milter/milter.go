@@ -307,7 +307,8 @@ func (m *Milter) with(ctx context.Context, conn *policy.Conn, tx *policy.Transac
 		return m.unavailable(ctx, stage, tx, errClosed, false)
 	}
 	s := m.sessions[key]
-	if s == nil {
+	created := s == nil
+	if created {
 		s = &session{m: m, key: key, conn: conn}
 		s.timer = time.AfterFunc(time.Hour, func() { m.expire(s) })
 		m.sessions[key] = s
@@ -327,7 +328,11 @@ func (m *Milter) with(ctx context.Context, conn *policy.Conn, tx *policy.Transac
 
 	m.mu.Lock()
 	s.busy = false
-	drop := m.closed || (conn == nil && stage == policy.StagePreQ)
+	// A session that starts at preq ends there: the message rule used
+	// alone (at postq, where each transaction has a Conn of its own
+	// rebuilt from the queue, or without the envelope rules) runs one
+	// milter session per message.
+	drop := m.closed || (created && stage == policy.StagePreQ)
 	if drop {
 		delete(m.sessions, key)
 	} else {

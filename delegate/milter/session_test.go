@@ -96,25 +96,39 @@ func TestEmptyBody(t *testing.T) {
 	assert.Len(t, h.queue.all(), 1)
 }
 
-// TestPostQ: at postq (a transaction rebuilt from the queue, without a
-// connection) the rule runs a whole milter session for the message.
+// TestPostQ: at postq (a transaction rebuilt from the queue, with a Conn
+// of its own or none) the rule runs a whole milter session for the
+// message, and closes it.
 func TestPostQ(t *testing.T) {
-	f := startFake(t, "tcp", func(f *fake) {
-		f.eom = func(m gomilter.Modifier, _ *fakeConn) (*gomilter.Response, error) {
-			return gomilter.RespContinue, m.AddHeader("X-Milter", "postq")
-		}
-	})
-	m := newMilter(t, f, nil)
-	defer m.Close()
-	tx := policy.NewTransaction(nil, "postq1")
-	tx.From = policy.MustParseAddress("alice@sender.example")
-	tx.Rcpts = []policy.Recipient{{Addr: policy.MustParseAddress("bob@rcpt.example")}}
-	msg, err := policy.NewMessage(strings.NewReader(testMessage), int64(len(testMessage)), nil)
-	require.NoError(t, err)
-	v := m.MessageRule()(context.Background(), tx, msg)
-	assert.Equal(t, policy.KindNext, v.Kind)
-	assert.Equal(t, "postq", msg.Header.Get("X-Milter"))
-	f.waitClosed(t, 1)
-	assert.Equal(t, []string{"connect unknown unknown ", "helo mx.test.example", "mail <alice@sender.example>", "rcpt <bob@rcpt.example>", "data", "eoh", "eom", "close"}, f.Events())
-	assert.Equal(t, 0, m.open())
+	for _, c := range []struct {
+		name string
+		conn *policy.Conn
+		want []string
+	}{
+		{"no connection", nil, []string{"connect unknown unknown ", "helo mx.test.example"}},
+		{"rebuilt connection", &policy.Conn{ID: "c1", Remote: netip.MustParseAddrPort("192.0.2.1:4000"), Helo: "client.example", ReverseName: "client.example"},
+			[]string{"connect client.example tcp4 192.0.2.1", "helo client.example"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := startFake(t, "tcp", func(f *fake) {
+				f.eom = func(m gomilter.Modifier, _ *fakeConn) (*gomilter.Response, error) {
+					return gomilter.RespContinue, m.AddHeader("X-Milter", "postq")
+				}
+			})
+			m := newMilter(t, f, nil)
+			defer m.Close()
+			tx := policy.NewTransaction(c.conn, "postq1")
+			tx.From = policy.MustParseAddress("alice@sender.example")
+			tx.Rcpts = []policy.Recipient{{Addr: policy.MustParseAddress("bob@rcpt.example")}}
+			msg, err := policy.NewMessage(strings.NewReader(testMessage), int64(len(testMessage)), nil)
+			require.NoError(t, err)
+			v := m.MessageRule()(context.Background(), tx, msg)
+			assert.Equal(t, policy.KindNext, v.Kind)
+			assert.Equal(t, "postq", msg.Header.Get("X-Milter"))
+			f.waitClosed(t, 1)
+			want := append(c.want, "mail <alice@sender.example>", "rcpt <bob@rcpt.example>", "data", "eoh", "eom", "close")
+			assert.Equal(t, want, f.Events())
+			assert.Equal(t, 0, m.open())
+		})
+	}
 }
