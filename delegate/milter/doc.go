@@ -41,7 +41,10 @@
 // should run: rules registered later see the message as the milters left
 // it (a modified message is still checked by them); the rcpt rules must
 // come before a rule that accepts recipients (relay.CheckRelay's Accept
-// ends the stage), and the discard rule before the rules that route.
+// ends the stage), and the discard rule before the rules that route. A
+// preq rule before the milter's that returns Accept, and a ForceAccept
+// or Quarantine decided earlier, skip the milter for that message, as
+// they skip every later filtering rule.
 //
 // # One milter connection per SMTP session
 //
