@@ -8,7 +8,9 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	gomilter "github.com/d--j/go-milter"
 	"github.com/emersion/go-sasl"
@@ -131,4 +133,76 @@ func TestPostQ(t *testing.T) {
 			assert.Equal(t, 0, m.open())
 		})
 	}
+}
+
+// TestConcurrent: sessions at once, each with its own milter connection;
+// every message is seen once and queued as the milter changed it.
+func TestConcurrent(t *testing.T) {
+	f := startFake(t, "tcp", func(f *fake) {
+		f.eom = func(m gomilter.Modifier, _ *fakeConn) (*gomilter.Response, error) {
+			return gomilter.RespContinue, m.AddHeader("X-Milter", "seen")
+		}
+	})
+	// The idle timeout closes each connection soon after its QUIT, and is
+	// long enough not to close one between two messages of a session.
+	m := newMilter(t, f, func(o *Options) { o.IdleTimeout = 2 * time.Second })
+	h := startServer(t, m)
+	const clients, each = 6, 4
+	var wg sync.WaitGroup
+	errs := make(chan error, clients*each)
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := gosmtp.Dial(h.addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			if err := c.Hello("client.test.example"); err != nil {
+				errs <- err
+				return
+			}
+			for range each {
+				if err := transact(c, "alice@sender.example", twoRcpts, testMessage); err != nil {
+					errs <- err
+				}
+			}
+			c.Quit()
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	q := h.queue.all()
+	require.Len(t, q, clients*each)
+	for _, e := range q {
+		assert.Contains(t, e.raw, "X-Milter: seen\r\n")
+	}
+	assert.Equal(t, clients*each, count(f.Events(), "eom"))
+	f.waitClosed(t, clients)
+	assert.Equal(t, clients, f.Conns(), "one milter connection per SMTP session")
+}
+
+// transact runs one transaction on c.
+func transact(c *gosmtp.Client, from string, rcpts []string, msg string) error {
+	if err := c.Mail(from, nil); err != nil {
+		return err
+	}
+	for _, r := range rcpts {
+		if err := c.Rcpt(r, nil); err != nil {
+			return err
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	if _, err := io.WriteString(w, msg); err != nil {
+		return err
+	}
+	return w.Close()
 }
