@@ -31,7 +31,9 @@
 //	func (*Milter) MessageRule() policy.MessageRule   // preq (or postq)
 //	func DiscardRule() policy.DeliveryRule            // drops what a milter discarded
 //	const DiscardedKey policy.Key[string]             // set on a discarded transaction
+//	const DiscardRuleName = "milter:discard"
 //	func (*Milter) Close() error
+//	func (*Milter) Name() string; func (*Milter) Addr() Addr
 //	func ParseAddr(string) (Addr, error)              // "inet:host:port", "unix:/path"
 //	func ParseDefaultAction(string) (DefaultAction, error)
 //
@@ -41,7 +43,11 @@
 // should run: rules registered later see the message as the milters left
 // it (a modified message is still checked by them); the rcpt rules must
 // come before a rule that accepts recipients (relay.CheckRelay's Accept
-// ends the stage), and the discard rule before the rules that route. A
+// ends the stage), the preq rules before relay.RecipientTable's
+// ExpandRule (a recipient a milter adds is then expanded, and one it
+// deletes is the address it was sent), and the discard rule before the
+// rules that route: doe-family registers the rules one by one for that
+// (see its rules_milter.go). A
 // preq rule before the milter's that returns Accept, and a ForceAccept
 // or Quarantine decided earlier, skip the milter for that message, as
 // they skip every later filtering rule.
