@@ -130,7 +130,7 @@ func TestPostQ(t *testing.T) {
 			f.waitClosed(t, 1)
 			want := append(c.want, "mail <alice@sender.example>", "rcpt <bob@rcpt.example>", "data", "eoh", "eom", "close")
 			assert.Equal(t, want, f.Events())
-			assert.Equal(t, 0, m.open())
+			assert.Equal(t, 0, m.sessionCount())
 		})
 	}
 }

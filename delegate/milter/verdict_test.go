@@ -290,7 +290,7 @@ func TestSession(t *testing.T) {
 	require.NoError(t, c.Quit())
 	f.waitClosed(t, 1)
 	assert.Equal(t, 1, f.Conns())
-	assert.Equal(t, 0, m.open())
+	assert.Equal(t, 0, m.sessionCount())
 	ev := f.Events()
 	assert.Equal(t, 2, count(ev, "eom"))
 	assert.Equal(t, "close", ev[len(ev)-1])
