@@ -42,6 +42,10 @@ type Daemon struct {
 	waitErr  error         // set before exited is closed
 	stopOnce sync.Once
 	extra    []func() // more to stop, after the process (e.g. a clamd)
+	// killAtStop: SIGKILL at once. libmilter's daemons (opendkim,
+	// clamav-milter) take about 5 s to notice SIGTERM and keep nothing
+	// worth a clean exit.
+	killAtStop bool
 }
 
 // Spec returns the milter's address in the form the doe-family -milter
@@ -61,7 +65,7 @@ func (d *Daemon) Stop() {
 			select {
 			case <-d.exited:
 			default:
-				signalGroup(d.cmd.Process, false)
+				signalGroup(d.cmd.Process, d.killAtStop)
 				select {
 				case <-d.exited:
 				case <-time.After(stopTimeout):

@@ -1,6 +1,13 @@
 package milterd_test
 
 import (
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mtakit/mtakit/internal/dnstest"
 	"github.com/mtakit/mtakit/internal/milterd"
 )
 
@@ -185,4 +193,84 @@ func TestRspamd(t *testing.T) {
 			}
 		})
 	}
+}
+
+// dkimRecord is the DNS TXT record publishing key's public half.
+func dkimRecord(t *testing.T, key *rsa.PrivateKey) string {
+	der, err := x509.MarshalPKIXPublicKey(key.Public())
+	require.NoError(t, err)
+	return "v=DKIM1; k=rsa; p=" + base64.StdEncoding.EncodeToString(der)
+}
+
+// withField puts a header field the milter inserted on top of raw. Milters
+// fold with a bare LF (libmilter's convention); the message keeps CRLF.
+func withField(name, value, raw string) string {
+	value = strings.ReplaceAll(strings.ReplaceAll(value, "\r\n", "\n"), "\n", "\r\n")
+	return name + ": " + value + "\r\n" + raw
+}
+
+// dkimpyVerify has dkimpy verify signed with the key record txt; it returns
+// "pass" or "fail".
+func dkimpyVerify(t *testing.T, signed, txt string) string {
+	t.Helper()
+	py := "/usr/bin/python3"
+	if exec.Command(py, "-c", "import dkim").Run() != nil {
+		msg := "python3-dkim (dkimpy) is not installed (apt-get install python3-dkim)"
+		if os.Getenv("MTAKIT_INTEGRATION") == "1" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	f := filepath.Join(t.TempDir(), "key.txt")
+	require.NoError(t, os.WriteFile(f, []byte(txt), 0o600))
+	cmd := exec.Command(py, filepath.Join("..", "..", "auth", "testdata", "dkim", "dkimpy.py"), "verify", f)
+	cmd.Stdin = strings.NewReader(signed)
+	out, _ := cmd.Output()
+	return strings.TrimSpace(string(out))
+}
+
+func TestOpenDKIM(t *testing.T) {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	require.NoError(t, err)
+	txt := dkimRecord(t, key)
+	dns := dnstest.New(t, `sel1._domainkey.example.com. TXT "`+txt+`"`)
+	start := time.Now()
+	d := milterd.OpenDKIM(t, milterd.OpenDKIMConfig{Domain: "example.com", Selector: "sel1", Key: key, DNS: dns.Addr()})
+	t.Logf("opendkim ready at %s after %v", d.Spec(), time.Since(start))
+
+	raw := message("alice@example.com", "bob@example.org", "signed by opendkim", "Hello Bob,\r\nsee you on Sunday.\r\n")
+
+	// From 127.0.0.1 (InternalHosts' default) mail of example.com is signed.
+	o := run(t, d, txn{clientAddr: "127.0.0.1", clientName: "localhost", from: "alice@example.com", rcpts: []string{"bob@example.org"}, raw: raw})
+	require.Equal(t, "eom", o.stage)
+	require.NotEqual(t, milter.ActionRejectWithCode, o.act.Type, "%v", o.act)
+	sig, ok := headersSet(o.mods)["DKIM-Signature"]
+	require.True(t, ok, "no DKIM-Signature in %+v", o.mods)
+	assert.Contains(t, sig, "d=example.com")
+	assert.Contains(t, sig, "s=sel1")
+	signed := withField("DKIM-Signature", sig, raw)
+	assert.Equal(t, "pass", dkimpyVerify(t, signed, txt), "dkimpy verifies opendkim's signature")
+	assert.Equal(t, "fail", dkimpyVerify(t, strings.Replace(signed, "Sunday", "Monday", 1), txt))
+
+	// From elsewhere the signature is verified, against the key served by
+	// the loopback DNS server, and the result added.
+	queries := dns.Queries()
+	for _, tc := range []struct {
+		name, raw, want string
+	}{
+		{"pass", signed, "dkim=pass"},
+		{"tampered", strings.Replace(signed, "Sunday", "Monday", 1), "dkim=fail"},
+		{"unsigned", raw, "dkim=none"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := run(t, d, txn{from: "alice@example.com", rcpts: []string{"bob@example.org"}, raw: tc.raw})
+			require.Equal(t, "eom", o.stage)
+			ar, ok := headersSet(o.mods)["Authentication-Results"]
+			require.True(t, ok, "no Authentication-Results in %+v (%v)", o.mods, o.act)
+			// libmilter's header values keep the space after the colon.
+			assert.True(t, strings.HasPrefix(ar, " opendkim.test;"), ar)
+			assert.Contains(t, ar, tc.want)
+		})
+	}
+	assert.Greater(t, dns.Queries(), queries, "opendkim asked the loopback DNS server for the key")
 }
