@@ -130,7 +130,8 @@ var errPortTaken = errors.New("port taken")
 
 // start runs argv in its own process group, collecting its output, and
 // waits until ready returns nil (or the process exits, or the start-up
-// time is over). On failure the process is stopped and the error returned.
+// time is over). On failure the caller must call d.Stop (after reading
+// what it wants from d.Dir).
 func (d *Daemon) start(argv []string, env []string, ready func(ctx context.Context) error) error {
 	d.out = &output{changed: make(chan struct{})}
 	d.exited = make(chan struct{})
@@ -166,7 +167,6 @@ func (d *Daemon) start(argv []string, env []string, ready func(ctx context.Conte
 		err = fmt.Errorf("%s exited during start-up (%v): %w", d.Name, d.waitErr, err)
 	default:
 	}
-	d.Stop()
 	return err
 }
 
@@ -189,6 +189,25 @@ func waitAccept(ctx context.Context, addr string) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%s did not accept: %w", addr, err)
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, 100*time.Millisecond)
+	}
+}
+
+// waitFileLine returns when the file at path contains sub, or with ctx's
+// error; for daemons that log only to a file (clamav-milter refuses a
+// pipe), it polls like waitAccept.
+func waitFileLine(ctx context.Context, path, sub string) error {
+	pause := 5 * time.Millisecond
+	for {
+		b, _ := os.ReadFile(path)
+		if bytes.Contains(b, []byte(sub)) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %q in %s: %w", sub, path, ctx.Err())
 		case <-time.After(pause):
 		}
 		pause = min(2*pause, 100*time.Millisecond)

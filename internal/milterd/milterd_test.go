@@ -274,3 +274,51 @@ func TestOpenDKIM(t *testing.T) {
 	}
 	assert.Greater(t, dns.Queries(), queries, "opendkim asked the loopback DNS server for the key")
 }
+
+func TestClamavMilter(t *testing.T) {
+	clean := message("alice@example.org", "bob@example.com", "clean", "Nothing to see here.\r\n")
+	infected := message("alice@example.org", "bob@example.com", "infected", "Here it is:\r\n"+milterd.EICAR+"\r\n")
+	tests := []struct {
+		onInfected string
+		rejectMsg  string
+		wantType   milter.ActionType
+		wantCode   uint16
+		wantReply  string
+		wantQuar   bool
+	}{
+		{onInfected: "Reject", wantType: milter.ActionReject},
+		{onInfected: "Reject", rejectMsg: "Virus found: %v", wantType: milter.ActionRejectWithCode, wantCode: 550,
+			wantReply: "Virus found: Eicar-Test-Signature.UNOFFICIAL"},
+		{onInfected: "Quarantine", wantType: milter.ActionAccept, wantQuar: true},
+		{onInfected: "Blackhole", wantType: milter.ActionDiscard},
+	}
+	for _, tc := range tests {
+		t.Run(tc.onInfected+"/"+tc.rejectMsg, func(t *testing.T) {
+			start := time.Now()
+			d := milterd.ClamavMilter(t, milterd.ClamavMilterConfig{OnInfected: tc.onInfected, RejectMsg: tc.rejectMsg})
+			t.Logf("clamd and clamav-milter ready at %s after %v", d.Spec(), time.Since(start))
+
+			o := run(t, d, txn{from: "alice@example.org", rcpts: []string{"bob@example.com"}, raw: clean})
+			t.Logf("clean: stage %s action %v mods %+v", o.stage, o.act, o.mods)
+			require.Equal(t, "eom", o.stage)
+			assert.Equal(t, milter.ActionAccept, o.act.Type, "%v", o.act)
+			set := headersSet(o.mods)
+			assert.Equal(t, "Clean", set["X-Virus-Status"])
+			assert.Contains(t, set["X-Virus-Scanned"], "clamav.test")
+
+			o = run(t, d, txn{from: "alice@example.org", rcpts: []string{"bob@example.com"}, raw: infected})
+			t.Logf("infected: stage %s action %v mods %+v", o.stage, o.act, o.mods)
+			require.Equal(t, "eom", o.stage)
+			assert.Equal(t, tc.wantType, o.act.Type, "%v", o.act)
+			if tc.wantCode != 0 {
+				assert.Equal(t, tc.wantCode, o.act.SMTPCode)
+				assert.Contains(t, o.act.SMTPReply, tc.wantReply)
+			}
+			quarantined := false
+			for _, m := range o.mods {
+				quarantined = quarantined || m.Type == milter.ActionQuarantine
+			}
+			assert.Equal(t, tc.wantQuar, quarantined, "%+v", o.mods)
+		})
+	}
+}

@@ -167,6 +167,7 @@ func startOpenDKIM(tb testing.TB, bin string, cfg OpenDKIMConfig) (*Daemon, erro
 		if strings.Contains(out, "Address already in use") {
 			err = fmt.Errorf("%w: %v", errPortTaken, err)
 		}
+		d.Stop()
 		return nil, fmt.Errorf("%w\n%s", err, tail(out, 30))
 	}
 	return d, nil

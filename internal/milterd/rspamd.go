@@ -169,6 +169,7 @@ func startRspamd(tb testing.TB, bin string, cfg RspamdConfig) (*Daemon, error) {
 		if strings.Contains(d.out.String(), "Address already in use") {
 			err = fmt.Errorf("%w: %v", errPortTaken, err)
 		}
+		d.Stop()
 		return nil, fmt.Errorf("%w\n%s", err, tail(d.out.String(), 30))
 	}
 	return d, nil
