@@ -4,6 +4,7 @@ go 1.25.0
 
 require (
 	blitiri.com.ar/go/spf v1.6.0
+	github.com/d--j/go-milter v0.10.1
 	github.com/emersion/go-message v0.18.2
 	github.com/emersion/go-msgauth v0.7.0
 	github.com/emersion/go-sasl v0.0.0-20241020182733-b788ff22d5a6

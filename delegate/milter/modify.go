@@ -1,0 +1,340 @@
+package milter
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	gomilter "github.com/d--j/go-milter"
+
+	"github.com/mtakit/mtakit/policy"
+)
+
+// memBodyMax is the largest message with a replaced body kept in memory.
+const memBodyMax = 1 << 20
+
+// apply applies the modifications of the end of message to tx and m, in
+// the order the milter sent them, and returns the quarantine queue when
+// the milter quarantined the message. A modification that makes no sense
+// (a malformed field name, an address that does not parse) is skipped
+// with a warning; an error is ours (writing the new message).
+func (s *session) apply(ctx context.Context, tx *policy.Transaction, m *policy.Message, mods []gomilter.ModifyAction) (quarantine string, err error) {
+	if len(mods) == 0 {
+		return "", nil
+	}
+	var (
+		fields      [][]byte
+		headerDirty bool
+		body        *bytes.Buffer
+		from        *policy.Address
+		rcpts       = append([]policy.Recipient(nil), tx.Rcpts...)
+		rcptsDirty  bool
+	)
+	for _, f := range m.Header.Fields() {
+		fields = append(fields, f.Raw)
+	}
+	warn := func(ma gomilter.ModifyAction, why string) {
+		s.log(ctx, slog.LevelWarn, "milter modification ignored: "+why, tx, slog.String("modification", ma.String()))
+	}
+	for _, ma := range mods {
+		s.log(ctx, slog.LevelDebug, "milter modification", tx, slog.String("modification", ma.String()))
+		switch ma.Type {
+		case gomilter.ActionAddHeader, gomilter.ActionInsertHeader, gomilter.ActionChangeHeader:
+			if !validName(ma.HeaderName) {
+				warn(ma, "bad field name")
+				continue
+			}
+			raw := s.fieldRaw(ma.HeaderName, ma.HeaderValue)
+			switch ma.Type {
+			case gomilter.ActionAddHeader:
+				fields = append(fields, raw)
+			case gomilter.ActionInsertHeader:
+				i := min(int(ma.HeaderIndex), len(fields))
+				fields = append(fields[:i], append([][]byte{raw}, fields[i:]...)...)
+			default:
+				fields = changeField(fields, ma.HeaderName, int(ma.HeaderIndex), ma.HeaderValue == "", raw)
+			}
+			headerDirty = true
+		case gomilter.ActionReplaceBody:
+			if body == nil {
+				body = &bytes.Buffer{}
+			}
+			body.Write(ma.Body)
+		case gomilter.ActionChangeFrom:
+			a, err := parsePath(ma.From)
+			if err != nil {
+				warn(ma, err.Error())
+				continue
+			}
+			from = &a
+		case gomilter.ActionAddRcpt:
+			a, err := parsePath(ma.Rcpt)
+			if err != nil || a.IsNull() {
+				warn(ma, "bad recipient address")
+				continue
+			}
+			if !hasRcpt(rcpts, a) {
+				rcpts = append(rcpts, recipient(a, ma.RcptArgs))
+				rcptsDirty = true
+			}
+		case gomilter.ActionDelRcpt:
+			a, err := parsePath(ma.Rcpt)
+			if err != nil {
+				warn(ma, "bad recipient address")
+				continue
+			}
+			out := rcpts[:0]
+			for _, r := range rcpts {
+				if !r.Addr.Equal(a) {
+					out = append(out, r)
+				}
+			}
+			rcptsDirty = rcptsDirty || len(out) != len(rcpts)
+			rcpts = out
+		case gomilter.ActionQuarantine:
+			quarantine = s.m.opts.Quarantine
+			s.log(ctx, slog.LevelInfo, "milter quarantines the message", tx, slog.String("reason", ma.Reason), slog.String("queue", quarantine))
+		}
+	}
+
+	// The message first: it can fail, and then nothing is changed.
+	if headerDirty || body != nil {
+		var hb bytes.Buffer
+		for _, f := range fields {
+			hb.Write(f)
+		}
+		if body == nil {
+			h, err := parseHeader(hb.Bytes())
+			if err != nil {
+				return "", err
+			}
+			m.Header = h
+		} else if err := s.replaceMessage(m, hb.Bytes(), body.Bytes()); err != nil {
+			return "", err
+		}
+	}
+	if from != nil {
+		tx.From = *from
+	}
+	if rcptsDirty {
+		tx.Rcpts = rcpts
+	}
+	return quarantine, nil
+}
+
+// parseHeader parses fields (CRLF-terminated) as a header block, which
+// must take all of them.
+func parseHeader(fields []byte) (*policy.Header, error) {
+	buf := make([]byte, 0, len(fields)+2)
+	buf = append(append(buf, fields...), '\r', '\n')
+	h, n, sep, err := policy.ReadHeader(bufio.NewReaderSize(bytes.NewReader(buf), max(len(buf), 4096)), policy.MaxHeaderBytes)
+	if err != nil {
+		return nil, fmt.Errorf("modified header: %w", err)
+	}
+	if !sep || n != int64(len(buf)) {
+		return nil, errors.New("modified header does not parse as one")
+	}
+	return h, nil
+}
+
+// replaceMessage makes m the message of header and body, in memory when
+// small, else in an unlinked temporary file.
+func (s *session) replaceMessage(m *policy.Message, header, body []byte) error {
+	body = crlf(body)
+	if _, err := parseHeader(header); err != nil {
+		return err
+	}
+	size := int64(len(header) + 2 + len(body))
+	if size <= memBodyMax {
+		b := make([]byte, 0, size)
+		b = append(append(append(b, header...), '\r', '\n'), body...)
+		return m.Replace(bytes.NewReader(b), size, nil)
+	}
+	f, err := os.CreateTemp(s.m.opts.TempDir, "mtakit-milter-*")
+	if err != nil {
+		return err
+	}
+	os.Remove(f.Name())
+	w := bufio.NewWriter(f)
+	w.Write(header)
+	w.WriteString("\r\n")
+	w.Write(body)
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := m.Replace(f, size, f); err != nil {
+		f.Close()
+		return err
+	}
+	return nil
+}
+
+// crlf makes every line end of b a CRLF (a milter may send LF).
+func crlf(b []byte) []byte {
+	if bytes.IndexByte(b, '\r') < 0 && bytes.IndexByte(b, '\n') < 0 {
+		return b
+	}
+	var out bytes.Buffer
+	out.Grow(len(b) + len(b)/32)
+	for i := 0; i < len(b); i++ {
+		switch c := b[i]; c {
+		case '\r':
+			if i+1 < len(b) && b[i+1] == '\n' {
+				i++
+			}
+			out.WriteString("\r\n")
+		case '\n':
+			out.WriteString("\r\n")
+		default:
+			out.WriteByte(c)
+		}
+	}
+	return out.Bytes()
+}
+
+// fieldRaw formats a field the milter gave: line ends made CRLF, empty
+// continuation lines dropped (they would end the header) and the others
+// indented, and the space after the colon added unless the milter sends
+// it itself (SMFIP_HDR_LEADSPC).
+func (s *session) fieldRaw(name, value string) []byte {
+	value = strings.ReplaceAll(value, "\r\n", "\n")
+	value = strings.ReplaceAll(value, "\r", "\n")
+	var b bytes.Buffer
+	b.WriteString(name)
+	b.WriteByte(':')
+	if !s.leadSpace && value != "" {
+		b.WriteByte(' ')
+	}
+	for i, line := range strings.Split(value, "\n") {
+		if i > 0 {
+			if strings.TrimSpace(line) == "" {
+				continue
+			}
+			b.WriteString("\r\n")
+			if line[0] != ' ' && line[0] != '\t' {
+				b.WriteByte('\t')
+			}
+		}
+		b.WriteString(line)
+	}
+	b.WriteString("\r\n")
+	return b.Bytes()
+}
+
+// changeField changes (or deletes) the index-th field named name (1-based,
+// counting only those); when there is none it appends raw, as Sendmail and
+// Postfix do (a deletion of a missing field does nothing).
+func changeField(fields [][]byte, name string, index int, del bool, raw []byte) [][]byte {
+	if index < 1 {
+		index = 1
+	}
+	n := 0
+	for i, f := range fields {
+		if !strings.EqualFold(fieldName(f), name) {
+			continue
+		}
+		if n++; n == index {
+			if del {
+				return append(fields[:i], fields[i+1:]...)
+			}
+			fields[i] = raw
+			return fields
+		}
+	}
+	if !del {
+		fields = append(fields, raw)
+	}
+	return fields
+}
+
+func fieldName(raw []byte) string {
+	i := bytes.IndexByte(raw, ':')
+	if i < 0 {
+		return ""
+	}
+	return string(bytes.TrimRight(raw[:i], " \t"))
+}
+
+// validName reports whether name is a field name: printable ASCII, no
+// colon (RFC 5322 section 2.2).
+func validName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c <= ' ' || c >= 0x7f || c == ':' {
+			return false
+		}
+	}
+	return true
+}
+
+// parsePath reads "<addr>" (or a bare address) as a milter sends it;
+// "<>" is the null sender.
+func parsePath(s string) (policy.Address, error) {
+	s = strings.TrimSpace(s)
+	s = strings.TrimSuffix(strings.TrimPrefix(s, "<"), ">")
+	if s == "" {
+		return policy.Address{}, nil
+	}
+	return policy.ParseAddress(s)
+}
+
+func hasRcpt(rs []policy.Recipient, a policy.Address) bool {
+	for _, r := range rs {
+		if r.Addr.Equal(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// recipient makes a recipient of an address a milter added, with the
+// NOTIFY and ORCPT of its ESMTP arguments.
+func recipient(a policy.Address, args string) policy.Recipient {
+	r := policy.Recipient{Addr: a}
+	for _, arg := range strings.Fields(args) {
+		k, v, _ := strings.Cut(arg, "=")
+		switch strings.ToUpper(k) {
+		case "NOTIFY":
+			for _, n := range strings.Split(v, ",") {
+				if n = strings.ToUpper(n); n == "NEVER" || n == "SUCCESS" || n == "FAILURE" || n == "DELAY" {
+					r.Notify = append(r.Notify, n)
+				}
+			}
+		case "ORCPT":
+			if d, err := unxtext(v); err == nil {
+				r.ORCPT = d
+			}
+		}
+	}
+	return r
+}
+
+// unxtext decodes RFC 3461 xtext.
+func unxtext(s string) (string, error) {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '+' {
+			b.WriteByte(s[i])
+			continue
+		}
+		if i+2 >= len(s) {
+			return "", io.ErrUnexpectedEOF
+		}
+		var c byte
+		if _, err := fmt.Sscanf(s[i+1:i+3], "%02X", &c); err != nil {
+			return "", err
+		}
+		b.WriteByte(c)
+		i += 2
+	}
+	return b.String(), nil
+}
