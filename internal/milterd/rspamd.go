@@ -43,7 +43,8 @@ type RspamdConfig struct {
 // rspamdConf is the whole configuration: rspamd's proxy worker in milter
 // mode scanning by itself (self_scan: no normal worker, no controller, no
 // redis), no stock rules or modules but milter_headers, which adds
-// X-Spamd-Result, X-Rspamd-Server and X-Rspamd-Queue-Id. GTUBE is
+// X-Spamd-Result, X-Rspamd-Server, X-Rspamd-Queue-Id and X-Rspamd-Action
+// (also to local and authenticated mail, which it skips by default). GTUBE is
 // recognised by rspamd's core. The TLD list is cut to a few names: the
 // stock one (effective_tld_names.dat) costs ten seconds to compile at
 // every start.
@@ -66,6 +67,10 @@ actions { reject = 15; add_header = 6; }
 milter_headers {
     use = [];
     extended_spam_headers = true;
+    # The tests' SMTP clients come from 127.0.0.1, which rspamd counts as
+    # local: by default it adds no headers to local or authenticated mail.
+    skip_local = false;
+    skip_authenticated = false;
 }
 worker "rspamd_proxy" {
     bind_socket = "{{listen}}";
