@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"sync"
-	"time"
 )
 
 // maxPacket bounds a packet the milter sends us. go-milter accepts up to
@@ -24,7 +22,8 @@ const maxPacket = 64 << 20
 //     panic, is refused too);
 //   - carries the deadline of the command being run: go-milter is told
 //     to set none (timeouts 0) and the session sets one per command,
-//     shortened, or expired at once, by the rule's context.
+//     shortened, or expired at once, by the rule's context (see
+//     session.op).
 type guardConn struct {
 	net.Conn
 
@@ -32,9 +31,6 @@ type guardConn struct {
 	hdr  [4]byte
 	pend []byte // header bytes checked, not yet handed over
 	rem  int    // payload bytes of the frame not yet read
-
-	mu  sync.Mutex
-	gen uint64 // the command whose deadline is set (see begin)
 }
 
 func (c *guardConn) Read(p []byte) (int, error) {
@@ -62,25 +58,6 @@ func (c *guardConn) Read(p []byte) (int, error) {
 	k := copy(p, c.hdr[:])
 	c.pend = c.hdr[k:]
 	return k, nil
-}
-
-// begin sets the deadline of a new command and returns its number.
-func (c *guardConn) begin(dl time.Time) uint64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.gen++
-	c.Conn.SetDeadline(dl)
-	return c.gen
-}
-
-// expire ends command gen now, if it is still the current one: its
-// context is done.
-func (c *guardConn) expire(gen uint64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.gen == gen {
-		c.Conn.SetDeadline(time.Unix(1, 0))
-	}
 }
 
 // dialed is a go-milter Dialer handing over a connection already made

@@ -58,6 +58,8 @@ type fake struct {
 	header  func(name, value string) (*gomilter.Response, error)
 	body    func(chunk []byte) (*gomilter.Response, error)
 	eom     func(m gomilter.Modifier, f *fakeConn) (*gomilter.Response, error)
+	// protocol is what the milter asks of the MTA (go-milter's WithProtocol).
+	protocol gomilter.OptProtocol
 
 	mu       sync.Mutex
 	events   []string
@@ -90,6 +92,7 @@ func startFake(t testing.TB, network string, edit func(*fake)) *fake {
 	srv := gomilter.NewServer(
 		gomilter.WithMilter(func() gomilter.Milter { return &fakeConn{f: f} }),
 		gomilter.WithActions(allActions),
+		gomilter.WithProtocol(f.protocol),
 	)
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
@@ -319,14 +322,23 @@ func startServer(t testing.TB, ms ...*Milter) *harness {
 // serve runs an smtp.Server with chain and q on loopback until the test
 // ends, and returns its address.
 func serve(t testing.TB, chain *policy.Chain, q smtp.Queue) string {
+	return serveWith(t, chain, q, nil)
+}
+
+// serveWith is serve with the server's configuration edited first.
+func serveWith(t testing.TB, chain *policy.Chain, q smtp.Queue, edit func(*smtp.Config)) string {
 	t.Helper()
-	srv, err := smtp.NewServer(smtp.Config{
+	cfg := smtp.Config{
 		Hostname: "mx.test.example",
 		Chain:    chain,
 		Queue:    q,
 		SpoolDir: t.TempDir(),
 		Logger:   testLogger(t),
-	})
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	srv, err := smtp.NewServer(cfg)
 	require.NoError(t, err)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)

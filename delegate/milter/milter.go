@@ -304,7 +304,7 @@ func (m *Milter) with(ctx context.Context, conn *policy.Conn, tx *policy.Transac
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
-		return m.unavailable(ctx, stage, tx, errClosed)
+		return m.unavailable(ctx, stage, tx, errClosed, false)
 	}
 	s := m.sessions[key]
 	if s == nil {
@@ -321,7 +321,9 @@ func (m *Milter) with(ctx context.Context, conn *policy.Conn, tx *policy.Transac
 	s.busy = true
 	m.mu.Unlock()
 
+	end := s.beginRule(ctx)
 	v := s.run(ctx, stage, fn)
+	end()
 
 	m.mu.Lock()
 	s.busy = false
@@ -366,19 +368,46 @@ var (
 // unavailable is the verdict when the milter failed with err: the
 // default action. At connect and helo it is always Next: the mail rule
 // decides (the session remembers the failure).
-func (m *Milter) unavailable(ctx context.Context, stage policy.Stage, tx *policy.Transaction, err error) policy.Verdict {
-	attrs := []slog.Attr{slog.String("milter", m.name), slog.String("stage", stage.String()), slog.String("error", err.Error())}
-	if tx != nil {
-		attrs = append(attrs, slog.String("id", tx.ID))
+//
+// The failure is logged at warn level when it happens (first), at debug
+// level at the later stages that apply the default action for it.
+func (m *Milter) unavailable(ctx context.Context, stage policy.Stage, tx *policy.Transaction, err error, first bool) policy.Verdict {
+	level := slog.LevelDebug
+	if first {
+		level = slog.LevelWarn
+	}
+	log := func(msg string) {
+		if !m.log.Enabled(ctx, level) {
+			return
+		}
+		attrs := []slog.Attr{slog.String("milter", m.name), slog.String("stage", stage.String()), slog.String("error", err.Error())}
+		if tx != nil {
+			attrs = append(attrs, slog.String("id", tx.ID))
+		}
+		m.log.LogAttrs(ctx, level, msg, attrs...)
 	}
 	if m.opts.DefaultAction == Accept {
-		m.log.LogAttrs(ctx, slog.LevelWarn, "milter unavailable; default action accept: going on without it", attrs...)
+		log("milter unavailable; default action accept: going on without it")
 		return policy.Next()
 	}
 	if stage == policy.StageConnect || stage == policy.StageHelo {
-		m.log.LogAttrs(ctx, slog.LevelWarn, "milter unavailable; mail will be deferred (default action tempfail)", attrs...)
+		log("milter unavailable; mail will be deferred (default action tempfail)")
 		return policy.Next()
 	}
-	m.log.LogAttrs(ctx, slog.LevelWarn, "milter unavailable; deferring (default action tempfail)", attrs...)
+	log("milter unavailable; deferring (default action tempfail)")
 	return policy.Verdict{Kind: policy.KindDeny, Reply: replyTempfail}
+}
+
+// closeSession closes the milter connection of an SMTP session now.
+func (m *Milter) closeSession(c *policy.Conn) {
+	m.mu.Lock()
+	s := m.sessions[c]
+	if s == nil || s.busy {
+		m.mu.Unlock()
+		return
+	}
+	delete(m.sessions, c)
+	s.timer.Stop()
+	m.mu.Unlock()
+	s.close()
 }

@@ -31,7 +31,7 @@ func (s *session) apply(ctx context.Context, tx *policy.Transaction, m *policy.M
 	var (
 		fields      [][]byte
 		headerDirty bool
-		body        *bytes.Buffer
+		body        [][]byte // the replacement body's chunks; nil: not replaced
 		from        *policy.Address
 		rcpts       = append([]policy.Recipient(nil), tx.Rcpts...)
 		rcptsDirty  bool
@@ -63,9 +63,9 @@ func (s *session) apply(ctx context.Context, tx *policy.Transaction, m *policy.M
 			headerDirty = true
 		case gomilter.ActionReplaceBody:
 			if body == nil {
-				body = &bytes.Buffer{}
+				body = [][]byte{}
 			}
-			body.Write(ma.Body)
+			body = append(body, ma.Body)
 		case gomilter.ActionChangeFrom:
 			a, err := parsePath(ma.From)
 			if err != nil {
@@ -115,7 +115,7 @@ func (s *session) apply(ctx context.Context, tx *policy.Transaction, m *policy.M
 				return "", err
 			}
 			m.Header = h
-		} else if err := s.replaceMessage(m, hb.Bytes(), body.Bytes()); err != nil {
+		} else if err := s.replaceMessage(m, hb.Bytes(), body); err != nil {
 			return "", err
 		}
 	}
@@ -143,60 +143,96 @@ func parseHeader(fields []byte) (*policy.Header, error) {
 	return h, nil
 }
 
-// replaceMessage makes m the message of header and body, in memory when
-// small, else in an unlinked temporary file.
-func (s *session) replaceMessage(m *policy.Message, header, body []byte) error {
-	body = crlf(body)
+// replaceMessage makes m the message of header and the body whose chunks
+// are given, its line ends made CRLF: in memory when small, else in an
+// unlinked temporary file, written as the chunks are read.
+func (s *session) replaceMessage(m *policy.Message, header []byte, body [][]byte) error {
 	if _, err := parseHeader(header); err != nil {
 		return err
 	}
-	size := int64(len(header) + 2 + len(body))
-	if size <= memBodyMax {
-		b := make([]byte, 0, size)
-		b = append(append(append(b, header...), '\r', '\n'), body...)
-		return m.Replace(bytes.NewReader(b), size, nil)
+	n := len(header) + 2
+	for _, c := range body {
+		n += len(c)
+	}
+	if n <= memBodyMax {
+		var b bytes.Buffer
+		b.Grow(n + n/16)
+		if err := writeMessage(&b, header, body); err != nil {
+			return err
+		}
+		return m.Replace(bytes.NewReader(b.Bytes()), int64(b.Len()), nil)
 	}
 	f, err := os.CreateTemp(s.m.opts.TempDir, "mtakit-milter-*")
 	if err != nil {
 		return err
 	}
 	os.Remove(f.Name())
-	w := bufio.NewWriter(f)
-	w.Write(header)
-	w.WriteString("\r\n")
-	w.Write(body)
-	if err := w.Flush(); err != nil {
-		f.Close()
-		return err
+	cw := &countWriter{w: bufio.NewWriterSize(f, 64<<10)}
+	err = writeMessage(cw, header, body)
+	if err == nil {
+		err = cw.w.(*bufio.Writer).Flush()
 	}
-	if err := m.Replace(f, size, f); err != nil {
-		f.Close()
-		return err
+	if err == nil {
+		err = m.Replace(f, cw.n, f)
 	}
-	return nil
+	if err != nil {
+		f.Close()
+	}
+	return err
 }
 
-// crlf makes every line end of b a CRLF (a milter may send LF).
-func crlf(b []byte) []byte {
-	if bytes.IndexByte(b, '\r') < 0 && bytes.IndexByte(b, '\n') < 0 {
-		return b
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// writeMessage writes header, the empty line and the body chunks with
+// every line end made CRLF (a milter may send LF, or a bare CR).
+func writeMessage(w io.Writer, header []byte, body [][]byte) error {
+	if _, err := w.Write(header); err != nil {
+		return err
 	}
-	var out bytes.Buffer
-	out.Grow(len(b) + len(b)/32)
-	for i := 0; i < len(b); i++ {
-		switch c := b[i]; c {
-		case '\r':
-			if i+1 < len(b) && b[i+1] == '\n' {
-				i++
+	if _, err := io.WriteString(w, "\r\n"); err != nil {
+		return err
+	}
+	cr := false // the previous chunk ended in CR
+	for _, b := range body {
+		start := 0
+		for i := 0; i < len(b); i++ {
+			switch b[i] {
+			case '\r':
+				if _, err := w.Write(b[start:i]); err != nil {
+					return err
+				}
+				if _, err := io.WriteString(w, "\r\n"); err != nil {
+					return err
+				}
+				start, cr = i+1, true
+				continue
+			case '\n':
+				if _, err := w.Write(b[start:i]); err != nil {
+					return err
+				}
+				if !cr {
+					if _, err := io.WriteString(w, "\r\n"); err != nil {
+						return err
+					}
+				}
+				start = i + 1
 			}
-			out.WriteString("\r\n")
-		case '\n':
-			out.WriteString("\r\n")
-		default:
-			out.WriteByte(c)
+			cr = false
+		}
+		if _, err := w.Write(b[start:]); err != nil {
+			return err
 		}
 	}
-	return out.Bytes()
+	return nil
 }
 
 // fieldRaw formats a field the milter gave: line ends made CRLF, empty

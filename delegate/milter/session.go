@@ -57,7 +57,7 @@ type session struct {
 	timer *time.Timer // closes it when idle (Milter.expire)
 
 	cs        *gomilter.ClientSession // nil: not connected
-	nc        *guardConn
+	nc        *guardConn              // written under dl (see cancelRule)
 	macros    macroMap
 	leadSpace bool // the milter wants header values with their leading space
 
@@ -65,6 +65,7 @@ type session struct {
 	connDone bool  // the milter accepted the connection: nothing more to send
 	helloed  bool
 	heloSent string
+	heloTLS  bool // the HELO sent came after STARTTLS (with the TLS macros)
 
 	tx          *policy.Transaction // the transaction MAIL was sent for
 	inTx        bool                // MAIL sent, message not ended: ABORT before the next
@@ -72,20 +73,59 @@ type session struct {
 	discard     bool                // ... discarded
 	mailRefused *policy.Verdict     // the milter refused tx at MAIL
 	rcpts       []policy.Address    // recipients of tx sent and not refused
+
+	// The context of the rule running: one context.AfterFunc per rule
+	// (not per command, which cost two allocations each) cuts the
+	// command in progress short when it ends.
+	dl       sync.Mutex
+	rule     uint64 // the rule running (beginRule)
+	ruleDone bool   // its context is done
+}
+
+// beginRule starts a rule with ctx: when ctx ends, the command in
+// progress ends at once and the later ones fail. Call the returned
+// function when the rule is over.
+func (s *session) beginRule(ctx context.Context) (end func()) {
+	s.dl.Lock()
+	s.rule++
+	s.ruleDone = ctx.Err() != nil
+	gen := s.rule
+	s.dl.Unlock()
+	stop := context.AfterFunc(ctx, func() { s.cancelRule(gen) })
+	return func() { stop() }
+}
+
+func (s *session) cancelRule(gen uint64) {
+	s.dl.Lock()
+	defer s.dl.Unlock()
+	if s.rule != gen {
+		return // a late call: its rule is over
+	}
+	s.ruleDone = true
+	if s.nc != nil {
+		s.nc.SetDeadline(time.Unix(1, 0))
+	}
+}
+
+// setConn sets (or clears) the milter connection and its session.
+func (s *session) setConn(nc *guardConn, cs *gomilter.ClientSession) {
+	s.dl.Lock()
+	s.nc, s.cs = nc, cs
+	s.dl.Unlock()
 }
 
 // close sends QUIT and closes the connection.
 func (s *session) close() {
 	if s.cs != nil {
 		s.cs.Close()
-		s.cs, s.nc = nil, nil
+		s.setConn(nil, nil)
 	}
 }
 
 // run runs fn unless the session's outcome is known already.
 func (s *session) run(ctx context.Context, stage policy.Stage, fn func(*session) policy.Verdict) policy.Verdict {
 	if s.failed != nil {
-		return s.m.unavailable(ctx, stage, nil, s.failed)
+		return s.m.unavailable(ctx, stage, nil, s.failed, false)
 	}
 	if s.connDone {
 		return policy.Next()
@@ -100,26 +140,28 @@ func (s *session) fail(ctx context.Context, stage policy.Stage, tx *policy.Trans
 	if s.nc != nil {
 		s.nc.Close() // no QUIT: the connection is in an unknown state
 	}
-	s.cs, s.nc = nil, nil
+	s.setConn(nil, nil)
 	s.failed = err
-	return s.m.unavailable(ctx, stage, tx, err)
+	return s.m.unavailable(ctx, stage, tx, err, true)
 }
 
 // op runs one exchange with the milter within timeout and ctx. A panic of
 // go-milter is an error: it is a broken milter's doing.
 func (s *session) op(ctx context.Context, timeout time.Duration, fn func() error) (err error) {
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("milter: %w", context.Cause(ctx))
-	}
 	dl := time.Now().Add(timeout)
 	if cd, ok := ctx.Deadline(); ok && cd.Before(dl) {
 		dl = cd
 	}
-	nc := s.nc
-	gen := nc.begin(dl)
-	stop := context.AfterFunc(ctx, func() { nc.expire(gen) })
+	s.dl.Lock()
+	done := s.ruleDone || ctx.Err() != nil
+	if !done {
+		s.nc.SetDeadline(dl)
+	}
+	s.dl.Unlock()
+	if done {
+		return fmt.Errorf("milter: %w", context.Cause(ctx))
+	}
 	defer func() {
-		stop()
 		if p := recover(); p != nil {
 			err = fmt.Errorf("milter: protocol error (go-milter panicked: %v)", p)
 		}
@@ -154,7 +196,7 @@ func (s *session) open(ctx context.Context, c *policy.Conn) (*gomilter.Action, e
 	if err != nil {
 		return nil, fmt.Errorf("milter: connect: %w", err)
 	}
-	s.nc = &guardConn{Conn: raw}
+	s.setConn(&guardConn{Conn: raw}, nil)
 	s.macros = macroMap{}
 	s.connMacros(c)
 	opts := []gomilter.Option{
@@ -167,16 +209,18 @@ func (s *session) open(ctx context.Context, c *policy.Conn) (*gomilter.Action, e
 		opts = append(opts, gomilter.WithMacroRequest(gomilter.MacroStage(st), names))
 	}
 	client := gomilter.NewClient(s.m.addr.Network, s.m.addr.Address, opts...)
+	var cs *gomilter.ClientSession
 	err = s.op(ctx, o.CommandTimeout, func() error {
-		cs, err := client.Session(s.macros)
-		s.cs = cs
+		var err error
+		cs, err = client.Session(s.macros)
 		return err
 	})
 	if err != nil {
 		raw.Close()
-		s.cs, s.nc = nil, nil
+		s.setConn(nil, nil)
 		return nil, err
 	}
+	s.setConn(s.nc, cs)
 	s.leadSpace = s.cs.ProtocolOption(gomilter.OptHeaderLeadingSpace)
 	host, family, port, addr := "unknown", gomilter.FamilyUnknown, uint16(0), ""
 	if c != nil {
@@ -280,7 +324,7 @@ func (s *session) rcptMacros(r policy.Recipient) {
 // stage starts a new one.
 func (s *session) reset() {
 	s.close()
-	s.helloed, s.heloSent = false, ""
+	s.helloed, s.heloSent, s.heloTLS = false, "", false
 	s.forgetTx()
 }
 
@@ -315,11 +359,13 @@ func (s *session) catchUp(ctx context.Context, stage policy.Stage, c *policy.Con
 			return v, true
 		}
 	}
-	helo := ""
+	helo, overTLS := "", false
 	if c != nil {
-		helo = c.Helo
+		helo, overTLS = c.Helo, c.TLS != nil
 	}
-	if stage != policy.StageConnect && (helo != "" || tx != nil) && (!s.helloed || helo != "" && helo != s.heloSent) {
+	// HELO again for a new name, and after STARTTLS (the client's EHLO
+	// then often repeats the name, but the TLS macros are new).
+	if stage != policy.StageConnect && (helo != "" || tx != nil) && (!s.helloed || helo != "" && (helo != s.heloSent || overTLS != s.heloTLS)) {
 		if helo == "" {
 			helo = o.Hostname // no client (postq): our own name
 		}
@@ -332,7 +378,7 @@ func (s *session) catchUp(ctx context.Context, stage policy.Stage, c *policy.Con
 		if err != nil {
 			return s.fail(ctx, stage, tx, err), true
 		}
-		s.helloed, s.heloSent = true, helo
+		s.helloed, s.heloSent, s.heloTLS = true, helo, overTLS
 		if v, done := s.connVerdict(ctx, policy.StageHelo, a); done {
 			return v, true
 		}
@@ -715,9 +761,13 @@ func (s *session) body(ctx context.Context, tx *policy.Transaction, m *policy.Me
 	defer chunkBufs.Put(bp)
 	buf := *bp
 	r := m.Body()
+	sent := false
 	for {
 		n, rerr := io.ReadFull(r, buf)
-		if n > 0 {
+		if n > 0 || !sent && rerr != nil {
+			// An empty body still gets one (empty) chunk: go-milter ends
+			// a message only after a chunk.
+			sent = true
 			chunk := buf[:n]
 			a, err := s.act(ctx, s.m.opts.CommandTimeout, func() (*gomilter.Action, error) { return s.cs.BodyChunk(chunk) })
 			if err != nil {

@@ -41,6 +41,7 @@ type config struct {
 	adminSocket, adminAddr       string        // see queuecmd.go
 	adminTokenFile               string        //
 	metrics                      string        // see metrics.go
+	milters, milterDefault       string        // see rules_milter.go
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -86,6 +87,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.adminAddr, "admin-addr", "", "also serve the queue admin API on this loopback host:port, with the token of -admin-token-file; empty: off")
 	fs.StringVar(&c.adminTokenFile, "admin-token-file", "", "file holding the bearer token of -admin-addr")
 	fs.StringVar(&c.metrics, "metrics", "", "serve Prometheus metrics on http://host:port/metrics, e.g. 127.0.0.1:9025; empty: off")
+	fs.StringVar(&c.milters, "milter", "", "milters, in order, comma-separated, as Postfix's smtpd_milters: inet:127.0.0.1:11332 (rspamd), unix:/path; empty: none")
+	fs.StringVar(&c.milterDefault, "milter-default-action", "tempfail", "when a milter is down, slow or broken: tempfail (451, the client retries) or accept (go on without it)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/mtakit/mtakit/auth"
 	"github.com/mtakit/mtakit/delegate"
+	"github.com/mtakit/mtakit/delegate/milter"
 	"github.com/mtakit/mtakit/policy"
 	"github.com/mtakit/mtakit/queue"
 	"github.com/mtakit/mtakit/relay"
@@ -25,7 +26,8 @@ type ruleSet struct {
 	signer    *auth.DKIMSigner  // nil: no signing
 	dkim      *dkimKey          // when set, signs instead of signer: a key SIGHUP reloads (reload.go)
 	rcpts     *relay.RecipientTable
-	abuse     *abuse // nil: none (see rules_abuse.go)
+	abuse     *abuse           // nil: none (see rules_abuse.go)
+	milters   []*milter.Milter // in order (see rules_milter.go)
 }
 
 // chain is the policy of doe-family: vSMTP's hardening guide as Go rules.
@@ -33,6 +35,7 @@ func (rs ruleSet) chain(log *slog.Logger) *policy.Chain {
 	chain := &policy.Chain{Logger: log}
 	// Built once: the rules below ask per message and per recipient.
 	local := relay.NewDomains(rs.domains...)
+	rs.milterFirst(chain)    // rules_milter.go: the milters' preq and discard rules
 	rs.recipientRules(chain) // rules_rcpt.go: known recipients, aliases, sender ownership
 
 	// Anti-abuse (rules_abuse.go): DNSBL, rate limits, HELO checks,
@@ -45,6 +48,10 @@ func (rs ruleSet) chain(log *slog.Logger) *policy.Chain {
 	// Received-SPF field. Authenticated (roaming) users are skipped: their
 	// SPF result is not held against them.
 	chain.Mail("spf", auth.CheckSPF(auth.SPFOptions{Identity: auth.SPFBoth, Mode: auth.SPFSoft, Resolver: rs.resolver, Receiver: rs.hostname}))
+
+	// The milters' connect, helo, mail and rcpt rules: after ours, before
+	// the relay rule's Accept ends the rcpt stage (rules_milter.go).
+	rs.milterEnvelope(chain)
 
 	// No open relay: from outside, only local recipients, unless the client
 	// authenticated as a local account; the internal networks may send

@@ -15,6 +15,7 @@ import (
 	"github.com/mtakit/mtakit"
 	"github.com/mtakit/mtakit/auth"
 	"github.com/mtakit/mtakit/delegate"
+	"github.com/mtakit/mtakit/delegate/milter"
 	"github.com/mtakit/mtakit/policy"
 	"github.com/mtakit/mtakit/policy/dnscache"
 	"github.com/mtakit/mtakit/policy/metrics"
@@ -37,6 +38,7 @@ type server struct {
 	dkim      *dkimKey                          // nil: no signing
 	reloaded  reloadState
 	metrics   *metrics.Metrics // with -metrics (see metrics.go)
+	milters   []*milter.Milter // with -milter (see rules_milter.go)
 }
 
 func build(cfg *config, log *slog.Logger) (*server, error) {
@@ -76,6 +78,10 @@ func build(cfg *config, log *slog.Logger) (*server, error) {
 			Hostname: cfg.hostname, MaxConcurrent: 10, Logger: log}
 		rs.antivirus = s.antivirus
 	}
+	if s.milters, err = newMilters(cfg, log); err != nil {
+		return nil, err
+	}
+	rs.milters = s.milters
 	chain := rs.chain(log)
 
 	var outbound queue.Transport = &relay.MX{Resolver: resolver, Hostname: cfg.hostname, Logger: log}
@@ -198,6 +204,9 @@ func (s *server) serve(ctx context.Context, stdout io.Writer) error {
 	cancel()
 	if s.antivirus != nil {
 		s.antivirus.Close()
+	}
+	for _, m := range s.milters {
+		m.Close()
 	}
 	fmt.Fprintln(stdout, "doe-family stopped")
 	s.log.Info("doe-family stopped")

@@ -19,6 +19,7 @@ import (
 	"strings"
 
 	"github.com/mtakit/mtakit/auth"
+	"github.com/mtakit/mtakit/delegate/milter"
 	"github.com/mtakit/mtakit/policy"
 	"github.com/mtakit/mtakit/smtp"
 )
@@ -64,6 +65,12 @@ func checkFlags(c *config, rest []string) error {
 		if _, err := os.Stat(f.path); err != nil {
 			return fmt.Errorf("%s: %w", f.flag, err)
 		}
+	}
+	if _, err := parseMilters(c.milters); err != nil {
+		return fmt.Errorf("-milter: %w", err)
+	}
+	if _, err := milter.ParseDefaultAction(c.milterDefault); err != nil {
+		return fmt.Errorf("-milter-default-action: %w", err)
 	}
 	switch c.dkimGenKeyType {
 	case "ed25519", "rsa":
