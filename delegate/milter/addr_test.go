@@ -125,3 +125,26 @@ func TestWriteMessage(t *testing.T) {
 		assert.Equal(t, "H: v\r\n\r\n"+c.want, b.String(), "%q", c.chunks)
 	}
 }
+
+// FuzzFieldRaw: whatever value a milter gives a field, the field is one
+// field of a header that still parses: no field injected, no end of
+// header, with or without SMFIP_HDR_LEADSPC.
+func FuzzFieldRaw(f *testing.F) {
+	for _, s := range []string{"v", "a\n\tb", "a\nBcc: x", "a\r\n\r\nbody", "\n", " x", "a\rb", ""} {
+		f.Add(s, false)
+	}
+	f.Fuzz(func(t *testing.T, value string, lead bool) {
+		if strings.IndexByte(value, 0) >= 0 {
+			return // a milter's values are C strings
+		}
+		s := &session{leadSpace: lead}
+		raw := s.fieldRaw("X-Milter", value)
+		h, err := parseHeader(append([]byte("Subject: x\r\n"), raw...))
+		if err != nil {
+			t.Fatalf("%q: %q does not parse: %v", value, raw, err)
+		}
+		if h.Len() != 2 || !strings.EqualFold(h.Fields()[1].Name(), "X-Milter") {
+			t.Fatalf("%q: %q gives %d fields", value, raw, h.Len())
+		}
+	})
+}

@@ -31,7 +31,9 @@
 //	func (*Milter) MessageRule() policy.MessageRule   // preq (or postq)
 //	func DiscardRule() policy.DeliveryRule            // drops what a milter discarded
 //	const DiscardedKey policy.Key[string]             // set on a discarded transaction
+//	const DiscardRuleName = "milter:discard"
 //	func (*Milter) Close() error
+//	func (*Milter) Name() string; func (*Milter) Addr() Addr
 //	func ParseAddr(string) (Addr, error)              // "inet:host:port", "unix:/path"
 //	func ParseDefaultAction(string) (DefaultAction, error)
 //
@@ -41,12 +43,19 @@
 // should run: rules registered later see the message as the milters left
 // it (a modified message is still checked by them); the rcpt rules must
 // come before a rule that accepts recipients (relay.CheckRelay's Accept
-// ends the stage), and the discard rule before the rules that route.
+// ends the stage), the preq rules before relay.RecipientTable's
+// ExpandRule (a recipient a milter adds is then expanded, and one it
+// deletes is the address it was sent), and the discard rule before the
+// rules that route: doe-family registers the rules one by one for that
+// (see its rules_milter.go). A
+// preq rule before the milter's that returns Accept, and a ForceAccept
+// or Quarantine decided earlier, skip the milter for that message, as
+// they skip every later filtering rule.
 //
 // # One milter connection per SMTP session
 //
 // The connect rule dials the milter and sends the client's address and
-// verified reverse name (or "unknown", as Postfix); the helo rule sends
+// verified reverse name (or, as Postfix, "[address]"); the helo rule sends
 // HELO (again after STARTTLS, with the TLS macros); the mail rule MAIL
 // FROM with its ESMTP parameters; the rcpt rule each RCPT TO; the preq
 // rule DATA, each header field, end of header, the body in chunks of 64
@@ -62,12 +71,16 @@
 // Rules cannot see an SMTP session end (policy has no such hook), so a
 // milter connection is closed (QUIT) when its session has been quiet
 // for Options.IdleTimeout (10s by default): after the client's QUIT, or
-// a client pausing that long. Each rule first brings the milter up to
+// a client pausing that long. A milter built on libmilter (OpenDKIM,
+// clamav-milter) keeps a thread per connection: on a busy server, lower
+// IdleTimeout (a session that outlives it only opens a new connection). Each rule first brings the milter up to
 // date: a stage whose rule did not run (an earlier rule's Accept ended
 // it) or a connection closed meanwhile is made good by opening a new
 // connection and sending connect, HELO, MAIL and the recipients again.
 // The milter therefore sees every stage, in order, whatever the chain
-// skipped.
+// skipped. A connection that the message rule opened (the rule used
+// alone, or at postq on a transaction rebuilt from the queue) is closed
+// once the message is done: one milter session per message.
 //
 // # Verdicts
 //
@@ -96,8 +109,12 @@
 // add and delete recipient, replace body. Header values go to the
 // milter without the space after the colon and with LF line ends, as
 // Postfix sends them (with the space when the milter asks for it,
-// SMFIP_HDR_LEADSPC); the indexes count every field of the message as
-// sent, our Received field included. A replaced body larger than 1 MiB
+// SMFIP_HDR_LEADSPC). As Postfix and Sendmail hide their own Received
+// field, the milter is not shown this hop's trace fields (our Received
+// field and those rules put above it, such as Received-SPF): it sees the
+// header as the client sent it. A change index counts the fields it saw;
+// an insert index counts our trace fields as one, as in Postfix (0 is
+// the very top, 1 just below our Received field). A replaced body larger than 1 MiB
 // is written to an unlinked file in TempDir. A message left without
 // recipients is discarded. Several milters see the message in turn, each
 // as the ones before left it.

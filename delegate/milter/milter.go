@@ -282,9 +282,10 @@ func (m *Milter) RcptRule() policy.RcptRule {
 
 // MessageRule returns the preq rule that sends the message (header
 // fields, end of header, body in chunks, end of message) and applies the
-// milter's verdict and modifications. Used at postq (where the
-// transaction has no connection) it runs a whole milter session for the
-// message.
+// milter's verdict and modifications. Used without the envelope rules,
+// or at postq (on a transaction rebuilt from the queue), it runs a whole
+// milter session for the message: connect, HELO, MAIL and the
+// recipients from the transaction, then the message, then QUIT.
 func (m *Milter) MessageRule() policy.MessageRule {
 	return func(ctx context.Context, tx *policy.Transaction, msg *policy.Message) policy.Verdict {
 		return m.with(ctx, tx.Conn, tx, policy.StagePreQ, func(s *session) policy.Verdict { return s.message(ctx, tx, msg) })
@@ -307,7 +308,8 @@ func (m *Milter) with(ctx context.Context, conn *policy.Conn, tx *policy.Transac
 		return m.unavailable(ctx, stage, tx, errClosed, false)
 	}
 	s := m.sessions[key]
-	if s == nil {
+	created := s == nil
+	if created {
 		s = &session{m: m, key: key, conn: conn}
 		s.timer = time.AfterFunc(time.Hour, func() { m.expire(s) })
 		m.sessions[key] = s
@@ -327,7 +329,11 @@ func (m *Milter) with(ctx context.Context, conn *policy.Conn, tx *policy.Transac
 
 	m.mu.Lock()
 	s.busy = false
-	drop := m.closed || (conn == nil && stage == policy.StagePreQ)
+	// A session that starts at preq ends there: the message rule used
+	// alone (at postq, where each transaction has a Conn of its own
+	// rebuilt from the queue, or without the envelope rules) runs one
+	// milter session per message.
+	drop := m.closed || (created && stage == policy.StagePreQ)
 	if drop {
 		delete(m.sessions, key)
 	} else {
@@ -352,8 +358,8 @@ func (m *Milter) expire(s *session) {
 	s.close()
 }
 
-// open reports the number of milter sessions kept (for tests).
-func (m *Milter) open() int {
+// sessionCount reports the number of sessions kept (for tests).
+func (m *Milter) sessionCount() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return len(m.sessions)

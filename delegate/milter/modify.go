@@ -24,7 +24,12 @@ const memBodyMax = 1 << 20
 // the milter quarantined the message. A modification that makes no sense
 // (a malformed field name, an address that does not parse) is skipped
 // with a warning; an error is ours (writing the new message).
-func (s *session) apply(ctx context.Context, tx *policy.Transaction, m *policy.Message, mods []gomilter.ModifyAction) (quarantine string, err error) {
+//
+// hidden is the number of fields at the top the milter was not shown (see
+// ourTrace). As in Postfix, a change counts only the fields the milter saw,
+// and an insert index counts those hidden ones as one field: 0 is the very
+// top, 1 just below our Received field.
+func (s *session) apply(ctx context.Context, tx *policy.Transaction, m *policy.Message, mods []gomilter.ModifyAction, hidden int) (quarantine string, err error) {
 	if len(mods) == 0 {
 		return "", nil
 	}
@@ -55,10 +60,16 @@ func (s *session) apply(ctx context.Context, tx *policy.Transaction, m *policy.M
 			case gomilter.ActionAddHeader:
 				fields = append(fields, raw)
 			case gomilter.ActionInsertHeader:
-				i := min(int(ma.HeaderIndex), len(fields))
+				i := 0
+				if ma.HeaderIndex > 0 {
+					i = min(hidden+int(ma.HeaderIndex)-1, len(fields))
+				}
+				if i < hidden {
+					hidden++ // at the top, above our trace fields: not the milter's
+				}
 				fields = append(fields[:i], append([][]byte{raw}, fields[i:]...)...)
 			default:
-				fields = changeField(fields, ma.HeaderName, int(ma.HeaderIndex), ma.HeaderValue == "", raw)
+				fields = append(fields[:hidden:hidden], changeField(fields[hidden:], ma.HeaderName, int(ma.HeaderIndex), ma.HeaderValue == "", raw)...)
 			}
 			headerDirty = true
 		case gomilter.ActionReplaceBody:

@@ -222,16 +222,19 @@ func (s *session) open(ctx context.Context, c *policy.Conn) (*gomilter.Action, e
 	}
 	s.setConn(s.nc, cs)
 	s.leadSpace = s.cs.ProtocolOption(gomilter.OptHeaderLeadingSpace)
+	// The client's verified name, else its address in brackets (Postfix
+	// turns its "unknown" into that Sendmail form), else "unknown".
 	host, family, port, addr := "unknown", gomilter.FamilyUnknown, uint16(0), ""
 	if c != nil {
-		if c.ReverseName != "" {
-			host = c.ReverseName
-		}
 		if ip := c.Remote.Addr().Unmap(); ip.IsValid() {
 			family, port, addr = gomilter.FamilyInet, c.Remote.Port(), ip.String()
 			if ip.Is6() {
 				family = gomilter.FamilyInet6
 			}
+			host = "[" + addr + "]"
+		}
+		if c.ReverseName != "" {
+			host = c.ReverseName
 		}
 	}
 	return s.act(ctx, o.CommandTimeout, func() (*gomilter.Action, error) { return s.cs.Conn(host, family, port, addr) })
@@ -695,7 +698,9 @@ func (s *session) message(ctx context.Context, tx *policy.Transaction, m *policy
 	if v, done := s.msgVerdict(ctx, tx, a); done {
 		return v
 	}
-	for _, f := range m.Header.Fields() {
+	fields := m.Header.Fields()
+	hidden := ourTrace(fields, tx)
+	for _, f := range fields[hidden:] {
 		name, value := s.fieldValue(f)
 		a, err := s.act(ctx, o.CommandTimeout, func() (*gomilter.Action, error) { return s.cs.HeaderField(name, value, nil) })
 		if err != nil {
@@ -740,7 +745,7 @@ func (s *session) message(ctx context.Context, tx *policy.Transaction, m *policy
 	default:
 		return s.refusal(ctx, policy.StagePreQ, tx, a)
 	}
-	q, err := s.apply(ctx, tx, m, mods)
+	q, err := s.apply(ctx, tx, m, mods, hidden)
 	if err != nil {
 		// Ours (a temporary file): never a 250 for a message the
 		// milter changed and we could not.
@@ -837,6 +842,30 @@ func (s *session) fieldValue(f policy.Field) (string, string) {
 		v = strings.TrimPrefix(v, " ")
 	}
 	return name, v
+}
+
+// ourTrace returns how many fields at the top of the header are this
+// hop's trace fields, which the milter is not shown: those above our
+// Received field (Received-SPF, fields rules added) and the Received field
+// itself, recognised by the queue ID. Postfix and Sendmail hide their own
+// Received field too: a milter that signs (OpenDKIM) or rebuilds a
+// Received field from the macros (spamass-milter) expects the header as
+// the client sent it. 0 when there is no such field (at postq).
+func ourTrace(fields []policy.Field, tx *policy.Transaction) int {
+	if tx.ID == "" {
+		return 0
+	}
+	id := " id " + tx.ID
+	for i, f := range fields {
+		if !strings.EqualFold(f.Name(), "Received") {
+			continue
+		}
+		if v := f.Value(); strings.Contains(v, id+" ") || strings.Contains(v, id+";") {
+			return i + 1
+		}
+		return 0 // the first Received is not ours
+	}
+	return 0
 }
 
 func containsAddr(list []policy.Address, a policy.Address) bool {

@@ -8,7 +8,9 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	gomilter "github.com/d--j/go-milter"
 	"github.com/emersion/go-sasl"
@@ -96,25 +98,111 @@ func TestEmptyBody(t *testing.T) {
 	assert.Len(t, h.queue.all(), 1)
 }
 
-// TestPostQ: at postq (a transaction rebuilt from the queue, without a
-// connection) the rule runs a whole milter session for the message.
+// TestPostQ: at postq (a transaction rebuilt from the queue, with a Conn
+// of its own or none) the rule runs a whole milter session for the
+// message, and closes it.
 func TestPostQ(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		conn *policy.Conn
+		want []string
+	}{
+		{"no connection", nil, []string{"connect unknown unknown ", "helo mx.test.example"}},
+		{"rebuilt connection", &policy.Conn{ID: "c1", Remote: netip.MustParseAddrPort("192.0.2.1:4000"), Helo: "client.example", ReverseName: "client.example"},
+			[]string{"connect client.example tcp4 192.0.2.1", "helo client.example"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := startFake(t, "tcp", func(f *fake) {
+				f.eom = func(m gomilter.Modifier, _ *fakeConn) (*gomilter.Response, error) {
+					return gomilter.RespContinue, m.AddHeader("X-Milter", "postq")
+				}
+			})
+			m := newMilter(t, f, nil)
+			defer m.Close()
+			tx := policy.NewTransaction(c.conn, "postq1")
+			tx.From = policy.MustParseAddress("alice@sender.example")
+			tx.Rcpts = []policy.Recipient{{Addr: policy.MustParseAddress("bob@rcpt.example")}}
+			msg, err := policy.NewMessage(strings.NewReader(testMessage), int64(len(testMessage)), nil)
+			require.NoError(t, err)
+			v := m.MessageRule()(context.Background(), tx, msg)
+			assert.Equal(t, policy.KindNext, v.Kind)
+			assert.Equal(t, "postq", msg.Header.Get("X-Milter"))
+			f.waitClosed(t, 1)
+			want := append(c.want, "mail <alice@sender.example>", "rcpt <bob@rcpt.example>", "data", "eoh", "eom", "close")
+			assert.Equal(t, want, f.Events())
+			assert.Equal(t, 0, m.sessionCount())
+		})
+	}
+}
+
+// TestConcurrent: sessions at once, each with its own milter connection;
+// every message is seen once and queued as the milter changed it.
+func TestConcurrent(t *testing.T) {
 	f := startFake(t, "tcp", func(f *fake) {
 		f.eom = func(m gomilter.Modifier, _ *fakeConn) (*gomilter.Response, error) {
-			return gomilter.RespContinue, m.AddHeader("X-Milter", "postq")
+			return gomilter.RespContinue, m.AddHeader("X-Milter", "seen")
 		}
 	})
-	m := newMilter(t, f, nil)
-	defer m.Close()
-	tx := policy.NewTransaction(nil, "postq1")
-	tx.From = policy.MustParseAddress("alice@sender.example")
-	tx.Rcpts = []policy.Recipient{{Addr: policy.MustParseAddress("bob@rcpt.example")}}
-	msg, err := policy.NewMessage(strings.NewReader(testMessage), int64(len(testMessage)), nil)
-	require.NoError(t, err)
-	v := m.MessageRule()(context.Background(), tx, msg)
-	assert.Equal(t, policy.KindNext, v.Kind)
-	assert.Equal(t, "postq", msg.Header.Get("X-Milter"))
-	f.waitClosed(t, 1)
-	assert.Equal(t, []string{"connect unknown unknown ", "helo mx.test.example", "mail <alice@sender.example>", "rcpt <bob@rcpt.example>", "data", "eoh", "eom", "close"}, f.Events())
-	assert.Equal(t, 0, m.open())
+	// The idle timeout closes each connection soon after its QUIT, and is
+	// long enough not to close one between two messages of a session.
+	m := newMilter(t, f, func(o *Options) { o.IdleTimeout = 2 * time.Second })
+	h := startServer(t, m)
+	const clients, each = 6, 4
+	var wg sync.WaitGroup
+	errs := make(chan error, clients*each)
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := gosmtp.Dial(h.addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			if err := c.Hello("client.test.example"); err != nil {
+				errs <- err
+				return
+			}
+			for range each {
+				if err := transact(c, "alice@sender.example", twoRcpts, testMessage); err != nil {
+					errs <- err
+				}
+			}
+			c.Quit()
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	q := h.queue.all()
+	require.Len(t, q, clients*each)
+	for _, e := range q {
+		assert.Contains(t, e.raw, "X-Milter: seen\r\n")
+	}
+	assert.Equal(t, clients*each, count(f.Events(), "eom"))
+	f.waitClosed(t, clients)
+	assert.Equal(t, clients, f.Conns(), "one milter connection per SMTP session")
+}
+
+// transact runs one transaction on c.
+func transact(c *gosmtp.Client, from string, rcpts []string, msg string) error {
+	if err := c.Mail(from, nil); err != nil {
+		return err
+	}
+	for _, r := range rcpts {
+		if err := c.Rcpt(r, nil); err != nil {
+			return err
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	if _, err := io.WriteString(w, msg); err != nil {
+		return err
+	}
+	return w.Close()
 }

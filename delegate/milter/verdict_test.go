@@ -41,6 +41,17 @@ func TestModifications(t *testing.T) {
 			func(t *testing.T, q queued, after string) {
 				assert.True(t, strings.HasPrefix(q.raw, "X-Milter: top\r\nReceived: "), q.raw)
 			}},
+		{"insert header at 1: below our Received field", func(m gomilter.Modifier) error { return m.InsertHeader(1, "X-Milter", "second") },
+			func(t *testing.T, q queued, after string) {
+				assert.Regexp(t, `^Received: [^\r]*\r\n(\s[^\r]*\r\n)*X-Milter: second\r\nFrom: `, q.raw)
+			}},
+		{"change counts the fields the milter saw", func(m gomilter.Modifier) error {
+			return errors.Join(m.InsertHeader(0, "X-Milter", "top"), m.ChangeHeader(1, "X-Milter", "changed"))
+		},
+			func(t *testing.T, q queued, after string) {
+				assert.True(t, strings.HasPrefix(q.raw, "X-Milter: top\r\nReceived: "), q.raw)
+				assert.Contains(t, q.raw, "Subject: hello\r\nX-Milter: changed\r\n\r\n")
+			}},
 		{"insert header after the second", func(m gomilter.Modifier) error { return m.InsertHeader(2, "X-Milter", "third") },
 			func(t *testing.T, q queued, after string) {
 				assert.Contains(t, q.raw, "From: <alice@sender.example>\r\nX-Milter: third\r\nTo: ")
@@ -279,7 +290,7 @@ func TestSession(t *testing.T) {
 	require.NoError(t, c.Quit())
 	f.waitClosed(t, 1)
 	assert.Equal(t, 1, f.Conns())
-	assert.Equal(t, 0, m.open())
+	assert.Equal(t, 0, m.sessionCount())
 	ev := f.Events()
 	assert.Equal(t, 2, count(ev, "eom"))
 	assert.Equal(t, "close", ev[len(ev)-1])
