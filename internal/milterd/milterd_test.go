@@ -252,6 +252,15 @@ func TestOpenDKIM(t *testing.T) {
 	assert.Equal(t, "pass", dkimpyVerify(t, signed, txt), "dkimpy verifies opendkim's signature")
 	assert.Equal(t, "fail", dkimpyVerify(t, strings.Replace(signed, "Sunday", "Monday", 1), txt))
 
+	// From elsewhere, but authenticated ({auth_type}, {auth_authen} at
+	// MAIL), it is signed too: submission.
+	o = run(t, d, txn{from: "alice@example.com", rcpts: []string{"bob@example.org"}, raw: raw,
+		macros: map[milter.MacroName]string{milter.MacroAuthType: "PLAIN", milter.MacroAuthAuthen: "alice"}})
+	require.Equal(t, "eom", o.stage)
+	authSig, ok := headersSet(o.mods)["DKIM-Signature"]
+	require.True(t, ok, "an authenticated sender's mail is not signed: %+v", o.mods)
+	assert.Equal(t, "pass", dkimpyVerify(t, withField("DKIM-Signature", authSig, raw), txt))
+
 	// From elsewhere the signature is verified, against the key served by
 	// the loopback DNS server, and the result added.
 	queries := dns.Queries()
@@ -270,6 +279,8 @@ func TestOpenDKIM(t *testing.T) {
 			// libmilter's header values keep the space after the colon.
 			assert.True(t, strings.HasPrefix(ar, " opendkim.test;"), ar)
 			assert.Contains(t, ar, tc.want)
+			_, signed := headersSet(o.mods)["DKIM-Signature"]
+			assert.False(t, signed, "a stranger's mail is verified, not signed")
 		})
 	}
 	assert.Greater(t, dns.Queries(), queries, "opendkim asked the loopback DNS server for the key")
