@@ -11,6 +11,8 @@
 #   CLAMSMTP_OUT    where clamsmtpd forwards mail        (default 127.0.0.1:10024)
 #   CLAMD_WAIT      seconds to wait for clamd PING/PONG  (default 60)
 #   CLAMSMTP_MAXCONN clamsmtpd MaxConnections; above it it answers 421 (default 16)
+#   CLAMSMTPD       "no": start clamd only (internal/milterd runs clamav-milter
+#                   in front of it instead)                    (default yes)
 #
 # Needs Debian's packages: apt-get install -y clamav-daemon clamsmtp
 # Uses no network and no freshclam; pure bash (uses /dev/tcp), no python.
@@ -88,7 +90,9 @@ cmd_start() {
 	local wait=${CLAMD_WAIT:-60}
 
 	[ -x "$CLAMD_BIN" ] || die "$CLAMD_BIN missing (apt-get install -y clamav-daemon)"
-	[ -x "$CLAMSMTPD_BIN" ] || die "$CLAMSMTPD_BIN missing (apt-get install -y clamsmtp)"
+	if [ "${CLAMSMTPD:-yes}" != no ]; then
+		[ -x "$CLAMSMTPD_BIN" ] || die "$CLAMSMTPD_BIN missing (apt-get install -y clamsmtp)"
+	fi
 
 	mkdir -p "$dir"
 	dir=$(cd "$dir" && pwd)  # clamd/clamsmtpd want absolute paths
@@ -103,7 +107,9 @@ cmd_start() {
 	# unix socket (it logs the TCP bind error and keeps running) and our
 	# readiness probes would talk to the other process.
 	port_open "$clamd_port" && die "127.0.0.1:$clamd_port (CLAMD_PORT) is already in use"
-	port_open "$smtp_port" && die "127.0.0.1:$smtp_port (CLAMSMTP_PORT) is already in use"
+	if [ "${CLAMSMTPD:-yes}" != no ]; then
+		port_open "$smtp_port" && die "127.0.0.1:$smtp_port (CLAMSMTP_PORT) is already in use"
+	fi
 
 	# Signature db: EICAR only, two forms under one name.
 	#  .hdb  md5:size:name of the 68-byte file itself (exact file / attachment)
@@ -180,6 +186,11 @@ CONF
 	# clamd rewrites its PidFile with its own pid (the same one: no fork in
 	# foreground mode); keep ours authoritative.
 	echo "$clamd_pid" >"$dir/clamd.pid"
+
+	if [ "${CLAMSMTPD:-yes}" = no ]; then
+		echo "clamav-env: clamd pid $clamd_pid (tcp 127.0.0.1:$clamd_port, $dir/clamd.sock)"
+		return 0
+	fi
 
 	# clamsmtpd: -d 3 keeps it in the foreground and logs to stderr.
 	"$CLAMSMTPD_BIN" -d 3 -f "$dir/clamsmtpd.conf" \

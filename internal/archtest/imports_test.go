@@ -36,6 +36,9 @@ var allowed = map[string][]string{
 	// The milter client is rules: policy only (its tests run it through
 	// a real smtp.Server, which tests may import).
 	"delegate/milter": {"policy"},
+	// Test support (real milter daemons): the loopback DNS server only;
+	// no production package may import it (none lists it).
+	"internal/milterd": {"internal/dnstest"},
 }
 
 // everywhere lists the internal helpers any package may import: leaves
