@@ -47,6 +47,10 @@
 #   HARAKA_DIR (default ${XDG_CACHE_HOME:-$HOME/.cache}/mtakit-peers/haraka)
 #   DOE_FLAGS (more doe-family flags, e.g. -unsafe-no-fsync)
 #   DOE_BIN (a doe-family binary to measure instead of building one)
+#   DOE_B_BIN (another doe-family binary, e.g. of the base revision: add
+#   doe-b to SERVERS and it is measured as one more row, interleaved with
+#   the others, with a doe/doe-b ratio: the way to tell a change from the
+#   noise of a shared machine)
 #
 # Server CPU per message is the user+system time of the server's process
 # tree (Postfix's master and every child, reaped ones included) from the
@@ -61,7 +65,7 @@ set -euo pipefail
 : "${PER_CONN:=100}" "${N_SMALL:=3000}" "${N_LARGE:=1000}" "${DURATION:=30s}" "${ROUNDS:=1}"
 : "${DEADLINE:=1500}" "${DKIM_ALG:=rsa}" "${WRITER:=0}" "${WRITER_MB:=1024}" "${WRITER_LOOPS:=200}"
 : "${WORKDIR:=}" "${KEEP:=0}" "${HARAKA_DIR:=${XDG_CACHE_HOME:-$HOME/.cache}/mtakit-peers/haraka}"
-: "${DOE_FLAGS:=}" "${DOE_BIN:=}"
+: "${DOE_FLAGS:=}" "${DOE_BIN:=}" "${DOE_B_BIN:=}"
 HARAKA_VERSION=3.3.4
 SOURCES=127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,127.0.0.8,127.0.0.9
 FROM=load@sender.example
@@ -241,32 +245,35 @@ start_noop() {
 	wait_port "${ADDR[noop]}"
 }
 
+# start_doe NAME BINARY: a doe-family with its own spool and maildir
+# under $WORK/NAME.
 start_doe() {
-	mkdir -p "$WORK/doe"
+	local name=$1 bin=$2
+	mkdir -p "$WORK/$name"
 	# -internal names no loopback network: the load's clients are outside,
 	# so their mail gets SPF, DKIM verification and DMARC, and relay
 	# control accepts it for the local domain only. -rate-limit off: the
 	# runs send more than its default allows one address in an hour.
 	# shellcheck disable=SC2086
-	"$BIN/doe-family" -listen 127.0.0.1:0 -submission "" -domain doe-family.com \
+	"$bin" -listen 127.0.0.1:0 -submission "" -domain doe-family.com \
 		-internal 198.51.100.0/24 -dns "$DNS" -rate-limit off \
-		-spool "$WORK/doe/spool" -maildir "$WORK/doe/mail" -data "$WORK/doe/data" \
+		-spool "$WORK/$name/spool" -maildir "$WORK/$name/mail" -data "$WORK/$name/data" \
 		-hostname mx.doe-family.com -retry-min 1s -log-level warn $DOE_FLAGS \
-		>"$WORK/doe.out" 2>&1 &
+		>"$WORK/$name.out" 2>&1 &
 	PIDS+=($!)
-	PID[doe]=$!
-	ADDR[doe]=$(wait_for "$WORK/doe.out" '^mta listening on (.*)$')
+	PID[$name]=$!
+	ADDR[$name]=$(wait_for "$WORK/$name.out" '^mta listening on (.*)$')
 }
 doe_queue() {
-	local q=$WORK/doe/spool
+	local q=$WORK/$1/spool
 	local f=("$q"/working/*.q "$q"/deliver/*.q)
 	echo "${#f[@]}"
 }
-drain_doe() {
+doe_drain() {
 	local t0
 	t0=$(now)
 	for _ in $(seq 1200); do
-		if [[ $(doe_queue) == 0 ]]; then
+		if [[ $(doe_queue "$1") == 0 ]]; then
 			secs_since "$t0"
 			return 0
 		fi
@@ -274,7 +281,10 @@ drain_doe() {
 	done
 	echo timeout
 }
+drain_doe() { doe_drain doe; }
+drain_doe-b() { doe_drain doe-b; }
 delivered_doe() { find "$WORK/doe/mail" -path '*/new/*' -type f 2>/dev/null | wc -l; }
+delivered_doe-b() { find "$WORK/doe-b/mail" -path '*/new/*' -type f 2>/dev/null | wc -l; }
 
 # ensure_postfix: install Debian's postfix if it is missing, leaving the
 # system's instance unconfigured ("No configuration") and stopped.
@@ -455,7 +465,14 @@ EOF
 ACTIVE=()
 for s in $SERVERS; do
 	case $s in
-	doe) start_doe ;;
+	doe) start_doe doe "$BIN/doe-family" ;;
+	doe-b)
+		if [[ -z $DOE_B_BIN ]]; then
+			log "doe-b needs DOE_B_BIN"
+			exit 2
+		fi
+		start_doe doe-b "$DOE_B_BIN"
+		;;
 	noop) start_noop ;;
 	pf-mdir | pf-hold)
 		if ensure_postfix; then
@@ -623,6 +640,8 @@ ratio_row "doe/pf-mdir msg/s [5x; 2x at c=1]" doe pf-mdir RATE
 ratio_row "doe/pf-hold msg/s" doe pf-hold RATE
 ratio_row "doe/haraka msg/s [>1 c=64]" doe haraka RATE
 ratio_row "doe/noop msg/s" doe noop RATE
+ratio_row "doe/doe-b msg/s" doe doe-b RATE
+ratio_row "doe/doe-b CPU" doe doe-b CPU
 ratio_row "doe/noop CPU [<=3 c=64]" doe noop CPU
 ratio_row "doe/pf-mdir p50 [<=0.5 c=1]" doe pf-mdir P50
 echo
@@ -633,10 +652,12 @@ for s in "${ACTIVE[@]}"; do
 	[[ $f != delivered_none ]] && line+=", $([[ $s == pf-hold ]] && echo held || echo delivered) $($f)"
 	echo "$line"
 done
-if grep -q 'level=ERROR' "$WORK/doe.out" 2>/dev/null; then
-	echo "doe logged errors:"
-	grep 'level=ERROR' "$WORK/doe.out" | cut -c1-200 | sort | uniq -c | sort -rn | head -5
-fi
+for s in doe doe-b; do
+	if grep -q 'level=ERROR' "$WORK/$s.out" 2>/dev/null; then
+		echo "$s logged errors:"
+		grep 'level=ERROR' "$WORK/$s.out" | cut -c1-200 | sort | uniq -c | sort -rn | head -5
+	fi
+done
 for s in pf-mdir pf-hold; do
 	[[ -f $WORK/$s/maillog ]] || continue
 	n=$(grep -cE 'warning|fatal|panic|status=(deferred|bounced)' "$WORK/$s/maillog" || true)
