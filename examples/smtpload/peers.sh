@@ -72,7 +72,7 @@ FROM=load@sender.example
 TO=user@doe-family.com
 HELO=mail.sender.example
 
-cd "$(dirname "$0")/../.."
+cd "${REPO:-$(dirname "$0")/../..}" # REPO: the repository, when this is a copy
 ROOT=$(pwd)
 if [[ -z $WORKDIR ]]; then
 	WORK=$(mktemp -d "${TMPDIR:-/tmp}/mtakit-peers.XXXXXX")
@@ -91,14 +91,14 @@ log() { printf '%s\n' "$*" >&2; }
 cleanup() {
 	local pid conf
 	set +e
-	[[ -n $WRITER_PID ]] && kill -TERM "$WRITER_PID" 2>/dev/null
+	[[ -n $WRITER_PID ]] && kill -TERM -- "-$WRITER_PID" 2>/dev/null
 	for conf in "${POSTFIXES[@]}"; do
 		postfix -c "$conf" stop >/dev/null 2>&1
 	done
 	for pid in "${PIDS[@]}"; do
 		kill -TERM "$pid" 2>/dev/null
 	done
-	for pid in "${PIDS[@]}" $WRITER_PID; do
+	for pid in "${PIDS[@]}"; do
 		for _ in $(seq 50); do
 			kill -0 "$pid" 2>/dev/null || break
 			sleep 0.1
@@ -498,12 +498,12 @@ done
 
 # ---------------------------------------------------------------- the writer
 if [[ $WRITER == 1 ]]; then
-	(
-		for _ in $(seq "$WRITER_LOOPS"); do
-			timeout 300 dd if=/dev/zero of="$WORK/writer.dat" bs=1M count="$WRITER_MB" conv=fsync status=none
-			rm -f "$WORK/writer.dat"
-		done
-	) &
+	# In a session of its own, so that cleanup ends the loop and its dd
+	# together (kill of the process group).
+	setsid bash -c 'for _ in $(seq "$1"); do
+		timeout 300 dd if=/dev/zero of="$2" bs=1M count="$3" conv=fsync status=none
+		rm -f "$2"
+	done' writer "$WRITER_LOOPS" "$WORK/writer.dat" "$WRITER_MB" &
 	WRITER_PID=$!
 fi
 
