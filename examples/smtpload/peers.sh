@@ -614,6 +614,7 @@ table() {
 # ratio A B ARRAY: A's value over B's in each cell ("-" where either is missing).
 ratio_row() {
 	local name=$1 a=$2 b=$3 arr=$4 cell va vb
+	[[ " ${ACTIVE[*]} " == *" $a "* && " ${ACTIVE[*]} " == *" $b "* ]] || return 0
 	printf '| %-22s |' "$name"
 	for cell in "${CELLS[@]}"; do
 		eval "va=\${$arr[\$a,\$cell]:-}; vb=\${$arr[\$b,\$cell]:-}"
