@@ -78,40 +78,6 @@ func TestRecycledEntryHoldsOnlyTheNewMessage(t *testing.T) {
 	assert.Equal(t, "451 4.0.0 try later", env.LastError)
 }
 
-// A recycled file is cut only when its former entry was longer; a
-// shorter or equal one ends where the new entry does without it.
-func TestRecycledEntrySizes(t *testing.T) {
-	requireRecycling(t)
-	short := testMsg
-	long := testMsg + strings.Repeat("a body line\r\n", 300)
-	for _, tc := range []struct{ name, first, second string }{
-		{"longer before", long, short},
-		{"shorter before", short, long},
-		{"same size", long, long},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			ctx := context.Background()
-			sp, err := Open(t.TempDir(), SpoolConfig{Logger: quietLogger()})
-			require.NoError(t, err)
-			defer sp.Close()
-			require.NoError(t, sp.Enqueue(ctx, newTx("first", "a@example.org", "b@example.com"), newMessage(t, tc.first)))
-			q, env, m, err := sp.Load("first")
-			require.NoError(t, err)
-			m.Close()
-			require.NoError(t, sp.Remove(ctx, q, env))
-			require.Equal(t, 1, sp.rec.size())
-
-			require.NoError(t, sp.Enqueue(ctx, newTx("second", "c@example.org", "d@example.com"), newMessage(t, tc.second)))
-			require.Equal(t, 0, sp.rec.size(), "the free file was reused")
-			assert.Equal(t, tc.second, loadBody(t, sp, "second"))
-			_, env, m, err = sp.Load("second")
-			require.NoError(t, err)
-			m.Close()
-			assert.Equal(t, env.end, fileOf(t, sp, Working, "second").Size(), "the file ends where the entry does")
-		})
-	}
-}
-
 func TestRecycleWaitsForReaders(t *testing.T) {
 	requireRecycling(t)
 	ctx := context.Background()

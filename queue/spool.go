@@ -469,16 +469,8 @@ func (s *Spool) writeEntry(path string, env *Envelope, write func(io.Writer) (in
 		_, err = f.WriteAt(entryHeader(n), 0)
 	}
 	if err == nil && recycled {
-		// Cut off what is left of the file's former entry, when it was
-		// longer: ftruncate(2) costs a journal transaction on ext4 even
-		// when the size does not change (4% of the server's CPU at 4 KiB
-		// messages of one size), and a file no longer than what was just
-		// written from its start already ends where this entry does.
-		end := int64(entryHeadLen) + n + int64(len(rec))
-		var st os.FileInfo
-		if st, err = f.Stat(); err == nil && st.Size() > end {
-			err = f.Truncate(end)
-		}
+		// Cut off what is left of the file's former entry.
+		err = f.Truncate(int64(entryHeadLen) + n + int64(len(rec)))
 	}
 	if err != nil {
 		f.Close()
