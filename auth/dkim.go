@@ -560,9 +560,10 @@ func VerifyDKIM(opts DKIMVerifyOptions) policy.MessageRule {
 	if log == nil {
 		log = slog.Default()
 	}
+	keys := &dkKeyCache{}
 	return func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
 		arStripForged(tx, m.Header, opts.AuthServID)
-		results, err := verifyDKIM(ctx, opts, m)
+		results, err := verifyDKIM(ctx, opts, m, keys)
 		if err != nil {
 			return policy.Fail(err)
 		}

@@ -4,6 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
 	"strings"
 	"testing"
 
@@ -87,7 +91,7 @@ func TestVerifyDKIMMatchesGoMsgauth(t *testing.T) {
 
 					m, err := policy.NewMessage(strings.NewReader(msg), int64(len(msg)), nil)
 					require.NoError(t, err, name)
-					got, err := verifyDKIM(context.Background(), DKIMVerifyOptions{Resolver: srv.Resolver(), MaxVerifications: 5}, m)
+					got, err := verifyDKIM(context.Background(), DKIMVerifyOptions{Resolver: srv.Resolver(), MaxVerifications: 5}, m, nil)
 					require.NoError(t, err, name)
 					require.Len(t, got, 1, name)
 					assert.Equal(t, msgauthResult(want[0]), got[0].Result, "%s: go-msgauth says %v, we %v", name, want[0].Err, got[0].Reason)
@@ -131,7 +135,7 @@ func FuzzVerifyDKIM(f *testing.F) {
 		if err != nil {
 			return
 		}
-		res, err := verifyDKIM(context.Background(), DKIMVerifyOptions{Resolver: srv.Resolver(), MaxVerifications: 3, LookupTimeout: 1e9}, m)
+		res, err := verifyDKIM(context.Background(), DKIMVerifyOptions{Resolver: srv.Resolver(), MaxVerifications: 3, LookupTimeout: 1e9}, m, nil)
 		if err != nil {
 			t.Fatalf("reading from memory failed: %v", err)
 		}
@@ -140,4 +144,64 @@ func FuzzVerifyDKIM(f *testing.F) {
 			t.Fatalf("%d results for %d signatures", len(res), n)
 		}
 	})
+}
+
+// The key cache saves the parse of an RSA key seen before, and only that:
+// the record is looked up every time, and a new key in it is used at once.
+func TestDKIMKeyCache(t *testing.T) {
+	key1 := testRSA(t)
+	key2, err := rsa.GenerateKey(rand.Reader, 1024)
+	require.NoError(t, err)
+	record := func(k *rsa.PrivateKey) string {
+		der, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
+		require.NoError(t, err)
+		return "v=DKIM1; k=rsa; p=" + base64.StdEncoding.EncodeToString(der)
+	}
+	current := record(key1)
+	lookups := 0
+	lookup := func(name string) ([]string, error) {
+		lookups++
+		assert.Equal(t, "sel._domainkey.example.com", name)
+		return []string{current}, nil
+	}
+	kc := &dkKeyCache{}
+	for i := range 2 {
+		k, err := dkQueryKey(lookup, "sel._domainkey.example.com", kc)
+		require.NoError(t, err)
+		assert.True(t, key1.PublicKey.Equal(k.pub), "lookup %d", i)
+	}
+	assert.Equal(t, 2, lookups, "the record is looked up every time")
+	assert.Len(t, kc.keys, 1)
+
+	current = record(key2) // the key is rotated
+	k, err := dkQueryKey(lookup, "sel._domainkey.example.com", kc)
+	require.NoError(t, err)
+	assert.True(t, key2.PublicKey.Equal(k.pub), "the new key, not the cached one")
+	assert.Len(t, kc.keys, 2)
+
+	for i := range maxDKIMKeys + 1 { // bounded: it starts over when full
+		kc.put([]byte{byte(i), byte(i >> 8)}, &key2.PublicKey)
+	}
+	assert.LessOrEqual(t, len(kc.keys), maxDKIMKeys)
+}
+
+// One VerifyDKIM rule verifies message after message with the key it
+// parsed for the first.
+func TestVerifyDKIMReusesKey(t *testing.T) {
+	signer, err := NewDKIMSigner("example.com", "rsa", testRSA(t))
+	require.NoError(t, err)
+	srv := dkimZone(t, signer)
+	rule := VerifyDKIM(DKIMVerifyOptions{Resolver: srv.Resolver()})
+	for i := range 3 {
+		m := newTestMessage(t, sampleMessage)
+		sig, err := signer.Sign(context.Background(), m)
+		require.NoError(t, err)
+		m = newTestMessage(t, string(sig)+sampleMessage)
+		tx := newTestTx("a@example.com")
+		rule(context.Background(), tx, m)
+		res, ok := DKIMResultsKey.Get(tx)
+		require.True(t, ok)
+		require.Len(t, res, 1)
+		assert.Equal(t, authres.ResultValue(authres.ResultPass), res[0].Result, "message %d: %s", i, res[0].Reason)
+	}
 }

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -12,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/emersion/go-msgauth/dkim"
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 )
@@ -38,6 +41,11 @@ type Config struct {
 	// Several loopback addresses (127.0.0.2, ...) get past a server's
 	// per-client connection limit.
 	Sources []string
+	// DKIMSigner, when set, DKIM-signs the message (once: every message of
+	// the run is the same) as DKIMSelector of the From address's domain,
+	// so that a server that verifies DKIM has a signature to check.
+	DKIMSigner   crypto.Signer
+	DKIMSelector string
 }
 
 // Report is what a run measured.
@@ -105,6 +113,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
 	body := makeBody(cfg)
+	if cfg.DKIMSigner != nil {
+		var err error
+		if body, err = signBody(cfg, body); err != nil {
+			return nil, err
+		}
+	}
 	rep := &Report{Addr: cfg.Addr, Conns: cfg.Conns, Size: len(body), Errors: map[string]int{}}
 	var next atomic.Int64
 	lat := make([][]time.Duration, cfg.Conns)
@@ -261,4 +275,26 @@ func makeBody(cfg Config) []byte {
 		b.WriteString(line[:rest-2] + "\r\n")
 	}
 	return []byte(b.String())
+}
+
+// signBody returns body with a DKIM-Signature field of cfg.DKIMSigner
+// prepended, d= the domain of cfg.From.
+func signBody(cfg Config, body []byte) ([]byte, error) {
+	_, domain, ok := strings.Cut(cfg.From, "@")
+	if !ok || domain == "" {
+		return nil, fmt.Errorf("smtpload: DKIM signing needs a sender with a domain, not %q", cfg.From)
+	}
+	var out bytes.Buffer
+	err := dkim.Sign(&out, bytes.NewReader(body), &dkim.SignOptions{
+		Domain:                 domain,
+		Selector:               cfg.DKIMSelector,
+		Signer:                 cfg.DKIMSigner,
+		HeaderCanonicalization: dkim.CanonicalizationRelaxed,
+		BodyCanonicalization:   dkim.CanonicalizationRelaxed,
+		HeaderKeys:             []string{"From", "To", "Subject", "Date", "Message-ID"},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("smtpload: DKIM signing: %w", err)
+	}
+	return out.Bytes(), nil
 }

@@ -1,13 +1,19 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
 	"io"
 	"net"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/emersion/go-msgauth/dkim"
 	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -113,4 +119,31 @@ func TestRunStopsAtDuration(t *testing.T) {
 	require.NoError(t, err)
 	assert.Zero(t, rep.Sent)
 	assert.Less(t, time.Since(start), 15*time.Second, "the run must be bounded by its duration")
+}
+
+// A signed load carries a DKIM signature that verifies against the
+// sender domain's key, so that a server verifying DKIM does real work.
+func TestSignBody(t *testing.T) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	require.NoError(t, err)
+	cfg := Config{From: "load@sender.example", To: []string{"user@doe-family.com"}, Helo: "mail.sender.example", Size: 4096,
+		DKIMSigner: priv, DKIMSelector: "load"}
+	body, err := signBody(cfg, makeBody(cfg))
+	require.NoError(t, err)
+	txt := "v=DKIM1; k=ed25519; p=" + base64.StdEncoding.EncodeToString(pub)
+	verifications, err := dkim.VerifyWithOptions(bytes.NewReader(body), &dkim.VerifyOptions{
+		LookupTXT: func(domain string) ([]string, error) {
+			if domain != "load._domainkey.sender.example" {
+				return nil, fmt.Errorf("unexpected lookup of %s", domain)
+			}
+			return []string{txt}, nil
+		},
+	})
+	require.NoError(t, err)
+	require.Len(t, verifications, 1)
+	assert.NoError(t, verifications[0].Err)
+	assert.Equal(t, "sender.example", verifications[0].Domain)
+
+	_, err = signBody(Config{From: "nodomain", DKIMSigner: priv}, body)
+	assert.Error(t, err)
 }

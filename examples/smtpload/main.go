@@ -9,8 +9,12 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -23,6 +27,7 @@ func main() {
 	var cfg Config
 	var to, auth, sources string
 	var asJSON, insecure bool
+	var dkimKey string
 	flag.StringVar(&cfg.Addr, "addr", "127.0.0.1:2525", "server host:port")
 	flag.IntVar(&cfg.Conns, "c", 8, "concurrent connections")
 	flag.IntVar(&cfg.Count, "n", 1000, "messages to send in all")
@@ -38,6 +43,8 @@ func main() {
 	flag.StringVar(&to, "to", "user@doe-family.com", "recipients, comma-separated")
 	flag.StringVar(&sources, "source", "", "local IPs to connect from, comma-separated, used in turn (e.g. 127.0.0.2,127.0.0.3 to stay under a per-IP connection limit)")
 	flag.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	flag.StringVar(&dkimKey, "dkim-key", "", "PEM private key (RSA or Ed25519, PKCS#1 or PKCS#8) to DKIM-sign the message with, as the -from domain; empty: unsigned")
+	flag.StringVar(&cfg.DKIMSelector, "dkim-selector", "load", "DKIM selector of -dkim-key")
 	flag.Parse()
 
 	cfg.To = strings.Split(to, ",")
@@ -52,6 +59,14 @@ func main() {
 			os.Exit(2)
 		}
 		cfg.AuthUser, cfg.AuthPass = u, p
+	}
+	if dkimKey != "" {
+		signer, err := loadKey(dkimKey)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "smtpload: -dkim-key:", err)
+			os.Exit(2)
+		}
+		cfg.DKIMSigner = signer
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -68,4 +83,28 @@ func main() {
 	if rep.Sent == 0 {
 		os.Exit(1)
 	}
+}
+
+// loadKey reads a PEM private key: PKCS#8 (RSA or Ed25519) or PKCS#1 RSA.
+func loadKey(file string) (crypto.Signer, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return nil, errors.New("no PEM block")
+	}
+	if k, err := x509.ParsePKCS1PrivateKey(block.Bytes); err == nil {
+		return k, nil
+	}
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	s, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("a %T cannot sign", k)
+	}
+	return s, nil
 }
