@@ -41,13 +41,15 @@ type config struct {
 	adminSocket, adminAddr       string        // see queuecmd.go
 	adminTokenFile               string        //
 	metrics                      string        // see metrics.go
+	console                      string        // see console.go
+	admins                       []string      //
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("doe-family", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var domains string
+	var domains, admins string
 	host, _ := os.Hostname()
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:2525", "MTA port, no AUTH needed")
 	fs.StringVar(&c.submission, "submission", "127.0.0.1:5587", "submission port: AUTH PLAIN/LOGIN after STARTTLS (needs -users)")
@@ -86,6 +88,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.adminAddr, "admin-addr", "", "also serve the queue admin API on this loopback host:port, with the token of -admin-token-file; empty: off")
 	fs.StringVar(&c.adminTokenFile, "admin-token-file", "", "file holding the bearer token of -admin-addr")
 	fs.StringVar(&c.metrics, "metrics", "", "serve Prometheus metrics on http://host:port/metrics, e.g. 127.0.0.1:9025; empty: off")
+	fs.StringVar(&c.console, "console", "", "serve the web console on this host:port, e.g. 127.0.0.1:8025 (HTTPS with the server's certificate unless loopback); needs -users and -admins; empty: off")
+	fs.StringVar(&admins, "admins", "", "accounts of -users that may sign in to the -console, comma-separated")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -94,6 +98,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 			c.domains = append(c.domains, d)
 		}
 	}
+	c.admins = splitList(admins)
 	if err := checkFlags(c, fs.Args()); err != nil {
 		return nil, err
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/mtakit/mtakit/policy/dnscache"
 	"github.com/mtakit/mtakit/policy/metrics"
 	"github.com/mtakit/mtakit/queue"
+	"github.com/mtakit/mtakit/queue/admin/console"
 	"github.com/mtakit/mtakit/relay"
 	"github.com/mtakit/mtakit/smtp"
 )
@@ -36,7 +37,8 @@ type server struct {
 	cert      atomic.Pointer[smtp.CertReloader] // the TLS certificate; SIGHUP swaps it (reload.go)
 	dkim      *dkimKey                          // nil: no signing
 	reloaded  reloadState
-	metrics   *metrics.Metrics // with -metrics (see metrics.go)
+	metrics   *metrics.Metrics  // with -metrics (see metrics.go)
+	activity  *console.Activity // with -console (see console.go)
 }
 
 func build(cfg *config, log *slog.Logger) (*server, error) {

@@ -35,8 +35,9 @@ type chartLine struct {
 }
 
 type chartTick struct {
-	X, Y  float64
-	Label string
+	X, Y   float64
+	Label  string
+	Anchor string // text-anchor
 }
 
 func drawChart(c Chart) chartView {
@@ -68,7 +69,11 @@ func drawChart(c Chart) chartView {
 			j = periods - 1
 		}
 		label := c.Start.Add(time.Duration(j) * period).Local().Format("15:04")
-		v.Ticks = append(v.Ticks, chartTick{X: chartLeft + float64(j)*step, Y: chartTop + chartH + 16, Label: label})
+		anchor := "middle"
+		if h == 24 {
+			anchor = "end"
+		}
+		v.Ticks = append(v.Ticks, chartTick{X: chartLeft + float64(j)*step, Y: chartTop + chartH + 16, Label: label, Anchor: anchor})
 	}
 	for _, f := range []float64{0, 0.5, 1} {
 		val := int(f * float64(top))
