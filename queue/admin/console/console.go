@@ -65,9 +65,10 @@ type Config struct {
 	// SessionTTL is how long a session lasts after its sign-in; zero
 	// means 8 hours.
 	SessionTTL time.Duration
-	// MaxFailures failed sign-ins from one client address within
-	// FailureWindow make it refused (429) until the window has passed
-	// since the last; zero means 5, and 15 minutes.
+	// A client address with MaxFailures failed sign-ins within the last
+	// FailureWindow is refused (429), its password not even checked,
+	// until the oldest of them is older than that; zero means 5, and 15
+	// minutes.
 	MaxFailures   int
 	FailureWindow time.Duration
 	// Logger receives sign-ins, refusals and (through admin.API) every

@@ -543,3 +543,19 @@ func TestNewChecks(t *testing.T) {
 	resp.Body.Close()
 	assert.Equal(t, "/console/login", resp.Header.Get("Location"))
 }
+
+func TestQuarantineEmpty(t *testing.T) {
+	f := newFixture(t)
+	c := signedIn(t, f)
+	code, page := f.get(c, "/quarantine")
+	require.Equal(t, http.StatusOK, code)
+	assert.Contains(t, page, "No quarantine holds any message.")
+	code, page = f.get(c, "/quarantine?q=dmarc")
+	require.Equal(t, http.StatusOK, code)
+	assert.Contains(t, page, "This quarantine is empty.")
+	// A name that could be no quarantine's only finds nothing.
+	code, page = f.get(c, "/quarantine?q=..%2f..%2f%3Cb%3E")
+	require.Equal(t, http.StatusOK, code)
+	assert.Contains(t, page, "This quarantine is empty.")
+	assert.NotContains(t, page, "<b>")
+}

@@ -20,9 +20,9 @@
 // for Config.SessionTTL, its cookie HttpOnly, SameSite=Strict, and Secure
 // when the request came over TLS. Every form carries a CSRF token (the
 // session's; the sign-in form's own, in a cookie of its own) and a POST
-// without it is refused (403). After Config.MaxFailures failed sign-ins
-// from a client address within Config.FailureWindow, that address is
-// refused (429) until the window has passed. Without a session, a page
+// without it is refused (403). A client address with Config.MaxFailures
+// failed sign-ins within the last Config.FailureWindow is refused (429)
+// until they are older than that. Without a session, a page
 // redirects to the sign-in page and a form is refused; only the
 // stylesheet is served to anyone.
 //

@@ -275,6 +275,10 @@ func (c *Console) quarantine(w http.ResponseWriter, r *http.Request, s *session)
 			d.Queue, d.Label = q.Name, q.Label
 		}
 	}
+	if d.Queue == "" && want != "" {
+		// A quarantine that does not exist (yet), or no longer: empty.
+		d.Queue, d.Label = queue.QuarantinePrefix+want, want
+	}
 	if d.Queue != "" {
 		if d.Rows, d.More, err = c.rows(d.Queue); err != nil {
 			c.failPage(w, s, err)
