@@ -167,7 +167,7 @@ func CheckDMARC(opts DMARCOptions) policy.MessageRule {
 			case dmarc.PolicyReject:
 				return policy.Deny(550, "5.7.1", "Message rejected by the DMARC policy of "+res.FromDomain)
 			case dmarc.PolicyQuarantine:
-				return policy.Quarantine(opts.QuarantineQueue)
+				return policy.QuarantineBecause(opts.QuarantineQueue, "DMARC fail for "+res.FromDomain+" (policy quarantine)")
 			}
 		}
 		return policy.Next()

@@ -276,6 +276,6 @@ func ClamAVRule(c *ClamAV, quarantine string) policy.MessageRule {
 		case quarantine == "":
 			return policy.Deny(554, "5.7.1", "Message contains a virus")
 		}
-		return policy.Quarantine(quarantine)
+		return policy.QuarantineBecause(quarantine, "virus: "+virus)
 	})
 }

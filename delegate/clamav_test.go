@@ -201,7 +201,7 @@ func TestClamAVRules(t *testing.T) {
 		want       policy.Verdict
 	}{
 		{"clean", clean, false, "virus_q", policy.Next()},
-		{"infected to quarantine", infected, false, "virus_q", policy.Quarantine("virus_q")},
+		{"infected to quarantine", infected, false, "virus_q", policy.QuarantineBecause("virus_q", "virus: Eicar-Test-Signature.UNOFFICIAL")},
 		{"infected refused", infected, false, "", policy.Deny(554, "5.7.1", "Message contains a virus")},
 		{"down", down, false, "virus_q", policy.Deny(451, "4.7.1", replyUnavailable.Text)},
 		{"down, fail-open", down, true, "virus_q", policy.Next()},

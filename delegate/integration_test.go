@@ -178,7 +178,7 @@ func TestIntegrationClamAV(t *testing.T) {
 				assert.Empty(t, virus)
 
 				tx := newTx("s", "a@sender.example", "b@rcpt.example")
-				assert.Equal(t, policy.Quarantine("virus_q"), ClamAVRule(clam, "virus_q")(ctx, tx, newMessage(t, rawMessage("eicar", eicar))))
+				assert.Equal(t, policy.QuarantineBecause("virus_q", "virus: Eicar-Test-Signature.UNOFFICIAL"), ClamAVRule(clam, "virus_q")(ctx, tx, newMessage(t, rawMessage("eicar", eicar))))
 				assert.Equal(t, policy.Next(), ClamAVRule(clam, "virus_q")(ctx, tx, newMessage(t, rawMessage("clean", "fine"))))
 			})
 		}

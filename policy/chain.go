@@ -383,6 +383,7 @@ func applyConn(conn *Conn, s Stage, r Result) {
 		conn.state.forceAccepted = true
 	case KindQuarantine:
 		conn.state.quarantine = r.Verdict.Queue
+		conn.state.quarantinedBy = quarantinedBy{r.Rule, r.Verdict.Reply.Text}
 	default:
 		return
 	}
@@ -399,6 +400,7 @@ func applyTx(tx *Transaction, r Result) {
 	case KindQuarantine:
 		if tx.quarantine == "" {
 			tx.quarantine = r.Verdict.Queue
+			tx.quarantinedBy = quarantinedBy{r.Rule, r.Verdict.Reply.Text}
 		}
 	}
 }

@@ -820,3 +820,42 @@ func TestQuarantineIsNoRelay(t *testing.T) {
 	assert.Equal(t, 554, foreign.Reply.Code)
 	assert.Equal(t, "review", tx.Quarantine())
 }
+
+// TestQuarantinedBy: the transaction remembers the rule that chose its
+// quarantine and the reason it gave, the first one only, and inherits
+// the connection's.
+func TestQuarantinedBy(t *testing.T) {
+	c := &policy.Chain{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	c.Connect("listed", func(_ context.Context, conn *policy.Conn) policy.Verdict {
+		if conn.ID == "suspect" {
+			return policy.QuarantineBecause("review", "listed on a block list")
+		}
+		return policy.Next()
+	})
+	c.PreQ("antivirus", func(context.Context, *policy.Transaction, *policy.Message) policy.Verdict {
+		return policy.QuarantineBecause("virus_q", "Eicar-Test-Signature")
+	})
+	ctx := context.Background()
+
+	tx := policy.NewTransaction(&policy.Conn{ID: "c1"}, "t1")
+	rule, reason := tx.QuarantinedBy()
+	assert.Empty(t, rule+reason)
+	res := c.EvalPreQ(ctx, tx, &policy.Message{Header: &policy.Header{}})
+	require.Equal(t, policy.KindQuarantine, res.Verdict.Kind)
+	assert.Equal(t, policy.DefaultReply(policy.StagePreQ), res.Reply, "the reason is no reply: the client gets the stage's 250")
+	rule, reason = tx.QuarantinedBy()
+	assert.Equal(t, "antivirus", rule)
+	assert.Equal(t, "Eicar-Test-Signature", reason)
+	assert.Equal(t, "virus_q", tx.Quarantine())
+
+	conn := &policy.Conn{ID: "suspect"}
+	c.EvalConnect(ctx, conn)
+	tx = policy.NewTransaction(conn, "t2")
+	rule, reason = tx.QuarantinedBy()
+	assert.Equal(t, "listed", rule)
+	assert.Equal(t, "listed on a block list", reason)
+	c.EvalPreQ(ctx, tx, &policy.Message{Header: &policy.Header{}})
+	assert.Equal(t, "review", tx.Quarantine(), "the first quarantine stays")
+	rule, _ = tx.QuarantinedBy()
+	assert.Equal(t, "listed", rule)
+}

@@ -48,7 +48,11 @@ type connState struct {
 type decided struct {
 	forceAccepted bool
 	quarantine    string
+	quarantinedBy quarantinedBy
 }
+
+// quarantinedBy is the rule that chose the quarantine, and its reason.
+type quarantinedBy struct{ rule, reason string }
 
 // Authenticated reports whether the client has authenticated.
 func (c *Conn) Authenticated() bool { return c.AuthUser != "" }
@@ -107,6 +111,7 @@ type Transaction struct {
 
 	forceAccepted bool
 	quarantine    string
+	quarantinedBy quarantinedBy
 	values        map[string]any
 }
 
@@ -117,6 +122,7 @@ func NewTransaction(conn *Conn, id string) *Transaction {
 	if conn != nil {
 		tx.forceAccepted = conn.state.forceAccepted
 		tx.quarantine = conn.state.quarantine
+		tx.quarantinedBy = conn.state.quarantinedBy
 	}
 	return tx
 }
@@ -130,6 +136,13 @@ func (tx *Transaction) SetForceAccepted(v bool) { tx.forceAccepted = v }
 
 // Quarantine returns the quarantine queue chosen for the transaction, or "".
 func (tx *Transaction) Quarantine() string { return tx.quarantine }
+
+// QuarantinedBy returns the rule whose verdict chose the quarantine of
+// Quarantine and the reason it gave (see QuarantineBecause), "" for
+// what is not known (a quarantine set with SetQuarantine).
+func (tx *Transaction) QuarantinedBy() (rule, reason string) {
+	return tx.quarantinedBy.rule, tx.quarantinedBy.reason
+}
 
 // SetQuarantine chooses a quarantine queue for the transaction.
 func (tx *Transaction) SetQuarantine(q string) { tx.quarantine = q }

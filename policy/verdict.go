@@ -112,7 +112,7 @@ func (k Kind) String() string {
 //     the stage if it accepts (for example "250 2.1.0 Sender OK, SPF pass").
 type Verdict struct {
 	Kind  Kind
-	Reply Reply  // for Deny, Info, and optionally Accept
+	Reply Reply  // for Deny, Info, and optionally Accept; for Quarantine, Text says why (see QuarantineBecause)
 	Queue string // for Quarantine
 	Err   error  // for the log only, never sent to the client
 }
@@ -154,6 +154,14 @@ var replyInternalError = Reply{Code: 451, Enhanced: "4.3.0", Text: "Internal err
 
 // Quarantine accepts the message but stores it in quarantine/<queue>.
 func Quarantine(queue string) Verdict { return Verdict{Kind: KindQuarantine, Queue: queue} }
+
+// QuarantineBecause is Quarantine with the reason the message is kept
+// ("X-Virus-Infected: Eicar-Signature"): the queue records it with the
+// rule's name in the message's envelope for the operator who reviews the
+// quarantine (queue.Envelope.Quarantine). It is never sent to the client.
+func QuarantineBecause(queue, reason string) Verdict {
+	return Verdict{Kind: KindQuarantine, Queue: queue, Reply: Reply{Text: reason}}
+}
 
 // Info goes on like Next, and sets the reply the client receives if the
 // stage accepts. Code must be 2xx or 3xx.

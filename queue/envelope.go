@@ -96,6 +96,11 @@ type Envelope struct {
 	// to its sender. Its recipients are failed; the scheduler queues the
 	// DSN owed and then deletes the message instead of keeping it in dead.
 	Returned bool `json:"returned,omitempty"`
+	// Quarantine is set when the message went to a quarantine queue by
+	// a rule's verdict: which rule, at which stage, and why (the reason
+	// of policy.QuarantineBecause); nil otherwise. Release leaves it, as a
+	// record of where the message was.
+	Quarantine *QuarantineNote `json:"quarantine,omitempty"`
 
 	// Values are the typed results rules stored in the transaction (see
 	// policy.Key), as JSON by key name, given back to the postq and
@@ -108,6 +113,22 @@ type Envelope struct {
 	// and a close per change. A rename moves the file, not the handle;
 	// replace, which writes another file, clears it.
 	f *os.File
+}
+
+// QuarantineNote records why a message was quarantined.
+type QuarantineNote struct {
+	// Queue is the quarantine queue, "quarantine/<name>".
+	Queue string `json:"queue"`
+	// Stage is where it was decided: "smtp" (a rule before the message
+	// was queued: connect to preq), "postq" or "delivery".
+	Stage string `json:"stage"`
+	// Rule names the rule whose verdict it was; "" when not known.
+	Rule string `json:"rule,omitempty"`
+	// Reason is what the rule said (policy.QuarantineBecause); "" when
+	// it said nothing.
+	Reason string `json:"reason,omitempty"`
+	// At is when it was decided.
+	At time.Time `json:"at"`
 }
 
 // Addr is an address as stored: local part and domain apart, so that no
@@ -189,6 +210,10 @@ func newEnvelope(tx *policy.Transaction, now time.Time) (*Envelope, error) {
 	}
 	if e.Received.IsZero() {
 		e.Received = now
+	}
+	if q := tx.Quarantine(); q != "" {
+		rule, reason := tx.QuarantinedBy()
+		e.Quarantine = &QuarantineNote{Queue: QuarantinePrefix + q, Stage: "smtp", Rule: rule, Reason: reason, At: now}
 	}
 	for _, r := range tx.Rcpts {
 		e.Rcpts = append(e.Rcpts, RcptState{

@@ -538,6 +538,7 @@ func (s *Scheduler) postq(ctx, rctx context.Context, q string, env *Envelope, m 
 		return nil, false
 	case policy.KindQuarantine:
 		to := QuarantinePrefix + res.Verdict.Queue
+		env.Quarantine = &QuarantineNote{Queue: to, Stage: "postq", Rule: res.Rule, Reason: res.Verdict.Reply.Text, At: s.cfg.Clock.Now()}
 		if err := s.save(ctx, env, m, q, to, changed); err != nil {
 			log.Error("queue: cannot quarantine", "error", err)
 			s.retryAt(env.ID, s.cfg.Clock.Now().Add(s.cfg.MinBackoff))
@@ -632,7 +633,7 @@ func (s *Scheduler) deliver(ctx, rctx context.Context, q string, env *Envelope, 
 	tx := env.Transaction(RcptPending)
 	var groups []*group
 	byRoute := map[policy.Route]*group{}
-	quarantine := ""
+	var quarantine policy.Result
 	for i := range env.Rcpts {
 		r := &env.Rcpts[i]
 		if r.State != RcptPending {
@@ -648,7 +649,7 @@ func (s *Scheduler) deliver(ctx, rctx context.Context, q string, env *Envelope, 
 			}
 			continue
 		case policy.KindQuarantine:
-			quarantine = res.Verdict.Queue
+			quarantine = res
 			continue
 		}
 		if route == (policy.Route{}) {
@@ -663,9 +664,10 @@ func (s *Scheduler) deliver(ctx, rctx context.Context, q string, env *Envelope, 
 		}
 		g.idx = append(g.idx, i)
 	}
-	if quarantine != "" {
+	if quarantine.Verdict.Kind == policy.KindQuarantine {
 		env.InFlight, env.Crashes = false, 0
-		to := QuarantinePrefix + quarantine
+		to := QuarantinePrefix + quarantine.Verdict.Queue
+		env.Quarantine = &QuarantineNote{Queue: to, Stage: "delivery", Rule: quarantine.Rule, Reason: quarantine.Verdict.Reply.Text, At: s.cfg.Clock.Now()}
 		if err := s.st.Save(ctx, env, q, to, nil); err != nil {
 			s.log.Error("queue: cannot quarantine", "id", env.ID, "error", err)
 			s.retryAt(env.ID, env.NextAttempt)

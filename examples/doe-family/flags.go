@@ -42,13 +42,15 @@ type config struct {
 	adminTokenFile               string        //
 	metrics                      string        // see metrics.go
 	milters, milterDefault       string        // see rules_milter.go
+	console                      string        // see console.go
+	admins                       []string      //
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("doe-family", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var domains string
+	var domains, admins string
 	host, _ := os.Hostname()
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:2525", "MTA port, no AUTH needed")
 	fs.StringVar(&c.submission, "submission", "127.0.0.1:5587", "submission port: AUTH PLAIN/LOGIN after STARTTLS (needs -users)")
@@ -89,6 +91,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.metrics, "metrics", "", "serve Prometheus metrics on http://host:port/metrics, e.g. 127.0.0.1:9025; empty: off")
 	fs.StringVar(&c.milters, "milter", "", "milters, in order, comma-separated, as Postfix's smtpd_milters: inet:127.0.0.1:11332 (rspamd), unix:/path; empty: none")
 	fs.StringVar(&c.milterDefault, "milter-default-action", "tempfail", "when a milter is down, slow or broken: tempfail (451, the client retries) or accept (go on without it)")
+	fs.StringVar(&c.console, "console", "", "serve the web console on this host:port, e.g. 127.0.0.1:8025 (HTTPS with the server's certificate unless loopback); needs -users and -admins; empty: off")
+	fs.StringVar(&admins, "admins", "", "accounts of -users that may sign in to the -console, comma-separated")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -97,6 +101,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 			c.domains = append(c.domains, d)
 		}
 	}
+	c.admins = splitList(admins)
 	if err := checkFlags(c, fs.Args()); err != nil {
 		return nil, err
 	}

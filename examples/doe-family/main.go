@@ -36,7 +36,9 @@
 //	go run ./examples/doe-family
 //
 // Operate its queue with "doe-family queue list|show|release|requeue|hold|
-// delete|bounce|count" (see queuecmd.go).
+// delete|bounce|count" (see queuecmd.go), or in a browser: -console
+// 127.0.0.1:8025 -admins john@doe-family.com serves the web console to the
+// admins of -users (see console.go).
 package main
 
 import (
@@ -94,10 +96,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	activity, log := withActivity(cfg, log) // console.go
 	srv, err := build(cfg, log)
 	if err != nil {
 		return err
 	}
+	srv.addEvents(activity)
 	if cfg.pprof != "" {
 		stopProfiling, err := servePprof(stdout, cfg.pprof, log)
 		if err != nil {
@@ -112,6 +116,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer stopMetrics()
+	}
+	if cfg.console != "" {
+		stopConsole, err := serveConsole(stdout, srv, log)
+		if err != nil {
+			srv.mta.Store.Close()
+			return err
+		}
+		defer stopConsole()
 	}
 	return srv.serve(ctx, stdout)
 }

@@ -67,7 +67,7 @@ func (rs ruleSet) chain(log *slog.Logger) *policy.Chain {
 		}))
 		chain.PreQ("antivirus", delegate.Rule(rs.antivirus, func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
 			if m.Header.Has("X-Virus-Infected") {
-				return policy.Quarantine("virus_q")
+				return policy.QuarantineBecause("virus_q", "X-Virus-Infected: "+m.Header.Get("X-Virus-Infected"))
 			}
 			return policy.Next()
 		}))
@@ -92,7 +92,7 @@ func (rs ruleSet) chain(log *slog.Logger) *policy.Chain {
 		AuthServID: rs.hostname,
 		Decide: func(ctx context.Context, tx *policy.Transaction, r auth.DMARCResult) policy.Verdict {
 			if r.Result == authres.ResultFail && r.Disposition != dmarc.PolicyNone {
-				return policy.Quarantine("dmarc")
+				return policy.QuarantineBecause("dmarc", "DMARC "+string(r.Result)+" for "+r.FromDomain+" (policy "+string(r.Disposition)+")")
 			}
 			return policy.Next()
 		},

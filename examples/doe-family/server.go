@@ -20,6 +20,7 @@ import (
 	"github.com/mtakit/mtakit/policy/dnscache"
 	"github.com/mtakit/mtakit/policy/metrics"
 	"github.com/mtakit/mtakit/queue"
+	"github.com/mtakit/mtakit/queue/admin/console"
 	"github.com/mtakit/mtakit/relay"
 	"github.com/mtakit/mtakit/smtp"
 )
@@ -37,8 +38,9 @@ type server struct {
 	cert      atomic.Pointer[smtp.CertReloader] // the TLS certificate; SIGHUP swaps it (reload.go)
 	dkim      *dkimKey                          // nil: no signing
 	reloaded  reloadState
-	metrics   *metrics.Metrics // with -metrics (see metrics.go)
-	milters   []*milter.Milter // with -milter (see rules_milter.go)
+	metrics   *metrics.Metrics  // with -metrics (see metrics.go)
+	milters   []*milter.Milter  // with -milter (see rules_milter.go)
+	activity  *console.Activity // with -console (see console.go)
 }
 
 func build(cfg *config, log *slog.Logger) (*server, error) {

@@ -77,7 +77,7 @@ func checkFlags(c *config, rest []string) error {
 	default:
 		return fmt.Errorf("-dkim-genkey-type: want ed25519 or rsa, not %q", c.dkimGenKeyType)
 	}
-	return nil
+	return checkConsoleFlags(c)
 }
 
 // checkHostPort checks a host:port with a host name or an IP address and

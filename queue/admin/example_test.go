@@ -68,3 +68,32 @@ func ExampleHandler() {
 	mux.Handle("/v1/", &admin.Handler{Queue: sp, Token: os.Getenv("QUEUE_ADMIN_TOKEN")})
 	_ = &http.Server{Addr: "127.0.0.1:8025", Handler: mux} // then ListenAndServe
 }
+
+// The admin API as Go calls, as the web console makes them: the same
+// code as the HTTP endpoints.
+func ExampleAPI() {
+	dir, _ := os.MkdirTemp("", "admin")
+	defer os.RemoveAll(dir)
+	sp, err := queue.Open(dir, queue.SpoolConfig{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer sp.Close()
+
+	api := &admin.API{Queue: sp}
+	held, err := api.Find(admin.Filter{Queue: queue.Hold})
+	if err != nil {
+		log.Fatal(err)
+	}
+	ids := make([]string, len(held))
+	for i, e := range held {
+		ids[i] = e.ID
+	}
+	res, err := api.DoAll(context.Background(), "release", ids)
+	fmt.Println(len(res.Results), res.Failed, err)
+	_, err = api.Do(context.Background(), "explode", "id")
+	fmt.Println(admin.IsBadRequest(err))
+	// Output:
+	// 0 0 <nil>
+	// true
+}

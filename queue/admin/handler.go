@@ -42,17 +42,6 @@ const (
 	maxBody      = 1 << 20
 )
 
-// actions maps the names of the actions to the Queue's methods.
-func actions(q Queue) map[string]func(context.Context, string) error {
-	return map[string]func(context.Context, string) error{
-		"release": q.Release,
-		"requeue": q.Requeue,
-		"hold":    q.Hold,
-		"bounce":  q.Bounce,
-		"delete":  q.Delete,
-	}
-}
-
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.once.Do(func() {
@@ -103,12 +92,8 @@ func (j jsonError) WriteHeader(code int) {
 
 func (j jsonError) Write(p []byte) (int, error) { return len(p), nil }
 
-func (h *Handler) log() *slog.Logger {
-	if h.Logger != nil {
-		return h.Logger
-	}
-	return slog.Default()
-}
+// api is the implementation the handler serves.
+func (h *Handler) api() *API { return &API{Queue: h.Queue, Logger: h.Logger} }
 
 // errorBody is the body of every error response.
 type errorBody struct {
@@ -235,31 +220,8 @@ func (m *matcher) match(e queue.Entry) bool {
 	return true
 }
 
-// find returns the entries that f selects, queue by queue (in the order
-// of Queue.Queues), oldest first in each.
-func (h *Handler) find(f Filter) ([]queue.Entry, error) {
-	m, err := newMatcher(f, time.Now())
-	if err != nil {
-		return nil, err
-	}
-	qs, err := m.queues(h.Queue)
-	if err != nil {
-		return nil, err
-	}
-	var out []queue.Entry
-	for _, q := range qs {
-		es, err := h.Queue.List(q)
-		if err != nil {
-			return nil, err
-		}
-		for _, e := range es {
-			if m.match(e) {
-				out = append(out, e)
-			}
-		}
-	}
-	return out, nil
-}
+// find returns the entries that f selects (see API.Find).
+func (h *Handler) find(f Filter) ([]queue.Entry, error) { return h.api().Find(f) }
 
 func summary(e queue.Entry) Summary {
 	s := Summary{ID: e.ID, Queue: e.Queue}
@@ -331,19 +293,10 @@ func (h *Handler) list(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) show(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
-	it, err := h.Queue.Show(id)
+	d, err := h.api().Show(r.PathValue("id"))
 	if err != nil {
 		fail(w, status(err), err)
 		return
-	}
-	env := *it.Envelope
-	env.Head, env.BodyOff = nil, 0 // the header is below, as text
-	d := Detail{ID: id, Queue: it.Queue, Envelope: &env, Header: []string{}}
-	if it.Header != nil {
-		for _, f := range it.Header.Fields() {
-			d.Header = append(d.Header, unfold(f.Raw))
-		}
 	}
 	reply(w, http.StatusOK, d)
 }
@@ -376,18 +329,6 @@ func (h *Handler) action(w http.ResponseWriter, r *http.Request) (action string,
 	return action, fn, ok
 }
 
-// do runs action (the Queue method fn) on message id and logs it.
-func (h *Handler) do(ctx context.Context, action string, fn func(context.Context, string) error, id string) (Result, error) {
-	res := Result{ID: id, Action: action}
-	if err := fn(ctx, id); err != nil {
-		res.Error = err.Error()
-		h.log().Warn("queue admin: "+action+" failed", "id", id, "action", action, "error", err)
-		return res, err
-	}
-	h.log().Info("queue admin: "+action, "id", id, "action", action)
-	return res, nil
-}
-
 func (h *Handler) act(w http.ResponseWriter, r *http.Request) {
 	if action, fn, ok := h.action(w, r); ok {
 		h.act1(w, r, action, fn)
@@ -398,7 +339,7 @@ func (h *Handler) del(w http.ResponseWriter, r *http.Request) { h.act1(w, r, "de
 
 func (h *Handler) act1(w http.ResponseWriter, r *http.Request, action string, fn func(context.Context, string) error) {
 	id := r.PathValue("id")
-	res, err := h.do(r.Context(), action, fn, id)
+	res, err := h.api().do(r.Context(), action, fn, id)
 	if err != nil {
 		reply(w, status(err), res)
 		return
@@ -436,32 +377,14 @@ func (h *Handler) batch(w http.ResponseWriter, r *http.Request) {
 			ids = append(ids, e.ID)
 		}
 	}
-	out := Results{Results: make([]Result, 0, len(ids))}
-	for _, id := range ids {
-		res, err := h.do(r.Context(), action, fn, id)
-		if err != nil {
-			out.Failed++
-		}
-		out.Results = append(out.Results, res)
-	}
-	reply(w, http.StatusOK, out)
+	reply(w, http.StatusOK, h.api().doAll(r.Context(), action, fn, ids))
 }
 
 func (h *Handler) counts(w http.ResponseWriter, r *http.Request) {
-	qs, err := h.Queue.Queues()
+	c, err := h.api().Counts()
 	if err != nil {
 		fail(w, status(err), err)
 		return
 	}
-	out := Counts{Queues: make(map[string]int, len(qs))}
-	for _, q := range qs {
-		ids, err := h.Queue.IDs(q)
-		if err != nil {
-			fail(w, status(err), err)
-			return
-		}
-		out.Queues[q] = len(ids)
-		out.Total += len(ids)
-	}
-	reply(w, http.StatusOK, out)
+	reply(w, http.StatusOK, c)
 }
