@@ -95,7 +95,7 @@ type Spool struct {
 	noSync bool
 	dsn    bool
 	now    func() time.Time
-	clock  Clock // nil: the real clock
+	clock  Clock      // nil: the real clock
 	c      *committer // the accept path (Enqueue)
 	cs     *committer // everything else: the scheduler and the admin API
 	locks  idLocks
