@@ -28,7 +28,8 @@ type Store interface {
 	// Deliver or Deferred ready for an attempt: enqueued (Add, and a
 	// store's own accept path), or saved there (Save) with its
 	// NextAttempt due (an operator's requeue, release or bounce); nil
-	// unregisters. fn must not block.
+	// unregisters. fn must not block. It may be called for other queues
+	// too, which the scheduler ignores.
 	Watch(fn func(id, queue string))
 	// IDs lists the message IDs of queue q.
 	IDs(q string) ([]string, error)
