@@ -31,7 +31,9 @@ type recorder struct {
 	block chan struct{}
 }
 
-func newRecorder() *recorder { return &recorder{ch: make(chan string, 100), start: make(chan string, 100)} }
+func newRecorder() *recorder {
+	return &recorder{ch: make(chan string, 100), start: make(chan string, 100)}
+}
 
 func (r *recorder) Deliver(ctx context.Context, d *policy.Delivery) []policy.Reply {
 	r.start <- d.Tx.ID
