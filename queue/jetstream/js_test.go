@@ -15,11 +15,15 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mtakit/mtakit"
 	"github.com/mtakit/mtakit/policy"
 	"github.com/mtakit/mtakit/queue"
 	"github.com/mtakit/mtakit/queue/queuetest"
 	"github.com/mtakit/mtakit/smtp"
 )
+
+// The store is what an mtakit.Server needs, as the spool is.
+var _ mtakit.Store = (*Store)(nil)
 
 // recorder is a transport that records deliveries; block, when set,
 // holds a delivery until it is closed.
