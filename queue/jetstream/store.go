@@ -228,6 +228,11 @@ func (s *Store) Close() error {
 	return nil
 }
 
+// Conn returns the connection the store uses (Config.Conn, or the one
+// Open made), for other JetStream state of the same servers (key-value
+// buckets); it stays open until Close.
+func (s *Store) Conn() *nats.Conn { return s.nc }
+
 // SupportsDSN reports whether DSN parameters are honoured (see Config.NoDSN).
 func (s *Store) SupportsDSN() bool { return !s.cfg.NoDSN }
 
