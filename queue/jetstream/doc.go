@@ -53,7 +53,9 @@
 // The retry schedule (5 min doubling to 4 h, lifetime 5 days), DSNs and
 // delay warnings are the scheduler's (queue.Config), the same as with the
 // spool; a deferred message waits in the stream until its next attempt (a
-// nak with delay), so no node keeps timers for it. Delay warnings come
+// nak with delay, which keeps it among the consumer's pending acks: the
+// consumer has no MaxAckPending limit, and its state grows with the
+// deferred messages), so no node keeps timers for it. Delay warnings come
 // with the attempts, not between them.
 //
 // # Durability: the exact guarantee

@@ -206,7 +206,10 @@ func (s *Store) setup(ctx context.Context) error {
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       s.cfg.AckWait,
 		MaxDeliver:    -1,
-		MaxAckPending: 100000,
+		// A deferred message waits as a nak with delay, which keeps it
+		// among the consumer's pending acks: any limit would stop
+		// delivery once that many messages are deferred.
+		MaxAckPending: -1,
 		Replicas:      s.cfg.Replicas,
 	})
 	if err != nil {
