@@ -203,9 +203,9 @@ func (s *Store) setup(ctx context.Context) error {
 			s.prefix + "env.*." + queue.Deliver,
 			s.prefix + "env.*." + queue.Deferred,
 		},
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       s.cfg.AckWait,
-		MaxDeliver:    -1,
+		AckPolicy:  jetstream.AckExplicitPolicy,
+		AckWait:    s.cfg.AckWait,
+		MaxDeliver: -1,
 		// A deferred message waits as a nak with delay, which keeps it
 		// among the consumer's pending acks: any limit would stop
 		// delivery once that many messages are deferred.
