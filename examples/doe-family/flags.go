@@ -41,6 +41,8 @@ type config struct {
 	adminSocket, adminAddr       string        // see queuecmd.go
 	adminTokenFile               string        //
 	metrics                      string        // see metrics.go
+	queue, natsEmbedded, node    string        // see cluster.go
+	natsReplicas                 int           //
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -86,6 +88,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.adminAddr, "admin-addr", "", "also serve the queue admin API on this loopback host:port, with the token of -admin-token-file; empty: off")
 	fs.StringVar(&c.adminTokenFile, "admin-token-file", "", "file holding the bearer token of -admin-addr")
 	fs.StringVar(&c.metrics, "metrics", "", "serve Prometheus metrics on http://host:port/metrics, e.g. 127.0.0.1:9025; empty: off")
+	fs.StringVar(&c.queue, "queue", "", "the queue on a NATS JetStream cluster, nats://host:port[,host:port...], shared with the other nodes, with the rate limits, greylisting and AUTH failure counts; empty: the filesystem spool in -spool")
+	fs.StringVar(&c.natsEmbedded, "nats-embedded", "", "run a single-node NATS JetStream inside this process with its data in this directory (fsync at every write) and keep the queue there, to try the JetStream queue without a cluster; empty: off")
+	fs.StringVar(&c.node, "node", host, "this node's name in a -queue cluster (unique per node)")
+	fs.IntVar(&c.natsReplicas, "nats-replicas", 0, "replicas of the -queue streams and buckets (at most the cluster's size); 0: 3 for -queue, 1 for -nats-embedded")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
