@@ -4,11 +4,41 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/mtakit/mtakit/policy"
 )
+
+// Admin is the operators' view of a queue: list, show, read, hold,
+// release, bounce, requeue, move and delete messages, over any Store (the
+// admin API of queue/admin and the doe-family queue command use it). *Spool
+// has the same methods, through an Admin of its own. Set the fields, then
+// use it; they must not change once it is in use. Its methods are safe
+// for concurrent use, also while a Scheduler runs on the store: a change
+// waits while a delivery attempt of the message is under way in this
+// process (Store.Lock).
+//
+// # Configuration and logging
+//
+// Admin is configured by its fields (Store required; Clock nil means the
+// real clock). It logs nothing: every outcome is its methods' result.
+type Admin struct {
+	// Store holds the messages; required.
+	Store Store
+	// Clock gives the time set as a requeued message's next attempt. Nil
+	// means the real clock.
+	Clock Clock
+}
+
+func (a *Admin) now() time.Time {
+	if a.Clock == nil {
+		return time.Now()
+	}
+	return a.Clock.Now()
+}
 
 // Entry is one message of a queue as List reports it. Envelope is nil and
 // Err set when the envelope cannot be read.
@@ -19,16 +49,22 @@ type Entry struct {
 	Err      error
 }
 
+// Queues lists the queues (see Store.Queues).
+func (a *Admin) Queues() ([]string, error) { return a.Store.Queues() }
+
+// IDs lists the message IDs of queue q.
+func (a *Admin) IDs(q string) ([]string, error) { return a.Store.IDs(q) }
+
 // List returns the messages of queue q, oldest first.
-func (s *Spool) List(q string) ([]Entry, error) {
-	ids, err := s.listIDs(q)
+func (a *Admin) List(q string) ([]Entry, error) {
+	ids, err := a.Store.IDs(q)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]Entry, 0, len(ids))
 	for _, id := range ids {
-		env, err := s.readEnvelope(q, id)
-		if errors.Is(err, ErrNotFound) {
+		lq, env, err := a.envelope(id)
+		if errors.Is(err, ErrNotFound) || err == nil && lq != q {
 			continue // moved meanwhile
 		}
 		out = append(out, Entry{ID: id, Queue: q, Envelope: env, Err: err})
@@ -44,6 +80,16 @@ func (s *Spool) List(q string) ([]Entry, error) {
 	return out, nil
 }
 
+// envelope returns the queue and envelope of id.
+func (a *Admin) envelope(id string) (string, *Envelope, error) {
+	q, env, m, err := a.Store.Load(id)
+	if err != nil {
+		return q, nil, err
+	}
+	m.Close()
+	return q, env, nil
+}
+
 // Item is one message as Show reports it.
 type Item struct {
 	Queue    string
@@ -52,12 +98,8 @@ type Item struct {
 }
 
 // Show returns the queue, envelope and header of message id.
-func (s *Spool) Show(id string) (*Item, error) {
-	q, err := s.locate(id)
-	if err != nil {
-		return nil, err
-	}
-	env, m, err := s.loadEntry(q, id)
+func (a *Admin) Show(id string) (*Item, error) {
+	q, env, m, err := a.Store.Load(id)
 	if err != nil {
 		return nil, err
 	}
@@ -66,12 +108,42 @@ func (s *Spool) Show(id string) (*Item, error) {
 	return &Item{Queue: q, Envelope: env, Header: h}, nil
 }
 
+// ReadMessage returns message id as it is delivered (with the header
+// edits of the postq rules); the caller closes it. With a *Spool the
+// message stays readable until closed even if it is delivered or deleted
+// meanwhile.
+func (a *Admin) ReadMessage(id string) (io.ReadCloser, error) {
+	_, _, m, err := a.Store.Load(id)
+	if err != nil {
+		return nil, err
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{m.Reader(), m}, nil
+}
+
+// locked waits for message id's lock (held during a delivery attempt) and
+// returns its queue and envelope, with the unlock to call.
+func (a *Admin) locked(ctx context.Context, id string) (string, *Envelope, func(), error) {
+	unlock, err := a.Store.Lock(ctx, id)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	q, env, err := a.envelope(id)
+	if err != nil {
+		unlock()
+		return q, nil, nil, err
+	}
+	return q, env, unlock, nil
+}
+
 // Requeue schedules message id for delivery now: a deferred message (or a
 // dead one, whose failed recipients are tried again) goes to deliver, or to
 // working when its postq rules have not run yet. It waits while a delivery
 // attempt of the message is under way.
-func (s *Spool) Requeue(ctx context.Context, id string) error {
-	q, unlock, err := s.lockLocated(ctx, id)
+func (a *Admin) Requeue(ctx context.Context, id string) error {
+	q, env, unlock, err := a.locked(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -86,10 +158,6 @@ func (s *Spool) Requeue(ctx context.Context, id string) error {
 		}
 		return fmt.Errorf("%w: cannot requeue from %s (use Move)", ErrBadQueue, q)
 	}
-	env, err := s.readEnvelope(q, id)
-	if err != nil {
-		return err
-	}
 	if q == Dead {
 		for i := range env.Rcpts {
 			if env.Rcpts[i].State == RcptFailed {
@@ -97,17 +165,19 @@ func (s *Spool) Requeue(ctx context.Context, id string) error {
 			}
 		}
 	}
-	env.NextAttempt = s.now()
+	env.NextAttempt = a.now()
 	env.InFlight, env.Crashes = false, 0 // an operator's retry starts afresh
 	to := Deliver
 	if !env.PostQDone {
 		to = Working
 	}
-	if err := s.update(ctx, env, q, to, true); err != nil {
-		return err
-	}
-	s.notify(id, to)
-	return nil
+	return a.save(ctx, env, q, to)
+}
+
+// save stores env, moved from q to "to" (the store reports it to the
+// scheduler when it is due there: see Store.Watch).
+func (a *Admin) save(ctx context.Context, env *Envelope, q, to string) error {
+	return a.Store.Save(ctx, env, q, to, nil)
 }
 
 // Move moves message id to queue to (working, deliver, deferred, dead or
@@ -115,34 +185,38 @@ func (s *Spool) Requeue(ctx context.Context, id string) error {
 // working runs the postq rules again (on the message as received: header
 // edits of an earlier run are dropped), to deliver skips them. It waits while a
 // delivery attempt of the message is under way.
-func (s *Spool) Move(ctx context.Context, id, to string) error {
-	if _, err := s.queueDir(to); err != nil {
-		return err
+func (a *Admin) Move(ctx context.Context, id, to string) error {
+	if !validQueue(to) {
+		return fmt.Errorf("%w: %q", ErrBadQueue, to)
 	}
 	if to == Corrupt {
 		return fmt.Errorf("%w: cannot move into %s", ErrBadQueue, to)
 	}
-	q, unlock, err := s.lockLocated(ctx, id)
+	q, env, unlock, err := a.locked(ctx, id)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	env, err := s.readEnvelope(q, id)
-	if err != nil {
-		return err
+	return a.move(ctx, q, env, to)
+}
+
+// validQueue reports whether q names a queue.
+func validQueue(q string) bool {
+	if slices.Contains(baseQueues, q) {
+		return true
 	}
-	return s.move(ctx, q, env, to)
+	name, ok := strings.CutPrefix(q, QuarantinePrefix)
+	return ok && validID(name)
 }
 
 // move moves env, read from queue q, to queue to, as Move does; the
 // caller holds its lock.
-func (s *Spool) move(ctx context.Context, q string, env *Envelope, to string) error {
-	id := env.ID
+func (a *Admin) move(ctx context.Context, q string, env *Envelope, to string) error {
 	if to == Deliver || to == Working || to == Deferred {
-		env.NextAttempt = s.now()
+		env.NextAttempt = a.now()
 		env.InFlight, env.Crashes = false, 0 // an operator's retry starts afresh
 		if !env.pending() {
-			return fmt.Errorf("queue: %s has no recipient left to deliver", id)
+			return fmt.Errorf("queue: %s has no recipient left to deliver", env.ID)
 		}
 	}
 	switch to {
@@ -155,35 +229,54 @@ func (s *Spool) move(ctx context.Context, q string, env *Envelope, to string) er
 		env.PostQDone = false
 		env.Head, env.BodyOff = nil, 0
 	}
-	if err := s.update(ctx, env, q, to, true); err != nil {
-		return err
-	}
-	s.notify(id, to)
-	return nil
+	return a.save(ctx, env, q, to)
 }
 
 // Delete removes message id from whatever queue holds it. It waits while a
 // delivery attempt of the message is under way.
-func (s *Spool) Delete(ctx context.Context, id string) error {
-	q, unlock, err := s.lockLocated(ctx, id)
+func (a *Admin) Delete(ctx context.Context, id string) error {
+	unlock, err := a.Store.Lock(ctx, id)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	return s.remove(ctx, q, id)
+	q, _, err := a.envelope(id)
+	if err != nil && (q == "" || !errors.Is(err, ErrCorrupt)) {
+		return err // an unreadable entry (corrupt) can be deleted
+	}
+	return a.Store.Remove(ctx, q, id)
 }
 
-// lockLocated waits for message id's lock (held during a delivery attempt)
-// and returns the queue that holds it, with the unlock to call.
-func (s *Spool) lockLocated(ctx context.Context, id string) (string, func(), error) {
-	unlock, err := s.locks.lock(ctx, id)
-	if err != nil {
-		return "", nil, err
-	}
-	q, err := s.locate(id)
-	if err != nil {
-		unlock()
-		return "", nil, err
-	}
-	return q, unlock, nil
-}
+// admin returns the Admin of the spool, which its admin methods use.
+func (s *Spool) admin() *Admin { return &Admin{Store: s, Clock: s.clock} }
+
+// List returns the messages of queue q, oldest first (see Admin.List).
+func (s *Spool) List(q string) ([]Entry, error) { return s.admin().List(q) }
+
+// Show returns the queue, envelope and header of message id (see Admin.Show).
+func (s *Spool) Show(id string) (*Item, error) { return s.admin().Show(id) }
+
+// ReadMessage returns message id as it is delivered (see
+// Admin.ReadMessage); the caller closes it. The message stays readable
+// until closed even if it is delivered or deleted meanwhile.
+func (s *Spool) ReadMessage(id string) (io.ReadCloser, error) { return s.admin().ReadMessage(id) }
+
+// Requeue schedules message id for delivery now (see Admin.Requeue).
+func (s *Spool) Requeue(ctx context.Context, id string) error { return s.admin().Requeue(ctx, id) }
+
+// Move moves message id to queue to (see Admin.Move).
+func (s *Spool) Move(ctx context.Context, id, to string) error { return s.admin().Move(ctx, id, to) }
+
+// Delete removes message id from whatever queue holds it (see
+// Admin.Delete).
+func (s *Spool) Delete(ctx context.Context, id string) error { return s.admin().Delete(ctx, id) }
+
+// Hold moves message id to the hold queue (see Admin.Hold).
+func (s *Spool) Hold(ctx context.Context, id string) error { return s.admin().Hold(ctx, id) }
+
+// Release sends a held or quarantined message on to delivery now (see
+// Admin.Release).
+func (s *Spool) Release(ctx context.Context, id string) error { return s.admin().Release(ctx, id) }
+
+// Bounce returns message id to its sender (see Admin.Bounce).
+func (s *Spool) Bounce(ctx context.Context, id string) error { return s.admin().Bounce(ctx, id) }

@@ -167,6 +167,18 @@ type Client struct {
 // read back; the scheduler moves such entries to the corrupt queue.
 var ErrCorrupt = errors.New("queue: corrupt entry")
 
+// NewEnvelope builds the envelope of a transaction being queued at now
+// (its arrival time when tx.Received is zero), every recipient pending: the
+// accept path of a Store (see Spool.Enqueue). It fails when a value of the
+// transaction cannot be kept (see policy.Key).
+func NewEnvelope(tx *policy.Transaction, now time.Time) (*Envelope, error) {
+	return newEnvelope(tx, now)
+}
+
+// ValidID reports whether id can be a queue ID: 1 to 128 characters of
+// [A-Za-z0-9._-], not starting with a dot (safe as a file name).
+func ValidID(id string) bool { return validID(id) }
+
 // newEnvelope builds the envelope of a transaction being queued. It fails
 // when a value of the transaction cannot be kept.
 func newEnvelope(tx *policy.Transaction, now time.Time) (*Envelope, error) {

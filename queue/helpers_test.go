@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"testing"
@@ -343,4 +344,14 @@ func mustAddrPort(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
 
 func tlsState() *tls.ConnectionState {
 	return &tls.ConnectionState{Version: tls.VersionTLS13, CipherSuite: tls.TLS_AES_128_GCM_SHA256, HandshakeComplete: true}
+}
+
+// readEnvelope reads the envelope of id in queue q.
+func (s *Spool) readEnvelope(q, id string) (*Envelope, error) {
+	f, env, err := s.openEntry(q, id, os.O_RDONLY)
+	if err != nil {
+		return nil, err
+	}
+	s.closeEntry(f, id)
+	return env, nil
 }

@@ -3,14 +3,13 @@ package queue
 import (
 	"context"
 	"fmt"
-	"io"
 	"strings"
 
 	"github.com/mtakit/mtakit/policy"
 )
 
 // replyReturned is the reply recorded for the recipients of a message an
-// operator bounced (Spool.Bounce), shown in its DSN.
+// operator bounced (Admin.Bounce), shown in its DSN.
 func replyReturned() policy.Reply {
 	return policy.Reply{Code: 550, Enhanced: "5.0.0", Text: "Message returned to sender by the mail system administrator"}
 }
@@ -19,8 +18,8 @@ func replyReturned() policy.Reply {
 // delivered until Release (Postfix's postsuper -h). Only a message waiting
 // for delivery can be held: one in working, deliver or deferred. It waits
 // while a delivery attempt of the message is under way.
-func (s *Spool) Hold(ctx context.Context, id string) error {
-	q, unlock, err := s.lockLocated(ctx, id)
+func (a *Admin) Hold(ctx context.Context, id string) error {
+	q, env, unlock, err := a.locked(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -30,11 +29,7 @@ func (s *Spool) Hold(ctx context.Context, id string) error {
 	default:
 		return fmt.Errorf("%w: cannot hold a message of %s", ErrBadQueue, q)
 	}
-	env, err := s.readEnvelope(q, id)
-	if err != nil {
-		return err
-	}
-	return s.update(ctx, env, q, Hold, true)
+	return a.Store.Save(ctx, env, q, Hold, nil)
 }
 
 // Release sends a held or quarantined message on to delivery now. From a
@@ -44,8 +39,8 @@ func (s *Spool) Hold(ctx context.Context, id string) error {
 // again unless the rule changed its mind). From hold it goes to deliver,
 // or to working when its postq rules had not run yet. It waits while a
 // delivery attempt of the message is under way.
-func (s *Spool) Release(ctx context.Context, id string) error {
-	q, unlock, err := s.lockLocated(ctx, id)
+func (a *Admin) Release(ctx context.Context, id string) error {
+	q, env, unlock, err := a.locked(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -53,15 +48,11 @@ func (s *Spool) Release(ctx context.Context, id string) error {
 	if q != Hold && !strings.HasPrefix(q, QuarantinePrefix) {
 		return fmt.Errorf("%w: cannot release a message of %s (only hold and quarantine)", ErrBadQueue, q)
 	}
-	env, err := s.readEnvelope(q, id)
-	if err != nil {
-		return err
-	}
 	to := Deliver
 	if q == Hold && !env.PostQDone {
 		to = Working
 	}
-	return s.move(ctx, q, env, to)
+	return a.move(ctx, q, env, to)
 }
 
 // Bounce returns message id to its sender: each recipient not yet
@@ -72,8 +63,8 @@ func (s *Spool) Release(ctx context.Context, id string) error {
 // Without a running scheduler that happens when one starts. A message of
 // working, deliver, deferred, hold or a quarantine can be bounced. It
 // waits while a delivery attempt of the message is under way.
-func (s *Spool) Bounce(ctx context.Context, id string) error {
-	q, unlock, err := s.lockLocated(ctx, id)
+func (a *Admin) Bounce(ctx context.Context, id string) error {
+	q, env, unlock, err := a.locked(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -82,10 +73,6 @@ func (s *Spool) Bounce(ctx context.Context, id string) error {
 	case q == Working, q == Deliver, q == Deferred, q == Hold, strings.HasPrefix(q, QuarantinePrefix):
 	default:
 		return fmt.Errorf("%w: cannot bounce a message of %s", ErrBadQueue, q)
-	}
-	env, err := s.readEnvelope(q, id)
-	if err != nil {
-		return err
 	}
 	if !env.pending() {
 		return fmt.Errorf("%w: %s has no recipient left to bounce", ErrBadQueue, id)
@@ -97,29 +84,7 @@ func (s *Spool) Bounce(ctx context.Context, id string) error {
 	}
 	env.Returned = true
 	env.PostQDone = true // returned as it is: no rule runs on it any more
-	env.NextAttempt = s.now()
+	env.NextAttempt = a.now()
 	env.InFlight, env.Crashes = false, 0
-	if err := s.update(ctx, env, q, Deliver, true); err != nil {
-		return err
-	}
-	s.notify(id, Deliver)
-	return nil
-}
-
-// ReadMessage returns message id as it is delivered (with the header
-// edits of the postq rules); the caller closes it. The message stays
-// readable until closed even if it is delivered or deleted meanwhile.
-func (s *Spool) ReadMessage(id string) (io.ReadCloser, error) {
-	q, err := s.locate(id)
-	if err != nil {
-		return nil, err
-	}
-	_, m, err := s.loadEntry(q, id)
-	if err != nil {
-		return nil, err
-	}
-	return struct {
-		io.Reader
-		io.Closer
-	}{m.Reader(), m}, nil
+	return a.save(ctx, env, q, Deliver)
 }

@@ -53,7 +53,7 @@ func TestRecycledEntryHoldsOnlyTheNewMessage(t *testing.T) {
 	q, env, m, err := sp.Load("old")
 	require.NoError(t, err)
 	m.Close()
-	require.NoError(t, sp.Remove(ctx, q, env))
+	require.NoError(t, sp.Remove(ctx, q, env.ID))
 	assert.Equal(t, 1, sp.rec.size(), "the delivered entry's file waits in free/")
 	_, _, _, err = sp.Load("old")
 	assert.ErrorIs(t, err, ErrNotFound)
@@ -89,7 +89,7 @@ func TestRecycleWaitsForReaders(t *testing.T) {
 	require.NoError(t, sp.Enqueue(ctx, newTx("m1", "a@example.org", "b@example.com"), newMessage(t, first)))
 	q, env, held, err := sp.Load("m1")
 	require.NoError(t, err)
-	require.NoError(t, sp.Remove(ctx, q, env))
+	require.NoError(t, sp.Remove(ctx, q, env.ID))
 	assert.Equal(t, 0, sp.rec.size(), "a file still read is not offered for reuse")
 
 	// A new entry gets a new file: the held message reads what it held.
@@ -114,14 +114,14 @@ func TestRecycleLimits(t *testing.T) {
 	q, env, m, err := sp.Load("big")
 	require.NoError(t, err)
 	m.Close()
-	require.NoError(t, sp.Remove(ctx, q, env))
+	require.NoError(t, sp.Remove(ctx, q, env.ID))
 	assert.Equal(t, 0, sp.rec.size(), "a large file is unlinked, not kept")
 
 	require.NoError(t, sp.Enqueue(ctx, newTx("small", "a@example.org", "b@example.com"), newMessage(t, testMsg)))
 	q, env, m, err = sp.Load("small")
 	require.NoError(t, err)
 	m.Close()
-	require.NoError(t, sp.Remove(ctx, q, env))
+	require.NoError(t, sp.Remove(ctx, q, env.ID))
 	require.NoError(t, sp.Close())
 	ents, err := os.ReadDir(filepath.Join(dir, freeDir))
 	require.NoError(t, err)
@@ -146,7 +146,7 @@ func TestRecycleLimits(t *testing.T) {
 			q, env, m, err := sp.Load(fmt.Sprintf("%s%03d", prefix, i))
 			require.NoError(t, err)
 			m.Close()
-			require.NoError(t, sp.Remove(ctx, q, env))
+			require.NoError(t, sp.Remove(ctx, q, env.ID))
 		}
 	}
 	cycle(30, "n")
@@ -182,7 +182,7 @@ func TestRecycleFreeDirBroken(t *testing.T) {
 	q, env, m, err := sp.Load("m1")
 	require.NoError(t, err)
 	m.Close()
-	require.NoError(t, sp.Remove(ctx, q, env))
+	require.NoError(t, sp.Remove(ctx, q, env.ID))
 	_, _, _, err = sp.Load("m1")
 	assert.ErrorIs(t, err, ErrNotFound)
 	assert.Equal(t, 0, sp.rec.size())

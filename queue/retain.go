@@ -83,7 +83,7 @@ func (s *Scheduler) purgeOne(ctx context.Context, q, id string) {
 	if age < s.cfg.Retention {
 		return
 	}
-	if err := s.st.Remove(ctx, q, env); err != nil {
+	if err := s.st.Remove(ctx, q, env.ID); err != nil {
 		s.log.Error("queue: retention: cannot delete entry", "id", id, "queue", q, "error", err)
 		return
 	}

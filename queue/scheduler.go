@@ -124,6 +124,9 @@ type Scheduler struct {
 	// syncs are the sync rounds of st when it is a *Spool: its Maildir
 	// deliveries join them (see Maildir).
 	syncs *fsSyncs
+	// shared is st when it is a SharedStore, which decides when each
+	// message is worked on (no start-up scan, no retry timers).
+	shared SharedStore
 
 	mu      sync.Mutex
 	ready   []string
@@ -211,14 +214,16 @@ func NewScheduler(st Store, cfg Config) *Scheduler {
 	if sp, ok := st.(*Spool); ok {
 		s.syncs = &sp.syncs
 	}
+	s.shared, _ = st.(SharedStore)
 	return s
 }
 
-// Run picks up every message in working, deliver and deferred and processes
-// messages until ctx ends; then it waits for the attempts under way and
+// Run picks up every message in working, deliver and deferred (with a
+// SharedStore: those the store hands this process) and processes messages
+// until ctx ends; then it waits for the attempts under way and
 // returns ctx's error. Messages enqueued, requeued or moved while it runs
-// are picked up at once. Run one scheduler per store at a time, and stop
-// it before closing the store.
+// are picked up at once. Run one scheduler per store at a time (per
+// process with a SharedStore), and stop it before closing the store.
 func (s *Scheduler) Run(ctx context.Context) error {
 	defer func() {
 		s.mu.Lock()
@@ -230,8 +235,8 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	defer s.st.Watch(nil)
 	// The scan only queues: were workers started by it, a message enqueued
 	// meanwhile could be started by its notify and queued again by the
-	// scan, and run twice.
-	for _, q := range []string{Working, Deliver, Deferred} {
+	// scan, and run twice. A shared store hands over its messages itself.
+	for _, q := range s.scanned() {
 		ids, err := s.st.IDs(q)
 		if err != nil {
 			return err
@@ -351,8 +356,21 @@ func (s *Scheduler) poke() {
 	}
 }
 
-// retryAt schedules id for time at.
+// scanned returns the queues Run scans when it starts: none for a shared
+// store, whose Watch reports the waiting messages.
+func (s *Scheduler) scanned() []string {
+	if s.shared != nil {
+		return nil
+	}
+	return []string{Working, Deliver, Deferred}
+}
+
+// retryAt schedules id for time at. With a shared store it does nothing:
+// the store brings the message back when its NextAttempt is due.
 func (s *Scheduler) retryAt(id string, at time.Time) {
+	if s.shared != nil {
+		return
+	}
 	s.mu.Lock()
 	s.timerAt[id] = at
 	heap.Push(&s.timers, timer{at: at, id: id})
@@ -375,6 +393,13 @@ func (s *Scheduler) work(ctx context.Context, id string) {
 		return
 	}
 	defer unlock()
+	if s.shared != nil {
+		release, ok := s.shared.Claim(id)
+		if !ok {
+			return // taken by an operator or another process meanwhile
+		}
+		defer release()
+	}
 	q, env, m, err := s.st.Load(id)
 	switch {
 	case errors.Is(err, ErrNotFound):
@@ -800,7 +825,7 @@ func (s *Scheduler) finish(ctx context.Context, q string, env *Envelope, m *poli
 	case env.Returned:
 		// Bounced by an operator (Spool.Bounce): returned to its sender
 		// above, it is deleted, not kept in dead.
-		if err := s.st.Remove(ctx, q, env); err != nil {
+		if err := s.st.Remove(ctx, q, env.ID); err != nil {
 			s.log.Error("queue: cannot remove returned message", "id", env.ID, "error", err)
 			return
 		}
@@ -809,7 +834,7 @@ func (s *Scheduler) finish(ctx context.Context, q string, env *Envelope, m *poli
 		env.LastError = rcptErrors(env, RcptFailed)
 		s.moveOn(ctx, q, Dead, env)
 	default:
-		if err := s.st.Remove(ctx, q, env); err != nil {
+		if err := s.st.Remove(ctx, q, env.ID); err != nil {
 			s.log.Error("queue: cannot remove delivered message", "id", env.ID, "error", err)
 			return
 		}

@@ -95,6 +95,7 @@ type Spool struct {
 	noSync bool
 	dsn    bool
 	now    func() time.Time
+	clock  Clock      // nil: the real clock
 	c      *committer // the accept path (Enqueue)
 	cs     *committer // everything else: the scheduler and the admin API
 	locks  idLocks
@@ -132,7 +133,7 @@ func Open(dir string, cfg SpoolConfig) (*Spool, error) {
 		s.log = slog.Default()
 	}
 	if cfg.Clock != nil {
-		s.now = cfg.Clock.Now
+		s.now, s.clock = cfg.Clock.Now, cfg.Clock
 	}
 	for _, d := range append([]string{"tmp", "quarantine"}, baseQueues...) {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o750); err != nil {
@@ -584,16 +585,6 @@ func (c *entryCloser) Close() error {
 		c.env.f = nil
 	}
 	return c.s.closeEntry(c.f, c.id)
-}
-
-// readEnvelope reads the envelope of id in queue q.
-func (s *Spool) readEnvelope(q, id string) (*Envelope, error) {
-	f, env, err := s.openEntry(q, id, os.O_RDONLY)
-	if err != nil {
-		return nil, err
-	}
-	s.closeEntry(f, id)
-	return env, nil
 }
 
 // loadEntry returns the envelope and message of id in queue q; the message

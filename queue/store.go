@@ -3,53 +3,94 @@ package queue
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 
 	"github.com/mtakit/mtakit/policy"
 )
 
-// Store is the storage a Scheduler works on. *Spool, on the local
-// filesystem, is the embedded one; a store on a shared engine (NATS
-// JetStream, PostgreSQL) can take its place without touching the scheduler.
-// Every method is safe for concurrent use, and each change is durable when
-// the method returns.
+// Store is the storage a Scheduler and the admin operations (Admin) work
+// on: what they need, nothing of how a store keeps its messages. *Spool, on
+// the local filesystem, is the embedded one; queue/jetstream keeps the queue
+// on a NATS JetStream cluster shared by several processes (see SharedStore).
+// The conformance suite in queue/queuetest runs against every store.
+//
+// A message is identified by its ID (Envelope.ID, unique in the store) and
+// lives in one queue at a time: Working, Deliver, Deferred, Hold, Dead,
+// Corrupt or a quarantine queue (QuarantinePrefix + name). Every method is
+// safe for concurrent use, and each change is durable when the method
+// returns unless its documentation says otherwise.
 type Store interface {
-	// Watch registers fn to be called when a message arrives in a queue
-	// (enqueued, requeued, moved); nil unregisters.
+	// Watch registers fn to be called when a message arrives in Working,
+	// Deliver or Deferred ready for an attempt: enqueued (Add, and a
+	// store's own accept path), or saved there (Save) with its
+	// NextAttempt due (an operator's requeue, release or bounce); nil
+	// unregisters. fn must not block. It may be called for other queues
+	// too, which the scheduler ignores.
 	Watch(fn func(id, queue string))
 	// IDs lists the message IDs of queue q.
 	IDs(q string) ([]string, error)
 	// Queues lists the queues: Working, Deliver, Deferred, Hold, Dead,
 	// Corrupt and every quarantine queue ("quarantine/<name>") that exists.
 	Queues() ([]string, error)
-	// Lock gives the caller exclusive use of message id until unlock is
-	// called; it waits while another holds it, up to ctx.
+	// Lock gives the caller exclusive use of message id in this process
+	// until unlock is called; it waits while another holds it, up to ctx.
+	// (Between processes sharing a store, see SharedStore.)
 	Lock(ctx context.Context, id string) (unlock func(), err error)
 	// Load returns the queue, envelope and message of id; the caller
-	// closes the message. An error wraps ErrNotFound when id is gone, and
-	// ErrCorrupt (queue then set) when the entry cannot be read back.
+	// closes the message. An error wraps ErrNotFound when id is gone,
+	// ErrBadID when id is not a valid ID, and ErrCorrupt (queue then set)
+	// when the entry cannot be read back.
 	Load(id string) (queue string, env *Envelope, m *policy.Message, err error)
-	// Save stores env and moves it from queue "from" to queue "to" (the
-	// same to stay); a move sets env.Moved to the time of the move. When m is not nil its current content (header edits
-	// included) replaces the stored message, atomically with the envelope.
+	// Save stores env and moves it from queue "from" (where Load found
+	// it) to queue "to" (the same to stay); a move sets env.Moved to the
+	// time of the move. When m is not nil its current content (header
+	// edits included) replaces the stored message, atomically with the
+	// envelope. An error wraps ErrNotFound when the message is no longer
+	// in "from", and ErrBadQueue for a bad queue name.
 	Save(ctx context.Context, env *Envelope, from, to string, m *policy.Message) error
-	// SaveUnsynced is Save without waiting for durability: the change is
+	// SaveUnsynced is Save without waiting for durability: the record of
+	// an attempt about to start (Envelope.InFlight set). The change is
 	// visible at once and survives a crash of the process, but a crash of
 	// the machine may undo it, the message coming back as it was before.
-	// The scheduler records an attempt this way just before making it.
 	SaveUnsynced(ctx context.Context, env *Envelope, from, to string, m *policy.Message) error
-	// Remove deletes the message env of queue q after its delivery, or
-	// when its retention ran out; it need not be durable at once (a crash
-	// may bring the message back).
-	Remove(ctx context.Context, q string, env *Envelope) error
+	// Remove deletes message id of queue q (delivered, deleted by an
+	// operator, or its retention ran out). It need not be durable at
+	// once: a crash may bring the message back, to be delivered again (at
+	// least once).
+	Remove(ctx context.Context, q, id string) error
 	// SetAside moves the unreadable entry id of queue q to the corrupt
 	// queue, logging cause.
 	SetAside(ctx context.Context, q, id string, cause error)
 	// Add stores a new message, whose content write produces, with
-	// envelope env (env.ID new) in queue q.
+	// envelope env (env.ID new, at least one recipient) in queue q: the
+	// DSNs the scheduler generates.
 	Add(ctx context.Context, env *Envelope, q string, write func(io.Writer) (int64, error)) error
+}
+
+// SharedStore is a Store whose messages the schedulers of several
+// processes share (queue/jetstream): the store, not the scheduler, decides
+// which process works on which message and when.
+//
+// Its Watch reports only the messages this process is to work on now,
+// each handed to one process at a time: at once those waiting when Watch
+// is called, then as they come due. A message the scheduler leaves without
+// moving it out of Working, Deliver or Deferred comes back through Watch
+// (on this process or another) when its Envelope.NextAttempt is due, and a
+// message whose process stops comes back on another. The scheduler
+// therefore scans no queue when it starts and keeps no retry timers.
+type SharedStore interface {
+	Store
+	// Claim is called by the scheduler, with Lock held, before it works
+	// on message id, which Watch gave it. ok false means this process no
+	// longer holds it (an operator's change, or it went to another
+	// process): the scheduler leaves it. Otherwise the scheduler calls
+	// release when done with it; a message not saved or removed meanwhile
+	// is handed out again when its NextAttempt is due.
+	Claim(id string) (release func(), ok bool)
 }
 
 var _ Store = (*Spool)(nil)
@@ -101,6 +142,19 @@ func (s *Spool) SaveUnsynced(ctx context.Context, env *Envelope, from, to string
 }
 
 func (s *Spool) save(ctx context.Context, env *Envelope, from, to string, m *policy.Message, durable bool) error {
+	if err := s.saveEntry(ctx, env, from, to, m, durable); err != nil {
+		return err
+	}
+	if runnable(to) && !env.NextAttempt.After(s.now()) {
+		s.notify(env.ID, to)
+	}
+	return nil
+}
+
+// runnable reports whether the scheduler works on the messages of queue q.
+func runnable(q string) bool { return q == Working || q == Deliver || q == Deferred }
+
+func (s *Spool) saveEntry(ctx context.Context, env *Envelope, from, to string, m *policy.Message, durable bool) error {
 	if m == nil {
 		return s.update(ctx, env, from, to, durable)
 	}
@@ -144,25 +198,27 @@ func storedBody(env *Envelope, m *policy.Message) (int64, bool) {
 // Remove implements Store. It does not wait for a sync: a crash right
 // after may bring the message back, to be delivered again (at least
 // once), which the scheduler allows.
-func (s *Spool) Remove(ctx context.Context, q string, env *Envelope) error {
-	s.dropHot(env.ID)
+func (s *Spool) Remove(ctx context.Context, q, id string) error {
+	if !validID(id) {
+		return fmt.Errorf("%w: %q", ErrBadID, id)
+	}
+	s.dropHot(id)
 	dir, err := s.queueDir(q)
 	if err != nil {
 		return err
 	}
-	path := entryPath(dir, env.ID)
-	size := env.end
-	if size == 0 {
-		st, err := os.Stat(path)
-		if err != nil {
-			return err
+	path := entryPath(dir, id)
+	st, err := os.Stat(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%w: %s", ErrNotFound, id)
 		}
-		size = st.Size()
-	}
-	if err := s.rec.discard(path, env.ID, size); err != nil {
 		return err
 	}
-	s.release(env.ID)
+	if err := s.rec.discard(path, id, st.Size()); err != nil {
+		return err
+	}
+	s.release(id)
 	return nil
 }
 

@@ -28,6 +28,10 @@ var allowed = map[string][]string{
 	"delegate":          {"policy"},
 	"queue":             {"policy"},
 	"smtp":              {"policy", "queue"},
+	// The JetStream store is a queue.Store beside the spool; the
+	// conformance suite runs any store through the queue package.
+	"queue/jetstream": {"policy", "queue"},
+	"queue/queuetest": {"policy", "queue"},
 	// The metrics are fed through event interfaces that smtp and queue
 	// declare: it imports neither, and neither imports it.
 	"policy/metrics": {"policy"},
@@ -52,9 +56,11 @@ var forbidden = map[string][]string{
 	// Prometheus stays in policy/metrics: a server without metrics does
 	// not link it.
 	"policy/metrics": {"github.com/emersion/go-smtp"},
-	"smtp":           {"github.com/prometheus/"},
-	"queue":          {"github.com/prometheus/"},
-	".":              {"github.com/prometheus/"},
+	"smtp":           {"github.com/prometheus/", "github.com/nats-io/"},
+	// NATS stays in queue/jetstream: a server on the spool does not link it.
+	"queue":           {"github.com/prometheus/", "github.com/nats-io/"},
+	"queue/jetstream": {"github.com/prometheus/"},
+	".":               {"github.com/prometheus/", "github.com/nats-io/"},
 }
 
 // natsFree lists packages that must not link NATS: a server on the

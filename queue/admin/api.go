@@ -8,9 +8,10 @@ import (
 	"github.com/mtakit/mtakit/queue"
 )
 
-// Queue is what the API needs of the queue. *queue.Spool is one; each
-// method must be safe while the scheduler runs, and the changes must wait
-// for a delivery attempt under way (see the methods of queue.Spool).
+// Queue is what the API needs of the queue. *queue.Admin is one, over any
+// queue.Store (a JetStream cluster's too), and *queue.Spool; each method
+// must be safe while the scheduler runs, and the changes must wait for a
+// delivery attempt under way (see the methods of queue.Admin).
 type Queue interface {
 	Queues() ([]string, error)
 	IDs(q string) ([]string, error)
@@ -24,7 +25,10 @@ type Queue interface {
 	Delete(ctx context.Context, id string) error
 }
 
-var _ Queue = (*queue.Spool)(nil)
+var (
+	_ Queue = (*queue.Spool)(nil)
+	_ Queue = (*queue.Admin)(nil)
+)
 
 // Summary is one message in a list (GET /v1/messages).
 type Summary struct {
