@@ -8,10 +8,11 @@ import (
 	"strings"
 	"time"
 
-	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mtakit/mtakit/policy"
+	mtajs "github.com/mtakit/mtakit/queue/jetstream"
 	"github.com/mtakit/mtakit/queue/jetstream/kv"
 )
 
@@ -23,8 +24,8 @@ import (
 type cluster struct {
 	nc       *nats.Conn
 	js       jetstream.JetStream
-	embedded *natsserver.Server // -nats-embedded; nil otherwise
-	replicas int                // of every stream and bucket
+	embedded *mtajs.Embedded // -nats-embedded; nil otherwise
+	replicas int             // of every stream and bucket
 	node     string
 }
 
@@ -76,20 +77,12 @@ func connectCluster(cfg *config, log *slog.Logger) (*cluster, error) {
 	}
 	var url string
 	if cfg.natsEmbedded != "" {
-		// sync_interval always: JetStream acknowledges a write only once
-		// it is fsynced (its default syncs every two minutes).
-		s, err := natsserver.NewServer(&natsserver.Options{ServerName: cfg.node, JetStream: true, StoreDir: cfg.natsEmbedded,
-			SyncAlways: true, DontListen: true, NoSigs: true, NoLog: true})
+		// Loopback only, fsync at every write (sync_interval: always).
+		e, err := mtajs.StartEmbedded(mtajs.EmbeddedConfig{Dir: cfg.natsEmbedded, Name: cfg.node, Logger: log})
 		if err != nil {
 			return nil, fmt.Errorf("-nats-embedded: %w", err)
 		}
-		go s.Start()
-		if !s.ReadyForConnections(30 * time.Second) {
-			s.Shutdown()
-			return nil, errors.New("-nats-embedded: the server did not start in 30 s")
-		}
-		c.embedded = s
-		opts = append(opts, nats.InProcessServer(s))
+		c.embedded, url = e, e.URL()
 		if c.replicas == 0 {
 			c.replicas = 1
 		}
@@ -133,6 +126,34 @@ func (c *cluster) bucket(bucket string, ttl time.Duration) (*kv.Store, error) {
 	return s, nil
 }
 
+// openQueue opens the JetStream queue: stream, object store and consumer
+// with the cluster's replicas.
+func (c *cluster) openQueue(timeout time.Duration, log *slog.Logger) (*boundedQueue, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := mtajs.Open(ctx, mtajs.Config{Conn: c.nc, Replicas: c.replicas, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("-queue: %w", err)
+	}
+	return &boundedQueue{Store: st, timeout: timeout}, nil
+}
+
+// boundedQueue is the JetStream queue with each Enqueue bounded by
+// -queue-timeout. Without a quorum (two of three servers down) a publish
+// gets no answer at all; the SMTP server would wait for the whole DATA
+// timeout (10 minutes) before its 451. Bounded, the client hears
+// "451 4.3.0" at once and tries again later, as from a busy server.
+type boundedQueue struct {
+	*mtajs.Store
+	timeout time.Duration
+}
+
+func (q *boundedQueue) Enqueue(ctx context.Context, tx *policy.Transaction, m *policy.Message) error {
+	ctx, cancel := context.WithTimeout(ctx, q.timeout)
+	defer cancel()
+	return q.Store.Enqueue(ctx, tx, m)
+}
+
 // close ends the connection and stops the embedded server.
 func (c *cluster) close() {
 	if c == nil {
@@ -142,7 +163,6 @@ func (c *cluster) close() {
 		c.nc.Close()
 	}
 	if c.embedded != nil {
-		c.embedded.Shutdown()
-		c.embedded.WaitForShutdown()
+		c.embedded.Close()
 	}
 }

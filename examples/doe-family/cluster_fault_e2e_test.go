@@ -134,7 +134,7 @@ func TestClusterFaults(t *testing.T) {
 	nodes := make([]*env, 3)
 	for i := range nodes {
 		nodes[i] = newEnv(t, "-queue", c.url(), "-node", fmt.Sprintf("doe%d", i+1), "-relayhost", relay.addr,
-			"-internal", "127.0.0.0/8", "-rate-limit", "off")
+			"-internal", "127.0.0.0/8", "-rate-limit", "off", "-queue-timeout", "5s")
 	}
 	t.Logf("cluster and nodes up in %v", time.Since(start).Round(time.Millisecond))
 

@@ -54,7 +54,13 @@ func readToken(path string) (string, error) {
 func (s *server) serveAdmin(ctx context.Context, stdout io.Writer) (stop func(), err error) {
 	q, ok := s.mta.Store.(admin.Queue)
 	if !ok {
-		return func() {}, nil
+		// The JetStream queue: the admin operations over its Store see
+		// the whole cluster's queue.
+		st, isStore := s.mta.Store.(queue.Store)
+		if !isStore {
+			return func() {}, nil
+		}
+		q = &queue.Admin{Store: st}
 	}
 	cfg := admin.Config{Queue: q, Addr: s.cfg.adminAddr, Logger: s.log}
 	if s.cfg.adminSocket != "off" {

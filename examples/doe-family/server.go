@@ -140,7 +140,11 @@ func build(cfg *config, log *slog.Logger) (_ *server, err error) {
 	}
 	// The spool is opened last: nothing above can fail after it, and Serve
 	// closes it.
-	if s.mta.Store, err = queue.Open(cfg.spool, s.withMetrics(queue.SpoolConfig{Logger: log, UnsafeNoSync: cfg.unsafeNoSync})); err != nil {
+	if s.cluster != nil {
+		if s.mta.Store, err = s.cluster.openQueue(cfg.queueTimeout, log); err != nil {
+			return nil, err
+		}
+	} else if s.mta.Store, err = queue.Open(cfg.spool, s.withMetrics(queue.SpoolConfig{Logger: log, UnsafeNoSync: cfg.unsafeNoSync})); err != nil {
 		return nil, fmt.Errorf("-spool: %w", err)
 	}
 	s.remember() // what SIGHUP compares with (reload.go)

@@ -78,6 +78,9 @@ func checkFlags(c *config, rest []string) error {
 			return err
 		}
 	}
+	if c.queueTimeout <= 0 {
+		return fmt.Errorf("-queue-timeout: %v: want a positive duration", c.queueTimeout)
+	}
 	if c.natsReplicas < 0 || c.natsReplicas > 5 {
 		return fmt.Errorf("-nats-replicas: %d: want 1 to 5 (JetStream's limit)", c.natsReplicas)
 	}

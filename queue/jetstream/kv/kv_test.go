@@ -268,4 +268,3 @@ func TestTwoNodesShareAuthFailures(t *testing.T) {
 func accept(context.Context, *policy.Transaction, policy.Recipient) policy.Verdict {
 	return policy.Accept()
 }
-
