@@ -38,7 +38,9 @@ func TestClusterBench(t *testing.T) {
 	out, err := exec.Command("go", "build", "-o", load, "../smtpload").CombinedOutput()
 	require.NoError(t, err, "%s", out)
 
-	common := []string{"-internal", "127.0.0.0/8", "-rate-limit", "off", "-log-level", "warn"}
+	// The load comes from 127.0.0.1, the one address doe-family.com's SPF
+	// record names: the per-address connection limit is raised above 64.
+	common := []string{"-internal", "127.0.0.0/8", "-rate-limit", "off", "-log-level", "warn", "-max-connections-per-ip", "200"}
 	type mode struct {
 		name string
 		e    *env
@@ -63,8 +65,7 @@ func TestClusterBench(t *testing.T) {
 		inbox := filepath.Join(m.e.maildir, "jane", "new")
 		waitFor(t, 3*time.Minute, m.name+" delivered", func() bool { return int64(countFiles(inbox)) >= accepted[m.name] })
 		cmd := exec.Command(load, "-addr", m.e.listen, "-size", fmt.Sprint(size), "-c", fmt.Sprint(conns), "-n", fmt.Sprint(n),
-			"-duration", "30s", "-from", "load@doe-family.com", "-to", "jane@doe-family.com", "-helo", "load.doe-family.com",
-			"-source", "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,127.0.0.8,127.0.0.9", "-json")
+			"-duration", "30s", "-from", "load@doe-family.com", "-to", "jane@doe-family.com", "-helo", "load.doe-family.com", "-json")
 		b, err := cmd.Output()
 		require.NoError(t, err, "%s", b)
 		var r result
