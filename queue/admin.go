@@ -233,7 +233,8 @@ func (a *Admin) move(ctx context.Context, q string, env *Envelope, to string) er
 }
 
 // Delete removes message id from whatever queue holds it. It waits while a
-// delivery attempt of the message is under way.
+// delivery attempt of the message is under way. With a *Spool the deletion
+// is durable when it returns.
 func (a *Admin) Delete(ctx context.Context, id string) error {
 	unlock, err := a.Store.Lock(ctx, id)
 	if err != nil {
@@ -244,8 +245,22 @@ func (a *Admin) Delete(ctx context.Context, id string) error {
 	if err != nil && (q == "" || !errors.Is(err, ErrCorrupt)) {
 		return err // an unreadable entry (corrupt) can be deleted
 	}
+	if sp, ok := a.Store.(durableRemover); ok {
+		return sp.removeDurably(ctx, q, id)
+	}
 	return a.Store.Remove(ctx, q, id)
 }
+
+// durableRemover is a store whose Remove is not durable at once (it need
+// not be, after a delivery) but that can remove durably, as an operator's
+// Delete does: *Spool.
+type durableRemover interface {
+	removeDurably(ctx context.Context, q, id string) error
+}
+
+// removeDurably deletes entry id of queue q and returns once the deletion
+// is durable.
+func (s *Spool) removeDurably(ctx context.Context, q, id string) error { return s.remove(ctx, q, id) }
 
 // admin returns the Admin of the spool, which its admin methods use.
 func (s *Spool) admin() *Admin { return &Admin{Store: s, Clock: s.clock} }

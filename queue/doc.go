@@ -36,7 +36,7 @@
 // corrupt (dead and the quarantines are purged after a retention, see
 // below; hold is kept until released).
 // List, Show, ReadMessage, Requeue, Move, Hold, Release, Bounce and Delete
-// administer them while the scheduler runs (each waits for the message's
+// (see Admin) administer them while the scheduler runs (each waits for the message's
 // delivery attempt under way, if any); package queue/admin serves them as
 // an HTTP API. Hold keeps a message waiting for delivery out of it until
 // Release; Release sends a held or quarantined message on to delivery
@@ -64,6 +64,7 @@
 // (commit rounds), nil by default, reports to metrics (see Events; the
 // package mtakit/policy/metrics implements it).
 //
+// Admin is configured by its fields (Store, Clock) and logs nothing.
 // Logging goes to the Logger field of SpoolConfig (the spool: corrupt
 // entries set aside) and of Config (the scheduler: postq outcomes,
 // deliveries, DSNs, interrupted attempts, purges, errors), each nil
@@ -80,10 +81,22 @@
 //
 // # Storage
 //
-// The scheduler works on a Store, a small interface; *Spool is the
-// embedded implementation on the local filesystem, and a store on a shared
-// engine (NATS JetStream, PostgreSQL) can replace it without touching the
-// scheduler or the rules.
+// The scheduler and the admin operations work on a Store, a small
+// interface of what they need and nothing of how messages are kept: watch
+// arrivals, list queues and IDs, lock an ID in this process, load, save
+// (with a move between queues, header edits or a replaced body), record an
+// attempt without waiting for durability, remove, set aside, add (DSNs).
+// *Spool is the embedded implementation on the local filesystem; package
+// queue/jetstream keeps the queue on a NATS JetStream cluster shared by
+// several nodes, a SharedStore: the store decides which node works on which
+// message and when (Claim), so the scheduler then scans nothing and keeps
+// no retry timers. Package queue/queuetest is the conformance suite every
+// store runs.
+//
+// Admin (&Admin{Store: st}) is the one implementation of the operators'
+// operations over any Store: List, Show, ReadMessage, Requeue, Move, Hold,
+// Release, Bounce and Delete; *Spool's methods of those names go through
+// it, and queue/admin serves any of them (admin.Queue) as an HTTP API.
 //
 // # Scheduler
 //

@@ -46,8 +46,11 @@ type Config struct {
 	// MaxHeld bounds the messages this node holds from the consumer at
 	// once (waiting for a worker or being delivered). Zero means 64.
 	MaxHeld int
-	// Timeout bounds each request to the servers made without a context
-	// of the caller's (Load, IDs, Queues, acks). Zero means 10 s.
+	// Timeout bounds each operation on the servers (Enqueue and each
+	// change, also when the caller's context allows longer; Load, IDs,
+	// Queues), so that a cluster without quorum fails them in that time
+	// (the SMTP client then gets 451 4.3.0). It must allow storing the
+	// largest message. Zero means 30 s.
 	Timeout time.Duration
 	// TempDir holds the bodies of the messages being read (a file per
 	// open message, removed at once, so that none is held in memory).
@@ -134,7 +137,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		cfg.MaxHeld = 64
 	}
 	if cfg.Timeout <= 0 {
-		cfg.Timeout = 10 * time.Second
+		cfg.Timeout = 30 * time.Second
 	}
 	s := &Store{cfg: cfg, log: cfg.Logger, nc: cfg.Conn, prefix: cfg.Subject + ".", held: map[string]*held{}, room: make(chan struct{}, 1)}
 	if s.log == nil {
@@ -240,6 +243,11 @@ func (s *Store) now() time.Time {
 
 func (s *Store) opCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), s.cfg.Timeout)
+}
+
+// bound returns ctx bounded by Config.Timeout.
+func (s *Store) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.cfg.Timeout)
 }
 
 // token writes id (or a quarantine name) as one subject token.
@@ -780,6 +788,8 @@ func (s *Store) publish(ctx context.Context, id, subj string, data []byte, hdr n
 
 // Save implements queue.Store.
 func (s *Store) Save(ctx context.Context, env *queue.Envelope, from, to string, m *policy.Message) error {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	c, err := s.check(ctx, env.ID, from, to)
 	if err != nil {
 		return err
@@ -837,6 +847,8 @@ func (s *Store) check(ctx context.Context, id, from, to string) (*current, error
 // (mtaq.att.<id>), which the consumer does not hand out; a node that finds
 // it newer than the envelope knows the attempt did not finish.
 func (s *Store) SaveUnsynced(ctx context.Context, env *queue.Envelope, from, to string, m *policy.Message) error {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	c, err := s.check(ctx, env.ID, from, to)
 	if err != nil {
 		return err
@@ -869,6 +881,8 @@ func (s *Store) SaveUnsynced(ctx context.Context, env *queue.Envelope, from, to 
 
 // Remove implements queue.Store.
 func (s *Store) Remove(ctx context.Context, q, id string) error {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	c, err := s.lookup(ctx, id)
 	if err != nil {
 		return err
@@ -894,6 +908,8 @@ func (s *Store) Remove(ctx context.Context, q, id string) error {
 // SetAside implements queue.Store: the envelope moves, as it is, to the
 // corrupt queue.
 func (s *Store) SetAside(ctx context.Context, q, id string, cause error) {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	s.log.Error("queue: corrupt entry set aside", "id", id, "queue", q, "error", cause)
 	c, err := s.lookup(ctx, id)
 	if err == nil && c.q == queue.Corrupt {
@@ -918,6 +934,8 @@ func (s *Store) SetAside(ctx context.Context, q, id string, cause error) {
 
 // Add implements queue.Store.
 func (s *Store) Add(ctx context.Context, env *queue.Envelope, q string, write func(io.Writer) (int64, error)) error {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	if !queue.ValidID(env.ID) {
 		return fmt.Errorf("%w: %q", queue.ErrBadID, env.ID)
 	}
