@@ -11,7 +11,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/mtakit/mtakit/policy"
 	mtajs "github.com/mtakit/mtakit/queue/jetstream"
 	"github.com/mtakit/mtakit/queue/jetstream/kv"
 )
@@ -127,31 +126,18 @@ func (c *cluster) bucket(bucket string, ttl time.Duration) (*kv.Store, error) {
 }
 
 // openQueue opens the JetStream queue: stream, object store and consumer
-// with the cluster's replicas.
-func (c *cluster) openQueue(timeout time.Duration, log *slog.Logger) (*boundedQueue, error) {
+// with the cluster's replicas. timeout bounds each change of the queue,
+// an Enqueue above all: without a quorum (two of three servers down) a
+// publish gets no answer at all, and the client would otherwise wait for
+// the whole DATA timeout (10 minutes) before its 451 4.3.0.
+func (c *cluster) openQueue(timeout time.Duration, log *slog.Logger) (*mtajs.Store, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	st, err := mtajs.Open(ctx, mtajs.Config{Conn: c.nc, Replicas: c.replicas, Logger: log})
+	st, err := mtajs.Open(ctx, mtajs.Config{Conn: c.nc, Replicas: c.replicas, Timeout: timeout, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("-queue: %w", err)
 	}
-	return &boundedQueue{Store: st, timeout: timeout}, nil
-}
-
-// boundedQueue is the JetStream queue with each Enqueue bounded by
-// -queue-timeout. Without a quorum (two of three servers down) a publish
-// gets no answer at all; the SMTP server would wait for the whole DATA
-// timeout (10 minutes) before its 451. Bounded, the client hears
-// "451 4.3.0" at once and tries again later, as from a busy server.
-type boundedQueue struct {
-	*mtajs.Store
-	timeout time.Duration
-}
-
-func (q *boundedQueue) Enqueue(ctx context.Context, tx *policy.Transaction, m *policy.Message) error {
-	ctx, cancel := context.WithTimeout(ctx, q.timeout)
-	defer cancel()
-	return q.Store.Enqueue(ctx, tx, m)
+	return st, nil
 }
 
 // close ends the connection and stops the embedded server.
