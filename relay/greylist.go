@@ -201,6 +201,11 @@ func greylistKey(tx *policy.Transaction, rcpt policy.Recipient) string {
 // false when unknown), and how long the client must still wait; zero
 // means it passes.
 func (g *Greylist) next(e greylistEntry, ok bool, now time.Time) (greylistEntry, time.Duration) {
+	if ok && e.First.After(now) {
+		// First seen by a node whose clock is ahead (a shared store), or
+		// a bad value: it was seen now at the latest.
+		e.First = now
+	}
 	switch {
 	case ok && g.expired(e, now):
 		ok = false
