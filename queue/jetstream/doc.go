@@ -90,6 +90,26 @@
 // the operator's state). queue.Store.Lock only orders the work of one
 // process.
 //
+// # A three-node cluster
+//
+// Each of three machines runs nats-server (the Debian package
+// nats-server, or the module's binary) with a configuration like
+//
+//	server_name: n1            # n2, n3 on the others
+//	listen: 0.0.0.0:4222
+//	jetstream { store_dir: /var/lib/nats, sync_interval: always }
+//	cluster {
+//	  name: mtaq
+//	  listen: 0.0.0.0:6222
+//	  routes: [nats-route://n1:6222, nats-route://n2:6222, nats-route://n3:6222]
+//	}
+//
+// and each mail node opens its Store with Config{URL:
+// "nats://n1:4222,nats://n2:4222,nats://n3:4222", Replicas: 3}. The first
+// Open creates the R3 stream, object store and consumer; the others find
+// them. Secure the client and route ports (TLS, credentials) as for any
+// NATS deployment: whoever reaches them can read and change the queue.
+//
 // # Configuration and logging
 //
 // Open takes a Config (the connection or URL, stream, bucket and
