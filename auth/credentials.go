@@ -3,6 +3,7 @@ package auth
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -363,7 +364,9 @@ func (f *CredentialFile) Authenticate(ctx context.Context, remote netip.Addr, us
 		return nil
 	}
 	if f.limiter != nil {
-		f.limiter.Fail(remote)
+		if err := f.limiter.Fail(ctx, remote); err != nil {
+			f.log.Error("authentication failure not counted", slog.String("remote", remote.String()), slog.String("error", err.Error()))
+		}
 	}
 	return ErrInvalidCredentials
 }
@@ -389,13 +392,24 @@ func normalizeLogin(username string) string {
 //
 // A success does not reset the count, so one known password cannot be used
 // to keep guessing others. Set the fields before first use.
+//
+// The counts are kept in memory, per process, unless Store is set: the
+// nodes of a fleet sharing a store count a guesser's failures on all of
+// them together.
 type FailureLimiter struct {
 	MaxFailures int           // failures before attempts are slowed; default 5
 	RefuseAfter int           // failures before attempts are refused; default 2*MaxFailures
 	Window      time.Duration // default 15 minutes
 	Delay       time.Duration // default 2 seconds; negative: no slowing down
 	Cooldown    time.Duration // default 15 minutes
-	MaxTracked  int           // addresses tracked at most; default 100000
+	MaxTracked  int           // addresses tracked at most; default 100000 (memory only)
+
+	// Store, when set, keeps the failures instead of memory. Its values
+	// must live at least the longer of Window and Cooldown. When it fails
+	// (a cluster without quorum), Wait returns its error, which
+	// CredentialFile passes on: the client gets 454 4.7.0 (try again
+	// later), never an unlimited guess.
+	Store FailureStore
 
 	now func() time.Time // for tests
 
@@ -407,6 +421,39 @@ type failures struct {
 	times        []time.Time // recent failures, oldest first
 	blockedUntil time.Time
 }
+
+// FailureStore keeps the failures of a FailureLimiter where several nodes
+// share them: a map from keys to values that change only by
+// compare-and-set. The JetStream key-value store of
+// github.com/mtakit/mtakit/queue/jetstream/kv satisfies it.
+type FailureStore interface {
+	// Update replaces the value of key with what fn returns given the
+	// current one (nil when there is none), atomically: when another
+	// writer changed the value between the read and the write, fn is
+	// called again with the new value. When fn returns a value equal to
+	// old nothing is written. An error of fn ends Update with that error.
+	// Update returns the value stored.
+	Update(ctx context.Context, key string, fn func(old []byte) ([]byte, error)) ([]byte, error)
+}
+
+// failuresState is failures as a FailureStore keeps them.
+type failuresState struct {
+	Times        []time.Time `json:"times,omitempty"`
+	BlockedUntil time.Time   `json:"blocked,omitzero"`
+}
+
+func decodeFailures(b []byte) (*failures, error) {
+	if b == nil {
+		return nil, nil
+	}
+	var s failuresState
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, err
+	}
+	return &failures{times: s.Times, blockedUntil: s.BlockedUntil}, nil
+}
+
+func storeKey(key netip.Addr) string { return "authfail:" + key.String() }
 
 // NewFailureLimiter returns a limiter with the default settings.
 func NewFailureLimiter() *FailureLimiter {
@@ -467,24 +514,44 @@ func (l *FailureLimiter) Wait(ctx context.Context, remote netip.Addr) error {
 	slow, _, window, _, _ := l.params()
 	key := limitKey(remote)
 	now := l.clock()
-	l.mu.Lock()
-	f := l.clients[key]
 	var n int
-	if f != nil {
-		if now.Before(f.blockedUntil) {
-			left := f.blockedUntil.Sub(now)
-			l.mu.Unlock()
-			return &RateLimitError{Remote: remote, RetryAfter: left}
+	if l.Store != nil {
+		b, err := l.Store.Update(ctx, storeKey(key), func(old []byte) ([]byte, error) { return old, nil })
+		if err != nil {
+			return fmt.Errorf("auth: failure limiter: %w", err)
 		}
-		if !f.blockedUntil.IsZero() {
-			// Cool-down over: start counting again.
-			delete(l.clients, key)
-		} else {
-			f.prune(now, window)
-			n = len(f.times)
+		f, err := decodeFailures(b)
+		if err != nil {
+			return fmt.Errorf("auth: failure limiter: %w", err)
 		}
+		if f != nil {
+			if now.Before(f.blockedUntil) {
+				return &RateLimitError{Remote: remote, RetryAfter: f.blockedUntil.Sub(now)}
+			}
+			if f.blockedUntil.IsZero() {
+				f.prune(now, window)
+				n = len(f.times)
+			}
+		}
+	} else {
+		l.mu.Lock()
+		f := l.clients[key]
+		if f != nil {
+			if now.Before(f.blockedUntil) {
+				left := f.blockedUntil.Sub(now)
+				l.mu.Unlock()
+				return &RateLimitError{Remote: remote, RetryAfter: left}
+			}
+			if !f.blockedUntil.IsZero() {
+				// Cool-down over: start counting again.
+				delete(l.clients, key)
+			} else {
+				f.prune(now, window)
+				n = len(f.times)
+			}
+		}
+		l.mu.Unlock()
 	}
-	l.mu.Unlock()
 	delay := l.Delay
 	if delay == 0 {
 		delay = 2 * time.Second
@@ -502,11 +569,30 @@ func (l *FailureLimiter) Wait(ctx context.Context, remote netip.Addr) error {
 	}
 }
 
-// Fail records a failed attempt from remote.
-func (l *FailureLimiter) Fail(remote netip.Addr) {
+// Fail records a failed attempt from remote. It fails only with Store,
+// when the store does.
+func (l *FailureLimiter) Fail(ctx context.Context, remote netip.Addr) error {
 	_, refuse, window, cooldown, max := l.params()
 	key := limitKey(remote)
 	now := l.clock()
+	if l.Store != nil {
+		_, err := l.Store.Update(ctx, storeKey(key), func(old []byte) ([]byte, error) {
+			f, err := decodeFailures(old)
+			if err != nil {
+				return nil, err
+			}
+			if f == nil || (!f.blockedUntil.IsZero() && !now.Before(f.blockedUntil)) {
+				// New, or cool-down over: start counting again.
+				f = &failures{}
+			}
+			f.record(now, refuse, window, cooldown)
+			return json.Marshal(failuresState{Times: f.times, BlockedUntil: f.blockedUntil})
+		})
+		if err != nil {
+			return fmt.Errorf("auth: failure limiter: %w", err)
+		}
+		return nil
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.clients == nil {
@@ -528,6 +614,12 @@ func (l *FailureLimiter) Fail(remote netip.Addr) {
 		f = &failures{}
 		l.clients[key] = f
 	}
+	f.record(now, refuse, window, cooldown)
+	return nil
+}
+
+// record adds a failure at now.
+func (f *failures) record(now time.Time, refuse int, window, cooldown time.Duration) {
 	f.prune(now, window)
 	f.times = append(f.times, now)
 	if len(f.times) >= refuse && f.blockedUntil.IsZero() {
@@ -548,15 +640,30 @@ func (l *FailureLimiter) sweep(now time.Time, window time.Duration) {
 	}
 }
 
-// Failures returns the number of failures remembered for remote.
-func (l *FailureLimiter) Failures(remote netip.Addr) int {
+// Failures returns the number of failures remembered for remote. It
+// fails only with Store, when the store does.
+func (l *FailureLimiter) Failures(ctx context.Context, remote netip.Addr) (int, error) {
 	_, _, window, _, _ := l.params()
+	if l.Store != nil {
+		b, err := l.Store.Update(ctx, storeKey(limitKey(remote)), func(old []byte) ([]byte, error) { return old, nil })
+		if err != nil {
+			return 0, fmt.Errorf("auth: failure limiter: %w", err)
+		}
+		f, err := decodeFailures(b)
+		now := l.clock()
+		if err != nil || f == nil || (!f.blockedUntil.IsZero() && !now.Before(f.blockedUntil)) {
+			// Unknown, or cool-down over: counting starts again.
+			return 0, err
+		}
+		f.prune(now, window)
+		return len(f.times), nil
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	f := l.clients[limitKey(remote)]
 	if f == nil {
-		return 0
+		return 0, nil
 	}
 	f.prune(l.clock(), window)
-	return len(f.times)
+	return len(f.times), nil
 }

@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -287,10 +288,57 @@ func (c *fakeClock) add(d time.Duration) {
 	c.mu.Unlock()
 }
 
+// mapStore is a FailureStore in a map, as a shared store behaves: values
+// are copied in and out, and a value equal to the old one is not written.
+type mapStore struct {
+	mu     sync.Mutex
+	m      map[string][]byte
+	writes int
+	err    error // returned by every Update when set
+}
+
+func (s *mapStore) Update(_ context.Context, key string, fn func(old []byte) ([]byte, error)) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return nil, s.err
+	}
+	old := s.m[key]
+	v, err := fn(bytes.Clone(old))
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(v, old) {
+		if s.m == nil {
+			s.m = map[string][]byte{}
+		}
+		s.m[key] = bytes.Clone(v)
+		s.writes++
+	}
+	return v, nil
+}
+
+// forStores runs test with the limiter's own memory and with a store.
+func forStores(t *testing.T, test func(*testing.T, FailureStore)) {
+	t.Run("memory", func(t *testing.T) { test(t, nil) })
+	t.Run("store", func(t *testing.T) { test(t, &mapStore{}) })
+}
+
+func failuresOf(t *testing.T, lim *FailureLimiter, ip netip.Addr) int {
+	t.Helper()
+	n, err := lim.Failures(context.Background(), ip)
+	require.NoError(t, err)
+	return n
+}
+
 func TestFailureLimiter(t *testing.T) {
+	forStores(t, testFailureLimiter)
+}
+
+func testFailureLimiter(t *testing.T, store FailureStore) {
 	ha, _ := testHashes(t)
 	clock := &fakeClock{t: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}
-	lim := &FailureLimiter{MaxFailures: 3, RefuseAfter: 5, Window: time.Minute, Delay: 20 * time.Millisecond, Cooldown: 10 * time.Minute, now: clock.now}
+	lim := &FailureLimiter{MaxFailures: 3, RefuseAfter: 5, Window: time.Minute, Delay: 20 * time.Millisecond, Cooldown: 10 * time.Minute, Store: store, now: clock.now}
 	f := newTestFile(t, "alice@example.com:"+ha+"\n", lim)
 	ctx := context.Background()
 	attacker := netip.MustParseAddr("198.51.100.7")
@@ -299,7 +347,7 @@ func TestFailureLimiter(t *testing.T) {
 	for i := 1; i <= 4; i++ {
 		err := f.Authenticate(ctx, attacker, "alice@example.com", "guess")
 		require.ErrorIs(t, err, ErrInvalidCredentials, "attempt %d", i)
-		assert.Equal(t, i, lim.Failures(attacker))
+		assert.Equal(t, i, failuresOf(t, lim, attacker))
 	}
 	// Slowed (3 <= failures < 5): a cancelled context ends the wait with
 	// the context's error, not with a verdict on the password.
@@ -333,46 +381,93 @@ func TestFailureLimiter(t *testing.T) {
 	// After the cool-down the count starts again.
 	clock.add(10*time.Minute + time.Second)
 	require.NoError(t, f.Authenticate(ctx, attacker, "alice@example.com", "alice-pw"))
-	assert.Equal(t, 0, lim.Failures(attacker))
+	assert.Equal(t, 0, failuresOf(t, lim, attacker))
 }
 
 func TestFailureLimiterWindow(t *testing.T) {
+	forStores(t, testFailureLimiterWindow)
+}
+
+func testFailureLimiterWindow(t *testing.T, store FailureStore) {
 	clock := &fakeClock{t: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}
-	lim := &FailureLimiter{MaxFailures: 2, RefuseAfter: 3, Window: time.Minute, Delay: -1, now: clock.now}
+	lim := &FailureLimiter{MaxFailures: 2, RefuseAfter: 3, Window: time.Minute, Delay: -1, Store: store, now: clock.now}
 	ip := netip.MustParseAddr("203.0.113.9")
-	lim.Fail(ip)
-	lim.Fail(ip)
+	require.NoError(t, lim.Fail(context.Background(), ip))
+	require.NoError(t, lim.Fail(context.Background(), ip))
 	clock.add(61 * time.Second)
-	assert.Equal(t, 0, lim.Failures(ip), "failures older than the window are forgotten")
-	lim.Fail(ip)
+	assert.Equal(t, 0, failuresOf(t, lim, ip), "failures older than the window are forgotten")
+	require.NoError(t, lim.Fail(context.Background(), ip))
 	require.NoError(t, lim.Wait(context.Background(), ip))
 }
 
 func TestFailureLimiterIPv6Prefix(t *testing.T) {
-	lim := &FailureLimiter{MaxFailures: 1, RefuseAfter: 2, Delay: -1}
+	forStores(t, testFailureLimiterIPv6Prefix)
+}
+
+func testFailureLimiterIPv6Prefix(t *testing.T, store FailureStore) {
+	lim := &FailureLimiter{MaxFailures: 1, RefuseAfter: 2, Delay: -1, Store: store}
 	a := netip.MustParseAddr("2001:db8:1:2::1")
 	b := netip.MustParseAddr("2001:db8:1:2:ffff::99") // same /64
 	c := netip.MustParseAddr("2001:db8:1:3::1")       // another /64
-	lim.Fail(a)
-	lim.Fail(b)
+	require.NoError(t, lim.Fail(context.Background(), a))
+	require.NoError(t, lim.Fail(context.Background(), b))
 	var rl *RateLimitError
 	require.ErrorAs(t, lim.Wait(context.Background(), a), &rl)
 	require.ErrorAs(t, lim.Wait(context.Background(), netip.MustParseAddr("2001:db8:1:2::abcd")), &rl)
 	require.NoError(t, lim.Wait(context.Background(), c))
 	// An IPv4-mapped address counts as the IPv4 address.
-	lim.Fail(netip.MustParseAddr("::ffff:192.0.2.1"))
-	assert.Equal(t, 1, lim.Failures(netip.MustParseAddr("192.0.2.1")))
+	require.NoError(t, lim.Fail(context.Background(), netip.MustParseAddr("::ffff:192.0.2.1")))
+	assert.Equal(t, 1, failuresOf(t, lim, netip.MustParseAddr("192.0.2.1")))
 }
 
 func TestFailureLimiterBounded(t *testing.T) {
 	lim := &FailureLimiter{MaxTracked: 10, Delay: -1}
 	for i := range 100 {
-		lim.Fail(netip.AddrFrom4([4]byte{10, 0, byte(i / 256), byte(i)}))
+		require.NoError(t, lim.Fail(context.Background(), netip.AddrFrom4([4]byte{10, 0, byte(i / 256), byte(i)})))
 	}
 	lim.mu.Lock()
 	n := len(lim.clients)
 	lim.mu.Unlock()
 	assert.LessOrEqual(t, n, 10)
+}
+
+// TestFailureLimiterStoreFails: a store that fails refuses the attempt
+// with an error that is not a verdict on the password (454 4.7.0, not 535),
+// and the failure is not silently forgotten by the limiter.
+func TestFailureLimiterStoreFails(t *testing.T) {
+	ha, _ := testHashes(t)
+	store := &mapStore{err: errors.New("no quorum")}
+	lim := &FailureLimiter{Delay: -1, Store: store}
+	f := newTestFile(t, "alice@example.com:"+ha+"\n", lim)
+	err := f.Authenticate(context.Background(), netip.MustParseAddr("192.0.2.1"), "alice@example.com", "alice-pw")
+	require.Error(t, err)
+	assert.NotErrorIs(t, err, ErrInvalidCredentials)
+	assert.ErrorContains(t, err, "no quorum")
+	require.Error(t, lim.Fail(context.Background(), netip.MustParseAddr("192.0.2.1")))
+	_, err = lim.Failures(context.Background(), netip.MustParseAddr("192.0.2.1"))
+	require.Error(t, err)
+}
+
+// TestFailureLimiterStoreShared: two limiters (two nodes) on one store
+// count one client's failures together.
+func TestFailureLimiterStoreShared(t *testing.T) {
+	store := &mapStore{}
+	a := &FailureLimiter{MaxFailures: 2, RefuseAfter: 4, Delay: -1, Store: store}
+	b := &FailureLimiter{MaxFailures: 2, RefuseAfter: 4, Delay: -1, Store: store}
+	ip := netip.MustParseAddr("198.51.100.7")
+	ctx := context.Background()
+	for i := range 4 {
+		lim := a
+		if i%2 == 1 {
+			lim = b
+		}
+		require.NoError(t, lim.Wait(ctx, ip), "attempt %d", i)
+		require.NoError(t, lim.Fail(ctx, ip))
+	}
+	var rl *RateLimitError
+	require.ErrorAs(t, a.Wait(ctx, ip), &rl)
+	require.ErrorAs(t, b.Wait(ctx, ip), &rl)
+	assert.Equal(t, 4, store.writes, "only failures write; Wait reads")
 }
 
 func TestHashPassword(t *testing.T) {

@@ -37,7 +37,11 @@
 // address (IPv6 by /64): after MaxFailures failures attempts are slowed
 // down, after RefuseAfter they are refused for a cool-down with a
 // *RateLimitError, whose Temporary method makes the server answer 454
-// 4.7.0. A wrong password is ErrInvalidCredentials (535 5.7.8).
+// 4.7.0. A wrong password is ErrInvalidCredentials (535 5.7.8). The
+// nodes of a fleet count a guesser's failures together when their
+// FailureLimiters share a FailureStore (FailureLimiter.Store), such as the
+// JetStream buckets of github.com/mtakit/mtakit/queue/jetstream/kv; when
+// it fails, AUTH answers 454 4.7.0, never an unlimited guess.
 //
 // # Sender ownership
 //

@@ -126,6 +126,14 @@
 // The rules that never accept (Next or a refusal) come before the relay
 // rules, which accept and so end the rcpt stage.
 //
+// Several nodes behind one domain's MX records count together when their
+// RateLimiter and Greylist share a StateStore (RateLimitOptions.Store,
+// GreylistOptions.Store): a compare-and-set key-value map, such as the
+// JetStream buckets of github.com/mtakit/mtakit/queue/jetstream/kv. The
+// token buckets and triplets are then kept there instead of memory (and
+// the greylist's Dir); when the store fails, rate limits are not
+// enforced (logged) and greylisting defers with 451 4.3.0.
+//
 // # Configuration and logging
 //
 // The transports are configured by their exported fields, each zero value

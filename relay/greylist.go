@@ -21,7 +21,16 @@ import (
 type GreylistOptions struct {
 	// Dir is the directory the state is kept in (the file greylist.json,
 	// created when missing); "" keeps it in memory only, lost at restart.
+	// It must be "" when Store is set.
 	Dir string
+	// Store, when set, keeps the triplets instead of memory and Dir, so
+	// that the nodes of a fleet sharing it greylist together: a sender
+	// greylisted by one node passes on another after Delay. Its values
+	// must live at least the longer of AllowFor and Delay+RetryWindow.
+	// MaxEntries does not apply to it. When the store fails (a cluster
+	// without quorum), the recipient gets 451 4.3.0 (try again later)
+	// and the failure is logged (error). nil: memory and Dir.
+	Store StateStore
 	// Delay is how long a new triplet is refused before a retry passes;
 	// zero means 5 minutes.
 	Delay time.Duration
@@ -82,17 +91,20 @@ const greylistFileName = "greylist.json"
 // renamed over the old one, so a crash leaves the old state or the new,
 // never a torn file) at most once a minute after it changed, and by Save
 // and Close; NewGreylist loads it. A crash loses at most the last
-// minute's triplets, whose senders are then greylisted once more.
+// minute's triplets, whose senders are then greylisted once more. With
+// GreylistOptions.Store the state is in the store instead, written at
+// each change.
 //
 // Make one with NewGreylist and register its rule; it is safe for
 // concurrent use. Greylisting delays first mail from every new
 // correspondent by Delay or more (the sender's retry schedule decides):
 // it is off unless a server registers it.
 type Greylist struct {
-	opts GreylistOptions
-	path string
-	now  func() time.Time
-	log  *slog.Logger
+	opts  GreylistOptions
+	path  string
+	store StateStore
+	now   func() time.Time
+	log   *slog.Logger
 
 	mu       sync.Mutex
 	entries  *lru[string, greylistEntry]
@@ -121,7 +133,10 @@ func NewGreylist(opts GreylistOptions) (*Greylist, error) {
 		opts.MaxEntries = 100000
 	}
 	opts.Internal = append([]netip.Prefix(nil), opts.Internal...)
-	g := &Greylist{opts: opts, now: opts.Now, log: opts.Logger, entries: newLRU[string, greylistEntry](opts.MaxEntries)}
+	if opts.Store != nil && opts.Dir != "" {
+		return nil, errors.New("relay: greylist: Dir and Store are exclusive")
+	}
+	g := &Greylist{opts: opts, store: opts.Store, now: opts.Now, log: opts.Logger, entries: newLRU[string, greylistEntry](opts.MaxEntries)}
 	if g.now == nil {
 		g.now = time.Now
 	}
@@ -182,33 +197,71 @@ func greylistKey(tx *policy.Transaction, rcpt policy.Recipient) string {
 	return p.String() + " " + from + " " + strings.ToLower(rcpt.Addr.String())
 }
 
-// check records one sighting of the triplet key and returns how long the
-// client must still wait; zero means it passes.
-func (g *Greylist) check(key string) time.Duration {
-	now := g.now()
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	e, ok := g.entries.get(key)
+// next is the state of a triplet seen at now, given its state e (ok
+// false when unknown), and how long the client must still wait; zero
+// means it passes.
+func (g *Greylist) next(e greylistEntry, ok bool, now time.Time) (greylistEntry, time.Duration) {
+	if ok && e.First.After(now) {
+		// First seen by a node whose clock is ahead (a shared store), or
+		// a bad value: it was seen now at the latest.
+		e.First = now
+	}
 	switch {
 	case ok && g.expired(e, now):
 		ok = false
 	case ok && e.Passed:
 		e.Last = now
-		g.entries.add(key, e)
-		g.changed(now)
-		return 0
+		return e, 0
 	case ok && now.Sub(e.First) >= g.opts.Delay:
-		g.entries.add(key, greylistEntry{First: e.First, Last: now, Passed: true})
-		g.changed(now)
-		return 0
+		return greylistEntry{First: e.First, Last: now, Passed: true}, 0
 	}
 	if !ok {
 		e = greylistEntry{First: now}
 	}
 	e.Last = now
+	return e, g.opts.Delay - now.Sub(e.First)
+}
+
+// check records one sighting of the triplet key and returns how long the
+// client must still wait; zero means it passes.
+func (g *Greylist) check(ctx context.Context, key string) (time.Duration, error) {
+	now := g.now()
+	if g.store != nil {
+		return g.checkStore(ctx, key, now)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	e, ok := g.entries.get(key)
+	e, wait := g.next(e, ok, now)
 	g.entries.add(key, e)
 	g.changed(now)
-	return g.opts.Delay - now.Sub(e.First)
+	return wait, nil
+}
+
+// lastSeenSlack is how stale the Last of a triplet that passed may be
+// left in a StateStore: within it, a sighting writes nothing. It shortens
+// AllowFor by at most this much, and saves a write per recipient of a
+// known correspondent.
+const lastSeenSlack = time.Hour
+
+// checkStore is check with the state in g.store.
+func (g *Greylist) checkStore(ctx context.Context, key string, now time.Time) (time.Duration, error) {
+	var wait time.Duration
+	_, err := g.store.Update(ctx, "greylist:"+key, func(old []byte) ([]byte, error) {
+		var e greylistEntry
+		if old != nil {
+			if err := json.Unmarshal(old, &e); err != nil {
+				return nil, err
+			}
+		}
+		n, w := g.next(e, old != nil, now)
+		wait = w
+		if old != nil && e.Passed && n.Passed && n.First.Equal(e.First) && n.Last.Sub(e.Last) < lastSeenSlack {
+			return old, nil
+		}
+		return json.Marshal(n)
+	})
+	return wait, err
 }
 
 // changed marks the state dirty and starts a save in the background when
@@ -321,6 +374,13 @@ func (g *Greylist) refuse(ctx context.Context, tx *policy.Transaction, rcpt poli
 	return policy.Defer("4.7.1", fmt.Sprintf("%s: Recipient address rejected: Greylisted, try again in %d seconds", rcpt.Addr.Path(), secs))
 }
 
+// failed is the verdict when the shared state failed: try again later,
+// as for a new triplet.
+func (g *Greylist) failed(ctx context.Context, err error) policy.Verdict {
+	g.log.LogAttrs(ctx, slog.LevelError, "greylisting state failed", slog.String("error", err.Error()))
+	return policy.Defer("4.3.0", "Greylisting state unavailable, try again later")
+}
+
 // RcptRule returns the greylisting rule for the rcpt stage, where
 // Postfix's policy services (postgrey) run: a triplet not seen before, or
 // retried before Delay, gets "451 4.7.1 <rcpt>: Recipient address
@@ -334,7 +394,11 @@ func (g *Greylist) RcptRule() policy.RcptRule {
 		if g.exempt(ctx, tx) {
 			return policy.Next()
 		}
-		if wait := g.check(greylistKey(tx, rcpt)); wait > 0 {
+		wait, err := g.check(ctx, greylistKey(tx, rcpt))
+		if err != nil {
+			return g.failed(ctx, err)
+		}
+		if wait > 0 {
 			return g.refuse(ctx, tx, rcpt, wait)
 		}
 		return policy.Next()
@@ -355,7 +419,11 @@ func (g *Greylist) MessageRule() policy.MessageRule {
 		var wait time.Duration
 		var first policy.Recipient
 		for _, r := range tx.Rcpts {
-			if w := g.check(greylistKey(tx, r)); w > wait {
+			w, err := g.check(ctx, greylistKey(tx, r))
+			if err != nil {
+				return g.failed(ctx, err)
+			}
+			if w > wait {
 				wait, first = w, r
 			}
 		}

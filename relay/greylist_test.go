@@ -3,6 +3,7 @@ package relay_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -22,9 +23,18 @@ import (
 // TestGreylistOverSockets plays a sender's retries through mtakit's SMTP
 // server with a fake clock.
 func TestGreylistOverSockets(t *testing.T) {
+	forStores(t, testGreylistOverSockets)
+}
+
+func testGreylistOverSockets(t *testing.T, store relay.StateStore) {
 	clock := newFakeClock()
+	dir := t.TempDir()
+	if store != nil {
+		dir = ""
+	}
 	g, err := relay.NewGreylist(relay.GreylistOptions{
-		Dir:      t.TempDir(),
+		Dir:      dir,
+		Store:    store,
 		Internal: []netip.Prefix{netip.MustParsePrefix("127.0.1.0/24")},
 		Skip: func(_ context.Context, tx *policy.Transaction) bool {
 			return tx.From.Domain == "spf-pass.test"
@@ -140,6 +150,41 @@ func TestGreylistBadState(t *testing.T) {
 	g, err := relay.NewGreylist(relay.GreylistOptions{})
 	require.NoError(t, err)
 	require.NoError(t, g.Close())
+}
+
+// TestGreylistSharedStore: a triplet greylisted by one node passes on
+// another after the delay; a failing store defers with 451 4.3.0; Dir and
+// Store together are refused.
+func TestGreylistSharedStore(t *testing.T) {
+	clock := newFakeClock()
+	store := &mapStore{}
+	node := func() *policy.Chain {
+		g, err := relay.NewGreylist(relay.GreylistOptions{Store: store, Now: clock.Now})
+		require.NoError(t, err)
+		return policy.NewChain().Rcpt("greylist", g.RcptRule()).Rcpt("local", acceptLocal)
+	}
+	a, b := node(), node()
+	rcpt := func(chain *policy.Chain) string {
+		out, err := policytest.Run(context.Background(), chain, policytest.Session{Remote: "192.0.2.1:4000", From: "a@other.test", Rcpts: []string{"u@local.test"}})
+		require.NoError(t, err)
+		return out.Rcpts[0].Reply.String()
+	}
+	assert.Contains(t, rcpt(a), "451 4.7.1 <u@local.test>: Recipient address rejected: Greylisted, try again in 300 seconds")
+	clock.Advance(time.Minute)
+	assert.Contains(t, rcpt(b), "try again in 240 seconds", "node b knows when node a first saw it")
+	clock.Advance(4 * time.Minute)
+	assert.True(t, strings.HasPrefix(rcpt(b), "250"))
+	assert.True(t, strings.HasPrefix(rcpt(a), "250"))
+	writes := store.writes
+	clock.Advance(time.Minute)
+	assert.True(t, strings.HasPrefix(rcpt(a), "250"))
+	assert.Equal(t, writes, store.writes, "a passed triplet seen again soon writes nothing")
+
+	store.err = errors.New("no quorum")
+	assert.Equal(t, "451 4.3.0 Greylisting state unavailable, try again later", rcpt(a))
+
+	_, err := relay.NewGreylist(relay.GreylistOptions{Store: store, Dir: t.TempDir()})
+	require.Error(t, err)
 }
 
 func TestGreylistAtPreQ(t *testing.T) {

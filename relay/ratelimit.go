@@ -152,10 +152,19 @@ type RateLimitOptions struct {
 	// is forgotten and starts afresh when it comes back: memory stays
 	// bounded whatever clients do.
 	MaxClients int
+	// Store, when set, keeps the counts instead of this process's memory,
+	// so that the nodes of a fleet sharing it share the limits: a client
+	// gets N per Per from all of them together, not from each. Its
+	// values must live at least the longest Per of Limits and Trusted.
+	// MaxClients does not apply to it. When the store fails (a cluster
+	// without quorum), the limit is not enforced and the failure is
+	// logged (error): a limit protects, it must not stop the mail. nil:
+	// memory, per process.
+	Store StateStore
 	// Now is the clock; nil means time.Now. Tests set a fake one.
 	Now func() time.Time
-	// Logger receives clients over a limit (info); nil means
-	// slog.Default().
+	// Logger receives clients over a limit (info) and failures of Store
+	// (error); nil means slog.Default().
 	Logger *slog.Logger
 }
 
@@ -168,11 +177,12 @@ type RateLimitOptions struct {
 // let a client evade the limit by changing its address.
 //
 // Make one with NewRateLimiter and register its rules; it is safe for
-// concurrent use. Its counts are per process: several nodes each count
-// their own.
+// concurrent use. Its counts are per process, several nodes each counting
+// their own, unless RateLimitOptions.Store shares them.
 type RateLimiter struct {
 	limits, trusted RateLimits
 	internal        []netip.Prefix
+	store           StateStore
 	now             func() time.Time
 	log             *slog.Logger
 
@@ -194,7 +204,7 @@ func NewRateLimiter(opts RateLimitOptions) (*RateLimiter, error) {
 		size = 10000
 	}
 	l := &RateLimiter{limits: opts.Limits, trusted: opts.Trusted, internal: append([]netip.Prefix(nil), opts.Internal...),
-		now: opts.Now, log: opts.Logger,
+		store: opts.Store, now: opts.Now, log: opts.Logger,
 		conns: newLRU[string, *rate.Limiter](size), msgs: newLRU[string, *rate.Limiter](size), rcpts: newLRU[string, *rate.Limiter](size)}
 	for _, p := range []struct{ t, d *Rate }{
 		{&l.trusted.Connections, &l.limits.Connections},
@@ -226,12 +236,20 @@ func clientKey(ip netip.Addr) string {
 }
 
 // allow takes one token from the bucket of key in set, made with r when
-// new.
-func (l *RateLimiter) allow(set *lru[string, *rate.Limiter], key string, r Rate) bool {
+// new. what names the set in the shared store.
+func (l *RateLimiter) allow(ctx context.Context, set *lru[string, *rate.Limiter], what, key string, r Rate) bool {
 	if r.IsZero() {
 		return true
 	}
 	now := l.now()
+	if l.store != nil {
+		var ok bool
+		if _, err := l.store.Update(ctx, what+":"+key, takeToken(r, now, &ok)); err != nil {
+			l.log.LogAttrs(ctx, slog.LevelError, "rate limit not enforced: shared state failed", slog.String("limit", what), slog.String("client", key), slog.String("error", err.Error()))
+			return true
+		}
+		return ok
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	lim, ok := set.get(key)
@@ -273,7 +291,7 @@ func (l *RateLimiter) ConnectRule() policy.ConnectRule {
 		if c == nil {
 			return policy.Next()
 		}
-		if !l.allow(l.conns, clientKey(c.Remote.Addr()), l.limitsFor(c).Connections) {
+		if !l.allow(ctx, l.conns, "conns", clientKey(c.Remote.Addr()), l.limitsFor(c).Connections) {
 			return l.refuse(ctx, "connections", "["+c.Remote.Addr().Unmap().WithZone("").String()+"]")
 		}
 		return policy.Next()
@@ -287,7 +305,7 @@ func (l *RateLimiter) MailRule() policy.MailRule {
 			return policy.Next()
 		}
 		key, name := who(tx.Conn)
-		if !l.allow(l.msgs, key, l.limitsFor(tx.Conn).Messages) {
+		if !l.allow(ctx, l.msgs, "msgs", key, l.limitsFor(tx.Conn).Messages) {
 			return l.refuse(ctx, "messages", name)
 		}
 		return policy.Next()
@@ -303,7 +321,7 @@ func (l *RateLimiter) RcptRule() policy.RcptRule {
 			return policy.Next()
 		}
 		key, name := who(tx.Conn)
-		if !l.allow(l.rcpts, key, l.limitsFor(tx.Conn).Recipients) {
+		if !l.allow(ctx, l.rcpts, "rcpts", key, l.limitsFor(tx.Conn).Recipients) {
 			return l.refuse(ctx, "recipients", name)
 		}
 		return policy.Next()

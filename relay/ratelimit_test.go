@@ -1,7 +1,9 @@
 package relay_test
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -37,6 +39,42 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	c.now = c.now.Add(d)
 	c.mu.Unlock()
+}
+
+// mapStore is a StateStore in a map, as a shared store behaves: values
+// are copied in and out, and a value equal to the old one is not written.
+type mapStore struct {
+	mu     sync.Mutex
+	m      map[string][]byte
+	writes int
+	err    error // returned by every Update when set
+}
+
+func (s *mapStore) Update(_ context.Context, key string, fn func(old []byte) ([]byte, error)) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return nil, s.err
+	}
+	old := s.m[key]
+	v, err := fn(bytes.Clone(old))
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(v, old) {
+		if s.m == nil {
+			s.m = map[string][]byte{}
+		}
+		s.m[key] = bytes.Clone(v)
+		s.writes++
+	}
+	return v, nil
+}
+
+// forStores runs test with the rules' own memory and with a store.
+func forStores(t *testing.T, test func(*testing.T, relay.StateStore)) {
+	t.Run("memory", func(t *testing.T) { test(t, nil) })
+	t.Run("store", func(t *testing.T) { test(t, &mapStore{}) })
 }
 
 func TestParseRateLimits(t *testing.T) {
@@ -84,8 +122,13 @@ func TestNewRateLimiterErrors(t *testing.T) {
 // TestRateLimitOverSockets drives the limits through mtakit's SMTP server
 // with a fake clock: no sleeps.
 func TestRateLimitOverSockets(t *testing.T) {
+	forStores(t, testRateLimitOverSockets)
+}
+
+func testRateLimitOverSockets(t *testing.T, store relay.StateStore) {
 	clock := newFakeClock()
 	rl, err := relay.NewRateLimiter(relay.RateLimitOptions{
+		Store:    store,
 		Limits:   relay.RateLimits{Connections: relay.Rate{N: 2, Per: time.Minute}, Messages: relay.Rate{N: 2, Per: time.Hour}, Recipients: relay.Rate{N: 3, Per: time.Hour}},
 		Trusted:  relay.RateLimits{Connections: relay.Rate{N: 100, Per: time.Minute}, Recipients: relay.Rate{N: 4, Per: time.Hour}},
 		Internal: []netip.Prefix{netip.MustParsePrefix("127.0.0.9/32")},
@@ -186,6 +229,37 @@ func TestRateLimitMemoryBounded(t *testing.T) {
 	assert.Equal(t, 220, connect("192.0.2.3"), "evicts 192.0.2.2")
 	assert.Equal(t, 220, connect("192.0.2.2"), "forgotten, starts afresh (and evicts 192.0.2.1)")
 	assert.Equal(t, 220, connect("192.0.2.1"))
+}
+
+// TestRateLimitSharedStore: two limiters (two nodes) on one store share
+// a client's allowance; a refusal writes nothing; a failing store lets
+// mail through (the limit is not enforced) rather than stop it.
+func TestRateLimitSharedStore(t *testing.T) {
+	clock := newFakeClock()
+	store := &mapStore{}
+	node := func() *policy.Chain {
+		rl, err := relay.NewRateLimiter(relay.RateLimitOptions{
+			Limits: relay.RateLimits{Messages: relay.Rate{N: 4, Per: time.Hour}},
+			Store:  store, Now: clock.Now,
+		})
+		require.NoError(t, err)
+		return policy.NewChain().Mail("rate", rl.MailRule()).Rcpt("local", acceptLocal)
+	}
+	a, b := node(), node()
+	mail := func(chain *policy.Chain) int {
+		out, err := policytest.Run(context.Background(), chain, policytest.Session{Remote: "192.0.2.1:4000", From: "a@other.test", Rcpts: []string{"u@local.test"}})
+		require.NoError(t, err)
+		return out.Mail.Reply.Code
+	}
+	got := []int{mail(a), mail(b), mail(a), mail(b), mail(a), mail(b)}
+	assert.Equal(t, []int{250, 250, 250, 250, 450, 450}, got, "4 an hour from both nodes together")
+	assert.Equal(t, 4, store.writes, "refusals write nothing")
+	clock.Advance(15 * time.Minute) // one message back
+	assert.Equal(t, 250, mail(b))
+	assert.Equal(t, 450, mail(a))
+
+	store.err = errors.New("no quorum")
+	assert.Equal(t, 250, mail(a), "a failing store does not stop mail")
 }
 
 // TestRateLimitIPv6Per64: addresses of one /64 share an allowance.

@@ -13,7 +13,6 @@ import (
 
 	"github.com/mtakit/mtakit/policy"
 	"github.com/mtakit/mtakit/queue"
-	"github.com/mtakit/mtakit/queue/admin"
 	"github.com/mtakit/mtakit/queue/admin/console"
 )
 
@@ -132,8 +131,8 @@ var _ queue.Events = fanout{}
 // loopback address, HTTPS with the server's certificate on any other
 // (the admins' passwords must not cross a network in clear).
 func serveConsole(stdout io.Writer, s *server, log *slog.Logger) (stop func(), err error) {
-	q, ok := s.mta.Store.(admin.Queue)
-	if !ok {
+	q := s.adminQueue()
+	if q == nil {
 		return nil, errors.New("-console: the queue store cannot be administered")
 	}
 	c, err := console.New(console.Config{Queue: q, Authenticator: s.creds, Admins: s.cfg.admins, Activity: s.activity, Logger: log})

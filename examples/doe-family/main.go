@@ -113,6 +113,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		stopMetrics, err := serveMetrics(stdout, srv, log)
 		if err != nil {
 			srv.mta.Store.Close()
+			srv.cluster.close()
 			return err
 		}
 		defer stopMetrics()

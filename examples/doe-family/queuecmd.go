@@ -48,12 +48,25 @@ func readToken(path string) (string, error) {
 	return tok, nil
 }
 
+// adminQueue is the queue as the admin API and the console see it: the
+// spool, or the admin operations over the JetStream store, which see the
+// whole cluster's queue; nil when the store cannot be administered.
+func (s *server) adminQueue() admin.Queue {
+	if q, ok := s.mta.Store.(admin.Queue); ok {
+		return q
+	}
+	if st, ok := s.mta.Store.(queue.Store); ok {
+		return &queue.Admin{Store: st}
+	}
+	return nil
+}
+
 // serveAdmin serves the queue's admin API on the admin socket (unless
 // -admin is "off") and on -admin-addr, until ctx ends or stop is called;
 // stop waits for it to close.
 func (s *server) serveAdmin(ctx context.Context, stdout io.Writer) (stop func(), err error) {
-	q, ok := s.mta.Store.(admin.Queue)
-	if !ok {
+	q := s.adminQueue()
+	if q == nil {
 		return func() {}, nil
 	}
 	cfg := admin.Config{Queue: q, Addr: s.cfg.adminAddr, Logger: s.log}

@@ -40,7 +40,10 @@ type abuse struct {
 
 // newAbuse builds the anti-abuse rules from the command line. A flag that
 // does not parse fails start-up, naming the flag.
-func newAbuse(cfg *config, internal []netip.Prefix, resolver policy.Resolver, log *slog.Logger) (*abuse, error) {
+//
+// With a cluster (-queue, -nats-embedded) the rate limits and greylisting
+// triplets are kept in its key-value buckets, shared by every node.
+func newAbuse(cfg *config, internal []netip.Prefix, resolver policy.Resolver, cl *cluster, log *slog.Logger) (*abuse, error) {
 	a := &abuse{internal: internal, names: append([]string{cfg.hostname}, cfg.domains...), local: relay.NewDomains(cfg.domains...), log: log}
 	if cfg.dnsbl != "" {
 		var zones []relay.DNSBLZone
@@ -64,19 +67,41 @@ func newAbuse(cfg *config, internal []netip.Prefix, resolver policy.Resolver, lo
 		if err != nil {
 			return nil, fmt.Errorf("-rate-limit: %w", err)
 		}
-		if a.limiter, err = relay.NewRateLimiter(relay.RateLimitOptions{Limits: limits, Internal: internal, Logger: log}); err != nil {
+		opts := relay.RateLimitOptions{Limits: limits, Internal: internal, Logger: log}
+		if cl != nil {
+			// Values matter for the longest period of a limit.
+			ttl := time.Minute
+			for _, r := range []relay.Rate{limits.Connections, limits.Messages, limits.Recipients} {
+				ttl = max(ttl, r.Per)
+			}
+			store, err := cl.bucket("mtakit_ratelimit", ttl)
+			if err != nil {
+				return nil, fmt.Errorf("-rate-limit: %w", err)
+			}
+			opts.Store = store
+		}
+		if a.limiter, err = relay.NewRateLimiter(opts); err != nil {
 			return nil, fmt.Errorf("-rate-limit: %w", err)
 		}
 	}
 	if cfg.greylist {
-		var err error
-		a.greylist, err = relay.NewGreylist(relay.GreylistOptions{
+		opts := relay.GreylistOptions{
 			Dir:      filepath.Join(cfg.dataDir, "greylist"),
 			Delay:    cfg.greylistDelay,
 			Internal: internal,
 			Skip:     greylistSkip,
 			Logger:   log,
-		})
+		}
+		if cl != nil {
+			// The default AllowFor, 36 days, is the longest a triplet matters.
+			store, err := cl.bucket("mtakit_greylist", 36*24*time.Hour)
+			if err != nil {
+				return nil, fmt.Errorf("-greylist: %w", err)
+			}
+			opts.Dir, opts.Store = "", store
+		}
+		var err error
+		a.greylist, err = relay.NewGreylist(opts)
 		if err != nil {
 			return nil, fmt.Errorf("-greylist: %w", err)
 		}

@@ -41,9 +41,10 @@ type server struct {
 	metrics   *metrics.Metrics  // with -metrics (see metrics.go)
 	milters   []*milter.Milter  // with -milter (see rules_milter.go)
 	activity  *console.Activity // with -console (see console.go)
+	cluster   *cluster          // -queue or -nats-embedded (cluster.go); nil: the filesystem spool
 }
 
-func build(cfg *config, log *slog.Logger) (*server, error) {
+func build(cfg *config, log *slog.Logger) (_ *server, err error) {
 	internal, err := relay.ParsePrefixes(cfg.internal)
 	if err != nil {
 		return nil, fmt.Errorf("-internal: %w", err)
@@ -63,7 +64,15 @@ func build(cfg *config, log *slog.Logger) (*server, error) {
 		return nil, err
 	}
 	rs.rcpts = s.rcpts
-	if rs.abuse, err = newAbuse(cfg, internal, resolver, log); err != nil {
+	if s.cluster, err = connectCluster(cfg, log); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			s.cluster.close()
+		}
+	}()
+	if rs.abuse, err = newAbuse(cfg, internal, resolver, s.cluster, log); err != nil {
 		return nil, err
 	}
 	s.abuse = rs.abuse
@@ -122,14 +131,28 @@ func build(cfg *config, log *slog.Logger) (*server, error) {
 		s.mta.SMTP.Resolver = resolver // reverse names only when DNS was pointed somewhere
 	}
 	if cfg.users != "" {
-		if s.creds, err = auth.LoadCredentialFile(cfg.users, auth.CredentialOptions{Logger: log}); err != nil {
+		opts := auth.CredentialOptions{Logger: log}
+		if s.cluster != nil {
+			// auth.NewFailureLimiter's Window and Cooldown (15 minutes) are
+			// how long a failure count matters.
+			lim := auth.NewFailureLimiter()
+			if lim.Store, err = s.cluster.bucket("mtakit_authfail", 15*time.Minute); err != nil {
+				return nil, fmt.Errorf("-users: %w", err)
+			}
+			opts.Limiter = lim
+		}
+		if s.creds, err = auth.LoadCredentialFile(cfg.users, opts); err != nil {
 			return nil, fmt.Errorf("-users: %w", err)
 		}
 		s.mta.SMTP.Authenticator = s.creds
 	}
 	// The spool is opened last: nothing above can fail after it, and Serve
 	// closes it.
-	if s.mta.Store, err = queue.Open(cfg.spool, s.withMetrics(queue.SpoolConfig{Logger: log, UnsafeNoSync: cfg.unsafeNoSync})); err != nil {
+	if s.cluster != nil {
+		if s.mta.Store, err = s.cluster.openQueue(cfg.queueTimeout, log); err != nil {
+			return nil, err
+		}
+	} else if s.mta.Store, err = queue.Open(cfg.spool, s.withMetrics(queue.SpoolConfig{Logger: log, UnsafeNoSync: cfg.unsafeNoSync})); err != nil {
 		return nil, fmt.Errorf("-spool: %w", err)
 	}
 	s.remember() // what SIGHUP compares with (reload.go)
@@ -146,6 +169,7 @@ func (s *server) serve(ctx context.Context, stdout io.Writer) error {
 			ln.Close()
 		}
 		s.mta.Store.Close()
+		s.cluster.close()
 	}
 	mta, err := listen(stdout, nil, "mta", s.cfg.listen)
 	if err != nil {
@@ -210,6 +234,8 @@ func (s *server) serve(ctx context.Context, stdout io.Writer) error {
 	for _, m := range s.milters {
 		m.Close()
 	}
+	// Last: the queue (closed by Serve) and the shared state live there.
+	s.cluster.close()
 	fmt.Fprintln(stdout, "doe-family stopped")
 	s.log.Info("doe-family stopped")
 	return err

@@ -77,6 +77,23 @@ func checkFlags(c *config, rest []string) error {
 	default:
 		return fmt.Errorf("-dkim-genkey-type: want ed25519 or rsa, not %q", c.dkimGenKeyType)
 	}
+	if c.queue != "" && c.natsEmbedded != "" {
+		return errors.New("-queue and -nats-embedded: give one (a cluster, or a server in this process)")
+	}
+	if c.queue != "" {
+		if _, err := natsURLs(c.queue); err != nil {
+			return err
+		}
+	}
+	if c.queueTimeout <= 0 {
+		return fmt.Errorf("-queue-timeout: %v: want a positive duration", c.queueTimeout)
+	}
+	if c.natsReplicas < 0 || c.natsReplicas > 5 {
+		return fmt.Errorf("-nats-replicas: %d: want 1 to 5 (JetStream's limit)", c.natsReplicas)
+	}
+	if (c.queue != "" || c.natsEmbedded != "") && c.node == "" {
+		return errors.New("-node: a name is needed with -queue or -nats-embedded")
+	}
 	return checkConsoleFlags(c)
 }
 

@@ -3,6 +3,7 @@ package archtest
 import (
 	"encoding/json"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 
@@ -39,6 +40,9 @@ var allowed = map[string][]string{
 	// policy/metrics, without importing smtp.
 	"queue/admin":         {"policy", "queue"},
 	"queue/admin/console": {"policy", "queue", "queue/admin"},
+	// The JetStream key-value buckets for shared state satisfy interfaces
+	// that relay and auth declare, without importing them.
+	"queue/jetstream/kv": {},
 	// The module's root package assembles a whole server (mtakit.Server):
 	// it is the one place that wires smtp to queue.
 	".": {"policy", "queue", "smtp"},
@@ -71,6 +75,11 @@ var forbidden = map[string][]string{
 	".":               {"github.com/prometheus/", "github.com/nats-io/"},
 }
 
+// natsFree lists packages that must not link NATS: a server on the
+// filesystem spool does not carry a JetStream client. Shared state and
+// the JetStream queue live under queue/jetstream.
+var natsFree = []string{"policy", "smtp", "queue", "relay", "auth", "."}
+
 func TestImportGraph(t *testing.T) {
 	for pkg, ok := range allowed {
 		t.Run(pkg, func(t *testing.T) {
@@ -86,6 +95,9 @@ func TestImportGraph(t *testing.T) {
 				require.NoError(t, dec.Decode(&p))
 				if rest, ours := strings.CutPrefix(p.ImportPath, module+"/"); ours && rest != pkg && !(pkg == "." && p.ImportPath == module) {
 					assert.Contains(t, append(ok, everywhere...), rest, "%s must not import %s", pkg, p.ImportPath)
+				}
+				if slices.Contains(natsFree, pkg) {
+					assert.False(t, strings.HasPrefix(p.ImportPath, "github.com/nats-io/"), "%s must not depend on %s", pkg, p.ImportPath)
 				}
 				for _, bad := range forbidden[pkg] {
 					assert.False(t, strings.HasPrefix(p.ImportPath, bad), "%s must not depend on %s", pkg, p.ImportPath)

@@ -195,6 +195,9 @@ func (s *Store) setup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("jetstream: object store %s: %w", s.cfg.Bucket, err)
 	}
+	if err := s.leaderReads(ctx); err != nil {
+		return err
+	}
 	s.cons, err = s.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable:     s.cfg.Consumer,
 		Description: "mtakit queue: every node's scheduler",
@@ -610,7 +613,7 @@ func (s *Store) Load(id string) (string, *queue.Envelope, *policy.Message, error
 		h.next = env.NextAttempt
 	}
 	s.mu.Unlock()
-	m, err := s.openBody(ctx, c.body, env)
+	m, err := s.openBodySure(ctx, c.body, env)
 	if err != nil {
 		return c.q, nil, nil, err
 	}
