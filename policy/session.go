@@ -35,6 +35,13 @@ type Conn struct {
 
 	Started time.Time
 
+	// Closed is closed when the connection ends (the client quit or was
+	// disconnected), after its last rule ran: a rule that keeps something
+	// per connection (a milter's connection, say) releases it then. Nil
+	// when nobody will say: a transaction rebuilt from the queue (postq,
+	// delivery) has a Conn of its own, and policytest's.
+	Closed <-chan struct{}
+
 	state connState
 }
 

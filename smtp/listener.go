@@ -182,7 +182,7 @@ func (l *listener) admit(raw net.Conn) {
 		nc, tlsState = tc, &st
 	}
 	c := newConn(s, nc, ip)
-	c.pc = &policy.Conn{ID: policy.NewID(), Listener: l.lc.Name, Remote: remote, Local: local, Started: time.Now(), TLS: tlsState}
+	c.pc = &policy.Conn{ID: policy.NewID(), Listener: l.lc.Name, Remote: remote, Local: local, Started: time.Now(), TLS: tlsState, Closed: c.ctx.Done()}
 	c.log = s.log.With("conn", c.pc.ID, "listener", l.lc.Name, "remote", remote.String())
 	if !s.register(c) {
 		s.connected(l.lc.Name, false)

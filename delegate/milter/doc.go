@@ -68,12 +68,11 @@
 // {mail_host}, {mail_mailer} at MAIL; i, {rcpt_addr}, {rcpt_host},
 // {rcpt_mailer} at RCPT; i at DATA, end of header and end of message.
 //
-// Rules cannot see an SMTP session end (policy has no such hook), so a
-// milter connection is closed (QUIT) when its session has been quiet
-// for Options.IdleTimeout (10s by default): after the client's QUIT, or
-// a client pausing that long. A milter built on libmilter (OpenDKIM,
-// clamav-milter) keeps a thread per connection: on a busy server, lower
-// IdleTimeout (a session that outlives it only opens a new connection). Each rule first brings the milter up to
+// A milter connection is closed (QUIT) when its SMTP session ends
+// (policy.Conn.Closed, which the smtp package closes), and also when the
+// session has been quiet for Options.IdleTimeout (10s by default), a
+// client pausing that long: a milter built on libmilter (OpenDKIM,
+// clamav-milter) keeps a thread per connection. Each rule first brings the milter up to
 // date: a stage whose rule did not run (an earlier rule's Accept ended
 // it) or a connection closed meanwhile is made good by opening a new
 // connection and sending connect, HELO, MAIL and the recipients again.

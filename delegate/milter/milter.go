@@ -77,10 +77,9 @@ type Options struct {
 	ConnectTimeout, CommandTimeout, EOMTimeout time.Duration
 	// IdleTimeout is how long the milter connection of an SMTP session
 	// waits for the session's next stage before it is closed (default
-	// 10s). The rules cannot see a session end, so this is what closes
-	// the connection after the client's QUIT; a later stage of a session
-	// whose milter connection was closed opens a new one and replays
-	// connect, HELO, MAIL and the recipients to it.
+	// 10s); the session's end (policy.Conn.Closed) closes it at once. A
+	// later stage of a session whose milter connection was closed opens
+	// a new one and replays connect, HELO, MAIL and the recipients to it.
 	IdleTimeout time.Duration
 
 	// DefaultAction is what happens when the milter cannot be used:
@@ -117,6 +116,7 @@ type Milter struct {
 	mu       sync.Mutex
 	sessions map[any]*session
 	closed   bool
+	done     chan struct{} // closed by Close
 }
 
 // New checks o and returns the Milter. It does not connect: each SMTP
@@ -156,7 +156,7 @@ func New(o Options) (*Milter, error) {
 	if o.TempDir == "" {
 		o.TempDir = os.TempDir()
 	}
-	m := &Milter{opts: o, addr: a, name: o.Name, log: o.Logger, sessions: map[any]*session{}}
+	m := &Milter{opts: o, addr: a, name: o.Name, log: o.Logger, sessions: map[any]*session{}, done: make(chan struct{})}
 	if m.name == "" {
 		m.name = o.Addr
 	}
@@ -176,6 +176,9 @@ func (m *Milter) Addr() Addr { return m.addr }
 // apply the default action from then on. It is idempotent.
 func (m *Milter) Close() error {
 	m.mu.Lock()
+	if !m.closed {
+		close(m.done)
+	}
 	m.closed = true
 	var idle []*session
 	for k, s := range m.sessions {
@@ -313,6 +316,17 @@ func (m *Milter) with(ctx context.Context, conn *policy.Conn, tx *policy.Transac
 		s = &session{m: m, key: key, conn: conn}
 		s.timer = time.AfterFunc(time.Hour, func() { m.expire(s) })
 		m.sessions[key] = s
+		if conn != nil && conn.Closed != nil {
+			// The SMTP session's end closes the milter's at once (QUIT);
+			// the idle timer stays for a rule running at that moment.
+			go func() {
+				select {
+				case <-conn.Closed:
+					m.closeSession(conn)
+				case <-m.done:
+				}
+			}()
+		}
 	}
 	s.timer.Stop()
 	if s.busy {

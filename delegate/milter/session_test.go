@@ -206,3 +206,16 @@ func transact(c *gosmtp.Client, from string, rcpts []string, msg string) error {
 	}
 	return w.Close()
 }
+
+// TestClosedWithSession: the milter connection of an SMTP session is
+// closed when the client quits (policy.Conn.Closed), not an idle timeout
+// later.
+func TestClosedWithSession(t *testing.T) {
+	f := startFake(t, "tcp", nil)
+	m := newMilter(t, f, func(o *Options) { o.IdleTimeout = time.Hour })
+	h := startServer(t, m)
+	require.NoError(t, h.send("alice@sender.example", twoRcpts, testMessage).data)
+	f.waitClosed(t, 1) // 10 s at most, far below the hour
+	assert.Equal(t, "close", f.Events()[len(f.Events())-1])
+	assert.Equal(t, 0, m.sessionCount()) // dropped before the QUIT was sent
+}
