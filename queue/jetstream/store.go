@@ -719,6 +719,24 @@ func storedBody(env *queue.Envelope, m *policy.Message) (name string, off int64,
 	return src.name, start, true
 }
 
+// chunkSize is the size of a body chunk (the object store's default).
+const chunkSize = 128 << 10
+
+// fullReader fills each Read's buffer whole (but at the end): the object
+// store makes each Read a chunk, a publish (and, on a server syncing
+// always, an fsync) of its own, and a message written through a pipe
+// comes in small writes (a header line each), so a 4 KiB message made
+// six chunks.
+type fullReader struct{ r io.Reader }
+
+func (f fullReader) Read(p []byte) (int, error) {
+	n, err := io.ReadFull(f.r, p)
+	if err == io.ErrUnexpectedEOF {
+		err = io.EOF
+	}
+	return n, err
+}
+
 // putBody stores a message body as object name; it returns its size.
 func (s *Store) putBody(ctx context.Context, name string, write func(io.Writer) (int64, error)) (int64, error) {
 	pr, pw := io.Pipe()
@@ -728,7 +746,7 @@ func (s *Store) putBody(ctx context.Context, name string, write func(io.Writer) 
 		n, err = write(pw)
 		pw.CloseWithError(err)
 	}()
-	_, err := s.obj.Put(ctx, jetstream.ObjectMeta{Name: name}, pr)
+	_, err := s.obj.Put(ctx, jetstream.ObjectMeta{Name: name, Opts: &jetstream.ObjectMetaOptions{ChunkSize: chunkSize}}, fullReader{pr})
 	pr.CloseWithError(errors.New("jetstream: body not stored"))
 	if err != nil {
 		return 0, fmt.Errorf("jetstream: storing body %s: %w", name, err)
