@@ -179,6 +179,12 @@ func (s *Store) setup(ctx context.Context) error {
 		Storage:           jetstream.FileStorage,
 		Replicas:          s.cfg.Replicas,
 		Duplicates:        2 * time.Minute,
+		// With one replica, direct gets (the lookups) read what the
+		// leader has, without waiting in the server's JetStream API
+		// queue behind the deletes, each fsynced on a server syncing
+		// always. With replicas they may read a lagging one: see
+		// leaderReads.
+		AllowDirect: s.cfg.Replicas == 1,
 	})
 	if err != nil {
 		return fmt.Errorf("jetstream: stream %s: %w", s.cfg.Stream, err)
