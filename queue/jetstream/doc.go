@@ -25,9 +25,7 @@
 // JetStream object store (Config.Bucket, default "MTAQ_BODIES"), chunked
 // (128 KiB chunks, each filled whole: a message under 128 KiB is one
 // chunk), so a 25 MiB message is as fine as a 4 KiB one; the envelope's
-// header "Mtaq-Body" names its object (<id>.<unique>: a body never
-// replaces another message's, and the envelope's publish is what refuses
-// an ID in use). Every change of an
+// header "Mtaq-Body" names its object. Every change of an
 // envelope is published with the expected stream, a message ID
 // (Nats-Msg-Id, de-duplicated within the stream's window) and the expected
 // last sequence of the ID's subjects (mtaq.env.<id>.>): a compare-and-set,
@@ -42,8 +40,7 @@
 //
 // What it costs: an Enqueue of a message under 128 KiB is three writes
 // (the body's chunk, the object's meta, the envelope; one more chunk per
-// 128 KiB) and one read (the object store's look for an older object of
-// that name); a delivery
+// 128 KiB) and two reads (is the ID free; the object's meta); a delivery
 // adds six writes (the attempt record; a tombstone each for the deleted
 // envelope and attempt record; for the body's deletion, a meta marking it
 // deleted and a tombstone each for the old meta and the chunk). On a

@@ -245,37 +245,3 @@ func TestEnqueueFailsWithoutServer(t *testing.T) {
 	err = st.Enqueue(context.Background(), queuetest.NewTx("", "a@example.org", "b@example.com"), newMessage(t))
 	assert.Error(t, err)
 }
-
-// TestAttemptKeepsEnvelopesBody: an attempt record with a replaced body
-// (a content filter's copy) leaves the body the envelope names, which a
-// node resuming after a crash reads; the record's outcome saved, the old
-// body goes.
-func TestAttemptKeepsEnvelopesBody(t *testing.T) {
-	st := open(t, embedded(t).URL(), Config{})
-	ctx := context.Background()
-	require.NoError(t, st.Enqueue(ctx, queuetest.NewTx("m1", "a@example.org", "b@example.com"), newMessage(t)))
-	c, err := st.lookup(ctx, "m1")
-	require.NoError(t, err)
-	first := c.envBody
-	q, env, m, err := st.Load("m1")
-	require.NoError(t, err)
-	defer m.Close()
-	repl := "Subject: filtered\r\n\r\nclean\r\n"
-	require.NoError(t, m.Replace(strings.NewReader(repl), int64(len(repl)), nil))
-	env.InFlight = true
-	require.NoError(t, st.SaveUnsynced(ctx, env, q, queue.Deliver, m))
-	_, err = st.obj.GetInfo(ctx, first)
-	require.NoError(t, err, "the envelope's body is kept during the attempt")
-	c, err = st.lookup(ctx, "m1")
-	require.NoError(t, err)
-	assert.NotEqual(t, first, c.body, "the attempt record names the new body")
-
-	require.NoError(t, st.Save(ctx, env, queue.Deliver, queue.Deferred, m))
-	_, _, m2, err := st.Load("m1")
-	require.NoError(t, err)
-	defer m2.Close()
-	var b strings.Builder
-	_, err = m2.WriteTo(&b)
-	require.NoError(t, err)
-	assert.Equal(t, repl, b.String())
-}

@@ -317,9 +317,6 @@ type current struct {
 	att  uint64 // the sequence of its attempt record (0: none)
 	data []byte // the current envelope: the newer of the two
 	body string // the object holding the message
-	// envBody is the object the envelope message names (body is the
-	// attempt record's when that is newer).
-	envBody string
 }
 
 // lookup returns the current state of id; an error wraps
@@ -353,9 +350,6 @@ func (s *Store) lookup(ctx context.Context, id string) (*current, error) {
 	}
 	if c.body == "" {
 		c.body = id
-	}
-	if c.envBody = m.Header.Get(hdrBody); c.envBody == "" {
-		c.envBody = id
 	}
 	return c, nil
 }
@@ -911,9 +905,7 @@ func (s *Store) SaveUnsynced(ctx context.Context, env *queue.Envelope, from, to 
 		h.next = env.NextAttempt
 	}
 	s.mu.Unlock()
-	// The envelope still names its body: a crash before the attempt's
-	// outcome is recorded goes on from it.
-	if old != "" && old != c.envBody {
+	if old != "" && old != env.ID {
 		s.obj.Delete(ctx, old)
 	}
 	return nil
@@ -986,29 +978,25 @@ func (s *Store) Add(ctx context.Context, env *queue.Envelope, q string, write fu
 	if err != nil {
 		return err
 	}
+	// Refused before its body is written over an existing message's.
+	if _, err := s.lookup(ctx, env.ID); err == nil {
+		return fmt.Errorf("%w: %s", queue.ErrExists, env.ID)
+	} else if !errors.Is(err, queue.ErrNotFound) {
+		return err
+	}
 	if env.NextAttempt.IsZero() {
 		env.NextAttempt = s.now()
 	}
-	// The body goes to an object of its own, so that it never replaces
-	// an existing message's: the envelope's publish (expected last
-	// sequence 0) is what refuses an ID in use, without a read before.
-	name := env.ID + "." + nats.NewInbox()[len(nats.InboxPrefix):]
-	n, err := s.putBody(ctx, name, write)
+	n, err := s.putBody(ctx, env.ID, write)
 	if err != nil {
 		return err
 	}
 	env.Size = n
 	data, err := env.Encode()
 	if err != nil {
-		s.obj.Delete(ctx, name)
 		return err
 	}
-	if _, err := s.publish(ctx, env.ID, subj, data, nats.Header{hdrBody: {name}}, 0); err != nil {
-		// Refused: the body is nobody's. Any other error may hide a
-		// stored envelope (a lost reply): its body stays.
-		if errors.Is(err, queue.ErrExists) {
-			s.obj.Delete(ctx, name)
-		}
+	if _, err := s.publish(ctx, env.ID, subj, data, nats.Header{hdrBody: {env.ID}}, 0); err != nil {
 		return err
 	}
 	return nil
