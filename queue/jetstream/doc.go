@@ -23,31 +23,16 @@
 // stream keeps one message per subject; the highest sequence among an
 // ID's subjects is its current state. Message bodies are objects of a
 // JetStream object store (Config.Bucket, default "MTAQ_BODIES"), chunked
-// (128 KiB chunks, each filled whole: a message under 128 KiB is one
-// chunk), so a 25 MiB message is as fine as a 4 KiB one; the envelope's
-// header "Mtaq-Body" names its object. Every change of an
+// (128 KiB chunks), so a 25 MiB message is as fine as a 4 KiB one; the
+// envelope's header "Mtaq-Body" names its object. Every change of an
 // envelope is published with the expected stream, a message ID
 // (Nats-Msg-Id, de-duplicated within the stream's window) and the expected
 // last sequence of the ID's subjects (mtaq.env.<id>.>): a compare-and-set,
 // so that two nodes changing one message never both succeed.
 //
 // IDs and Queues read the stream's per-subject state (stream info with a
-// subject filter); Load reads an ID's last message (a get by subject) and
-// its body object. With replicas, every read goes through the stream's
-// leader, which has every acknowledged write (a replica may lag); with one
-// replica, reads are direct gets, answered by the stream itself rather
-// than through the server's JetStream API queue.
-//
-// What it costs: an Enqueue of a message under 128 KiB is three writes
-// (the body's chunk, the object's meta, the envelope; one more chunk per
-// 128 KiB) and two reads (is the ID free; the object's meta); a delivery
-// adds six writes (the attempt record; a tombstone each for the deleted
-// envelope and attempt record; for the body's deletion, a meta marking it
-// deleted and a tombstone each for the old meta and the chunk). On a
-// server syncing always, each write is an fsync of its own, one after the
-// other within a stream (JetStream does not share an fsync between
-// publishers), on each replica: in the profiles, an Enqueue mostly waits
-// for those fsyncs (see the README's measurements).
+// subject filter); Load reads an ID's last message (direct get by
+// subject) and its body object.
 //
 // # The path of a message through the cluster
 //

@@ -24,8 +24,7 @@ func (s *Store) leaderReads(ctx context.Context) error {
 		return fmt.Errorf("jetstream: object store %s: %w", s.cfg.Bucket, err)
 	}
 	cfg := stream.CachedInfo().Config
-	if !cfg.AllowDirect || s.cfg.Replicas == 1 {
-		// One replica: it is the leader.
+	if !cfg.AllowDirect {
 		return nil
 	}
 	cfg.AllowDirect = false
