@@ -60,7 +60,7 @@ func (r *recorder) Deliver(ctx context.Context, d *policy.Delivery) []policy.Rep
 }
 
 // run runs a scheduler on st until the test ends (or stop is called).
-func run(t *testing.T, st queue.Store, tr queue.Transport) (stop func()) {
+func run(t testing.TB, st queue.Store, tr queue.Transport) (stop func()) {
 	sch := queue.NewScheduler(st, queue.Config{
 		Transports:   map[string]queue.Transport{"test": tr},
 		DefaultRoute: policy.Route{Transport: "test"},
