@@ -127,7 +127,7 @@ func subjectsAt(s *sink) map[string]int {
 // delivery must go on from the survivors, and with a second NATS node
 // down (no quorum) the nodes must answer 451 4.3.0, never 250.
 func TestClusterFaults(t *testing.T) {
-	integration(t)
+	faultTest(t)
 	start := time.Now()
 	c := startNATSCluster(t, 3)
 	relay := startSink(t, freePort(t))
@@ -197,7 +197,16 @@ func TestClusterFaults(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	sort.Strings(missing)
-	assert.Empty(t, missing, "messages that got a 250 and were never delivered")
+	if !assert.Empty(t, missing, "messages that got a 250 and were never delivered") {
+		// What the nodes said of trouble, for the diagnosis.
+		for i, n := range nodes {
+			for _, line := range strings.Split(n.stdout.String(), "\n") {
+				if strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") {
+					t.Logf("doe%d: %s", i+1, line)
+				}
+			}
+		}
+	}
 	got := subjectsAt(relay)
 	dups, extra := 0, 0
 	for s, n := range got {
