@@ -266,6 +266,13 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		var tc <-chan time.Time
 		if len(s.timers) > 0 {
 			tc = s.cfg.Clock.After(s.timers[0].at.Sub(now))
+			if s.cfg.Clock.Now().Sub(now) >= time.Second {
+				// The clock jumped while the timer was set (a test
+				// clock's Advance, the wall clock set forward): the
+				// timer counts from the old now, so look again.
+				s.mu.Unlock()
+				continue
+			}
 		}
 		s.mu.Unlock()
 		select {

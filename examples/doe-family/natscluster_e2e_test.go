@@ -54,7 +54,9 @@ func TestNATSClusterQuorum(t *testing.T) {
 		}
 		return err
 	}
-	require.NoError(t, incr())
+	// A new R3 bucket answers once its stream has elected a leader
+	// ("no responders" until then).
+	waitFor(t, 30*time.Second, "the first write", func() bool { return incr() == nil })
 	c.kill(0)
 	waitFor(t, 30*time.Second, "a write with one node down", func() bool { return incr() == nil })
 	c.kill(1)
