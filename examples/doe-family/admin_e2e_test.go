@@ -366,14 +366,6 @@ func newAntivirusEnv(t *testing.T) *env {
 			}
 		}
 	}
-	recv, clamsmtpd, clamd := freePort(t), freePort(t), freePort(t)
-	avDir := t.TempDir()
-	script, err := filepath.Abs("../../delegate/testdata/clamav-env.sh")
-	require.NoError(t, err)
-	start := exec.Command(script, "start", avDir)
-	start.Env = append(os.Environ(), "CLAMD_PORT="+portOf(clamd), "CLAMSMTP_PORT="+portOf(clamsmtpd), "CLAMSMTP_OUT="+recv)
-	out, err := start.CombinedOutput()
-	require.NoError(t, err, "clamav-env.sh start: %s", out)
-	t.Cleanup(func() { exec.Command(script, "stop", avDir).Run() })
+	clamsmtpd, recv := runClamAV(t)
 	return newEnv(t, "-clamav", clamsmtpd, "-receiver", recv)
 }

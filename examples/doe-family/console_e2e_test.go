@@ -47,17 +47,7 @@ func startClamAV(t *testing.T) (clamsmtpd, recv string) {
 			}
 		}
 	}
-	recv, clamsmtpd = freePort(t), freePort(t)
-	clamd := freePort(t)
-	avDir := t.TempDir()
-	script, err := filepath.Abs("../../delegate/testdata/clamav-env.sh")
-	require.NoError(t, err)
-	start := exec.Command(script, "start", avDir)
-	start.Env = append(os.Environ(), "CLAMD_PORT="+portOf(clamd), "CLAMSMTP_PORT="+portOf(clamsmtpd), "CLAMSMTP_OUT="+recv)
-	out, err := start.CombinedOutput()
-	require.NoError(t, err, "clamav-env.sh start: %s", out)
-	t.Cleanup(func() { exec.Command(script, "stop", avDir).Run() })
-	return clamsmtpd, recv
+	return runClamAV(t)
 }
 
 const eicar = `X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*`

@@ -508,17 +508,7 @@ func TestAntivirus(t *testing.T) {
 			}
 		}
 	}
-	recv := freePort(t)
-	clamsmtpd := freePort(t)
-	clamd := freePort(t)
-	avDir := t.TempDir()
-	script, err := filepath.Abs("../../delegate/testdata/clamav-env.sh")
-	require.NoError(t, err)
-	start := exec.Command(script, "start", avDir)
-	start.Env = append(os.Environ(), "CLAMD_PORT="+portOf(clamd), "CLAMSMTP_PORT="+portOf(clamsmtpd), "CLAMSMTP_OUT="+recv)
-	out, err := start.CombinedOutput()
-	require.NoError(t, err, "clamav-env.sh start: %s", out)
-	t.Cleanup(func() { exec.Command(script, "stop", avDir).Run() })
+	clamsmtpd, recv := runClamAV(t)
 
 	e := newEnv(t, "-clamav", clamsmtpd, "-receiver", recv)
 	eicar := `X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*`
@@ -654,4 +644,34 @@ func TestStartRetriesTakenPort(t *testing.T) {
 	require.NotEqual(t, taken.Addr().String(), e.submission)
 	require.NoError(t, sendFrom("127.0.0.1", e.listen, "someone@example.org", []string{"jane@doe-family.com"},
 		message("someone@example.org", "jane@doe-family.com", "after retry", "served")))
+}
+
+// runClamAV starts clamd and clamsmtpd (delegate/testdata/clamav-env.sh)
+// on free loopback ports, clamsmtpd passing clean mail on to recv, and
+// returns their addresses. A free port may be taken by a parallel test
+// before the daemon binds it: then it starts again, with other ports.
+func runClamAV(t *testing.T) (clamsmtpd, recv string) {
+	t.Helper()
+	script, err := filepath.Abs("../../delegate/testdata/clamav-env.sh")
+	require.NoError(t, err)
+	var avDir string
+	for try := 1; ; try++ {
+		// A free port may be taken by a parallel test before the daemon
+		// binds it: then again, with other ports.
+		recv, clamsmtpd = freePort(t), freePort(t)
+		clamd := freePort(t)
+		avDir = t.TempDir()
+		start := exec.Command(script, "start", avDir)
+		start.Env = append(os.Environ(), "CLAMD_PORT="+portOf(clamd), "CLAMSMTP_PORT="+portOf(clamsmtpd), "CLAMSMTP_OUT="+recv)
+		out, err := start.CombinedOutput()
+		if err != nil && try < 3 && strings.Contains(string(out), "Address already in use") {
+			exec.Command(script, "stop", avDir).Run()
+			continue
+		}
+		require.NoError(t, err, "clamav-env.sh start: %s", out)
+		break
+	}
+	dir := avDir
+	t.Cleanup(func() { exec.Command(script, "stop", dir).Run() })
+	return clamsmtpd, recv
 }
