@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/mtakit/mtakit/internal/idlock"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -98,7 +99,7 @@ type Spool struct {
 	clock  Clock      // nil: the real clock
 	c      *committer // the accept path (Enqueue)
 	cs     *committer // everything else: the scheduler and the admin API
-	locks  idLocks
+	locks  idlock.Locks
 	rec    *recycler
 	// syncs holds the shared sync rounds of the enqueues and of the
 	// Maildir deliveries of a Scheduler on this spool, and the filesystem
@@ -774,39 +775,5 @@ func (s *Spool) setAside(ctx context.Context, q, id string, cause error) {
 	o := &op{renames: [][2]string{{entryPath(dir, id), entryPath(cdir, id)}}, dirs: []string{dir, cdir}}
 	if err := s.cs.commit(ctx, o); err != nil {
 		s.log.Error("queue: could not set corrupt entry aside", "id", id, "error", err)
-	}
-}
-
-// idLocks serialises work on one queue ID between scheduler workers and
-// the admin API.
-type idLocks struct {
-	mu sync.Mutex
-	m  map[string]chan struct{}
-}
-
-func (l *idLocks) lock(ctx context.Context, id string) (func(), error) {
-	for {
-		l.mu.Lock()
-		if l.m == nil {
-			l.m = map[string]chan struct{}{}
-		}
-		ch, busy := l.m[id]
-		if !busy {
-			ch = make(chan struct{})
-			l.m[id] = ch
-			l.mu.Unlock()
-			return func() {
-				l.mu.Lock()
-				delete(l.m, id)
-				l.mu.Unlock()
-				close(ch)
-			}, nil
-		}
-		l.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
 	}
 }

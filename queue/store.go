@@ -102,7 +102,7 @@ func (s *Spool) Watch(fn func(id, queue string)) { s.setWake(fn) }
 func (s *Spool) IDs(q string) ([]string, error) { return s.listIDs(q) }
 
 // Lock implements Store.
-func (s *Spool) Lock(ctx context.Context, id string) (func(), error) { return s.locks.lock(ctx, id) }
+func (s *Spool) Lock(ctx context.Context, id string) (func(), error) { return s.locks.Lock(ctx, id) }
 
 // Load implements Store.
 func (s *Spool) Load(id string) (string, *Envelope, *policy.Message, error) {

@@ -20,6 +20,7 @@ const module = "github.com/mtakit/mtakit"
 var allowed = map[string][]string{
 	"internal/lazyctx":  {},
 	"internal/dnserr":   {},
+	"internal/idlock":   {},
 	"policy":            {},
 	"policy/policytest": {"policy"},
 	"policy/dnscache":   {"policy"},
@@ -56,7 +57,7 @@ var allowed = map[string][]string{
 
 // everywhere lists the internal helpers any package may import: leaves
 // that import nothing of ours (checked above like the others).
-var everywhere = []string{"internal/lazyctx", "internal/dnserr"}
+var everywhere = []string{"internal/lazyctx", "internal/dnserr", "internal/idlock"}
 
 // forbidden lists third-party packages a package must not depend on.
 var forbidden = map[string][]string{

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/mtakit/mtakit/internal/idlock"
 	"io"
 	"log/slog"
 	"os"
@@ -85,7 +86,7 @@ type Store struct {
 	ctx    context.Context // ends with Close
 	cancel context.CancelFunc
 
-	locks idLocks
+	locks idlock.Locks
 
 	mu      sync.Mutex
 	wake    func(id, queue string)
@@ -587,7 +588,7 @@ func (s *Store) Queues() ([]string, error) {
 }
 
 // Lock implements queue.Store (this process only: see the package doc).
-func (s *Store) Lock(ctx context.Context, id string) (func(), error) { return s.locks.lock(ctx, id) }
+func (s *Store) Lock(ctx context.Context, id string) (func(), error) { return s.locks.Lock(ctx, id) }
 
 // Load implements queue.Store. The body is copied to a temporary file
 // (Config.TempDir), removed at once and closed with the message.
@@ -1000,37 +1001,4 @@ func (s *Store) Enqueue(ctx context.Context, tx *policy.Transaction, m *policy.M
 		return err
 	}
 	return s.Add(ctx, env, q, func(w io.Writer) (int64, error) { return m.WriteTo(w) })
-}
-
-// idLocks serialises work on one queue ID in this process.
-type idLocks struct {
-	mu sync.Mutex
-	m  map[string]chan struct{}
-}
-
-func (l *idLocks) lock(ctx context.Context, id string) (func(), error) {
-	for {
-		l.mu.Lock()
-		if l.m == nil {
-			l.m = map[string]chan struct{}{}
-		}
-		ch, busy := l.m[id]
-		if !busy {
-			ch = make(chan struct{})
-			l.m[id] = ch
-			l.mu.Unlock()
-			return func() {
-				l.mu.Lock()
-				delete(l.m, id)
-				l.mu.Unlock()
-				close(ch)
-			}, nil
-		}
-		l.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
 }
