@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/mtakit/mtakit/internal/idlock"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -16,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mtakit/mtakit/internal/idlock"
 	"github.com/mtakit/mtakit/policy"
 )
 

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/mtakit/mtakit/internal/idlock"
 	"io"
 	"log/slog"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mtakit/mtakit/internal/idlock"
 	"github.com/mtakit/mtakit/policy"
 	"github.com/mtakit/mtakit/queue"
 )
