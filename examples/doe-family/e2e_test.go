@@ -510,7 +510,9 @@ func TestAntivirus(t *testing.T) {
 	}
 	clamsmtpd, recv := runClamAV(t)
 
-	e := newEnv(t, "-clamav", clamsmtpd, "-receiver", recv)
+	// 20 transactions at once below, right after three whose server
+	// side may still be closing: above the default 20 per client address.
+	e := newEnv(t, "-clamav", clamsmtpd, "-receiver", recv, "-max-connections-per-ip", "100")
 	eicar := `X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*`
 	require.NoError(t, send(t, e.listen, "client.example.org", false, "someone@example.org", []string{"jane@doe-family.com"}, message("someone@example.org", "jane@doe-family.com", "virus", eicar)))
 	require.NoError(t, send(t, e.listen, "client.example.org", false, "someone@example.org", []string{"jane@doe-family.com"}, message("someone@example.org", "jane@doe-family.com", "clean", "nothing to see")))
