@@ -50,7 +50,9 @@
 #   DOE_B_BIN (another doe-family binary, e.g. of the base revision: add
 #   doe-b to SERVERS and it is measured as one more row, interleaved with
 #   the others, with a doe/doe-b ratio: the way to tell a change from the
-#   noise of a shared machine)
+#   noise of a shared machine; DOE_B_BIN=same uses this run's binary)
+#   DOE_B_FLAGS (flags of doe-b only, e.g. "-queue journal" to compare
+#   two stores with one binary)
 #
 # Server CPU per message is the user+system time of the server's process
 # tree (Postfix's master and every child, reaped ones included) from the
@@ -65,7 +67,7 @@ set -euo pipefail
 : "${PER_CONN:=100}" "${N_SMALL:=3000}" "${N_LARGE:=1000}" "${DURATION:=30s}" "${ROUNDS:=1}"
 : "${DEADLINE:=1500}" "${DKIM_ALG:=rsa}" "${WRITER:=0}" "${WRITER_MB:=1024}" "${WRITER_LOOPS:=200}"
 : "${WORKDIR:=}" "${KEEP:=0}" "${HARAKA_DIR:=${XDG_CACHE_HOME:-$HOME/.cache}/mtakit-peers/haraka}"
-: "${DOE_FLAGS:=}" "${DOE_BIN:=}" "${DOE_B_BIN:=}"
+: "${DOE_FLAGS:=}" "${DOE_BIN:=}" "${DOE_B_BIN:=}" "${DOE_B_FLAGS:=}"
 HARAKA_VERSION=3.3.4
 SOURCES=127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,127.0.0.8,127.0.0.9
 FROM=load@sender.example
@@ -248,7 +250,7 @@ start_noop() {
 # start_doe NAME BINARY: a doe-family with its own spool and maildir
 # under $WORK/NAME.
 start_doe() {
-	local name=$1 bin=$2
+	local name=$1 bin=$2 flags=${3:-}
 	mkdir -p "$WORK/$name"
 	# -internal names no loopback network: the load's clients are outside,
 	# so their mail gets SPF, DKIM verification and DMARC, and relay
@@ -258,7 +260,7 @@ start_doe() {
 	"$bin" -listen 127.0.0.1:0 -submission "" -domain doe-family.com \
 		-internal 198.51.100.0/24 -dns "$DNS" -rate-limit off \
 		-spool "$WORK/$name/spool" -maildir "$WORK/$name/mail" -data "$WORK/$name/data" \
-		-hostname mx.doe-family.com -retry-min 1s -log-level warn $DOE_FLAGS \
+		-hostname mx.doe-family.com -retry-min 1s -log-level warn $DOE_FLAGS $flags \
 		>"$WORK/$name.out" 2>&1 &
 	PIDS+=($!)
 	PID[$name]=$!
@@ -266,8 +268,15 @@ start_doe() {
 }
 doe_queue() {
 	local q=$WORK/$1/spool
-	local f=("$q"/working/*.q "$q"/deliver/*.q)
-	echo "${#f[@]}"
+	if [[ -d $q/working ]]; then # the filesystem spool: count its files
+		local f=("$q"/working/*.q "$q"/deliver/*.q)
+		echo "${#f[@]}"
+		return
+	fi
+	# Any other store (-queue): ask the admin socket.
+	curl -sf --unix-socket "$WORK/$1/data/admin.sock" http://doe/v1/counts |
+		python3 -c 'import json,sys; q=json.load(sys.stdin)["queues"]; print(q.get("working",0)+q.get("deliver",0))' ||
+		echo 1
 }
 doe_drain() {
 	local t0
@@ -471,7 +480,8 @@ for s in $SERVERS; do
 			log "doe-b needs DOE_B_BIN"
 			exit 2
 		fi
-		start_doe doe-b "$DOE_B_BIN"
+		[[ $DOE_B_BIN == same ]] && DOE_B_BIN=$BIN/doe-family
+		start_doe doe-b "$DOE_B_BIN" "$DOE_B_FLAGS"
 		;;
 	noop) start_noop ;;
 	pf-mdir | pf-hold)
