@@ -235,7 +235,7 @@ var errNoTmpfile = errors.New("queue: no O_TMPFILE")
 func (md *Maildir) deliverOne(st *maildirState, syncs *fsSyncs, dir string, d *policy.Delivery, r policy.Recipient) error {
 	if _, ok := st.made.Load(dir); !ok {
 		for _, sub := range []string{"tmp", "new", "cur"} {
-			if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+			if err := mkdirAllSynced(filepath.Join(dir, sub), 0o700); err != nil {
 				return err
 			}
 		}
@@ -352,10 +352,9 @@ func (md *Maildir) deliverRename(st *maildirState, syncs *fsSyncs, dir string, d
 }
 
 // fsSyncs coalesces concurrent syncs of the same thing (a filesystem, a
-// directory): the state of a Spool, shared with the Maildir deliveries of
-// its Scheduler, or of a Maildir on its own. On Linux it also holds one
-// handle per filesystem the rounds go through (see key), which close
-// releases.
+// directory): the state of a Spool (which Maildir deliveries join only in
+// a benchmark, see Scheduler.syncs). On Linux it also holds one handle per
+// filesystem the rounds go through (see key), which close releases.
 type fsSyncs struct {
 	groups  syncGroups
 	handles sync.Map // "fs:<device>" -> *os.File (Linux)
@@ -488,6 +487,34 @@ func (g *syncGroups) doRound(key string, since uint64, commit bool, fn func() er
 	return nil
 }
 
+// mkdirAllSynced is os.MkdirAll that also makes durable the entries it
+// creates (the parent of each directory made is fsynced): a message
+// delivered into a new maildir or mbox must not lose its directory.
+func mkdirAllSynced(dir string, perm os.FileMode) error {
+	var missing []string
+	for p := dir; ; p = filepath.Dir(p) {
+		if _, err := os.Stat(p); err == nil {
+			break
+		}
+		missing = append(missing, p)
+		if filepath.Dir(p) == p {
+			break
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	if err := os.MkdirAll(dir, perm); err != nil {
+		return err
+	}
+	for _, p := range missing {
+		if err := syncDirPath(filepath.Dir(p)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func syncDirPath(dir string) error {
 	f, err := openFile(dir, os.O_RDONLY, 0)
 	if err != nil {
@@ -538,7 +565,8 @@ func writeLocal(f io.Writer, d *policy.Delivery, r policy.Recipient, crlf bool, 
 // Route.Target or MailboxName of the recipient (made safe as for Maildir).
 // Each message starts with a "From sender date" line; body lines matching
 // ">*From " get one more '>' (mboxrd); a blank line ends it. The file is
-// locked with a <file>.lock dot-lock and flock(2), and fsynced; a failed
+// locked with a <file>.lock dot-lock and flock(2), and fsynced (and its
+// directory, when the append created the file or directories); a failed
 // append is truncated away.
 type Mbox struct {
 	Root string
@@ -561,7 +589,7 @@ func (mb *Mbox) Deliver(ctx context.Context, d *policy.Delivery) []policy.Reply 
 }
 
 func (mb *Mbox) deliverOne(ctx context.Context, path string, d *policy.Delivery, r policy.Recipient) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	if err := mkdirAllSynced(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
 	unlock, err := dotLock(ctx, path+".lock", mb.LockTimeout)
@@ -569,7 +597,12 @@ func (mb *Mbox) deliverOne(ctx context.Context, path string, d *policy.Delivery,
 		return err
 	}
 	defer unlock()
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	created := true
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		created = false
+		f, err = os.OpenFile(path, os.O_RDWR, 0o600)
+	}
 	if err != nil {
 		return err
 	}
@@ -585,6 +618,9 @@ func (mb *Mbox) deliverOne(ctx context.Context, path string, d *policy.Delivery,
 	err = mb.write(f, d, r)
 	if err == nil {
 		err = f.Sync()
+	}
+	if err == nil && created {
+		err = syncDirPath(filepath.Dir(path)) // its name, for the first message
 	}
 	if err != nil {
 		f.Truncate(start)

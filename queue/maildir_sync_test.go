@@ -284,24 +284,34 @@ func TestMaildirGroupsDirSyncs(t *testing.T) {
 }
 
 // otherStore is a Store that is not a *Spool (as the JetStream store and
-// any other are): its Scheduler's Maildir deliveries make their own syncs.
+// any other are).
 type otherStore struct{ *Spool }
 
-// TestSchedulerOtherStoreMaildirOwnSyncs: a Scheduler on a store that is
-// not the Spool delivers to a Maildir with the Maildir's own syncs
-// (fdatasync and fsync of new/), never syncfs(2) rounds.
-func TestSchedulerOtherStoreMaildirOwnSyncs(t *testing.T) {
+// TestSchedulerMaildirOwnSyncs: a Scheduler delivers to a Maildir with the
+// Maildir's own syncs (fdatasync and fsync of new/), on a Spool as on any
+// other store: no syncfs(2) round of the spool is run for it.
+func TestSchedulerMaildirOwnSyncs(t *testing.T) {
+	for _, other := range []bool{false, true} {
+		t.Run(fmt.Sprintf("other=%v", other), func(t *testing.T) { testSchedulerMaildirOwnSyncs(t, other) })
+	}
+}
+
+func testSchedulerMaildirOwnSyncs(t *testing.T, other bool) {
 	dir := t.TempDir()
 	sp, err := Open(filepath.Join(dir, "spool"), SpoolConfig{Logger: quietLogger()})
 	require.NoError(t, err)
 	defer sp.Close()
 	md := &Maildir{Root: filepath.Join(dir, "mail")}
-	sch := NewScheduler(otherStore{sp}, Config{
+	var st Store = sp
+	if other {
+		st = otherStore{sp}
+	}
+	sch := NewScheduler(st, Config{
 		Transports:   map[string]Transport{"maildir": md},
 		DefaultRoute: policy.Route{Transport: "maildir"},
 		Logger:       quietLogger(),
 	})
-	require.Nil(t, sch.syncs, "only a Spool's rounds can be joined")
+	require.Nil(t, sch.syncs, "no spool's rounds joined")
 	done := make(chan string, 1)
 	sch.afterWork = func(id string) { done <- id }
 	ctx, cancel := context.WithCancel(context.Background())
@@ -309,6 +319,10 @@ func TestSchedulerOtherStoreMaildirOwnSyncs(t *testing.T) {
 	go func() { sch.Run(ctx); close(ran) }()
 	defer func() { cancel(); <-ran }()
 	require.NoError(t, sp.Enqueue(context.Background(), newTx("o1", "a@example.org", "john@example.com"), newMessage(t, testMsg)))
+	var rounds uint64
+	if syncCoversRenames {
+		rounds = sp.syncs.groups.begin(sp.c.key)
+	}
 	select {
 	case id := <-done:
 		require.Equal(t, "o1", id)
@@ -317,6 +331,9 @@ func TestSchedulerOtherStoreMaildirOwnSyncs(t *testing.T) {
 	}
 	assert.Equal(t, 1, len(mustReadDir(t, filepath.Join(dir, "mail", "john", "new"))))
 	assert.Equal(t, uint64(1), md.st().dirs.begin(filepath.Join(dir, "mail", "john", "new")), "new/ fsynced by the Maildir")
+	if syncCoversRenames {
+		assert.Equal(t, rounds, sp.syncs.groups.begin(sp.c.key), "no round of the spool's syncfs after the enqueue")
+	}
 }
 
 func mustReadDir(t *testing.T, dir string) []os.DirEntry {

@@ -105,8 +105,9 @@ func (y *fsSyncs) begin(f *os.File) (key string, since uint64, err error) {
 }
 
 // file makes f (written, not yet closed) durable with a round of its
-// filesystem's shared syncs: one syncfs(2) for every local delivery and
-// every enqueue (committer.commitShared) waiting meanwhile.
+// filesystem's shared syncs: one syncfs(2) for every enqueue
+// (committer.commitShared) and every Maildir delivery joining them (see
+// Scheduler.syncs: benchmarks only) waiting meanwhile.
 func (y *fsSyncs) file(_ *os.File, key string, since uint64) error { return y.shared(key, since) }
 
 // renamed makes durable the renames into dir done before the call and
