@@ -452,3 +452,18 @@ func TestMaildirCrash(t *testing.T) {
 		})
 	}
 }
+
+// TestMkdirAllSynced: it makes every missing directory of the path (the
+// parents of those it made are fsynced), does nothing for one that
+// exists, and fails where a file is in the way.
+func TestMkdirAllSynced(t *testing.T) {
+	root := t.TempDir()
+	deep := filepath.Join(root, "a", "b", "c")
+	require.NoError(t, mkdirAllSynced(deep, 0o700))
+	info, err := os.Stat(deep)
+	require.NoError(t, err)
+	assert.True(t, info.IsDir())
+	require.NoError(t, mkdirAllSynced(deep, 0o700), "exists already")
+	require.NoError(t, os.WriteFile(filepath.Join(root, "file"), nil, 0o600))
+	assert.Error(t, mkdirAllSynced(filepath.Join(root, "file", "x"), 0o700))
+}
