@@ -258,8 +258,7 @@ func (c *committer) run(batch []*op) {
 
 // commitShared commits o (renameFirst, without dirs: see enqueue) in the
 // caller's goroutine: the renames, then a round of the filesystem's shared
-// syncs, which the caller joins, or leads if none is under way. The round
-// also carries the local deliveries' syncs of the same filesystem, and no
+// syncs, which the caller joins, or leads if none is under way: no
 // hand-off to the committer's goroutine and back is paid per batch.
 func (c *committer) commitShared(o *op) error {
 	if err := o.rename(); err != nil {

@@ -13,9 +13,8 @@
 // writes its entry (in tmp/, or over a file of free/), renames it into its
 // queue (it stays invisible until its commit returns), then joins a round
 // of its filesystem's shared syncs: one syncfs(2) makes durable the data
-// and renames of every enqueue, and of every Maildir delivery of the
-// spool's Scheduler on the same filesystem, waiting meanwhile; the first
-// waiter runs it, so no goroutine hand-off is paid. The rounds and the
+// and renames of every enqueue waiting meanwhile; the first waiter runs
+// it, so no goroutine hand-off is paid. The rounds and the
 // filesystem handles they go through belong to the Spool (two spools share
 // nothing), and Close releases them. Elsewhere a committer goroutine
 // batches the enqueues: each file is fsynced, then renamed, then each
@@ -76,8 +75,8 @@
 // bounced, expired, quarantined) and reply; a deferred attempt writes the
 // same line with status=deferred. There is no
 // other way to set a logger, and no package-level setting or state: the
-// sync rounds and handles live in the Spool (and in a Maildir used without
-// a Scheduler), not in the package.
+// sync rounds and handles live in the Spool (and in the Maildir), not in
+// the package.
 //
 // # Storage
 //
@@ -177,5 +176,12 @@
 //
 // Transport is the interface every transport satisfies; the remote SMTP and
 // LMTP ones are in package relay. Maildir and Mbox deliver locally, adding
-// Return-Path and Delivered-To.
+// Return-Path and Delivered-To, and report a delivery only once it is
+// durable. A Maildir file's data is made durable by its own fdatasync(2)
+// before it gets its name in new/ (linkat(2) of an O_TMPFILE file on
+// Linux, a rename from tmp/ elsewhere), and the names given meanwhile by
+// one fsync(2) of new/ per round (group commit per maildir); no
+// syncfs(2), whose cost grows with every other writer on the filesystem,
+// on any store (see Maildir). An Mbox append is fsynced, and so is the
+// directory of an mbox file it created.
 package queue

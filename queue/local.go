@@ -125,20 +125,22 @@ func (l *lfWriter) flush() error {
 // Maildir delivers into maildirs under Root: <Root>/<mailbox>/{tmp,new,cur},
 // created as needed. The mailbox is Route.Target, or MailboxName of the
 // recipient when the target is empty; either way it is made safe with
-// SafeMailbox so that no recipient can write outside Root. Each recipient
-// gets its own file (with its own Delivered-To), written to tmp/ under the
-// spec's unique name, made durable, renamed into new/, and the rename is
-// made durable before the delivery is reported. Concurrent deliveries share
-// these syncs: one syncfs(2) of Root's filesystem covers the files written
-// and the renames done meanwhile. A Scheduler on a Spool (the Maildir one
-// of its Config.Transports) has them join the spool's own sync rounds,
-// shared with its enqueues when Root lies on the spool's filesystem, and
-// Spool.Close releases what they hold. A Maildir called on its own keeps
-// its state (a handle per filesystem it delivers to, the mailboxes it
-// made) in itself, released when it is no longer referenced. Where syncfs
-// is not available each file is fsynced, and new/ once for the renames
-// into it.
+// SafeMailbox so that no recipient can write outside Root.
 //
+// Each recipient gets its own file (with its own Delivered-To), named as
+// the maildir spec says, and a reader never sees it partial in new/: on
+// Linux it is written as an unnamed file of new/ (O_TMPFILE), elsewhere
+// (or where the filesystem has no O_TMPFILE) in tmp/. Its data is made
+// durable (fdatasync(2), by each delivery for itself, concurrently), then
+// it gets its name in new/ (linkat(2), or a rename from tmp/), then new/
+// is fsynced once for all the deliveries into it meanwhile (group commit:
+// the first one waiting runs the fsync, the others wait for it). Deliver
+// reports a delivery only after that fsync. These syncs write nothing of
+// other files, so their cost does not grow with other writers on the
+// filesystem, as a syncfs(2) of it would.
+//
+// A Maildir keeps its state (the mailboxes it made, the rounds of its
+// directory syncs) in itself, released when it is no longer referenced.
 // The fields must not be changed, nor the Maildir copied, once it is in
 // use.
 type Maildir struct {
@@ -151,14 +153,21 @@ type Maildir struct {
 
 // maildirState is what a Maildir keeps between deliveries.
 type maildirState struct {
-	// syncs are the Maildir's own sync rounds, for deliveries that do not
-	// join a spool's (see Maildir).
-	syncs fsSyncs
+	// dirs are the rounds of fsync(2) of each maildir's new/ (the key is
+	// its path): one per round covers the names given in it meanwhile.
+	dirs syncGroups
 	// made remembers the maildirs known to exist (dir -> true), sparing
 	// three MkdirAll per delivery.
 	made sync.Map
 	// seq numbers the deliveries in unique names.
 	seq atomic.Uint64
+	// noTmpfile is set once O_TMPFILE or its linkat(2) was refused: files
+	// are written in tmp/ and renamed from then on.
+	noTmpfile atomic.Bool
+	// syncFile and syncDir make a file's data and a directory's entries
+	// durable (syncFileData, syncDirPath); tests replace them.
+	syncFile func(*os.File) error
+	syncDir  func(dir string) error
 }
 
 // st returns md's state, made the first time.
@@ -166,7 +175,7 @@ func (md *Maildir) st() *maildirState {
 	if st := md.state.Load(); st != nil {
 		return st
 	}
-	md.state.CompareAndSwap(nil, &maildirState{})
+	md.state.CompareAndSwap(nil, &maildirState{syncFile: syncFileData, syncDir: syncDirPath})
 	return md.state.Load()
 }
 
@@ -194,13 +203,11 @@ func (md *Maildir) Deliver(ctx context.Context, d *policy.Delivery) []policy.Rep
 	return md.deliver(ctx, d, nil)
 }
 
-// deliver is Deliver with the deliveries' syncs joining the rounds of
-// syncs (a spool's, see Scheduler.transport), or md's own when nil.
+// deliver is Deliver with the deliveries' syncs made in syncfs(2) rounds
+// of syncs when it is not nil (see Scheduler.transport), each delivery's
+// own fdatasync(2) and a shared fsync(2) of new/ otherwise.
 func (md *Maildir) deliver(ctx context.Context, d *policy.Delivery, syncs *fsSyncs) []policy.Reply {
 	st := md.st()
-	if syncs == nil {
-		syncs = &st.syncs
-	}
 	out := make([]policy.Reply, len(d.Rcpts))
 	for i, r := range d.Rcpts {
 		if err := ctx.Err(); err != nil {
@@ -221,15 +228,73 @@ func (md *Maildir) deliver(ctx context.Context, d *policy.Delivery, syncs *fsSyn
 // same microsecond (each numbers its own deliveries).
 const maildirTries = 8
 
+// errNoTmpfile: the kernel or the filesystem has no O_TMPFILE, or its file
+// cannot be linked (no /proc).
+var errNoTmpfile = errors.New("queue: no O_TMPFILE")
+
 func (md *Maildir) deliverOne(st *maildirState, syncs *fsSyncs, dir string, d *policy.Delivery, r policy.Recipient) error {
 	if _, ok := st.made.Load(dir); !ok {
 		for _, sub := range []string{"tmp", "new", "cur"} {
-			if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+			if err := mkdirAllSynced(filepath.Join(dir, sub), 0o700); err != nil {
 				return err
 			}
 		}
 		st.made.Store(dir, true)
 	}
+	var err error
+	if syncs == nil && !st.noTmpfile.Load() {
+		if err = md.deliverTmpfile(st, dir, d, r); !errors.Is(err, errNoTmpfile) {
+			return md.forgetGone(st, dir, err)
+		}
+		st.noTmpfile.Store(true) // and write it again, in tmp/
+	}
+	return md.forgetGone(st, dir, md.deliverRename(st, syncs, dir, d, r))
+}
+
+// forgetGone returns err, forgetting that dir exists when err says it does
+// not (removed behind our back: made again next time).
+func (md *Maildir) forgetGone(st *maildirState, dir string, err error) error {
+	if errors.Is(err, os.ErrNotExist) {
+		st.made.Delete(dir)
+	}
+	return err
+}
+
+// deliverTmpfile delivers into maildir dir with an unnamed file of new/:
+// written, fdatasync(2), linked into new/, then new/ fsynced in a round
+// shared by the deliveries into it. A failure before the link leaves
+// nothing behind (the file goes with its descriptor).
+func (md *Maildir) deliverTmpfile(st *maildirState, dir string, d *policy.Delivery, r policy.Recipient) error {
+	newDir := filepath.Join(dir, "new")
+	f, err := openTmpfile(newDir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := writeLocal(f, d, r, md.KeepCRLF, nil); err != nil {
+		return err
+	}
+	if err := st.syncFile(f); err != nil {
+		return err
+	}
+	since := st.dirs.begin(newDir)
+	for range maildirTries {
+		if err = linkTmpfile(f, filepath.Join(newDir, maildirUnique(st.seq.Add(1)))); !errors.Is(err, os.ErrExist) {
+			break
+		}
+	}
+	if err != nil {
+		return err
+	}
+	return st.dirs.doSince(newDir, since, func() error { return st.syncDir(newDir) })
+}
+
+// deliverRename delivers into maildir dir the classic way: the file is
+// written in tmp/, made durable, renamed into new/, and the rename made
+// durable. With syncs (see deliver) both syncs are rounds of syncfs(2) of
+// the filesystem; without, the file gets its fdatasync(2) and the rename
+// a round of fsync(2) of new/ shared by the deliveries into it.
+func (md *Maildir) deliverRename(st *maildirState, syncs *fsSyncs, dir string, d *policy.Delivery, r policy.Recipient) error {
 	var (
 		name, tmp string
 		f         *os.File
@@ -244,37 +309,52 @@ func (md *Maildir) deliverOne(st *maildirState, syncs *fsSyncs, dir string, d *p
 		}
 	}
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			st.made.Delete(dir) // removed behind our back: make it again next time
-		}
 		return err
 	}
-	key, since, err := syncs.begin(f)
+	var (
+		key   string
+		since uint64
+	)
+	if syncs != nil {
+		key, since, err = syncs.begin(f)
+	}
 	if err == nil {
 		err = writeLocal(f, d, r, md.KeepCRLF, nil)
 	}
 	if err == nil {
-		err = syncs.file(f, key, since)
+		if syncs != nil {
+			err = syncs.file(f, key, since)
+		} else {
+			err = st.syncFile(f)
+		}
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	renamed := syncs.groups.begin(key)
+	newDir := filepath.Join(dir, "new")
+	var renamed uint64
+	if syncs != nil {
+		renamed = syncs.groups.begin(key)
+	} else {
+		renamed = st.dirs.begin(newDir)
+	}
 	if err == nil {
-		err = rename(tmp, filepath.Join(dir, "new", name))
+		err = rename(tmp, filepath.Join(newDir, name))
 	}
 	if err != nil {
 		os.Remove(tmp)
 		return err
 	}
-	return syncs.renamed(key, filepath.Join(dir, "new"), renamed)
+	if syncs != nil {
+		return syncs.renamed(key, newDir, renamed)
+	}
+	return st.dirs.doSince(newDir, renamed, func() error { return st.syncDir(newDir) })
 }
 
 // fsSyncs coalesces concurrent syncs of the same thing (a filesystem, a
-// directory): the state of a Spool, shared with the Maildir deliveries of
-// its Scheduler, or of a Maildir on its own. On Linux it also holds one
-// handle per filesystem the rounds go through (see key), which close
-// releases.
+// directory): the state of a Spool (which Maildir deliveries join only in
+// a benchmark, see Scheduler.syncs). On Linux it also holds one handle per
+// filesystem the rounds go through (see key), which close releases.
 type fsSyncs struct {
 	groups  syncGroups
 	handles sync.Map // "fs:<device>" -> *os.File (Linux)
@@ -407,6 +487,34 @@ func (g *syncGroups) doRound(key string, since uint64, commit bool, fn func() er
 	return nil
 }
 
+// mkdirAllSynced is os.MkdirAll that also makes durable the entries it
+// creates (the parent of each directory made is fsynced): a message
+// delivered into a new maildir or mbox must not lose its directory.
+func mkdirAllSynced(dir string, perm os.FileMode) error {
+	var missing []string
+	for p := dir; ; p = filepath.Dir(p) {
+		if _, err := os.Stat(p); err == nil {
+			break
+		}
+		missing = append(missing, p)
+		if filepath.Dir(p) == p {
+			break
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	if err := os.MkdirAll(dir, perm); err != nil {
+		return err
+	}
+	for _, p := range missing {
+		if err := syncDirPath(filepath.Dir(p)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func syncDirPath(dir string) error {
 	f, err := openFile(dir, os.O_RDONLY, 0)
 	if err != nil {
@@ -457,7 +565,8 @@ func writeLocal(f io.Writer, d *policy.Delivery, r policy.Recipient, crlf bool, 
 // Route.Target or MailboxName of the recipient (made safe as for Maildir).
 // Each message starts with a "From sender date" line; body lines matching
 // ">*From " get one more '>' (mboxrd); a blank line ends it. The file is
-// locked with a <file>.lock dot-lock and flock(2), and fsynced; a failed
+// locked with a <file>.lock dot-lock and flock(2), and fsynced (and its
+// directory, when the append created the file or directories); a failed
 // append is truncated away.
 type Mbox struct {
 	Root string
@@ -480,7 +589,7 @@ func (mb *Mbox) Deliver(ctx context.Context, d *policy.Delivery) []policy.Reply 
 }
 
 func (mb *Mbox) deliverOne(ctx context.Context, path string, d *policy.Delivery, r policy.Recipient) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	if err := mkdirAllSynced(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
 	unlock, err := dotLock(ctx, path+".lock", mb.LockTimeout)
@@ -488,7 +597,12 @@ func (mb *Mbox) deliverOne(ctx context.Context, path string, d *policy.Delivery,
 		return err
 	}
 	defer unlock()
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	created := true
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		created = false
+		f, err = os.OpenFile(path, os.O_RDWR, 0o600)
+	}
 	if err != nil {
 		return err
 	}
@@ -504,6 +618,9 @@ func (mb *Mbox) deliverOne(ctx context.Context, path string, d *policy.Delivery,
 	err = mb.write(f, d, r)
 	if err == nil {
 		err = f.Sync()
+	}
+	if err == nil && created {
+		err = syncDirPath(filepath.Dir(path)) // its name, for the first message
 	}
 	if err != nil {
 		f.Truncate(start)

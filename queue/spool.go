@@ -101,9 +101,8 @@ type Spool struct {
 	cs     *committer // everything else: the scheduler and the admin API
 	locks  idlock.Locks
 	rec    *recycler
-	// syncs holds the shared sync rounds of the enqueues and of the
-	// Maildir deliveries of a Scheduler on this spool, and the filesystem
-	// handles they go through, closed by Close.
+	// syncs holds the shared sync rounds of the enqueues and the
+	// filesystem handles they go through, closed by Close.
 	syncs fsSyncs
 
 	idMu sync.Mutex
@@ -207,8 +206,7 @@ func lockSpool(dir string) (*os.File, error) {
 
 // Close stops the spool after the changes under way are committed, and
 // releases what it holds open: the lock, the directory and filesystem
-// handles its syncs go through (also those of the Maildir deliveries of a
-// Scheduler on it). Stop the Scheduler first.
+// handles its syncs go through. Stop the Scheduler first.
 func (s *Spool) Close() error {
 	s.closeOnce.Do(func() {
 		s.c.close()

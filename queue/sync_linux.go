@@ -105,8 +105,9 @@ func (y *fsSyncs) begin(f *os.File) (key string, since uint64, err error) {
 }
 
 // file makes f (written, not yet closed) durable with a round of its
-// filesystem's shared syncs: one syncfs(2) for every local delivery and
-// every enqueue (committer.commitShared) waiting meanwhile.
+// filesystem's shared syncs: one syncfs(2) for every enqueue
+// (committer.commitShared) and every Maildir delivery joining them (see
+// Scheduler.syncs: benchmarks only) waiting meanwhile.
 func (y *fsSyncs) file(_ *os.File, key string, since uint64) error { return y.shared(key, since) }
 
 // renamed makes durable the renames into dir done before the call and
@@ -142,3 +143,64 @@ func rename(from, to string) error {
 
 // syncDir makes the entries of directory d durable: fsync(2).
 func syncDir(d *os.File) error { return d.Sync() }
+
+// syncFileData makes the data of f (and what reading it back needs: its
+// size, its blocks) durable: fdatasync(2), which unlike syncfs(2) writes
+// nothing of other files, whoever else writes to the filesystem.
+func syncFileData(f *os.File) error {
+	for {
+		err := unix.Fdatasync(int(f.Fd()))
+		if err != unix.EINTR {
+			if err != nil {
+				return &os.PathError{Op: "fdatasync", Path: f.Name(), Err: err}
+			}
+			return nil
+		}
+	}
+}
+
+// openTmpfile opens an unnamed file in directory dir (O_TMPFILE): nobody
+// can see it until linkTmpfile names it, and a crash before that leaves
+// nothing behind. errNoTmpfile (wrapped) says the filesystem or kernel has
+// no O_TMPFILE.
+func openTmpfile(dir string) (*os.File, error) {
+	for {
+		fd, err := unix.Open(dir, unix.O_WRONLY|unix.O_TMPFILE|unix.O_CLOEXEC, 0o600)
+		if err == nil {
+			return os.NewFile(uintptr(fd), dir), nil
+		}
+		switch err {
+		case unix.EINTR:
+			continue
+		case unix.ENOENT, unix.ENOTDIR, unix.EACCES, unix.ENOSPC, unix.EDQUOT, unix.EMFILE, unix.ENFILE, unix.EROFS:
+			return nil, &os.PathError{Op: "open", Path: dir, Err: err}
+		}
+		// EOPNOTSUPP (the filesystem), EISDIR or EINVAL (a kernel before
+		// 3.11), and whatever else: the classic way.
+		return nil, fmt.Errorf("%w: %s: %v", errNoTmpfile, dir, err)
+	}
+}
+
+// linkTmpfile gives f (from openTmpfile) the name to: linkat(2) of
+// /proc/self/fd/N, the way linkat(2) documents for unprivileged callers.
+// The error is os.ErrExist (wrapped) when to exists, and errNoTmpfile
+// when the link cannot be made at all (no /proc).
+func linkTmpfile(f *os.File, to string) error {
+	for {
+		err := unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(int(f.Fd())), unix.AT_FDCWD, to, unix.AT_SYMLINK_FOLLOW)
+		switch err {
+		case nil:
+			return nil
+		case unix.EINTR:
+			continue
+		case unix.ENOENT:
+			if _, serr := os.Stat(filepath.Dir(to)); serr != nil {
+				return &os.LinkError{Op: "link", Old: f.Name(), New: to, Err: err} // the maildir is gone
+			}
+			return fmt.Errorf("%w: link to %s: %v", errNoTmpfile, to, err) // no /proc
+		case unix.EPERM, unix.EXDEV, unix.EOPNOTSUPP:
+			return fmt.Errorf("%w: link to %s: %v", errNoTmpfile, to, err)
+		}
+		return &os.LinkError{Op: "link", Old: f.Name(), New: to, Err: err}
+	}
+}

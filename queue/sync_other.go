@@ -46,3 +46,13 @@ func openFile(name string, flag int, perm os.FileMode) (*os.File, error) {
 
 // syncCoversRenames: fsync(2) of a file does not cover its directory.
 const syncCoversRenames = false
+
+// syncFileData makes f's data durable: fsync(2) (fdatasync(2) is not
+// everywhere).
+func syncFileData(f *os.File) error { return f.Sync() }
+
+// openTmpfile: O_TMPFILE is Linux's.
+func openTmpfile(string) (*os.File, error) { return nil, errNoTmpfile }
+
+// linkTmpfile is never called without openTmpfile.
+func linkTmpfile(*os.File, string) error { return errNoTmpfile }
