@@ -88,6 +88,9 @@ type Store struct {
 
 	locks idlock.Locks
 
+	// dispatchLookup, when set (tests), replaces lookup in dispatch.
+	dispatchLookup func(ctx context.Context, id string) (*current, error)
+
 	mu      sync.Mutex
 	wake    func(id, queue string)
 	held    map[string]*held
@@ -107,6 +110,10 @@ type held struct {
 }
 
 var _ queue.SharedStore = (*Store)(nil)
+
+// lagDelay is how long a message waits to be handed out again when the
+// stream leader had not yet applied it (see dispatch).
+const lagDelay = 250 * time.Millisecond
 
 const (
 	hdrBody  = "Mtaq-Body"  // the object holding the message
@@ -422,6 +429,16 @@ func (s *Store) pull(ctx context.Context, done chan struct{}) {
 // dispatch decides what to do with a message the consumer handed this
 // node: a stale copy is acked away, one not due is nakked until it is, one
 // due is held and reported to the scheduler.
+//
+// Only proof of a newer envelope acks a message away (an ack deletes it
+// from the work-queue stream). The consumer may hand out a message before
+// the stream leader, which answers the lookup, has applied it: its leader
+// may be another server, a follower that applied the committed write
+// first (seen in examples/doe-family's TestClusterFaults: a message with
+// its 250 handed to a node 3 ms before the PubAck, looked up as "no such
+// message", acked and lost). A lookup that finds nothing, or an envelope
+// older than the one handed out, is such a lag, or a message removed
+// since (which the consumer does not hand out again): both are nakked.
 func (s *Store) dispatch(ctx context.Context, msg jetstream.Msg) {
 	meta, err := msg.Metadata()
 	if err != nil {
@@ -433,19 +450,24 @@ func (s *Store) dispatch(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	lctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
-	c, err := s.lookup(lctx, id)
+	look := s.lookup
+	if s.dispatchLookup != nil {
+		look = s.dispatchLookup
+	}
+	c, err := look(lctx, id)
 	cancel()
 	switch {
-	case errors.Is(err, queue.ErrNotFound):
-		msg.Ack()
-		return
-	case err != nil:
-		msg.NakWithDelay(time.Second)
-		return
-	case c.seq != meta.Sequence.Stream:
+	case err == nil && c.seq > meta.Sequence.Stream:
 		// A newer envelope replaced it (a move whose clean-up a crash cut
 		// short): that one is the message.
 		msg.Ack()
+		return
+	case err == nil && c.seq < meta.Sequence.Stream, errors.Is(err, queue.ErrNotFound):
+		// The stream leader lags the consumer, or the message is gone.
+		msg.NakWithDelay(lagDelay)
+		return
+	case err != nil:
+		msg.NakWithDelay(time.Second)
 		return
 	}
 	var next time.Time

@@ -1,0 +1,58 @@
+package jetstream
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+
+	"github.com/mtakit/mtakit/queue"
+	"github.com/mtakit/mtakit/queue/queuetest"
+)
+
+// TestDispatchLookupLagging: in a cluster the consumer may hand a message
+// out before the stream leader, which answers lookups, has applied it (the
+// consumer's leader is another server, a follower that applied the write
+// first). dispatch must not ack it away then (an ack deletes it from the
+// work-queue stream, and the acknowledged message is lost): it is handed
+// out again, and delivered once the lookup sees it. The lagging lookup is
+// injected: the first lookups of dispatch find nothing, or an older
+// envelope than the one handed out.
+func TestDispatchLookupLagging(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		lie  func(c *current, err error) (*current, error)
+	}{
+		{"nothing yet", func(*current, error) (*current, error) {
+			return nil, fmt.Errorf("%w: lagging leader", queue.ErrNotFound)
+		}},
+		{"older envelope", func(c *current, err error) (*current, error) {
+			if err != nil {
+				return c, err
+			}
+			old := *c
+			old.seq--
+			return &old, nil
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := open(t, embedded(t).URL(), Config{})
+			var lookups atomic.Int32
+			st.dispatchLookup = func(ctx context.Context, id string) (*current, error) {
+				c, err := st.lookup(ctx, id)
+				if lookups.Add(1) <= 2 {
+					return tc.lie(c, err)
+				}
+				return c, err
+			}
+			queuetest.Add(t, st, "lagged", queue.Working, queuetest.Msg)
+			rec := newRecorder()
+			run(t, st, rec)
+			assert.Equal(t, "lagged", wait(t, rec.ch, 10*time.Second, "the delivery of the message the lookup lagged"))
+			assert.GreaterOrEqual(t, lookups.Load(), int32(3), "handed out again after each lagging lookup")
+		})
+	}
+}
