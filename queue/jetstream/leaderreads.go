@@ -23,15 +23,15 @@ func (s *Store) leaderReads(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("jetstream: object store %s: %w", s.cfg.Bucket, err)
 	}
-	cfg := stream.CachedInfo().Config
-	if !cfg.AllowDirect {
-		return nil
+	if cfg := stream.CachedInfo().Config; cfg.AllowDirect {
+		cfg.AllowDirect = false
+		if _, err := s.js.UpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("jetstream: object store %s: leader reads: %w", s.cfg.Bucket, err)
+		}
 	}
-	cfg.AllowDirect = false
-	if _, err := s.js.UpdateStream(ctx, cfg); err != nil {
-		return fmt.Errorf("jetstream: object store %s: leader reads: %w", s.cfg.Bucket, err)
-	}
-	// The handle caches the stream's settings: open it again.
+	// The handle caches the stream's settings: open it again, also when
+	// another node turned direct gets off meanwhile (CreateOrUpdateObjectStore
+	// turned them on for a moment, and this handle would use them).
 	if s.obj, err = s.js.ObjectStore(ctx, s.cfg.Bucket); err != nil {
 		return fmt.Errorf("jetstream: object store %s: %w", s.cfg.Bucket, err)
 	}
