@@ -2,12 +2,14 @@ package jetstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/mtakit/mtakit/queue"
 	"github.com/mtakit/mtakit/queue/queuetest"
@@ -53,6 +55,34 @@ func TestDispatchLookupLagging(t *testing.T) {
 			run(t, st, rec)
 			assert.Equal(t, "lagged", wait(t, rec.ch, 10*time.Second, "the delivery of the message the lookup lagged"))
 			assert.GreaterOrEqual(t, lookups.Load(), int32(3), "handed out again after each lagging lookup")
+		})
+	}
+}
+
+// TestBodyCorruptOnlyWhenSure: a body that cannot be read is corrupt (set
+// aside) only after several reads over a few seconds all found it so; when
+// the operation's time runs out before, the error is a temporary one, and
+// the scheduler tries again later instead of setting the message aside (a
+// replica behind the leader, a leader change, looks corrupt for a moment).
+func TestBodyCorruptOnlyWhenSure(t *testing.T) {
+	for _, tc := range []struct {
+		timeout time.Duration
+		corrupt bool
+	}{
+		{timeout: 500 * time.Millisecond, corrupt: false},
+		{timeout: 10 * time.Second, corrupt: true},
+	} {
+		t.Run(tc.timeout.String(), func(t *testing.T) {
+			st := open(t, embedded(t).URL(), Config{Timeout: tc.timeout})
+			queuetest.Add(t, st, "nobody", queue.Working, queuetest.Msg)
+			require.NoError(t, st.obj.Delete(context.Background(), "nobody"))
+			start := time.Now()
+			_, _, _, err := st.Load("nobody")
+			require.Error(t, err)
+			assert.Equal(t, tc.corrupt, errors.Is(err, queue.ErrCorrupt), "%v", err)
+			if tc.corrupt {
+				assert.GreaterOrEqual(t, time.Since(start), 750*time.Millisecond, "three reads, 0.25 and 0.5 s apart at least")
+			}
 		})
 	}
 }

@@ -41,17 +41,27 @@ func (s *Store) leaderReads(ctx context.Context) error {
 // openBodySure is openBody, trying again before it calls a body corrupt:
 // a read cut by a change of stream leader (a server of the cluster lost)
 // fails its digest check once and then reads whole (seen in
-// TestClusterFaults: a message with its 250 set aside as corrupt). A
-// body that fails three reads a second apart is corrupt.
+// TestClusterFaults: a message with its 250 set aside as corrupt), and the
+// chunks come from a consumer on any replica, which may lag the leader
+// that acknowledged them (a short read). A body is corrupt when at least
+// minCorruptReads reads, over a few seconds, all failed so; when ctx ends
+// before that, the error is a temporary one (the scheduler tries again
+// later) rather than a set-aside.
 func (s *Store) openBodySure(ctx context.Context, name string, env *queue.Envelope) (*policy.Message, error) {
 	var err error
-	for try := range 3 {
+	for try, pause := 0, 125*time.Millisecond; ; try, pause = try+1, 2*pause {
 		if try > 0 {
-			t := time.NewTimer(time.Duration(try) * 500 * time.Millisecond)
+			if try == maxBodyReads {
+				return nil, err
+			}
+			t := time.NewTimer(pause)
 			select {
 			case <-ctx.Done():
 				t.Stop()
-				return nil, err
+				if try >= minCorruptReads {
+					return nil, err
+				}
+				return nil, fmt.Errorf("jetstream: body of %s unreadable so far (%d reads): %v", env.ID, try, err)
 			case <-t.C:
 			}
 		}
@@ -60,5 +70,12 @@ func (s *Store) openBodySure(ctx context.Context, name string, env *queue.Envelo
 			return m, err
 		}
 	}
-	return nil, err
 }
+
+// A body is read at most maxBodyReads times by openBodySure (pauses of
+// 0.25, 0.5, 1 and 2 s between), and called corrupt after at least
+// minCorruptReads reads that all found it so.
+const (
+	maxBodyReads    = 5
+	minCorruptReads = 3
+)
