@@ -17,8 +17,12 @@ import (
 // once) then looks missing, and the message was set aside as corrupt
 // (seen in examples/doe-family's TestClusterFaults with R3: 3 messages
 // of ~150 that had their 250). Without direct gets, reads go through the
-// stream leader, which has every acknowledged write.
+// stream leader, which has every acknowledged write. With one replica
+// direct gets stay on: that replica is the leader.
 func (s *Store) leaderReads(ctx context.Context) error {
+	if s.cfg.Replicas == 1 {
+		return nil // one replica: it is the leader, direct gets read it
+	}
 	stream, err := s.js.Stream(ctx, "OBJ_"+s.cfg.Bucket)
 	if err != nil {
 		return fmt.Errorf("jetstream: object store %s: %w", s.cfg.Bucket, err)

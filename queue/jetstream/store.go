@@ -187,6 +187,12 @@ func (s *Store) setup(ctx context.Context) error {
 		Storage:           jetstream.FileStorage,
 		Replicas:          s.cfg.Replicas,
 		Duplicates:        2 * time.Minute,
+		// With one replica, direct gets (the lookups) read what the
+		// leader has, without waiting in the server's JetStream API
+		// queue behind the deletes, each fsynced on a server syncing
+		// always. With replicas they may read a lagging one: see
+		// leaderReads.
+		AllowDirect: s.cfg.Replicas == 1,
 	})
 	if err != nil {
 		return fmt.Errorf("jetstream: stream %s: %w", s.cfg.Stream, err)
@@ -742,6 +748,24 @@ func storedBody(env *queue.Envelope, m *policy.Message) (name string, off int64,
 	return src.name, start, true
 }
 
+// chunkSize is the size of a body chunk (the object store's default).
+const chunkSize = 128 << 10
+
+// fullReader fills each Read's buffer whole (but at the end): the object
+// store makes each Read a chunk, a publish (and, on a server syncing
+// always, an fsync) of its own, and a message written through a pipe
+// comes in small writes (a header line each), so a 4 KiB message made
+// six chunks.
+type fullReader struct{ r io.Reader }
+
+func (f fullReader) Read(p []byte) (int, error) {
+	n, err := io.ReadFull(f.r, p)
+	if err == io.ErrUnexpectedEOF {
+		err = io.EOF
+	}
+	return n, err
+}
+
 // putBody stores a message body as object name; it returns its size.
 func (s *Store) putBody(ctx context.Context, name string, write func(io.Writer) (int64, error)) (int64, error) {
 	pr, pw := io.Pipe()
@@ -751,7 +775,7 @@ func (s *Store) putBody(ctx context.Context, name string, write func(io.Writer) 
 		n, err = write(pw)
 		pw.CloseWithError(err)
 	}()
-	_, err := s.obj.Put(ctx, jetstream.ObjectMeta{Name: name}, pr)
+	_, err := s.obj.Put(ctx, jetstream.ObjectMeta{Name: name, Opts: &jetstream.ObjectMetaOptions{ChunkSize: chunkSize}}, fullReader{pr})
 	pr.CloseWithError(errors.New("jetstream: body not stored"))
 	if err != nil {
 		return 0, fmt.Errorf("jetstream: storing body %s: %w", name, err)
