@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -85,4 +87,36 @@ func TestBodyCorruptOnlyWhenSure(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestBodyStoredAcrossReconnectFails: when the connection drops and is
+// made again while a body is stored, nats.go's ObjectStore.Put (before
+// v1.55) drops the pending acknowledgements and may report success for
+// chunks the servers never stored. Such an Add must fail (the SMTP client
+// gets 451), never answer as if the body were safe.
+func TestBodyStoredAcrossReconnectFails(t *testing.T) {
+	st := open(t, embedded(t).URL(), Config{})
+	env, err := queue.NewEnvelope(queuetest.NewTx("cut", "a@example.org", "b@example.com"), time.Now())
+	require.NoError(t, err)
+	line := strings.Repeat("x", 78) + "\r\n"
+	err = st.Add(context.Background(), env, queue.Working, func(w io.Writer) (int64, error) {
+		var n int64
+		for i := 0; i < 6000; i++ { // 480 KiB: chunks stored before and after the cut
+			if i == 3000 {
+				if err := st.nc.ForceReconnect(); err != nil {
+					return n, err
+				}
+			}
+			k, err := io.WriteString(w, line)
+			n += int64(k)
+			if err != nil {
+				return n, err
+			}
+		}
+		return n, nil
+	})
+	require.Error(t, err, "a body stored across a reconnection is not trusted")
+	assert.ErrorIs(t, err, errReconnected)
+	_, _, _, err = st.Load("cut")
+	assert.ErrorIs(t, err, queue.ErrNotFound, "no envelope: the message was not queued")
 }

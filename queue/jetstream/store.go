@@ -767,7 +767,19 @@ func (f fullReader) Read(p []byte) (int, error) {
 }
 
 // putBody stores a message body as object name; it returns its size.
+//
+// A body stored while the connection was lost and made again is not
+// trusted: nats.go (up to v1.54; fixed in v1.55, which needs Go 1.26)
+// forgets the pending acknowledgements of an object's chunks and meta when
+// the connection drops, and ObjectStore.Put then returns success without
+// them (the error callbacks it would have seen are deferred until the
+// connection closes for good). TestClusterFaults caught it: a node whose
+// NATS server was killed 18 ms before answered 250 for a message whose
+// body was never stored, and the message was set aside as corrupt ("body
+// missing"). Such a Put is an error here (the client gets 451 and sends
+// again), and what it left is deleted.
 func (s *Store) putBody(ctx context.Context, name string, write func(io.Writer) (int64, error)) (int64, error) {
+	reconnects := s.nc.Stats().Reconnects
 	pr, pw := io.Pipe()
 	var n int64
 	go func() {
@@ -777,11 +789,19 @@ func (s *Store) putBody(ctx context.Context, name string, write func(io.Writer) 
 	}()
 	_, err := s.obj.Put(ctx, jetstream.ObjectMeta{Name: name, Opts: &jetstream.ObjectMetaOptions{ChunkSize: chunkSize}}, fullReader{pr})
 	pr.CloseWithError(errors.New("jetstream: body not stored"))
+	if err == nil && (s.nc.Stats().Reconnects != reconnects || !s.nc.IsConnected()) {
+		err = errReconnected
+		s.obj.Delete(ctx, name)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("jetstream: storing body %s: %w", name, err)
 	}
 	return n, nil
 }
+
+// errReconnected is the error of a body stored across a reconnection (see
+// putBody).
+var errReconnected = errors.New("the connection to the servers was lost meanwhile; its acknowledgements may be missing")
 
 // body prepares the envelope of a Save with message m: header edits go
 // into env.Head (the body object is not copied), a replaced body into a
