@@ -2,6 +2,7 @@ package jetstream
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -119,4 +121,32 @@ func TestBodyStoredAcrossReconnectFails(t *testing.T) {
 	assert.ErrorIs(t, err, errReconnected)
 	_, _, _, err = st.Load("cut")
 	assert.ErrorIs(t, err, queue.ErrNotFound, "no envelope: the message was not queued")
+}
+
+// TestBodyChunkMissing: a body read chunk by chunk (readObject) that
+// misses a chunk its meta counts is not whole: corrupt, never a short
+// message delivered.
+func TestBodyChunkMissing(t *testing.T) {
+	st := open(t, embedded(t).URL(), Config{})
+	raw := queuetest.Msg + strings.Repeat(strings.Repeat("y", 78)+"\r\n", 4000) // 3 chunks
+	queuetest.Add(t, st, "holed", queue.Working, raw)
+	_, _, m, err := st.Load("holed")
+	require.NoError(t, err, "whole, it reads back")
+	assert.Equal(t, int64(len(raw)), m.Size())
+	m.Close()
+	// The second chunk of the object goes.
+	ctx := context.Background()
+	meta, err := st.objStream.GetLastMsgForSubject(ctx, "$O."+st.cfg.Bucket+".M.aG9sZWQ=")
+	require.NoError(t, err)
+	var info jetstream.ObjectInfo
+	require.NoError(t, json.Unmarshal(meta.Data, &info))
+	require.Equal(t, uint32(3), info.Chunks)
+	subj := "$O." + st.cfg.Bucket + ".C." + info.NUID
+	first, err := st.objStream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subj))
+	require.NoError(t, err)
+	second, err := st.objStream.GetMsg(ctx, first.Sequence+1, jetstream.WithGetMsgSubject(subj))
+	require.NoError(t, err)
+	require.NoError(t, st.objStream.DeleteMsg(ctx, second.Sequence))
+	_, _, _, err = st.Load("holed")
+	assert.ErrorIs(t, err, queue.ErrCorrupt)
 }

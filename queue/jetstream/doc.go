@@ -33,12 +33,14 @@
 //
 // IDs and Queues read the stream's per-subject state (stream info with a
 // subject filter); Load reads an ID's last message (a get of the last
-// message of its subjects) and its body object. With replicas, both are
-// answered by their stream's leader (direct gets, which any replica
-// answers, are off: a replica may lag the quorum that acknowledged a
-// write); with one replica, which is the leader, they are direct gets,
-// answered by the stream itself rather than through the server's
-// JetStream API queue.
+// message of its subjects) and its body object (its meta, then each
+// chunk, a get each; not through an ordered consumer, which needs the
+// cluster's meta leader and may sit on a lagging or dead replica). With
+// replicas, every read is answered by the stream's leader (direct gets,
+// which any replica answers, are off: a replica may lag the quorum that
+// acknowledged a write); with one replica, which is the leader, they are
+// direct gets, answered by the stream itself rather than through the
+// server's JetStream API queue.
 //
 // # The path of a message through the cluster
 //
@@ -95,7 +97,10 @@
 // or an older one than it was handed, puts the message back (a nak) to be
 // handed out again, and acks a copy away only when a newer envelope of the
 // same message exists. A body is set aside as corrupt only after three
-// reads over a few seconds all failed so. examples/doe-family's
+// reads over a few seconds all failed so. A body stored while the
+// connection to the servers dropped and came back is not trusted (the
+// Enqueue fails: nats.go before v1.55 may report such a store as done
+// without its acknowledgements). examples/doe-family's
 // TestClusterFaults checks all of this with real processes (three
 // nats-server, three doe-family; SIGKILL of a doe-family node and of a
 // NATS node under load): every message that got a 250 is delivered.

@@ -11,31 +11,42 @@ import (
 )
 
 // leaderReads turns off direct gets on the object store's stream, which
-// nats.go turns on for every object store. A direct get is answered by
-// any replica, and a replica may lag the quorum that acknowledged a
-// write: a body read right after its Enqueue (the scheduler does that at
-// once) then looks missing, and the message was set aside as corrupt
-// (seen in examples/doe-family's TestClusterFaults with R3: 3 messages
-// of ~150 that had their 250). Without direct gets, reads go through the
-// stream leader, which has every acknowledged write. With one replica
-// direct gets stay on: that replica is the leader.
+// nats.go turns on for every object store, and keeps a handle of that
+// stream for readObject. A direct get is answered by any replica, and a
+// replica may lag the quorum that acknowledged a write: a body read right
+// after its Enqueue (the scheduler does that at once) could look missing
+// or short. Without direct gets, reads go through the stream leader, which
+// has every acknowledged write. With one replica direct gets stay on:
+// that replica is the leader. (The handle caches the settings it read, so
+// it is kept only once it has read them off: another node's Open turns
+// them on for a moment.) The object store's own handle, used to store and
+// delete bodies, is opened again for the same reason.
 func (s *Store) leaderReads(ctx context.Context) error {
-	if s.cfg.Replicas == 1 {
-		return nil // one replica: it is the leader, direct gets read it
-	}
-	stream, err := s.js.Stream(ctx, "OBJ_"+s.cfg.Bucket)
-	if err != nil {
-		return fmt.Errorf("jetstream: object store %s: %w", s.cfg.Bucket, err)
-	}
-	if cfg := stream.CachedInfo().Config; cfg.AllowDirect {
+	name := "OBJ_" + s.cfg.Bucket
+	for try := 0; ; try++ {
+		stream, err := s.js.Stream(ctx, name)
+		if err != nil {
+			return fmt.Errorf("jetstream: object store %s: %w", s.cfg.Bucket, err)
+		}
+		cfg := stream.CachedInfo().Config
+		if s.cfg.Replicas == 1 || !cfg.AllowDirect {
+			// The handle caches the settings it read: it reads through
+			// the leader, or (one replica) directly from it.
+			s.objStream = stream
+			break
+		}
+		if try == 3 {
+			return fmt.Errorf("jetstream: object store %s: direct gets turned on again and again (nodes starting?)", s.cfg.Bucket)
+		}
 		cfg.AllowDirect = false
 		if _, err := s.js.UpdateStream(ctx, cfg); err != nil {
 			return fmt.Errorf("jetstream: object store %s: leader reads: %w", s.cfg.Bucket, err)
 		}
 	}
-	// The handle caches the stream's settings: open it again, also when
-	// another node turned direct gets off meanwhile (CreateOrUpdateObjectStore
-	// turned them on for a moment, and this handle would use them).
+	if s.cfg.Replicas == 1 {
+		return nil
+	}
+	var err error
 	if s.obj, err = s.js.ObjectStore(ctx, s.cfg.Bucket); err != nil {
 		return fmt.Errorf("jetstream: object store %s: %w", s.cfg.Bucket, err)
 	}

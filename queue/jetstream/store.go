@@ -80,8 +80,11 @@ type Store struct {
 	infoMu sync.Mutex
 	info   jetstream.Stream
 	obj    jetstream.ObjectStore
-	cons   jetstream.Consumer
-	prefix string // cfg.Subject + "."
+	// objStream is the object store's stream, for reading chunks (see
+	// readObject).
+	objStream jetstream.Stream
+	cons      jetstream.Consumer
+	prefix    string // cfg.Subject + "."
 
 	ctx    context.Context // ends with Close
 	cancel context.CancelFunc
@@ -651,23 +654,18 @@ func (s *Store) Load(id string) (string, *queue.Envelope, *policy.Message, error
 
 // openBody returns the message of env, read from object name.
 func (s *Store) openBody(ctx context.Context, name string, env *queue.Envelope) (*policy.Message, error) {
-	r, err := s.obj.Get(ctx, name)
-	if err != nil {
-		if errors.Is(err, jetstream.ErrObjectNotFound) {
-			return nil, fmt.Errorf("%w: message %s: body %s missing", queue.ErrCorrupt, env.ID, name)
-		}
-		return nil, fmt.Errorf("jetstream: reading body of %s: %w", env.ID, err)
-	}
-	defer r.Close()
 	f, err := os.CreateTemp(s.cfg.TempDir, "mtaq-*")
 	if err != nil {
 		return nil, err
 	}
 	os.Remove(f.Name())
-	n, err := io.Copy(f, r)
+	n, err := s.readObject(ctx, name, f)
 	if err != nil {
 		f.Close()
-		if errors.Is(err, nats.ErrDigestMismatch) || errors.Is(err, jetstream.ErrDigestMismatch) {
+		switch {
+		case errors.Is(err, jetstream.ErrObjectNotFound):
+			return nil, fmt.Errorf("%w: message %s: body %s missing", queue.ErrCorrupt, env.ID, name)
+		case errors.Is(err, jetstream.ErrDigestMismatch), errors.Is(err, errShortObject):
 			return nil, fmt.Errorf("%w: message %s: %v", queue.ErrCorrupt, env.ID, err)
 		}
 		return nil, fmt.Errorf("jetstream: reading body of %s: %w", env.ID, err)
