@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/mail"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -29,15 +31,16 @@ const (
 type loadLog struct {
 	mu       sync.Mutex
 	outcomes map[string]outcome // by Subject
+	ids      map[string]string  // queue IDs of the accepted, by Subject (from the 250's "queued as")
 	replies  map[string]int     // error replies by "code enhanced", for the report
 	perNode  []atomic.Int64     // 250s per doe-family node
 }
 
 func newLoadLog(nodes int) *loadLog {
-	return &loadLog{outcomes: map[string]outcome{}, replies: map[string]int{}, perNode: make([]atomic.Int64, nodes)}
+	return &loadLog{outcomes: map[string]outcome{}, ids: map[string]string{}, replies: map[string]int{}, perNode: make([]atomic.Int64, nodes)}
 }
 
-func (l *loadLog) record(subject string, node int, err error, afterData bool) outcome {
+func (l *loadLog) record(subject, id string, node int, err error, afterData bool) outcome {
 	o := accepted
 	var se *gosmtp.SMTPError
 	switch {
@@ -53,6 +56,9 @@ func (l *loadLog) record(subject string, node int, err error, afterData bool) ou
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.outcomes[subject] = o
+	if o == accepted {
+		l.ids[subject] = id
+	}
 	if se != nil {
 		l.replies[fmt.Sprintf("%d %d.%d.%d", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])]++
 	}
@@ -72,37 +78,40 @@ func (l *loadLog) count(o outcome) int {
 }
 
 // sendTracked sends one message to addr and tells whether DATA was sent
-// (when the reply to it is missing, the outcome is unknown).
-func sendTracked(addr, from, to, msg string) (afterData bool, err error) {
+// (when the reply to it is missing, the outcome is unknown) and, after a
+// 250, the queue ID it gave.
+func sendTracked(addr, from, to, msg string) (afterData bool, id string, err error) {
 	conn, err := dialFrom("127.0.0.1", addr)
 	if err != nil {
-		return false, err
+		return false, "", err
 	}
 	c := gosmtp.NewClient(conn)
 	c.CommandTimeout = 30 * time.Second
 	c.SubmissionTimeout = 30 * time.Second
 	defer c.Close()
 	if err := c.Hello("load.doe-family.com"); err != nil {
-		return false, err
+		return false, "", err
 	}
 	if err := c.Mail(from, nil); err != nil {
-		return false, err
+		return false, "", err
 	}
 	if err := c.Rcpt(to, nil); err != nil {
-		return false, err
+		return false, "", err
 	}
 	w, err := c.Data()
 	if err != nil {
-		return false, err
+		return false, "", err
 	}
 	if _, err := w.Write([]byte(msg)); err != nil {
-		return true, err
+		return true, "", err
 	}
-	if err := w.Close(); err != nil {
-		return true, err
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		return true, "", err
 	}
 	c.Quit()
-	return true, nil
+	_, id, _ = strings.Cut(resp.StatusText, "queued as ")
+	return true, strings.TrimSuffix(id, ")"), nil
 }
 
 // subjectsAt counts the messages at the sink by Subject.
@@ -127,7 +136,7 @@ func subjectsAt(s *sink) map[string]int {
 // delivery must go on from the survivors, and with a second NATS node
 // down (no quorum) the nodes must answer 451 4.3.0, never 250.
 func TestClusterFaults(t *testing.T) {
-	faultTest(t)
+	integration(t)
 	start := time.Now()
 	c := startNATSCluster(t, 3)
 	relay := startSink(t, freePort(t))
@@ -137,6 +146,19 @@ func TestClusterFaults(t *testing.T) {
 			"-internal", "127.0.0.0/8", "-rate-limit", "off", "-queue-timeout", "5s")
 	}
 	t.Logf("cluster and nodes up in %v", time.Since(start).Round(time.Millisecond))
+	// MTAKIT_FAULT_LOGDIR=dir keeps every node's log (doe-family and
+	// nats-server) there, for a diagnosis.
+	if dir := os.Getenv("MTAKIT_FAULT_LOGDIR"); dir != "" {
+		t.Cleanup(func() {
+			os.MkdirAll(dir, 0o755)
+			for i, n := range nodes {
+				os.WriteFile(filepath.Join(dir, fmt.Sprintf("doe%d.log", i+1)), []byte(n.stdout.String()+n.logs.String()), 0o644)
+			}
+			for _, nd := range c.nodes {
+				os.WriteFile(filepath.Join(dir, nd.name+".log"), []byte(nd.log.String()), 0o644)
+			}
+		})
+	}
 
 	log := newLoadLog(len(nodes))
 	var dead [3]atomic.Bool // doe-family nodes killed: the load skips them, as an MTA skips a dead MX
@@ -152,9 +174,9 @@ func TestClusterFaults(t *testing.T) {
 					continue
 				}
 				subject := fmt.Sprintf("fault-%d", seq.Add(1))
-				afterData, err := sendTracked(nodes[n].listen, "load@doe-family.com", "someone@ext.test",
+				afterData, id, err := sendTracked(nodes[n].listen, "load@doe-family.com", "someone@ext.test",
 					message("load@doe-family.com", "someone@ext.test", subject, "fault test"))
-				log.record(subject, n, err, afterData)
+				log.record(subject, id, n, err, afterData)
 			}
 		})
 	}
@@ -182,7 +204,8 @@ func TestClusterFaults(t *testing.T) {
 
 	// Every 250 is delivered, by the survivors, whatever doe1 held.
 	var missing []string
-	deadline := time.Now().Add(90 * time.Second)
+	stopped := time.Now()
+	deadline := stopped.Add(90 * time.Second)
 	for {
 		got := subjectsAt(relay)
 		missing = missing[:0]
@@ -197,12 +220,19 @@ func TestClusterFaults(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	sort.Strings(missing)
+	t.Logf("waited %v for the deliveries after the load stopped", time.Since(stopped).Round(time.Millisecond))
 	if !assert.Empty(t, missing, "messages that got a 250 and were never delivered") {
-		// What the nodes said of trouble, for the diagnosis.
+		// What the nodes logged of trouble and of the missing messages,
+		// for the diagnosis.
 		for i, n := range nodes {
-			for _, line := range strings.Split(n.stdout.String(), "\n") {
+			for _, line := range strings.Split(n.logs.String(), "\n") {
 				if strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") {
 					t.Logf("doe%d: %s", i+1, line)
+				}
+				for _, s := range missing {
+					if id := log.ids[s]; id != "" && strings.Contains(line, id) {
+						t.Logf("doe%d: %s: %s", i+1, s, line)
+					}
 				}
 			}
 		}
@@ -231,7 +261,7 @@ func TestClusterFaults(t *testing.T) {
 		n := 1 + i%2
 		nq.Go(func() {
 			subject := fmt.Sprintf("noquorum-%d", i)
-			_, err := sendTracked(nodes[n].listen, "load@doe-family.com", "someone@ext.test",
+			_, _, err := sendTracked(nodes[n].listen, "load@doe-family.com", "someone@ext.test",
 				message("load@doe-family.com", "someone@ext.test", subject, "no quorum"))
 			r := "250"
 			if err != nil {

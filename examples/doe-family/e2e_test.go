@@ -136,6 +136,7 @@ type env struct {
 	cmd                      *exec.Cmd
 	exited                   chan struct{} // closed when cmd has exited
 	stdout                   *lockedBuffer
+	logs                     *lockedBuffer // what the server wrote to stderr (its log), across restarts
 }
 
 type lockedBuffer struct {
@@ -234,7 +235,10 @@ func (e *env) tryStart() error {
 	stderr := &lockedBuffer{}
 	cmd := exec.Command(binary, e.args...)
 	cmd.Stdout = e.stdout
-	cmd.Stderr = io.MultiWriter(&testLogWriter{t: e.t}, &firstBytes{w: stderr, left: 64 << 10})
+	if e.logs == nil {
+		e.logs = &lockedBuffer{}
+	}
+	cmd.Stderr = io.MultiWriter(&testLogWriter{t: e.t}, &firstBytes{w: stderr, left: 64 << 10}, e.logs)
 	if err := cmd.Start(); err != nil {
 		return err
 	}

@@ -12,43 +12,64 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mtakit/mtakit/policy"
+	"github.com/mtakit/mtakit/queue"
 	"github.com/mtakit/mtakit/queue/queuetest"
 )
 
+// enqueuer is what BenchmarkEnqueue measures: a Store's or the spool's
+// Enqueue.
+type enqueuer interface {
+	Enqueue(ctx context.Context, tx *policy.Transaction, m *policy.Message) error
+}
+
 // BenchmarkEnqueue measures Enqueue (what an SMTP 250 waits for) with
 // concurrent callers against an embedded server, which syncs every write
-// (sync_interval: always), for a small and a larger message.
+// (sync_interval: always), for a small and a larger message; and, right
+// before each, the filesystem spool's (fsync on) with the same callers
+// and message, for the ratio.
 func BenchmarkEnqueue(b *testing.B) {
 	for _, size := range []int{4 << 10, 100 << 10} {
 		for _, conc := range []int{1, 8, 64} {
-			b.Run(fmt.Sprintf("size=%dKiB/callers=%d", size>>10, conc), func(b *testing.B) {
-				e, err := StartEmbedded(EmbeddedConfig{Dir: b.TempDir(), Logger: quiet()})
-				require.NoError(b, err)
-				defer e.Close()
-				ctx := context.Background()
-				st, err := Open(ctx, Config{URL: e.URL(), Logger: quiet()})
-				require.NoError(b, err)
-				defer st.Close()
-				raw := benchMessage(size)
-				var n atomic.Int64
-				b.SetBytes(int64(len(raw)))
-				b.SetParallelism(max(1, conc/runtime.GOMAXPROCS(0)))
-				b.ResetTimer()
-				b.RunParallel(func(pb *testing.PB) {
-					for pb.Next() {
-						id := fmt.Sprintf("b%d", n.Add(1))
-						m, err := policy.NewMessage(strings.NewReader(raw), int64(len(raw)), nil)
-						if err != nil {
-							b.Error(err)
-							return
-						}
-						if err := st.Enqueue(ctx, queuetest.NewTx(id, "a@example.org", "b@example.com"), m); err != nil {
-							b.Error(err)
-							return
-						}
+			for _, store := range []string{"spool", "jetstream"} {
+				b.Run(fmt.Sprintf("size=%dKiB/callers=%d/store=%s", size>>10, conc, store), func(b *testing.B) {
+					var st enqueuer
+					if store == "spool" {
+						sp, err := queue.Open(b.TempDir(), queue.SpoolConfig{Logger: quiet()})
+						require.NoError(b, err)
+						defer sp.Close()
+						st = sp
+					} else {
+						e, err := StartEmbedded(EmbeddedConfig{Dir: b.TempDir(), Logger: quiet()})
+						require.NoError(b, err)
+						defer e.Close()
+						js, err := Open(context.Background(), Config{URL: e.URL(), Logger: quiet()})
+						require.NoError(b, err)
+						defer js.Close()
+						st = js
 					}
+					ctx := context.Background()
+					raw := benchMessage(size)
+					var n atomic.Int64
+					b.SetBytes(int64(len(raw)))
+					b.SetParallelism(max(1, conc/runtime.GOMAXPROCS(0)))
+					b.ResetTimer()
+					b.RunParallel(func(pb *testing.PB) {
+						for pb.Next() {
+							id := fmt.Sprintf("b%d", n.Add(1))
+							m, err := policy.NewMessage(strings.NewReader(raw), int64(len(raw)), nil)
+							if err != nil {
+								b.Error(err)
+								return
+							}
+							if err := st.Enqueue(ctx, queuetest.NewTx(id, "a@example.org", "b@example.com"), m); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					})
+					b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 				})
-			})
+			}
 		}
 	}
 }

@@ -23,16 +23,24 @@
 // stream keeps one message per subject; the highest sequence among an
 // ID's subjects is its current state. Message bodies are objects of a
 // JetStream object store (Config.Bucket, default "MTAQ_BODIES"), chunked
-// (128 KiB chunks), so a 25 MiB message is as fine as a 4 KiB one; the
-// envelope's header "Mtaq-Body" names its object. Every change of an
+// (128 KiB chunks, each filled whole: a message under 128 KiB is one
+// chunk), so a 25 MiB message is as fine as a 4 KiB one; the envelope's
+// header "Mtaq-Body" names its object. Every change of an
 // envelope is published with the expected stream, a message ID
 // (Nats-Msg-Id, de-duplicated within the stream's window) and the expected
 // last sequence of the ID's subjects (mtaq.env.<id>.>): a compare-and-set,
 // so that two nodes changing one message never both succeed.
 //
 // IDs and Queues read the stream's per-subject state (stream info with a
-// subject filter); Load reads an ID's last message (direct get by
-// subject) and its body object.
+// subject filter); Load reads an ID's last message (a get of the last
+// message of its subjects) and its body object (its meta, then each
+// chunk, a get each; not through an ordered consumer, which needs the
+// cluster's meta leader and may sit on a lagging or dead replica). With
+// replicas, every read is answered by the stream's leader (direct gets,
+// which any replica answers, are off: a replica may lag the quorum that
+// acknowledged a write); with one replica, which is the leader, they are
+// direct gets, answered by the stream itself rather than through the
+// server's JetStream API queue.
 //
 // # The path of a message through the cluster
 //
@@ -81,11 +89,21 @@
 //     crash of the machine loses nothing acknowledged, the loss of its
 //     disk loses everything queued.
 //
-// Known problem (a preview, not for mail you cannot afford to lose):
-// examples/doe-family's TestClusterFaults (three nats-server processes,
-// SIGKILL of a NATS node under load) has found, in some runs, 1 or 2
-// acknowledged messages of ~150 not delivered within its 90 s; whether
-// they are lost or late is not known yet.
+// Nothing acknowledged is acked away on the strength of a read that may
+// lag. An ack deletes a message from the work-queue stream, and the
+// consumer may hand a message out before the stream leader, which answers
+// every read, has applied it (the consumer's leader may be a follower that
+// applied the committed write first): a node that then finds no envelope,
+// or an older one than it was handed, puts the message back (a nak) to be
+// handed out again, and acks a copy away only when a newer envelope of the
+// same message exists. A body is set aside as corrupt only after three
+// reads over a few seconds all failed so. A body stored while the
+// connection to the servers dropped and came back is not trusted (the
+// Enqueue fails: nats.go before v1.55 may report such a store as done
+// without its acknowledgements). examples/doe-family's
+// TestClusterFaults checks all of this with real processes (three
+// nats-server, three doe-family; SIGKILL of a doe-family node and of a
+// NATS node under load): every message that got a 250 is delivered.
 //
 // Delivery is at least once, as with the spool: a node that dies after a
 // delivery and before its record, or a node cut off longer than AckWait

@@ -80,13 +80,19 @@ type Store struct {
 	infoMu sync.Mutex
 	info   jetstream.Stream
 	obj    jetstream.ObjectStore
-	cons   jetstream.Consumer
-	prefix string // cfg.Subject + "."
+	// objStream is the object store's stream, for reading chunks (see
+	// readObject).
+	objStream jetstream.Stream
+	cons      jetstream.Consumer
+	prefix    string // cfg.Subject + "."
 
 	ctx    context.Context // ends with Close
 	cancel context.CancelFunc
 
 	locks idlock.Locks
+
+	// dispatchLookup, when set (tests), replaces lookup in dispatch.
+	dispatchLookup func(ctx context.Context, id string) (*current, error)
 
 	mu      sync.Mutex
 	wake    func(id, queue string)
@@ -107,6 +113,10 @@ type held struct {
 }
 
 var _ queue.SharedStore = (*Store)(nil)
+
+// lagDelay is how long a message waits to be handed out again when the
+// stream leader had not yet applied it (see dispatch).
+const lagDelay = 250 * time.Millisecond
 
 const (
 	hdrBody  = "Mtaq-Body"  // the object holding the message
@@ -180,6 +190,12 @@ func (s *Store) setup(ctx context.Context) error {
 		Storage:           jetstream.FileStorage,
 		Replicas:          s.cfg.Replicas,
 		Duplicates:        2 * time.Minute,
+		// With one replica, direct gets (the lookups) read what the
+		// leader has, without waiting in the server's JetStream API
+		// queue behind the deletes, each fsynced on a server syncing
+		// always. With replicas they may read a lagging one: see
+		// leaderReads.
+		AllowDirect: s.cfg.Replicas == 1,
 	})
 	if err != nil {
 		return fmt.Errorf("jetstream: stream %s: %w", s.cfg.Stream, err)
@@ -422,6 +438,16 @@ func (s *Store) pull(ctx context.Context, done chan struct{}) {
 // dispatch decides what to do with a message the consumer handed this
 // node: a stale copy is acked away, one not due is nakked until it is, one
 // due is held and reported to the scheduler.
+//
+// Only proof of a newer envelope acks a message away (an ack deletes it
+// from the work-queue stream). The consumer may hand out a message before
+// the stream leader, which answers the lookup, has applied it: its leader
+// may be another server, a follower that applied the committed write
+// first (seen in examples/doe-family's TestClusterFaults: a message with
+// its 250 handed to a node 3 ms before the PubAck, looked up as "no such
+// message", acked and lost). A lookup that finds nothing, or an envelope
+// older than the one handed out, is such a lag, or a message removed
+// since (which the consumer does not hand out again): both are nakked.
 func (s *Store) dispatch(ctx context.Context, msg jetstream.Msg) {
 	meta, err := msg.Metadata()
 	if err != nil {
@@ -433,19 +459,24 @@ func (s *Store) dispatch(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	lctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
-	c, err := s.lookup(lctx, id)
+	look := s.lookup
+	if s.dispatchLookup != nil {
+		look = s.dispatchLookup
+	}
+	c, err := look(lctx, id)
 	cancel()
 	switch {
-	case errors.Is(err, queue.ErrNotFound):
-		msg.Ack()
-		return
-	case err != nil:
-		msg.NakWithDelay(time.Second)
-		return
-	case c.seq != meta.Sequence.Stream:
+	case err == nil && c.seq > meta.Sequence.Stream:
 		// A newer envelope replaced it (a move whose clean-up a crash cut
 		// short): that one is the message.
 		msg.Ack()
+		return
+	case err == nil && c.seq < meta.Sequence.Stream, errors.Is(err, queue.ErrNotFound):
+		// The stream leader lags the consumer, or the message is gone.
+		msg.NakWithDelay(lagDelay)
+		return
+	case err != nil:
+		msg.NakWithDelay(time.Second)
 		return
 	}
 	var next time.Time
@@ -623,23 +654,18 @@ func (s *Store) Load(id string) (string, *queue.Envelope, *policy.Message, error
 
 // openBody returns the message of env, read from object name.
 func (s *Store) openBody(ctx context.Context, name string, env *queue.Envelope) (*policy.Message, error) {
-	r, err := s.obj.Get(ctx, name)
-	if err != nil {
-		if errors.Is(err, jetstream.ErrObjectNotFound) {
-			return nil, fmt.Errorf("%w: message %s: body %s missing", queue.ErrCorrupt, env.ID, name)
-		}
-		return nil, fmt.Errorf("jetstream: reading body of %s: %w", env.ID, err)
-	}
-	defer r.Close()
 	f, err := os.CreateTemp(s.cfg.TempDir, "mtaq-*")
 	if err != nil {
 		return nil, err
 	}
 	os.Remove(f.Name())
-	n, err := io.Copy(f, r)
+	n, err := s.readObject(ctx, name, f)
 	if err != nil {
 		f.Close()
-		if errors.Is(err, nats.ErrDigestMismatch) || errors.Is(err, jetstream.ErrDigestMismatch) {
+		switch {
+		case errors.Is(err, jetstream.ErrObjectNotFound):
+			return nil, fmt.Errorf("%w: message %s: body %s missing", queue.ErrCorrupt, env.ID, name)
+		case errors.Is(err, jetstream.ErrDigestMismatch), errors.Is(err, errShortObject):
 			return nil, fmt.Errorf("%w: message %s: %v", queue.ErrCorrupt, env.ID, err)
 		}
 		return nil, fmt.Errorf("jetstream: reading body of %s: %w", env.ID, err)
@@ -720,8 +746,38 @@ func storedBody(env *queue.Envelope, m *policy.Message) (name string, off int64,
 	return src.name, start, true
 }
 
+// chunkSize is the size of a body chunk (the object store's default).
+const chunkSize = 128 << 10
+
+// fullReader fills each Read's buffer whole (but at the end): the object
+// store makes each Read a chunk, a publish (and, on a server syncing
+// always, an fsync) of its own, and a message written through a pipe
+// comes in small writes (a header line each), so a 4 KiB message made
+// six chunks.
+type fullReader struct{ r io.Reader }
+
+func (f fullReader) Read(p []byte) (int, error) {
+	n, err := io.ReadFull(f.r, p)
+	if err == io.ErrUnexpectedEOF {
+		err = io.EOF
+	}
+	return n, err
+}
+
 // putBody stores a message body as object name; it returns its size.
+//
+// A body stored while the connection was lost and made again is not
+// trusted: nats.go (up to v1.54; fixed in v1.55, which needs Go 1.26)
+// forgets the pending acknowledgements of an object's chunks and meta when
+// the connection drops, and ObjectStore.Put then returns success without
+// them (the error callbacks it would have seen are deferred until the
+// connection closes for good). TestClusterFaults caught it: a node whose
+// NATS server was killed 18 ms before answered 250 for a message whose
+// body was never stored, and the message was set aside as corrupt ("body
+// missing"). Such a Put is an error here (the client gets 451 and sends
+// again), and what it left is deleted.
 func (s *Store) putBody(ctx context.Context, name string, write func(io.Writer) (int64, error)) (int64, error) {
+	reconnects := s.nc.Stats().Reconnects
 	pr, pw := io.Pipe()
 	var n int64
 	go func() {
@@ -729,13 +785,21 @@ func (s *Store) putBody(ctx context.Context, name string, write func(io.Writer) 
 		n, err = write(pw)
 		pw.CloseWithError(err)
 	}()
-	_, err := s.obj.Put(ctx, jetstream.ObjectMeta{Name: name}, pr)
+	_, err := s.obj.Put(ctx, jetstream.ObjectMeta{Name: name, Opts: &jetstream.ObjectMetaOptions{ChunkSize: chunkSize}}, fullReader{pr})
 	pr.CloseWithError(errors.New("jetstream: body not stored"))
+	if err == nil && (s.nc.Stats().Reconnects != reconnects || !s.nc.IsConnected()) {
+		err = errReconnected
+		s.obj.Delete(ctx, name)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("jetstream: storing body %s: %w", name, err)
 	}
 	return n, nil
 }
+
+// errReconnected is the error of a body stored across a reconnection (see
+// putBody).
+var errReconnected = errors.New("the connection to the servers was lost meanwhile; its acknowledgements may be missing")
 
 // body prepares the envelope of a Save with message m: header edits go
 // into env.Head (the body object is not copied), a replaced body into a
