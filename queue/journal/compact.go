@@ -1,0 +1,202 @@
+package journal
+
+import (
+	"context"
+	"io"
+	"os"
+	"slices"
+	"time"
+)
+
+// compactEvery is how often compaction looks at the segments besides
+// when a change wakes it.
+const compactEvery = 5 * time.Second
+
+// compactLoop runs compaction when woken (a segment filled up or lost its
+// last live record) and every compactEvery, until the store stops.
+func (s *Store) compactLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(compactEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-s.kick:
+		case <-t.C:
+		}
+		s.compact()
+	}
+}
+
+// compact deletes the segments nothing needs any more, and copies the few
+// live records of a sparse sealed segment forward (fresh records, synced)
+// so that it can be deleted too.
+//
+// A segment is deleted when no entry of the index refers to it (envelope
+// or body), no loaded message reads it, no record is being written in it,
+// and, for each done record it holds, no other segment holds an older
+// record of that ID (which the done record keeps dead). Deletions go
+// oldest first, each made durable (directory sync) before the next, so a
+// crash never keeps a segment whose done records a deleted one needed.
+func (s *Store) compact() {
+	for {
+		sg, copyFrom := s.pick()
+		if sg != nil {
+			if !s.deleteSegment(sg) {
+				return
+			}
+			continue
+		}
+		if copyFrom != nil && s.copyForward(copyFrom) {
+			continue
+		}
+		return
+	}
+}
+
+// pick returns a segment to delete now, or else a sparse one to copy
+// forward.
+func (s *Store) pick() (del, copyFrom *segment) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.err != nil {
+		return nil, nil
+	}
+	segs := make([]*segment, 0, len(s.segs))
+	for _, sg := range s.segs {
+		if sg != s.active && sg.sealed && sg.writing == 0 {
+			segs = append(segs, sg)
+		}
+	}
+	slices.SortFunc(segs, func(a, b *segment) int {
+		if a.minSeq != b.minSeq {
+			return cmpU(a.minSeq, b.minSeq)
+		}
+		return cmpU(a.num, b.num)
+	})
+	for _, sg := range segs {
+		if sg.live == 0 && sg.readers == 0 && s.deletable(sg) {
+			return sg, nil
+		}
+	}
+	for _, sg := range segs {
+		if sg.live > 0 && !sg.own && sg.liveB*4 < sg.cap {
+			return nil, sg
+		}
+	}
+	return nil, nil
+}
+
+func cmpU(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// deletable reports whether the done records of sg are needed by no
+// other segment (s.mu held).
+func (s *Store) deletable(sg *segment) bool {
+	for id, dseq := range sg.dones {
+		for _, o := range s.segs {
+			if o == sg {
+				continue
+			}
+			if seq, ok := o.ids[id]; ok && seq < dseq {
+				return false
+			}
+			if seq, ok := o.dones[id]; ok && seq < dseq {
+				continue // an older done record: harmless either way
+			}
+		}
+	}
+	return true
+}
+
+// deleteSegment removes sg (chosen by pick) from the store and its file
+// from the directory, durably. False: it failed (logged).
+func (s *Store) deleteSegment(sg *segment) bool {
+	s.mu.Lock()
+	if sg.live != 0 || sg.readers != 0 || sg.writing != 0 || s.segs[sg.num] != sg {
+		s.mu.Unlock()
+		return true // changed meanwhile: look again
+	}
+	delete(s.segs, sg.num)
+	sg.gone = true
+	s.mu.Unlock()
+	sg.f.Close()
+	if err := os.Remove(sg.path); err != nil {
+		s.log.Error("journal: deleting a compacted segment", "segment", sg.path, "error", err)
+		return false
+	}
+	if err := s.ds.sync(); err != nil {
+		s.log.Error("journal: syncing the directory", "dir", s.dir, "error", err)
+		return false
+	}
+	return true
+}
+
+// copyForward writes the live entries of sg again, as full records in the
+// active segment, synced; sg is then deleted by the next pick. False: it
+// stopped (closing, or a failure, logged).
+func (s *Store) copyForward(sg *segment) bool {
+	s.mu.Lock()
+	var es []*entry
+	for _, e := range s.entries {
+		if !e.pending && (e.envSeg == sg || e.bodySeg == sg) {
+			es = append(es, e)
+		}
+	}
+	s.mu.Unlock()
+	for _, e := range es {
+		select {
+		case <-s.stop:
+			return false
+		default:
+		}
+		if err := s.copyEntry(e, sg); err != nil {
+			s.log.Error("journal: compaction: copying a message forward", "id", e.id, "segment", sg.path, "error", err)
+			return false
+		}
+	}
+	return true
+}
+
+// copyEntry writes entry e (if it still refers to sg) again, whole.
+func (s *Store) copyEntry(e *entry, sg *segment) error {
+	if err := s.begin(); err != nil {
+		return err
+	}
+	defer s.ops.Done()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s.mu.Lock()
+	if e.gone || e.pending || e.bad != nil || (e.envSeg != sg && e.bodySeg != sg) {
+		s.mu.Unlock()
+		return nil
+	}
+	bodySeg, body, q := e.bodySeg, e.body, e.q
+	bodySeg.readers++
+	s.mu.Unlock()
+	defer s.release(bodySeg)
+	env, err := s.readEnv(e)
+	if err != nil {
+		return err
+	}
+	r := &record{typ: recFull, id: e.id, q: q, env: env, bodyLen: body.n}
+	src := io.NewSectionReader(bodySeg.f, body.off, body.n)
+	hot := e.hot
+	err = s.commit(context.Background(), e, r, func(w io.Writer) (int64, error) {
+		return io.Copy(struct{ io.Writer }{w}, src)
+	}, true)
+	if err == nil && hot != nil {
+		s.mu.Lock()
+		e.hot = hot
+		s.mu.Unlock()
+	}
+	return err
+}
