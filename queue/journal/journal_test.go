@@ -8,6 +8,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/mtakit/mtakit"
+
 	"github.com/mtakit/mtakit/queue"
 	"github.com/mtakit/mtakit/queue/journal"
 	"github.com/mtakit/mtakit/queue/queuetest"
@@ -31,3 +33,7 @@ func TestConformance(t *testing.T) {
 		})
 	}
 }
+
+// A Store is what mtakit.Server needs of its queue: a queue.Store the smtp
+// package can accept into.
+var _ mtakit.Store = (*journal.Store)(nil)

@@ -241,3 +241,6 @@ func allZero(b []byte) bool {
 	}
 	return true
 }
+
+// crcOf returns the CRC-32C of b.
+func crcOf(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
