@@ -13,7 +13,7 @@
 //
 // # Layout
 //
-// The directory holds a lock file and segment files, <16 hex digits>.seg,
+// The directory holds a lock file (LockFile) and segment files, <16 hex digits>.seg,
 // each Config.SegmentSize bytes (64 MiB by default) of zeros written and
 // synced before the segment is used, by a goroutine that keeps the next
 // one ready: appending to it then changes no metadata, and fdatasync

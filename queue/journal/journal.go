@@ -24,6 +24,11 @@ import (
 // DefaultSegmentSize is Config.SegmentSize's zero value.
 const DefaultSegmentSize = 64 << 20
 
+// LockFile is the name of the lock file in the directory of a journal:
+// its presence tells a journal from a queue.Spool (whose lock file is
+// "lock").
+const LockFile = "journal.lock"
+
 // minSegmentSize bounds Config.SegmentSize from below.
 const minSegmentSize = 64 << 10
 
@@ -32,7 +37,7 @@ const minSegmentSize = 64 << 10
 // no effect.
 type Config struct {
 	// Dir is the journal's directory, created if needed; required. It
-	// holds the segment files and a lock file, nothing else.
+	// holds the segment files and the lock file (LockFile), nothing else.
 	Dir string
 	// SegmentSize is the size of a segment file, zero-filled before use.
 	// A record larger than half of it gets a segment of its own. Zero
@@ -148,7 +153,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
 		return nil, err
 	}
-	lock, err := os.OpenFile(filepath.Join(cfg.Dir, "lock"), os.O_RDWR|os.O_CREATE, 0o640)
+	lock, err := os.OpenFile(filepath.Join(cfg.Dir, LockFile), os.O_RDWR|os.O_CREATE, 0o640)
 	if err != nil {
 		return nil, err
 	}
