@@ -2,6 +2,7 @@ package journal
 
 import (
 	"context"
+	"errors"
 	"io"
 	"os"
 	"slices"
@@ -159,6 +160,9 @@ func (s *Store) copyForward(sg *segment) bool {
 		default:
 		}
 		if err := s.copyEntry(e, sg); err != nil {
+			if errors.Is(err, errClosed) {
+				return false
+			}
 			s.log.Error("journal: compaction: copying a message forward", "id", e.id, "segment", sg.path, "error", err)
 			return false
 		}

@@ -81,6 +81,9 @@ type Store struct {
 	byQueue map[string]map[string]struct{}
 	segs    map[uint64]*segment
 	active  *segment
+	// rotating, while a writer waits for the next segment, is closed when
+	// it is in place.
+	rotating chan struct{}
 
 	ops   sync.WaitGroup // changes under way (Close waits for them)
 	spare chan spareSeg  // segments made ready by prepare
@@ -325,8 +328,9 @@ func (s *Store) get(id string) (*entry, error) {
 	}
 	s.mu.Lock()
 	e := s.entries[id]
+	pending := e != nil && e.pending
 	s.mu.Unlock()
-	if e == nil || e.pending {
+	if e == nil || pending {
 		return nil, fmt.Errorf("%w: %s", queue.ErrNotFound, id)
 	}
 	e.mu.Lock()
@@ -750,12 +754,12 @@ func (s *Store) apply(e *entry, r *record, sg *segment, off int64) {
 		return
 	}
 	sg.ids[e.id] = r.seq
-	e.q, e.seq, e.bad = r.q, r.seq, nil
+	e.q, e.seq = r.q, r.seq
 	metaLen := int64(r.metaLen())
 	e.envSeg, e.envOff, e.envLen = sg, off+headLen+metaLen-int64(len(r.env)), int64(len(r.env))
 	if r.typ == recFull {
 		e.body = bodyRef{seg: sg.num, off: off + headLen + metaLen, n: r.bodyLen}
-		e.bodySeg = sg
+		e.bodySeg, e.bad = sg, nil
 	} else {
 		e.bodySeg = s.segs[r.ref.seg]
 		e.body = r.ref
@@ -865,14 +869,37 @@ func (s *Store) reserve(ctx context.Context, r *record, total int64) (*segment, 
 			s.active = nil
 			s.kickCompact()
 		}
+		if ch := s.rotating; ch != nil {
+			// Another writer is taking the next segment: wait for it
+			// without holding the lock (Load, IDs and the changes
+			// finishing go on meanwhile).
+			s.mu.Unlock()
+			var err error
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				err = ctx.Err()
+			}
+			s.mu.Lock()
+			if err != nil {
+				return nil, 0, err
+			}
+			continue
+		}
+		ch := make(chan struct{})
+		s.rotating = ch
+		s.mu.Unlock()
 		var sp spareSeg
 		select {
 		case sp = <-s.spare:
 		case <-ctx.Done():
-			return nil, 0, ctx.Err()
+			sp.err = ctx.Err()
 		case <-s.stop:
-			return nil, 0, errClosed
+			sp.err = errClosed
 		}
+		s.mu.Lock()
+		s.rotating = nil
+		close(ch)
 		if sp.err != nil {
 			return nil, 0, sp.err
 		}
