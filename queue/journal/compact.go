@@ -193,14 +193,7 @@ func (s *Store) copyEntry(e *entry, sg *segment) error {
 	}
 	r := &record{typ: recFull, id: e.id, q: q, env: env, bodyLen: body.n}
 	src := io.NewSectionReader(bodySeg.f, body.off, body.n)
-	hot := e.hot
-	err = s.commit(context.Background(), e, r, func(w io.Writer) (int64, error) {
+	return s.commit(context.Background(), e, r, func(w io.Writer) (int64, error) {
 		return io.Copy(struct{ io.Writer }{w}, src)
 	}, true)
-	if err == nil && hot != nil {
-		s.mu.Lock()
-		e.hot = hot
-		s.mu.Unlock()
-	}
-	return err
 }
