@@ -25,8 +25,30 @@ func (s *Store) compactLoop() {
 			return
 		case <-s.kick:
 		case <-t.C:
+			s.flush()
 		}
 		s.compact()
+	}
+}
+
+// flush syncs what was written to the active segment and not synced yet
+// (removals, attempt records), so that a crash of the machine undoes at
+// most compactEvery of them.
+func (s *Store) flush() {
+	if s.noSync {
+		return
+	}
+	s.mu.Lock()
+	sg := s.active
+	s.mu.Unlock()
+	if sg == nil {
+		return
+	}
+	sg.mu.Lock()
+	end := sg.done
+	sg.mu.Unlock()
+	if err := sg.durable(end, false); err != nil {
+		s.fail(err)
 	}
 }
 
@@ -103,15 +125,19 @@ func cmpU(a, b uint64) int {
 // other segment (s.mu held).
 func (s *Store) deletable(sg *segment) bool {
 	for id, dseq := range sg.dones {
+		n := s.recs[id]
+		if _, ok := sg.ids[id]; ok {
+			n--
+		}
+		if n == 0 {
+			continue // no other segment holds a record of id
+		}
 		for _, o := range s.segs {
 			if o == sg {
 				continue
 			}
 			if seq, ok := o.ids[id]; ok && seq < dseq {
 				return false
-			}
-			if seq, ok := o.dones[id]; ok && seq < dseq {
-				continue // an older done record: harmless either way
 			}
 		}
 	}
@@ -128,6 +154,11 @@ func (s *Store) deleteSegment(sg *segment) bool {
 	}
 	delete(s.segs, sg.num)
 	sg.gone = true
+	for id := range sg.ids {
+		if s.recs[id]--; s.recs[id] <= 0 {
+			delete(s.recs, id)
+		}
+	}
 	s.mu.Unlock()
 	sg.f.Close()
 	if err := os.Remove(sg.path); err != nil {

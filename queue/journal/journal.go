@@ -80,6 +80,9 @@ type Store struct {
 	entries map[string]*entry
 	byQueue map[string]map[string]struct{}
 	segs    map[uint64]*segment
+	// recs counts, per ID, the segments holding a full or state record of
+	// it (their ids maps): see deletable.
+	recs map[string]int
 	active  *segment
 	// rotating, while a writer waits for the next segment, is closed when
 	// it is in place.
@@ -147,7 +150,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	s := &Store{
 		dir: cfg.Dir, segSize: cfg.SegmentSize, log: cfg.Logger, noSync: cfg.UnsafeNoSync, dsn: !cfg.NoDSN, clock: cfg.Clock,
 		ds:      &dirSyncer{path: cfg.Dir, noSync: cfg.UnsafeNoSync},
-		entries: map[string]*entry{}, byQueue: map[string]map[string]struct{}{}, segs: map[uint64]*segment{},
+		entries: map[string]*entry{}, byQueue: map[string]map[string]struct{}{}, segs: map[uint64]*segment{}, recs: map[string]int{},
 		spare: make(chan spareSeg), kick: make(chan struct{}, 1), stop: make(chan struct{}),
 	}
 	if s.log == nil {
@@ -207,9 +210,27 @@ func (s *Store) Close() error {
 	close(s.stop)
 	s.wg.Wait()
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	// What was written without waiting (removals, attempt records) is
+	// made durable: a clean stop loses nothing.
+	var err error
+	if s.err == nil && !s.noSync {
+		for _, sg := range s.segs {
+			sg.mu.Lock()
+			dirty := sg.done > sg.synced
+			sg.mu.Unlock()
+			if dirty {
+				if serr := datasync(sg.f); serr != nil && err == nil {
+					err = fmt.Errorf("journal: syncing %s: %w", sg.path, serr)
+				}
+			}
+		}
+	}
 	s.closeSegments()
-	s.mu.Unlock()
-	return s.lock.Close()
+	if lerr := s.lock.Close(); err == nil {
+		err = lerr
+	}
+	return err
 }
 
 // closeSegments closes every segment file; an unused active segment is
@@ -752,6 +773,9 @@ func (s *Store) apply(e *entry, r *record, sg *segment, off int64) {
 		sg.dones[e.id] = r.seq
 		s.kickCompact()
 		return
+	}
+	if _, ok := sg.ids[e.id]; !ok {
+		s.recs[e.id]++
 	}
 	sg.ids[e.id] = r.seq
 	e.q, e.seq = r.q, r.seq

@@ -78,6 +78,9 @@ func (s *Store) load(ctx context.Context) error {
 				bodies[bodyRef{seg: n, off: off + headLen + int64(r.metaLen()), n: r.bodyLen}] = true
 				fallthrough
 			default:
+				if _, ok := sg.ids[r.id]; !ok {
+					s.recs[r.id]++
+				}
 				sg.ids[r.id] = max(sg.ids[r.id], r.seq)
 			}
 			if b, ok := best[r.id]; !ok || r.seq > b.r.seq {
