@@ -3,8 +3,10 @@ package journal
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"time"
 )
@@ -161,9 +163,11 @@ func (s *Store) deleteSegment(sg *segment) bool {
 	}
 	s.mu.Unlock()
 	sg.f.Close()
-	if err := os.Remove(sg.path); err != nil {
-		s.log.Error("journal: deleting a compacted segment", "segment", sg.path, "error", err)
-		return false
+	if !s.keepFree(sg) {
+		if err := os.Remove(sg.path); err != nil {
+			s.log.Error("journal: deleting a compacted segment", "segment", sg.path, "error", err)
+			return false
+		}
 	}
 	if err := s.ds.sync(); err != nil {
 		s.log.Error("journal: syncing the directory", "dir", s.dir, "error", err)
@@ -227,4 +231,57 @@ func (s *Store) copyEntry(e *entry, sg *segment) error {
 	return s.commit(context.Background(), e, r, func(w io.Writer) (int64, error) {
 		return io.Copy(struct{ io.Writer }{w}, src)
 	}, true)
+}
+
+// keepFree keeps the file of the deleted segment sg for reuse (renamed
+// out of the segments' names), when it has the size of a segment and
+// fewer than maxFree are kept.
+func (s *Store) keepFree(sg *segment) bool {
+	if sg.own || sg.cap != s.segSize {
+		return false
+	}
+	s.freeMu.Lock()
+	defer s.freeMu.Unlock()
+	if len(s.free) >= maxFree {
+		return false
+	}
+	p := filepath.Join(s.dir, fmt.Sprintf("%016x%s", sg.num, freeSuffix))
+	if err := rename(sg.path, p); err != nil {
+		return false
+	}
+	s.free = append(s.free, p)
+	return true
+}
+
+// reuse returns a kept file as the next segment, under its new name, the
+// directory synced; nil when none is kept. Its old records stay in it
+// until written over: their header checksums, seeded with the old
+// segment number, end the scan of the new one where its records end.
+func (s *Store) reuse() (*segment, error) {
+	s.freeMu.Lock()
+	n := len(s.free)
+	if n == 0 {
+		s.freeMu.Unlock()
+		return nil, nil
+	}
+	p := s.free[n-1]
+	s.free = s.free[:n-1]
+	s.freeMu.Unlock()
+	num := s.nextNum.Add(1) - 1
+	path := filepath.Join(s.dir, segName(num))
+	if err := rename(p, path); err != nil {
+		os.Remove(p)
+		return nil, nil // a new one, then
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err == nil {
+		err = s.ds.sync()
+		if err != nil {
+			f.Close()
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("journal: reusing %s: %w", p, err)
+	}
+	return newSegment(num, path, f, s.segSize, s.dsync, s.ds), nil
 }

@@ -13,11 +13,11 @@ func FuzzParseRecord(f *testing.F) {
 	st := &record{typ: recState, seq: 8, id: "m1", q: "deferred", ref: bodyRef{seg: 3, off: 100, n: 5}, env: []byte(`{"v":2}`)}
 	f.Add(encodeForTest(st, nil))
 	f.Add(encodeForTest(&record{typ: recDone, seq: 9, id: "m1"}, nil))
-	f.Add(append(padHeader(10, 40), make([]byte, 8)...))
+	f.Add(append(padHeader(1, 10, 40), make([]byte, 8)...))
 	f.Add(make([]byte, headLen))
 	f.Add([]byte("MJ\x01\x00"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		r, n, err := parseRecord(b)
+		r, n, err := parseRecord(b, 1)
 		if err != nil {
 			return
 		}
@@ -45,7 +45,7 @@ func encodeForTest(r *record, body []byte) []byte {
 		r.bodyCRC = crc32c(body)
 	}
 	meta := r.appendMeta(nil)
-	b := append(r.header(meta), meta...)
+	b := append(r.header(1, meta), meta...)
 	return append(b, body...)
 }
 

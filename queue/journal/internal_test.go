@@ -396,3 +396,53 @@ func TestConcurrentEnqueue(t *testing.T) {
 	}
 	assert.True(t, slices.IsSorted(ids))
 }
+
+// TestReuse: the files of compacted segments are reused for new segments;
+// the records of their earlier use, left after the new ones, are never
+// read back as records of the new segment (no removed message returns).
+func TestReuse(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	const segSize = 64 << 10
+	s, err := Open(ctx, Config{Dir: dir, SegmentSize: segSize, Logger: quietLogger()})
+	require.NoError(t, err)
+	body := testMsg + strings.Repeat("r", 3000) + "\r\n"
+	for i := range 100 {
+		enqueue(t, s, fmt.Sprintf("old%03d", i), body)
+	}
+	for i := range 100 {
+		require.NoError(t, s.Remove(ctx, queue.Working, fmt.Sprintf("old%03d", i)))
+	}
+	for i := range 20 { // the done records leave the active segment
+		enqueue(t, s, fmt.Sprintf("mid%02d", i), testMsg)
+	}
+	s.compact()
+	free, _ := filepath.Glob(filepath.Join(dir, "*"+freeSuffix))
+	require.NotEmpty(t, free, "compacted segments kept for reuse")
+	// New messages fill the reused files, over a part of the old records.
+	for i := range 100 {
+		enqueue(t, s, fmt.Sprintf("new%02d", i), body)
+	}
+	after, _ := filepath.Glob(filepath.Join(dir, "*"+freeSuffix))
+	assert.Less(t, len(after), len(free), "kept files reused")
+	require.NoError(t, s.Close())
+
+	s = openT(t, dir, segSize)
+	ids, err := s.IDs(queue.Working)
+	require.NoError(t, err)
+	assert.Len(t, ids, 120, "the new and mid messages, none of the old ones: %v", ids)
+	for _, id := range ids {
+		assert.False(t, strings.HasPrefix(id, "old"), id)
+	}
+	_, _, got := content(t, s, "new99")
+	assert.Equal(t, body, got)
+
+	// A record of a file's earlier use does not check in its new segment,
+	// even where it lies exactly where the next record would be.
+	r := &record{typ: recDone, seq: 5, id: "old001"}
+	b := append(r.header(3, r.appendMeta(nil)), r.appendMeta(nil)...)
+	_, _, err = parseRecord(b, 3)
+	require.NoError(t, err)
+	_, _, err = parseRecord(b, 4)
+	assert.ErrorIs(t, err, errBadRecord)
+}

@@ -82,11 +82,17 @@ type Store struct {
 	segs    map[uint64]*segment
 	// recs counts, per ID, the segments holding a full or state record of
 	// it (their ids maps): see deletable.
-	recs map[string]int
-	active  *segment
+	recs   map[string]int
+	active *segment
 	// rotating, while a writer waits for the next segment, is closed when
 	// it is in place.
 	rotating chan struct{}
+
+	// free holds the files of compacted segments kept for reuse (at most
+	// maxFree): prepare renames one to the next segment's name instead of
+	// zero-filling a new file.
+	freeMu sync.Mutex
+	free   []string
 
 	ops   sync.WaitGroup // changes under way (Close waits for them)
 	spare chan spareSeg  // segments made ready by prepare
@@ -827,7 +833,7 @@ func (s *Store) write(ctx context.Context, r *record, write func(io.Writer) (int
 	if err != nil {
 		// Skipped by a pad record, so that the records after it in the
 		// segment still count.
-		if _, perr := sg.f.WriteAt(padHeader(r.seq, total), off); perr != nil {
+		if _, perr := sg.f.WriteAt(padHeader(sg.num, r.seq, total), off); perr != nil {
 			s.fail(perr)
 			sg.fail(perr)
 		}
@@ -848,7 +854,7 @@ func (s *Store) writeAt(sg *segment, off int64, r *record, meta []byte, write fu
 	total := int64(len(meta)) + headLen + r.bodyLen
 	if write == nil {
 		b := append(make([]byte, headLen, headLen+len(meta)), meta...)
-		copy(b, r.header(meta))
+		copy(b, r.header(sg.num, meta))
 		_, err := sg.f.WriteAt(b, off)
 		return err
 	}
@@ -872,7 +878,7 @@ func (s *Store) writeAt(sg *segment, off int64, r *record, meta []byte, write fu
 		return fmt.Errorf("journal: writing %s: %w", r.id, err)
 	}
 	r.bodyCRC = cw.crc
-	if _, err := sg.f.WriteAt(r.header(meta), off); err != nil {
+	if _, err := sg.f.WriteAt(r.header(sg.num, meta), off); err != nil {
 		return fmt.Errorf("journal: writing %s: %w", r.id, err)
 	}
 	return nil
@@ -960,11 +966,15 @@ func (s *Store) reserveOwn(r *record, total int64) (*segment, int64, error) {
 	return sg, 0, nil
 }
 
-// prepare keeps a zero-filled segment ready for reserve.
+// prepare keeps a segment ready for reserve: a compacted segment's file
+// under a new number, or a new zero-filled one.
 func (s *Store) prepare() {
 	defer s.wg.Done()
 	for {
-		sg, err := createSegment(s.dir, s.nextNum.Add(1)-1, s.segSize, !s.noSync, s.dsync, s.ds)
+		sg, err := s.reuse()
+		if sg == nil && err == nil {
+			sg, err = createSegment(s.dir, s.nextNum.Add(1)-1, s.segSize, !s.noSync, s.dsync, s.ds)
+		}
 		if err != nil {
 			s.log.Error("journal: preparing a segment", "error", err)
 		}

@@ -38,6 +38,15 @@ func (s *Store) load(ctx context.Context) error {
 			os.Remove(filepath.Join(s.dir, name)) // a segment being prepared
 			continue
 		}
+		if strings.HasSuffix(name, freeSuffix) {
+			p := filepath.Join(s.dir, name)
+			if fi, err := de.Info(); err == nil && de.Type().IsRegular() && fi.Size() == s.segSize && len(s.free) < maxFree {
+				s.free = append(s.free, p)
+			} else {
+				os.Remove(p)
+			}
+			continue
+		}
 		if n, ok := parseSegName(name); ok && de.Type().IsRegular() {
 			nums = append(nums, n)
 		}
@@ -63,7 +72,7 @@ func (s *Store) load(ctx context.Context) error {
 		sg.sealed, sg.next = true, st.Size()
 		s.segs[n] = sg
 		s.nextNum.Store(max(s.nextNum.Load(), n+1))
-		err = scanSegment(f, st.Size(), func(r record, off int64) {
+		err = scanSegment(f, st.Size(), n, func(r record, off int64) {
 			s.seq = max(s.seq, r.seq)
 			if sg.minSeq == 0 || r.seq < sg.minSeq {
 				sg.minSeq = r.seq
@@ -92,8 +101,10 @@ func (s *Store) load(ctx context.Context) error {
 			if !errors.As(err, &bad) {
 				return fmt.Errorf("journal: reading %s: %w", path, err)
 			}
-			s.log.Warn("journal: segment ends in a damaged or torn record; what follows it is ignored (a crash during a write leaves this; none of it was acknowledged)",
-				"segment", path, "offset", bad.off, "error", bad.err)
+			if bad.off > 0 {
+				s.log.Info("journal: the records of a segment end at one that does not check: the rest of a reused file, or a write a crash cut short (not acknowledged); what follows is ignored",
+					"segment", path, "offset", bad.off, "error", bad.err)
+			}
 		}
 	}
 	for id, b := range best {
@@ -140,7 +151,7 @@ func (d *damaged) Error() string { return fmt.Sprintf("damaged record at %d: %v"
 // bytes), in order, up to the end of its records (a zero header) or the
 // first damaged one (a *damaged error). Bodies are checked against their
 // CRC, read in pieces.
-func scanSegment(f *os.File, size int64, fn func(r record, off int64)) error {
+func scanSegment(f *os.File, size int64, seg uint64, fn func(r record, off int64)) error {
 	br := bufio.NewReaderSize(io.NewSectionReader(f, 0, size), 1<<20)
 	var h [headLen]byte
 	for off := int64(0); off+headLen <= size; {
@@ -161,7 +172,7 @@ func scanSegment(f *os.File, size int64, fn func(r record, off int64)) error {
 		if _, err := io.ReadFull(br, meta); err != nil {
 			return err
 		}
-		if err := parseMeta(h[:], meta, &r); err != nil {
+		if err := parseMeta(seg, h[:], meta, &r); err != nil {
 			return &damaged{off, err}
 		}
 		switch r.typ {

@@ -17,16 +17,20 @@ import (
 //	  8  uint64        body length (recFull: the message; recPad: skipped bytes)
 //	  16 uint64        sequence number (unique, increasing across the journal)
 //	  24 uint32        CRC-32C of the body (recFull; else 0)
-//	  28 uint32        CRC-32C of header bytes 0..28 and the meta
+//	  28 uint32        CRC-32C of the segment's number (8 bytes), header
+//	                   bytes 0..28 and the meta
 //	meta:
 //	  uint16 len, ID; uint16 len, queue
 //	  recState only: uint64 body segment, uint64 body offset, uint64 body length
 //	  recFull, recState: the envelope (queue.Envelope JSON)
 //	body (recFull): the message
 //
-// The rest of a segment after its last record is zeros (segments are
-// zero-filled before use): a zero header ends the scan, and so does any
-// header or body that fails its checksum (a write the crash tore).
+// The rest of a segment after its last record is zeros (a new segment is
+// zero-filled before use) or the records of the file's earlier use (a
+// compacted segment's file is reused under a new number): a zero header
+// ends the scan, and so does any header or body that fails its checksum
+// (a write a crash tore, or a record of the earlier use, whose header
+// checksum was seeded with another segment number).
 const (
 	headLen = 32
 	magic0  = 'M'
@@ -87,24 +91,33 @@ func (r *record) appendMeta(b []byte) []byte {
 	return append(b, r.env...)
 }
 
-// header returns r's header, meta being its meta part.
-func (r *record) header(meta []byte) []byte {
+// seed returns the CRC-32C of segment number seg, where a record's header
+// checksum starts.
+func seed(seg uint64) uint32 {
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], seg)
+	return crc32.Update(0, castagnoli, b[:])
+}
+
+// header returns r's header in segment seg, meta being its meta part.
+func (r *record) header(seg uint64, meta []byte) []byte {
 	h := make([]byte, headLen)
 	h[0], h[1], h[2] = magic0, magic1, r.typ
 	binary.LittleEndian.PutUint32(h[4:], uint32(len(meta)))
 	binary.LittleEndian.PutUint64(h[8:], uint64(r.bodyLen))
 	binary.LittleEndian.PutUint64(h[16:], r.seq)
 	binary.LittleEndian.PutUint32(h[24:], r.bodyCRC)
-	c := crc32.Update(0, castagnoli, h[:28])
+	c := crc32.Update(seed(seg), castagnoli, h[:28])
 	c = crc32.Update(c, castagnoli, meta)
 	binary.LittleEndian.PutUint32(h[28:], c)
 	return h
 }
 
-// padHeader returns the header of a pad record n bytes long in all.
-func padHeader(seq uint64, n int64) []byte {
+// padHeader returns the header of a pad record n bytes long in all, in
+// segment seg.
+func padHeader(seg, seq uint64, n int64) []byte {
 	r := record{typ: recPad, seq: seq, bodyLen: n - headLen}
-	return r.header(nil)
+	return r.header(seg, nil)
 }
 
 var (
@@ -152,9 +165,10 @@ func parseHeader(h []byte) (r record, metaLen int, err error) {
 	return r, int(ml), nil
 }
 
-// parseMeta checks meta against header h's CRC and fills in r from it.
-func parseMeta(h []byte, meta []byte, r *record) error {
-	c := crc32.Update(0, castagnoli, h[:28])
+// parseMeta checks meta against header h's CRC (a record of segment seg)
+// and fills in r from it.
+func parseMeta(seg uint64, h []byte, meta []byte, r *record) error {
+	c := crc32.Update(seed(seg), castagnoli, h[:28])
 	c = crc32.Update(c, castagnoli, meta)
 	if c != binary.LittleEndian.Uint32(h[28:]) {
 		return fmt.Errorf("%w: header checksum", errBadRecord)
@@ -212,7 +226,7 @@ func parseMeta(h []byte, meta []byte, r *record) error {
 // (body included), and returns it with its length. The scan of a segment
 // (scan) reads bodies in pieces instead; this is its in-memory form, for
 // the fuzz test and the tests.
-func parseRecord(b []byte) (record, int64, error) {
+func parseRecord(b []byte, seg uint64) (record, int64, error) {
 	r, ml, err := parseHeader(b)
 	if err != nil {
 		return r, 0, err
@@ -220,7 +234,7 @@ func parseRecord(b []byte) (record, int64, error) {
 	if int64(len(b)-headLen) < int64(ml) {
 		return r, 0, fmt.Errorf("%w: truncated", errBadRecord)
 	}
-	if err := parseMeta(b[:headLen], b[headLen:headLen+ml], &r); err != nil {
+	if err := parseMeta(seg, b[:headLen], b[headLen:headLen+ml], &r); err != nil {
 		return r, 0, err
 	}
 	n := int64(headLen+ml) + r.bodyLen

@@ -14,8 +14,11 @@ import (
 )
 
 const (
-	segSuffix = ".seg"
-	tmpSuffix = ".tmp"
+	segSuffix  = ".seg"
+	tmpSuffix  = ".tmp"
+	freeSuffix = ".free" // a compacted segment's file, kept for reuse
+	// maxFree bounds the files kept for reuse.
+	maxFree = 2
 )
 
 // segName returns the file name of segment n.
