@@ -566,7 +566,9 @@ func (s *Store) save(ctx context.Context, env *queue.Envelope, from, to string, 
 		return err
 	}
 	if write != nil {
+		s.mu.Lock() // Load reads it under s.mu
 		e.bodyGen++
+		s.mu.Unlock()
 	}
 	if runnable(to) && !env.NextAttempt.After(s.now()) {
 		s.notify(env.ID, to)
