@@ -178,6 +178,7 @@ func (s *Store) deleteSegment(sg *segment) bool {
 
 // copyForward writes the live entries of sg again, as full records in the
 // active segment, synced; sg is then deleted by the next pick. False: it
+// copied nothing (what is left cannot be copied: a corrupt entry), or it
 // stopped (closing, or a failure, logged).
 func (s *Store) copyForward(sg *segment) bool {
 	s.mu.Lock()
@@ -188,27 +189,30 @@ func (s *Store) copyForward(sg *segment) bool {
 		}
 	}
 	s.mu.Unlock()
+	copied := false
 	for _, e := range es {
 		select {
 		case <-s.stop:
 			return false
 		default:
 		}
-		if err := s.copyEntry(e, sg); err != nil {
-			if errors.Is(err, errClosed) {
-				return false
+		ok, err := s.copyEntry(e, sg)
+		if err != nil {
+			if !errors.Is(err, errClosed) {
+				s.log.Error("journal: compaction: copying a message forward", "id", e.id, "segment", sg.path, "error", err)
 			}
-			s.log.Error("journal: compaction: copying a message forward", "id", e.id, "segment", sg.path, "error", err)
 			return false
 		}
+		copied = copied || ok
 	}
-	return true
+	return copied
 }
 
-// copyEntry writes entry e (if it still refers to sg) again, whole.
-func (s *Store) copyEntry(e *entry, sg *segment) error {
+// copyEntry writes entry e (if it still refers to sg) again, whole; ok
+// reports that it did.
+func (s *Store) copyEntry(e *entry, sg *segment) (ok bool, err error) {
 	if err := s.begin(); err != nil {
-		return err
+		return false, err
 	}
 	defer s.ops.Done()
 	e.mu.Lock()
@@ -216,7 +220,7 @@ func (s *Store) copyEntry(e *entry, sg *segment) error {
 	s.mu.Lock()
 	if e.gone || e.pending || e.bad != nil || (e.envSeg != sg && e.bodySeg != sg) {
 		s.mu.Unlock()
-		return nil
+		return false, nil
 	}
 	bodySeg, body, q := e.bodySeg, e.body, e.q
 	bodySeg.readers++
@@ -224,13 +228,14 @@ func (s *Store) copyEntry(e *entry, sg *segment) error {
 	defer s.release(bodySeg)
 	env, err := s.readEnv(e)
 	if err != nil {
-		return err
+		return false, err
 	}
 	r := &record{typ: recFull, id: e.id, q: q, env: env, bodyLen: body.n}
 	src := io.NewSectionReader(bodySeg.f, body.off, body.n)
-	return s.commit(context.Background(), e, r, func(w io.Writer) (int64, error) {
+	err = s.commit(context.Background(), e, r, func(w io.Writer) (int64, error) {
 		return io.Copy(struct{ io.Writer }{w}, src)
 	}, true)
+	return err == nil, err
 }
 
 // keepFree keeps the file of the deleted segment sg for reuse (renamed

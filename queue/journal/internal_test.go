@@ -446,3 +446,42 @@ func TestReuse(t *testing.T) {
 	_, _, err = parseRecord(b, 4)
 	assert.ErrorIs(t, err, errBadRecord)
 }
+
+// TestCompactionWhileRead: a segment whose message is copied forward
+// while a loaded copy of it is being read stays until that is closed.
+func TestCompactionWhileRead(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	const segSize = 64 << 10
+	s := openT(t, dir, segSize)
+	body := testMsg + strings.Repeat("w", 3000) + "\r\n"
+	for i := range 30 {
+		enqueue(t, s, fmt.Sprintf("w%02d", i), body)
+	}
+	_, _, m, err := s.Load("w00")
+	require.NoError(t, err)
+	s.mu.Lock()
+	first := s.entries["w00"].bodySeg
+	s.mu.Unlock()
+	for i := 1; i < 30; i++ {
+		require.NoError(t, s.Remove(ctx, queue.Working, fmt.Sprintf("w%02d", i)))
+	}
+	s.compact()
+	s.mu.Lock()
+	moved := s.entries["w00"].bodySeg != first
+	_, kept := s.segs[first.num]
+	s.mu.Unlock()
+	require.True(t, moved, "w00 copied forward out of its sparse segment")
+	assert.True(t, kept, "its old segment kept while the loaded message reads it")
+	b, err := io.ReadAll(m.Reader())
+	require.NoError(t, err)
+	assert.Equal(t, body, string(b))
+	require.NoError(t, m.Close())
+	s.compact()
+	s.mu.Lock()
+	_, kept = s.segs[first.num]
+	s.mu.Unlock()
+	assert.False(t, kept, "deleted once the message is closed")
+	_, _, got := content(t, s, "w00")
+	assert.Equal(t, body, got)
+}
