@@ -205,7 +205,9 @@ func (s *Store) copyForward(sg *segment) bool {
 		}
 		copied = copied || ok
 	}
-	return copied
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return copied || sg.live == 0 // (another compaction may have copied them)
 }
 
 // copyEntry writes entry e (if it still refers to sg) again, whole; ok

@@ -14,10 +14,14 @@
 // # Layout
 //
 // The directory holds a lock file (LockFile) and segment files, <16 hex digits>.seg,
-// each Config.SegmentSize bytes (64 MiB by default) of zeros written and
+// each Config.SegmentSize bytes (64 MiB by default), written whole and
 // synced before the segment is used, by a goroutine that keeps the next
 // one ready: appending to it then changes no metadata, and fdatasync
-// writes only the data. A segment holds records, each a header (type,
+// writes only the data. A new segment is zeros; most are the files of
+// compacted segments, reused under a new number (at most 2 are kept
+// aside, as <number>.free): a record's header checksum is seeded with its
+// segment's number, so the records of a file's earlier use never check in
+// its new one. A segment holds records, each a header (type,
 // lengths, a sequence number unique in the journal, and CRC-32C checksums
 // of the header and of the message) followed by its content:
 //
@@ -54,7 +58,8 @@
 // whose done records still hide an older record of the same message in
 // another segment; a sealed segment less than a quarter live has its
 // messages copied forward as fresh full records, synced, first. Deletions
-// are made durable (a directory sync) one after the other, oldest first.
+// (or renames out of the segments, for reuse) are made durable (a
+// directory sync) one after the other, oldest first.
 //
 // # Durability
 //
