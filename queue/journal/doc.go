@@ -64,7 +64,7 @@
 // # Durability
 //
 // Enqueue and Add return only once the message's full record is
-// fdatasynced (its segment's zeros were synced, with the directory, before
+// fdatasynced (its segment's file was written whole and synced, with the directory, before
 // the segment was used), so a client's 250 means the message survives a
 // crash of the process or of the machine, or a power loss, on a disk that
 // honours flushes. Save returns once its record is synced likewise. A
