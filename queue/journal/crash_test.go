@@ -36,6 +36,7 @@ func TestCrashChild(t *testing.T) {
 		fmt.Println("ERR", err)
 		os.Exit(2)
 	}
+	mixed := os.Getenv(crashEnv+"_MIXED") != ""
 	out := make(chan string, 64)
 	for g := range 8 {
 		go func() {
@@ -48,6 +49,26 @@ func TestCrashChild(t *testing.T) {
 					return
 				}
 				out <- "ACK " + id
+				if !mixed || i%4 == 0 {
+					continue
+				}
+				// Most messages go on: an attempt record, then removed
+				// (delivered), so that compaction copies, deletes and
+				// reuses segments while the process is killed.
+				q, env, m2, err := s.Load(id)
+				if err == nil {
+					env.InFlight = true
+					err = s.SaveUnsynced(context.Background(), env, q, queue.Deliver, nil)
+					m2.Close()
+				}
+				if err == nil && i%4 != 1 {
+					err = s.Remove(context.Background(), queue.Deliver, id)
+					out <- "DEL " + id
+				}
+				if err != nil {
+					out <- "ERR " + err.Error()
+					return
+				}
 			}
 		}()
 	}
@@ -60,45 +81,75 @@ func TestCrashChild(t *testing.T) {
 
 // TestCrashDurability kills a process enqueueing messages with SIGKILL and
 // checks that the journal it leaves holds every message it acknowledged,
-// all delivered by a scheduler after a restart.
+// all delivered by a scheduler after a restart. Mixed: the child also
+// records attempts and removes most messages, so that compaction runs
+// (copies, deletions, reused files) when it is killed; every message
+// acknowledged and not removed must be there.
 func TestCrashDurability(t *testing.T) {
 	if testing.Short() {
 		t.Skip("short")
 	}
+	t.Run("enqueue", func(t *testing.T) { crashDurability(t, false) })
+	t.Run("mixed", func(t *testing.T) { crashDurability(t, true) })
+}
+
+func crashDurability(t *testing.T, mixed bool) {
 	dir := t.TempDir()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
 	cmd.Env = append(os.Environ(), crashEnv+"="+dir)
+	if mixed {
+		cmd.Env = append(cmd.Env, crashEnv+"_MIXED=1")
+	}
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
 	acked := map[string]bool{}
+	removed := map[string]bool{}
+	want := 400
+	if mixed {
+		want = 3000 // several segments written, compacted and reused
+	}
 	sc := bufio.NewScanner(stdout)
 	deadline := time.Now().Add(20 * time.Second)
-	for sc.Scan() {
-		line := sc.Text()
+	read := func(line string) {
 		if id, ok := strings.CutPrefix(line, "ACK "); ok {
 			acked[id] = true
+		} else if id, ok := strings.CutPrefix(line, "DEL "); ok {
+			removed[id] = true
 		} else if strings.HasPrefix(line, "ERR") {
 			t.Fatalf("child: %s", line)
 		}
-		if len(acked) >= 400 || time.Now().After(deadline) {
+	}
+	for sc.Scan() {
+		read(sc.Text())
+		if len(acked) >= want || time.Now().After(deadline) {
 			break
 		}
 	}
 	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
 	for sc.Scan() { // printed before it died: acknowledged too
-		if id, ok := strings.CutPrefix(sc.Text(), "ACK "); ok {
-			acked[id] = true
+		if line := sc.Text(); !strings.HasPrefix(line, "ERR") {
+			read(line)
 		}
+	}
+	// A removal printed may not have been made yet when the child died
+	// (DEL follows Remove), and a removal need not survive a crash: a
+	// removed message may be there or not.
+	for id := range removed {
+		delete(acked, id)
 	}
 	cmd.Wait()
 	require.NotEmpty(t, acked, "the child acknowledged nothing")
 	t.Logf("child acknowledged %d messages before SIGKILL; %d segment files", len(acked), len(segFiles(t, dir)))
 
 	s := openT(t, dir, crashSegSize)
-	ids, err := s.IDs(queue.Working)
-	require.NoError(t, err)
 	in := map[string]bool{}
+	var ids []string
+	for _, q := range []string{queue.Working, queue.Deliver} {
+		l, err := s.IDs(q)
+		require.NoError(t, err)
+		ids = append(ids, l...)
+	}
 	for _, id := range ids {
 		in[id] = true
 	}
@@ -109,6 +160,7 @@ func TestCrashDurability(t *testing.T) {
 		}
 	}
 	assert.Zero(t, missing, "acknowledged messages missing after the crash")
+	t.Logf("%d acknowledged and not removed, %d removed; %d in the journal", len(acked), len(removed), len(ids))
 
 	// The scheduler delivers every one to both recipients.
 	tr := &countTransport{got: map[string]int{}, all: make(chan struct{})}
