@@ -37,7 +37,14 @@ func TestCrashChild(t *testing.T) {
 		os.Exit(2)
 	}
 	mixed := os.Getenv(crashEnv+"_MIXED") != ""
-	out := make(chan string, 64)
+	var mu sync.Mutex
+	w := bufio.NewWriter(os.Stdout)
+	say := func(line string) { // written out before it returns
+		mu.Lock()
+		fmt.Fprintln(w, line)
+		w.Flush()
+		mu.Unlock()
+	}
 	for g := range 8 {
 		go func() {
 			for i := range 100000 {
@@ -45,10 +52,10 @@ func TestCrashChild(t *testing.T) {
 				raw := testMsg + strings.Repeat("x", 2000) + "\r\n"
 				m, _ := policy.NewMessage(strings.NewReader(raw), int64(len(raw)), nil)
 				if err := s.Enqueue(context.Background(), newTx(id, "b@example.com", "c@example.com"), m); err != nil {
-					out <- "ERR " + err.Error()
+					say("ERR " + err.Error())
 					return
 				}
-				out <- "ACK " + id
+				say("ACK " + id) // only after Enqueue returned
 				if !mixed || i%4 == 0 {
 					continue
 				}
@@ -62,21 +69,17 @@ func TestCrashChild(t *testing.T) {
 					m2.Close()
 				}
 				if err == nil && i%4 != 1 {
+					say("DEL " + id) // before: a kill may come during Remove
 					err = s.Remove(context.Background(), queue.Deliver, id)
-					out <- "DEL " + id
 				}
 				if err != nil {
-					out <- "ERR " + err.Error()
+					say("ERR " + err.Error())
 					return
 				}
 			}
 		}()
 	}
-	w := bufio.NewWriter(os.Stdout)
-	for line := range out {
-		fmt.Fprintln(w, line)
-		w.Flush() // an ID is printed only after Enqueue returned
-	}
+	select {} // until killed
 }
 
 // TestCrashDurability kills a process enqueueing messages with SIGKILL and
@@ -103,6 +106,7 @@ func crashDurability(t *testing.T, mixed bool) {
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() }) // also after a failure
 	acked := map[string]bool{}
 	removed := map[string]bool{}
 	want := 400
@@ -132,9 +136,9 @@ func crashDurability(t *testing.T, mixed bool) {
 			read(line)
 		}
 	}
-	// A removal printed may not have been made yet when the child died
-	// (DEL follows Remove), and a removal need not survive a crash: a
-	// removed message may be there or not.
+	// A message the child was removing (DEL is printed before Remove) may
+	// be there or not: the removal may not have been made, and it need not
+	// survive a crash.
 	for id := range removed {
 		delete(acked, id)
 	}
