@@ -147,12 +147,12 @@ type damaged struct {
 
 func (d *damaged) Error() string { return fmt.Sprintf("damaged record at %d: %v", d.off, d.err) }
 
-// scanSegment calls fn for each valid record of the segment in f (size
+// scanSegment calls fn for each valid record of segment seg in f (size
 // bytes), in order, up to the end of its records (a zero header) or the
 // first damaged one (a *damaged error). Bodies are checked against their
 // CRC, read in pieces.
-func scanSegment(f *os.File, size int64, seg uint64, fn func(r record, off int64)) error {
-	br := bufio.NewReaderSize(io.NewSectionReader(f, 0, size), 1<<20)
+func scanSegment(f io.ReaderAt, size int64, seg uint64, fn func(r record, off int64)) error {
+	br := bufio.NewReaderSize(io.NewSectionReader(f, 0, size), int(min(size+16, 1<<20)))
 	var h [headLen]byte
 	for off := int64(0); off+headLen <= size; {
 		if _, err := io.ReadFull(br, h[:]); err != nil {
