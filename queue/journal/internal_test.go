@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -484,4 +485,44 @@ func TestCompactionWhileRead(t *testing.T) {
 	assert.False(t, kept, "deleted once the message is closed")
 	_, _, got := content(t, s, "w00")
 	assert.Equal(t, body, got)
+}
+
+// rounds counts sync rounds and the records they made durable.
+type rounds struct {
+	queue.Events
+	mu     sync.Mutex
+	n, ops int
+}
+
+func (r *rounds) SpoolCommitted(ops int) {
+	r.mu.Lock()
+	r.n++
+	r.ops += ops
+	r.mu.Unlock()
+}
+
+// TestEvents: each sync round is reported with the records it made
+// durable; concurrent enqueues share rounds.
+func TestEvents(t *testing.T) {
+	ev := &rounds{}
+	s, err := Open(context.Background(), Config{Dir: t.TempDir(), Logger: quietLogger(), Events: ev})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 10 {
+				enqueue(t, s, fmt.Sprintf("e%d-%d", g, i), testMsg)
+			}
+		}()
+	}
+	wg.Wait()
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	assert.Equal(t, 160, ev.ops, "every record counted once")
+	assert.LessOrEqual(t, ev.n, 160)
+	assert.Positive(t, ev.n)
+	t.Logf("%d records in %d sync rounds", ev.ops, ev.n)
 }

@@ -53,6 +53,10 @@ type Config struct {
 	Clock queue.Clock
 	// NoDSN makes SupportsDSN report false (see queue.SpoolConfig.NoDSN).
 	NoDSN bool
+	// Events, when set, is told of each sync round (Events.SpoolCommitted,
+	// with the number of records it made durable together), for metrics;
+	// its other methods are not called. Nil: nothing is reported.
+	Events queue.Events
 	// UnsafeNoSync turns every sync off, and segments are not zero-filled.
 	// UNSAFE: a crash of the machine loses acknowledged mail. It exists to
 	// measure what durability costs; never set it in production.
@@ -68,6 +72,7 @@ type Store struct {
 	noSync  bool
 	dsn     bool
 	clock   queue.Clock
+	events  queue.Events
 	lock    *os.File
 	ds      *dirSyncer
 	locks   idlock.Locks
@@ -154,7 +159,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("journal: SegmentSize %d below %d", cfg.SegmentSize, minSegmentSize)
 	}
 	s := &Store{
-		dir: cfg.Dir, segSize: cfg.SegmentSize, log: cfg.Logger, noSync: cfg.UnsafeNoSync, dsn: !cfg.NoDSN, clock: cfg.Clock,
+		dir: cfg.Dir, segSize: cfg.SegmentSize, log: cfg.Logger, noSync: cfg.UnsafeNoSync, dsn: !cfg.NoDSN, clock: cfg.Clock, events: cfg.Events,
 		ds:      &dirSyncer{path: cfg.Dir, noSync: cfg.UnsafeNoSync},
 		entries: map[string]*entry{}, byQueue: map[string]map[string]struct{}{}, segs: map[uint64]*segment{}, recs: map[string]int{},
 		spare: make(chan spareSeg), kick: make(chan struct{}, 1), stop: make(chan struct{}),
@@ -935,6 +940,9 @@ func (s *Store) reserve(ctx context.Context, r *record, total int64) (*segment, 
 		if sp.err != nil {
 			return nil, 0, sp.err
 		}
+		if s.events != nil {
+			sp.sg.committed = s.events.SpoolCommitted
+		}
 		s.segs[sp.sg.num] = sp.sg
 		s.active = sp.sg
 	}
@@ -958,6 +966,9 @@ func (s *Store) reserveOwn(r *record, total int64) (*segment, int64, error) {
 		return nil, 0, err
 	}
 	sg.own, sg.sealed, sg.next, sg.needDir = true, true, total, !s.noSync
+	if s.events != nil {
+		sg.committed = s.events.SpoolCommitted
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.segs[sg.num] = sg

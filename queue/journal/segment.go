@@ -73,11 +73,17 @@ type segment struct {
 	done    int64           // every byte below is written
 	pending map[int64]int64 // written ranges past done: start -> end
 	synced  int64           // every byte below is durable
-	syncing bool
-	needDir bool // the directory entry must be synced before the first ack
-	err     error
-	sync    func(*os.File) error // fdatasync; a seam for tests
-	dir     *dirSyncer
+	// doneN counts the records below done, syncedN those below synced
+	// (for Events.SpoolCommitted).
+	doneN, syncedN int
+	// committed, when set, is told of each sync round and the records
+	// it made durable (Config.Events).
+	committed func(ops int)
+	syncing   bool
+	needDir   bool // the directory entry must be synced before the first ack
+	err       error
+	sync      func(*os.File) error // fdatasync; a seam for tests
+	dir       *dirSyncer
 }
 
 func newSegment(num uint64, path string, f *os.File, size int64, dsync func(*os.File) error, dir *dirSyncer) *segment {
@@ -91,6 +97,7 @@ func (sg *segment) complete(start, end int64) {
 	sg.mu.Lock()
 	if start == sg.done {
 		sg.done = end
+		sg.doneN++
 		for {
 			e, ok := sg.pending[sg.done]
 			if !ok {
@@ -98,6 +105,7 @@ func (sg *segment) complete(start, end int64) {
 			}
 			delete(sg.pending, sg.done)
 			sg.done = e
+			sg.doneN++
 		}
 		sg.cond.Broadcast()
 	} else {
@@ -122,7 +130,7 @@ func (sg *segment) durable(end int64, noSync bool) error {
 		case !sg.syncing && sg.done >= end:
 			// Lead a sync of everything written so far.
 			sg.syncing = true
-			w, dir := sg.done, sg.needDir
+			w, n, dir := sg.done, sg.doneN, sg.needDir
 			sg.mu.Unlock()
 			err := sg.sync(sg.f)
 			if err == nil && dir {
@@ -133,7 +141,11 @@ func (sg *segment) durable(end int64, noSync bool) error {
 			if err != nil {
 				sg.err = fmt.Errorf("journal: syncing %s: %w", sg.path, err)
 			} else {
+				if sg.committed != nil && n > sg.syncedN {
+					sg.committed(n - sg.syncedN)
+				}
 				sg.synced, sg.needDir = max(sg.synced, w), sg.needDir && !dir
+				sg.syncedN = max(sg.syncedN, n)
 			}
 			sg.cond.Broadcast()
 		default:
