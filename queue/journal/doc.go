@@ -86,7 +86,9 @@
 //
 // A Store is configured by the exported fields of Config, passed to Open
 // and read once; every field's zero value but Dir's is a documented
-// default, and there are no option functions. Logging goes to
+// default, and there are no option functions. Config.Events (nil by
+// default) is told of each sync round, for metrics (see queue.Events).
+// Logging goes to
 // Config.Logger (nil means slog.Default()): damaged records found at
 // Open (WARN), entries set aside as corrupt, failed writes and syncs, and
 // compaction failures (ERROR). There is no other way to set a logger, and
