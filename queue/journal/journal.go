@@ -101,6 +101,7 @@ type Store struct {
 
 	ops   sync.WaitGroup // changes under way (Close waits for them)
 	spare chan spareSeg  // segments made ready by prepare
+	need  chan struct{}  // a writer waits for the first one
 	kick  chan struct{}  // wakes compact
 	stop  chan struct{}
 	wg    sync.WaitGroup // prepare and compact
@@ -162,7 +163,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		dir: cfg.Dir, segSize: cfg.SegmentSize, log: cfg.Logger, noSync: cfg.UnsafeNoSync, dsn: !cfg.NoDSN, clock: cfg.Clock, events: cfg.Events,
 		ds:      &dirSyncer{path: cfg.Dir, noSync: cfg.UnsafeNoSync},
 		entries: map[string]*entry{}, byQueue: map[string]map[string]struct{}{}, segs: map[uint64]*segment{}, recs: map[string]int{},
-		spare: make(chan spareSeg), kick: make(chan struct{}, 1), stop: make(chan struct{}),
+		spare: make(chan spareSeg), need: make(chan struct{}, 1), kick: make(chan struct{}, 1), stop: make(chan struct{}),
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -926,6 +927,10 @@ func (s *Store) reserve(ctx context.Context, r *record, total int64) (*segment, 
 		ch := make(chan struct{})
 		s.rotating = ch
 		s.mu.Unlock()
+		select {
+		case s.need <- struct{}{}:
+		default:
+		}
 		var sp spareSeg
 		select {
 		case sp = <-s.spare:
@@ -980,9 +985,17 @@ func (s *Store) reserveOwn(r *record, total int64) (*segment, int64, error) {
 }
 
 // prepare keeps a segment ready for reserve: a compacted segment's file
-// under a new number, or a new zero-filled one.
+// under a new number, or a new zero-filled one. The first is made when a
+// writer needs it or a second after Open, so that a store opened only to
+// be read (the queue command) writes nothing.
 func (s *Store) prepare() {
 	defer s.wg.Done()
+	select {
+	case <-s.need:
+	case <-time.After(time.Second):
+	case <-s.stop:
+		return
+	}
 	for {
 		sg, err := s.reuse()
 		if sg == nil && err == nil {
