@@ -32,7 +32,7 @@
 //     writes a few hundred bytes, never the message again;
 //   - done: the message was removed.
 //
-// A record larger than half a segment (a 25-50 MiB message with the
+// A record larger than half a segment (a message over 32 MiB with the
 // default size) gets a segment of its own, synced with its directory.
 //
 // Each writer reserves its byte range of the current segment under a
