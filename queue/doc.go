@@ -85,8 +85,10 @@
 // arrivals, list queues and IDs, lock an ID in this process, load, save
 // (with a move between queues, header edits or a replaced body), record an
 // attempt without waiting for durability, remove, set aside, add (DSNs).
-// *Spool is the embedded implementation on the local filesystem; package
-// queue/jetstream keeps the queue on a NATS JetStream cluster shared by
+// *Spool is the embedded implementation on the local filesystem (a file
+// per message); package queue/journal keeps the queue of one machine in an
+// append-only journal instead (segment files, one fdatasync per group of
+// changes); package queue/jetstream keeps the queue on a NATS JetStream cluster shared by
 // several nodes, a SharedStore: the store decides which node works on which
 // message and when (Claim), so the scheduler then scans nothing and keeps
 // no retry timers. Package queue/queuetest is the conformance suite every

@@ -28,6 +28,10 @@ type cluster struct {
 	node     string
 }
 
+// queueJournal is the -queue value of the journal (queue/journal) in
+// -spool.
+const queueJournal = "journal"
+
 // natsURLs turns -queue's nats://host:port[,host:port...] into the
 // client's server list.
 func natsURLs(q string) (string, error) {
@@ -56,7 +60,7 @@ func natsURLs(q string) (string, error) {
 // embedded server of -nats-embedded; nil when neither is set (the
 // filesystem spool).
 func connectCluster(cfg *config, log *slog.Logger) (*cluster, error) {
-	if cfg.queue == "" && cfg.natsEmbedded == "" {
+	if (cfg.queue == "" || cfg.queue == queueJournal) && cfg.natsEmbedded == "" {
 		return nil, nil
 	}
 	c := &cluster{node: cfg.node, replicas: cfg.natsReplicas}

@@ -48,3 +48,15 @@ func TestClusterFlags(t *testing.T) {
 		assert.Equal(t, "mx1", cfg.node)
 	}
 }
+
+// TestJournalFlag: -queue journal needs no -node, and excludes
+// -nats-embedded like a cluster does.
+func TestJournalFlag(t *testing.T) {
+	cfg, err := parseFlags([]string{"-queue", "journal", "-node", ""}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, queueJournal, cfg.queue)
+	_, err = parseFlags([]string{"-queue", "journal", "-nats-embedded", "/tmp/x"}, io.Discard)
+	assert.ErrorContains(t, err, "-queue and -nats-embedded")
+	_, err = parseFlags([]string{"-queue", "jornal"}, io.Discard)
+	assert.ErrorContains(t, err, "-queue: want nats://")
+}

@@ -96,7 +96,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.milterDefault, "milter-default-action", "tempfail", "when a milter is down, slow or broken: tempfail (451, the client retries) or accept (go on without it)")
 	fs.StringVar(&c.console, "console", "", "serve the web console on this host:port, e.g. 127.0.0.1:8025 (HTTPS with the server's certificate unless loopback); needs -users and -admins; empty: off")
 	fs.StringVar(&admins, "admins", "", "accounts of -users that may sign in to the -console, comma-separated")
-	fs.StringVar(&c.queue, "queue", "", "the queue on a NATS JetStream cluster, nats://host:port[,host:port...], shared with the other nodes, with the rate limits, greylisting and AUTH failure counts; empty: the filesystem spool in -spool")
+	fs.StringVar(&c.queue, "queue", "", "the queue's storage: empty, the filesystem spool in -spool (a file per message); \"journal\", an append-only journal in -spool (segment files, one fdatasync per group of changes); or a NATS JetStream cluster, nats://host:port[,host:port...], shared with the other nodes, with the rate limits, greylisting and AUTH failure counts")
 	fs.StringVar(&c.natsEmbedded, "nats-embedded", "", "run a single-node NATS JetStream inside this process with its data in this directory (fsync at every write) and keep the queue there, to try the JetStream queue without a cluster; empty: off")
 	fs.StringVar(&c.node, "node", host, "this node's name in a -queue cluster (unique per node)")
 	fs.IntVar(&c.natsReplicas, "nats-replicas", 0, "replicas of the -queue streams and buckets (at most the cluster's size); 0: 3 for -queue, 1 for -nats-embedded")

@@ -24,6 +24,7 @@ import (
 
 	"github.com/mtakit/mtakit/queue"
 	"github.com/mtakit/mtakit/queue/admin"
+	"github.com/mtakit/mtakit/queue/journal"
 )
 
 // adminSocket returns the admin socket's path: -admin, or admin.sock in
@@ -130,7 +131,8 @@ Commands:
 
 It talks to the running server's admin socket (-admin, default <-data>/admin.sock)
 or to -admin-addr with the token of -admin-token-file. When no server answers on
-the socket, it works on the spool (-spool) directly, as postsuper does, and says so.
+the socket, it works on the spool (-spool) directly, as postsuper does, and says so
+(on the journal there, when the server ran with -queue journal).
 With -all, the filters select the messages acted on.
 
 Flags:
@@ -259,13 +261,28 @@ func dialQueue(o *queueOpts, stderr io.Writer) (*queueClient, func(), error) {
 		}}
 		return &queueClient{http: &http.Client{Transport: tr}, base: "http://admin"}, tr.CloseIdleConnections, nil
 	}
-	// No server answers: the spool itself, unless a server holds it.
-	if _, err := os.Stat(filepath.Join(o.spool, "lock")); err != nil {
-		return nil, nil, fmt.Errorf("no server answers on %s (%v), and there is no spool at %s (-spool)", sock, dialErr, o.spool)
-	}
+	// No server answers: the spool itself (or the journal of -queue
+	// journal there), unless a server holds it.
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	sp, err := queue.Open(o.spool, queue.SpoolConfig{Logger: log})
-	if errors.Is(err, queue.ErrLocked) {
+	var (
+		st  admin.Queue
+		cl  func() error
+		err error
+	)
+	if _, jerr := os.Stat(filepath.Join(o.spool, journal.LockFile)); jerr == nil {
+		var j *journal.Store
+		if j, err = journal.Open(context.Background(), journal.Config{Dir: o.spool, Logger: log}); err == nil {
+			st, cl = &queue.Admin{Store: j}, j.Close
+		}
+	} else if _, serr := os.Stat(filepath.Join(o.spool, "lock")); serr != nil {
+		return nil, nil, fmt.Errorf("no server answers on %s (%v), and there is no spool at %s (-spool)", sock, dialErr, o.spool)
+	} else {
+		var sp *queue.Spool
+		if sp, err = queue.Open(o.spool, queue.SpoolConfig{Logger: log}); err == nil {
+			st, cl = sp, sp.Close
+		}
+	}
+	if errors.Is(err, queue.ErrLocked) || errors.Is(err, journal.ErrLocked) {
 		return nil, nil, fmt.Errorf("a server holds the spool %s, but its admin socket %s does not answer (%v): give its -admin path or -data", o.spool, sock, dialErr)
 	}
 	if err != nil {
@@ -274,8 +291,8 @@ func dialQueue(o *queueOpts, stderr io.Writer) (*queueClient, func(), error) {
 	fmt.Fprintf(stderr, "doe-family queue: no server answers on %s; working on the spool %s directly\n", sock, o.spool)
 	// The outcome of each action is printed: the handler's log lines
 	// would say it twice.
-	h := &admin.Handler{Queue: sp, Logger: slog.New(slog.DiscardHandler)}
-	return &queueClient{http: &http.Client{Transport: handlerTransport{h}}, base: "http://spool", offline: true}, func() { sp.Close() }, nil
+	h := &admin.Handler{Queue: st, Logger: slog.New(slog.DiscardHandler)}
+	return &queueClient{http: &http.Client{Transport: handlerTransport{h}}, base: "http://spool", offline: true}, func() { cl() }, nil
 }
 
 // handlerTransport serves requests with a handler in this process.

@@ -21,6 +21,7 @@ import (
 	"github.com/mtakit/mtakit/policy/metrics"
 	"github.com/mtakit/mtakit/queue"
 	"github.com/mtakit/mtakit/queue/admin/console"
+	"github.com/mtakit/mtakit/queue/journal"
 	"github.com/mtakit/mtakit/relay"
 	"github.com/mtakit/mtakit/smtp"
 )
@@ -41,7 +42,7 @@ type server struct {
 	metrics   *metrics.Metrics  // with -metrics (see metrics.go)
 	milters   []*milter.Milter  // with -milter (see rules_milter.go)
 	activity  *console.Activity // with -console (see console.go)
-	cluster   *cluster          // -queue or -nats-embedded (cluster.go); nil: the filesystem spool
+	cluster   *cluster          // -queue nats://... or -nats-embedded (cluster.go); nil: the filesystem spool or journal
 }
 
 func build(cfg *config, log *slog.Logger) (_ *server, err error) {
@@ -151,6 +152,11 @@ func build(cfg *config, log *slog.Logger) (_ *server, err error) {
 	if s.cluster != nil {
 		if s.mta.Store, err = s.cluster.openQueue(cfg.queueTimeout, log); err != nil {
 			return nil, err
+		}
+	} else if cfg.queue == queueJournal {
+		ev := s.withMetrics(queue.SpoolConfig{}).Events // its sync rounds, like the spool's
+		if s.mta.Store, err = journal.Open(context.Background(), journal.Config{Dir: cfg.spool, Logger: log, Events: ev, UnsafeNoSync: cfg.unsafeNoSync}); err != nil {
+			return nil, fmt.Errorf("-spool: %w", err)
 		}
 	} else if s.mta.Store, err = queue.Open(cfg.spool, s.withMetrics(queue.SpoolConfig{Logger: log, UnsafeNoSync: cfg.unsafeNoSync})); err != nil {
 		return nil, fmt.Errorf("-spool: %w", err)

@@ -80,7 +80,7 @@ func checkFlags(c *config, rest []string) error {
 	if c.queue != "" && c.natsEmbedded != "" {
 		return errors.New("-queue and -nats-embedded: give one (a cluster, or a server in this process)")
 	}
-	if c.queue != "" {
+	if c.queue != "" && c.queue != queueJournal {
 		if _, err := natsURLs(c.queue); err != nil {
 			return err
 		}
@@ -91,7 +91,7 @@ func checkFlags(c *config, rest []string) error {
 	if c.natsReplicas < 0 || c.natsReplicas > 5 {
 		return fmt.Errorf("-nats-replicas: %d: want 1 to 5 (JetStream's limit)", c.natsReplicas)
 	}
-	if (c.queue != "" || c.natsEmbedded != "") && c.node == "" {
+	if (c.queue != "" && c.queue != queueJournal || c.natsEmbedded != "") && c.node == "" {
 		return errors.New("-node: a name is needed with -queue or -nats-embedded")
 	}
 	return checkConsoleFlags(c)

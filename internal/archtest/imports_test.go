@@ -33,6 +33,9 @@ var allowed = map[string][]string{
 	// conformance suite runs any store through the queue package.
 	"queue/jetstream": {"policy", "queue"},
 	"queue/queuetest": {"policy", "queue"},
+	// The journal store is a queue.Store beside the spool, on the local
+	// filesystem (issue 21).
+	"queue/journal": {"policy", "queue"},
 	// The metrics are fed through event interfaces that smtp and queue
 	// declare: it imports neither, and neither imports it.
 	"policy/metrics": {"policy"},
@@ -73,13 +76,14 @@ var forbidden = map[string][]string{
 	// NATS stays in queue/jetstream: a server on the spool does not link it.
 	"queue":           {"github.com/prometheus/", "github.com/nats-io/"},
 	"queue/jetstream": {"github.com/prometheus/"},
+	"queue/journal":   {"github.com/prometheus/", "github.com/nats-io/", "github.com/emersion/go-smtp"},
 	".":               {"github.com/prometheus/", "github.com/nats-io/"},
 }
 
 // natsFree lists packages that must not link NATS: a server on the
 // filesystem spool does not carry a JetStream client. Shared state and
 // the JetStream queue live under queue/jetstream.
-var natsFree = []string{"policy", "smtp", "queue", "relay", "auth", "."}
+var natsFree = []string{"policy", "smtp", "queue", "queue/journal", "relay", "auth", "."}
 
 func TestImportGraph(t *testing.T) {
 	for pkg, ok := range allowed {
