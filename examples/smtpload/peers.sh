@@ -149,11 +149,16 @@ wait_port() {
 	return 1
 }
 
-# free_port: a port nothing listens on.
+# free_port: a port nothing listens on, below the kernel's ephemeral range
+# (32768 and up by default), where the servers' own port-0 listeners and
+# outgoing connections take theirs (a Postfix instance once lost its port
+# so).
 free_port() {
-	local p
+	local p low
+	read -r low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || low=32768
+	((low > 21000)) || low=32768
 	for _ in $(seq 100); do
-		p=$((20000 + RANDOM % 20000))
+		p=$((20000 + RANDOM % (low - 20000)))
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 			echo "$p"
 			return 0
