@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"strconv"
+
+	"github.com/mtakit/mtakit/internal/msgsrc"
 )
 
 // An entry file holds one queued message and its envelope, so that
@@ -128,44 +130,10 @@ func readEntry(f *os.File, id string) (*Envelope, error) {
 	return env, nil
 }
 
-// msgSrc is the stored form of a loaded message: head (the header block
-// postq rules rewrote, or nil) followed by the stored message from byte base
-// on. The spool recognises it in Save to tell a header edit (stored in
-// the envelope) from a new body (a new entry file).
+// msgSrc is the stored form of a loaded message (see msgsrc.Src) over
+// the entry's file. The spool recognises it in Save to tell a header edit
+// (stored in the envelope) from a new body (a new entry file).
 type msgSrc struct {
-	env  *Envelope
-	head []byte
-	f    *os.File
-	base int64 // offset in the stored message of what follows head
-}
-
-func (s *msgSrc) size() int64 { return int64(len(s.head)) + s.env.Size - s.base }
-
-func (s *msgSrc) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, errors.New("queue: negative offset")
-	}
-	n := 0
-	if off < int64(len(s.head)) {
-		n = copy(p, s.head[off:])
-		if n == len(p) {
-			return n, nil
-		}
-		off = int64(len(s.head))
-	}
-	rest := s.env.Size - s.base - (off - int64(len(s.head)))
-	if rest <= 0 {
-		return n, io.EOF
-	}
-	q := p[n:]
-	short := false
-	if int64(len(q)) > rest {
-		q, short = q[:rest], true
-	}
-	m, err := s.f.ReadAt(q, int64(entryHeadLen)+s.base+off-int64(len(s.head)))
-	n += m
-	if err == nil && short {
-		err = io.EOF
-	}
-	return n, err
+	msgsrc.Src
+	env *Envelope
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/mtakit/mtakit/internal/idlock"
+	"github.com/mtakit/mtakit/internal/msgsrc"
 	"github.com/mtakit/mtakit/policy"
 )
 
@@ -604,11 +605,11 @@ func (s *Spool) loadEntry(q, id string) (*Envelope, *policy.Message, error) {
 // edits of postq applied; closing it closes f (closed here on error).
 // env keeps f for later changes of the entry.
 func (s *Spool) message(f *os.File, id string, env *Envelope) (*policy.Message, error) {
-	src := &msgSrc{env: env, f: f}
+	src := &msgSrc{Src: msgsrc.Src{File: f, Off: int64(entryHeadLen), Stored: env.Size}, env: env}
 	if env.Head != nil {
-		src.head, src.base = env.Head, env.BodyOff
+		src.Head, src.Base = env.Head, env.BodyOff
 	}
-	m, err := policy.NewMessage(src, src.size(), &entryCloser{s, f, id, env})
+	m, err := policy.NewMessage(src, src.Size(), &entryCloser{s, f, id, env})
 	if err != nil {
 		s.closeEntry(f, id)
 		return nil, err

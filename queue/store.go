@@ -185,11 +185,11 @@ func storedBody(env *Envelope, m *policy.Message) (int64, bool) {
 	}
 	outer, off, n := sr.Outer()
 	src, ok := outer.(*msgSrc)
-	if !ok || src.env != env || off < int64(len(src.head)) {
+	if !ok || src.env != env {
 		return 0, false
 	}
-	start := src.base + off - int64(len(src.head))
-	if start+n != env.Size {
+	start, ok := src.InStored(off)
+	if !ok || start+n != env.Size {
 		return 0, false
 	}
 	return start, true

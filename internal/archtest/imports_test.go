@@ -21,6 +21,7 @@ var allowed = map[string][]string{
 	"internal/lazyctx":  {},
 	"internal/dnserr":   {},
 	"internal/idlock":   {},
+	"internal/msgsrc":   {},
 	"policy":            {},
 	"policy/policytest": {"policy"},
 	"policy/dnscache":   {"policy"},
@@ -60,7 +61,7 @@ var allowed = map[string][]string{
 
 // everywhere lists the internal helpers any package may import: leaves
 // that import nothing of ours (checked above like the others).
-var everywhere = []string{"internal/lazyctx", "internal/dnserr", "internal/idlock"}
+var everywhere = []string{"internal/lazyctx", "internal/dnserr", "internal/idlock", "internal/msgsrc"}
 
 // forbidden lists third-party packages a package must not depend on.
 var forbidden = map[string][]string{

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mtakit/mtakit/internal/idlock"
+	"github.com/mtakit/mtakit/internal/msgsrc"
 	"github.com/mtakit/mtakit/policy"
 	"github.com/mtakit/mtakit/queue"
 )
@@ -674,11 +675,11 @@ func (s *Store) openBody(ctx context.Context, name string, env *queue.Envelope) 
 		f.Close()
 		return nil, fmt.Errorf("%w: message of %s has %d bytes, envelope says %d", queue.ErrCorrupt, env.ID, n, env.Size)
 	}
-	src := &msgSrc{env: env, f: f, name: name}
+	src := &msgSrc{Src: msgsrc.Src{File: f, Stored: env.Size}, env: env, name: name}
 	if env.Head != nil {
-		src.head, src.base = env.Head, env.BodyOff
+		src.Head, src.Base = env.Head, env.BodyOff
 	}
-	m, err := policy.NewMessage(src, src.size(), f)
+	m, err := policy.NewMessage(src, src.Size(), f)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("%w: message %s: %v", queue.ErrCorrupt, env.ID, err)
@@ -686,45 +687,12 @@ func (s *Store) openBody(ctx context.Context, name string, env *queue.Envelope) 
 	return m, nil
 }
 
-// msgSrc is a loaded message: head (the header block the postq rules
-// rewrote, or nil) followed by the stored message from byte base on.
+// msgSrc is a loaded message (see msgsrc.Src) over the body's local
+// copy; Save recognises it to tell a header edit from a new body.
 type msgSrc struct {
+	msgsrc.Src
 	env  *queue.Envelope
-	head []byte
-	f    *os.File
-	base int64
 	name string // the object
-}
-
-func (s *msgSrc) size() int64 { return int64(len(s.head)) + s.env.Size - s.base }
-
-func (s *msgSrc) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, errors.New("jetstream: negative offset")
-	}
-	n := 0
-	if off < int64(len(s.head)) {
-		n = copy(p, s.head[off:])
-		if n == len(p) {
-			return n, nil
-		}
-		off = int64(len(s.head))
-	}
-	rest := s.env.Size - s.base - (off - int64(len(s.head)))
-	if rest <= 0 {
-		return n, io.EOF
-	}
-	q := p[n:]
-	short := false
-	if int64(len(q)) > rest {
-		q, short = q[:rest], true
-	}
-	k, err := s.f.ReadAt(q, s.base+off-int64(len(s.head)))
-	n += k
-	if err == nil && short {
-		err = io.EOF
-	}
-	return n, err
 }
 
 // storedBody reports whether m's body is the stored body of env's message
@@ -736,11 +704,11 @@ func storedBody(env *queue.Envelope, m *policy.Message) (name string, off int64,
 	}
 	outer, o, n := sr.Outer()
 	src, ok := outer.(*msgSrc)
-	if !ok || src.env != env || o < int64(len(src.head)) {
+	if !ok || src.env != env {
 		return "", 0, false
 	}
-	start := src.base + o - int64(len(src.head))
-	if start+n != env.Size {
+	start, ok := src.InStored(o)
+	if !ok || start+n != env.Size {
 		return "", 0, false
 	}
 	return src.name, start, true

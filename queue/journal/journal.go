@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/mtakit/mtakit/internal/idlock"
+	"github.com/mtakit/mtakit/internal/msgsrc"
 	"github.com/mtakit/mtakit/policy"
 	"github.com/mtakit/mtakit/queue"
 )
@@ -418,11 +419,11 @@ func (s *Store) Load(id string) (string, *queue.Envelope, *policy.Message, error
 			return q, nil, nil, fmt.Errorf("journal: loading %s: %w", id, err)
 		}
 	}
-	src := &msgSrc{env: env, f: bodySeg.f, ref: body, gen: gen}
+	src := &msgSrc{Src: msgsrc.Src{File: bodySeg.f, Off: body.off, Stored: body.n}, env: env, ref: body, gen: gen}
 	if env.Head != nil {
-		src.head, src.base = env.Head, env.BodyOff
+		src.Head, src.Base = env.Head, env.BodyOff
 	}
-	m, err := policy.NewMessage(src, src.size(), &segCloser{s: s, sg: bodySeg})
+	m, err := policy.NewMessage(src, src.Size(), &segCloser{s: s, sg: bodySeg})
 	if err != nil {
 		s.release(bodySeg)
 		return q, nil, nil, fmt.Errorf("%w: message %s: %v", queue.ErrCorrupt, id, err)
@@ -449,46 +450,13 @@ func (c *segCloser) Close() error {
 	return nil
 }
 
-// msgSrc is a loaded message: head (the header block postq rules
-// rewrote, or nil) followed by the stored message from byte base on.
+// msgSrc is a loaded message (see msgsrc.Src) over its body's segment;
+// Save recognises it to tell a header edit from a new body.
 type msgSrc struct {
-	env  *queue.Envelope
-	head []byte
-	f    *os.File
-	ref  bodyRef
-	base int64
-	gen  uint64
-}
-
-func (m *msgSrc) size() int64 { return int64(len(m.head)) + m.ref.n - m.base }
-
-func (m *msgSrc) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, errors.New("journal: negative offset")
-	}
-	n := 0
-	if off < int64(len(m.head)) {
-		n = copy(p, m.head[off:])
-		if n == len(p) {
-			return n, nil
-		}
-		off = int64(len(m.head))
-	}
-	rest := m.ref.n - m.base - (off - int64(len(m.head)))
-	if rest <= 0 {
-		return n, io.EOF
-	}
-	q := p[n:]
-	short := false
-	if int64(len(q)) > rest {
-		q, short = q[:rest], true
-	}
-	k, err := m.f.ReadAt(q, m.ref.off+m.base+off-int64(len(m.head)))
-	n += k
-	if err == nil && short {
-		err = io.EOF
-	}
-	return n, err
+	msgsrc.Src
+	env *queue.Envelope
+	ref bodyRef
+	gen uint64
 }
 
 // storedBody reports whether m's body is the stored body of e, unchanged,
@@ -500,11 +468,11 @@ func storedBody(e *entry, env *queue.Envelope, m *policy.Message) (int64, bool) 
 	}
 	outer, off, n := sr.Outer()
 	src, ok := outer.(*msgSrc)
-	if !ok || src.env != env || src.gen != e.bodyGen || src.ref.n != e.body.n || off < int64(len(src.head)) {
+	if !ok || src.env != env || src.gen != e.bodyGen || src.ref.n != e.body.n {
 		return 0, false
 	}
-	start := src.base + off - int64(len(src.head))
-	if start+n != e.body.n {
+	start, ok := src.InStored(off)
+	if !ok || start+n != e.body.n {
 		return 0, false
 	}
 	return start, true
