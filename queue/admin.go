@@ -233,8 +233,9 @@ func (a *Admin) move(ctx context.Context, q string, env *Envelope, to string) er
 }
 
 // Delete removes message id from whatever queue holds it. It waits while a
-// delivery attempt of the message is under way. With a *Spool the deletion
-// is durable when it returns.
+// delivery attempt of the message is under way. With a Store that is a
+// DurableRemover (the spool, queue/journal) the deletion is durable when
+// it returns.
 func (a *Admin) Delete(ctx context.Context, id string) error {
 	unlock, err := a.Store.Lock(ctx, id)
 	if err != nil {
@@ -245,22 +246,23 @@ func (a *Admin) Delete(ctx context.Context, id string) error {
 	if err != nil && (q == "" || !errors.Is(err, ErrCorrupt)) {
 		return err // an unreadable entry (corrupt) can be deleted
 	}
-	if sp, ok := a.Store.(durableRemover); ok {
-		return sp.removeDurably(ctx, q, id)
+	if sp, ok := a.Store.(DurableRemover); ok {
+		return sp.RemoveDurably(ctx, q, id)
 	}
 	return a.Store.Remove(ctx, q, id)
 }
 
-// durableRemover is a store whose Remove is not durable at once (it need
-// not be, after a delivery) but that can remove durably, as an operator's
-// Delete does: *Spool.
-type durableRemover interface {
-	removeDurably(ctx context.Context, q, id string) error
+// DurableRemover is a Store whose Remove is not durable at once (it need
+// not be, after a delivery: the message would only be delivered again)
+// but that can remove durably, as an operator's Delete wants: a deleted
+// message must not come back after a crash.
+type DurableRemover interface {
+	// RemoveDurably is Remove, returning once the removal is durable.
+	RemoveDurably(ctx context.Context, q, id string) error
 }
 
-// removeDurably deletes entry id of queue q and returns once the deletion
-// is durable.
-func (s *Spool) removeDurably(ctx context.Context, q, id string) error { return s.remove(ctx, q, id) }
+// RemoveDurably implements DurableRemover.
+func (s *Spool) RemoveDurably(ctx context.Context, q, id string) error { return s.remove(ctx, q, id) }
 
 // admin returns the Admin of the spool, which its admin methods use.
 func (s *Spool) admin() *Admin { return &Admin{Store: s, Clock: s.clock} }

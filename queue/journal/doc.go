@@ -72,8 +72,9 @@
 // when it returns: it survives a crash of the process, and a crash of the
 // machine may lose it, the message coming back as it was. Remove writes
 // its done record without waiting: a crash of the machine may bring the
-// message back, to be delivered again (at least once), and so may an
-// operator's delete (queue.Admin.Delete). A write or sync that fails
+// message back, to be delivered again (at least once); an operator's
+// delete (queue.Admin.Delete, through RemoveDurably) waits for its sync,
+// so a deleted message does not come back. A write or sync that fails
 // stops every later change (each returns the error, so the client gets a
 // 4xx) until the store is reopened, which reads back what is on disk.
 // Config.UnsafeNoSync turns every sync off, for benchmarks only.

@@ -526,3 +526,24 @@ func TestEvents(t *testing.T) {
 	assert.Positive(t, ev.n)
 	t.Logf("%d records in %d sync rounds", ev.ops, ev.n)
 }
+
+// TestAdminDeleteDurable: an operator's Delete (queue.Admin, through
+// RemoveDurably) returns only after its done record is synced, where a
+// Remove after a delivery does not wait.
+func TestAdminDeleteDurable(t *testing.T) {
+	ev := &rounds{}
+	s, err := Open(context.Background(), Config{Dir: t.TempDir(), Logger: quietLogger(), Events: ev})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	enqueue(t, s, "del1", testMsg)
+	synced := func() int {
+		ev.mu.Lock()
+		defer ev.mu.Unlock()
+		return ev.ops
+	}
+	before := synced()
+	require.NoError(t, (&queue.Admin{Store: s}).Delete(context.Background(), "del1"))
+	assert.Greater(t, synced(), before, "the done record was synced before Delete returned")
+	q, _, _ := content(t, s, "del1")
+	assert.Empty(t, q)
+}

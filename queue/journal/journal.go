@@ -553,6 +553,16 @@ func (s *Store) save(ctx context.Context, env *queue.Envelope, from, to string, 
 // Remove implements queue.Store: a done record, not waited for (a crash
 // may bring the message back, to be delivered again).
 func (s *Store) Remove(ctx context.Context, q, id string) error {
+	return s.remove(ctx, q, id, false)
+}
+
+// RemoveDurably implements queue.DurableRemover (an operator's Delete):
+// Remove, returning once the done record is synced.
+func (s *Store) RemoveDurably(ctx context.Context, q, id string) error {
+	return s.remove(ctx, q, id, true)
+}
+
+func (s *Store) remove(ctx context.Context, q, id string, durable bool) error {
 	if err := s.begin(); err != nil {
 		return err
 	}
@@ -565,7 +575,7 @@ func (s *Store) Remove(ctx context.Context, q, id string) error {
 	if e.q != q {
 		return fmt.Errorf("%w: %s is in %s, not %s", queue.ErrNotFound, id, e.q, q)
 	}
-	return s.commit(ctx, e, &record{typ: recDone, id: id}, nil, false)
+	return s.commit(ctx, e, &record{typ: recDone, id: id}, nil, durable)
 }
 
 // SetAside implements queue.Store: the envelope, as it is, moves to the
