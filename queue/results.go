@@ -89,9 +89,14 @@ func (s *Scheduler) logResults(ctx context.Context, env *Envelope, a *attempt) {
 	}
 }
 
-// logQuarantined writes the result lines of a message moved to quarantine
-// queue q: every recipient still pending ends there.
-func logQuarantined(ctx context.Context, log *slog.Logger, env *Envelope, q string, now time.Time) {
+// LogQuarantined writes to log the result lines (see Config.Logger: one
+// INFO "queue: result" line per recipient, status=quarantined) of a
+// message moved to quarantine queue q: every recipient still pending ends
+// there. The scheduler writes them when a rule quarantines a message; a
+// Store writes them itself for a message it accepts straight into a
+// quarantine (smtp's Enqueue of a quarantined transaction), which never
+// reaches the scheduler.
+func LogQuarantined(ctx context.Context, log *slog.Logger, env *Envelope, q string, now time.Time) {
 	if !log.Enabled(ctx, slog.LevelInfo) {
 		return
 	}

@@ -578,7 +578,7 @@ func (s *Scheduler) postq(ctx, rctx context.Context, q string, env *Envelope, m 
 			return nil, false
 		}
 		log.Info("queue: quarantined", "queue", to)
-		logQuarantined(ctx, s.log, env, to, s.cfg.Clock.Now())
+		LogQuarantined(ctx, s.log, env, to, s.cfg.Clock.Now())
 		return nil, false
 	}
 	env.PostQDone = true
@@ -706,7 +706,7 @@ func (s *Scheduler) deliver(ctx, rctx context.Context, q string, env *Envelope, 
 			s.retryAt(env.ID, env.NextAttempt)
 		} else {
 			s.log.Info("queue: quarantined at delivery", "id", env.ID, "queue", to)
-			logQuarantined(ctx, s.log, env, to, s.cfg.Clock.Now())
+			LogQuarantined(ctx, s.log, env, to, s.cfg.Clock.Now())
 		}
 		return
 	}

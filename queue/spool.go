@@ -372,7 +372,7 @@ func (s *Spool) Enqueue(ctx context.Context, tx *policy.Transaction, m *policy.M
 	if q != Working {
 		// Quarantined before the queue: its recipients' delivery ends
 		// here, and the result lines say so.
-		logQuarantined(ctx, s.log, env, q, s.now())
+		LogQuarantined(ctx, s.log, env, q, s.now())
 	}
 	return nil
 }

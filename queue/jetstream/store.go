@@ -1032,5 +1032,12 @@ func (s *Store) Enqueue(ctx context.Context, tx *policy.Transaction, m *policy.M
 	if err != nil {
 		return err
 	}
-	return s.Add(ctx, env, q, func(w io.Writer) (int64, error) { return m.WriteTo(w) })
+	if err := s.Add(ctx, env, q, func(w io.Writer) (int64, error) { return m.WriteTo(w) }); err != nil {
+		return err
+	}
+	if q != queue.Working {
+		// Quarantined before the queue: its recipients' delivery ends here.
+		queue.LogQuarantined(ctx, s.log, env, q, s.now())
+	}
+	return nil
 }

@@ -675,7 +675,14 @@ func (s *Store) Enqueue(ctx context.Context, tx *policy.Transaction, m *policy.M
 		return err
 	}
 	env.Size = m.Size()
-	return s.add(ctx, env, q, env.Size, m.WriteTo, q == queue.Working)
+	if err := s.add(ctx, env, q, env.Size, m.WriteTo, q == queue.Working); err != nil {
+		return err
+	}
+	if q != queue.Working {
+		// Quarantined before the queue: its recipients' delivery ends here.
+		queue.LogQuarantined(ctx, s.log, env, q, s.now())
+	}
+	return nil
 }
 
 // add stores a new message of n bytes, which write produces, as a full
