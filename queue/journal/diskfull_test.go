@@ -160,11 +160,13 @@ func (p *prepFailures) WithGroup(string) slog.Handler      { return p }
 func TestPrepareErrorNotStale(t *testing.T) {
 	const segSize = 64 << 10
 	dir := mountTmpfs(t, "512k")
+	// Full before Open: the first segment, made a second after Open
+	// when no writer asks sooner, cannot be made either.
+	filler := fillFS(t, dir)
 	fails := &prepFailures{}
 	s, err := Open(context.Background(), Config{Dir: dir, SegmentSize: segSize, Logger: slog.New(fails)})
 	require.NoError(t, err)
 	defer s.Close()
-	filler := fillFS(t, dir)
 	// No segment yet, and none can be made: refused.
 	require.Error(t, tryEnqueue(s, "m1", testMsg))
 	require.Error(t, tryEnqueue(s, "m2", testMsg))
