@@ -50,7 +50,7 @@ func TestClusterFlags(t *testing.T) {
 }
 
 // TestJournalFlag: -queue journal needs no -node, and excludes
-// -nats-embedded like a cluster does.
+// -nats-embedded like a cluster does; -journal-segment-size goes with it.
 func TestJournalFlag(t *testing.T) {
 	cfg, err := parseFlags([]string{"-queue", "journal", "-node", ""}, io.Discard)
 	require.NoError(t, err)
@@ -59,4 +59,12 @@ func TestJournalFlag(t *testing.T) {
 	assert.ErrorContains(t, err, "-queue and -nats-embedded")
 	_, err = parseFlags([]string{"-queue", "jornal"}, io.Discard)
 	assert.ErrorContains(t, err, "-queue: want nats://")
+
+	cfg, err = parseFlags([]string{"-queue", "journal", "-journal-segment-size", "1048576"}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, int64(1<<20), cfg.journalSegment)
+	_, err = parseFlags([]string{"-journal-segment-size", "1048576"}, io.Discard)
+	assert.ErrorContains(t, err, "only with -queue journal")
+	_, err = parseFlags([]string{"-queue", "journal", "-journal-segment-size", "4096"}, io.Discard)
+	assert.ErrorContains(t, err, "at least 65536")
 }

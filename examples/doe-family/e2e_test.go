@@ -475,21 +475,17 @@ func TestDoeFamily(t *testing.T) {
 }
 
 // TestRestartResumesQueue: a message the relayhost deferred is still in the
-// spool after the server was killed, and the restarted server delivers it.
+// queue after the server was killed, and the restarted server delivers it.
+// On each store.
 func TestRestartResumesQueue(t *testing.T) {
-	e := newEnv(t)
+	forStores(t, restartResumesQueue)
+}
+
+func restartResumesQueue(t *testing.T, st storeKind) {
+	e := newEnv(t, st.args...)
 	e.sink.fail.Store(1000) // refuse every delivery for now
 	require.NoError(t, send(t, e.submission, "laptop.example.net", true, "john@doe-family.com", []string{"friend@other.test"}, message("john@doe-family.com", "friend@other.test", "resume", "resume me")))
-	// Wait for the first attempt to be deferred.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		entries, _ := os.ReadDir(filepath.Join(e.spool, "deferred"))
-		if len(entries) == 1 {
-			break
-		}
-		require.True(t, time.Now().Before(deadline), "message never deferred")
-		time.Sleep(20 * time.Millisecond)
-	}
+	e.waitCount("deferred", 1) // the first attempt was deferred
 	e.stop(syscall.SIGKILL)
 	e.sink.fail.Store(0)
 	e.start()
@@ -579,8 +575,13 @@ func portOf(addr string) string {
 }
 
 // TestRemoteClosesMidData: a relayhost that drops the connection in the
-// middle of DATA leaves the message deferred, not lost and not bounced.
+// middle of DATA leaves the message deferred, not lost and not bounced. On
+// each store.
 func TestRemoteClosesMidData(t *testing.T) {
+	forStores(t, remoteClosesMidData)
+}
+
+func remoteClosesMidData(t *testing.T, st storeKind) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	t.Cleanup(func() { ln.Close() })
@@ -619,20 +620,11 @@ func TestRemoteClosesMidData(t *testing.T) {
 		}
 	}()
 
-	e := newEnv(t, "-relayhost", ln.Addr().String(), "-retry-min", "1h")
+	e := newEnv(t, append([]string{"-relayhost", ln.Addr().String(), "-retry-min", "1h"}, st.args...)...)
 	require.NoError(t, send(t, e.submission, "laptop.example.net", true, "john@doe-family.com", []string{"friend@other.test"}, message("john@doe-family.com", "friend@other.test", "flaky", "body")))
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		deferred, _ := os.ReadDir(filepath.Join(e.spool, "deferred"))
-		if len(deferred) == 1 {
-			break
-		}
-		require.True(t, time.Now().Before(deadline), "message never deferred")
-		time.Sleep(20 * time.Millisecond)
-	}
+	e.waitCount("deferred", 1)
 	assert.GreaterOrEqual(t, sessions.Load(), int32(1), "the relayhost was tried")
-	dead, _ := os.ReadDir(filepath.Join(e.spool, "dead"))
-	assert.Empty(t, dead, "a connection lost mid-DATA is temporary, never a bounce")
+	assert.Zero(t, e.counts()["dead"], "a connection lost mid-DATA is temporary, never a bounce")
 	_, err = os.Stat(filepath.Join(e.maildir, "john"))
 	assert.True(t, os.IsNotExist(err), "no bounce delivered to the sender")
 }

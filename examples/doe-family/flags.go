@@ -47,6 +47,7 @@ type config struct {
 	queue, natsEmbedded, node    string        // see cluster.go
 	natsReplicas                 int           //
 	queueTimeout                 time.Duration //
+	journalSegment               int64         // -journal-segment-size
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -100,6 +101,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.natsEmbedded, "nats-embedded", "", "run a single-node NATS JetStream inside this process with its data in this directory (fsync at every write) and keep the queue there, to try the JetStream queue without a cluster; empty: off")
 	fs.StringVar(&c.node, "node", host, "this node's name in a -queue cluster (unique per node)")
 	fs.IntVar(&c.natsReplicas, "nats-replicas", 0, "replicas of the -queue streams and buckets (at most the cluster's size); 0: 3 for -queue, 1 for -nats-embedded")
+	fs.Int64Var(&c.journalSegment, "journal-segment-size", 0, "with -queue journal: the size of its segment files, in bytes (each is written whole before use; a message over half of it gets a file of its own); 0: 64 MiB, at least 64 KiB")
 	fs.DurationVar(&c.queueTimeout, "queue-timeout", 10*time.Second, "with -queue or -nats-embedded: how long a message may wait for the cluster's acknowledgements before the client gets 451 4.3.0 (no quorum); it bounds every change of the queue")
 	if err := fs.Parse(args); err != nil {
 		return nil, err

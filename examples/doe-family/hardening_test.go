@@ -262,18 +262,23 @@ func requireTemporary(t *testing.T, err error, what string) {
 
 // TestHardeningKill9DuringLoad: 8 clients send a bounded load of small
 // messages to local users; the server is killed with SIGKILL once a third
-// of them got a 250, restarted on the same spool and maildir, and the
+// of them got a 250, restarted on the same queue and maildir, and the
 // clients finish (resending what got no 250, as a real client does). Every
 // message that got a 250 — above all from the killed server — must be in
 // the maildir once the queue has drained; a message resent after a lost
-// reply may arrive twice (delivery is at least once).
+// reply may arrive twice (delivery is at least once). On each store (the
+// spool and the journal).
 func TestHardeningKill9DuringLoad(t *testing.T) {
 	skipShort(t)
+	forStores(t, hardeningKill9DuringLoad)
+}
+
+func hardeningKill9DuringLoad(t *testing.T, st storeKind) {
 	const (
 		total   = 2000
 		workers = 8
 	)
-	e := hardenEnv(t)
+	e := hardenEnv(t, st.args...)
 	msgRe := regexp.MustCompile(`(?m)^Message-ID: <load-(\d+)@test>\r?$`)
 	user := func(i int) string { return fmt.Sprintf("load%d@doe-family.com", i%workers) }
 
@@ -391,10 +396,7 @@ func TestHardeningKill9DuringLoad(t *testing.T) {
 		scan()
 		return len(delivered) >= total
 	})
-	waitFor(t, 20*time.Second, "the queue to drain", func() bool {
-		return countFiles(filepath.Join(e.spool, "working"))+countFiles(filepath.Join(e.spool, "deliver"))+
-			countFiles(filepath.Join(e.spool, "deferred")) == 0
-	})
+	counts := e.waitDrained(20 * time.Second)
 	scan()
 	drainedAt := time.Since(start)
 
@@ -428,8 +430,8 @@ func TestHardeningKill9DuringLoad(t *testing.T) {
 	for i := range final {
 		assert.Positive(t, delivered[i], "acknowledged message load-%04d not delivered", i)
 	}
-	assert.Zero(t, countFiles(filepath.Join(e.spool, "dead")), "nothing may fail for good")
-	assert.Zero(t, countFiles(filepath.Join(e.spool, "corrupt")), "kill -9 must leave no corrupt entry")
+	assert.Zero(t, counts["dead"], "nothing may fail for good")
+	assert.Zero(t, counts["corrupt"], "kill -9 must leave no corrupt entry")
 
 	normalClient(t, e, "127.0.0.1", "after-kill")
 }
@@ -473,63 +475,130 @@ func fill(t *testing.T, dir string) string {
 
 // TestHardeningDiskFull: a full filesystem under the receiving spool (where
 // DATA is streamed, $TMPDIR of the server) or under the queue gives 451 and
-// never 250; once space is back the server serves normally.
+// never 250 for mail not stored, large or small; every message that got a
+// 250 is delivered; once space is back the server serves normally, on the
+// same connection. On each store. The journal writes its segments whole
+// before use: on a full disk it goes on taking messages until the room it
+// owns (the rest of the active segment and the one made ready next) is
+// used, then refuses; it runs here with 256 KiB segments, so that this
+// takes a few dozen messages, not 128 MiB of them.
 func TestHardeningDiskFull(t *testing.T) {
+	forStores(t, hardeningDiskFull)
+}
+
+// journalTestSegment is the journal's segment size in the disk-full test.
+const journalTestSegment = 256 << 10
+
+func hardeningDiskFull(t *testing.T, st storeKind) {
 	recvFS := mountTmpfs(t, "2m")
 	queueFS := mountTmpfs(t, "4m")
-	e := hardenEnv(t)
+	e := hardenEnv(t, st.args...)
 	// Restart it with the receiving spool ($TMPDIR) and the queue on the
 	// small filesystems.
 	e.stop(syscall.SIGTERM)
 	t.Setenv("TMPDIR", recvFS)
 	e.spool = filepath.Join(queueFS, "queue")
 	e.args = append(e.args, "-spool", e.spool)
+	if st.prealloc {
+		e.args = append(e.args, "-journal-segment-size", fmt.Sprint(journalTestSegment))
+	}
 	e.start()
 	normalClient(t, e, "127.0.0.1", "before-full")
 
-	big := message("someone@example.org", "jane@doe-family.com", "full-recv", strings.Repeat(strings.Repeat("y", 98)+"\r\n", 3000))
-
-	t.Run("receiving spool full", func(t *testing.T) {
-		filler := fill(t, recvFS)
-		err := send(t, e.listen, "client.example.org", false, "someone@example.org", []string{"jane@doe-family.com"}, big)
-		requireTemporary(t, err, "receiving spool full")
-		require.NoError(t, os.Remove(filler))
-		normalClient(t, e, "127.0.0.1", "after-recv-full")
-		assert.False(t, mailboxHas(t, filepath.Join(e.maildir, "jane", "new"), "full-recv"))
-	})
+	if st.name == "spool" { // the same for every store: run once
+		big := message("someone@example.org", "jane@doe-family.com", "full-recv", strings.Repeat(strings.Repeat("y", 98)+"\r\n", 3000))
+		t.Run("receiving spool full", func(t *testing.T) {
+			filler := fill(t, recvFS)
+			err := send(t, e.listen, "client.example.org", false, "someone@example.org", []string{"jane@doe-family.com"}, big)
+			requireTemporary(t, err, "receiving spool full")
+			require.NoError(t, os.Remove(filler))
+			normalClient(t, e, "127.0.0.1", "after-recv-full")
+			assert.False(t, mailboxHas(t, filepath.Join(e.maildir, "jane", "new"), "full-recv"))
+		})
+	}
 
 	t.Run("queue full", func(t *testing.T) {
-		// The files of delivered messages kept in free/ for reuse are
-		// room the queue owns: a message that fits in one is accepted
-		// on a full disk. Remove them to leave the queue no room at all.
-		free, err := filepath.Glob(filepath.Join(e.spool, "free", "*"))
+		// The relayhost defers everything for now: what is accepted stays
+		// in the queue (a delivered message would give the journal its
+		// segment back for reuse).
+		e.sink.fail.Store(1 << 20)
+		// The files the store keeps for reuse (the spool's free/, the
+		// journal's *.free) are room it owns: remove them, to leave it
+		// only the room written before use.
+		reusable, err := filepath.Glob(filepath.Join(e.spool, st.reusable))
 		require.NoError(t, err)
-		for _, f := range free {
+		for _, f := range reusable {
 			require.NoError(t, os.Remove(f))
 		}
 		filler := fill(t, queueFS)
-		conn, err := dialFrom("127.0.0.1", e.listen)
-		require.NoError(t, err)
-		c := gosmtp.NewClient(conn)
-		c.CommandTimeout = 30 * time.Second
+		from, to := "john@doe-family.com", []string{"friend@other.test"}
+		msg := func(subject string, size int) io.Reader {
+			return strings.NewReader(message(from, to[0], subject, strings.Repeat(strings.Repeat("z", 98)+"\r\n", size/100)))
+		}
+		c := submitClient(t, e.submission, from)
 		defer c.Close()
-		require.NoError(t, c.Hello("client.example.org"))
-		err = transact(c, "someone@example.org", []string{"jane@doe-family.com"},
-			strings.NewReader(message("someone@example.org", "jane@doe-family.com", "full-queue", "no room in the queue")))
-		requireTemporary(t, err, "queue full")
+		// Larger than half a journal segment: a segment of its own.
+		requireTemporary(t, transact(c, from, to, msg("full-big", journalTestSegment*5/8)), "queue full, a large message")
+		var acked []string
+		refused := ""
+		for i := 0; i < 100 && refused == ""; i++ {
+			subject := fmt.Sprintf("full-%02d", i)
+			if err := transact(c, from, to, msg(subject, 20<<10)); err != nil {
+				requireTemporary(t, err, "queue full")
+				refused = subject
+				break
+			}
+			acked = append(acked, subject)
+		}
+		require.NotEmpty(t, refused, "%d messages accepted on a full disk, none refused", len(acked))
+		t.Logf("%s: %d messages of 20 KiB accepted on the full disk (in room written before), then 4xx", st.name, len(acked))
+		if !st.prealloc {
+			assert.Empty(t, acked, "no room at all: the first message is refused")
+		}
 		// The session goes on after the 451: the client tries again on
-		// the same connection once there is room.
+		// the same connection once there is room, and is served at once.
 		require.NoError(t, os.Remove(filler))
-		require.NoError(t, transact(c, "someone@example.org", []string{"jane@doe-family.com"},
-			strings.NewReader(message("someone@example.org", "jane@doe-family.com", "full-queue-retry", "room again"))))
+		require.NoError(t, transact(c, from, to, msg("full-retry", 20<<10)), "room again")
+		require.NoError(t, transact(c, from, to, msg("full-big-retry", journalTestSegment*5/8)), "room again, a large message")
+		acked = append(acked, "full-retry", "full-big-retry")
 		require.NoError(t, c.Quit())
+
+		// Every acknowledged message is deferred (none was lost), and is
+		// delivered once the relayhost takes them; the refused ones never.
+		e.waitCount("deferred", len(acked))
+		e.sink.fail.Store(0)
+		e.queueOK("requeue", "-all", "-queue", "deferred")
+		subjects := func() map[string]int {
+			got := map[string]int{}
+			for _, m := range e.sink.received() {
+				if i := bytes.Index(m.Data, []byte("\nSubject: ")); i >= 0 {
+					subj, _, _ := strings.Cut(string(m.Data[i+len("\nSubject: "):]), "\r\n")
+					got[subj]++
+				}
+			}
+			return got
+		}
+		waitFor(t, 30*time.Second, "every acknowledged message at the relayhost", func() bool {
+			got := subjects()
+			for _, s := range acked {
+				if got[s] == 0 {
+					return false
+				}
+			}
+			return true
+		})
+		counts := e.waitDrained(20 * time.Second)
+		got := subjects()
+		assert.Zero(t, got[refused], "a message refused with 451 must not be delivered")
+		assert.Zero(t, got["full-big"], "a message refused with 451 must not be delivered")
+		assert.Zero(t, counts["corrupt"])
+		assert.Zero(t, counts["dead"])
 		normalClient(t, e, "127.0.0.1", "after-queue-full")
-		assert.True(t, mailboxHas(t, filepath.Join(e.maildir, "jane", "new"), "full-queue-retry"))
-		assert.False(t, mailboxHas(t, filepath.Join(e.maildir, "jane", "new"), "full-queue"),
-			"a message refused with 451 must not be delivered")
-		assert.Zero(t, countFiles(filepath.Join(e.spool, "corrupt")))
 	})
 
+	if st.name != "spool" {
+		return
+	}
 	t.Run("queue full, a free file left", func(t *testing.T) {
 		require.Eventually(t, func() bool { return countFiles(filepath.Join(e.spool, "free")) > 0 },
 			10*time.Second, 50*time.Millisecond, "a delivered message leaves its file in free/")
@@ -540,6 +609,18 @@ func TestHardeningDiskFull(t *testing.T) {
 		require.Eventually(t, func() bool { return mailboxHas(t, filepath.Join(e.maildir, "jane", "new"), "full-but-free") },
 			10*time.Second, 50*time.Millisecond)
 	})
+}
+
+// submitClient opens a session on the submission port, after STARTTLS and
+// AUTH as from.
+func submitClient(t *testing.T, addr, from string) *gosmtp.Client {
+	t.Helper()
+	c, err := gosmtp.DialStartTLS(addr, &tls.Config{InsecureSkipVerify: true})
+	require.NoError(t, err)
+	c.CommandTimeout, c.SubmissionTimeout = 30*time.Second, 30*time.Second
+	require.NoError(t, c.Hello("laptop.example.net"))
+	require.NoError(t, c.Auth(sasl.NewPlainClient("", from, password)))
+	return c
 }
 
 // TestHardeningSpoolBroken: without mount permission a spool can still be
@@ -832,15 +913,21 @@ func bigMessage(from string, to []string, subject string, size int64) io.Reader 
 // memory would show as growth of its size. doe-family has no flag for the
 // size limit raised to 60 MiB (-max-message-size), so a 50 MiB message
 // goes through; a 70 MiB one is read to its end and refused with 552 5.3.4,
-// nothing queued, memory bounded as well.
+// nothing queued, memory bounded as well. The 50 MiB message goes through
+// each store (the journal writes a message over half a segment, 32 MiB,
+// in a segment of its own); the refusal, before any store, runs once.
 func TestHardeningLargeMessage(t *testing.T) {
 	skipShort(t)
+	forStores(t, hardeningLargeMessage)
+}
+
+func hardeningLargeMessage(t *testing.T, st storeKind) {
 	const (
 		accepted = 50 << 20
 		tooBig   = 70 << 20
 		bound    = 64 << 20 // far below a message held whole in memory
 	)
-	e := hardenEnv(t, "-max-message-size", fmt.Sprint(60<<20))
+	e := hardenEnv(t, append([]string{"-max-message-size", fmt.Sprint(60 << 20)}, st.args...)...)
 	pid := e.cmd.Process.Pid
 	jane := filepath.Join(e.maildir, "jane", "new")
 	to := []string{"jane@doe-family.com", "friend@other.test"}
@@ -877,6 +964,9 @@ func TestHardeningLargeMessage(t *testing.T) {
 		require.True(t, mailboxHas(t, jane, "big-50"))
 	})
 
+	if st.name != "spool" {
+		return // refused while it is read, before any store: once is enough
+	}
 	t.Run("70 MiB refused with 552 5.3.4 after reading", func(t *testing.T) {
 		m := startPeakMeter(t, pid)
 		err := submit(e.submission, from, to, bigMessage(from, to, "big-70", tooBig))
@@ -895,7 +985,8 @@ func TestHardeningLargeMessage(t *testing.T) {
 		assert.Len(t, msgs, 3)
 		assert.Contains(t, string(msgs[2].Data), "Subject: after-big-relay")
 		assert.False(t, mailboxHas(t, jane, "big-70"))
-		// No file anywhere in the spool (entries of every queue, tmp/) holds it.
+		// No file anywhere in the queue's directory (the spool's entries
+		// of every queue and tmp/, the journal's segments) holds it.
 		require.NoError(t, filepath.WalkDir(e.spool, func(path string, en fs.DirEntry, err error) error {
 			if err != nil || en.IsDir() {
 				return err

@@ -155,7 +155,7 @@ func build(cfg *config, log *slog.Logger) (_ *server, err error) {
 		}
 	} else if cfg.queue == queueJournal {
 		ev := s.withMetrics(queue.SpoolConfig{}).Events // its sync rounds, like the spool's
-		if s.mta.Store, err = journal.Open(context.Background(), journal.Config{Dir: cfg.spool, Logger: log, Events: ev, UnsafeNoSync: cfg.unsafeNoSync}); err != nil {
+		if s.mta.Store, err = journal.Open(context.Background(), journal.Config{Dir: cfg.spool, SegmentSize: cfg.journalSegment, Logger: log, Events: ev, UnsafeNoSync: cfg.unsafeNoSync}); err != nil {
 			return nil, fmt.Errorf("-spool: %w", err)
 		}
 	} else if s.mta.Store, err = queue.Open(cfg.spool, s.withMetrics(queue.SpoolConfig{Logger: log, UnsafeNoSync: cfg.unsafeNoSync})); err != nil {

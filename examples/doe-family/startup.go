@@ -85,6 +85,12 @@ func checkFlags(c *config, rest []string) error {
 			return err
 		}
 	}
+	if c.journalSegment != 0 && c.queue != queueJournal {
+		return errors.New("-journal-segment-size: only with -queue journal")
+	}
+	if c.journalSegment != 0 && c.journalSegment < 64<<10 {
+		return fmt.Errorf("-journal-segment-size: %d: want 0 (64 MiB) or at least 65536", c.journalSegment)
+	}
 	if c.queueTimeout <= 0 {
 		return fmt.Errorf("-queue-timeout: %v: want a positive duration", c.queueTimeout)
 	}

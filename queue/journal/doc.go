@@ -79,6 +79,19 @@
 // 4xx) until the store is reopened, which reads back what is on disk.
 // Config.UnsafeNoSync turns every sync off, for benchmarks only.
 //
+// A full disk is not such a failure. Segments are written whole before
+// use, so the journal goes on storing messages in the rest of the active
+// segment and in the one made ready next; when the next segment cannot be
+// made, Enqueue and Add return an error (the client gets 4xx), and so do
+// the other changes that need room: the message stays where it was (the
+// scheduler tries an attempt record or a move again later; a delivered
+// message whose done record failed stays queued until the next Open and
+// is delivered again: at least once). A message whose segment
+// of its own cannot be written is refused, and the file removed. Nothing
+// acknowledged is touched, and the next change once there is room again
+// makes a segment (a failure is only reported to a writer that asked
+// before the attempt; attempts are at most one a second).
+//
 // Open takes an exclusive lock on the directory (flock(2); LockFileEx on
 // Windows): one store, one process. On Windows a directory cannot be
 // synced, and renames are written through instead.

@@ -103,9 +103,13 @@ type Store struct {
 	ops   sync.WaitGroup // changes under way (Close waits for them)
 	spare chan spareSeg  // segments made ready by prepare
 	need  chan struct{}  // a writer waits for the first one
-	kick  chan struct{}  // wakes compact
-	stop  chan struct{}
-	wg    sync.WaitGroup // prepare and compact
+	// asks counts the writers' requests for a segment: a failure to make
+	// one is given only to a writer that asked before the attempt began
+	// (see reserve).
+	asks atomic.Uint64
+	kick chan struct{} // wakes compact
+	stop chan struct{}
+	wg   sync.WaitGroup // prepare and compact
 
 	wakeMu sync.Mutex
 	wake   func(id, queue string)
@@ -114,6 +118,8 @@ type Store struct {
 type spareSeg struct {
 	sg  *segment
 	err error
+	// asked is Store.asks when the attempt began.
+	asked uint64
 }
 
 // entry is a message in the index.
@@ -823,6 +829,14 @@ func (s *Store) write(ctx context.Context, r *record, write func(io.Writer) (int
 		return nil, 0, err
 	}
 	err = s.writeAt(sg, off, r, meta, write)
+	if err != nil && sg.own {
+		// Nothing else is in its segment: it goes at once, and the room
+		// it took with it (a full disk). Its record's header, written
+		// last, was not written: a crash before the removal leaves a
+		// segment without records.
+		s.dropOwn(sg)
+		return nil, 0, err
+	}
 	if err != nil {
 		// Skipped by a pad record, so that the records after it in the
 		// segment still count.
@@ -839,6 +853,18 @@ func (s *Store) write(ctx context.Context, r *record, write func(io.Writer) (int
 		return nil, 0, err
 	}
 	return sg, off, nil
+}
+
+// dropOwn removes sg, a segment of its own whose one record could not be
+// written.
+func (s *Store) dropOwn(sg *segment) {
+	s.mu.Lock()
+	sg.writing--
+	sg.gone = true
+	delete(s.segs, sg.num)
+	s.mu.Unlock()
+	sg.f.Close()
+	os.Remove(sg.path)
 }
 
 // writeAt writes record r at off in sg: meta and body first, the header
@@ -912,18 +938,7 @@ func (s *Store) reserve(ctx context.Context, r *record, total int64) (*segment, 
 		ch := make(chan struct{})
 		s.rotating = ch
 		s.mu.Unlock()
-		select {
-		case s.need <- struct{}{}:
-		default:
-		}
-		var sp spareSeg
-		select {
-		case sp = <-s.spare:
-		case <-ctx.Done():
-			sp.err = ctx.Err()
-		case <-s.stop:
-			sp.err = errClosed
-		}
+		sp := s.nextSegment(ctx)
 		s.mu.Lock()
 		s.rotating = nil
 		close(ch)
@@ -947,6 +962,31 @@ func (s *Store) reserve(ctx context.Context, r *record, total int64) (*segment, 
 	}
 	sg.maxSeq = r.seq
 	return sg, off, nil
+}
+
+// nextSegment waits for the segment prepare makes ready. A failure to
+// make one counts only when the attempt began after this writer asked:
+// an earlier one (made while nobody waited) may be out of date, room
+// having come back since, and another attempt is asked for.
+func (s *Store) nextSegment(ctx context.Context) spareSeg {
+	ask := s.asks.Add(1)
+	for {
+		select {
+		case s.need <- struct{}{}:
+		default:
+		}
+		select {
+		case sp := <-s.spare:
+			if sp.err != nil && sp.asked < ask {
+				continue
+			}
+			return sp
+		case <-ctx.Done():
+			return spareSeg{err: ctx.Err()}
+		case <-s.stop:
+			return spareSeg{err: errClosed}
+		}
+	}
 }
 
 // reserveOwn makes a segment of its own for a large record.
@@ -982,6 +1022,7 @@ func (s *Store) prepare() {
 		return
 	}
 	for {
+		asked := s.asks.Load()
 		sg, err := s.reuse()
 		if sg == nil && err == nil {
 			sg, err = createSegment(s.dir, s.nextNum.Add(1)-1, s.segSize, !s.noSync, s.dsync, s.ds)
@@ -990,7 +1031,7 @@ func (s *Store) prepare() {
 			s.log.Error("journal: preparing a segment", "error", err)
 		}
 		select {
-		case s.spare <- spareSeg{sg, err}:
+		case s.spare <- spareSeg{sg, err, asked}:
 		case <-s.stop:
 			if sg != nil {
 				sg.f.Close()
@@ -999,10 +1040,23 @@ func (s *Store) prepare() {
 			return
 		}
 		if err != nil {
+			// Try again when a writer asks, not on a timer: a failure
+			// found while nobody waits could only reach a later writer,
+			// after room may have come back (the disk was full). At
+			// most one failed attempt a second: on a nearly full disk
+			// each writes what room is left before it fails.
+			failed := time.Now()
 			select {
-			case <-time.After(time.Second):
+			case <-s.need:
 			case <-s.stop:
 				return
+			}
+			if d := time.Second - time.Since(failed); d > 0 {
+				select {
+				case <-time.After(d):
+				case <-s.stop:
+					return
+				}
 			}
 		}
 	}

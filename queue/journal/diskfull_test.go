@@ -1,0 +1,186 @@
+//go:build linux
+
+package journal
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mtakit/mtakit/policy"
+)
+
+// mountTmpfs mounts a tmpfs of the given size on a temporary directory:
+// a full filesystem is the honest way to make writes fail (tests run as
+// root, which ignores permissions). It skips without mount permission,
+// unless MTAKIT_INTEGRATION=1.
+func mountTmpfs(t *testing.T, size string) string {
+	t.Helper()
+	dir := t.TempDir()
+	out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput()
+	if err != nil {
+		msg := fmt.Sprintf("cannot mount a tmpfs for the disk-full test (needs root and mount permission): %v: %s", err, bytes.TrimSpace(out))
+		if os.Getenv("MTAKIT_INTEGRATION") == "1" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	return dir
+}
+
+// fillFS writes a file in dir until its filesystem is full and returns its
+// path; removing it frees the space again.
+func fillFS(t *testing.T, dir string) string {
+	t.Helper()
+	p := filepath.Join(dir, "filler")
+	f, err := os.Create(p)
+	require.NoError(t, err)
+	defer f.Close()
+	chunk := make([]byte, 4096)
+	for range 1 << 20 {
+		if _, err := f.Write(chunk); err != nil {
+			require.ErrorIs(t, err, syscall.ENOSPC)
+			return p
+		}
+	}
+	t.Fatalf("%s never filled up", dir)
+	return ""
+}
+
+func tryEnqueue(s *Store, id, raw string) error {
+	m, err := policy.NewMessage(strings.NewReader(raw), int64(len(raw)), nil)
+	if err != nil {
+		return err
+	}
+	return s.Enqueue(context.Background(), newTx(id), m)
+}
+
+// TestDiskFull: on a full filesystem the journal goes on in the room it
+// owns (the rest of the active segment and the one prepared next, written
+// whole before use), then refuses (an error: the client gets 4xx) once the
+// next segment cannot be made; a message larger than half a segment,
+// whose segment of its own cannot be written, is refused too. Neither
+// stops the store: once there is room again the next message is stored at
+// once, and every message acknowledged before, during and after is there
+// after a reopen, the refused ones not.
+func TestDiskFull(t *testing.T) {
+	const segSize = 64 << 10
+	dir := mountTmpfs(t, "1m")
+	s, err := Open(context.Background(), Config{Dir: dir, SegmentSize: segSize, Logger: quietLogger()})
+	require.NoError(t, err)
+	defer func() { s.Close() }()
+	body := testMsg + strings.Repeat("x", 4000) + "\r\n" // 16 to a segment
+	big := testMsg + strings.Repeat("0123456789abcdef", 2500) + "\r\n"
+	var acked, refused []string
+	send := func(id, raw string) error {
+		err := tryEnqueue(s, id, raw)
+		if err == nil {
+			acked = append(acked, id)
+		} else {
+			refused = append(refused, id)
+		}
+		return err
+	}
+	require.NoError(t, send("before", body))
+	filler := fillFS(t, dir)
+
+	assert.Error(t, send("big-full", big), "a segment of its own on a full filesystem")
+	ownFiles := 0
+	for _, f := range segFiles(t, dir) {
+		if fi, err := os.Stat(filepath.Join(dir, f)); err == nil && fi.Size() > segSize {
+			ownFiles++
+		}
+	}
+	assert.Zero(t, ownFiles, "the refused message's own segment is removed at once")
+
+	n := 0
+	for ; n < 100; n++ {
+		if err := send(fmt.Sprintf("full-%03d", n), body); err != nil {
+			break
+		}
+	}
+	require.Less(t, n, 100, "the journal never refused on a full filesystem")
+	assert.Positive(t, n, "the active and the prepared segment's room is used")
+	t.Logf("%d messages stored on the full filesystem before the first refusal", n)
+	assert.Error(t, send("full-again", body), "still full: refused again")
+
+	require.NoError(t, os.Remove(filler))
+	require.NoError(t, send("after", body), "room again: the next message is stored at once")
+	require.NoError(t, send("big-after", big), "and a large one")
+	require.NoError(t, s.Close())
+
+	s, err = Open(context.Background(), Config{Dir: dir, SegmentSize: segSize, Logger: quietLogger()})
+	require.NoError(t, err)
+	for _, id := range acked {
+		q, _, got := content(t, s, id)
+		assert.Equal(t, "working", q, "acknowledged %s", id)
+		if id == "big-after" {
+			assert.True(t, got == big, "%s read back", id)
+		} else {
+			assert.Equal(t, body, got, "acknowledged %s", id)
+		}
+	}
+	for _, id := range refused {
+		q, _, _ := content(t, s, id)
+		assert.Empty(t, q, "refused %s must not be stored", id)
+	}
+}
+
+// prepFailures counts the log entries of failed segment preparations.
+type prepFailures struct{ n atomic.Int32 }
+
+func (p *prepFailures) Enabled(context.Context, slog.Level) bool { return true }
+func (p *prepFailures) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == "journal: preparing a segment" {
+		p.n.Add(1)
+	}
+	return nil
+}
+func (p *prepFailures) WithAttrs([]slog.Attr) slog.Handler { return p }
+func (p *prepFailures) WithGroup(string) slog.Handler      { return p }
+
+// TestPrepareErrorNotStale: a segment that could not be made is reported
+// to the writer waiting for it, never kept for a later writer: once room
+// is back, the next writer gets a segment at once. (The preparer used to
+// try again every second on its own and hold the failure until a writer
+// came: the first message after the disk was freed got it, a 4xx.)
+func TestPrepareErrorNotStale(t *testing.T) {
+	const segSize = 64 << 10
+	dir := mountTmpfs(t, "512k")
+	// Full before Open: the first segment, made a second after Open
+	// when no writer asks sooner, cannot be made either.
+	filler := fillFS(t, dir)
+	fails := &prepFailures{}
+	s, err := Open(context.Background(), Config{Dir: dir, SegmentSize: segSize, Logger: slog.New(fails)})
+	require.NoError(t, err)
+	defer s.Close()
+	// No segment yet, and none can be made: refused.
+	require.Error(t, tryEnqueue(s, "m1", testMsg))
+	require.Error(t, tryEnqueue(s, "m2", testMsg))
+	seen := fails.n.Load()
+	assert.GreaterOrEqual(t, seen, int32(2), "each refusal comes from an attempt")
+	// An attempt made on its own while nobody waits (the old preparer
+	// made one a second after each failure) must not reach the next
+	// writer: give it the chance to happen.
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	for fails.n.Load() == seen && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	require.NoError(t, os.Remove(filler))
+	require.NoError(t, tryEnqueue(s, "m3", testMsg), "room again: stored at once, not refused with an earlier failure")
+	_, _, got := content(t, s, "m3")
+	assert.Equal(t, testMsg, got)
+}
