@@ -3,7 +3,6 @@ package milterd
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -65,21 +64,9 @@ func ClamavMilter(tb testing.TB, cfg ClamavMilterConfig) *Daemon {
 	if cfg.OnInfected == "" {
 		cfg.OnInfected = "Reject"
 	}
-	var lastErr error
-	for range 3 {
-		d, err := startClamavMilter(tb, bin, cfg)
-		if err == nil {
-			tb.Cleanup(d.Stop)
-			logOnFailure(tb, d, filepath.Join(d.Dir, "clamav-milter.log"), filepath.Join(d.Dir, "clamav", "clamd.log"))
-			return d
-		}
-		lastErr = err
-		if !errors.Is(err, errPortTaken) {
-			break
-		}
-	}
-	tb.Fatalf("starting clamav-milter: %v", lastErr)
-	return nil
+	d := start(tb, "clamav-milter", func() (*Daemon, error) { return startClamavMilter(tb, bin, cfg) })
+	logOnFailure(tb, d, filepath.Join(d.Dir, "clamav-milter.log"), filepath.Join(d.Dir, "clamav", "clamd.log"))
+	return d
 }
 
 func startClamavMilter(tb testing.TB, bin string, cfg ClamavMilterConfig) (*Daemon, error) {

@@ -128,6 +128,27 @@ func privateDir(tb testing.TB, name string) string {
 // errPortTaken says the daemon could not bind its port: try another.
 var errPortTaken = errors.New("port taken")
 
+// start runs try, which starts daemon name on a free port, again on
+// another port when the one it got was taken meanwhile (errPortTaken), up
+// to three times; the daemon is stopped at the end of the test.
+func start(tb testing.TB, name string, try func() (*Daemon, error)) *Daemon {
+	tb.Helper()
+	var lastErr error
+	for range 3 {
+		d, err := try()
+		if err == nil {
+			tb.Cleanup(d.Stop)
+			return d
+		}
+		lastErr = err
+		if !errors.Is(err, errPortTaken) {
+			break
+		}
+	}
+	tb.Fatalf("starting %s: %v", name, lastErr)
+	return nil
+}
+
 // start runs argv in its own process group, collecting its output, and
 // waits until ready returns nil (or the process exits, or the start-up
 // time is over). On failure the caller must call d.Stop (after reading

@@ -5,7 +5,6 @@ import (
 	"crypto"
 	"crypto/x509"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -103,21 +102,9 @@ func OpenDKIM(tb testing.TB, cfg OpenDKIMConfig) *Daemon {
 	if cfg.DNS == "" {
 		cfg.DNS = dnstest.New(tb).Addr()
 	}
-	var lastErr error
-	for range 3 {
-		d, err := startOpenDKIM(tb, bin, cfg)
-		if err == nil {
-			tb.Cleanup(d.Stop)
-			logOnFailure(tb, d)
-			return d
-		}
-		lastErr = err
-		if !errors.Is(err, errPortTaken) {
-			break
-		}
-	}
-	tb.Fatalf("starting opendkim: %v", lastErr)
-	return nil
+	d := start(tb, "opendkim", func() (*Daemon, error) { return startOpenDKIM(tb, bin, cfg) })
+	logOnFailure(tb, d)
+	return d
 }
 
 func startOpenDKIM(tb testing.TB, bin string, cfg OpenDKIMConfig) (*Daemon, error) {

@@ -2,7 +2,6 @@ package milterd
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -110,21 +109,9 @@ func Rspamd(tb testing.TB, cfg RspamdConfig) *Daemon {
 	if cfg.DNS == "" {
 		cfg.DNS = dnstest.New(tb).Addr()
 	}
-	var lastErr error
-	for range 3 {
-		d, err := startRspamd(tb, bin, cfg)
-		if err == nil {
-			tb.Cleanup(d.Stop)
-			logOnFailure(tb, d)
-			return d
-		}
-		lastErr = err
-		if !errors.Is(err, errPortTaken) {
-			break
-		}
-	}
-	tb.Fatalf("starting rspamd: %v", lastErr)
-	return nil
+	d := start(tb, "rspamd", func() (*Daemon, error) { return startRspamd(tb, bin, cfg) })
+	logOnFailure(tb, d)
+	return d
 }
 
 func startRspamd(tb testing.TB, bin string, cfg RspamdConfig) (*Daemon, error) {
