@@ -17,7 +17,6 @@ import (
 	"io/fs"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -34,6 +33,8 @@ import (
 	mdns "github.com/miekg/dns"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/mtakit/mtakit/internal/diskfull"
 )
 
 // skipShort skips the long hardening tests under -short; a plain
@@ -436,43 +437,6 @@ func hardeningKill9DuringLoad(t *testing.T, st storeKind) {
 	normalClient(t, e, "127.0.0.1", "after-kill")
 }
 
-// mountTmpfs mounts a tmpfs of the given size (as root; tests run as root,
-// which ignores permissions, so a full filesystem is the honest way to make
-// a spool unwritable).
-func mountTmpfs(t *testing.T, size string) string {
-	t.Helper()
-	dir := t.TempDir()
-	out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput()
-	if err != nil {
-		msg := fmt.Sprintf("cannot mount a tmpfs for the disk-full test (needs root and mount permission): %v: %s", err, bytes.TrimSpace(out))
-		if os.Getenv("MTAKIT_INTEGRATION") == "1" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
-	return dir
-}
-
-// fill writes a file in dir until the filesystem is full; removing the file
-// frees the space again.
-func fill(t *testing.T, dir string) string {
-	t.Helper()
-	p := filepath.Join(dir, "filler")
-	f, err := os.Create(p)
-	require.NoError(t, err)
-	defer f.Close()
-	chunk := make([]byte, 4096)
-	for i := 0; i < 1<<20; i++ {
-		if _, err := f.Write(chunk); err != nil {
-			require.ErrorIs(t, err, syscall.ENOSPC)
-			return p
-		}
-	}
-	t.Fatalf("%s never filled up", dir)
-	return ""
-}
-
 // TestHardeningDiskFull: a full filesystem under the receiving spool (where
 // DATA is streamed, $TMPDIR of the server) or under the queue gives 451 and
 // never 250 for mail not stored, large or small; every message that got a
@@ -490,8 +454,8 @@ func TestHardeningDiskFull(t *testing.T) {
 const journalTestSegment = 256 << 10
 
 func hardeningDiskFull(t *testing.T, st storeKind) {
-	recvFS := mountTmpfs(t, "2m")
-	queueFS := mountTmpfs(t, "4m")
+	recvFS := diskfull.Tmpfs(t, "2m")
+	queueFS := diskfull.Tmpfs(t, "4m")
 	e := hardenEnv(t, st.args...)
 	// Restart it with the receiving spool ($TMPDIR) and the queue on the
 	// small filesystems.
@@ -508,7 +472,7 @@ func hardeningDiskFull(t *testing.T, st storeKind) {
 	if st.name == "spool" { // the same for every store: run once
 		big := message("someone@example.org", "jane@doe-family.com", "full-recv", strings.Repeat(strings.Repeat("y", 98)+"\r\n", 3000))
 		t.Run("receiving spool full", func(t *testing.T) {
-			filler := fill(t, recvFS)
+			filler := diskfull.Fill(t, recvFS)
 			err := send(t, e.listen, "client.example.org", false, "someone@example.org", []string{"jane@doe-family.com"}, big)
 			requireTemporary(t, err, "receiving spool full")
 			require.NoError(t, os.Remove(filler))
@@ -530,7 +494,7 @@ func hardeningDiskFull(t *testing.T, st storeKind) {
 		for _, f := range reusable {
 			require.NoError(t, os.Remove(f))
 		}
-		filler := fill(t, queueFS)
+		filler := diskfull.Fill(t, queueFS)
 		from, to := "john@doe-family.com", []string{"friend@other.test"}
 		msg := func(subject string, size int) io.Reader {
 			return strings.NewReader(message(from, to[0], subject, strings.Repeat(strings.Repeat("z", 98)+"\r\n", size/100)))
@@ -602,7 +566,7 @@ func hardeningDiskFull(t *testing.T, st storeKind) {
 	t.Run("queue full, a free file left", func(t *testing.T) {
 		require.Eventually(t, func() bool { return countFiles(filepath.Join(e.spool, "free")) > 0 },
 			10*time.Second, 50*time.Millisecond, "a delivered message leaves its file in free/")
-		filler := fill(t, queueFS)
+		filler := diskfull.Fill(t, queueFS)
 		defer os.Remove(filler)
 		require.NoError(t, send(t, e.listen, "client.example.org", false, "someone@example.org", []string{"jane@doe-family.com"},
 			message("someone@example.org", "jane@doe-family.com", "full-but-free", "fits in a recycled file")))

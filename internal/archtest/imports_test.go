@@ -57,6 +57,9 @@ var allowed = map[string][]string{
 	// Test support (real milter daemons): the loopback DNS server only;
 	// no production package may import it (none lists it).
 	"internal/milterd": {"internal/dnstest"},
+	// Test support (a tmpfs to fill up): no production package may import
+	// it (none lists it).
+	"internal/diskfull": {},
 }
 
 // everywhere lists the internal helpers any package may import: leaves

@@ -3,62 +3,22 @@
 package journal
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mtakit/mtakit/internal/diskfull"
 	"github.com/mtakit/mtakit/policy"
 )
-
-// mountTmpfs mounts a tmpfs of the given size on a temporary directory:
-// a full filesystem is the honest way to make writes fail (tests run as
-// root, which ignores permissions). It skips without mount permission,
-// unless MTAKIT_INTEGRATION=1.
-func mountTmpfs(t *testing.T, size string) string {
-	t.Helper()
-	dir := t.TempDir()
-	out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput()
-	if err != nil {
-		msg := fmt.Sprintf("cannot mount a tmpfs for the disk-full test (needs root and mount permission): %v: %s", err, bytes.TrimSpace(out))
-		if os.Getenv("MTAKIT_INTEGRATION") == "1" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
-	return dir
-}
-
-// fillFS writes a file in dir until its filesystem is full and returns its
-// path; removing it frees the space again.
-func fillFS(t *testing.T, dir string) string {
-	t.Helper()
-	p := filepath.Join(dir, "filler")
-	f, err := os.Create(p)
-	require.NoError(t, err)
-	defer f.Close()
-	chunk := make([]byte, 4096)
-	for range 1 << 20 {
-		if _, err := f.Write(chunk); err != nil {
-			require.ErrorIs(t, err, syscall.ENOSPC)
-			return p
-		}
-	}
-	t.Fatalf("%s never filled up", dir)
-	return ""
-}
 
 func tryEnqueue(s *Store, id, raw string) error {
 	m, err := policy.NewMessage(strings.NewReader(raw), int64(len(raw)), nil)
@@ -78,7 +38,7 @@ func tryEnqueue(s *Store, id, raw string) error {
 // after a reopen, the refused ones not.
 func TestDiskFull(t *testing.T) {
 	const segSize = 64 << 10
-	dir := mountTmpfs(t, "1m")
+	dir := diskfull.Tmpfs(t, "1m")
 	s, err := Open(context.Background(), Config{Dir: dir, SegmentSize: segSize, Logger: quietLogger()})
 	require.NoError(t, err)
 	defer func() { s.Close() }()
@@ -95,7 +55,7 @@ func TestDiskFull(t *testing.T) {
 		return err
 	}
 	require.NoError(t, send("before", body))
-	filler := fillFS(t, dir)
+	filler := diskfull.Fill(t, dir)
 
 	assert.Error(t, send("big-full", big), "a segment of its own on a full filesystem")
 	ownFiles := 0
@@ -159,10 +119,10 @@ func (p *prepFailures) WithGroup(string) slog.Handler      { return p }
 // came: the first message after the disk was freed got it, a 4xx.)
 func TestPrepareErrorNotStale(t *testing.T) {
 	const segSize = 64 << 10
-	dir := mountTmpfs(t, "512k")
+	dir := diskfull.Tmpfs(t, "512k")
 	// Full before Open: the first segment, made a second after Open
 	// when no writer asks sooner, cannot be made either.
-	filler := fillFS(t, dir)
+	filler := diskfull.Fill(t, dir)
 	fails := &prepFailures{}
 	s, err := Open(context.Background(), Config{Dir: dir, SegmentSize: segSize, Logger: slog.New(fails)})
 	require.NoError(t, err)
