@@ -144,11 +144,6 @@ func FuzzDotWriter(f *testing.F) {
 	})
 }
 
-func TestXtext(t *testing.T) {
-	assert.Equal(t, "a+2Bb+3Dc+20d", xtext("a+b=c d"))
-	assert.Equal(t, "user@example.com", xtext("user@example.com"))
-}
-
 // TestNilLoggerIsDefault: a transport whose Logger is nil logs to
 // slog.Default(), as the fields' docs say.
 func TestNilLoggerIsDefault(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mtakit/mtakit/internal/xtext"
 	"github.com/mtakit/mtakit/policy"
 )
 
@@ -316,7 +317,7 @@ func (s *session) transact(ctx context.Context, c *client, d *policy.Delivery, r
 			mail.WriteString(" RET=" + strings.ToUpper(p.Ret))
 		}
 		if p.EnvID != "" {
-			mail.WriteString(" ENVID=" + xtext(p.EnvID))
+			mail.WriteString(" ENVID=" + xtext.Encode(p.EnvID))
 		}
 	}
 	r, err := c.cmd(c.timeouts.Command, mail.String())
@@ -337,7 +338,7 @@ func (s *session) transact(ctx context.Context, c *client, d *policy.Delivery, r
 			}
 			if rc.ORCPT != "" {
 				if typ, addr, ok := strings.Cut(rc.ORCPT, ";"); ok {
-					cmd.WriteString(" ORCPT=" + typ + ";" + xtext(addr))
+					cmd.WriteString(" ORCPT=" + typ + ";" + xtext.Encode(addr))
 				}
 			}
 		}
@@ -414,20 +415,6 @@ func isASCII(s string) bool {
 		}
 	}
 	return true
-}
-
-// xtext encodes s as RFC 3461 xtext.
-func xtext(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c < '!' || c > '~' || c == '+' || c == '=' {
-			fmt.Fprintf(&b, "+%02X", c)
-			continue
-		}
-		b.WriteByte(c)
-	}
-	return b.String()
 }
 
 // connectFailed is the reply for a connection that could not be opened.

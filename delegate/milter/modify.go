@@ -13,6 +13,7 @@ import (
 
 	gomilter "github.com/d--j/go-milter"
 
+	"github.com/mtakit/mtakit/internal/xtext"
 	"github.com/mtakit/mtakit/policy"
 )
 
@@ -357,31 +358,10 @@ func recipient(a policy.Address, args string) policy.Recipient {
 				}
 			}
 		case "ORCPT":
-			if d, err := unxtext(v); err == nil {
+			if d, err := xtext.Decode(v); err == nil {
 				r.ORCPT = d
 			}
 		}
 	}
 	return r
-}
-
-// unxtext decodes RFC 3461 xtext.
-func unxtext(s string) (string, error) {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] != '+' {
-			b.WriteByte(s[i])
-			continue
-		}
-		if i+2 >= len(s) {
-			return "", io.ErrUnexpectedEOF
-		}
-		var c byte
-		if _, err := fmt.Sscanf(s[i+1:i+3], "%02X", &c); err != nil {
-			return "", err
-		}
-		b.WriteByte(c)
-		i += 2
-	}
-	return b.String(), nil
 }

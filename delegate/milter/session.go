@@ -15,6 +15,7 @@ import (
 
 	gomilter "github.com/d--j/go-milter"
 
+	"github.com/mtakit/mtakit/internal/xtext"
 	"github.com/mtakit/mtakit/policy"
 )
 
@@ -551,10 +552,10 @@ func mailArgs(p policy.MailParams) string {
 		a = append(a, "RET="+p.Ret)
 	}
 	if p.EnvID != "" {
-		a = append(a, "ENVID="+xtext(p.EnvID))
+		a = append(a, "ENVID="+xtext.Encode(p.EnvID))
 	}
 	if p.Auth != "" {
-		a = append(a, "AUTH="+xtext(p.Auth))
+		a = append(a, "AUTH="+xtext.Encode(p.Auth))
 	}
 	return strings.Join(a, " ")
 }
@@ -566,23 +567,9 @@ func rcptArgs(r policy.Recipient) string {
 		a = append(a, "NOTIFY="+strings.Join(r.Notify, ","))
 	}
 	if r.ORCPT != "" {
-		a = append(a, "ORCPT="+xtext(r.ORCPT))
+		a = append(a, "ORCPT="+xtext.Encode(r.ORCPT))
 	}
 	return strings.Join(a, " ")
-}
-
-// xtext encodes s as RFC 3461 xtext.
-func xtext(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c < '!' || c > '~' || c == '+' || c == '=' {
-			fmt.Fprintf(&b, "+%02X", c)
-			continue
-		}
-		b.WriteByte(c)
-	}
-	return b.String()
 }
 
 // connect is the connect stage.

@@ -22,6 +22,7 @@ var allowed = map[string][]string{
 	"internal/dnserr":   {},
 	"internal/idlock":   {},
 	"internal/msgsrc":   {},
+	"internal/xtext":    {},
 	"policy":            {},
 	"policy/policytest": {"policy"},
 	"policy/dnscache":   {"policy"},
@@ -64,7 +65,7 @@ var allowed = map[string][]string{
 
 // everywhere lists the internal helpers any package may import: leaves
 // that import nothing of ours (checked above like the others).
-var everywhere = []string{"internal/lazyctx", "internal/dnserr", "internal/idlock", "internal/msgsrc"}
+var everywhere = []string{"internal/lazyctx", "internal/dnserr", "internal/idlock", "internal/msgsrc", "internal/xtext"}
 
 // forbidden lists third-party packages a package must not depend on.
 var forbidden = map[string][]string{
