@@ -98,9 +98,15 @@ func FuzzReadHeader(f *testing.F) {
 		h.Add(key, value)
 		hb.Reset()
 		h.WriteTo(&hb)
-		again, _, _, err = policy.ReadHeader(bufio.NewReader(bytes.NewReader(hb.Bytes())), 1<<20)
-		if err != nil || again.Len() != h.Len() {
-			t.Fatalf("after Add(%q, %q): %v, %d fields instead of %d:\n%q", key, value, err, again.Len(), h.Len(), hb.String())
+		// A value Add cannot fold (no white space) makes a line as long as
+		// itself: read back with a buffer that holds it (ReadHeader refuses a
+		// line longer than its reader's buffer).
+		again, _, _, err = policy.ReadHeader(bufio.NewReaderSize(bytes.NewReader(hb.Bytes()), max(hb.Len(), 4096)), 1<<20)
+		if err != nil {
+			t.Fatalf("after Add(%q, %q): %v:\n%q", key, value, err, hb.String())
+		}
+		if again.Len() != h.Len() {
+			t.Fatalf("after Add(%q, %q): %d fields instead of %d:\n%q", key, value, again.Len(), h.Len(), hb.String())
 		}
 		want := strings.Join(strings.Fields(strings.NewReplacer("\r", " ", "\n", " ").Replace(value)), " ")
 		if got := again.Fields()[0].Value(); got != want {
