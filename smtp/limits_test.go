@@ -272,26 +272,20 @@ func TestConnectionLimits(t *testing.T) {
 // TestSmuggling sends every non-standard end-of-data sequence followed by
 // a smuggled transaction: never is a second message accepted, the smuggled
 // commands never run, and a normal client is served after. Every variant
-// with a bare CR or LF that reaches us is refused with 550 5.6.11. One
-// cannot reach us: go-smtp's reader drops "." + CR at the start of a line
-// when no LF follows, so "\r\n.\r" + text arrives as "\r\n" + text and
-// is kept as data of the first message (the outcome RFC 5321 allows).
+// with a bare CR or LF is refused with 550 5.6.11, "\r\n.\r" + text
+// too: the body reader gives back the CR after a line's leading dot
+// (go-smtp's own reader drops "." + CR when no LF follows, so the message
+// would have been taken with the text as data).
 func TestSmuggling(t *testing.T) {
 	h := start(t, Config{})
-	variants := []struct {
-		eod      string
-		keptData bool
-	}{
-		{"\n.\n", false}, {"\r\n.\n", false}, {"\n.\r\n", false}, {"\r.\r\n", false},
-		{"\r\n.\r", true}, {"\r\r\n.\r\r\n", false}, {"\r\r\n", false}, {"\n\n", false},
-	}
+	variants := []string{"\n.\n", "\r\n.\n", "\n.\r\n", "\r.\r\n", "\r\n.\r", "\r\r\n.\r\r\n", "\r\r\n", "\n\n"}
 	for _, v := range variants {
 		for _, smuggle := range []bool{true, false} {
-			t.Run(fmt.Sprintf("%q smuggle=%v", v.eod, smuggle), func(t *testing.T) {
+			t.Run(fmt.Sprintf("%q smuggle=%v", v, smuggle), func(t *testing.T) {
 				before := len(h.queue.all())
 				c := begin(t, h.addr())
 				c.expect("DATA", 354)
-				body := "Subject: first\r\n\r\nfirst" + v.eod
+				body := "Subject: first\r\n\r\nfirst" + v
 				if smuggle {
 					body += "MAIL FROM:<evil@attacker.test>\r\nRCPT TO:<victim@mx.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\n"
 				} else {
@@ -302,16 +296,6 @@ func TestSmuggling(t *testing.T) {
 				// Exactly one reply: the next is QUIT's.
 				c.expect("QUIT", 221)
 				msgs := h.queue.all()[before:]
-				if v.keptData {
-					require.Equal(t, 250, code, text)
-					require.Len(t, msgs, 1)
-					assert.Equal(t, "s@client.test", msgs[0].From)
-					assert.Equal(t, []string{"a@mx.test"}, msgs[0].Rcpts)
-					if smuggle {
-						assert.Contains(t, msgs[0].Data, "\r\nMAIL FROM:<evil@attacker.test>\r\n", "kept as data")
-					}
-					return
-				}
 				assert.Equal(t, 550, code, text)
 				assert.True(t, strings.HasPrefix(text, "550 5.6.11 "), text)
 				assert.Empty(t, msgs)

@@ -310,6 +310,14 @@ func (s *session) Data(r io.Reader) error {
 		return errShutdown
 	}
 	defer c.endData()
+	if c.body {
+		// DATA (not a BDAT chunk, which go-smtp hands over through a
+		// pipe from a goroutine of its own, started after c.body was
+		// last written): the body is read in bulk from the filter.
+		br := newBodyReader(c)
+		defer br.finish()
+		r = br
+	}
 	ev := s.srv.cfg.Events
 	if ev != nil {
 		s.size = sizeReader{r: r}
