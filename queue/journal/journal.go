@@ -1,7 +1,6 @@
 package journal
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -867,8 +866,8 @@ func (s *Store) dropOwn(sg *segment) {
 	os.Remove(sg.path)
 }
 
-// writeAt writes record r at off in sg: meta and body first, the header
-// last.
+// writeAt writes record r at off in sg: with one write when it fits in a
+// recWriter's buffer, else meta and body first and the header last.
 func (s *Store) writeAt(sg *segment, off int64, r *record, meta []byte, write func(io.Writer) (int64, error)) error {
 	total := int64(len(meta)) + headLen + r.bodyLen
 	if write == nil {
@@ -877,12 +876,11 @@ func (s *Store) writeAt(sg *segment, off int64, r *record, meta []byte, write fu
 		_, err := sg.f.WriteAt(b, off)
 		return err
 	}
-	bw := writerPool.Get().(*bufio.Writer)
-	defer writerPool.Put(bw)
-	bw.Reset(&offWriter{f: sg.f, off: off + headLen, end: off + total})
-	defer bw.Reset(nil)
-	_, err := bw.Write(meta)
-	cw := &crcWriter{w: bw}
+	rw := recWriters.Get().(*recWriter)
+	defer rw.release()
+	rw.begin(sg.f, off, total)
+	_, err := rw.Write(meta)
+	cw := &crcWriter{w: rw}
 	if err == nil {
 		var n int64
 		n, err = write(cw)
@@ -891,13 +889,10 @@ func (s *Store) writeAt(sg *segment, off int64, r *record, meta []byte, write fu
 		}
 	}
 	if err == nil {
-		err = bw.Flush()
+		r.bodyCRC = cw.crc
+		err = rw.done(r.header(sg.num, meta), off)
 	}
 	if err != nil {
-		return fmt.Errorf("journal: writing %s: %w", r.id, err)
-	}
-	r.bodyCRC = cw.crc
-	if _, err := sg.f.WriteAt(r.header(sg.num, meta), off); err != nil {
 		return fmt.Errorf("journal: writing %s: %w", r.id, err)
 	}
 	return nil

@@ -1,7 +1,6 @@
 package journal
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -164,22 +163,83 @@ func (sg *segment) fail(err error) {
 	sg.mu.Unlock()
 }
 
-// writer writes sequentially at an offset of a file.
-type offWriter struct {
-	f   *os.File
-	off int64
-	end int64 // writing past it fails
+// recWriter writes a record at off in f: it gathers the room of the
+// header, the meta and the body in buf and writes them with one pwrite
+// when they fit (most messages), the header filled in at the end (done).
+// A larger record is written in buf-sized pieces, its header's room as
+// zeros, and the header last, on its own. Either way the record checks
+// only once whole (its checksums), and nobody is told it is there before
+// its sync, which waits for every record before it.
+type recWriter struct {
+	f        *os.File
+	off, end int64  // file offset of buf[0]; writing past end fails
+	buf      []byte // cap recBufSize
+	flushed  bool   // a piece is in the file: the header goes last
 }
+
+const recBufSize = 64 << 10
 
 var errOverrun = errors.New("journal: message longer than its reservation")
 
-func (w *offWriter) Write(p []byte) (int, error) {
-	if w.off+int64(len(p)) > w.end {
+// recWriters holds recWriters and their buffers.
+var recWriters = sync.Pool{New: func() any { return &recWriter{buf: make([]byte, 0, recBufSize)} }}
+
+// begin starts the record of total bytes at off in f.
+func (w *recWriter) begin(f *os.File, off, total int64) {
+	w.f, w.off, w.end, w.flushed = f, off, off+total, false
+	w.buf = w.buf[:headLen]
+	clear(w.buf)
+}
+
+func (w *recWriter) Write(p []byte) (int, error) {
+	if w.off+int64(len(w.buf)+len(p)) > w.end {
 		return 0, errOverrun
 	}
-	n, err := w.f.WriteAt(p, w.off)
-	w.off += int64(n)
-	return n, err
+	n := 0
+	for len(p) > 0 {
+		if len(w.buf) == cap(w.buf) {
+			if err := w.flush(); err != nil {
+				return n, err
+			}
+		}
+		k := copy(w.buf[len(w.buf):cap(w.buf)], p)
+		w.buf = w.buf[:len(w.buf)+k]
+		p = p[k:]
+		n += k
+	}
+	return n, nil
+}
+
+func (w *recWriter) flush() error {
+	_, err := w.f.WriteAt(w.buf, w.off)
+	w.off += int64(len(w.buf))
+	w.buf = w.buf[:0]
+	w.flushed = true
+	return err
+}
+
+// done writes what is left with header h: in the one write of a record
+// that fit in buf, or after the rest.
+func (w *recWriter) done(h []byte, start int64) error {
+	if w.off+int64(len(w.buf)) != w.end {
+		return errOverrun
+	}
+	if !w.flushed {
+		copy(w.buf, h)
+		_, err := w.f.WriteAt(w.buf, w.off)
+		return err
+	}
+	if err := w.flush(); err != nil {
+		return err
+	}
+	_, err := w.f.WriteAt(h, start)
+	return err
+}
+
+// release puts w back in the pool.
+func (w *recWriter) release() {
+	w.f = nil
+	recWriters.Put(w)
 }
 
 // crcWriter computes the CRC-32C of what goes through it.
@@ -195,9 +255,6 @@ func (c *crcWriter) Write(p []byte) (int, error) {
 	c.n += int64(n)
 	return n, err
 }
-
-// writerPool holds the buffers records are written through.
-var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
 
 // zeroFill writes size zero bytes to f from offset 0.
 func zeroFill(f *os.File, size int64) error {
