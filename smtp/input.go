@@ -14,7 +14,8 @@ import (
 // filter that knows where the commands are: one command line per Read (so
 // that go-smtp's own buffer never holds a command the filter has not seen
 // in its turn), the body after a 354 and a BDAT chunk in bulk, each up to
-// its exact end. It answers what go-smtp would get wrong: a bare
+// its exact end. (The session reads a DATA body itself, through
+// bodyReader, body.go; go-smtp then reads only an end-of-data line.) It answers what go-smtp would get wrong: a bare
 // "RCPT TO:<postmaster>" (which go-smtp refuses with 501) is handed over as
 // postmaster@Config.PostmasterDomain, and STARTTLS is done here, below
 // go-smtp, so that everything go-smtp writes, before and after STARTTLS,
