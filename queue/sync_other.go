@@ -55,4 +55,7 @@ func syncFileData(f *os.File) error { return f.Sync() }
 func openTmpfile(string) (*os.File, error) { return nil, errNoTmpfile }
 
 // linkTmpfile is never called without openTmpfile.
-func linkTmpfile(*os.File, string) error { return errNoTmpfile }
+func (st *maildirState) linkTmpfile(*os.File, string) error { return errNoTmpfile }
+
+// linkAtEmptyPath: linkat(2) with AT_EMPTY_PATH is Linux's.
+func linkAtEmptyPath(int, string) error { return errNoTmpfile }
