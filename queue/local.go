@@ -173,7 +173,7 @@ type maildirState struct {
 	linkEmpty func(fd int, to string) error
 	// syncFile and syncDir make a file's data and a directory's entries
 	// durable (syncFileData, syncDirPath); tests replace them.
-	syncFile func(*os.File) error
+	syncFile func(localFile) error
 	syncDir  func(dir string) error
 }
 
@@ -223,6 +223,16 @@ func maildirUnique(dir string, seq uint64) string {
 	b = append(b, '.')
 	b = append(b, host...)
 	return string(b)
+}
+
+// localFile is a file a Maildir delivery writes: an *os.File, or (Linux)
+// the bare descriptor of an O_TMPFILE file (tmpFile), which spares the
+// *os.File's fcntl(2), allocations and cleanup (measured: 3.6 of the
+// 12 us of CPU an open and close of it cost).
+type localFile interface {
+	io.Writer
+	Fd() uintptr
+	Name() string
 }
 
 // maildirPaths are the directories of one maildir.

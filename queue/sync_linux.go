@@ -2,6 +2,7 @@ package queue
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -147,7 +148,7 @@ func syncDir(d *os.File) error { return d.Sync() }
 // syncFileData makes the data of f (and what reading it back needs: its
 // size, its blocks) durable: fdatasync(2), which unlike syncfs(2) writes
 // nothing of other files, whoever else writes to the filesystem.
-func syncFileData(f *os.File) error {
+func syncFileData(f localFile) error {
 	for {
 		err := unix.Fdatasync(int(f.Fd()))
 		if err != unix.EINTR {
@@ -159,15 +160,50 @@ func syncFileData(f *os.File) error {
 	}
 }
 
+// tmpFile is an unnamed file of a directory (O_TMPFILE) held by its bare
+// descriptor: written, synced, linked and closed once, by one goroutine.
+type tmpFile struct {
+	fd  int
+	dir string
+}
+
+// Write writes all of p (write(2) until done).
+func (f *tmpFile) Write(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		k, err := unix.Write(f.fd, p[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return n, &os.PathError{Op: "write", Path: f.dir, Err: err}
+		}
+		if k == 0 {
+			return n, &os.PathError{Op: "write", Path: f.dir, Err: io.ErrShortWrite}
+		}
+		n += k
+	}
+	return n, nil
+}
+
+// Fd returns the descriptor.
+func (f *tmpFile) Fd() uintptr { return uintptr(f.fd) }
+
+// Name returns the directory the file is in.
+func (f *tmpFile) Name() string { return f.dir }
+
+// Close closes the descriptor; an unnamed file goes with it.
+func (f *tmpFile) Close() error { return unix.Close(f.fd) }
+
 // openTmpfile opens an unnamed file in directory dir (O_TMPFILE): nobody
 // can see it until linkTmpfile names it, and a crash before that leaves
 // nothing behind. errNoTmpfile (wrapped) says the filesystem or kernel has
-// no O_TMPFILE.
-func openTmpfile(dir string) (*os.File, error) {
+// no O_TMPFILE. The caller closes it.
+func openTmpfile(dir string) (*tmpFile, error) {
 	for {
 		fd, err := unix.Open(dir, unix.O_WRONLY|unix.O_TMPFILE|unix.O_CLOEXEC, 0o600)
 		if err == nil {
-			return os.NewFile(uintptr(fd), dir), nil
+			return &tmpFile{fd: fd, dir: dir}, nil
 		}
 		switch err {
 		case unix.EINTR:
@@ -189,8 +225,8 @@ func openTmpfile(dir string) (*os.File, error) {
 // /proc way costs a path walk through /proc per link (measured: a third of
 // the linkat's CPU). The error is os.ErrExist (wrapped) when to exists,
 // and errNoTmpfile when the link cannot be made at all (no /proc).
-func (st *maildirState) linkTmpfile(f *os.File, to string) error {
-	fd := int(f.Fd())
+func (st *maildirState) linkTmpfile(f *tmpFile, to string) error {
+	fd := f.fd
 	if !st.procLink.Load() {
 		err := st.linkEmpty(fd, to)
 		switch err {
@@ -224,7 +260,7 @@ func linkAtEmptyPath(fd int, to string) error {
 
 // linkProcFd gives f (descriptor fd) the name to with linkat(2) of
 // /proc/self/fd/N; see linkTmpfile.
-func linkProcFd(f *os.File, fd int, to string) error {
+func linkProcFd(f *tmpFile, fd int, to string) error {
 	for {
 		err := unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), unix.AT_FDCWD, to, unix.AT_SYMLINK_FOLLOW)
 		switch err {
