@@ -562,15 +562,6 @@ func mkdirAllSynced(dir string, perm os.FileMode) error {
 	return nil
 }
 
-func syncDirPath(dir string) error {
-	f, err := openFile(dir, os.O_RDONLY, 0)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return syncDir(f)
-}
-
 // writeLocal writes the local header and the message to f; quote, if not
 // nil, filters the message lines (mbox).
 func writeLocal(f io.Writer, d *policy.Delivery, r policy.Recipient, crlf bool, wrap func(io.Writer) io.Writer) error {

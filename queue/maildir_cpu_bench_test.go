@@ -39,6 +39,13 @@ func reportCPU(b *testing.B, user0, sys0 float64) {
 	b.ReportMetric((sys-sys0)/n, "sys-us/op")
 }
 
+// startCPU notes the CPU used so far; the function it returns reports the
+// CPU per operation since (see reportCPU).
+func startCPU(b *testing.B) func() {
+	user0, sys0 := cpuNow(b)
+	return func() { reportCPU(b, user0, sys0) }
+}
+
 // BenchmarkMaildirCPU measures the CPU a Maildir delivery costs, as a
 // Scheduler makes it (its own syncs: see Maildir): conc goroutines
 // deliver b.N messages of size bytes, each for one recipient, into one
@@ -55,28 +62,8 @@ func BenchmarkMaildirCPU(b *testing.B) {
 	}
 }
 
-// benchKeepEnv names a directory the CPU benchmarks deliver under and
-// leave their files in (removed by whoever runs them, later). On ext4
-// without a journal, creating an inode skips every inode of its group
-// deleted in the last minute or more (recently_deleted in the kernel, a
-// scan per creation): measured, 55 % of the CPU of a run that followed the
-// removal of an earlier run's files. Keeping the files makes paired runs
-// comparable.
-const benchKeepEnv = "MTAKIT_BENCH_KEEP_DIR"
-
-// benchMailRoot returns the Root of a benchmark's Maildir: under a
-// temporary directory, or under $MTAKIT_BENCH_KEEP_DIR and kept.
-func benchMailRoot(b *testing.B) string {
-	keep := os.Getenv(benchKeepEnv)
-	if keep == "" {
-		return filepath.Join(b.TempDir(), "mail")
-	}
-	dir, err := os.MkdirTemp(keep, "mail")
-	if err != nil {
-		b.Fatal(err)
-	}
-	return dir
-}
+// benchMailRoot returns the Root of a benchmark's Maildir (see benchDir).
+func benchMailRoot(b *testing.B) string { return filepath.Join(benchDir(b), "mail") }
 
 func benchMaildirCPU(b *testing.B, md *Maildir, raw string, conc int) {
 	benchMaildirCPUSyncs(b, md, nil, raw, conc)
@@ -104,11 +91,16 @@ func benchMaildirCPUSyncs(b *testing.B, md *Maildir, syncs *fsSyncs, raw string,
 	}
 	b.SetBytes(int64(len(raw)))
 	b.ReportAllocs()
+	newDir := filepath.Join(md.Root, "john", "new")
+	rounds0 := md.st().dirs.begin(newDir)
 	user0, sys0 := cpuNow(b)
 	b.ResetTimer()
 	runConc(b, conc, func(int) { deliver() })
 	b.StopTimer()
 	reportCPU(b, user0, sys0)
+	if syncs == nil {
+		b.ReportMetric(float64(md.st().dirs.begin(newDir)-rounds0)/float64(b.N), "dirsyncs/op")
+	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 }
 

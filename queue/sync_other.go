@@ -62,3 +62,13 @@ func (st *maildirState) linkTmpfile(*tmpFile, string) error { return errNoTmpfil
 
 // linkAtEmptyPath: linkat(2) with AT_EMPTY_PATH is Linux's.
 func linkAtEmptyPath(int, string) error { return errNoTmpfile }
+
+// syncDirPath makes the entries of directory dir durable (see syncDir).
+func syncDirPath(dir string) error {
+	f, err := openFile(dir, os.O_RDONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return syncDir(f)
+}
