@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -156,17 +157,23 @@ type maildirState struct {
 	// dirs are the rounds of fsync(2) of each maildir's new/ (the key is
 	// its path): one per round covers the names given in it meanwhile.
 	dirs syncGroups
-	// made remembers the maildirs known to exist (dir -> true), sparing
-	// three MkdirAll per delivery.
+	// made remembers the maildirs known to exist (dir -> *maildirPaths),
+	// sparing three MkdirAll and the joining of their paths per delivery.
 	made sync.Map
 	// seq numbers the deliveries in unique names.
 	seq atomic.Uint64
 	// noTmpfile is set once O_TMPFILE or its linkat(2) was refused: files
 	// are written in tmp/ and renamed from then on.
 	noTmpfile atomic.Bool
+	// procLink is set once linkat(2) of an O_TMPFILE file itself
+	// (AT_EMPTY_PATH, see linkTmpfile) was refused: files are linked
+	// through /proc/self/fd from then on.
+	procLink atomic.Bool
+	// linkEmpty is linkAtEmptyPath; tests replace it.
+	linkEmpty func(fd int, to string) error
 	// syncFile and syncDir make a file's data and a directory's entries
 	// durable (syncFileData, syncDirPath); tests replace them.
-	syncFile func(*os.File) error
+	syncFile func(localFile) error
 	syncDir  func(dir string) error
 }
 
@@ -175,7 +182,7 @@ func (md *Maildir) st() *maildirState {
 	if st := md.state.Load(); st != nil {
 		return st
 	}
-	md.state.CompareAndSwap(nil, &maildirState{syncFile: syncFileData, syncDir: syncDirPath})
+	md.state.CompareAndSwap(nil, &maildirState{syncFile: syncFileData, syncDir: syncDirPath, linkEmpty: linkAtEmptyPath})
 	return md.state.Load()
 }
 
@@ -193,10 +200,43 @@ var maildirHost = sync.OnceValue(func() string {
 // maildirPID is the process ID in maildir names (getpid(2) once).
 var maildirPID = sync.OnceValue(os.Getpid)
 
-func maildirUnique(seq uint64) string {
+// maildirUnique returns dir/<unique name>, the unique name being
+// "<seconds>.M<microseconds>P<pid>Q<seq>.<host>" (one allocation: it is
+// built for every delivery).
+func maildirUnique(dir string, seq uint64) string {
 	now := time.Now()
-	return fmt.Sprintf("%d.M%dP%dQ%d.%s", now.Unix(), now.Nanosecond()/1000, maildirPID(), seq, maildirHost())
+	host := maildirHost()
+	var arr [96]byte
+	b := arr[:0]
+	if n := len(dir) + 1 + 64 + len(host); n > len(arr) {
+		b = make([]byte, 0, n)
+	}
+	b = append(b, dir...)
+	b = append(b, filepath.Separator)
+	b = strconv.AppendInt(b, now.Unix(), 10)
+	b = append(b, ".M"...)
+	b = strconv.AppendInt(b, int64(now.Nanosecond()/1000), 10)
+	b = append(b, 'P')
+	b = strconv.AppendInt(b, int64(maildirPID()), 10)
+	b = append(b, 'Q')
+	b = strconv.AppendUint(b, seq, 10)
+	b = append(b, '.')
+	b = append(b, host...)
+	return string(b)
 }
+
+// localFile is a file a Maildir delivery writes: an *os.File, or (Linux)
+// the bare descriptor of an O_TMPFILE file (tmpFile), which spares the
+// *os.File's fcntl(2), allocations and cleanup (measured: 3.6 of the
+// 12 us of CPU an open and close of it cost).
+type localFile interface {
+	io.Writer
+	Fd() uintptr
+	Name() string
+}
+
+// maildirPaths are the directories of one maildir.
+type maildirPaths struct{ tmp, new string }
 
 // Deliver implements Transport.
 func (md *Maildir) Deliver(ctx context.Context, d *policy.Delivery) []policy.Reply {
@@ -214,7 +254,7 @@ func (md *Maildir) deliver(ctx context.Context, d *policy.Delivery, syncs *fsSyn
 			out[i] = replyLocalError
 			continue
 		}
-		if err := md.deliverOne(st, syncs, filepath.Join(md.Root, routeMailbox(d.Route, r.Addr)), d, r); err != nil {
+		if err := md.deliverOne(st, syncs, routeMailbox(d.Route, r.Addr), d, r); err != nil {
 			out[i] = replyLocalError
 			continue
 		}
@@ -232,30 +272,37 @@ const maildirTries = 8
 // cannot be linked (no /proc).
 var errNoTmpfile = errors.New("queue: no O_TMPFILE")
 
-func (md *Maildir) deliverOne(st *maildirState, syncs *fsSyncs, dir string, d *policy.Delivery, r policy.Recipient) error {
-	if _, ok := st.made.Load(dir); !ok {
+// deliverOne delivers to r in the maildir of mailbox (a SafeMailbox name).
+func (md *Maildir) deliverOne(st *maildirState, syncs *fsSyncs, mailbox string, d *policy.Delivery, r policy.Recipient) error {
+	var p *maildirPaths
+	if v, ok := st.made.Load(mailbox); ok {
+		p = v.(*maildirPaths)
+	} else {
+		dir := filepath.Join(md.Root, mailbox)
 		for _, sub := range []string{"tmp", "new", "cur"} {
 			if err := mkdirAllSynced(filepath.Join(dir, sub), 0o700); err != nil {
 				return err
 			}
 		}
-		st.made.Store(dir, true)
+		p = &maildirPaths{tmp: filepath.Join(dir, "tmp"), new: filepath.Join(dir, "new")}
+		st.made.Store(mailbox, p)
 	}
 	var err error
 	if syncs == nil && !st.noTmpfile.Load() {
-		if err = md.deliverTmpfile(st, dir, d, r); !errors.Is(err, errNoTmpfile) {
-			return md.forgetGone(st, dir, err)
+		if err = md.deliverTmpfile(st, p, d, r); !errors.Is(err, errNoTmpfile) {
+			return md.forgetGone(st, mailbox, err)
 		}
 		st.noTmpfile.Store(true) // and write it again, in tmp/
 	}
-	return md.forgetGone(st, dir, md.deliverRename(st, syncs, dir, d, r))
+	return md.forgetGone(st, mailbox, md.deliverRename(st, syncs, p, d, r))
 }
 
-// forgetGone returns err, forgetting that dir exists when err says it does
-// not (removed behind our back: made again next time).
-func (md *Maildir) forgetGone(st *maildirState, dir string, err error) error {
+// forgetGone returns err, forgetting that the maildir of mailbox exists
+// when err says it does not (removed behind our back: made again next
+// time).
+func (md *Maildir) forgetGone(st *maildirState, mailbox string, err error) error {
 	if errors.Is(err, os.ErrNotExist) {
-		st.made.Delete(dir)
+		st.made.Delete(mailbox)
 	}
 	return err
 }
@@ -264,8 +311,8 @@ func (md *Maildir) forgetGone(st *maildirState, dir string, err error) error {
 // written, fdatasync(2), linked into new/, then new/ fsynced in a round
 // shared by the deliveries into it. A failure before the link leaves
 // nothing behind (the file goes with its descriptor).
-func (md *Maildir) deliverTmpfile(st *maildirState, dir string, d *policy.Delivery, r policy.Recipient) error {
-	newDir := filepath.Join(dir, "new")
+func (md *Maildir) deliverTmpfile(st *maildirState, p *maildirPaths, d *policy.Delivery, r policy.Recipient) error {
+	newDir := p.new
 	f, err := openTmpfile(newDir)
 	if err != nil {
 		return err
@@ -279,7 +326,7 @@ func (md *Maildir) deliverTmpfile(st *maildirState, dir string, d *policy.Delive
 	}
 	since := st.dirs.begin(newDir)
 	for range maildirTries {
-		if err = linkTmpfile(f, filepath.Join(newDir, maildirUnique(st.seq.Add(1)))); !errors.Is(err, os.ErrExist) {
+		if err = st.linkTmpfile(f, maildirUnique(newDir, st.seq.Add(1))); !errors.Is(err, os.ErrExist) {
 			break
 		}
 	}
@@ -289,20 +336,20 @@ func (md *Maildir) deliverTmpfile(st *maildirState, dir string, d *policy.Delive
 	return st.dirs.doSince(newDir, since, func() error { return st.syncDir(newDir) })
 }
 
-// deliverRename delivers into maildir dir the classic way: the file is
+// deliverRename delivers into maildir p the classic way: the file is
 // written in tmp/, made durable, renamed into new/, and the rename made
 // durable. With syncs (see deliver) both syncs are rounds of syncfs(2) of
 // the filesystem; without, the file gets its fdatasync(2) and the rename
 // a round of fsync(2) of new/ shared by the deliveries into it.
-func (md *Maildir) deliverRename(st *maildirState, syncs *fsSyncs, dir string, d *policy.Delivery, r policy.Recipient) error {
+func (md *Maildir) deliverRename(st *maildirState, syncs *fsSyncs, p *maildirPaths, d *policy.Delivery, r policy.Recipient) error {
 	var (
 		name, tmp string
 		f         *os.File
 		err       error
 	)
 	for range maildirTries {
-		name = maildirUnique(st.seq.Add(1))
-		tmp = filepath.Join(dir, "tmp", name)
+		tmp = maildirUnique(p.tmp, st.seq.Add(1))
+		name = tmp[len(p.tmp)+1:]
 		f, err = openFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 		if !errors.Is(err, os.ErrExist) {
 			break
@@ -331,7 +378,7 @@ func (md *Maildir) deliverRename(st *maildirState, syncs *fsSyncs, dir string, d
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	newDir := filepath.Join(dir, "new")
+	newDir := p.new
 	var renamed uint64
 	if syncs != nil {
 		renamed = syncs.groups.begin(key)
@@ -339,7 +386,7 @@ func (md *Maildir) deliverRename(st *maildirState, syncs *fsSyncs, dir string, d
 		renamed = st.dirs.begin(newDir)
 	}
 	if err == nil {
-		err = rename(tmp, filepath.Join(newDir, name))
+		err = rename(tmp, newDir+string(filepath.Separator)+name)
 	}
 	if err != nil {
 		os.Remove(tmp)
@@ -513,15 +560,6 @@ func mkdirAllSynced(dir string, perm os.FileMode) error {
 		}
 	}
 	return nil
-}
-
-func syncDirPath(dir string) error {
-	f, err := openFile(dir, os.O_RDONLY, 0)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return syncDir(f)
 }
 
 // writeLocal writes the local header and the message to f; quote, if not

@@ -169,7 +169,7 @@ func BenchmarkSpoolMaildir(b *testing.B) {
 }
 
 func benchSpoolMaildir(b *testing.B, load, raw string, conc int, shared bool) {
-	dir := b.TempDir()
+	dir := benchDir(b)
 	sp, err := Open(filepath.Join(dir, "spool"), SpoolConfig{Logger: quietLogger()})
 	if err != nil {
 		b.Fatal(err)
@@ -200,6 +200,7 @@ func benchSpoolMaildir(b *testing.B, load, raw string, conc int, shared bool) {
 		defer ddLoop(b, dir)()
 	}
 	b.SetBytes(int64(len(raw)))
+	cpu := startCPU(b)
 	b.ResetTimer()
 	runConc(b, conc, func(i int) {
 		tx := newTx(fmt.Sprintf("e%d", i), "a@example.org", "john@example.com")
@@ -214,5 +215,6 @@ func benchSpoolMaildir(b *testing.B, load, raw string, conc int, shared bool) {
 	})
 	<-done
 	b.StopTimer()
+	cpu()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 }

@@ -48,11 +48,27 @@ func openFile(name string, flag int, perm os.FileMode) (*os.File, error) {
 const syncCoversRenames = false
 
 // syncFileData makes f's data durable: fsync(2) (fdatasync(2) is not
-// everywhere).
-func syncFileData(f *os.File) error { return f.Sync() }
+// everywhere). Without O_TMPFILE, every localFile is an *os.File.
+func syncFileData(f localFile) error { return f.(*os.File).Sync() }
+
+// tmpFile is Linux's (O_TMPFILE).
+type tmpFile struct{ os.File }
 
 // openTmpfile: O_TMPFILE is Linux's.
-func openTmpfile(string) (*os.File, error) { return nil, errNoTmpfile }
+func openTmpfile(string) (*tmpFile, error) { return nil, errNoTmpfile }
 
 // linkTmpfile is never called without openTmpfile.
-func linkTmpfile(*os.File, string) error { return errNoTmpfile }
+func (st *maildirState) linkTmpfile(*tmpFile, string) error { return errNoTmpfile }
+
+// linkAtEmptyPath: linkat(2) with AT_EMPTY_PATH is Linux's.
+func linkAtEmptyPath(int, string) error { return errNoTmpfile }
+
+// syncDirPath makes the entries of directory dir durable (see syncDir).
+func syncDirPath(dir string) error {
+	f, err := openFile(dir, os.O_RDONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return syncDir(f)
+}
