@@ -184,6 +184,11 @@
 // Linux, a rename from tmp/ elsewhere), and the names given meanwhile by
 // one fsync(2) of new/ per round (group commit per maildir); no
 // syncfs(2), whose cost grows with every other writer on the filesystem,
-// on any store (see Maildir). An Mbox append is fsynced, and so is the
+// on any store (see Maildir). The link count an O_TMPFILE file gets from
+// linkat(2) is in its inode, which the fsync of new/ writes with the
+// directory on a journaling filesystem (ext4, XFS: one transaction); on
+// ext4 without a journal the inode may reach the disk still unlinked, and
+// after a crash e2fsck (which such a filesystem needs at every unclean
+// start) gives it back its link. An Mbox append is fsynced, and so is the
 // directory of an mbox file it created.
 package queue
