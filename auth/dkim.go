@@ -22,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/emersion/go-msgauth/authres"
 	"github.com/mtakit/mtakit/internal/dnserr"
@@ -623,7 +624,34 @@ func (r DKIMResult) authres() authres.Result {
 	return &authres.GenericResult{Method: "dkim", Value: r.Result, Params: params}
 }
 
+// dkStripWS removes SP, HTAB, CR and LF from s. An ASCII string takes a
+// byte loop, and one without white space (most tag values) comes back as
+// it is, without a copy; any other goes through strings.Map, which also
+// turns invalid UTF-8 into U+FFFD when it rebuilds the string, as it
+// always did here.
 func dkStripWS(s string) string {
+	ws := false
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c >= utf8.RuneSelf:
+			return dkStripWSMap(s)
+		case c == ' ' || c == '\t' || c == '\r' || c == '\n':
+			ws = true
+		}
+	}
+	if !ws {
+		return s
+	}
+	b := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c != ' ' && c != '\t' && c != '\r' && c != '\n' {
+			b = append(b, c)
+		}
+	}
+	return string(b)
+}
+
+func dkStripWSMap(s string) string {
 	return strings.Map(func(r rune) rune {
 		if r == ' ' || r == '\t' || r == '\r' || r == '\n' {
 			return -1
@@ -638,8 +666,12 @@ func dkStripWS(s string) string {
 // malformed tag-spec is an error (RFC 6376 section 3.2: the signature is
 // then invalid).
 func ParseDKIMTags(s string) (map[string]string, error) {
-	tags := map[string]string{}
-	for _, spec := range strings.Split(s, ";") {
+	// Sized for the tags (a signature has about ten), bounded against a
+	// value made of semicolons.
+	tags := make(map[string]string, min(strings.Count(s, ";")+1, 16))
+	for rest, more := s, true; more; {
+		var spec string
+		spec, rest, more = strings.Cut(rest, ";")
 		if strings.Trim(spec, " \t\r\n") == "" {
 			continue
 		}
