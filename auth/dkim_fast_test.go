@@ -1,11 +1,14 @@
 package auth
 
 import (
+	"bytes"
 	"fmt"
 	"maps"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/mtakit/mtakit/policy"
 )
 
 // The verifier's hot path replaced a regular expression, a strings.Map, a
@@ -132,6 +135,107 @@ func FuzzParseDKIMTagsRef(f *testing.F) {
 		want, werr := refParseDKIMTags(s)
 		if fmt.Sprint(gerr) != fmt.Sprint(werr) || !maps.Equal(got, want) {
 			t.Fatalf("%q: ref %q %v, ours %q %v", s, want, werr, got, gerr)
+		}
+	})
+}
+
+// refArFold is arFold as it was, building each word in a strings.Builder.
+func refArFold(name, value string) []byte {
+	// Byte-wise: strings.Map would turn invalid UTF-8 into U+FFFD.
+	value = arCRLFToSpace.Replace(value)
+	// Split into words at spaces outside quotes and comments.
+	var words []string
+	var cur strings.Builder
+	depth, inQuote := 0, false
+	flush := func() {
+		if cur.Len() > 0 {
+			words = append(words, cur.String())
+			cur.Reset()
+		}
+	}
+	for i := 0; i < len(value); i++ {
+		c := value[i]
+		switch {
+		case inQuote:
+			cur.WriteByte(c)
+			if c == '\\' && i+1 < len(value) {
+				i++
+				cur.WriteByte(value[i])
+			} else if c == '"' {
+				inQuote = false
+			}
+			continue
+		case c == '"':
+			inQuote = true
+		case c == '(':
+			depth++
+		case c == ')' && depth > 0:
+			depth--
+		case c == '\\' && depth > 0 && i+1 < len(value):
+			cur.WriteByte(c)
+			i++
+			c = value[i]
+		case (c == ' ' || c == '\t') && depth == 0:
+			flush()
+			continue
+		}
+		cur.WriteByte(c)
+	}
+	flush()
+
+	var b bytes.Buffer
+	b.WriteString(name)
+	b.WriteByte(':')
+	lineLen := len(name) + 1
+	for i, w := range words {
+		clauseStart := i > 1 && strings.HasSuffix(words[i-1], ";")
+		if i > 0 && (lineLen+1+len(w) > 78 || clauseStart) {
+			b.WriteString("\r\n ")
+			lineLen = 1
+		} else {
+			b.WriteByte(' ')
+			lineLen++
+		}
+		b.WriteString(w)
+		lineLen += len(w)
+	}
+	b.WriteString("\r\n")
+	return b.Bytes()
+}
+
+var arSeeds = []string{
+	"mx.example.net; dkim=pass header.d=example.com; spf=fail smtp.mailfrom=a@b.c",
+	`id; dkim=fail reason="a long reason with many words in quotes that goes past the line limit" header.d=x`,
+	"id; dmarc=pass (p=reject dis=none (nested comment)) header.from=x",
+	"x\r\ny",
+	"\x85 invalid UTF-8 \xff\xfe kept as is",
+	`a "quoted \" still ( quoted" (comment \) still " comment) \ b\	c`,
+	"  lead\tand trail  ",
+	`"unterminated \`,
+	"(unterminated \\",
+}
+
+func FuzzArFoldRef(f *testing.F) {
+	for _, s := range arSeeds {
+		f.Add("Authentication-Results", s)
+	}
+	f.Fuzz(func(t *testing.T, name, s string) {
+		if got, want := arFold(name, s), refArFold(name, s); !bytes.Equal(got, want) {
+			t.Fatalf("%q %q: ref %q, ours %q", name, s, want, got)
+		}
+	})
+}
+
+func FuzzArNameIs(f *testing.F) {
+	for _, s := range []string{"Received: x", "received \t: x", "Authentication-Results:", "Authentication-Reſults: x", "no colon", ":", " Received: x"} {
+		f.Add(s, "Received")
+		f.Add(s, "Authentication-Results")
+		f.Add(s, "")
+	}
+	f.Fuzz(func(t *testing.T, raw, name string) {
+		want := strings.EqualFold(policy.Field{Raw: []byte(raw)}.Name(), name)
+		if got := arNameIs([]byte(raw), name); got != want {
+			t.Fatalf("%q %q: ref %v, ours %v", raw, name, want, got)
 		}
 	})
 }
