@@ -2,6 +2,7 @@ package auth
 
 import (
 	"bytes"
+	"encoding/base64"
 	"fmt"
 	"maps"
 	"regexp"
@@ -236,6 +237,19 @@ func FuzzArNameIs(f *testing.F) {
 		want := strings.EqualFold(policy.Field{Raw: []byte(raw)}.Name(), name)
 		if got := arNameIs([]byte(raw), name); got != want {
 			t.Fatalf("%q %q: ref %v, ours %v", raw, name, want, got)
+		}
+	})
+}
+
+func FuzzDKIMDecodeBase64(f *testing.F) {
+	for _, s := range append(fastSeeds, "Zm9v", " Zm 9v\r\n\tYmFy ", "Zm9v=", "Zm9v\xffYmFy", "====", "Zm\x00") {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		want, werr := base64.StdEncoding.DecodeString(refStripWS(s))
+		got, gerr := dkDecodeBase64(s)
+		if fmt.Sprint(gerr) != fmt.Sprint(werr) || !bytes.Equal(got, want) {
+			t.Fatalf("%q: ref %x %v, ours %x %v", s, want, werr, got, gerr)
 		}
 	})
 }

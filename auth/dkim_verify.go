@@ -176,7 +176,11 @@ func (c *dkSigCheck) prepare(lookup func(string) ([]string, error), keys *dkKeyC
 	} else {
 		c.res.Identifier = "@" + c.res.Domain
 	}
-	for _, k := range strings.Split(tags["h"], ":") {
+	h := tags["h"]
+	c.keys = make([]string, 0, strings.Count(h, ":")+1)
+	for rest, more := h, true; more; {
+		var k string
+		k, rest, more = strings.Cut(rest, ":")
 		c.keys = append(c.keys, dkStripWS(k))
 	}
 	hasFrom := false
@@ -258,13 +262,31 @@ func (c *dkSigCheck) prepare(lookup func(string) ([]string, error), keys *dkKeyC
 	if _, ok := tags["l"]; ok {
 		return dkFail("message contains an insecure body length tag")
 	}
-	if c.bodyHash, err = base64.StdEncoding.DecodeString(dkStripWS(tags["bh"])); err != nil {
+	if c.bodyHash, err = dkDecodeBase64(tags["bh"]); err != nil {
 		return dkPerm("malformed body hash: " + err.Error())
 	}
-	if c.sig, err = base64.StdEncoding.DecodeString(dkStripWS(tags["b"])); err != nil {
+	if c.sig, err = dkDecodeBase64(tags["b"]); err != nil {
 		return dkPerm("malformed signature: " + err.Error())
 	}
 	return nil
+}
+
+// dkDecodeBase64 is base64.StdEncoding.DecodeString(dkStripWS(v)) (same
+// result, same error), without the string in between when v is ASCII.
+func dkDecodeBase64(v string) ([]byte, error) {
+	if !dkIsASCII(v) {
+		return base64.StdEncoding.DecodeString(dkStripWS(v))
+	}
+	var arr [1024]byte
+	src := arr[:0]
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c != ' ' && c != '\t' && c != '\r' && c != '\n' {
+			src = append(src, c)
+		}
+	}
+	dst := make([]byte, base64.StdEncoding.DecodedLen(len(src)))
+	n, err := base64.StdEncoding.Decode(dst, src)
+	return dst[:n], err
 }
 
 // finish compares the body hash and checks the signature over the header
