@@ -550,6 +550,11 @@ type DKIMVerifyOptions struct {
 // buffers: verifying a message of any size allocates a few KiB. Results
 // and reasons are go-msgauth's (a differential test holds them equal); as
 // there, a signature with l= fails, since the body after l= is unsigned.
+//
+// The key record is looked up for every signature (through Resolver, and so
+// its cache); the rule keeps the keys it parsed, by the record's text (at
+// most 1024 records of up to 4 KiB), so that a record seen before is not
+// parsed again.
 func VerifyDKIM(opts DKIMVerifyOptions) policy.MessageRule {
 	if opts.AuthServID == "" {
 		opts.AuthServID = DefaultAuthServID()

@@ -121,6 +121,11 @@ type DMARCOptions struct {
 // p=quarantine quarantined, and goes on otherwise; pass, none, temperror
 // and permerror go on (see DeferOnTempError and AllowMalformedFrom for the
 // exceptions).
+//
+// The policy record is looked up for every message; the rule keeps the
+// records it parsed, by their text (at most 1024 records of up to 2 KiB),
+// so that a record seen before is not parsed again. Each result gets its
+// own copy of the record.
 func CheckDMARC(opts DMARCOptions) policy.MessageRule {
 	if opts.AuthServID == "" {
 		opts.AuthServID = DefaultAuthServID()
