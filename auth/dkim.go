@@ -576,11 +576,15 @@ func VerifyDKIM(opts DKIMVerifyOptions) policy.MessageRule {
 		if tx != nil {
 			DKIMResultsKey.Set(tx, results)
 		}
-		ar := make([]authres.Result, 0, len(results))
-		for _, r := range results {
-			ar = append(ar, r.authres())
+		value, ok := dkFormatResults(opts.AuthServID, results)
+		if !ok {
+			ar := make([]authres.Result, 0, len(results))
+			for _, r := range results {
+				ar = append(ar, r.authres())
+			}
+			value = FormatAuthResults(opts.AuthServID, ar...)
 		}
-		arAdd(tx, m.Header, opts.AuthServID, ar...)
+		arAddValue(tx, m.Header, value)
 		if log.Enabled(ctx, slog.LevelDebug) {
 			attrs := []any{}
 			for _, r := range results {
@@ -634,6 +638,77 @@ func (r DKIMResult) authres() authres.Result {
 // it is, without a copy; any other goes through strings.Map, which also
 // turns invalid UTF-8 into U+FFFD when it rebuilds the string, as it
 // always did here.
+// dkFormatResults returns FormatAuthResults(authservID, the authres() of
+// each result), built in one buffer rather than through go-msgauth's
+// parameter map, sort and string concatenations, for results other than
+// none whose values are ASCII; ok is false for the others, which the caller
+// formats with FormatAuthResults. FuzzDKIMFormatResults holds the two
+// equal.
+func dkFormatResults(authservID string, results []DKIMResult) (string, bool) {
+	size := len(authservID)
+	for _, r := range results {
+		if r.Result == authres.ResultNone {
+			return "", false
+		}
+		for _, v := range [...]string{r.Algorithm, r.Signature, r.Domain, r.Identifier, r.Selector, r.Reason} {
+			if !dkIsASCII(v) {
+				return "", false
+			}
+			size += len(v) + 16
+		}
+	}
+	b := make([]byte, 0, size+len(results)*16)
+	b = append(b, authservID...)
+	for _, r := range results {
+		// go-msgauth: "; " method "=" value " ", then the parameters
+		// with a value, reason first, the others sorted by name.
+		b = append(b, "; dkim="...)
+		b = append(b, r.Result...)
+		b = append(b, ' ')
+		first := true
+		if r.Reason != "" {
+			b, first = dkAppendParam(b, first, "reason", arSafe(r.Reason), false), false
+		}
+		for _, p := range [...]struct{ k, v string }{
+			{"header.a", r.Algorithm}, {"header.b", r.Signature}, {"header.d", r.Domain},
+			{"header.i", r.Identifier}, {"header.s", r.Selector},
+		} {
+			if p.v != "" {
+				b, first = dkAppendParam(b, first, p.k, arSafe(p.v), true), false
+			}
+		}
+	}
+	return string(b), true
+}
+
+// dkAppendParam appends " "-separated (unless first) k=v as go-msgauth
+// formats an ASCII value: a pvalue (pvalue true) of letters, digits and
+// the punctuation it leaves bare as it is, else a token as it is, else a
+// quoted-string.
+func dkAppendParam(b []byte, first bool, k, v string, pvalue bool) []byte {
+	if !first {
+		b = append(b, ' ')
+	}
+	b = append(b, k...)
+	b = append(b, '=')
+	addressLike, quote := pvalue, false
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("#$%&'*+,./-@[]\\^_`{|}~", c) >= 0) {
+			addressLike = false
+		}
+		if c <= ' ' || strings.IndexByte(`()<>@,;:\"/[]?=`, c) >= 0 {
+			quote = true
+		}
+	}
+	if addressLike || !quote {
+		return append(b, v...)
+	}
+	b = append(b, '"')
+	b = append(b, strings.ReplaceAll(v, `"`, `\"`)...)
+	return append(b, '"')
+}
+
 func dkStripWS(s string) string {
 	ws := false
 	for i := 0; i < len(s); i++ {

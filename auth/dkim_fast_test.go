@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/emersion/go-msgauth/authres"
 	"github.com/mtakit/mtakit/policy"
 )
 
@@ -216,6 +217,34 @@ func FuzzArHelpers(f *testing.F) {
 		want := strings.EqualFold(policy.Field{Raw: []byte(s)}.Name(), name)
 		if got := arNameIs([]byte(s), name); got != want {
 			t.Fatalf("name of %q is %q: ref %v, ours %v", s, name, want, got)
+		}
+	})
+}
+
+// FuzzDKIMFormatResults holds VerifyDKIM's own formatting of its
+// Authentication-Results value equal to go-msgauth's, which it replaced
+// for ASCII values.
+func FuzzDKIMFormatResults(f *testing.F) {
+	f.Add("mx.example.org", "pass", "example.com", "sel", "rsa-sha256", "dGhlIHNpZ25h", "@example.com", "", false)
+	f.Add("mx", "fail", "ex ample.com", "s(1)", "a=b", `q"uo\te`, "user@example.com", "body hash did not verify", true)
+	f.Add("mx", "permerror", "", "", "", "", "", "key syntax error: x\x00y;z", false)
+	f.Add("", "temperror", "exämple.com", "s", "a", "b", "i", "key unavailable", true)
+	f.Add("mx", "none", "", "", "", "", "", "", false)
+	f.Fuzz(func(t *testing.T, id, result, d, s, a, b, i, reason string, two bool) {
+		results := []DKIMResult{{Result: authres.ResultValue(result), Domain: d, Selector: s, Algorithm: a, Signature: b, Identifier: i, Reason: reason}}
+		if two {
+			results = append(results, DKIMResult{Result: authres.ResultPass, Domain: "example.net", Selector: "x", Algorithm: "ed25519-sha256", Signature: "abc+/def", Identifier: "@example.net"})
+		}
+		got, ok := dkFormatResults(id, results)
+		if !ok {
+			return
+		}
+		var ar []authres.Result
+		for _, r := range results {
+			ar = append(ar, r.authres())
+		}
+		if want := FormatAuthResults(id, ar...); got != want {
+			t.Fatalf("ref %q\nours %q", want, got)
 		}
 	})
 }
