@@ -265,7 +265,7 @@ func arAddValue(tx *policy.Transaction, h *policy.Header, value string) {
 func arTrusted(tx *policy.Transaction, h *policy.Header) func(i int, f policy.Field) bool {
 	firstReceived := -1
 	for i, f := range h.Fields() {
-		if strings.EqualFold(f.Name(), "Received") {
+		if arNameIs(f.Raw, "Received") {
 			firstReceived = i
 			break
 		}
@@ -299,7 +299,7 @@ func arStripForged(tx *policy.Transaction, h *policy.Header, authservID string) 
 	i := -1
 	return h.DelFunc(func(f policy.Field) bool {
 		i++
-		if !strings.EqualFold(f.Name(), AuthResultsField) {
+		if !arNameIs(f.Raw, AuthResultsField) {
 			return false
 		}
 		if !strings.EqualFold(AuthServIDOf(f.Value()), authservID) {
@@ -307,6 +307,16 @@ func arStripForged(tx *policy.Transaction, h *policy.Header, authservID string) 
 		}
 		return !trusted(i, f)
 	})
+}
+
+// arNameIs reports whether strings.EqualFold(policy.Field{Raw:
+// raw}.Name(), name), without making the name a string.
+func arNameIs(raw []byte, name string) bool {
+	i := bytes.IndexByte(raw, ':')
+	if i < 0 {
+		return name == ""
+	}
+	return bytes.EqualFold(bytes.TrimRight(raw[:i], " \t"), []byte(name))
 }
 
 // arIsSpecial reports whether c is a MIME tspecial (RFC 2045), which ends a
@@ -418,28 +428,22 @@ var arCRLFToSpace = strings.NewReplacer("\r", " ", "\n", " ")
 func arFold(name, value string) []byte {
 	// Byte-wise: strings.Map would turn invalid UTF-8 into U+FFFD.
 	value = arCRLFToSpace.Replace(value)
-	// Split into words at spaces outside quotes and comments.
-	var words []string
-	var cur strings.Builder
+	// Split into words at spaces outside quotes and comments. A word is
+	// the run of bytes between two such spaces, quotes, comments and
+	// escapes included, so it is a substring of value.
+	var wordsArr [32]string
+	words := wordsArr[:0]
 	depth, inQuote := 0, false
-	flush := func() {
-		if cur.Len() > 0 {
-			words = append(words, cur.String())
-			cur.Reset()
-		}
-	}
+	start := 0
 	for i := 0; i < len(value); i++ {
 		c := value[i]
 		switch {
 		case inQuote:
-			cur.WriteByte(c)
 			if c == '\\' && i+1 < len(value) {
 				i++
-				cur.WriteByte(value[i])
 			} else if c == '"' {
 				inQuote = false
 			}
-			continue
 		case c == '"':
 			inQuote = true
 		case c == '(':
@@ -447,33 +451,33 @@ func arFold(name, value string) []byte {
 		case c == ')' && depth > 0:
 			depth--
 		case c == '\\' && depth > 0 && i+1 < len(value):
-			cur.WriteByte(c)
 			i++
-			c = value[i]
 		case (c == ' ' || c == '\t') && depth == 0:
-			flush()
-			continue
+			if i > start {
+				words = append(words, value[start:i])
+			}
+			start = i + 1
 		}
-		cur.WriteByte(c)
 	}
-	flush()
+	if len(value) > start {
+		words = append(words, value[start:])
+	}
 
-	var b bytes.Buffer
-	b.WriteString(name)
-	b.WriteByte(':')
+	b := make([]byte, 0, len(name)+len(value)+3*len(words)+3)
+	b = append(b, name...)
+	b = append(b, ':')
 	lineLen := len(name) + 1
 	for i, w := range words {
 		clauseStart := i > 1 && strings.HasSuffix(words[i-1], ";")
 		if i > 0 && (lineLen+1+len(w) > 78 || clauseStart) {
-			b.WriteString("\r\n ")
+			b = append(b, "\r\n "...)
 			lineLen = 1
 		} else {
-			b.WriteByte(' ')
+			b = append(b, ' ')
 			lineLen++
 		}
-		b.WriteString(w)
+		b = append(b, w...)
 		lineLen += len(w)
 	}
-	b.WriteString("\r\n")
-	return b.Bytes()
+	return append(b, '\r', '\n')
 }

@@ -22,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/emersion/go-msgauth/authres"
 	"github.com/mtakit/mtakit/internal/dnserr"
@@ -549,6 +550,11 @@ type DKIMVerifyOptions struct {
 // buffers: verifying a message of any size allocates a few KiB. Results
 // and reasons are go-msgauth's (a differential test holds them equal); as
 // there, a signature with l= fails, since the body after l= is unsigned.
+//
+// The key record is looked up for every signature (through Resolver, and so
+// its cache); the rule keeps the keys it parsed, by the record's text (at
+// most 1024 records of up to 4 KiB), so that a record seen before is not
+// parsed again.
 func VerifyDKIM(opts DKIMVerifyOptions) policy.MessageRule {
 	if opts.AuthServID == "" {
 		opts.AuthServID = DefaultAuthServID()
@@ -570,11 +576,15 @@ func VerifyDKIM(opts DKIMVerifyOptions) policy.MessageRule {
 		if tx != nil {
 			DKIMResultsKey.Set(tx, results)
 		}
-		ar := make([]authres.Result, 0, len(results))
-		for _, r := range results {
-			ar = append(ar, r.authres())
+		value, ok := dkFormatResults(opts.AuthServID, results)
+		if !ok {
+			ar := make([]authres.Result, 0, len(results))
+			for _, r := range results {
+				ar = append(ar, r.authres())
+			}
+			value = FormatAuthResults(opts.AuthServID, ar...)
 		}
-		arAdd(tx, m.Header, opts.AuthServID, ar...)
+		arAddValue(tx, m.Header, value)
 		if log.Enabled(ctx, slog.LevelDebug) {
 			attrs := []any{}
 			for _, r := range results {
@@ -623,7 +633,105 @@ func (r DKIMResult) authres() authres.Result {
 	return &authres.GenericResult{Method: "dkim", Value: r.Result, Params: params}
 }
 
+// dkStripWS removes SP, HTAB, CR and LF from s. An ASCII string takes a
+// byte loop, and one without white space (most tag values) comes back as
+// it is, without a copy; any other goes through strings.Map, which also
+// turns invalid UTF-8 into U+FFFD when it rebuilds the string, as it
+// always did here.
+// dkFormatResults returns FormatAuthResults(authservID, the authres() of
+// each result), built in one buffer rather than through go-msgauth's
+// parameter map, sort and string concatenations, for results other than
+// none whose values are ASCII; ok is false for the others, which the caller
+// formats with FormatAuthResults. FuzzDKIMFormatResults holds the two
+// equal.
+func dkFormatResults(authservID string, results []DKIMResult) (string, bool) {
+	size := len(authservID)
+	for _, r := range results {
+		if r.Result == authres.ResultNone {
+			return "", false
+		}
+		for _, v := range [...]string{r.Algorithm, r.Signature, r.Domain, r.Identifier, r.Selector, r.Reason} {
+			if !dkIsASCII(v) {
+				return "", false
+			}
+			size += len(v) + 16
+		}
+	}
+	b := make([]byte, 0, size+len(results)*16)
+	b = append(b, authservID...)
+	for _, r := range results {
+		// go-msgauth: "; " method "=" value " ", then the parameters
+		// with a value, reason first, the others sorted by name.
+		b = append(b, "; dkim="...)
+		b = append(b, r.Result...)
+		b = append(b, ' ')
+		first := true
+		if r.Reason != "" {
+			b, first = dkAppendParam(b, first, "reason", arSafe(r.Reason), false), false
+		}
+		for _, p := range [...]struct{ k, v string }{
+			{"header.a", r.Algorithm}, {"header.b", r.Signature}, {"header.d", r.Domain},
+			{"header.i", r.Identifier}, {"header.s", r.Selector},
+		} {
+			if p.v != "" {
+				b, first = dkAppendParam(b, first, p.k, arSafe(p.v), true), false
+			}
+		}
+	}
+	return string(b), true
+}
+
+// dkAppendParam appends " "-separated (unless first) k=v as go-msgauth
+// formats an ASCII value: a pvalue (pvalue true) of letters, digits and
+// the punctuation it leaves bare as it is, else a token as it is, else a
+// quoted-string.
+func dkAppendParam(b []byte, first bool, k, v string, pvalue bool) []byte {
+	if !first {
+		b = append(b, ' ')
+	}
+	b = append(b, k...)
+	b = append(b, '=')
+	addressLike, quote := pvalue, false
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("#$%&'*+,./-@[]\\^_`{|}~", c) >= 0) {
+			addressLike = false
+		}
+		if c <= ' ' || strings.IndexByte(`()<>@,;:\"/[]?=`, c) >= 0 {
+			quote = true
+		}
+	}
+	if addressLike || !quote {
+		return append(b, v...)
+	}
+	b = append(b, '"')
+	b = append(b, strings.ReplaceAll(v, `"`, `\"`)...)
+	return append(b, '"')
+}
+
 func dkStripWS(s string) string {
+	ws := false
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c >= utf8.RuneSelf:
+			return dkStripWSMap(s)
+		case c == ' ' || c == '\t' || c == '\r' || c == '\n':
+			ws = true
+		}
+	}
+	if !ws {
+		return s
+	}
+	b := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c != ' ' && c != '\t' && c != '\r' && c != '\n' {
+			b = append(b, c)
+		}
+	}
+	return string(b)
+}
+
+func dkStripWSMap(s string) string {
 	return strings.Map(func(r rune) rune {
 		if r == ' ' || r == '\t' || r == '\r' || r == '\n' {
 			return -1
@@ -638,8 +746,12 @@ func dkStripWS(s string) string {
 // malformed tag-spec is an error (RFC 6376 section 3.2: the signature is
 // then invalid).
 func ParseDKIMTags(s string) (map[string]string, error) {
-	tags := map[string]string{}
-	for _, spec := range strings.Split(s, ";") {
+	// Sized for the tags (a signature has about ten), bounded against a
+	// value made of semicolons.
+	tags := make(map[string]string, min(strings.Count(s, ";")+1, 16))
+	for rest, more := s, true; more; {
+		var spec string
+		spec, rest, more = strings.Cut(rest, ";")
 		if strings.Trim(spec, " \t\r\n") == "" {
 			continue
 		}

@@ -490,10 +490,12 @@ func dkHashBodyInto(ctx context.Context, body io.Reader, dst []byte) ([]byte, er
 // dkReadBufPool holds the buffers bodies are read through.
 var dkReadBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
-// dkHeaderScratch is the reused state of dkHashHeaders.
+// dkHeaderScratch is the reused state of dkHashHeaders and of the
+// verifier's header hash.
 type dkHeaderScratch struct {
 	names dkNames
 	buf   []byte
+	tmp   []byte
 	taken []dkTaken
 }
 
@@ -516,7 +518,14 @@ var dkHeaderScratchPool = sync.Pool{New: func() any { return new(dkHeaderScratch
 // searched from the start does that without a map.
 func dkHashHeaders(h io.Writer, hdr []policy.Field, keys []string, canon func(dst, raw []byte) []byte) {
 	sc := dkHeaderScratchPool.Get().(*dkHeaderScratch)
-	buf, taken := sc.buf[:0], sc.taken[:0]
+	sc.buf = sc.appendHeaders(sc.buf[:0], hdr, keys, canon)
+	h.Write(sc.buf)
+	sc.release()
+}
+
+// appendHeaders appends to dst what dkHashHeaders hashes.
+func (sc *dkHeaderScratch) appendHeaders(dst []byte, hdr []policy.Field, keys []string, canon func(dst, raw []byte) []byte) []byte {
+	taken := sc.taken[:0]
 	sc.names.load(hdr, true)
 	names := &sc.names
 	for _, k := range keys {
@@ -536,16 +545,24 @@ func dkHashHeaders(h io.Writer, hdr []policy.Field, keys []string, canon func(ds
 				continue
 			}
 			taken[t].n++
-			buf = canon(buf, hdr[i].Raw)
+			dst = canon(dst, hdr[i].Raw)
 			break
 		}
 	}
-	h.Write(buf)
 	clear(taken)
 	names.reset()
-	sc.buf, sc.taken = buf, taken[:0]
+	sc.taken = taken[:0]
+	return dst
+}
+
+// release gives sc back to the pool; sc.buf and sc.tmp hold the buffers
+// to keep.
+func (sc *dkHeaderScratch) release() {
 	if cap(sc.buf) > 64<<10 {
 		sc.buf = nil // a huge header's buffer is not kept
+	}
+	if cap(sc.tmp) > 64<<10 {
+		sc.tmp = nil
 	}
 	dkHeaderScratchPool.Put(sc)
 }

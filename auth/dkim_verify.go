@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ed25519"
@@ -13,7 +14,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -176,7 +176,11 @@ func (c *dkSigCheck) prepare(lookup func(string) ([]string, error), keys *dkKeyC
 	} else {
 		c.res.Identifier = "@" + c.res.Domain
 	}
-	for _, k := range strings.Split(tags["h"], ":") {
+	h := tags["h"]
+	c.keys = make([]string, 0, strings.Count(h, ":")+1)
+	for rest, more := h, true; more; {
+		var k string
+		k, rest, more = strings.Cut(rest, ":")
 		c.keys = append(c.keys, dkStripWS(k))
 	}
 	hasFrom := false
@@ -258,13 +262,31 @@ func (c *dkSigCheck) prepare(lookup func(string) ([]string, error), keys *dkKeyC
 	if _, ok := tags["l"]; ok {
 		return dkFail("message contains an insecure body length tag")
 	}
-	if c.bodyHash, err = base64.StdEncoding.DecodeString(dkStripWS(tags["bh"])); err != nil {
+	if c.bodyHash, err = dkDecodeBase64(tags["bh"]); err != nil {
 		return dkPerm("malformed body hash: " + err.Error())
 	}
-	if c.sig, err = base64.StdEncoding.DecodeString(dkStripWS(tags["b"])); err != nil {
+	if c.sig, err = dkDecodeBase64(tags["b"]); err != nil {
 		return dkPerm("malformed signature: " + err.Error())
 	}
 	return nil
+}
+
+// dkDecodeBase64 is base64.StdEncoding.DecodeString(dkStripWS(v)) (same
+// result, same error), without the string in between when v is ASCII.
+func dkDecodeBase64(v string) ([]byte, error) {
+	if !dkIsASCII(v) {
+		return base64.StdEncoding.DecodeString(dkStripWS(v))
+	}
+	var arr [1024]byte
+	src := arr[:0]
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c != ' ' && c != '\t' && c != '\r' && c != '\n' {
+			src = append(src, c)
+		}
+	}
+	dst := make([]byte, base64.StdEncoding.DecodedLen(len(src)))
+	n, err := base64.StdEncoding.Decode(dst, src)
+	return dst[:n], err
 }
 
 // finish compares the body hash and checks the signature over the header
@@ -279,18 +301,29 @@ func (c *dkSigCheck) finish(fields []policy.Field) error {
 	if subtle.ConstantTimeCompare(sum, c.bodyHash) != 1 {
 		return dkFail("body hash did not verify")
 	}
-	canon := func(dst, raw []byte) []byte { return append(dst, dkCRLFLines(raw)...) }
+	canon := dkAppendCRLFLines
 	if c.relaxedH {
 		canon = dkAppendRelaxedHeader
 	}
-	hh := sha256.New()
-	dkHashHeaders(hh, fields, c.keys, canon)
-	self := dkSigValueRE.ReplaceAllString(c.raw, "$1")
+	// The header block to hash is built in one reused buffer: the signed
+	// fields, then this signature's field without its b= value and
+	// without its final line break.
+	sc := dkHeaderScratchPool.Get().(*dkHeaderScratch)
+	buf := sc.appendHeaders(sc.buf[:0], fields, c.keys, canon)
+	self := len(buf)
 	if c.relaxedH {
-		self = dkRelaxedHeader(self)
+		sc.tmp = dkAppendWithoutSigValue(sc.tmp[:0], c.raw)
+		buf = dkAppendRelaxedHeader(buf, sc.tmp)
+	} else {
+		buf = dkAppendWithoutSigValue(buf, c.raw)
 	}
-	io.WriteString(hh, strings.TrimRight(self, "\r\n"))
-	hashed := hh.Sum(nil)
+	for len(buf) > self && (buf[len(buf)-1] == '\r' || buf[len(buf)-1] == '\n') {
+		buf = buf[:len(buf)-1]
+	}
+	hsum := sha256.Sum256(buf)
+	hashed := hsum[:]
+	sc.buf = buf
+	sc.release()
 	switch pub := c.pub.(type) {
 	case *rsa.PublicKey:
 		if err := rsa.VerifyPKCS1v15(pub, c.alg, hashed, c.sig); err != nil {
@@ -304,26 +337,93 @@ func (c *dkSigCheck) finish(fields []policy.Field) error {
 	return nil
 }
 
-// dkSigValueRE finds the b= tag's value, to hash the signature field
-// without it (go-msgauth's expression).
-var dkSigValueRE = regexp.MustCompile(`(b\s*=)[^;]+`)
+// dkAppendWithoutSigValue appends s to dst without the values of its b=
+// tags, to hash a signature field without its signature. It does what
+// go-msgauth's regexp.MustCompile(`(b\s*=)[^;]+`).ReplaceAllString(s, "$1")
+// does (FuzzDKIMWithoutSigValue holds them equal): from left to right, a
+// "b" followed by white space (\s: SP, HTAB, LF, FF, CR), "=" and at least
+// one byte other than ";" loses the bytes after the "=" up to the next ";"
+// or the end; the scan goes on after them.
+func dkAppendWithoutSigValue(dst []byte, s string) []byte {
+	for {
+		i := strings.IndexByte(s, 'b')
+		if i < 0 {
+			return append(dst, s...)
+		}
+		j := i + 1
+		for j < len(s) && (s[j] == ' ' || s[j] == '\t' || s[j] == '\n' || s[j] == '\f' || s[j] == '\r') {
+			j++
+		}
+		if j+1 >= len(s) || s[j] != '=' || s[j+1] == ';' {
+			// No match starting at this "b": go on after it.
+			dst = append(dst, s[:i+1]...)
+			s = s[i+1:]
+			continue
+		}
+		dst = append(dst, s[:j+1]...)
+		s = s[j+1:]
+		if k := strings.IndexByte(s, ';'); k >= 0 {
+			s = s[k:]
+		} else {
+			s = ""
+		}
+	}
+}
 
 // dkCRLFLines returns a header field with every line ending in CRLF (a
 // bare LF becomes CRLF), as verifiers that read the message line by line
 // see it: "simple" header canonicalization.
 func dkCRLFLines(raw []byte) string {
-	lines := strings.SplitAfter(string(raw), "\n")
-	var b strings.Builder
-	for _, l := range lines {
-		if l == "" {
-			continue
-		}
-		l = strings.TrimSuffix(l, "\n")
-		l = strings.TrimSuffix(l, "\r")
-		b.WriteString(l)
-		b.WriteString("\r\n")
+	if dkIsCRLFLines(raw) {
+		return string(raw)
 	}
-	return b.String()
+	return string(dkAppendCRLFLinesSlow(nil, raw))
+}
+
+// dkAppendCRLFLines appends dkCRLFLines(raw) to dst.
+func dkAppendCRLFLines(dst, raw []byte) []byte {
+	if dkIsCRLFLines(raw) {
+		return append(dst, raw...)
+	}
+	return dkAppendCRLFLinesSlow(dst, raw)
+}
+
+// dkIsCRLFLines reports whether dkCRLFLines leaves raw as it is: it ends
+// in CRLF and every LF in it follows a CR (a field as the SMTP server
+// stores it).
+func dkIsCRLFLines(raw []byte) bool {
+	if len(raw) < 2 || raw[len(raw)-2] != '\r' || raw[len(raw)-1] != '\n' {
+		return false
+	}
+	for i := bytes.IndexByte(raw, '\n'); i >= 0; {
+		if i == 0 || raw[i-1] != '\r' {
+			return false
+		}
+		j := bytes.IndexByte(raw[i+1:], '\n')
+		if j < 0 {
+			break
+		}
+		i += 1 + j
+	}
+	return true
+}
+
+// dkAppendCRLFLinesSlow appends raw to dst line by line: each line (up to
+// and with LF, or the rest) without its LF and then one CR before it, and
+// with CRLF; empty lines (none but the rest after a last LF) are dropped.
+func dkAppendCRLFLinesSlow(dst, raw []byte) []byte {
+	for len(raw) > 0 {
+		var l []byte
+		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
+			l, raw = raw[:i], raw[i+1:]
+		} else {
+			l, raw = raw, nil
+		}
+		l = bytes.TrimSuffix(l, []byte{'\r'})
+		dst = append(dst, l...)
+		dst = append(dst, '\r', '\n')
+	}
+	return dst
 }
 
 // dkKey is a public key record (RFC 6376 section 3.6.1).
@@ -334,38 +434,48 @@ type dkKey struct {
 	services []string // s=, nil: any
 }
 
-// dkKeyCache keeps RSA public keys parsed from key records, by their DER
-// bytes: parsing one (x509.ParsePKIXPublicKey) cost 34 µs, 2.6% of the
-// server's CPU per message, for the same few keys again and again. The key
-// record is still looked up for every signature (a revoked or rotated key
-// takes effect as the resolver's cache allows); only the parse is saved.
+// dkKeyCache keeps the keys parsed from key records, by the record's text:
+// parsing one (the tags, the base64 of p=, x509.ParsePKIXPublicKey) is
+// work done per message for the same few records again and again. The record is still looked up for every signature (a
+// revoked or rotated key takes effect as the resolver's cache allows);
+// only the parse is saved, and a record that does not give a usable key
+// is parsed again each time. The keys kept are never changed.
+//
+// Go's crypto/rsa keeps nothing with an *rsa.PublicKey (1.25 and 1.26:
+// every VerifyPKCS1v15 builds the modulus's Montgomery form again, about
+// 8 µs for 2048 bits), so keeping the key saves the parse only.
 type dkKeyCache struct {
 	mu   sync.Mutex
-	keys map[string]*rsa.PublicKey
+	keys map[string]*dkKey
 }
 
 // maxDKIMKeys bounds a dkKeyCache: past it, the cache starts over.
-const maxDKIMKeys = 1024
+// maxDKIMKeyRecord is the longest record kept (an RSA-8192 key's is about
+// 1.5 KiB), so the cache holds at most 4 MiB of records.
+const (
+	maxDKIMKeys      = 1024
+	maxDKIMKeyRecord = 4 << 10
+)
 
-func (kc *dkKeyCache) get(der []byte) *rsa.PublicKey {
+func (kc *dkKeyCache) get(record string) *dkKey {
 	if kc == nil {
 		return nil
 	}
 	kc.mu.Lock()
 	defer kc.mu.Unlock()
-	return kc.keys[string(der)]
+	return kc.keys[record]
 }
 
-func (kc *dkKeyCache) put(der []byte, k *rsa.PublicKey) {
-	if kc == nil {
+func (kc *dkKeyCache) put(record string, k *dkKey) {
+	if kc == nil || len(record) > maxDKIMKeyRecord {
 		return
 	}
 	kc.mu.Lock()
 	defer kc.mu.Unlock()
 	if kc.keys == nil || len(kc.keys) >= maxDKIMKeys {
-		kc.keys = make(map[string]*rsa.PublicKey)
+		kc.keys = make(map[string]*dkKey)
 	}
-	kc.keys[string(der)] = k
+	kc.keys[record] = k
 }
 
 // dkQueryKey looks up and parses the key record at name; keys (nil: none)
@@ -386,7 +496,20 @@ func dkQueryKey(lookup func(string) ([]string, error), name string, keys *dkKeyC
 		// RFC 6376 section 3.6.2.2: undefined; refuse.
 		return nil, dkPerm("multiple TXT records found for key")
 	}
-	tags, err := ParseDKIMTags(txts[0])
+	if k := keys.get(txts[0]); k != nil {
+		return k, nil
+	}
+	k, err := dkParseKey(txts[0])
+	if err != nil {
+		return nil, err
+	}
+	keys.put(txts[0], k)
+	return k, nil
+}
+
+// dkParseKey parses a key record.
+func dkParseKey(record string) (*dkKey, error) {
+	tags, err := ParseDKIMTags(record)
 	if err != nil {
 		return nil, dkPerm("key record error: " + strings.TrimPrefix(err.Error(), "auth: "))
 	}
@@ -407,10 +530,6 @@ func dkQueryKey(lookup func(string) ([]string, error), name string, keys *dkKeyC
 	k := &dkKey{}
 	switch tags["k"] {
 	case "rsa", "":
-		if rsaPub := keys.get(der); rsaPub != nil {
-			k.pub, k.algo = rsaPub, "rsa"
-			break
-		}
 		pub, err := x509.ParsePKIXPublicKey(der)
 		if err != nil {
 			// RFC 6376 erratum 3017: RSAPublicKey is found as well.
@@ -426,7 +545,6 @@ func dkQueryKey(lookup func(string) ([]string, error), name string, keys *dkKeyC
 		if bits := rsaPub.Size() * 8; bits < 1024 {
 			return nil, dkPerm(fmt.Sprintf("key is too short: want 1024 bits, has %v bits", bits))
 		}
-		keys.put(der, rsaPub)
 		k.pub, k.algo = rsaPub, "rsa"
 	case "ed25519":
 		if len(der) != ed25519.PublicKeySize {

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/base64"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -146,7 +148,7 @@ func FuzzVerifyDKIM(f *testing.F) {
 	})
 }
 
-// The key cache saves the parse of an RSA key seen before, and only that:
+// The key cache saves the parse of a key record seen before, and only that:
 // the record is looked up every time, and a new key in it is used at once.
 func TestDKIMKeyCache(t *testing.T) {
 	key1 := testRSA(t)
@@ -180,9 +182,34 @@ func TestDKIMKeyCache(t *testing.T) {
 	assert.Len(t, kc.keys, 2)
 
 	for i := range maxDKIMKeys + 1 { // bounded: it starts over when full
-		kc.put([]byte{byte(i), byte(i >> 8)}, &key2.PublicKey)
+		kc.put(fmt.Sprint(i), k)
 	}
 	assert.LessOrEqual(t, len(kc.keys), maxDKIMKeys)
+	kc.put(strings.Repeat("x", maxDKIMKeyRecord+1), k) // a huge record is not kept
+	assert.Nil(t, kc.get(strings.Repeat("x", maxDKIMKeyRecord+1)))
+
+	// A record that gives no usable key is not kept: parsed (and refused)
+	// each time.
+	kc = &dkKeyCache{}
+	current = "v=DKIM1; k=rsa; p=" + base64.StdEncoding.EncodeToString([]byte("not a key"))
+	for range 2 {
+		_, err := dkQueryKey(lookup, "sel._domainkey.example.com", kc)
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "key syntax error")
+	}
+	assert.Empty(t, kc.keys)
+
+	// An Ed25519 key is kept too, and comes back with its tags.
+	kc = &dkKeyCache{}
+	current = "v=DKIM1; k=ed25519; h=sha256; s=email; p=" + base64.StdEncoding.EncodeToString(testEd25519().Public().(ed25519.PublicKey))
+	for range 2 {
+		k, err := dkQueryKey(lookup, "sel._domainkey.example.com", kc)
+		require.NoError(t, err)
+		assert.Equal(t, "ed25519", k.algo)
+		assert.Equal(t, []string{"sha256"}, k.hashes)
+		assert.Equal(t, []string{"email"}, k.services)
+	}
+	assert.Len(t, kc.keys, 1)
 }
 
 // One VerifyDKIM rule verifies message after message with the key it

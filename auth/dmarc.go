@@ -10,7 +10,9 @@ import (
 	"mime"
 	"net"
 	"net/mail"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-msgauth/authres"
@@ -119,6 +121,11 @@ type DMARCOptions struct {
 // p=quarantine quarantined, and goes on otherwise; pass, none, temperror
 // and permerror go on (see DeferOnTempError and AllowMalformedFrom for the
 // exceptions).
+//
+// The policy record is looked up for every message; the rule keeps the
+// records it parsed, by their text (at most 1024 records of up to 2 KiB),
+// so that a record seen before is not parsed again. Each result gets its
+// own copy of the record.
 func CheckDMARC(opts DMARCOptions) policy.MessageRule {
 	if opts.AuthServID == "" {
 		opts.AuthServID = DefaultAuthServID()
@@ -133,13 +140,14 @@ func CheckDMARC(opts DMARCOptions) policy.MessageRule {
 	if log == nil {
 		log = slog.Default()
 	}
+	recs := &dmRecordCache{}
 	return func(ctx context.Context, tx *policy.Transaction, m *policy.Message) policy.Verdict {
 		arStripForged(tx, m.Header, opts.AuthServID)
 		var spfRes SPFResult
 		if tx != nil {
 			spfRes, _ = SPFResultKey.Get(tx)
 		}
-		res, err := dmEvaluate(ctx, opts, tx, m, spfRes)
+		res, err := dmEvaluate(ctx, opts, tx, m, spfRes, recs)
 		if tx != nil {
 			DMARCResultKey.Set(tx, res)
 		}
@@ -189,8 +197,9 @@ func dmDomainOf(s string) string {
 
 // dmEvaluate computes the DMARC result for the SPF result spfRes (zero
 // when SPF was not checked). The error is the cause of a temperror or
-// permerror result, nil otherwise.
-func dmEvaluate(ctx context.Context, opts DMARCOptions, tx *policy.Transaction, m *policy.Message, spfRes SPFResult) (DMARCResult, error) {
+// permerror result, nil otherwise. recs (nil: none) keeps the records
+// parsed before.
+func dmEvaluate(ctx context.Context, opts DMARCOptions, tx *policy.Transaction, m *policy.Message, spfRes SPFResult, recs *dmRecordCache) (DMARCResult, error) {
 	res := DMARCResult{Disposition: dmarc.PolicyNone, SPF: spfRes}
 	from, err := dkFromDomain(m.Header)
 	if err == nil && strings.HasPrefix(from, "[") {
@@ -205,10 +214,10 @@ func dmEvaluate(ctx context.Context, opts DMARCOptions, tx *policy.Transaction, 
 	org := OrganizationalDomain(from)
 
 	lookup := dkLookupTXT(ctx, opts.Resolver, opts.LookupTimeout)
-	rec, perr := dmLookup(lookup, from)
+	rec, perr := dmLookup(lookup, from, recs)
 	res.PolicyDomain = from
 	if rec == nil && !dmIsTemp(perr) && org != from {
-		orec, operr := dmLookup(lookup, org)
+		orec, operr := dmLookup(lookup, org, recs)
 		switch {
 		case orec != nil:
 			rec, res.PolicyDomain, perr = orec, org, nil
@@ -310,7 +319,8 @@ func dmIsTemp(err error) bool {
 // nil) when there is none (no name, no TXT, no record starting with
 // v=DMARC1, or several: RFC 7489 section 6.6.3), an errDMARCTemp for a
 // temporary failure, and a plain error when the only record is invalid.
-func dmLookup(lookup func(string) ([]string, error), domain string) (*dmarc.Record, error) {
+// cache (nil: none) keeps the records parsed before.
+func dmLookup(lookup func(string) ([]string, error), domain string, cache *dmRecordCache) (*dmarc.Record, error) {
 	txts, err := lookup("_dmarc." + domain)
 	if err != nil {
 		// lookup classifies with dnserr: REFUSED and SERVFAIL are
@@ -329,11 +339,72 @@ func dmLookup(lookup func(string) ([]string, error), domain string) (*dmarc.Reco
 	if len(recs) != 1 {
 		return nil, nil
 	}
+	if rec := cache.get(recs[0]); rec != nil {
+		return rec, nil
+	}
 	rec, err := dmarc.Parse(recs[0])
 	if err != nil {
 		return nil, fmt.Errorf("auth: DMARC record of %s: %w", domain, err)
 	}
+	cache.put(recs[0], rec)
 	return rec, nil
+}
+
+// dmRecordCache keeps DMARC records parsed (dmarc.Parse) before, by their
+// text, as dkKeyCache keeps DKIM keys: the record is still looked up for
+// every message, only the parse is saved. Records that do not parse are not
+// kept. get returns a copy, since the record goes out in DMARCResult, where
+// a rule may change it.
+type dmRecordCache struct {
+	mu   sync.Mutex
+	recs map[string]*dmarc.Record
+}
+
+// maxDMARCRecords bounds a dmRecordCache (past it, it starts over);
+// maxDMARCRecord is the longest record kept.
+const (
+	maxDMARCRecords = 1024
+	maxDMARCRecord  = 2 << 10
+)
+
+func (rc *dmRecordCache) get(txt string) *dmarc.Record {
+	if rc == nil {
+		return nil
+	}
+	rc.mu.Lock()
+	rec := rc.recs[txt]
+	rc.mu.Unlock()
+	if rec == nil {
+		return nil
+	}
+	return dmCopyRecord(rec)
+}
+
+func (rc *dmRecordCache) put(txt string, rec *dmarc.Record) {
+	if rc == nil || len(txt) > maxDMARCRecord {
+		return
+	}
+	rec = dmCopyRecord(rec) // the caller's goes out in a result
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if rc.recs == nil || len(rc.recs) >= maxDMARCRecords {
+		rc.recs = make(map[string]*dmarc.Record)
+	}
+	rc.recs[txt] = rec
+}
+
+// dmCopyRecord returns a copy of rec that shares nothing with it (nil
+// slices stay nil).
+func dmCopyRecord(rec *dmarc.Record) *dmarc.Record {
+	c := *rec
+	if rec.Percent != nil {
+		p := *rec.Percent
+		c.Percent = &p
+	}
+	c.ReportFormat = slices.Clone(rec.ReportFormat)
+	c.ReportURIAggregate = slices.Clone(rec.ReportURIAggregate)
+	c.ReportURIFailure = slices.Clone(rec.ReportURIFailure)
+	return &c
 }
 
 // dmIsDMARCRecord reports whether a TXT string starts with the v=DMARC1 tag.

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -296,4 +297,52 @@ func TestCheckDMARCMalformedHelo(t *testing.T) {
 	res2, _ := DMARCResultKey.Get(tx2)
 	assert.Equal(t, authres.ResultValue(authres.ResultFail), res2.Result, "%+v", res2)
 	assert.False(t, res2.DKIMAligned)
+}
+
+// The record cache saves the parse of a DMARC record seen before, and only
+// that: the record is looked up every time, a changed record is used at
+// once, a record that does not parse is not kept, and what a rule does to
+// the record of a result never reaches the next message.
+func TestDMARCRecordCache(t *testing.T) {
+	txt := "v=DMARC1; p=reject; pct=50; rua=mailto:a@example.com; rf=afrf"
+	want, err := dmarc.Parse(txt)
+	require.NoError(t, err)
+	current, lookups := txt, 0
+	lookup := func(name string) ([]string, error) {
+		lookups++
+		assert.Equal(t, "_dmarc.example.com", name)
+		return []string{"other record", current}, nil
+	}
+	rc := &dmRecordCache{}
+	for i := range 3 {
+		rec, err := dmLookup(lookup, "example.com", rc)
+		require.NoError(t, err)
+		assert.Equal(t, want, rec, "lookup %d", i)
+		*rec.Percent, rec.ReportURIAggregate[0], rec.Policy = 1, "changed", dmarc.PolicyNone
+	}
+	assert.Equal(t, 3, lookups, "the record is looked up every time")
+	assert.Len(t, rc.recs, 1)
+
+	current = "v=DMARC1; p=none" // the record changes
+	rec, err := dmLookup(lookup, "example.com", rc)
+	require.NoError(t, err)
+	assert.Equal(t, dmarc.PolicyNone, rec.Policy)
+	assert.Nil(t, rec.Percent)
+	assert.Nil(t, rec.ReportURIAggregate)
+	assert.Len(t, rc.recs, 2)
+
+	current = "v=DMARC1; p=bogus"
+	for range 2 {
+		_, err := dmLookup(lookup, "example.com", rc)
+		assert.Error(t, err)
+	}
+	assert.Len(t, rc.recs, 2, "an invalid record is not kept")
+
+	for i := range maxDMARCRecords + 1 { // bounded: it starts over when full
+		rc.put(fmt.Sprint(i), want)
+	}
+	assert.LessOrEqual(t, len(rc.recs), maxDMARCRecords)
+	huge := "v=DMARC1; p=none; rua=mailto:" + strings.Repeat("x", maxDMARCRecord)
+	rc.put(huge, want)
+	assert.Nil(t, rc.get(huge), "a huge record is not kept")
 }
