@@ -5,6 +5,7 @@ package journal
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/mtakit/mtakit/internal/diskfull"
 	"github.com/mtakit/mtakit/policy"
+	"github.com/mtakit/mtakit/queue"
 )
 
 func tryEnqueue(s *Store, id, raw string) error {
@@ -143,4 +145,103 @@ func TestPrepareErrorNotStale(t *testing.T) {
 	require.NoError(t, tryEnqueue(s, "m3", testMsg), "room again: stored at once, not refused with an earlier failure")
 	_, _, got := content(t, s, "m3")
 	assert.Equal(t, testMsg, got)
+}
+
+// TestDiskFullReservedRoom: on a full filesystem, once the next segment
+// cannot be made and new messages are refused, the active segment's
+// reserved room still takes state records (an attempt, a move) and, past
+// them, done records: a delivered message leaves the queue. Attempts are
+// refused before the done room is touched, so the done records of the
+// attempts under way still fit. (Before the room was reserved, the
+// refusal of a message dropped the active segment, and every later
+// change, a done record too, needed a new segment.)
+func TestDiskFullReservedRoom(t *testing.T) {
+	const segSize = 128 << 10
+	ctx := context.Background()
+	dir := diskfull.Tmpfs(t, "1m")
+	s, err := Open(ctx, Config{Dir: dir, SegmentSize: segSize, Logger: quietLogger()})
+	require.NoError(t, err)
+	defer func() { s.Close() }()
+	// The keeper keeps the first segment live, so that no segment is
+	// compacted away (which would give room back) during the test.
+	keeper := testMsg + strings.Repeat("k", 40<<10) + "\r\n"
+	require.NoError(t, tryEnqueue(s, "keeper", keeper))
+	filler := diskfull.Fill(t, dir)
+
+	// Fillers with IDs of the longest kind (the largest done records).
+	var fillers []string
+	for i := 0; i < 1000; i++ {
+		id := fmt.Sprintf("f%04d-%s", i, strings.Repeat("x", 122))
+		env, err := queue.NewEnvelope(newTx(id), time.Now())
+		require.NoError(t, err)
+		err = s.Add(ctx, env, queue.Hold, func(w io.Writer) (int64, error) {
+			n, err := io.WriteString(w, testMsg)
+			return int64(n), err
+		})
+		if err != nil {
+			break
+		}
+		fillers = append(fillers, id)
+	}
+	require.Positive(t, len(fillers))
+	require.Less(t, len(fillers), 1000, "never refused on a full filesystem")
+	start := time.Now()
+	require.Error(t, tryEnqueue(s, "refused", testMsg+strings.Repeat("r", 2<<10)+"\r\n"), "a new message is refused")
+	t.Logf("%d messages stored on the full filesystem; a refusal took %v", len(fillers), time.Since(start))
+
+	// State records: into the state room, until it is used up.
+	states := 0
+	for _, id := range fillers {
+		q, env, m, err := s.Load(id)
+		require.NoError(t, err)
+		m.Close()
+		env.LastError = "state record " + id
+		if err := s.Save(ctx, env, q, q, nil); err != nil {
+			break
+		}
+		states++
+	}
+	assert.Positive(t, states, "state records fit the reserved room while new messages are refused")
+	assert.Less(t, states, len(fillers), "state records never take the done room")
+
+	// Done records: into the done room (and what the state records left).
+	dones := 0
+	for i := len(fillers) - 1; i >= 0; i-- {
+		if err := s.Remove(ctx, queue.Hold, fillers[i]); err != nil {
+			break
+		}
+		dones++
+	}
+	doneSize := int64(headLen + 4 + len(fillers[0]))
+	t.Logf("reserved: state room %d bytes, done room %d bytes; %d state records, then %d done records of %d bytes fit", s.stateRoom, s.doneRoom, states, dones, doneSize)
+	assert.GreaterOrEqual(t, int64(dones), s.doneRoom/doneSize, "the done room takes done records")
+	require.Less(t, dones, len(fillers), "the room ran out before the fillers")
+	removed := fillers[len(fillers)-dones:]
+	kept := fillers[:len(fillers)-dones]
+
+	require.NoError(t, os.Remove(filler))
+	require.NoError(t, s.Remove(ctx, queue.Hold, kept[len(kept)-1]), "room again: a new segment takes the done record")
+	removed, kept = append(removed, kept[len(kept)-1]), kept[:len(kept)-1]
+	require.NoError(t, tryEnqueue(s, "after", testMsg), "and a new message")
+	require.NoError(t, s.Close())
+
+	s, err = Open(ctx, Config{Dir: dir, SegmentSize: segSize, Logger: quietLogger()})
+	require.NoError(t, err)
+	for _, id := range removed {
+		q, _, _ := content(t, s, id)
+		assert.Empty(t, q, "removed %s stays removed", id)
+	}
+	for i, id := range kept {
+		q, env, got := content(t, s, id)
+		assert.Equal(t, queue.Hold, q, "kept %s", id)
+		assert.Equal(t, testMsg, got)
+		if i < states && env != nil {
+			assert.Equal(t, "state record "+id, env.LastError)
+		}
+	}
+	q, _, got := content(t, s, "keeper")
+	assert.Equal(t, queue.Working, q)
+	assert.Equal(t, keeper, got)
+	q, _, _ = content(t, s, "after")
+	assert.Equal(t, queue.Working, q)
 }
