@@ -116,7 +116,10 @@ type Config struct {
 // Every outcome is made durable before the next step: the next attempt time
 // is saved before each attempt; per-recipient results and the move to
 // deferred, dead or removal after it. A crash between a delivery and its
-// record may deliver a message twice (at least once), never zero times.
+// record may deliver a message twice (at least once), never zero times. A
+// delivered message whose removal fails is not delivered again by this
+// Scheduler: its removal is retried until it succeeds or Run stops (see
+// the package doc, "Scheduler").
 type Scheduler struct {
 	st  Store
 	cfg Config
