@@ -63,8 +63,10 @@ type Config struct {
 	// holds the segment files and the lock file (LockFile), nothing else.
 	Dir string
 	// SegmentSize is the size of a segment file, zero-filled before use.
-	// A record larger than half of it gets a segment of its own. Zero
-	// means DefaultSegmentSize (64 MiB); at least 64 KiB.
+	// A record larger than half of it gets a segment of its own. Its last
+	// SegmentSize/64 + SegmentSize/128 bytes (at least 24 KiB) are kept
+	// for state and done records (see the package doc, on a full disk).
+	// Zero means DefaultSegmentSize (64 MiB); at least 64 KiB.
 	SegmentSize int64
 	// Logger receives the store's log entries (damaged records found at
 	// Open, entries set aside, compaction and I/O failures). Nil means
