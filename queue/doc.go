@@ -136,6 +136,24 @@
 // attempt whose outcome could not be recorded (an I/O error) counts as
 // interrupted.
 //
+// A delivered message (or one returned to its sender) whose removal fails
+// (Store.Remove returns an error: a full disk, a store out of reach) is
+// kept by the scheduler as delivered, removal pending, with any Store: it
+// is never handed to a transport again by that Scheduler (a wake-up, an
+// operator's Requeue, a restart of Run find it pending and leave it), and
+// the removal is retried, after min(MinBackoff, 1s) doubling up to
+// min(MaxBackoff, 1 min), until it succeeds or Run stops, from whatever
+// queue the message is in by then (an operator's Delete ends it too). The
+// first failure is logged at ERROR ("cannot remove delivered message X;
+// it is not delivered again, and its removal is retried"), the retries at
+// DEBUG, the removal at INFO. With a SharedStore the scheduler keeps the
+// message's claim meanwhile, so no other process is handed it either.
+// This state is in memory: when Run stops, one last removal is tried, and
+// a message still there (its claim released) is found by the next
+// Scheduler or process as its attempt record left it, an attempt under
+// way, and delivered again: at least once still holds across a restart or
+// a crash, and exactly once holds within one running scheduler.
+//
 // # Retention
 //
 // Messages in dead and in the quarantine queues are kept for inspection,

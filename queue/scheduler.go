@@ -116,7 +116,10 @@ type Config struct {
 // Every outcome is made durable before the next step: the next attempt time
 // is saved before each attempt; per-recipient results and the move to
 // deferred, dead or removal after it. A crash between a delivery and its
-// record may deliver a message twice (at least once), never zero times.
+// record may deliver a message twice (at least once), never zero times. A
+// delivered message whose removal fails is not delivered again by this
+// Scheduler: its removal is retried until it succeeds or Run stops (see
+// the package doc, "Scheduler").
 type Scheduler struct {
 	st  Store
 	cfg Config
@@ -143,6 +146,13 @@ type Scheduler struct {
 	runCtx  context.Context
 	running int
 	wg      sync.WaitGroup
+
+	// removing holds the messages delivered (or returned to their
+	// senders) whose removal failed: this scheduler never delivers them
+	// again, and its remover retries their removal while Run runs
+	// (removerOn). Guarded by mu.
+	removing  map[string]*removal
+	removerOn bool
 
 	afterWork  func(id string) // test hook: called when a worker is done with id
 	afterPurge func()          // test hook: called after each retention run
@@ -212,7 +222,7 @@ func NewScheduler(st Store, cfg Config) *Scheduler {
 	}
 	s := &Scheduler{
 		st: st, cfg: cfg, log: cfg.Logger,
-		state: map[string]int{}, timerAt: map[string]time.Time{},
+		state: map[string]int{}, timerAt: map[string]time.Time{}, removing: map[string]*removal{},
 		kick: make(chan struct{}, 1),
 	}
 	s.shared, _ = st.(SharedStore)
@@ -248,6 +258,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	s.runCtx = ctx
+	s.startRemover() // removals left by an earlier Run
 	s.mu.Unlock()
 	if s.cfg.Retention > 0 {
 		s.wg.Add(1)
@@ -406,7 +417,11 @@ func (s *Scheduler) work(ctx context.Context, id string) {
 		if !ok {
 			return // taken by an operator or another process meanwhile
 		}
-		defer release()
+		defer s.releaseClaim(id, release)
+	}
+	if s.removalPending(id) {
+		s.log.Debug("queue: delivered already, its removal pending: not delivered again", "id", id)
+		return
 	}
 	q, env, m, err := s.st.Load(id)
 	switch {
@@ -836,7 +851,7 @@ func (s *Scheduler) finish(ctx context.Context, q string, env *Envelope, m *poli
 		// Bounced by an operator (Spool.Bounce): returned to its sender
 		// above, it is deleted, not kept in dead.
 		if err := s.st.Remove(ctx, q, env.ID); err != nil {
-			s.log.Error("queue: cannot remove returned message", "id", env.ID, "error", err)
+			s.removeLater(q, env.ID, "returned", err)
 			return
 		}
 		s.log.Info("queue: returned to sender by an operator", "id", env.ID)
@@ -845,7 +860,7 @@ func (s *Scheduler) finish(ctx context.Context, q string, env *Envelope, m *poli
 		s.moveOn(ctx, q, Dead, env)
 	default:
 		if err := s.st.Remove(ctx, q, env.ID); err != nil {
-			s.log.Error("queue: cannot remove delivered message", "id", env.ID, "error", err)
+			s.removeLater(q, env.ID, "delivered", err)
 			return
 		}
 		s.log.Info("queue: delivered", "id", env.ID)

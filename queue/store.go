@@ -60,7 +60,8 @@ type Store interface {
 	// Remove deletes message id of queue q (delivered, deleted by an
 	// operator, or its retention ran out). It need not be durable at
 	// once: a crash may bring the message back, to be delivered again (at
-	// least once).
+	// least once). When it fails after a delivery, the scheduler keeps
+	// the message from delivery and calls it again later.
 	Remove(ctx context.Context, q, id string) error
 	// SetAside moves the unreadable entry id of queue q to the corrupt
 	// queue, logging cause.
@@ -89,7 +90,9 @@ type SharedStore interface {
 	// longer holds it (an operator's change, or it went to another
 	// process): the scheduler leaves it. Otherwise the scheduler calls
 	// release when done with it; a message not saved or removed meanwhile
-	// is handed out again when its NextAttempt is due.
+	// is handed out again when its NextAttempt is due. A delivered message
+	// whose Remove failed keeps its claim (release is not called) while
+	// the scheduler retries the removal, until Run stops.
 	Claim(id string) (release func(), ok bool)
 }
 

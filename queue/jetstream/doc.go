@@ -107,7 +107,11 @@
 //
 // Delivery is at least once, as with the spool: a node that dies after a
 // delivery and before its record, or a node cut off longer than AckWait
-// while delivering, makes another node deliver again.
+// while delivering, makes another node deliver again. A delivered
+// message whose removal fails (the servers out of reach) stays held by
+// its node (in-progress acks) while its scheduler retries the removal, so
+// that no node delivers it again meanwhile; if the node stops first, the
+// message goes back to the consumer and is delivered again.
 //
 // One node works on a message at a time (the consumer's explicit acks and
 // in-progress acks); its changes are conditional on the message's last

@@ -5,10 +5,12 @@ package journal
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/mtakit/mtakit/internal/diskfull"
 	"github.com/mtakit/mtakit/policy"
+	"github.com/mtakit/mtakit/queue"
 )
 
 func tryEnqueue(s *Store, id, raw string) error {
@@ -143,4 +146,289 @@ func TestPrepareErrorNotStale(t *testing.T) {
 	require.NoError(t, tryEnqueue(s, "m3", testMsg), "room again: stored at once, not refused with an earlier failure")
 	_, _, got := content(t, s, "m3")
 	assert.Equal(t, testMsg, got)
+}
+
+// TestDiskFullReservedRoom: on a full filesystem, once the next segment
+// cannot be made and new messages are refused, the active segment's
+// reserved room still takes state records (an attempt, a move) and, past
+// them, done records: a delivered message leaves the queue. Attempts are
+// refused before the done room is touched, so the done records of the
+// attempts under way still fit. (Before the room was reserved, the
+// refusal of a message dropped the active segment, and every later
+// change, a done record too, needed a new segment.)
+func TestDiskFullReservedRoom(t *testing.T) {
+	const segSize = 128 << 10
+	ctx := context.Background()
+	dir := diskfull.Tmpfs(t, "1m")
+	s, err := Open(ctx, Config{Dir: dir, SegmentSize: segSize, Logger: quietLogger()})
+	require.NoError(t, err)
+	defer func() { s.Close() }()
+	// The keeper keeps the first segment live, so that no segment is
+	// compacted away (which would give room back) during the test.
+	keeper := testMsg + strings.Repeat("k", 40<<10) + "\r\n"
+	require.NoError(t, tryEnqueue(s, "keeper", keeper))
+	filler := diskfull.Fill(t, dir)
+
+	// Fillers with IDs of the longest kind (the largest done records).
+	var fillers []string
+	for i := 0; i < 1000; i++ {
+		id := fmt.Sprintf("f%04d-%s", i, strings.Repeat("x", 122))
+		env, err := queue.NewEnvelope(newTx(id), time.Now())
+		require.NoError(t, err)
+		err = s.Add(ctx, env, queue.Hold, func(w io.Writer) (int64, error) {
+			n, err := io.WriteString(w, testMsg)
+			return int64(n), err
+		})
+		if err != nil {
+			break
+		}
+		fillers = append(fillers, id)
+	}
+	require.Positive(t, len(fillers))
+	require.Less(t, len(fillers), 1000, "never refused on a full filesystem")
+	start := time.Now()
+	require.Error(t, tryEnqueue(s, "refused", testMsg+strings.Repeat("r", 2<<10)+"\r\n"), "a new message is refused")
+	t.Logf("%d messages stored on the full filesystem; a refusal took %v", len(fillers), time.Since(start))
+
+	// State records: into the state room, until it is used up.
+	states := 0
+	for _, id := range fillers {
+		q, env, m, err := s.Load(id)
+		require.NoError(t, err)
+		m.Close()
+		env.LastError = "state record " + id
+		if err := s.Save(ctx, env, q, q, nil); err != nil {
+			break
+		}
+		states++
+	}
+	assert.Positive(t, states, "state records fit the reserved room while new messages are refused")
+	assert.Less(t, states, len(fillers), "state records never take the done room")
+
+	// Done records: into the done room (and what the state records left).
+	dones := 0
+	for i := len(fillers) - 1; i >= 0; i-- {
+		if err := s.Remove(ctx, queue.Hold, fillers[i]); err != nil {
+			break
+		}
+		dones++
+	}
+	doneSize := int64(headLen + 4 + len(fillers[0]))
+	t.Logf("reserved: state room %d bytes, done room %d bytes; %d state records, then %d done records of %d bytes fit", s.stateRoom, s.doneRoom, states, dones, doneSize)
+	assert.GreaterOrEqual(t, int64(dones), s.doneRoom/doneSize, "the done room takes done records")
+	require.Less(t, dones, len(fillers), "the room ran out before the fillers")
+	removed := fillers[len(fillers)-dones:]
+	kept := fillers[:len(fillers)-dones]
+
+	require.NoError(t, os.Remove(filler))
+	require.NoError(t, s.Remove(ctx, queue.Hold, kept[len(kept)-1]), "room again: a new segment takes the done record")
+	removed, kept = append(removed, kept[len(kept)-1]), kept[:len(kept)-1]
+	require.NoError(t, tryEnqueue(s, "after", testMsg), "and a new message")
+	require.NoError(t, s.Close())
+
+	s, err = Open(ctx, Config{Dir: dir, SegmentSize: segSize, Logger: quietLogger()})
+	require.NoError(t, err)
+	for _, id := range removed {
+		q, _, _ := content(t, s, id)
+		assert.Empty(t, q, "removed %s stays removed", id)
+	}
+	for i, id := range kept {
+		q, env, got := content(t, s, id)
+		assert.Equal(t, queue.Hold, q, "kept %s", id)
+		assert.Equal(t, testMsg, got)
+		if i < states && env != nil {
+			assert.Equal(t, "state record "+id, env.LastError)
+		}
+	}
+	q, _, got := content(t, s, "keeper")
+	assert.Equal(t, queue.Working, q)
+	assert.Equal(t, keeper, got)
+	q, _, _ = content(t, s, "after")
+	assert.Equal(t, queue.Working, q)
+}
+
+// addHold stores raw as message id in the hold queue (no scheduler
+// delivers it).
+func addHold(s *Store, id, raw string) error {
+	env, err := queue.NewEnvelope(newTx(id), time.Now())
+	if err != nil {
+		return err
+	}
+	return s.Add(context.Background(), env, queue.Hold, func(w io.Writer) (int64, error) {
+		n, err := io.WriteString(w, raw)
+		return int64(n), err
+	})
+}
+
+// useUpRoom uses up the room of a journal on a full filesystem: new
+// messages (in hold, with the longest IDs) until refused, state records
+// until refused, done records until refused. It returns the number of
+// each.
+func useUpRoom(t *testing.T, s *Store) (full, states, dones int) {
+	t.Helper()
+	ctx := context.Background()
+	var ids []string
+	for i := 0; i < 2000; i++ {
+		id := fmt.Sprintf("f%04d-%s", i, strings.Repeat("x", 122))
+		if addHold(s, id, testMsg) != nil {
+			break
+		}
+		ids = append(ids, id)
+	}
+	require.Less(t, len(ids), 2000, "new messages never refused")
+	full = len(ids)
+	for _, id := range ids {
+		q, env, m, err := s.Load(id)
+		require.NoError(t, err)
+		m.Close()
+		if s.Save(ctx, env, q, q, nil) != nil {
+			break
+		}
+		states++
+	}
+	require.Less(t, states, len(ids), "state records never refused")
+	for i := len(ids) - 1; i >= 0 && s.Remove(ctx, queue.Hold, ids[i]) == nil; i-- {
+		dones++
+	}
+	require.Less(t, dones, len(ids), "done records never refused")
+	return full, states, dones
+}
+
+// logEvents passes the messages of the log records to a channel.
+type logEvents chan string
+
+func (l logEvents) Enabled(context.Context, slog.Level) bool { return true }
+func (l logEvents) Handle(_ context.Context, r slog.Record) error {
+	select {
+	case l <- r.Message:
+	default:
+	}
+	return nil
+}
+func (l logEvents) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l logEvents) WithGroup(string) slog.Handler      { return l }
+
+// waitLog waits for a log message containing want.
+func waitLog(t *testing.T, l logEvents, want string) {
+	t.Helper()
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case msg := <-l:
+			if strings.Contains(msg, want) {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("no log message %q", want)
+		}
+	}
+}
+
+// logOrDelivery waits for a log message containing want, or a delivery
+// (started), and returns the message, "delivered again" or "timeout".
+func logOrDelivery(logs logEvents, started chan struct{}, want string) string {
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case msg := <-logs:
+			if strings.Contains(msg, want) {
+				return msg
+			}
+		case <-started:
+			return "delivered again"
+		case <-timeout:
+			return "timeout"
+		}
+	}
+}
+
+// TestSchedulerDiskFullDeliveredOnce: a message delivered while the disk
+// is full and the journal's reserved room is used up, so that its done
+// record cannot be written, is not delivered again by the scheduler (not
+// even by a restart of Run), and its done record lands once there is room
+// again: after a reopen it is gone. (Before, the scheduler logged the
+// failure and left the message in the queue: a restart of Run delivered
+// it again, and it was never removed.)
+func TestSchedulerDiskFullDeliveredOnce(t *testing.T) {
+	const segSize = 128 << 10
+	dir := diskfull.Tmpfs(t, "1m")
+	s, err := Open(context.Background(), Config{Dir: dir, SegmentSize: segSize, Logger: quietLogger()})
+	require.NoError(t, err)
+	defer func() { s.Close() }()
+	keeper := testMsg + strings.Repeat("k", 40<<10) + "\r\n" // keeps the first segment live
+	require.NoError(t, addHold(s, "keeper", keeper))
+
+	var delivered atomic.Int32
+	started, gate := make(chan struct{}, 10), make(chan struct{})
+	tr := queue.TransportFunc(func(ctx context.Context, d *policy.Delivery) []policy.Reply {
+		delivered.Add(1)
+		started <- struct{}{}
+		<-gate
+		return []policy.Reply{{Code: 250, Enhanced: "2.0.0", Text: "OK"}}
+	})
+	logs := make(logEvents, 1000)
+	sch := queue.NewScheduler(s, queue.Config{
+		Transports:   map[string]queue.Transport{"test": tr},
+		DefaultRoute: policy.Route{Transport: "test"},
+		MinBackoff:   50 * time.Millisecond,
+		MaxBackoff:   200 * time.Millisecond,
+		Jitter:       -1,
+		Hostname:     "mx.example.net",
+		Logger:       slog.New(logs),
+	})
+	run := func() (stop func()) {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			sch.Run(ctx)
+		}()
+		return func() { cancel(); <-done }
+	}
+	var open sync.Once
+	deliver := func() { open.Do(func() { close(gate) }) }
+	stop := run()
+	defer func() { deliver(); stop() }()
+	// An ID as long as the fillers': its done record is as large as
+	// theirs, the last of which did not fit.
+	victim := "victim-" + strings.Repeat("v", 121)
+	require.NoError(t, tryEnqueue(s, victim, testMsg))
+	select {
+	case <-started: // its attempt record is written
+	case <-time.After(20 * time.Second):
+		t.Fatal("no delivery")
+	}
+
+	filler := diskfull.Fill(t, dir)
+	full, states, dones := useUpRoom(t, s)
+	t.Logf("room used up: %d new messages, %d state records, %d done records", full, states, dones)
+	deliver() // delivered: its done record does not fit
+	waitLog(t, logs, "cannot remove delivered message")
+	assert.Equal(t, int32(1), delivered.Load())
+
+	// A restart of Run finds it in deliver, an attempt under way: it is
+	// not delivered again.
+	stop()
+	stop = run()
+	assert.Contains(t, logOrDelivery(logs, started, "not delivered again"), "not delivered again")
+	assert.Equal(t, int32(1), delivered.Load(), "delivered once")
+	q, _, _ := content(t, s, victim)
+	assert.Equal(t, queue.Deliver, q, "kept while its done record cannot be written")
+
+	require.NoError(t, os.Remove(filler))
+	assert.Contains(t, logOrDelivery(logs, started, "removed"), "delivered message "+victim+" removed")
+	q, _, _ = content(t, s, victim)
+	assert.Empty(t, q, "removed once there is room")
+	stop()
+	stop = func() {}
+	require.NoError(t, s.Close())
+
+	s, err = Open(context.Background(), Config{Dir: dir, SegmentSize: segSize, Logger: quietLogger()})
+	require.NoError(t, err)
+	q, _, _ = content(t, s, victim)
+	assert.Empty(t, q, "its done record is on disk")
+	q, _, got := content(t, s, "keeper")
+	assert.Equal(t, queue.Hold, q)
+	assert.Equal(t, keeper, got)
+	assert.Equal(t, int32(1), delivered.Load(), "delivered once")
 }

@@ -32,6 +32,9 @@
 //     writes a few hundred bytes, never the message again;
 //   - done: the message was removed.
 //
+// The end of each segment is reserved for state and done records (see
+// "Durability", on a full disk).
+//
 // A record larger than half a segment (a message over 32 MiB with the
 // default size) gets a segment of its own, synced with its directory.
 //
@@ -82,15 +85,32 @@
 // A full disk is not such a failure. Segments are written whole before
 // use, so the journal goes on storing messages in the rest of the active
 // segment and in the one made ready next; when the next segment cannot be
-// made, Enqueue and Add return an error (the client gets 4xx), and so do
-// the other changes that need room: the message stays where it was (the
+// made, Enqueue and Add return an error (the client gets 4xx), and the
+// active segment stays in use for what its reserved room takes. The end of
+// every segment is kept from full records (new messages, copies, replaced
+// bodies): its last segment/128 bytes (at least 8 KiB; 512 KiB of a 64 MiB
+// segment) take only done records, the segment/64 bytes before them (at
+// least 16 KiB; 1 MiB) state and done records. A done record is 36 bytes
+// and the ID (57 with policy.NewID's IDs, 164 at most): the done room
+// alone holds about 9,000 of a 64 MiB segment, 140 of the smallest. So
+// while new messages get 4xx, the messages already queued still get their
+// attempt and outcome records (a few hundred bytes each) and leave the
+// queue, which lets compaction give segments back; attempt records are
+// refused first, when the state room is used up, and the done room then
+// still holds the done records of the attempts under way: a delivered
+// message's done record practically never fails for lack of room. A change
+// that does not fit is refused and the message stays where it was (the
 // scheduler tries an attempt record or a move again later; a delivered
-// message whose done record failed stays queued until the next Open and
-// is delivered again: at least once). A message whose segment
-// of its own cannot be written is refused, and the file removed. Nothing
-// acknowledged is touched, and the next change once there is room again
-// makes a segment (a failure is only reported to a writer that asked
-// before the attempt; attempts are at most one a second).
+// message whose done record failed all the same is not delivered again by
+// the running scheduler, which retries the removal: see the queue
+// package, "Scheduler"; a restart before it lands delivers it again: at
+// least once). The reserved room is the active segment's: a store opened
+// on a full disk writes nothing until it can make a segment. A message
+// whose segment of its own cannot be written is refused, and the file
+// removed. Nothing acknowledged is touched, and the next change once
+// there is room again makes a segment (a failure is only reported to a
+// writer that asked before the attempt; attempts are at most one a
+// second).
 //
 // Open takes an exclusive lock on the directory (flock(2); LockFileEx on
 // Windows): one store, one process. On Windows a directory cannot be

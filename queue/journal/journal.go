@@ -32,6 +32,28 @@ const LockFile = "journal.lock"
 // minSegmentSize bounds Config.SegmentSize from below.
 const minSegmentSize = 64 << 10
 
+// reserved returns the room kept at the end of every segment of segSize
+// bytes (see the package doc, "A full disk"): the last done bytes take
+// only done records, the state bytes before them state and done records.
+// A full record (a new or copied message, a replaced body) stops short of
+// both, so that when a full disk keeps the next segment from being made,
+// the active segment still has room for the records of the messages that
+// leave the queue: a done record is headLen+4+len(ID) bytes (57 with the
+// IDs of policy.NewID, 164 at most), a state record a few hundred bytes
+// (its envelope).
+//
+//	segment   done room            state room
+//	64 MiB    512 KiB (~9,000)     1 MiB
+//	64 KiB    8 KiB (~140)         16 KiB
+//
+// Both together are at most 3/8 of a segment (24 KiB of the smallest,
+// 64 KiB), so that a record up to half a segment (larger ones get a
+// segment of their own) fits the part of a new segment full records may
+// use.
+func reserved(segSize int64) (state, done int64) {
+	return max(segSize/64, 16<<10), max(segSize/128, 8<<10)
+}
+
 // Config configures a Store (see Open). The zero value of every field but
 // Dir is its default; Open reads it once, and changing it afterwards has
 // no effect.
@@ -40,8 +62,10 @@ type Config struct {
 	// holds the segment files and the lock file (LockFile), nothing else.
 	Dir string
 	// SegmentSize is the size of a segment file, zero-filled before use.
-	// A record larger than half of it gets a segment of its own. Zero
-	// means DefaultSegmentSize (64 MiB); at least 64 KiB.
+	// A record larger than half of it gets a segment of its own. Its last
+	// SegmentSize/64 + SegmentSize/128 bytes (at least 24 KiB) are kept
+	// for state and done records (see the package doc, on a full disk).
+	// Zero means DefaultSegmentSize (64 MiB); at least 64 KiB.
 	SegmentSize int64
 	// Logger receives the store's log entries (damaged records found at
 	// Open, entries set aside, compaction and I/O failures). Nil means
@@ -77,6 +101,9 @@ type Store struct {
 	ds      *dirSyncer
 	locks   idlock.Locks
 	nextNum atomic.Uint64 // the next segment's number
+	// stateRoom, doneRoom: the room reserved at the end of each segment
+	// (see reserved).
+	stateRoom, doneRoom int64
 
 	mu      sync.Mutex
 	closed  bool
@@ -174,6 +201,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	s.stateRoom, s.doneRoom = reserved(s.segSize)
 	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
 		return nil, err
 	}
@@ -898,21 +926,34 @@ func (s *Store) writeAt(sg *segment, off int64, r *record, meta []byte, write fu
 	return nil
 }
 
+// limit returns where a record of type typ must end in a segment of size
+// bytes: full records leave the state and done rooms free, state records
+// the done room (see reserved).
+func (s *Store) limit(typ byte, size int64) int64 {
+	switch typ {
+	case recDone:
+		return size
+	case recState:
+		return size - s.doneRoom
+	}
+	return size - s.doneRoom - s.stateRoom
+}
+
 // reserve places a record of total bytes: in the active segment, in the
 // next one (prepare made it ready), or, for a record larger than half a
 // segment, in a segment of its own. It assigns r.seq.
+//
+// The active segment is sealed only once the next one is in place: when
+// that cannot be made (a full disk), the record is refused and the active
+// segment stays, its reserved room (see reserved) still taking the
+// records that fit there.
 func (s *Store) reserve(ctx context.Context, r *record, total int64) (*segment, int64, error) {
 	if total > s.segSize/2 {
 		return s.reserveOwn(r, total)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for s.active == nil || s.active.next+total > s.active.cap {
-		if old := s.active; old != nil {
-			old.sealed = true
-			s.active = nil
-			s.kickCompact()
-		}
+	for s.active == nil || s.active.next+total > s.limit(r.typ, s.active.cap) {
 		if ch := s.rotating; ch != nil {
 			// Another writer is taking the next segment: wait for it
 			// without holding the lock (Load, IDs and the changes
@@ -942,6 +983,10 @@ func (s *Store) reserve(ctx context.Context, r *record, total int64) (*segment, 
 		}
 		if s.events != nil {
 			sp.sg.committed = s.events.SpoolCommitted
+		}
+		if old := s.active; old != nil {
+			old.sealed = true
+			s.kickCompact()
 		}
 		s.segs[sp.sg.num] = sp.sg
 		s.active = sp.sg

@@ -18,8 +18,9 @@
 // bounce, requeue, move, delete, list, show, read), and a queue.Scheduler
 // on the store with the real clock and short backoffs: delivery, retry
 // after a temporary failure, a bounce (dead queue and DSN), quarantine by
-// a postq rule, hold and release, an operator's bounce, and the resumption
-// of an attempt the process stopped during.
+// a postq rule, hold and release, an operator's bounce, the resumption
+// of an attempt the process stopped during, and a delivered message whose
+// removal fails for a while (delivered once, removed once it can be).
 //
 // # Configuration and logging
 //
@@ -38,6 +39,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -88,6 +90,7 @@ func Run(t *testing.T, open func(t *testing.T) queue.Store) {
 		{"SchedulerHoldRelease", testSchedHoldRelease},
 		{"SchedulerOperatorBounce", testSchedOperatorBounce},
 		{"SchedulerResumesInterrupted", testSchedResumes},
+		{"SchedulerRemoveFails", testSchedRemoveFails},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
@@ -708,4 +711,60 @@ func testSchedResumes(t *testing.T, st queue.Store) {
 			}
 		}
 	}), 1)
+}
+
+// failingRemove is a store whose Remove fails while fail is set (as on a
+// full disk), counting the failures.
+type failingRemove struct {
+	queue.Store
+	fail  atomic.Bool
+	tries atomic.Int32
+}
+
+var errRemove = errors.New("queuetest: removal fails (a full disk)")
+
+func (f *failingRemove) Remove(ctx context.Context, q, id string) error {
+	if f.fail.Load() {
+		f.tries.Add(1)
+		return errRemove
+	}
+	return f.Store.Remove(ctx, q, id)
+}
+
+// failingRemoveShared is a failingRemove over a SharedStore.
+type failingRemoveShared struct {
+	*failingRemove
+	shared queue.SharedStore
+}
+
+func (f failingRemoveShared) Claim(id string) (func(), bool) { return f.shared.Claim(id) }
+
+// testSchedRemoveFails: a delivered message whose removal fails is not
+// delivered again, neither when the store hands it out again (a shared
+// store, after its claim) nor when an operator requeues it, and is removed
+// once removal works again.
+func testSchedRemoveFails(t *testing.T, st queue.Store) {
+	fr := &failingRemove{Store: st}
+	var wst queue.Store = fr
+	if sh, ok := st.(queue.SharedStore); ok {
+		wst = failingRemoveShared{fr, sh}
+	}
+	fr.fail.Store(true)
+	tr := newTransport()
+	schedule(t, wst, tr, nil)
+	Add(t, st, "rm1", queue.Working, Msg)
+	assert.Equal(t, "rm1", tr.wait(t).ID)
+	// Retried with backoff (200 ms, 400 ms, 800 ms, then every second
+	// with the suite's backoffs), kept meanwhile.
+	eventually(t, func() bool { return fr.tries.Load() >= 3 }, "removal retried")
+	assert.Equal(t, queue.Deliver, queueOf(t, st, "rm1"), "kept while its removal fails")
+	require.NoError(t, (&queue.Admin{Store: wst}).Requeue(context.Background(), "rm1"))
+	// Two more retries: time for a second delivery, had there been one.
+	n := fr.tries.Load()
+	eventually(t, func() bool { return fr.tries.Load() >= n+2 }, "removal retried after the requeue")
+	fr.fail.Store(false)
+	eventually(t, func() bool { return queueOf(t, st, "rm1") == "" }, "removed once removal works")
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	assert.Len(t, tr.got, 1, "delivered once")
 }
