@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -146,4 +147,55 @@ func TestSignBody(t *testing.T) {
 
 	_, err = signBody(Config{From: "nodomain", DKIMSigner: priv}, body)
 	assert.Error(t, err)
+}
+
+// bodyBackend keeps the body of every message it receives.
+type bodyBackend struct {
+	countingBackend
+	mu     sync.Mutex
+	bodies [][]byte
+}
+
+func (b *bodyBackend) NewSession(*smtp.Conn) (smtp.Session, error) {
+	return &bodySession{countingSession{&b.countingBackend}, b}, nil
+}
+
+type bodySession struct {
+	countingSession
+	b *bodyBackend
+}
+
+func (s *bodySession) Data(r io.Reader) error {
+	body, err := io.ReadAll(r)
+	s.b.mu.Lock()
+	s.b.bodies = append(s.b.bodies, body)
+	s.b.mu.Unlock()
+	return err
+}
+
+// TestSendStuffedBody: the body written as dotStuffed made it (once, not
+// through go-smtp's writer) reaches the server as go-smtp's writer would
+// send it: leading dots kept, the last line ended, nothing added.
+func TestSendStuffedBody(t *testing.T) {
+	for _, body := range []string{
+		"Subject: dots\r\n\r\n.\r\n..two\r\n. space\r\nend\r\n",
+		"Subject: no final CRLF\r\n\r\nlast line",
+		"Subject: bare LF\n\n.x\nend\n",
+		"",
+	} {
+		b := &bodyBackend{}
+		addr := startServer(t, b)
+		c, raw, stop, err := dial(context.Background(), Config{Addr: addr, Helo: "load.test"}, "")
+		require.NoError(t, err)
+		require.NotNil(t, raw, "no TLS: the body goes out raw")
+		require.NoError(t, send(c, raw, Config{From: "s@example.net", To: []string{"a@example.com"}}, []byte(body), dotStuffed([]byte(body))))
+		// The same body through go-smtp's own writer, for comparison.
+		require.NoError(t, send(c, nil, Config{From: "s@example.net", To: []string{"a@example.com"}}, []byte(body), nil))
+		stop()
+		require.NoError(t, c.Quit())
+		b.mu.Lock()
+		require.Len(t, b.bodies, 2, "%q", body)
+		assert.Equal(t, string(b.bodies[1]), string(b.bodies[0]), "%q", body)
+		b.mu.Unlock()
+	}
 }
