@@ -3,7 +3,6 @@
 package queue
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"os"
@@ -72,20 +71,7 @@ func benchMaildirCPU(b *testing.B, md *Maildir, raw string, conc int) {
 // benchMaildirCPUSyncs is benchMaildirCPU with the syncs of
 // Maildir.deliver (nil: the Maildir's own, as Deliver).
 func benchMaildirCPUSyncs(b *testing.B, md *Maildir, syncs *fsSyncs, raw string, conc int) {
-	tx := newTx("b1", "a@example.org", "john@example.com")
-	deliver := func() bool {
-		m, err := policy.NewMessage(strings.NewReader(raw), int64(len(raw)), nil)
-		if err != nil {
-			b.Error(err)
-			return false
-		}
-		d := &policy.Delivery{Tx: tx, Rcpts: tx.Rcpts, Route: policy.Route{Transport: "maildir"}, Message: m}
-		if r := md.deliver(context.Background(), d, syncs); r[0].Code != 250 {
-			b.Error(r)
-			return false
-		}
-		return true
-	}
+	deliver := maildirDeliverer(b, md, syncs, raw)
 	if !deliver() { // the maildir made
 		b.FailNow()
 	}

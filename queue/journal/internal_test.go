@@ -1,9 +1,7 @@
 package journal
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,6 +18,7 @@ import (
 
 	"github.com/mtakit/mtakit/policy"
 	"github.com/mtakit/mtakit/queue"
+	"github.com/mtakit/mtakit/queue/queuetest"
 )
 
 const testMsg = "From: a@example.org\r\nTo: b@example.com\r\nSubject: hello\r\n\r\nHello world.\r\n"
@@ -554,39 +553,9 @@ func TestAdminDeleteDurable(t *testing.T) {
 // quarantine never reaches the scheduler; the store writes the result
 // line of each recipient itself, as the spool does.
 func TestQuarantinedAtEnqueueLogged(t *testing.T) {
-	var logs bytes.Buffer
-	var mu sync.Mutex
-	s, err := Open(context.Background(), Config{Dir: t.TempDir(), Logger: slog.New(slog.NewJSONHandler(lockedWriter{&mu, &logs}, nil))})
+	var logs queuetest.LogBuffer
+	s, err := Open(context.Background(), Config{Dir: t.TempDir(), Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
 	require.NoError(t, err)
 	t.Cleanup(func() { s.Close() })
-	tx := newTx("quar1", "b@example.com", "c@example.com")
-	tx.SetQuarantine("virus_q")
-	m, err := policy.NewMessage(strings.NewReader(testMsg), int64(len(testMsg)), nil)
-	require.NoError(t, err)
-	require.NoError(t, s.Enqueue(context.Background(), tx, m))
-	mu.Lock()
-	out := logs.String()
-	mu.Unlock()
-	var to []string
-	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-		var rec map[string]any
-		require.NoError(t, json.Unmarshal([]byte(line), &rec))
-		if rec["msg"] == "queue: result" && rec["id"] == "quar1" {
-			assert.Equal(t, "quarantined", rec["status"])
-			assert.Equal(t, "quarantine/virus_q", rec["queue"])
-			to = append(to, rec["to"].(string))
-		}
-	}
-	assert.Equal(t, []string{"<b@example.com>", "<c@example.com>"}, to)
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  io.Writer
-}
-
-func (l lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
+	queuetest.QuarantinedAtEnqueueLogged(t, s.Enqueue, &logs)
 }
