@@ -88,7 +88,7 @@ run() {
 	mkdir -p "$dir"
 	sync
 	"$WORK/$1" -listen 127.0.0.1:0 -submission "" -domain doe-family.com -internal 127.0.0.0/8 \
-		-dkim-key "$KEY" -dns "$DNS" -spool "$dir/spool" -maildir "$dir/mail" -data "$WORK/data" \
+		-dkim-key "$KEY" -dns "$DNS" -rate-limit off -spool "$dir/spool" -maildir "$dir/mail" -data "$dir/data" \
 		-hostname mx.doe-family.com -retry-min 1s -log-level warn >"$dir/out" 2>&1 &
 	pid=$!
 	PIDS+=("$pid")

@@ -26,6 +26,8 @@
 # connection stays open. 1 is closer to an MX, whose clients mostly send
 # one message per connection: it adds connection setup, the reverse DNS
 # lookup and the connect rules to every message, for both servers.)
+# DOE_FLAGS (more doe-family flags for both of its servers, e.g.
+# "-queue journal")
 #
 # Everything listens on 127.0.0.1 and connects from 127.0.0.2..9 (mtakit
 # limits connections per client IP to 20); nothing leaves loopback. The
@@ -35,7 +37,7 @@ set -euo pipefail
 
 : "${SIZES:=4096 102400}" "${CONNS:=1 8 64}" "${N_SMALL:=3000}" "${N_LARGE:=1000}"
 : "${DURATION:=60s}" "${SOAK:=60}" "${NOSYNC:=1}" "${DKIM_ALG:=rsa}" "${KEEP:=0}"
-: "${DEADLINE:=540}" "${WORKDIR:=}" "${PER_CONN:=0}"
+: "${DEADLINE:=540}" "${WORKDIR:=}" "${PER_CONN:=0}" "${DOE_FLAGS:=}"
 SOURCES=127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,127.0.0.8,127.0.0.9
 FROM=load@doe-family.com
 TO=user@doe-family.com
@@ -161,10 +163,14 @@ start_doe() {
 	local mode=$1
 	shift
 	mkdir -p "$WORK/$mode"
+	# Each server has a -data of its own (it holds a lock and the admin
+	# socket there); -rate-limit off: the runs send more than its default
+	# allows one address in an hour.
+	# shellcheck disable=SC2086
 	"$BIN/doe-family" -listen 127.0.0.1:0 -submission "" -domain doe-family.com \
-		-internal 127.0.0.0/8 -dkim-key "$KEY" -dns "$DNS" \
-		-spool "$WORK/$mode/spool" -maildir "$WORK/$mode/mail" -data "$WORK/data" \
-		-hostname mx.doe-family.com -retry-min 1s -log-level warn "$@" \
+		-internal 127.0.0.0/8 -dkim-key "$KEY" -dns "$DNS" -rate-limit off \
+		-spool "$WORK/$mode/spool" -maildir "$WORK/$mode/mail" -data "$WORK/$mode/data" \
+		-hostname mx.doe-family.com -retry-min 1s -log-level warn $DOE_FLAGS "$@" \
 		>"$WORK/$mode.out" 2>&1 &
 	PIDS+=($!)
 	printf -v "PID_$mode" '%s' "$!"
@@ -184,11 +190,18 @@ for _ in $(seq 100); do
 done
 
 # queue_len MODE: entries waiting in working/ and deliver/ (*.q; *.json in
-# spools of before the one-file entry format).
+# spools of before the one-file entry format); with any other store
+# (DOE_FLAGS=-queue ...), what its admin socket counts there.
 queue_len() {
 	local q=$WORK/$1/spool
-	local f=("$q"/working/*.q "$q"/deliver/*.q "$q"/working/*.json "$q"/deliver/*.json)
-	echo "${#f[@]}"
+	if [[ -d $q/working ]]; then
+		local f=("$q"/working/*.q "$q"/deliver/*.q "$q"/working/*.json "$q"/deliver/*.json)
+		echo "${#f[@]}"
+		return
+	fi
+	curl -sf --unix-socket "$WORK/$1/data/admin.sock" http://doe/v1/counts |
+		python3 -c 'import json,sys; q=json.load(sys.stdin)["queues"]; print(q.get("working",0)+q.get("deliver",0))' 2>/dev/null ||
+		echo 1
 }
 shopt -s nullglob
 
@@ -337,7 +350,12 @@ echo "ratio: doe-family (durable) / noop; dur/ns: durable / -unsafe-no-fsync; cp
 [[ -n $SOAK_LINE ]] && echo "$SOAK_LINE"
 for m in "${MODES[@]}"; do
 	q=$WORK/$m/spool
-	left=$(( $(ls "$q/deferred" | wc -l) + $(ls "$q/dead" | wc -l) + $(queue_len "$m") ))
+	if [[ -d $q/deferred ]]; then
+		left=$(( $(ls "$q/deferred" | wc -l) + $(ls "$q/dead" | wc -l) + $(queue_len "$m") ))
+	else
+		left=$(curl -sf --unix-socket "$WORK/$m/data/admin.sock" http://doe/v1/counts |
+			python3 -c 'import json,sys; q=json.load(sys.stdin)["queues"]; print(sum(q.get(k,0) for k in ("working","deliver","deferred","dead")))' || echo "?")
+	fi
 	echo "$m: accepted ${ACCEPTED[$m]} (warm-up included; a run ended by time may deliver up to conns more, whose 250 the client did not wait for), in the maildir $(delivered "$m"), left in the queue (working, deliver, deferred, dead) $left"
 	if grep -q 'level=ERROR' "$WORK/$m.out"; then
 		echo "$m logged errors:"
