@@ -154,6 +154,31 @@
 // way, and delivered again: at least once still holds across a restart or
 // a crash, and exactly once holds within one running scheduler.
 //
+// The same holds when the record of an attempt's outcome fails (the
+// Store.Save that moves the message to deferred, some recipients left, or
+// to dead, some failed): the store still has the message as its attempt
+// record left it, the recipients just delivered still pending there. The
+// scheduler keeps the outcome in memory, outcome pending (the recipients'
+// states, the DSNs already queued, the next attempt, the last error, the
+// queue it goes to): the message is not handed to a transport meanwhile
+// (a wake-up or an operator's requeue makes it try the record at once
+// instead), and the record is retried with the same backoff and logging
+// (ERROR "cannot record the outcome of the attempt on message X; it is
+// not delivered again meanwhile, and the record is retried" once, DEBUG
+// for the retries, INFO when it is recorded) and the same SharedStore
+// claim kept. Each retry loads the message first: if it is still as the
+// attempt record left it, the outcome is saved as it was meant to be, and
+// the message goes on as if the first record had succeeded (deferred: its
+// next attempt, for its pending recipients only; dead: it stays there). If
+// an operator changed it meanwhile (requeue, hold, move, release, bounce),
+// the change stands (its queue, its next attempt) and the recipients'
+// outcomes are saved into it where it is: a delivered recipient is not
+// delivered again, and a DSN already queued is not queued again. A message
+// deleted meanwhile drops its outcome (logged at INFO). When Run stops, a
+// last try is made, and an outcome still not recorded is lost with the
+// process, as after a crash: the next scheduler retries the recipients its
+// attempt record left pending, delivered ones included (at least once).
+//
 // # Retention
 //
 // Messages in dead and in the quarantine queues are kept for inspection,

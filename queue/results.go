@@ -44,6 +44,8 @@ const (
 // message's recipients, for the result lines: rcpts[i] is recipient i's.
 type attempt struct {
 	rcpts []attemptRcpt
+	// recorded: the attempt's record (InFlight) was saved before it.
+	recorded bool
 }
 
 type attemptRcpt struct {
