@@ -133,8 +133,9 @@
 // during it; backing off"), so a message that crashes the process every
 // time cannot keep it in a crash loop nor hammer a destination. An attempt
 // that finishes, or an operator's Requeue or Move, resets the count; an
-// attempt whose outcome could not be recorded (an I/O error) counts as
-// interrupted.
+// attempt whose outcome could not be recorded (an I/O error) is kept in
+// memory until it is (outcome pending, below), and counts as interrupted
+// only when the process, or Run, stopped before.
 //
 // A delivered message (or one returned to its sender) whose removal fails
 // (Store.Remove returns an error: a full disk, a store out of reach) is
@@ -175,9 +176,12 @@
 // outcomes are saved into it where it is: a delivered recipient is not
 // delivered again, and a DSN already queued is not queued again. A message
 // deleted meanwhile drops its outcome (logged at INFO). When Run stops, a
-// last try is made, and an outcome still not recorded is lost with the
-// process, as after a crash: the next scheduler retries the recipients its
-// attempt record left pending, delivered ones included (at least once).
+// last try is made, and an outcome still not recorded is given back (its
+// claim released, a WARN says how many): a later Run of the same Scheduler
+// goes on retrying it, but another Scheduler or process, like a crash,
+// finds the message as its attempt record left it and tries again the
+// recipients pending there, delivered ones included, with their DSNs (at
+// least once).
 //
 // # Retention
 //
