@@ -197,7 +197,7 @@ func TestOutcomePendingOperator(t *testing.T) {
 	h.saved("recorded where the operator put it")
 	h.saved("the outcome of the next attempt, made at once")
 	h.wait("p1")
-	assert.Equal(t, 1, h.logs.count("INFO queue: outcome of the attempt on message p1 recorded after 2 more tries, in deliver where an operator put it meanwhile"))
+	assert.Equal(t, 1, h.logs.count("INFO queue: outcome of the attempt on message p1 recorded after 2 more tries, into the message as it is now, in deliver"))
 	assert.Equal(t, []string{"b@example.com", "c@example.com", "c@example.com"}, rcptsOf(h.tr.deliveries()))
 	assert.Equal(t, Deferred, h.queueOf("p1"))
 	assert.Equal(t, 2, h.envelope("p1").Attempts)

@@ -332,7 +332,7 @@ func (s *Scheduler) retryOutcome(ctx context.Context, id string, p *pending) boo
 	s.done(id, p)
 	now := s.cfg.Clock.Now()
 	if changed {
-		s.log.Info(fmt.Sprintf("queue: outcome of the attempt on message %s recorded after %d more tries, in %s where an operator put it meanwhile", id, p.tries, to),
+		s.log.Info(fmt.Sprintf("queue: outcome of the attempt on message %s recorded after %d more tries, into the message as it is now, in %s (changed meanwhile: an operator's change stands)", id, p.tries, to),
 			"id", id, "queue", to, "tries", p.tries)
 		if to == Working || to == Deliver || to == Deferred {
 			s.retryAt(id, s.wakeAt(env, now))
