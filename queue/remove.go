@@ -56,10 +56,10 @@ import (
 // again to the recipients still pending there: at least once, as after a
 // crash.
 
-// pending is a message whose last step, a removal or the record of an
+// pendingStep is a message whose last step, a removal or the record of an
 // attempt's outcome, the store refused: the scheduler does not deliver it
 // while it is pending, and its retrier retries the step.
-type pending struct {
+type pendingStep struct {
 	// q is the queue the message is in, as far as the scheduler knows.
 	q string
 	// env is the outcome to record, the envelope as the attempt left it,
@@ -81,7 +81,7 @@ type pending struct {
 // so: "delivered", "returned") but not removed (err), is not to be
 // delivered again, and has its removal retried.
 func (s *Scheduler) removeLater(q, id, what string, err error) {
-	s.keep(id, &pending{q: q, what: what})
+	s.keep(id, &pendingStep{q: q, what: what})
 	s.log.Error(fmt.Sprintf("queue: cannot remove %s message %s; it is not delivered again, and its removal is retried", what, id),
 		"id", id, "queue", q, "error", err)
 }
@@ -89,15 +89,15 @@ func (s *Scheduler) removeLater(q, id, what string, err error) {
 // recordLater records that the outcome of an attempt on env, to be saved
 // moved from queue q to queue to, could not be (err): the message is not
 // delivered again until it is, and its record is retried. recorded says
-// whether the store has the attempt's record (see pending).
+// whether the store has the attempt's record (see pendingStep).
 func (s *Scheduler) recordLater(q, to string, env *Envelope, recorded bool, err error) {
-	s.keep(env.ID, &pending{q: q, env: env, to: to, recorded: recorded})
+	s.keep(env.ID, &pendingStep{q: q, env: env, to: to, recorded: recorded})
 	s.log.Error(fmt.Sprintf("queue: cannot record the outcome of the attempt on message %s; it is not delivered again meanwhile, and the record is retried", env.ID),
 		"id", env.ID, "queue", q, "to", to, "error", err)
 }
 
 // keep makes p the pending step of message id.
-func (s *Scheduler) keep(id string, p *pending) {
+func (s *Scheduler) keep(id string, p *pendingStep) {
 	s.mu.Lock()
 	s.pending[id] = p
 	s.startRetrier()
@@ -105,7 +105,7 @@ func (s *Scheduler) keep(id string, p *pending) {
 }
 
 // pendingOf returns the pending step of id, or nil.
-func (s *Scheduler) pendingOf(id string) *pending {
+func (s *Scheduler) pendingOf(id string) *pendingStep {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.pending[id]
@@ -244,7 +244,7 @@ func (s *Scheduler) retry(ctx context.Context, id string) bool {
 }
 
 // done ends the pending step p of id, releasing the claims kept for it.
-func (s *Scheduler) done(id string, p *pending) {
+func (s *Scheduler) done(id string, p *pendingStep) {
 	s.mu.Lock()
 	if s.pending[id] == p {
 		delete(s.pending, id)
@@ -260,7 +260,7 @@ func (s *Scheduler) done(id string, p *pending) {
 // retryRemoval tries to remove id once and reports whether it is gone.
 // A message moved meanwhile (an operator's change) is removed from where
 // it is now: it was delivered.
-func (s *Scheduler) retryRemoval(ctx context.Context, id string, p *pending) bool {
+func (s *Scheduler) retryRemoval(ctx context.Context, id string, p *pendingStep) bool {
 	err := s.st.Remove(ctx, p.q, id)
 	if errors.Is(err, ErrNotFound) {
 		var q string
@@ -293,7 +293,7 @@ func (s *Scheduler) retryRemoval(ctx context.Context, id string, p *pending) boo
 // left it (an operator changed it), the recipients' outcomes are saved
 // into it where it is now (see mergeOutcome); otherwise the outcome is
 // saved as it is, moved to its queue.
-func (s *Scheduler) retryOutcome(ctx context.Context, id string, p *pending) bool {
+func (s *Scheduler) retryOutcome(ctx context.Context, id string, p *pendingStep) bool {
 	p.tries++
 	q, cur, m, err := s.st.Load(id)
 	if m != nil {

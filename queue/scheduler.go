@@ -154,7 +154,7 @@ type Scheduler struct {
 	// record of an attempt's outcome (see remove.go). This scheduler does
 	// not deliver them meanwhile, and its retrier retries the steps while
 	// Run runs (retrierOn). Guarded by mu.
-	pending   map[string]*pending
+	pending   map[string]*pendingStep
 	retrierOn bool
 
 	afterWork  func(id string) // test hook: called when a worker is done with id
@@ -225,7 +225,7 @@ func NewScheduler(st Store, cfg Config) *Scheduler {
 	}
 	s := &Scheduler{
 		st: st, cfg: cfg, log: cfg.Logger,
-		state: map[string]int{}, timerAt: map[string]time.Time{}, pending: map[string]*pending{},
+		state: map[string]int{}, timerAt: map[string]time.Time{}, pending: map[string]*pendingStep{},
 		kick: make(chan struct{}, 1),
 	}
 	s.shared, _ = st.(SharedStore)
