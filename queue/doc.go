@@ -174,8 +174,12 @@
 // an operator changed it meanwhile (requeue, hold, move, release, bounce),
 // the change stands (its queue, its next attempt) and the recipients'
 // outcomes are saved into it where it is: a delivered recipient is not
-// delivered again, and a DSN already queued is not queued again. A message
-// deleted meanwhile drops its outcome (logged at INFO). When Run stops, a
+// delivered again, and a DSN already queued is not queued again (an
+// operator's change is told by the queue, next attempt, attempt mark or
+// Returned flag the store has, each of which every change of Admin
+// alters). A message deleted meanwhile drops its outcome (logged at
+// INFO). The record of a delay DSN (Envelope.DelayWarned) that fails is
+// kept the same way, so that the DSN is not queued again. When Run stops, a
 // last try is made, and an outcome still not recorded is given back (its
 // claim released, a WARN says how many): a later Run of the same Scheduler
 // goes on retrying it, but another Scheduler or process, like a crash,

@@ -46,7 +46,7 @@ type outcomeHarness struct {
 	delayed func(want time.Duration)
 }
 
-func newOutcomeHarness(t *testing.T) *outcomeHarness {
+func newOutcomeHarness(t *testing.T, cfg Config) *outcomeHarness {
 	h := newHarness(t, "", Config{})
 	h.tr.script = func(rcpt string, n int) policy.Reply {
 		if rcpt == "c@example.com" {
@@ -61,15 +61,12 @@ func newOutcomeHarness(t *testing.T) *outcomeHarness {
 		logs:    &logRecords{},
 	}
 	o.st.fail.Store(true)
-	h.sch = NewScheduler(o.st, Config{
-		Transports:   map[string]Transport{"fake": h.tr},
-		DefaultRoute: h.sch.cfg.DefaultRoute,
-		Jitter:       -1,
-		Retention:    -1,
-		Hostname:     "mx.test",
-		Clock:        o.clock,
-		Logger:       slog.New(o.logs),
-	})
+	cfg.Transports = map[string]Transport{"fake": h.tr}
+	cfg.DefaultRoute = h.sch.cfg.DefaultRoute
+	cfg.Jitter, cfg.Retention = -1, -1
+	cfg.Hostname = "mx.test"
+	cfg.Clock, cfg.Logger = o.clock, slog.New(o.logs)
+	h.sch = NewScheduler(o.st, cfg)
 	h.sch.afterWork = func(id string) { h.done <- id }
 	call := func(what string, ok bool) {
 		t.Helper()
@@ -121,7 +118,7 @@ func newOutcomeHarness(t *testing.T) *outcomeHarness {
 // message is deferred as the attempt left it, and its next attempt tries
 // the deferred recipient only.
 func TestOutcomePending(t *testing.T) {
-	h := newOutcomeHarness(t)
+	h := newOutcomeHarness(t, Config{})
 	h.start()
 	start := h.clock.Now()
 	h.enqueue(newTx("p1", "a@example.org", "b@example.com", "c@example.com"), testMsg)
@@ -139,12 +136,12 @@ func TestOutcomePending(t *testing.T) {
 	h.clock.Advance(time.Second)
 	h.failed("first retry")
 	h.delay(2 * time.Second)
-	assert.Equal(t, 2, h.logs.count("DEBUG queue: record of an attempt's outcome failed again"))
+	assert.Equal(t, 2, h.logs.count("DEBUG queue: record of an outcome failed again"))
 	assert.Equal(t, 1, h.logs.count("ERROR"), "one ERROR")
 
 	h.stop() // a last try, then the message is given back
 	h.failed("last try")
-	assert.Equal(t, 1, h.logs.count("WARN queue: stopping with 1 attempt outcomes not recorded"))
+	assert.Equal(t, 1, h.logs.count("WARN queue: stopping with 1 outcomes not recorded"))
 	h.start() // the same Scheduler: not delivered, the record retried
 	h.failed("tried at the restart")
 	h.wait("p1")
@@ -182,7 +179,7 @@ func TestOutcomePending(t *testing.T) {
 // outcome.
 func TestOutcomePendingOperator(t *testing.T) {
 	ctx := context.Background()
-	h := newOutcomeHarness(t)
+	h := newOutcomeHarness(t, Config{})
 	h.start()
 	h.enqueue(newTx("p1", "a@example.org", "b@example.com", "c@example.com"), testMsg)
 	h.failed("the outcome after the attempt")
@@ -215,4 +212,48 @@ func TestOutcomePendingOperator(t *testing.T) {
 	assert.Equal(t, 1, h.logs.count("ERROR queue: cannot record the outcome of the attempt on message p2"))
 	assert.Empty(t, h.queueOf("p2"))
 	assert.Equal(t, 3, h.tr.callCount(), "p2 delivered once")
+}
+
+// TestDelayDSNRecordPending: a delay DSN whose record (Envelope.
+// DelayWarned) fails is kept the same way: a wake-up queues no second
+// one, and the record lands once the store saves again.
+func TestDelayDSNRecordPending(t *testing.T) {
+	h := newOutcomeHarness(t, delayConfig())
+	t0 := h.clock.Now()
+	h.st.fail.Store(false)
+	h.start()
+	tx := newTx("m1", "a@example.org", "c@example.com")
+	tx.Rcpts[0].Notify = []string{"DELAY", "FAILURE"}
+	h.enqueue(tx, testMsg)
+	h.saved("the outcome of attempt 1, at 0")
+	h.wait("m1")
+	h.setClock(t0.Add(3 * time.Hour))
+	h.saved("the outcome of attempt 2, at 3h")
+	h.wait("m1")
+	h.st.fail.Store(true)
+	h.setClock(t0.Add(4 * time.Hour)) // the delay DSN is due
+	h.failed("the delay DSN's record")
+	h.wait("m1")
+	h.waitOther("m1") // the delay DSN, delivered
+	assert.Equal(t, 1, h.logs.count("ERROR queue: cannot record the delay DSN queued for message m1"))
+	h.sch.wake("m1", Deferred)
+	h.failed("tried at the wake-up")
+	h.wait("m1")
+	assert.Len(t, delayedDSNs(t, h.tr.deliveries()), 1, "no second delay DSN")
+
+	h.st.fail.Store(false)
+	h.delayed(time.Second)
+	h.clock.Advance(time.Second)
+	h.saved("recorded")
+	require.Eventually(t, func() bool {
+		return h.logs.count("INFO queue: delay DSN queued for message m1 recorded after 2 more tries") == 1
+	}, 10*time.Second, time.Millisecond)
+	env := h.envelope("m1")
+	assert.Equal(t, t0.Add(4*time.Hour), env.DelayWarned)
+	assert.Equal(t, Deferred, h.queueOf("m1"))
+	h.setClock(t0.Add(9 * time.Hour)) // attempt 3; the next delay DSN is due at 28h
+	h.saved("the outcome of attempt 3, at 9h")
+	h.wait("m1")
+	assert.Len(t, delayedDSNs(t, h.tr.deliveries()), 1, "no second delay DSN")
+	assert.Equal(t, 3, h.envelope("m1").Attempts)
 }

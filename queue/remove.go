@@ -36,7 +36,14 @@ import (
 // not delivered again, a failed one gets no second DSN. A message deleted
 // meanwhile (not found) drops the outcome. Once recorded, the message goes
 // on as if the first record had succeeded: a deferred message is retried
-// at its next attempt, a dead one stays in dead.
+// at its next attempt, a dead one stays in dead. The record of a delay
+// DSN (Envelope.DelayWarned, saved where the message is) is kept the same
+// way when it fails, so that the DSN is not queued again.
+//
+// An operator's change is told by what the store had of the message when
+// the outcome was made (stored: its queue, next attempt, the mark of an
+// attempt under way, Returned): every operator's change (Admin) alters
+// one of them.
 //
 // In both cases a wake-up, an operator's requeue or a restart of Run on
 // the same Scheduler finds the message pending and does not deliver it
@@ -52,12 +59,12 @@ import (
 // What it keeps is in memory: when Run stops, a last try is made, and a
 // message still pending is given back (its claims released; a later Run of
 // the same Scheduler goes on retrying); a new process (or Scheduler) finds
-// it as its attempt record left it, an attempt under way, and delivers it
-// again to the recipients still pending there: at least once, as after a
+// it as its last record left it (an attempt under way: it delivers it
+// again to the recipients still pending there): at least once, as after a
 // crash.
 
 // pendingStep is a message whose last step, a removal or the record of an
-// attempt's outcome, the store refused: the scheduler does not deliver it
+// outcome (an attempt's, a delay DSN's), the store refused: the scheduler does not deliver it
 // while it is pending, and its retrier retries the step.
 type pendingStep struct {
 	// q is the queue the message is in, as far as the scheduler knows.
@@ -66,11 +73,11 @@ type pendingStep struct {
 	// to be saved in queue to; nil for a removal.
 	env *Envelope
 	to  string
-	// recorded: the store has the attempt record of the attempt whose
-	// outcome env is (Envelope.InFlight set), so that a copy without it
-	// was changed by an operator.
-	recorded bool
-	// what: for a removal, what the message is ("delivered", "returned").
+	// base is what the store had of the message when the outcome was
+	// made (its attempt record, if any), to tell an operator's change.
+	base stored
+	// what: for a removal, what the message is ("delivered",
+	// "returned"); for an outcome, what it records (recOutcome, recDelay).
 	what  string
 	tries int // touched only under the message's lock
 	// release holds the SharedStore claims the scheduler keeps, if any.
@@ -86,14 +93,46 @@ func (s *Scheduler) removeLater(q, id, what string, err error) {
 		"id", id, "queue", q, "error", err)
 }
 
-// recordLater records that the outcome of an attempt on env, to be saved
-// moved from queue q to queue to, could not be (err): the message is not
-// delivered again until it is, and its record is retried. recorded says
-// whether the store has the attempt's record (see pendingStep).
-func (s *Scheduler) recordLater(q, to string, env *Envelope, recorded bool, err error) {
-	s.keep(env.ID, &pendingStep{q: q, env: env, to: to, recorded: recorded})
-	s.log.Error(fmt.Sprintf("queue: cannot record the outcome of the attempt on message %s; it is not delivered again meanwhile, and the record is retried", env.ID),
-		"id", env.ID, "queue", q, "to", to, "error", err)
+// What recordLater records: the outcome of an attempt (finish's move to
+// deferred or dead), or the delay DSN queued for a message (its
+// DelayWarned, saved where it is).
+const (
+	recOutcome = "outcome of the attempt on"
+	recDelay   = "delay DSN queued for"
+)
+
+// recordLater records that env, to be saved moved from queue base.q (what
+// the store has of it) to queue to, could not be (err): the message is
+// not delivered (again) until it is, and its record is retried. what says
+// what env records (recOutcome, recDelay).
+func (s *Scheduler) recordLater(what, to string, env *Envelope, base stored, err error) {
+	s.keep(env.ID, &pendingStep{q: base.q, env: env, to: to, base: base, what: what})
+	meanwhile := "it is not delivered again meanwhile"
+	if what == recDelay {
+		meanwhile = "it is neither delivered nor warned again meanwhile"
+	}
+	s.log.Error(fmt.Sprintf("queue: cannot record the %s message %s; %s, and the record is retried", what, env.ID, meanwhile),
+		"id", env.ID, "queue", base.q, "to", to, "error", err)
+}
+
+// stored is what the store has of a message, as far as the scheduler
+// knows: enough to tell whether an operator changed it since (a requeue,
+// move, release or bounce sets its next attempt and clears the mark of an
+// attempt under way; a hold, a move or a release changes its queue).
+type stored struct {
+	q              string
+	next           time.Time
+	inFlight, back bool // InFlight, Returned
+}
+
+// storedOf returns what the store has of env, in queue q.
+func storedOf(q string, env *Envelope) stored {
+	return stored{q: q, next: env.NextAttempt, inFlight: env.InFlight, back: env.Returned}
+}
+
+// changed reports whether env, found in queue q, is no longer as b says.
+func (b stored) changed(q string, env *Envelope) bool {
+	return q != b.q || !env.NextAttempt.Equal(b.next) || env.InFlight != b.inFlight || env.Returned != b.back
 }
 
 // keep makes p the pending step of message id.
@@ -204,7 +243,7 @@ func (s *Scheduler) stopRetrier() {
 		s.log.Warn(fmt.Sprintf("queue: stopping with %d delivered messages not removed: delivered again by the next scheduler unless removed first", removals), "count", removals)
 	}
 	if outcomes > 0 {
-		s.log.Warn(fmt.Sprintf("queue: stopping with %d attempt outcomes not recorded: their messages are delivered again to the recipients their attempt records left pending by the next scheduler unless recorded first", outcomes), "count", outcomes)
+		s.log.Warn(fmt.Sprintf("queue: stopping with %d outcomes not recorded: their messages are taken up again by the next scheduler as their last records left them (delivered recipients pending there delivered again) unless recorded first", outcomes), "count", outcomes)
 	}
 }
 
@@ -302,21 +341,21 @@ func (s *Scheduler) retryOutcome(ctx context.Context, id string, p *pendingStep)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		s.done(id, p)
-		s.log.Info(fmt.Sprintf("queue: outcome of the attempt on message %s dropped: the message was removed meanwhile", id), "id", id, "tries", p.tries)
+		s.log.Info(fmt.Sprintf("queue: %s message %s dropped: the message was removed meanwhile", p.what, id), "id", id, "tries", p.tries)
 		return true
 	case errors.Is(err, ErrCorrupt):
 		// Unreadable now: the outcome cannot go into it. work sets it
 		// aside (or the store gives it back with a SharedStore).
 		s.done(id, p)
-		s.log.Warn(fmt.Sprintf("queue: outcome of the attempt on message %s dropped: its entry cannot be read", id), "id", id, "queue", q, "error", err)
+		s.log.Warn(fmt.Sprintf("queue: %s message %s dropped: its entry cannot be read", p.what, id), "id", id, "queue", q, "error", err)
 		s.retryAt(id, s.cfg.Clock.Now())
 		return true
 	case err != nil:
-		s.log.Debug("queue: record of an attempt's outcome failed again", "id", id, "queue", p.q, "tries", p.tries, "error", err)
+		s.log.Debug("queue: record of an outcome failed again", "id", id, "queue", p.q, "record", p.what, "tries", p.tries, "error", err)
 		return false
 	}
 	env, from, to := p.env, p.q, p.to
-	changed := q != p.q || p.recorded && !cur.InFlight
+	changed := p.base.changed(q, cur)
 	if changed {
 		mergeOutcome(cur, p.env)
 		env, from, to = cur, q, q
@@ -326,20 +365,20 @@ func (s *Scheduler) retryOutcome(ctx context.Context, id string, p *pendingStep)
 		env.end = 0
 	}
 	if err := s.st.Save(ctx, env, from, to, nil); err != nil {
-		s.log.Debug("queue: record of an attempt's outcome failed again", "id", id, "queue", from, "tries", p.tries, "error", err)
+		s.log.Debug("queue: record of an outcome failed again", "id", id, "queue", from, "record", p.what, "tries", p.tries, "error", err)
 		return false
 	}
 	s.done(id, p)
 	now := s.cfg.Clock.Now()
 	if changed {
-		s.log.Info(fmt.Sprintf("queue: outcome of the attempt on message %s recorded after %d more tries, into the message as it is now, in %s (changed meanwhile: an operator's change stands)", id, p.tries, to),
+		s.log.Info(fmt.Sprintf("queue: %s message %s recorded after %d more tries, into the message as it is now, in %s (changed meanwhile: an operator's change stands)", p.what, id, p.tries, to),
 			"id", id, "queue", to, "tries", p.tries)
 		if to == Working || to == Deliver || to == Deferred {
 			s.retryAt(id, s.wakeAt(env, now))
 		}
 		return true
 	}
-	s.log.Info(fmt.Sprintf("queue: outcome of the attempt on message %s recorded after %d more tries", id, p.tries), "id", id, "queue", to, "tries", p.tries)
+	s.log.Info(fmt.Sprintf("queue: %s message %s recorded after %d more tries", p.what, id, p.tries), "id", id, "queue", to, "tries", p.tries)
 	s.movedOn(to, env, now)
 	return true
 }

@@ -44,8 +44,9 @@ const (
 // message's recipients, for the result lines: rcpts[i] is recipient i's.
 type attempt struct {
 	rcpts []attemptRcpt
-	// recorded: the attempt's record (InFlight) was saved before it.
-	recorded bool
+	// stored is what the store has of the message while the attempt
+	// runs: its attempt record, if one was saved.
+	stored stored
 }
 
 type attemptRcpt struct {

@@ -448,11 +448,15 @@ func (s *Scheduler) work(ctx context.Context, id string) {
 	if q != Working && q != Deliver && q != Deferred {
 		return
 	}
+	base := storedOf(q, env) // what the store has, to tell an operator's change later
 	now := s.cfg.Clock.Now()
 	resume := false
 	if env.InFlight && (q == Deferred || q == Deliver) {
 		if resume = s.interrupted(ctx, q, env); !resume && env.InFlight {
 			return // could not record it: retried later
+		}
+		if !resume {
+			base = storedOf(q, env) // interrupted saved it
 		}
 	}
 	if !resume && env.Attempts > 0 && env.NextAttempt.After(now) && (q == Deferred || q == Deliver) {
@@ -461,7 +465,9 @@ func (s *Scheduler) work(ctx context.Context, id string) {
 			wctx := context.WithoutCancel(ctx) // a stop does not cut it in half
 			if s.warnDelayed(wctx, env, m, now) {
 				if err := s.st.Save(wctx, env, q, q, nil); err != nil {
-					s.log.Error("queue: cannot record delay DSN", "id", id, "error", err)
+					// Kept, not warned again meanwhile (see recordLater).
+					s.recordLater(recDelay, q, env, base, err)
+					return
 				}
 			}
 		}
@@ -476,11 +482,11 @@ func (s *Scheduler) work(ctx context.Context, id string) {
 	var edited *policy.Message
 	if !env.PostQDone {
 		var ok bool
-		if edited, ok = s.postq(ctx, rctx, q, env, m); !ok {
+		if edited, ok = s.postq(ctx, rctx, base, env, m); !ok {
 			return
 		}
 	}
-	s.deliver(ctx, rctx, q, env, m, edited)
+	s.deliver(ctx, rctx, base, env, m, edited)
 }
 
 // maxCrashes is the number of attempts in a row that the process may stop
@@ -559,8 +565,10 @@ func (c *prefixWriter) Write(p []byte) (int, error) {
 
 // postq runs the postq rules and reports whether delivery goes on; then
 // env.PostQDone is set and edited is m when the rules changed its header,
-// for deliver to save with its attempt record (one commit, not two).
-func (s *Scheduler) postq(ctx, rctx context.Context, q string, env *Envelope, m *policy.Message) (edited *policy.Message, ok bool) {
+// for deliver to save with its attempt record (one commit, not two). base
+// is what the store has of it (in queue base.q).
+func (s *Scheduler) postq(ctx, rctx context.Context, base stored, env *Envelope, m *policy.Message) (edited *policy.Message, ok bool) {
+	q := base.q
 	tx := env.Transaction(RcptPending)
 	before := headerBytes(m.Header)
 	res := s.cfg.Chain.EvalPostQ(rctx, tx, m)
@@ -572,6 +580,7 @@ func (s *Scheduler) postq(ctx, rctx context.Context, q string, env *Envelope, m 
 	switch res.Verdict.Kind {
 	case policy.KindDeny:
 		att := newAttempt(env) // the rules do not change env's recipients
+		att.stored = base
 		if res.Reply.Permanent() {
 			log.Info("queue: postq denied; bouncing", "reply", res.Reply.String())
 			for i := range env.Rcpts {
@@ -663,10 +672,13 @@ type group struct {
 // Before the attempt, the attempt and the time of the next one are saved
 // (so a crash loop cannot hammer a destination), together with the
 // outcome of postq when it just ran: the move out of working and the
-// header edits (edited not nil).
-func (s *Scheduler) deliver(ctx, rctx context.Context, q string, env *Envelope, m, edited *policy.Message) {
+// header edits (edited not nil). base is what the store has of the
+// message (in queue base.q).
+func (s *Scheduler) deliver(ctx, rctx context.Context, base stored, env *Envelope, m, edited *policy.Message) {
+	q := base.q
 	now := s.cfg.Clock.Now()
 	att := newAttempt(env)
+	att.stored = base
 	to := q
 	if q == Working {
 		to = Deliver
@@ -688,7 +700,7 @@ func (s *Scheduler) deliver(ctx, rctx context.Context, q string, env *Envelope, 
 			return
 		}
 		q = to
-		att.recorded = true
+		att.stored = storedOf(q, env)
 	}
 	tx := env.Transaction(RcptPending)
 	var groups []*group
@@ -898,7 +910,7 @@ func rcptErrors(env *Envelope, state string) string {
 // still pending in the store.
 func (s *Scheduler) moveOn(ctx context.Context, q, to string, env *Envelope, att *attempt) {
 	if err := s.st.Save(ctx, env, q, to, nil); err != nil {
-		s.recordLater(q, to, env, att.recorded, err)
+		s.recordLater(recOutcome, to, env, att.stored, err)
 		return
 	}
 	s.movedOn(to, env, s.cfg.Clock.Now())
@@ -906,10 +918,13 @@ func (s *Scheduler) moveOn(ctx context.Context, q, to string, env *Envelope, att
 
 // movedOn goes on with env once its outcome is recorded in queue to.
 func (s *Scheduler) movedOn(to string, env *Envelope, now time.Time) {
-	if to == Deferred {
+	switch to {
+	case Deferred:
 		s.log.Info("queue: deferred", "id", env.ID, "attempts", env.Attempts, "next", env.NextAttempt, "error", env.LastError)
 		s.retryAt(env.ID, s.wakeAt(env, now))
-	} else {
+	case Working, Deliver: // a delay DSN's record
+		s.retryAt(env.ID, s.wakeAt(env, now))
+	default:
 		s.log.Info("queue: moved", "id", env.ID, "queue", to, "error", env.LastError)
 	}
 }
