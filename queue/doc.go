@@ -133,8 +133,9 @@
 // during it; backing off"), so a message that crashes the process every
 // time cannot keep it in a crash loop nor hammer a destination. An attempt
 // that finishes, or an operator's Requeue or Move, resets the count; an
-// attempt whose outcome could not be recorded (an I/O error) counts as
-// interrupted.
+// attempt whose outcome could not be recorded (an I/O error) is kept in
+// memory until it is (outcome pending, below), and counts as interrupted
+// only when the process, or Run, stopped before.
 //
 // A delivered message (or one returned to its sender) whose removal fails
 // (Store.Remove returns an error: a full disk, a store out of reach) is
@@ -153,6 +154,38 @@
 // Scheduler or process as its attempt record left it, an attempt under
 // way, and delivered again: at least once still holds across a restart or
 // a crash, and exactly once holds within one running scheduler.
+//
+// The same holds when the record of an attempt's outcome fails (the
+// Store.Save that moves the message to deferred, some recipients left, or
+// to dead, some failed): the store still has the message as its attempt
+// record left it, the recipients just delivered still pending there. The
+// scheduler keeps the outcome in memory, outcome pending (the recipients'
+// states, the DSNs already queued, the next attempt, the last error, the
+// queue it goes to): the message is not handed to a transport meanwhile
+// (a wake-up or an operator's requeue makes it try the record at once
+// instead), and the record is retried with the same backoff and logging
+// (ERROR "cannot record the outcome of the attempt on message X; it is
+// not delivered again meanwhile, and the record is retried" once, DEBUG
+// for the retries, INFO when it is recorded) and the same SharedStore
+// claim kept. Each retry loads the message first: if it is still as the
+// attempt record left it, the outcome is saved as it was meant to be, and
+// the message goes on as if the first record had succeeded (deferred: its
+// next attempt, for its pending recipients only; dead: it stays there). If
+// an operator changed it meanwhile (requeue, hold, move, release, bounce),
+// the change stands (its queue, its next attempt) and the recipients'
+// outcomes are saved into it where it is: a delivered recipient is not
+// delivered again, and a DSN already queued is not queued again (an
+// operator's change is told by the queue, next attempt, attempt mark or
+// Returned flag the store has, each of which every change of Admin
+// alters). A message deleted meanwhile drops its outcome (logged at
+// INFO). The record of a delay DSN (Envelope.DelayWarned) that fails is
+// kept the same way, so that the DSN is not queued again. When Run stops, a
+// last try is made, and an outcome still not recorded is given back (its
+// claim released, a WARN says how many): a later Run of the same Scheduler
+// goes on retrying it, but another Scheduler or process, like a crash,
+// finds the message as its attempt record left it and tries again the
+// recipients pending there, delivered ones included, with their DSNs (at
+// least once).
 //
 // # Retention
 //

@@ -44,6 +44,9 @@ const (
 // message's recipients, for the result lines: rcpts[i] is recipient i's.
 type attempt struct {
 	rcpts []attemptRcpt
+	// stored is what the store has of the message while the attempt
+	// runs: its attempt record, if one was saved.
+	stored stored
 }
 
 type attemptRcpt struct {

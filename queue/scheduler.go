@@ -117,9 +117,11 @@ type Config struct {
 // is saved before each attempt; per-recipient results and the move to
 // deferred, dead or removal after it. A crash between a delivery and its
 // record may deliver a message twice (at least once), never zero times. A
-// delivered message whose removal fails is not delivered again by this
-// Scheduler: its removal is retried until it succeeds or Run stops (see
-// the package doc, "Scheduler").
+// delivered message whose removal fails, or a message whose outcome
+// record fails (some recipients delivered, others deferred or failed), is
+// not delivered again by this Scheduler to the recipients it delivered:
+// the removal or the record is retried until it succeeds or Run stops
+// (see the package doc, "Scheduler").
 type Scheduler struct {
 	st  Store
 	cfg Config
@@ -147,12 +149,13 @@ type Scheduler struct {
 	running int
 	wg      sync.WaitGroup
 
-	// removing holds the messages delivered (or returned to their
-	// senders) whose removal failed: this scheduler never delivers them
-	// again, and its remover retries their removal while Run runs
-	// (removerOn). Guarded by mu.
-	removing  map[string]*removal
-	removerOn bool
+	// pending holds the messages whose last step the store refused: a
+	// removal after their delivery (or return to their senders), or the
+	// record of an attempt's outcome (see remove.go). This scheduler does
+	// not deliver them meanwhile, and its retrier retries the steps while
+	// Run runs (retrierOn). Guarded by mu.
+	pending   map[string]*pendingStep
+	retrierOn bool
 
 	afterWork  func(id string) // test hook: called when a worker is done with id
 	afterPurge func()          // test hook: called after each retention run
@@ -222,7 +225,7 @@ func NewScheduler(st Store, cfg Config) *Scheduler {
 	}
 	s := &Scheduler{
 		st: st, cfg: cfg, log: cfg.Logger,
-		state: map[string]int{}, timerAt: map[string]time.Time{}, removing: map[string]*removal{},
+		state: map[string]int{}, timerAt: map[string]time.Time{}, pending: map[string]*pendingStep{},
 		kick: make(chan struct{}, 1),
 	}
 	s.shared, _ = st.(SharedStore)
@@ -258,7 +261,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	s.runCtx = ctx
-	s.startRemover() // removals left by an earlier Run
+	s.startRetrier() // steps left pending by an earlier Run
 	s.mu.Unlock()
 	if s.cfg.Retention > 0 {
 		s.wg.Add(1)
@@ -419,8 +422,16 @@ func (s *Scheduler) work(ctx context.Context, id string) {
 		}
 		defer s.releaseClaim(id, release)
 	}
-	if s.removalPending(id) {
-		s.log.Debug("queue: delivered already, its removal pending: not delivered again", "id", id)
+	if p := s.pendingOf(id); p != nil {
+		if p.env == nil {
+			s.log.Debug("queue: delivered already, its removal pending: not delivered again", "id", id)
+			return
+		}
+		// The store has the message as its attempt record left it, with
+		// recipients pending that the attempt delivered: record the
+		// outcome (its retrier goes on if that fails), deliver nothing.
+		s.log.Debug("queue: outcome of its last attempt not recorded yet: not delivered again; recording it", "id", id)
+		s.retry(context.WithoutCancel(ctx), id)
 		return
 	}
 	q, env, m, err := s.st.Load(id)
@@ -437,11 +448,15 @@ func (s *Scheduler) work(ctx context.Context, id string) {
 	if q != Working && q != Deliver && q != Deferred {
 		return
 	}
+	base := storedOf(q, env) // what the store has, to tell an operator's change later
 	now := s.cfg.Clock.Now()
 	resume := false
 	if env.InFlight && (q == Deferred || q == Deliver) {
 		if resume = s.interrupted(ctx, q, env); !resume && env.InFlight {
 			return // could not record it: retried later
+		}
+		if !resume {
+			base = storedOf(q, env) // interrupted saved it
 		}
 	}
 	if !resume && env.Attempts > 0 && env.NextAttempt.After(now) && (q == Deferred || q == Deliver) {
@@ -450,7 +465,9 @@ func (s *Scheduler) work(ctx context.Context, id string) {
 			wctx := context.WithoutCancel(ctx) // a stop does not cut it in half
 			if s.warnDelayed(wctx, env, m, now) {
 				if err := s.st.Save(wctx, env, q, q, nil); err != nil {
-					s.log.Error("queue: cannot record delay DSN", "id", id, "error", err)
+					// Kept, not warned again meanwhile (see recordLater).
+					s.recordLater(recDelay, q, env, base, err)
+					return
 				}
 			}
 		}
@@ -465,11 +482,11 @@ func (s *Scheduler) work(ctx context.Context, id string) {
 	var edited *policy.Message
 	if !env.PostQDone {
 		var ok bool
-		if edited, ok = s.postq(ctx, rctx, q, env, m); !ok {
+		if edited, ok = s.postq(ctx, rctx, base, env, m); !ok {
 			return
 		}
 	}
-	s.deliver(ctx, rctx, q, env, m, edited)
+	s.deliver(ctx, rctx, base, env, m, edited)
 }
 
 // maxCrashes is the number of attempts in a row that the process may stop
@@ -548,8 +565,10 @@ func (c *prefixWriter) Write(p []byte) (int, error) {
 
 // postq runs the postq rules and reports whether delivery goes on; then
 // env.PostQDone is set and edited is m when the rules changed its header,
-// for deliver to save with its attempt record (one commit, not two).
-func (s *Scheduler) postq(ctx, rctx context.Context, q string, env *Envelope, m *policy.Message) (edited *policy.Message, ok bool) {
+// for deliver to save with its attempt record (one commit, not two). base
+// is what the store has of it (in queue base.q).
+func (s *Scheduler) postq(ctx, rctx context.Context, base stored, env *Envelope, m *policy.Message) (edited *policy.Message, ok bool) {
+	q := base.q
 	tx := env.Transaction(RcptPending)
 	before := headerBytes(m.Header)
 	res := s.cfg.Chain.EvalPostQ(rctx, tx, m)
@@ -561,6 +580,7 @@ func (s *Scheduler) postq(ctx, rctx context.Context, q string, env *Envelope, m 
 	switch res.Verdict.Kind {
 	case policy.KindDeny:
 		att := newAttempt(env) // the rules do not change env's recipients
+		att.stored = base
 		if res.Reply.Permanent() {
 			log.Info("queue: postq denied; bouncing", "reply", res.Reply.String())
 			for i := range env.Rcpts {
@@ -652,10 +672,13 @@ type group struct {
 // Before the attempt, the attempt and the time of the next one are saved
 // (so a crash loop cannot hammer a destination), together with the
 // outcome of postq when it just ran: the move out of working and the
-// header edits (edited not nil).
-func (s *Scheduler) deliver(ctx, rctx context.Context, q string, env *Envelope, m, edited *policy.Message) {
+// header edits (edited not nil). base is what the store has of the
+// message (in queue base.q).
+func (s *Scheduler) deliver(ctx, rctx context.Context, base stored, env *Envelope, m, edited *policy.Message) {
+	q := base.q
 	now := s.cfg.Clock.Now()
 	att := newAttempt(env)
+	att.stored = base
 	to := q
 	if q == Working {
 		to = Deliver
@@ -677,6 +700,7 @@ func (s *Scheduler) deliver(ctx, rctx context.Context, q string, env *Envelope, 
 			return
 		}
 		q = to
+		att.stored = storedOf(q, env)
 	}
 	tx := env.Transaction(RcptPending)
 	var groups []*group
@@ -837,7 +861,7 @@ func (s *Scheduler) finish(ctx context.Context, q string, env *Envelope, m *poli
 		if !env.pending() {
 			env.NextAttempt = now.Add(s.cfg.MinBackoff)
 		}
-		s.moveOn(ctx, q, Deferred, env)
+		s.moveOn(ctx, q, Deferred, env, att)
 		return
 	}
 	switch {
@@ -846,7 +870,7 @@ func (s *Scheduler) finish(ctx context.Context, q string, env *Envelope, m *poli
 			s.warnDelayed(ctx, env, m, now) // recorded with the move below
 		}
 		env.LastError = rcptErrors(env, RcptPending)
-		s.moveOn(ctx, q, Deferred, env)
+		s.moveOn(ctx, q, Deferred, env, att)
 	case env.Returned:
 		// Bounced by an operator (Spool.Bounce): returned to its sender
 		// above, it is deleted, not kept in dead.
@@ -857,7 +881,7 @@ func (s *Scheduler) finish(ctx context.Context, q string, env *Envelope, m *poli
 		s.log.Info("queue: returned to sender by an operator", "id", env.ID)
 	case slices.ContainsFunc(env.Rcpts, func(r RcptState) bool { return r.State == RcptFailed }):
 		env.LastError = rcptErrors(env, RcptFailed)
-		s.moveOn(ctx, q, Dead, env)
+		s.moveOn(ctx, q, Dead, env, att)
 	default:
 		if err := s.st.Remove(ctx, q, env.ID); err != nil {
 			s.removeLater(q, env.ID, "delivered", err)
@@ -879,16 +903,28 @@ func rcptErrors(env *Envelope, state string) string {
 	return strings.Join(errs, "; ")
 }
 
-func (s *Scheduler) moveOn(ctx context.Context, q, to string, env *Envelope) {
+// moveOn records the outcome of attempt att on env, moving it from q to
+// "to" (Deferred or Dead). When the store refuses, the outcome is kept in
+// memory and its record retried, the message not delivered again
+// meanwhile (see recordLater): the recipients the attempt delivered are
+// still pending in the store.
+func (s *Scheduler) moveOn(ctx context.Context, q, to string, env *Envelope, att *attempt) {
 	if err := s.st.Save(ctx, env, q, to, nil); err != nil {
-		s.log.Error("queue: cannot record outcome", "id", env.ID, "error", err)
-		s.retryAt(env.ID, s.cfg.Clock.Now().Add(s.cfg.MinBackoff))
+		s.recordLater(recOutcome, to, env, att.stored, err)
 		return
 	}
-	if to == Deferred {
+	s.movedOn(to, env, s.cfg.Clock.Now())
+}
+
+// movedOn goes on with env once its outcome is recorded in queue to.
+func (s *Scheduler) movedOn(to string, env *Envelope, now time.Time) {
+	switch to {
+	case Deferred:
 		s.log.Info("queue: deferred", "id", env.ID, "attempts", env.Attempts, "next", env.NextAttempt, "error", env.LastError)
-		s.retryAt(env.ID, s.wakeAt(env, s.cfg.Clock.Now()))
-	} else {
+		s.retryAt(env.ID, s.wakeAt(env, now))
+	case Working, Deliver: // a delay DSN's record
+		s.retryAt(env.ID, s.wakeAt(env, now))
+	default:
 		s.log.Info("queue: moved", "id", env.ID, "queue", to, "error", env.LastError)
 	}
 }

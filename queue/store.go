@@ -91,8 +91,10 @@ type SharedStore interface {
 	// process): the scheduler leaves it. Otherwise the scheduler calls
 	// release when done with it; a message not saved or removed meanwhile
 	// is handed out again when its NextAttempt is due. A delivered message
-	// whose Remove failed keeps its claim (release is not called) while
-	// the scheduler retries the removal, until Run stops.
+	// whose Remove failed, or a message whose outcome record (Save after
+	// an attempt) failed, keeps its claim (release is not called) while
+	// the scheduler retries the removal or the record, until Run stops;
+	// so do the claims of it the store hands out meanwhile.
 	Claim(id string) (release func(), ok bool)
 }
 

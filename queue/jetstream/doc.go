@@ -108,17 +108,20 @@
 // Delivery is at least once, as with the spool: a node that dies after a
 // delivery and before its record, or a node cut off longer than AckWait
 // while delivering, makes another node deliver again. A delivered
-// message whose removal fails (the servers out of reach) stays held by
-// its node (in-progress acks) while its scheduler retries the removal, so
-// that no node delivers it again meanwhile; if the node stops first, the
-// message goes back to the consumer and is delivered again.
+// message whose removal fails (the servers out of reach), or a message
+// whose outcome record fails after an attempt (some recipients delivered),
+// stays held by its node (in-progress acks) while its scheduler retries
+// the removal or the record, so that no node delivers it again meanwhile;
+// if the node stops first, the message goes back to the consumer and is
+// delivered again to the recipients its attempt record left pending.
 //
 // One node works on a message at a time (the consumer's explicit acks and
 // in-progress acks); its changes are conditional on the message's last
 // sequence, so an operator's change made on another node during an attempt
-// wins and the attempt's record fails (logged; the message goes on from
-// the operator's state). queue.Store.Lock only orders the work of one
-// process.
+// wins and the attempt's record fails (logged); the scheduler then saves
+// the recipients' outcomes of the attempt into the operator's state, and
+// the message goes on from there (see queue's package doc, outcome
+// pending). queue.Store.Lock only orders the work of one process.
 //
 // # A three-node cluster
 //

@@ -19,8 +19,12 @@
 // on the store with the real clock and short backoffs: delivery, retry
 // after a temporary failure, a bounce (dead queue and DSN), quarantine by
 // a postq rule, hold and release, an operator's bounce, the resumption
-// of an attempt the process stopped during, and a delivered message whose
-// removal fails for a while (delivered once, removed once it can be).
+// of an attempt the process stopped during, a delivered message whose
+// removal fails for a while (delivered once, removed once it can be), and
+// a message whose outcome record fails for a while after an attempt that
+// delivered it to some recipients (not delivered to them again, its DSN
+// queued once, the outcome recorded once it can be, also where an
+// operator's requeue or hold put it meanwhile).
 //
 // # Configuration and logging
 //
@@ -91,6 +95,10 @@ func Run(t *testing.T, open func(t *testing.T) queue.Store) {
 		{"SchedulerOperatorBounce", testSchedOperatorBounce},
 		{"SchedulerResumesInterrupted", testSchedResumes},
 		{"SchedulerRemoveFails", testSchedRemoveFails},
+		{"SchedulerOutcomeFails", func(t *testing.T, st queue.Store) { testSchedOutcomeFails(t, st, false) }},
+		{"SchedulerOutcomeFailsRequeued", func(t *testing.T, st queue.Store) { testSchedOutcomeFails(t, st, true) }},
+		{"SchedulerOutcomeFailsBounce", testSchedOutcomeFailsBounce},
+		{"SchedulerOutcomeFailsHeld", testSchedOutcomeFailsHeld},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
@@ -515,6 +523,7 @@ type transport struct {
 	mu      sync.Mutex
 	replies map[string][]policy.Reply // by recipient
 	got     []Delivery
+	handed  map[string]int // how many times each recipient was handed to it
 	ch      chan Delivery
 }
 
@@ -525,7 +534,7 @@ type Delivery struct {
 }
 
 func newTransport() *transport {
-	return &transport{replies: map[string][]policy.Reply{}, ch: make(chan Delivery, 100)}
+	return &transport{replies: map[string][]policy.Reply{}, handed: map[string]int{}, ch: make(chan Delivery, 100)}
 }
 
 func (tr *transport) answer(rcpt string, replies ...policy.Reply) {
@@ -542,6 +551,7 @@ func (tr *transport) Deliver(ctx context.Context, d *policy.Delivery) []policy.R
 	defer tr.mu.Unlock()
 	for i, r := range d.Rcpts {
 		rcpt := r.Addr.String()
+		tr.handed[rcpt]++
 		out[i] = policy.Reply{Code: 250, Enhanced: "2.0.0", Text: "OK"}
 		if rs := tr.replies[rcpt]; len(rs) > 0 {
 			out[i], tr.replies[rcpt] = rs[0], rs[1:]
@@ -767,4 +777,184 @@ func testSchedRemoveFails(t *testing.T, st queue.Store) {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	assert.Len(t, tr.got, 1, "delivered once")
+}
+
+// handedTo returns how many times rcpt was handed to the transport, and
+// how many of those deliveries succeeded.
+func (tr *transport) handedTo(rcpt string) (handed, delivered int) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	for _, d := range tr.got {
+		if d.Rcpt == rcpt {
+			delivered++
+		}
+	}
+	return tr.handed[rcpt], delivered
+}
+
+// failingSave is a store whose Save fails while fail is set (as on a full
+// disk), counting the failures; SaveUnsynced, the record of an attempt
+// about to start, goes through.
+type failingSave struct {
+	queue.Store
+	fail  atomic.Bool
+	tries atomic.Int32
+}
+
+var errSave = errors.New("queuetest: save fails (a full disk)")
+
+func (f *failingSave) Save(ctx context.Context, env *queue.Envelope, from, to string, m *policy.Message) error {
+	if f.fail.Load() {
+		f.tries.Add(1)
+		return errSave
+	}
+	return f.Store.Save(ctx, env, from, to, m)
+}
+
+// failingSaveShared is a failingSave over a SharedStore.
+type failingSaveShared struct {
+	*failingSave
+	shared queue.SharedStore
+}
+
+func (f failingSaveShared) Claim(id string) (func(), bool) { return f.shared.Claim(id) }
+
+// failSaves returns st wrapped in a failingSave (whose Save fails while
+// its fail is set), a SharedStore still when st is one.
+func failSaves(st queue.Store) (*failingSave, queue.Store) {
+	fs := &failingSave{Store: st}
+	if sh, ok := st.(queue.SharedStore); ok {
+		return fs, failingSaveShared{fs, sh}
+	}
+	return fs, fs
+}
+
+var (
+	reply451 = policy.Reply{Code: 451, Enhanced: "4.4.1", Text: "try later"}
+	reply550 = policy.Reply{Code: 550, Enhanced: "5.1.1", Text: "no such user"}
+)
+
+// retriedNotRedelivered waits until fs's Save failed n times more than
+// before, or rcpt was handed to tr again (the failure looked for), and
+// checks that it was not.
+func retriedNotRedelivered(t *testing.T, fs *failingSave, n int32, tr *transport, rcpt, what string) {
+	t.Helper()
+	eventually(t, func() bool {
+		handed, _ := tr.handedTo(rcpt)
+		return fs.tries.Load() >= n || handed > 1
+	}, "outcome record retried %s", what)
+	handed, _ := tr.handedTo(rcpt)
+	require.Equal(t, 1, handed, "%s: not handed to the transport again while its outcome is pending (%s)", rcpt, what)
+}
+
+// testSchedOutcomeFails: an attempt delivers a message to one recipient
+// and defers the other; the record of that outcome fails for a while.
+// The delivered recipient gets the message once: neither the retries nor
+// (requeue) an operator's requeue meanwhile hand it over again. Once the
+// store saves again, the outcome is recorded, and the deferred recipient
+// is tried again until it is delivered.
+func testSchedOutcomeFails(t *testing.T, st queue.Store, requeue bool) {
+	ctx := context.Background()
+	fs, wst := failSaves(st)
+	fs.fail.Store(true)
+	tr := newTransport()
+	tr.answer("c@example.com", reply451, reply451)
+	schedule(t, wst, tr, nil)
+	Add(t, st, "of1", queue.Working, Msg, "b@example.com", "c@example.com")
+	assert.Equal(t, Delivery{ID: "of1", Rcpt: "b@example.com", Data: Msg}, tr.wait(t))
+	// Retried with backoff (200 ms, 400 ms...), kept meanwhile where its
+	// attempt record put it.
+	retriedNotRedelivered(t, fs, 3, tr, "b@example.com", "after the attempt")
+	assert.Equal(t, queue.Deliver, queueOf(t, st, "of1"), "as its attempt record left it")
+	if requeue {
+		// An operator's requeue (its own save goes through) wakes it:
+		// the record is tried, nothing delivered.
+		require.NoError(t, (&queue.Admin{Store: st}).Requeue(ctx, "of1"))
+		retriedNotRedelivered(t, fs, fs.tries.Load()+2, tr, "b@example.com", "after a requeue")
+	}
+	fs.fail.Store(false)
+	assert.Equal(t, Delivery{ID: "of1", Rcpt: "c@example.com", Data: Msg}, tr.wait(t))
+	eventually(t, func() bool { return queueOf(t, st, "of1") == "" }, "removed once delivered to both")
+	handed, delivered := tr.handedTo("b@example.com")
+	assert.Equal(t, [2]int{1, 1}, [2]int{handed, delivered}, "b@example.com: delivered once")
+	handed, delivered = tr.handedTo("c@example.com")
+	assert.Equal(t, [2]int{3, 1}, [2]int{handed, delivered}, "c@example.com: deferred twice, then delivered")
+}
+
+// testSchedOutcomeFailsBounce: an attempt delivers a message to one
+// recipient and fails the other for good, its DSN queued; the record of
+// that outcome (the move to dead) fails for a while. Neither the delivery
+// nor the DSN is made twice, and the message ends in dead.
+func testSchedOutcomeFailsBounce(t *testing.T, st queue.Store) {
+	fs, wst := failSaves(st)
+	fs.fail.Store(true)
+	tr := newTransport()
+	tr.answer("c@example.com", reply550)
+	schedule(t, wst, tr, nil)
+	Add(t, st, "ob1", queue.Working, Msg, "b@example.com", "c@example.com")
+	got := map[string]Delivery{}
+	for range 2 { // the delivery and the DSN to the sender
+		d := tr.wait(t)
+		got[d.Rcpt] = d
+	}
+	assert.Equal(t, "ob1", got["b@example.com"].ID)
+	assert.Contains(t, got["a@example.org"].Data, "Action: failed")
+	assert.Contains(t, got["a@example.org"].Data, "5.1.1")
+	retriedNotRedelivered(t, fs, 3, tr, "b@example.com", "after the attempt")
+	assert.Equal(t, queue.Deliver, queueOf(t, st, "ob1"), "as its attempt record left it")
+	fs.fail.Store(false)
+	eventually(t, func() bool { return queueOf(t, st, "ob1") == queue.Dead }, "in dead once recorded")
+	eventually(t, func() bool {
+		for _, q := range []string{queue.Working, queue.Deliver, queue.Deferred} {
+			if ids, err := st.IDs(q); err != nil || len(ids) > 0 {
+				return false
+			}
+		}
+		return true
+	}, "nothing left to deliver")
+	_, env, _ := load(t, st, "ob1")
+	assert.Equal(t, queue.RcptDelivered, env.Rcpts[0].State)
+	assert.Equal(t, queue.RcptFailed, env.Rcpts[1].State)
+	assert.True(t, env.Rcpts[1].DSN, "its DSN recorded")
+	assert.False(t, env.InFlight)
+	handed, delivered := tr.handedTo("b@example.com")
+	assert.Equal(t, [2]int{1, 1}, [2]int{handed, delivered}, "b@example.com: delivered once")
+	handed, _ = tr.handedTo("c@example.com")
+	assert.Equal(t, 1, handed, "c@example.com: failed once")
+	_, delivered = tr.handedTo("a@example.org")
+	assert.Equal(t, 1, delivered, "one DSN")
+}
+
+// testSchedOutcomeFailsHeld: an operator holds a message whose outcome
+// record is pending. The hold stands: the outcome is recorded into the
+// held message, and once released only the recipient left is delivered.
+func testSchedOutcomeFailsHeld(t *testing.T, st queue.Store) {
+	ctx := context.Background()
+	fs, wst := failSaves(st)
+	fs.fail.Store(true)
+	tr := newTransport()
+	tr.answer("c@example.com", reply451)
+	schedule(t, wst, tr, nil)
+	Add(t, st, "oh1", queue.Working, Msg, "b@example.com", "c@example.com")
+	assert.Equal(t, "b@example.com", tr.wait(t).Rcpt)
+	retriedNotRedelivered(t, fs, 1, tr, "b@example.com", "after the attempt")
+	a := &queue.Admin{Store: st}
+	require.NoError(t, a.Hold(ctx, "oh1"))
+	retriedNotRedelivered(t, fs, fs.tries.Load()+2, tr, "b@example.com", "after a hold")
+	fs.fail.Store(false)
+	eventually(t, func() bool {
+		q, env, _ := load(t, st, "oh1")
+		return q == queue.Hold && env.Rcpts[0].State == queue.RcptDelivered
+	}, "outcome recorded in hold")
+	_, env, _ := load(t, st, "oh1")
+	assert.Equal(t, queue.RcptPending, env.Rcpts[1].State)
+	assert.Equal(t, 451, env.Rcpts[1].Reply.Code)
+	assert.False(t, env.InFlight)
+	require.NoError(t, a.Release(ctx, "oh1"))
+	assert.Equal(t, Delivery{ID: "oh1", Rcpt: "c@example.com", Data: Msg}, tr.wait(t))
+	eventually(t, func() bool { return queueOf(t, st, "oh1") == "" }, "removed once delivered to both")
+	handed, delivered := tr.handedTo("b@example.com")
+	assert.Equal(t, [2]int{1, 1}, [2]int{handed, delivered}, "b@example.com: delivered once")
+	handed, delivered = tr.handedTo("c@example.com")
+	assert.Equal(t, [2]int{2, 1}, [2]int{handed, delivered}, "c@example.com: deferred, then delivered after the release")
 }
