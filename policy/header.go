@@ -56,7 +56,13 @@ func ReadHeader(r *bufio.Reader, max int) (h *Header, n int64, hasSep bool, err 
 	if max <= 0 {
 		max = 1 << 20
 	}
-	h = &Header{}
+	h = &Header{fields: make([]Field, 0, 16)}
+	// The fields' bytes are carved in order from one slab (a few
+	// allocations a header, not one a field). Each Raw's capacity ends
+	// with it, so that an append to one copies it instead of writing over
+	// the next; a slab that grows leaves the fields before in the old one.
+	slab := make([]byte, 0, min(max, 4096))
+	last := 0 // where the last field starts in slab
 	for {
 		line, perr := peekLine(r, max-int(n))
 		if perr == errLineTooLong {
@@ -76,10 +82,12 @@ func ReadHeader(r *bufio.Reader, max int) (h *Header, n int64, hasSep bool, err 
 			if len(h.fields) == 0 {
 				return h, n, false, nil
 			}
-			last := &h.fields[len(h.fields)-1]
-			last.Raw = append(last.Raw, line...)
+			slab = append(slab, line...)
+			h.fields[len(h.fields)-1].Raw = slab[last:len(slab):len(slab)]
 		} else if validFieldLine(line) {
-			h.fields = append(h.fields, Field{Raw: append([]byte(nil), line...)})
+			last = len(slab)
+			slab = append(slab, line...)
+			h.fields = append(h.fields, Field{Raw: slab[last:len(slab):len(slab)]})
 		} else {
 			return h, n, false, nil
 		}

@@ -341,6 +341,28 @@ func TestHeaderFieldsCopy(t *testing.T) {
 	assert.Equal(t, sampleHeader, headerBytes(t, h), "the slice is a copy")
 }
 
+// TestHeaderFieldsApart: the fields ReadHeader returns share one buffer;
+// an append to one field's bytes, folded fields included, leaves the
+// others as they were, and so does a header larger than that buffer.
+func TestHeaderFieldsApart(t *testing.T) {
+	big := "X-Big: " + strings.Repeat("b", 5000) + "\r\n"
+	for _, in := range []string{
+		"A: 1\r\nB: 2\r\n folded\r\nC: 3\r\n\r\n",
+		"A: 1\r\n" + big + "B: 2\r\n\tfolded\r\n" + big + "C: 3\r\n\r\n",
+	} {
+		h := parseHeader(t, in)
+		fs := h.Fields()
+		for i := range fs {
+			want := h.Fields()
+			fs[i].Raw = append(fs[i].Raw, "X-Overwrite: yes\r\n"...)
+			for j, f := range h.Fields() {
+				assert.Equal(t, string(want[j].Raw), string(f.Raw), "field %d after an append to field %d", j, i)
+			}
+		}
+		assert.Equal(t, in[:len(in)-2], headerBytes(t, h))
+	}
+}
+
 type failWriter struct{ n int }
 
 func (w *failWriter) Write(p []byte) (int, error) {

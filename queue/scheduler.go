@@ -531,12 +531,23 @@ func (s *Scheduler) corrupt(ctx context.Context, q, id string, err error) {
 	s.retryAt(id, s.cfg.Clock.Now().Add(s.cfg.MinBackoff))
 }
 
-// headerBytes returns the header as it would be written.
-func headerBytes(h *policy.Header) []byte {
-	var b bytes.Buffer
+// headerBufs holds the buffers of headerCopy.
+var headerBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// headerCopy returns the header as it would be written, in a pooled
+// buffer (putHeaderCopy gives it back).
+func headerCopy(h *policy.Header) *bytes.Buffer {
+	b := headerBufs.Get().(*bytes.Buffer)
+	b.Reset()
 	b.Grow(int(h.Size()))
-	h.WriteTo(&b)
-	return b.Bytes()
+	h.WriteTo(b)
+	return b
+}
+
+func putHeaderCopy(b *bytes.Buffer) {
+	if b.Cap() <= 64<<10 {
+		headerBufs.Put(b)
+	}
 }
 
 // headerIs reports whether h would be written as b, without writing it
@@ -570,9 +581,10 @@ func (c *prefixWriter) Write(p []byte) (int, error) {
 func (s *Scheduler) postq(ctx, rctx context.Context, base stored, env *Envelope, m *policy.Message) (edited *policy.Message, ok bool) {
 	q := base.q
 	tx := env.Transaction(RcptPending)
-	before := headerBytes(m.Header)
+	before := headerCopy(m.Header)
 	res := s.cfg.Chain.EvalPostQ(rctx, tx, m)
-	changed := !headerIs(m.Header, before)
+	changed := !headerIs(m.Header, before.Bytes())
+	putHeaderCopy(before)
 	var log *slog.Logger // for the outcomes that log, made only for them
 	if k := res.Verdict.Kind; k == policy.KindDeny || k == policy.KindQuarantine {
 		log = s.postqLog(env.ID, res.Rule)

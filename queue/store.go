@@ -169,6 +169,7 @@ func (s *Spool) saveEntry(ctx context.Context, env *Envelope, from, to string, m
 	}
 	head, boff := env.Head, env.BodyOff
 	var b bytes.Buffer
+	b.Grow(int(m.Header.Size()) + 2)
 	m.Header.WriteTo(&b)
 	if m.Size()-m.Header.Size()-m.BodySize() == 2 {
 		b.WriteString("\r\n")

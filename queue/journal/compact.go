@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -235,10 +236,16 @@ func (s *Store) copyEntry(e *entry, sg *segment) (ok bool, err error) {
 	r := &record{typ: recFull, id: e.id, q: q, env: env, bodyLen: body.n}
 	src := io.NewSectionReader(bodySeg.f, body.off, body.n)
 	err = s.commit(context.Background(), e, r, func(w io.Writer) (int64, error) {
-		return io.Copy(struct{ io.Writer }{w}, src)
+		buf := copyBufs.Get().(*[]byte)
+		defer copyBufs.Put(buf)
+		return io.CopyBuffer(struct{ io.Writer }{w}, src, *buf)
 	}, true)
 	return err == nil, err
 }
+
+// copyBufs holds the buffers compaction copies bodies through (io.Copy
+// would make one per entry copied).
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // keepFree keeps the file of the deleted segment sg for reuse (renamed
 // out of the segments' names), when it has the size of a segment and

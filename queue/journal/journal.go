@@ -553,6 +553,7 @@ func (s *Store) save(ctx context.Context, env *queue.Envelope, from, to string, 
 	if m != nil {
 		if off, ok := storedBody(e, env, m); ok {
 			var b bytes.Buffer
+			b.Grow(int(m.Header.Size()) + 2)
 			m.Header.WriteTo(&b)
 			if m.Size()-m.Header.Size()-m.BodySize() == 2 {
 				b.WriteString("\r\n")
@@ -849,13 +850,14 @@ func (s *Store) kickCompact() {
 // body from write); the range is then marked written in its segment,
 // whose writing count stays raised until the caller's apply.
 func (s *Store) write(ctx context.Context, r *record, write func(io.Writer) (int64, error)) (*segment, int64, error) {
-	meta := r.appendMeta(nil)
+	hm := getHeadMeta(r)
+	defer putHeadMeta(hm)
 	total := r.size()
 	sg, off, err := s.reserve(ctx, r, total)
 	if err != nil {
 		return nil, 0, err
 	}
-	err = s.writeAt(sg, off, r, meta, write)
+	err = s.writeAt(sg, off, r, *hm, write)
 	if err != nil && sg.own {
 		// Nothing else is in its segment: it goes at once, and the room
 		// it took with it (a full disk). Its record's header, written
@@ -894,14 +896,33 @@ func (s *Store) dropOwn(sg *segment) {
 	os.Remove(sg.path)
 }
 
-// writeAt writes record r at off in sg: with one write when it fits in a
-// recWriter's buffer, else meta and body first and the header last.
-func (s *Store) writeAt(sg *segment, off int64, r *record, meta []byte, write func(io.Writer) (int64, error)) error {
+// headMetas holds the buffers a record's header and meta are built in
+// (see getHeadMeta).
+var headMetas = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+// getHeadMeta returns a pooled buffer holding room for r's header
+// followed by r's meta part; putHeadMeta gives it back.
+func getHeadMeta(r *record) *[]byte {
+	hm := headMetas.Get().(*[]byte)
+	*hm = r.appendMeta(append((*hm)[:0], make([]byte, headLen)...))
+	return hm
+}
+
+func putHeadMeta(hm *[]byte) {
+	if cap(*hm) <= 64<<10 { // an envelope's meta is a few KiB
+		headMetas.Put(hm)
+	}
+}
+
+// writeAt writes record r at off in sg, hm being the room of its header
+// followed by its meta part (getHeadMeta): with one write when it fits in
+// a recWriter's buffer, else meta and body first and the header last.
+func (s *Store) writeAt(sg *segment, off int64, r *record, hm []byte, write func(io.Writer) (int64, error)) error {
+	h, meta := hm[:headLen], hm[headLen:]
 	total := int64(len(meta)) + headLen + r.bodyLen
 	if write == nil {
-		b := append(make([]byte, headLen, headLen+len(meta)), meta...)
-		copy(b, r.header(sg.num, meta))
-		_, err := sg.f.WriteAt(b, off)
+		r.putHeader(h, sg.num, meta)
+		_, err := sg.f.WriteAt(hm, off)
 		return err
 	}
 	rw := recWriters.Get().(*recWriter)
@@ -918,7 +939,8 @@ func (s *Store) writeAt(sg *segment, off int64, r *record, meta []byte, write fu
 	}
 	if err == nil {
 		r.bodyCRC = cw.crc
-		err = rw.done(r.header(sg.num, meta), off)
+		r.putHeader(h, sg.num, meta)
+		err = rw.done(h, off)
 	}
 	if err != nil {
 		return fmt.Errorf("journal: writing %s: %w", r.id, err)

@@ -102,6 +102,13 @@ func seed(seg uint64) uint32 {
 // header returns r's header in segment seg, meta being its meta part.
 func (r *record) header(seg uint64, meta []byte) []byte {
 	h := make([]byte, headLen)
+	r.putHeader(h, seg, meta)
+	return h
+}
+
+// putHeader writes r's header in segment seg, meta being its meta part,
+// into h (headLen bytes).
+func (r *record) putHeader(h []byte, seg uint64, meta []byte) {
 	h[0], h[1], h[2] = magic0, magic1, r.typ
 	binary.LittleEndian.PutUint32(h[4:], uint32(len(meta)))
 	binary.LittleEndian.PutUint64(h[8:], uint64(r.bodyLen))
@@ -110,7 +117,6 @@ func (r *record) header(seg uint64, meta []byte) []byte {
 	c := crc32.Update(seed(seg), castagnoli, h[:28])
 	c = crc32.Update(c, castagnoli, meta)
 	binary.LittleEndian.PutUint32(h[28:], c)
-	return h
 }
 
 // padHeader returns the header of a pad record n bytes long in all, in
