@@ -61,7 +61,7 @@ func ReadHeader(r *bufio.Reader, max int) (h *Header, n int64, hasSep bool, err 
 	// allocations a header, not one a field). Each Raw's capacity ends
 	// with it, so that an append to one copies it instead of writing over
 	// the next; a slab that grows leaves the fields before in the old one.
-	slab := make([]byte, 0, min(max, 4096))
+	var slab []byte
 	last := 0 // where the last field starts in slab
 	for {
 		line, perr := peekLine(r, max-int(n))
@@ -85,6 +85,9 @@ func ReadHeader(r *bufio.Reader, max int) (h *Header, n int64, hasSep bool, err 
 			slab = append(slab, line...)
 			h.fields[len(h.fields)-1].Raw = slab[last:len(slab):len(slab)]
 		} else if validFieldLine(line) {
+			if slab == nil {
+				slab = make([]byte, 0, headerSizeHint(r, max))
+			}
 			last = len(slab)
 			slab = append(slab, line...)
 			h.fields = append(h.fields, Field{Raw: slab[last:len(slab):len(slab)]})
@@ -97,6 +100,24 @@ func ReadHeader(r *bufio.Reader, max int) (h *Header, n int64, hasSep bool, err 
 			return h, n, false, nil
 		}
 	}
+}
+
+// headerSizeHint returns the size of the header block r starts with as
+// far as r has it buffered already (up to its blank line, within max), or
+// 4 KiB when the blank line is not there yet.
+func headerSizeHint(r *bufio.Reader, max int) int {
+	b, _ := r.Peek(min(r.Buffered(), max))
+	n := len(b) + 1
+	if i := bytes.Index(b, []byte("\n\r\n")); i >= 0 {
+		n = i + 3
+	}
+	if i := bytes.Index(b[:min(n, len(b))], []byte("\n\n")); i >= 0 {
+		n = i + 2
+	}
+	if n > len(b) {
+		return min(max, 4096)
+	}
+	return n
 }
 
 var errLineTooLong = errors.New("line too long")
