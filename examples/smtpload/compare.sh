@@ -45,6 +45,8 @@ HELO=load.doe-family.com
 
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
+# shellcheck source=examples/smtpload/lib.sh
+. "$ROOT/examples/smtpload/lib.sh"
 if [[ -z $WORKDIR ]]; then
 	WORK=$(mktemp -d "${TMPDIR:-/tmp}/mtakit-compare.XXXXXX")
 else
@@ -53,8 +55,6 @@ else
 fi
 BIN=$WORK/bin
 PIDS=()
-
-log() { printf '%s\n' "$*" >&2; }
 
 cleanup() {
 	local pid
@@ -76,32 +76,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# wait_for FILE REGEX: print the first capture group of the first line of
-# FILE matching REGEX (sed -E), waiting up to 20 s for it.
-wait_for() {
-	local file=$1 re=$2 got
-	for _ in $(seq 200); do
-		got=$(sed -nE "s/$re/\1/p" "$file" 2>/dev/null | head -n1)
-		if [[ -n $got ]]; then
-			printf '%s\n' "$got"
-			return 0
-		fi
-		sleep 0.1
-	done
-	log "timed out waiting for /$re/ in $file:"
-	cat "$file" >&2 || true
-	return 1
-}
-
-# jget KEY JSON: a number from smtpload's one-line JSON report.
-jget() {
-	local v
-	v=$(sed -nE "s/.*\"$1\":(-?[0-9.eE+-]+).*/\1/p" <<<"$2")
-	echo "${v:-0}"
-}
-
-now() { date +%s.%N; }
 
 # ---------------------------------------------------------------- build
 log "building into $BIN"
@@ -141,18 +115,6 @@ esac
 PIDS+=($!)
 DNS=$(wait_for "$WORK/dns.out" '^dns listening on (.*)$')
 
-# A free port for noop, which does not print the one it got.
-free_port() {
-	local p
-	for _ in $(seq 100); do
-		p=$((20000 + RANDOM % 20000))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-			echo "$p"
-			return 0
-		fi
-	done
-	return 1
-}
 NOOP=127.0.0.1:$(free_port)
 "$BIN/noop" -listen "$NOOP" >"$WORK/noop.out" 2>&1 &
 PIDS+=($!)
@@ -200,18 +162,11 @@ queue_len() {
 		return
 	fi
 	local c
-	c=$(curl -sf --unix-socket "$WORK/$1/data/admin.sock" http://doe/v1/counts) || {
+	c=$(admin_counts "$WORK/$1/data") || {
 		echo 1
 		return
 	}
 	count_queues "$c" working deliver
-}
-# count_queues JSON QUEUE...: the sum of those queues' counts in the admin
-# API's /v1/counts JSON (no python: its start would take CPU from the runs).
-count_queues() {
-	local js=$1
-	shift
-	awk -v want=" $* " 'BEGIN{RS="[{},]"; FS=":"} {k=$1; gsub(/[ \t\n"]/, "", k); v=$2; gsub(/[^0-9]/, "", v)} index(want, " " k " ") && v != "" {s+=v} END{print s+0}' <<<"$js"
 }
 shopt -s nullglob
 
@@ -363,7 +318,7 @@ for m in "${MODES[@]}"; do
 	if [[ -d $q/deferred ]]; then
 		left=$(( $(ls "$q/deferred" | wc -l) + $(ls "$q/dead" | wc -l) + $(queue_len "$m") ))
 	else
-		left=$(count_queues "$(curl -sf --unix-socket "$WORK/$m/data/admin.sock" http://doe/v1/counts)" working deliver deferred dead)
+		left=$(count_queues "$(admin_counts "$WORK/$m/data")" working deliver deferred dead)
 	fi
 	echo "$m: accepted ${ACCEPTED[$m]} (warm-up included; a run ended by time may deliver up to conns more, whose 250 the client did not wait for), in the maildir $(delivered "$m"), left in the queue (working, deliver, deferred, dead) $left"
 	if grep -q 'level=ERROR' "$WORK/$m.out"; then

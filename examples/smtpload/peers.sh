@@ -81,6 +81,8 @@ HELO=mail.sender.example
 
 cd "${REPO:-$(dirname "$0")/../..}" # REPO: the repository, when this is a copy
 ROOT=$(pwd)
+# shellcheck source=examples/smtpload/lib.sh
+. "$ROOT/examples/smtpload/lib.sh"
 if [[ -z $WORKDIR ]]; then
 	WORK=$(mktemp -d "${TMPDIR:-/tmp}/mtakit-peers.XXXXXX")
 else
@@ -99,8 +101,6 @@ BIN=$WORK/bin
 PIDS=()
 POSTFIXES=()
 WRITER_PID=
-
-log() { printf '%s\n' "$*" >&2; }
 
 cleanup() {
 	local pid conf
@@ -134,23 +134,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# wait_for FILE REGEX: print the first capture group of the first line of
-# FILE matching REGEX (sed -E), waiting up to 20 s for it.
-wait_for() {
-	local file=$1 re=$2 got
-	for _ in $(seq 200); do
-		got=$(sed -nE "s/$re/\1/p" "$file" 2>/dev/null | head -n1)
-		if [[ -n $got ]]; then
-			printf '%s\n' "$got"
-			return 0
-		fi
-		sleep 0.1
-	done
-	log "timed out waiting for /$re/ in $file:"
-	cat "$file" >&2 || true
-	return 1
-}
-
 # wait_port HOST:PORT: wait up to 20 s for a listener.
 wait_port() {
 	for _ in $(seq 200); do
@@ -160,34 +143,6 @@ wait_port() {
 	log "nothing listens on $1"
 	return 1
 }
-
-# free_port: a port nothing listens on, below the kernel's ephemeral range
-# (32768 and up by default), where the servers' own port-0 listeners and
-# outgoing connections take theirs (a Postfix instance once lost its port
-# so).
-free_port() {
-	local p low
-	read -r low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || low=32768
-	((low > 21000)) || low=32768
-	for _ in $(seq 100); do
-		p=$((20000 + RANDOM % (low - 20000)))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-			echo "$p"
-			return 0
-		fi
-	done
-	return 1
-}
-
-# jget KEY JSON: a number from smtpload's one-line JSON report.
-jget() {
-	local v
-	v=$(sed -nE "s/.*\"$1\":(-?[0-9.eE+-]+).*/\1/p" <<<"$2")
-	echo "${v:-0}"
-}
-
-now() { date +%s.%N; }
-secs_since() { awk -v a="$(now)" -v b="$1" 'BEGIN{printf "%.2f", a-b}'; }
 
 # tree_ticks PID: CPU time (user+system, clock ticks) of PID and all its
 # descendants, counting the children they have reaped (cutime+cstime).
@@ -293,18 +248,11 @@ doe_queue() {
 	# Any other store (-queue): ask the admin socket (parsed without
 	# python, whose start would take the CPU the drain measured needs).
 	local c
-	c=$(curl -sf --unix-socket "$WORK/$1/data/admin.sock" http://doe/v1/counts) || {
+	c=$(admin_counts "$WORK/$1/data") || {
 		echo 1
 		return
 	}
 	count_queues "$c" working deliver
-}
-# count_queues JSON QUEUE...: the sum of those queues' counts in the admin
-# API's /v1/counts JSON.
-count_queues() {
-	local js=$1
-	shift
-	awk -v want=" $* " 'BEGIN{RS="[{},]"; FS=":"} {k=$1; gsub(/[ \t\n"]/, "", k); v=$2; gsub(/[^0-9]/, "", v)} index(want, " " k " ") && v != "" {s+=v} END{print s+0}' <<<"$js"
 }
 doe_drain() {
 	local t0
