@@ -151,23 +151,8 @@ for _ in $(seq 100); do
 	sleep 0.1
 done
 
-# queue_len MODE: entries waiting in working/ and deliver/ (*.q; *.json in
-# spools of before the one-file entry format); with any other store
-# (DOE_FLAGS=-queue ...), what its admin socket counts there.
-queue_len() {
-	local q=$WORK/$1/spool
-	if [[ -d $q/working ]]; then
-		local f=("$q"/working/*.q "$q"/deliver/*.q "$q"/working/*.json "$q"/deliver/*.json)
-		echo "${#f[@]}"
-		return
-	fi
-	local c
-	c=$(admin_counts "$WORK/$1/data") || {
-		echo 1
-		return
-	}
-	count_queues "$c" working deliver
-}
+# queue_len MODE: the messages waiting in working and deliver.
+queue_len() { waiting "$WORK/$1/spool" "$WORK/$1/data"; }
 shopt -s nullglob
 
 # monitor MODE OUT: every 100 ms, append "seconds queue-length" to OUT.

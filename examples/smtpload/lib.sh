@@ -60,3 +60,24 @@ count_queues() {
 	shift
 	awk -v want=" $* " 'BEGIN{RS="[{},]"; FS=":"} {k=$1; gsub(/[ \t\n"]/, "", k); v=$2; gsub(/[^0-9]/, "", v)} index(want, " " k " ") && v != "" {s+=v} END{print s+0}' <<<"$js"
 }
+
+# waiting SPOOL DATA: the messages waiting in working and deliver of the
+# doe-family whose -spool is SPOOL and -data is DATA: the spool's files
+# (*.q; *.json in spools of before the one-file entry format), or, with
+# any other store (-queue), what its admin socket counts there (1 when it
+# does not answer: not drained).
+waiting() {
+	local q=$1 c
+	if [[ -d $q/working ]]; then
+		local f=("$q"/working/*.q "$q"/deliver/*.q "$q"/working/*.json "$q"/deliver/*.json)
+		local n=0 x
+		for x in "${f[@]}"; do [[ -e $x ]] && n=$((n + 1)); done
+		echo "$n"
+		return
+	fi
+	c=$(admin_counts "$2") || {
+		echo 1
+		return
+	}
+	count_queues "$c" working deliver
+}

@@ -238,22 +238,7 @@ start_doe() {
 	PID[$name]=$!
 	ADDR[$name]=$(wait_for "$WORK/$name.out" '^mta listening on (.*)$')
 }
-doe_queue() {
-	local q=$WORK/$1/spool
-	if [[ -d $q/working ]]; then # the filesystem spool: count its files
-		local f=("$q"/working/*.q "$q"/deliver/*.q)
-		echo "${#f[@]}"
-		return
-	fi
-	# Any other store (-queue): ask the admin socket (parsed without
-	# python, whose start would take the CPU the drain measured needs).
-	local c
-	c=$(admin_counts "$WORK/$1/data") || {
-		echo 1
-		return
-	}
-	count_queues "$c" working deliver
-}
+doe_queue() { waiting "$WORK/$1/spool" "$WORK/$1/data"; }
 doe_drain() {
 	local t0
 	t0=$(now)
