@@ -188,7 +188,7 @@ func (s *Server) build(lns []net.Listener) (*smtp.Server, *queue.Scheduler, erro
 		s.Chain.Logger = log
 	}
 	scfg := s.SMTP
-	scfg.Hostname, scfg.Chain, scfg.Queue, scfg.Logger = host, s.Chain, s.Store, log
+	scfg.Hostname, scfg.Chain, scfg.Logger = host, s.Chain, log
 	qcfg := s.Delivery
 	if ev := s.Events; ev != nil {
 		if scfg.Events == nil {
@@ -198,6 +198,9 @@ func (s *Server) build(lns []net.Listener) (*smtp.Server, *queue.Scheduler, erro
 			qcfg.Events = ev
 		}
 	}
+	qcfg.Hostname, qcfg.Chain, qcfg.Logger = host, s.Chain, log
+	sched := queue.NewScheduler(s.Store, qcfg)
+	scfg.Queue = admitted{s.Store, sched}
 	srv, err := smtp.NewServer(scfg)
 	if err != nil {
 		return nil, nil, err
@@ -209,6 +212,26 @@ func (s *Server) build(lns []net.Listener) (*smtp.Server, *queue.Scheduler, erro
 			s.Chain.Observer = ev.Observe
 		}
 	}
-	qcfg.Hostname, qcfg.Chain, qcfg.Logger = host, s.Chain, log
-	return srv, queue.NewScheduler(s.Store, qcfg), nil
+	return srv, sched, nil
+}
+
+// admitted is the smtp server's queue: the store, each message admitted
+// by the scheduler first (its in-flow control: see queue.Config.InFlowLimit).
+type admitted struct {
+	st    Store
+	sched *queue.Scheduler
+}
+
+func (a admitted) Enqueue(ctx context.Context, tx *policy.Transaction, m *policy.Message) error {
+	if err := a.sched.Admit(ctx); err != nil {
+		return err
+	}
+	return a.st.Enqueue(ctx, tx, m)
+}
+
+// SupportsDSN reports what the store does (the smtp server advertises DSN
+// when it does).
+func (a admitted) SupportsDSN() bool {
+	d, ok := a.st.(interface{ SupportsDSN() bool })
+	return ok && d.SupportsDSN()
 }

@@ -187,6 +187,16 @@
 // recipients pending there, delivered ones included, with their DSNs (at
 // least once).
 //
+// In-flow control (Scheduler.Admit, which mtakit.Server calls before it
+// stores each message its SMTP server accepts): when clients send faster
+// than the workers deliver, so that more than Config.InFlowLimit messages
+// (10,000 by default) are due and wait for a worker, a new message waits
+// until a worker takes one, for at most Config.InFlowDelay (1 s), before
+// it is stored and gets its 250, as Postfix's in_flow_delay makes its SMTP
+// server wait: the clients are slowed to the pace of delivery and the
+// queue stays bounded under a sustained overload, while a burst below the
+// limit is taken at once.
+//
 // # Retention
 //
 // Messages in dead and in the quarantine queues are kept for inspection,

@@ -86,6 +86,15 @@ type Config struct {
 	Retention time.Duration
 	// AttemptTimeout bounds one transport call (default 10 min).
 	AttemptTimeout time.Duration
+	// InFlowLimit and InFlowDelay are the in-flow control of Admit, as
+	// Postfix's in_flow_delay: while more than InFlowLimit messages are
+	// due and wait for a worker, Admit makes a new message wait until
+	// fewer do, for at most InFlowDelay, so that clients sending faster
+	// than the queue delivers are slowed to its pace and the queue stays
+	// bounded. Zero means 10,000 messages and 1 second; negative: no
+	// in-flow control.
+	InFlowLimit int
+	InFlowDelay time.Duration
 	// Hostname names this MTA in DSNs (Reporting-MTA, Message-ID, the
 	// From address unless BounceFrom is set). Default os.Hostname().
 	Hostname string
@@ -157,6 +166,11 @@ type Scheduler struct {
 	pending   map[string]*pendingStep
 	retrierOn bool
 
+	// room, when not nil, is closed once no more than InFlowLimit
+	// messages wait for a worker: Admit's callers wait on it. Guarded by
+	// mu.
+	room chan struct{}
+
 	afterWork  func(id string) // test hook: called when a worker is done with id
 	afterPurge func()          // test hook: called after each retention run
 }
@@ -204,6 +218,12 @@ func NewScheduler(st Store, cfg Config) *Scheduler {
 	}
 	if cfg.AttemptTimeout <= 0 {
 		cfg.AttemptTimeout = 10 * time.Minute
+	}
+	if cfg.InFlowLimit == 0 {
+		cfg.InFlowLimit = 10000
+	}
+	if cfg.InFlowDelay == 0 {
+		cfg.InFlowDelay = time.Second
 	}
 	if cfg.Hostname == "" {
 		cfg.Hostname, _ = os.Hostname()
@@ -316,7 +336,41 @@ func (s *Scheduler) popReady() string {
 	id := s.ready[0]
 	s.ready = s.ready[1:]
 	s.state[id] = stRunning
+	if s.room != nil && len(s.ready) <= s.cfg.InFlowLimit {
+		close(s.room)
+		s.room = nil
+	}
 	return id
+}
+
+// Admit applies in-flow control to a new message, before it is stored
+// (mtakit.Server calls it for every message its smtp server accepts, so
+// that the client waits before its 250): while more than
+// Config.InFlowLimit messages are due and wait for a worker, it waits
+// until fewer do or for Config.InFlowDelay, whichever comes first, and
+// returns nil; ctx's error if ctx ends first. It does not wait while Run
+// does not run (no worker takes messages then).
+func (s *Scheduler) Admit(ctx context.Context) error {
+	if s.cfg.InFlowLimit < 0 || s.cfg.InFlowDelay < 0 {
+		return nil
+	}
+	s.mu.Lock()
+	if s.runCtx == nil || s.runCtx.Err() != nil || len(s.ready) <= s.cfg.InFlowLimit {
+		s.mu.Unlock()
+		return nil
+	}
+	if s.room == nil {
+		s.room = make(chan struct{})
+	}
+	room := s.room
+	s.mu.Unlock()
+	select {
+	case <-room:
+	case <-s.cfg.Clock.After(s.cfg.InFlowDelay):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return nil
 }
 
 // worker works on id, then on the next ready messages until there are
