@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -380,4 +381,18 @@ func validID(id string) bool {
 		}
 	}
 	return true
+}
+
+// HeadBytes returns m's header block as it would be written, with the
+// empty line that ends it when m has one: what Envelope.Head holds for a
+// message whose header the postq rules edited, its body left where it is
+// stored (the stores' Save).
+func HeadBytes(m *policy.Message) []byte {
+	var b bytes.Buffer
+	b.Grow(int(m.Header.Size()) + 2)
+	m.Header.WriteTo(&b)
+	if m.Size()-m.Header.Size()-m.BodySize() == 2 {
+		b.WriteString("\r\n")
+	}
+	return b.Bytes()
 }

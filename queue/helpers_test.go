@@ -355,3 +355,16 @@ func (s *Spool) readEnvelope(q, id string) (*Envelope, error) {
 	s.closeEntry(f, id)
 	return env, nil
 }
+
+// removalPending reports whether id is delivered and its removal pending.
+func (s *Scheduler) removalPending(id string) bool {
+	p := s.pendingOf(id)
+	return p != nil && p.env == nil
+}
+
+// outcomePending reports whether the outcome of id's last attempt is kept
+// in memory, not recorded yet.
+func (s *Scheduler) outcomePending(id string) bool {
+	p := s.pendingOf(id)
+	return p != nil && p.env != nil
+}

@@ -150,19 +150,6 @@ func (s *Scheduler) pendingOf(id string) *pendingStep {
 	return s.pending[id]
 }
 
-// removalPending reports whether id is delivered and its removal pending.
-func (s *Scheduler) removalPending(id string) bool {
-	p := s.pendingOf(id)
-	return p != nil && p.env == nil
-}
-
-// outcomePending reports whether the outcome of id's last attempt is kept
-// in memory, not recorded yet.
-func (s *Scheduler) outcomePending(id string) bool {
-	p := s.pendingOf(id)
-	return p != nil && p.env != nil
-}
-
 // releaseClaim releases the SharedStore claim of id, unless a step of id
 // is pending (the retrier running): the claim is then kept until the step
 // succeeds or Run stops. The store may have handed the message out again

@@ -1,7 +1,6 @@
 package queue
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -168,13 +167,7 @@ func (s *Spool) saveEntry(ctx context.Context, env *Envelope, from, to string, m
 		return s.replace(ctx, env, from, to, m)
 	}
 	head, boff := env.Head, env.BodyOff
-	var b bytes.Buffer
-	b.Grow(int(m.Header.Size()) + 2)
-	m.Header.WriteTo(&b)
-	if m.Size()-m.Header.Size()-m.BodySize() == 2 {
-		b.WriteString("\r\n")
-	}
-	env.Head, env.BodyOff = b.Bytes(), off
+	env.Head, env.BodyOff = HeadBytes(m), off
 	if err := s.update(ctx, env, from, to, durable); err != nil {
 		env.Head, env.BodyOff = head, boff
 		return err

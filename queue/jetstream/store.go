@@ -1,7 +1,6 @@
 package jetstream
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -777,12 +776,7 @@ func (s *Store) body(ctx context.Context, env *queue.Envelope, m *policy.Message
 		return cur, "", nil
 	}
 	if stored, off, ok := storedBody(env, m); ok && stored == cur {
-		var b bytes.Buffer
-		m.Header.WriteTo(&b)
-		if m.Size()-m.Header.Size()-m.BodySize() == 2 {
-			b.WriteString("\r\n")
-		}
-		env.Head, env.BodyOff = b.Bytes(), off
+		env.Head, env.BodyOff = queue.HeadBytes(m), off
 		return cur, "", nil
 	}
 	name = env.ID + "." + nats.NewInbox()[len(nats.InboxPrefix):]

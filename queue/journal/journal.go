@@ -1,7 +1,6 @@
 package journal
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -552,13 +551,7 @@ func (s *Store) save(ctx context.Context, env *queue.Envelope, from, to string, 
 	var write func(io.Writer) (int64, error)
 	if m != nil {
 		if off, ok := storedBody(e, env, m); ok {
-			var b bytes.Buffer
-			b.Grow(int(m.Header.Size()) + 2)
-			m.Header.WriteTo(&b)
-			if m.Size()-m.Header.Size()-m.BodySize() == 2 {
-				b.WriteString("\r\n")
-			}
-			env.Head, env.BodyOff = b.Bytes(), off
+			env.Head, env.BodyOff = queue.HeadBytes(m), off
 		} else {
 			r = &record{typ: recFull, id: env.ID, q: to, bodyLen: m.Size()}
 			env.Head, env.BodyOff, env.Size = nil, 0, m.Size()
