@@ -515,9 +515,12 @@ func kvValue(v string) string {
 	return b.String()
 }
 
+// isIPText reports whether v is an IP address without a zone: a zone
+// ("fe80::1%eth0") may hold any character, ";" included, so a value with
+// one is quoted.
 func isIPText(v string) bool {
-	_, err := netip.ParseAddr(v)
-	return err == nil
+	a, err := netip.ParseAddr(v)
+	return err == nil && a.Zone() == ""
 }
 
 // isSPFDotAtom reports whether v is an RFC 5322 dot-atom made of ASCII
