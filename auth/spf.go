@@ -492,8 +492,8 @@ func commentSafe(s string) string {
 	}, s)
 }
 
-// kvValue writes v as a dot-atom when it is one (or an IP address, which
-// is written bare by convention), else as a quoted-string.
+// kvValue writes v as a dot-atom when it is one (or an IP address without
+// a zone, which is written bare by convention), else as a quoted-string.
 func kvValue(v string) string {
 	if v != "" && (isSPFDotAtom(v) || isIPText(v)) {
 		return v
