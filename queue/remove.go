@@ -64,8 +64,9 @@ import (
 // crash.
 
 // pendingStep is a message whose last step, a removal or the record of an
-// outcome (an attempt's, a delay DSN's), the store refused: the scheduler does not deliver it
-// while it is pending, and its retrier retries the step.
+// outcome (an attempt's, a delay DSN's), the store refused: the scheduler
+// does not deliver it while it is pending, and its retrier retries the
+// step.
 type pendingStep struct {
 	// q is the queue the message is in, as far as the scheduler knows.
 	q string
